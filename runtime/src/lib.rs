@@ -1,0 +1,33 @@
+//! Perch's device runtime.
+//!
+//! The core (default features off) is `#![no_std]` and never allocates:
+//! [`canary`] decides deterministically whether a device is in a rollout's cohort,
+//! [`histogram`] records latencies in fixed log-spaced buckets, and [`wire`] encodes
+//! the messages a device sends (metrics reports, health) with postcard.
+//!
+//! With the `std` feature, `engine` loads ONNX models (feature `onnx`) and tract
+//! NNEF archives into optimized plans and runs them on caller-owned buffers.
+//!
+//! ```
+//! use core::time::Duration;
+//! use perch_runtime::{canary, histogram::Histogram};
+//!
+//! let percent = canary::Percent::from_whole(10).unwrap();
+//! let _in_canary = canary::in_cohort(b"pi-kitchen-01", b"rollout-7", percent);
+//!
+//! let mut h = Histogram::new();
+//! h.record(Duration::from_micros(850));
+//! assert_eq!(h.count(), 1);
+//! ```
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![warn(missing_docs)]
+
+pub mod canary;
+pub mod error;
+pub mod histogram;
+pub mod wire;
+
+#[cfg(feature = "std")]
+pub mod engine;
+
+pub use error::Error;
