@@ -1,0 +1,906 @@
+#!/usr/bin/env python3
+"""Generate Perch's reference workloads (ONNX models, weight-only int8 variants, goldens).
+
+Usage (from the repository root):
+
+    pip install -r models/requirements.txt
+    python3 models/generate.py
+
+Everything under models/ except this script and requirements.txt is produced here:
+
+    models/<name>/model.onnx            float32, default-domain opset 13, ir_version 8
+    models/<name>/model.w8.onnx         weight-only int8 (per-output-channel DequantizeLinear)
+    models/<name>/golden/*.npy          golden input/outputs computed by onnxruntime
+    models/fixtures/*                   guard fixtures (invalid per-axis DQ at opset 11)
+    models/README.md, models/models.json
+
+The script is deterministic: fixed seeds, single-threaded onnxruntime, no timestamps in
+any written file. Running it twice yields byte-identical output.
+"""
+
+import io
+import json
+import os
+import sys
+import zipfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import sklearn
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OPSET = 13
+IR_VERSION = 8
+PRODUCER = "perch models/generate.py"
+MB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+
+
+def f32(a):
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+
+
+def save_npy(path, arr):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, arr, allow_pickle=False)
+
+
+def save_npz_deterministic(path, **arrays):
+    """Like np.savez, but with a fixed zip timestamp so the bytes are reproducible."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            npy = io.BytesIO()
+            np.save(npy, arrays[key], allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, npy.getvalue())
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def session(model, optimize=False):
+    """An onnxruntime CPU session. Goldens use optimize=False (ORT_DISABLE_ALL): the graph is
+    executed node by node as written. With optimizations on, onnxruntime rewrites graphs in
+    ways that change the numbers: Conv+BatchNormalization folding (~1e-6) and, at
+    ORT_ENABLE_EXTENDED and above, DequantizeLinear->MatMul into com.microsoft.MatMulNBits,
+    which is off by ~1e-3 relative (see the fixtures)."""
+    so = ort.SessionOptions()
+    # One thread: reduction order (and thus the goldens' bits) does not depend on the host.
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def run(model, feeds, optimize=False):
+    sess = session(model, optimize)
+    return sess.run(None, feeds)
+
+
+def save_model(model, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString(deterministic=True))
+
+
+# --------------------------------------------------------------------------------------
+# graph builder
+
+
+class Builder:
+    """Accumulates nodes and initializers; knows the layer types the workloads need."""
+
+    def __init__(self, name, rng, bn_eps):
+        self.name = name
+        self.rng = rng
+        self.bn_eps = bn_eps
+        self.nodes = []
+        self.inits = {}  # name -> np.ndarray, insertion ordered
+        self.node_names = set()
+        self.bns = []  # (x_name, mean_init, var_init, reduce_axes)
+
+    # -- primitives
+    def init(self, name, arr):
+        assert name not in self.inits, name
+        self.inits[name] = arr
+        return name
+
+    def node(self, op, inputs, outputs, name, **attrs):
+        assert name not in self.node_names, name
+        self.node_names.add(name)
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
+        return outputs[0]
+
+    def he(self, shape, fan_in):
+        return f32(self.rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape))
+
+    def small_bias(self, n):
+        return f32(self.rng.normal(0.0, 0.01, size=n))
+
+    # -- layers
+    def conv(self, x, name, cin, cout, k, stride=1, pads=None, group=1, bias=True):
+        kh, kw = k
+        if pads is None:
+            pads = [(kh - 1) // 2, (kw - 1) // 2, kh // 2, kw // 2]
+        w = self.init(f"{name}.weight", self.he((cout, cin // group, kh, kw), (cin // group) * kh * kw))
+        inputs = [x, w]
+        if bias:
+            inputs.append(self.init(f"{name}.bias", self.small_bias(cout)))
+        return self.node(
+            "Conv", inputs, [f"{name}.out"], name,
+            kernel_shape=[kh, kw], strides=[stride, stride], pads=list(pads),
+            dilations=[1, 1], group=group,
+        )
+
+    def gemm(self, x, name, k, n, out=None, bias=True, weights=None):
+        """y = x @ W^T + b with W stored [n, k] (transB=1), like a PyTorch/Keras export."""
+        if weights is None:
+            w, b = self.he((n, k), k), (self.small_bias(n) if bias else None)
+        else:
+            w, b = weights
+        inputs = [x, self.init(f"{name}.weight", f32(w))]
+        if b is not None:
+            inputs.append(self.init(f"{name}.bias", f32(b)))
+        return self.node("Gemm", inputs, [out or f"{name}.out"], name, alpha=1.0, beta=1.0, transB=1)
+
+    def bn(self, x, name, c, spatial_rank, activated=True):
+        # Realistic un-fused BN: gamma ~ 1 +- 0.1, small beta. Running mean/var are
+        # placeholders here and are calibrated later on the actual pre-BN activations.
+        # Before a ReLU/ReLU6 the shift is slightly positive (~70% of units active): with
+        # zero-mean shifts a random BN+ReLU stack is "chaotic" (every perturbation, int8
+        # weight error or float rounding alike, grows ~20% per layer), unlike a trained net.
+        gamma = self.init(f"{name}.weight", f32(self.rng.normal(1.0, 0.1, size=c)))
+        beta_mean, beta_std = (0.5, 0.2) if activated else (0.0, 0.1)
+        beta = self.init(f"{name}.bias", f32(self.rng.normal(beta_mean, beta_std, size=c)))
+        mean = self.init(f"{name}.running_mean", np.zeros(c, np.float32))
+        var = self.init(f"{name}.running_var", np.ones(c, np.float32))
+        axes = (0,) + tuple(range(2, 2 + spatial_rank))
+        self.bns.append((x, mean, var, axes))
+        return self.node(
+            "BatchNormalization", [x, gamma, beta, mean, var], [f"{name}.out"], name,
+            epsilon=self.bn_eps, momentum=0.9,
+        )
+
+    def relu(self, x, name, out=None):
+        return self.node("Relu", [x], [out or f"{name}.out"], name)
+
+    def relu6(self, x, name):
+        if "relu6.min" not in self.inits:
+            self.init("relu6.min", np.array(0.0, np.float32))
+            self.init("relu6.max", np.array(6.0, np.float32))
+        return self.node("Clip", [x, "relu6.min", "relu6.max"], [f"{name}.out"], name)
+
+    # -- model assembly
+    def model(self, inputs, outputs, doc, extra_outputs=()):
+        outs = list(outputs) + [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in extra_outputs]
+        graph = helper.make_graph(
+            self.nodes, self.name, inputs, outs,
+            initializer=[numpy_helper.from_array(a, n) for n, a in self.inits.items()],
+        )
+        m = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+            producer_name=PRODUCER, producer_version="1", doc_string=doc,
+        )
+        return m
+
+
+def calibrate_bn(b, make_model, calib, input_name):
+    """Set every BN's running mean/var to the statistics of its real input on `calib`.
+
+    Done BN by BN in graph order, so each calibration sees the already-calibrated upstream.
+    A small seeded jitter keeps the statistics from being exactly the batch statistics, as
+    for a trained network evaluated on a different batch.
+    """
+    for x, mean, var, axes in b.bns:
+        (act,) = run(make_model(extra=[x], batch="N"), {input_name: calib})[1:]
+        act = act.astype(np.float64)
+        m, v = act.mean(axis=axes), act.var(axis=axes)
+        m = m + 0.05 * np.sqrt(v) * b.rng.normal(size=m.shape)
+        v = v * np.exp(b.rng.normal(0.0, 0.05, size=v.shape))
+        b.inits[mean] = f32(m)
+        b.inits[var] = f32(np.maximum(v, 1e-6))
+
+
+def activation_report(model, feeds):
+    """Max |activation| over every intermediate tensor, and whether anything is non-finite."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for n in m.graph.node:
+        for o in n.output:
+            if o not in existing:
+                m.graph.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
+    names = [o.name for o in m.graph.output]
+    vals = run(m, feeds)
+    worst = max(float(np.abs(v).max()) for v in vals)
+    finite = all(np.isfinite(v).all() for v in vals)
+    return worst, finite, len(names)
+
+
+# --------------------------------------------------------------------------------------
+# weight-only int8
+
+
+def quantize_weights_w8(model):
+    """Replace each Conv/Gemm/MatMul weight initializer by int8 + per-output-channel scale
+    + DequantizeLinear (symmetric, int8 zero point 0). Activations and biases stay float."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    dq_nodes, new_inits, replaced = [], [], {}
+    names = {n.name for n in g.node}
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        wname = n.input[1]
+        assert wname in inits, f"{n.name}: weight is not an initializer"
+        if wname not in replaced:
+            w = numpy_helper.to_array(inits[wname]).astype(np.float32)
+            if n.op_type == "Conv":
+                axis = 0  # [M, C/group, kH, kW]
+            elif n.op_type == "Gemm":
+                trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+                axis = 0 if trans_b else 1
+            else:
+                axis = w.ndim - 1  # MatMul B [.., K, N]
+            red = tuple(i for i in range(w.ndim) if i != axis)
+            amax = np.abs(w).max(axis=red)
+            scale = f32(np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)))
+            bshape = [1] * w.ndim
+            bshape[axis] = -1
+            q = np.clip(np.rint(w / scale.reshape(bshape)), -127, 127).astype(np.int8)
+            zp = np.zeros(scale.shape, np.int8)
+            qn, sn, zn, dn = f"{wname}.q", f"{wname}.scale", f"{wname}.zero_point", f"{wname}.dq"
+            new_inits += [numpy_helper.from_array(q, qn), numpy_helper.from_array(scale, sn),
+                          numpy_helper.from_array(zp, zn)]
+            node_name = f"{n.name}.weight_dequantize"
+            assert node_name not in names
+            names.add(node_name)
+            dq_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [dn], name=node_name, axis=axis))
+            replaced[wname] = dn
+        n.input[1] = replaced[wname]
+    kept = [i for i in g.initializer if i.name not in replaced]
+    del g.initializer[:]
+    g.initializer.extend(kept + new_inits)
+    nodes = dq_nodes + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    m.doc_string = model.doc_string + " Weight-only int8 variant (per-output-channel symmetric DequantizeLinear)."
+    return m
+
+
+# --------------------------------------------------------------------------------------
+# accounting
+
+
+def _shape_of(model):
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+    for i in inferred.graph.initializer:
+        shapes[i.name] = list(i.dims)
+    return shapes
+
+
+def count_macs(model):
+    """Multiply-accumulates of Conv/Gemm/MatMul for batch 1 (symbolic dims count as 1)."""
+    shapes = _shape_of(model)
+    total = 0
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            w = shapes[n.input[1]]  # [M, C/group, kh, kw]: per output element C/group*kh*kw MACs
+            out = shapes[n.output[0]]
+            total += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif n.op_type == "Gemm":
+            a = shapes[n.input[0]]
+            trans_a = next((x.i for x in n.attribute if x.name == "transA"), 0)
+            k = a[0] if trans_a else a[1]
+            out = shapes[n.output[0]]
+            total += int(np.prod(out)) * k
+        elif n.op_type == "MatMul":
+            a = shapes[n.input[0]]
+            out = shapes[n.output[0]]
+            total += int(np.prod(out)) * a[-1]
+    return total
+
+
+def count_params(model):
+    """(all float initializer elements, same without BN running stats); excludes Clip bounds."""
+    total, trainable = 0, 0
+    for i in model.graph.initializer:
+        if i.name.startswith("relu6."):
+            continue
+        n = int(np.prod(i.dims))
+        total += n
+        if not (i.name.endswith(".running_mean") or i.name.endswith(".running_var")):
+            trainable += n
+    return total, trainable
+
+
+def io_spec(vis):
+    out = []
+    for vi in vis:
+        dims = vi.type.tensor_type.shape.dim
+        out.append({
+            "name": vi.name,
+            "dtype": "float32",
+            "shape": [d.dim_param if d.HasField("dim_param") else d.dim_value for d in dims],
+        })
+    return out
+
+
+def check_model(model, label):
+    onnx.checker.check_model(model, full_check=True)
+    names = [n.name for n in model.graph.node]
+    assert all(names), f"{label}: unnamed node"
+    assert len(set(names)) == len(names), f"{label}: duplicate node names"
+    assert model.ir_version == IR_VERSION
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", OPSET)]
+
+
+# --------------------------------------------------------------------------------------
+# workloads
+
+
+def build_digits_mlp():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)  # k/16: exact in float32 and float64
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    clf = MLPClassifier(hidden_layer_sizes=(64, 32), activation="relu", solver="adam",
+                        max_iter=1000, random_state=0)
+    clf.fit(x_tr.astype(np.float64), y_tr)
+    assert clf.n_iter_ < clf.max_iter, "MLP did not converge"
+
+    b = Builder("digits_mlp", np.random.default_rng(1), bn_eps=1e-5)
+    h = "pixels"
+    n_layers = len(clf.coefs_)
+    for i, (w, c) in enumerate(zip(clf.coefs_, clf.intercepts_)):
+        last = i == n_layers - 1
+        h = b.gemm(h, f"fc{i + 1}", w.shape[0], w.shape[1], weights=(w.T, c),
+                   out="logits" if last else None)
+        if not last:
+            h = b.relu(h, f"fc{i + 1}.relu")
+    b.node("Softmax", [h], ["probabilities"], "softmax", axis=1)
+    model = b.model(
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+        "R1 digits-mlp: scikit-learn MLPClassifier (64-32, relu) trained on sklearn load_digits "
+        "(8x8 pixels 0..16 scaled by 1/16), softmax probabilities over digits 0-9.",
+    )
+    (probs,) = run(model, {"pixels": x_te})
+    ref = clf.predict_proba(x_te.astype(np.float64))
+    err = float(np.abs(probs - ref).max())
+    assert err < 1e-5, f"ONNX vs sklearn predict_proba: {err}"
+    assert (probs.argmax(1) == clf.predict(x_te)).all()
+    acc = float((probs.argmax(1) == y_te).mean())
+    extra = {"x_test": x_te, "y_test": y_te, "sklearn_max_abs_err": err, "n_iter": int(clf.n_iter_),
+             "n_train": int(len(y_tr))}
+    golden = x_te[:8]
+    return model, golden, acc, extra
+
+
+def build_kws_dscnn():
+    rng = np.random.default_rng(2)
+    b = Builder("kws_dscnn", rng, bn_eps=1e-3)  # Keras BatchNormalization default epsilon
+    filters = 64
+    # Keras Conv2D(64, (10,4), strides=2, padding='same') on 49x10: out 25x5,
+    # total pad H = 24*2+10-49 = 9 -> (4, 5), W = 4*2+4-10 = 2 -> (1, 1).
+    h = b.conv("mfcc", "conv1", 1, filters, (10, 4), stride=2, pads=[4, 1, 5, 1])
+    h = b.relu(b.bn(h, "conv1.bn", filters, 2), "conv1.relu")
+    for i in range(1, 5):
+        p = f"block{i}"
+        h = b.conv(h, f"{p}.dw", filters, filters, (3, 3), group=filters)
+        h = b.relu(b.bn(h, f"{p}.dw.bn", filters, 2), f"{p}.dw.relu")
+        h = b.conv(h, f"{p}.pw", filters, filters, (1, 1))
+        h = b.relu(b.bn(h, f"{p}.pw.bn", filters, 2), f"{p}.pw.relu")
+    h = b.node("GlobalAveragePool", [h], ["pool.out"], "pool")
+    h = b.node("Flatten", [h], ["flatten.out"], "flatten", axis=1)
+    b.gemm(h, "fc", filters, 12, out="logits")
+
+    def make(extra=(), batch=1):
+        return b.model(
+            [helper.make_tensor_value_info("mfcc", TensorProto.FLOAT, [batch, 1, 49, 10])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 12])],
+            "R2 kws-dscnn: MLPerf Tiny keyword spotting DS-CNN (49x10 MFCC, 12 classes), "
+            "untrained (seeded He-normal weights, BN statistics calibrated on random input).",
+            extra_outputs=extra,
+        )
+
+    calib = f32(np.random.default_rng(102).normal(size=(16, 1, 49, 10)))
+    calibrate_bn(b, make, calib, "mfcc")
+    golden = f32(np.random.default_rng(202).normal(size=(1, 1, 49, 10)))
+    return make, calib, golden
+
+
+def build_anomaly_ae():
+    rng = np.random.default_rng(3)
+    b = Builder("anomaly_ae", rng, bn_eps=1e-3)
+    h = "features"
+    dims = [128, 128, 128, 128, 8, 128, 128, 128, 128]
+    prev = 640
+    for i, d in enumerate(dims):
+        p = f"dense{i + 1}"
+        h = b.gemm(h, p, prev, d)
+        h = b.relu(b.bn(h, f"{p}.bn", d, 0), f"{p}.relu")
+        prev = d
+    b.gemm(h, f"dense{len(dims) + 1}", prev, 640, out="reconstruction")
+
+    def make(extra=(), batch=1):
+        return b.model(
+            [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, 640])],
+            [helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, [batch, 640])],
+            "R3 anomaly-ae: MLPerf Tiny anomaly detection (ToyADMOS) dense autoencoder, "
+            "640 -> 128x4 -> 8 -> 128x4 -> 640, untrained (seeded He-normal weights, BN "
+            "statistics calibrated on random input).",
+            extra_outputs=extra,
+        )
+
+    calib = f32(np.random.default_rng(103).normal(size=(64, 640)))
+    calibrate_bn(b, make, calib, "features")
+    golden = f32(np.random.default_rng(203).normal(size=(1, 640)))
+    return make, calib, golden
+
+
+def make_divisible(v, divisor=8, min_value=None):
+    """torchvision/Keras MobileNet channel rounding."""
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+MBV2_SETTINGS = [  # t (expansion), c (channels), n (repeats), s (first stride)
+    [1, 16, 1, 1],
+    [6, 24, 2, 2],
+    [6, 32, 3, 2],
+    [6, 64, 4, 2],
+    [6, 96, 3, 1],
+    [6, 160, 3, 2],
+    [6, 320, 1, 1],
+]
+
+
+def build_mobilenetv2(width=0.35, num_classes=10, res=128):
+    rng = np.random.default_rng(4)
+    b = Builder("mobilenetv2_035", rng, bn_eps=1e-5)  # torchvision BatchNorm2d default epsilon
+    cin = make_divisible(32 * width)
+    last = make_divisible(1280 * max(1.0, width))
+    h = b.conv("image", "features.0.conv", 3, cin, (3, 3), stride=2, bias=False)
+    h = b.relu6(b.bn(h, "features.0.bn", cin, 2), "features.0.relu6")
+    idx = 1
+    for t, c, n, s in MBV2_SETTINGS:
+        cout = make_divisible(c * width)
+        for r in range(n):
+            stride = s if r == 0 else 1
+            p = f"features.{idx}"
+            x_in = h
+            hidden = int(round(cin * t))
+            if t != 1:
+                h = b.conv(h, f"{p}.expand", cin, hidden, (1, 1), bias=False)
+                h = b.relu6(b.bn(h, f"{p}.expand.bn", hidden, 2), f"{p}.expand.relu6")
+            h = b.conv(h, f"{p}.dw", hidden, hidden, (3, 3), stride=stride, group=hidden, bias=False)
+            h = b.relu6(b.bn(h, f"{p}.dw.bn", hidden, 2), f"{p}.dw.relu6")
+            h = b.conv(h, f"{p}.project", hidden, cout, (1, 1), bias=False)
+            h = b.bn(h, f"{p}.project.bn", cout, 2, activated=False)  # linear bottleneck: no activation
+            if stride == 1 and cin == cout:
+                h = b.node("Add", [x_in, h], [f"{p}.add.out"], f"{p}.add")
+            cin = cout
+            idx += 1
+    p = f"features.{idx}"
+    h = b.conv(h, f"{p}.conv", cin, last, (1, 1), bias=False)
+    h = b.relu6(b.bn(h, f"{p}.bn", last, 2), f"{p}.relu6")
+    h = b.node("GlobalAveragePool", [h], ["pool.out"], "pool")
+    h = b.node("Flatten", [h], ["flatten.out"], "flatten", axis=1)
+    b.gemm(h, "classifier", last, num_classes, out="logits")
+
+    def make(extra=(), batch=1):
+        return b.model(
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, res, res])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, num_classes])],
+            f"R4 mobilenetv2-035: MobileNetV2 (Sandler et al. 2018), width multiplier {width}, "
+            f"{res}x{res} RGB (ImageNet-normalized), {num_classes}-class head, untrained (seeded "
+            "He-normal weights, BN statistics calibrated on random input).",
+            extra_outputs=extra,
+        )
+
+    def images(seed, n):
+        r = np.random.default_rng(seed)
+        px = r.integers(0, 256, size=(n, 3, res, res)).astype(np.float32) / 255.0
+        mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+        std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+        return f32((px - mean) / std)
+
+    calib = images(104, 8)
+    calibrate_bn(b, make, calib, "image")
+    golden = images(204, 1)
+    return make, calib, golden
+
+
+# --------------------------------------------------------------------------------------
+# fixtures
+
+
+def per_axis_dq_fixture(opset):
+    w = np.array([[12, -7, 100], [-127, 3, 45], [64, 127, -90], [5, -33, 17]], np.int8)  # [K=4, N=3]
+    scale = np.array([0.01, 0.5, 0.002], np.float32)  # per output column (axis 1)
+    zp = np.zeros(3, np.int8)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w.q", "w.scale", "w.zero_point"], ["w"], name="w.dequantize", axis=1),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul"),
+    ]
+    graph = helper.make_graph(
+        nodes, f"per_axis_dq_opset{opset}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        initializer=[numpy_helper.from_array(w, "w.q"), numpy_helper.from_array(scale, "w.scale"),
+                     numpy_helper.from_array(zp, "w.zero_point")],
+    )
+    doc = ("Per-axis (per-channel) DequantizeLinear feeding MatMul. "
+           + ("INVALID: default-domain opset 11, where DequantizeLinear has no 'axis' attribute and "
+              "needs scalar scale/zero point (per-axis needs opset >= 13). A runtime must reject it."
+              if opset < 13 else "Valid: opset 13 supports per-axis DequantizeLinear."))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION,
+                             producer_name=PRODUCER, producer_version="1", doc_string=doc)
+
+
+def write_fixtures(report):
+    d = os.path.join(HERE, "fixtures")
+    os.makedirs(d, exist_ok=True)
+    bad = per_axis_dq_fixture(11)
+    save_model(bad, os.path.join(d, "per-axis-dq-opset11.onnx"))
+    try:
+        session(bad)
+    except Exception as e:  # noqa: BLE001 - any rejection is what we want
+        msg = str(e).strip().splitlines()[0]
+        print(f"  [ok] onnxruntime rejects per-axis-dq-opset11.onnx: {type(e).__name__}: {msg}")
+        report["opset11_ort_error"] = msg
+    else:
+        raise AssertionError("onnxruntime accepted the invalid opset-11 per-axis DequantizeLinear fixture")
+    try:
+        onnx.checker.check_model(bad)
+        report["opset11_checker"] = "accepted by onnx.checker (without full_check)"
+    except onnx.checker.ValidationError as e:
+        report["opset11_checker"] = str(e).strip().splitlines()[0]
+    print(f"  onnx.checker on opset-11 fixture: {report['opset11_checker']}")
+
+    good = per_axis_dq_fixture(13)
+    check_model(good, "per-axis-dq-opset13")
+    save_model(good, os.path.join(d, "per-axis-dq-opset13.onnx"))
+    x = f32(np.random.default_rng(5).normal(size=(1, 4)))
+    (y,) = run(good, {"x": x})
+    w = numpy_helper.to_array(good.graph.initializer[0]).astype(np.float32) * numpy_helper.to_array(good.graph.initializer[1])
+    ref = x.astype(np.float64) @ w.astype(np.float64)
+    assert np.allclose(y, ref, rtol=1e-6, atol=1e-6), (y, ref)
+    (y_opt,) = run(good, {"x": x}, optimize=True)
+    report["opset13_ort_optimized_max_rel_diff"] = float(np.abs(y_opt - y).max() / np.abs(y).max())
+    print(f"  opset-13 fixture: ORT (all optimizations, DQ+MatMul -> MatMulNBits) differs from the "
+          f"literal graph by {report['opset13_ort_optimized_max_rel_diff']:.3g} relative")
+    save_npy(os.path.join(d, "per-axis-dq-opset13.input_0.npy"), x)
+    save_npy(os.path.join(d, "per-axis-dq-opset13.output_0.npy"), y)
+    report["opset13_output"] = y.ravel().tolist()
+
+    save_model(vendor_op_fixture(), os.path.join(d, "unsupported-op.onnx"))
+
+
+def vendor_op_fixture():
+    """A graph made of one ONNX Runtime contrib op (com.microsoft QLinearAdd), which the
+    engine does not implement: the engine must name the op and its node, not fail later."""
+    a = helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 4])
+    c = helper.make_tensor_value_info("c", TensorProto.UINT8, [1, 4])
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [0.1]) for n in ("sa", "sb", "sc")]
+    inits += [helper.make_tensor(n, TensorProto.UINT8, [], [128]) for n in ("za", "zb", "zc")]
+    inits += [helper.make_tensor("b", TensorProto.UINT8, [1, 4], [1, 2, 3, 4])]
+    node = helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["c"],
+                            name="vendor_add", domain="com.microsoft")
+    graph = helper.make_graph([node], "unsupported", [a], [c], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                   helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=IR_VERSION, producer_name=PRODUCER, producer_version="1")
+
+
+# --------------------------------------------------------------------------------------
+# main
+
+
+WORKLOADS = [
+    # id, folder, reference
+    ("R1", "digits-mlp", "scikit-learn `load_digits` + `MLPClassifier` (64-32, relu)"),
+    ("R2", "kws-dscnn", "MLPerf Tiny v1.x keyword spotting, DS-CNN (Zhang et al. 2017, *Hello Edge*)"),
+    ("R3", "anomaly-ae", "MLPerf Tiny v1.x anomaly detection (ToyADMOS), dense autoencoder"),
+    ("R4", "mobilenetv2-035", "MobileNetV2 (Sandler et al. 2018), alpha 0.35, torchvision layout"),
+]
+
+
+def fmt_shape(s):
+    return "[" + ", ".join(str(d) for d in s) + "]"
+
+
+def fmt_size(n):
+    return f"{n / 1024:.1f} KiB" if n < MB else f"{n / MB:.2f} MiB"
+
+
+def main():
+    print(f"onnx {onnx.__version__}, onnxruntime {ort.__version__}, numpy {np.__version__}, "
+          f"scikit-learn {sklearn.__version__}")
+    entries = []
+    for wid, name, ref in WORKLOADS:
+        print(f"{wid} {name}")
+        folder = os.path.join(HERE, name)
+        gdir = os.path.join(folder, "golden")
+        os.makedirs(gdir, exist_ok=True)
+        accuracy, extra_info = None, {}
+        if name == "digits-mlp":
+            model, golden, accuracy, extra = build_digits_mlp()
+            save_npy(os.path.join(gdir, "labels_0.npy"), extra["y_test"][:8])
+            save_npz_deterministic(os.path.join(folder, "heldout.npz"), x=extra["x_test"], y=extra["y_test"])
+            feeds_calib = {"pixels": extra["x_test"]}
+            extra_info = {"n_heldout": int(len(extra["y_test"])), "n_train": extra["n_train"],
+                          "sklearn_max_abs_err": extra["sklearn_max_abs_err"],
+                          "sklearn_n_iter": extra["n_iter"]}
+            print(f"  ONNX vs sklearn predict_proba max abs err {extra['sklearn_max_abs_err']:.3g}, "
+                  f"held-out accuracy {accuracy:.4f} on {len(extra['y_test'])} samples")
+        else:
+            make, calib, golden = {"kws-dscnn": build_kws_dscnn, "anomaly-ae": build_anomaly_ae,
+                                   "mobilenetv2-035": build_mobilenetv2}[name]()
+            model = make()
+            # A batched twin of the model to check the outputs depend on the input.
+            (calib_out,) = run(make(batch="N"), {model.graph.input[0].name: calib})
+            spread = float(calib_out.std(axis=0).mean())
+            print(f"  output std across {len(calib)} calibration inputs (mean over outputs): {spread:.4f}")
+            assert spread > 1e-2, "degenerate model: output does not depend on the input"
+            feeds_calib = None
+
+        check_model(model, name)
+        w8 = quantize_weights_w8(model)
+        check_model(w8, name + " w8")
+        in_name, out_name = model.graph.input[0].name, model.graph.output[0].name
+        feeds = {in_name: golden}
+        (out,) = run(model, feeds)
+        (out_w8,) = run(w8, feeds)
+        for label, o in (("float", out), ("w8", out_w8)):
+            assert np.isfinite(o).all(), f"{name} {label}: non-finite output"
+            assert float(o.std()) > 1e-3, f"{name} {label}: degenerate output (std {o.std()})"
+        worst, finite, ntens = activation_report(model, feeds)
+        assert finite and worst < 1e3, f"{name}: activations out of range ({worst})"
+        print(f"  output std {out.std():.4f}, range [{out.min():.4f}, {out.max():.4f}]; "
+              f"max |activation| over {ntens} tensors {worst:.3f}")
+
+        # How far onnxruntime's own graph optimizations move the result (tolerance guidance).
+        (out_opt,) = run(model, feeds, optimize=True)
+        (out_w8_opt,) = run(w8, feeds, optimize=True)
+        opt_diff = float(np.abs(out - out_opt).max())
+        opt_diff_w8 = float(np.abs(out_w8 - out_w8_opt).max())
+
+        diff = np.abs(out_w8.astype(np.float64) - out.astype(np.float64))
+        w8_stats = {
+            "max_abs_diff": float(diff.max()),
+            "max_abs_diff_rel_to_max_abs_output": float(diff.max() / np.abs(out).max()),
+            "rel_l2_diff": float(np.linalg.norm(diff) / np.linalg.norm(out)),
+            "top1_agree": bool((out.argmax(-1) == out_w8.argmax(-1)).all()) if name != "anomaly-ae" else None,
+        }
+        print(f"  w8 vs float: max abs {w8_stats['max_abs_diff']:.4g}, rel(max) "
+              f"{w8_stats['max_abs_diff_rel_to_max_abs_output']:.4g}, rel(L2) {w8_stats['rel_l2_diff']:.4g}; "
+              f"ORT optimized vs unoptimized max abs {opt_diff:.3g} (w8 {opt_diff_w8:.3g})")
+
+        accuracy_w8 = None
+        if feeds_calib is not None:
+            (p_w8,) = run(w8, feeds_calib)
+            accuracy_w8 = float((p_w8.argmax(1) == extra["y_test"]).mean())
+            print(f"  w8 held-out accuracy {accuracy_w8:.4f}")
+
+        save_model(model, os.path.join(folder, "model.onnx"))
+        save_model(w8, os.path.join(folder, "model.w8.onnx"))
+        save_npy(os.path.join(gdir, "input_0.npy"), golden)
+        save_npy(os.path.join(gdir, "output_0.npy"), out)
+        save_npy(os.path.join(gdir, "output_0.w8.npy"), out_w8)
+
+        params, trainable = count_params(model)
+        macs = count_macs(model)
+        assert count_macs(w8) == macs
+        files = {f: os.path.getsize(os.path.join(folder, f)) for f in ("model.onnx", "model.w8.onnx")}
+        entry = {
+            "id": wid,
+            "name": name,
+            "folder": f"models/{name}",
+            "reference": ref,
+            "inputs": io_spec(model.graph.input),
+            "outputs": io_spec(model.graph.output),
+            "params": params,
+            "params_trainable": trainable,
+            "macs": macs,
+            "float_bytes": files["model.onnx"],
+            "w8_bytes": files["model.w8.onnx"],
+            "accuracy": accuracy,
+            "accuracy_w8": accuracy_w8,
+            "trained": name == "digits-mlp",
+            "golden": {
+                "inputs": ["golden/input_0.npy"],
+                "outputs": ["golden/output_0.npy"],
+                "outputs_w8": ["golden/output_0.w8.npy"],
+                "input_shape": list(golden.shape),
+            },
+            "w8_vs_float": w8_stats,
+            "ort_optimized_vs_unoptimized_max_abs_diff": opt_diff,
+            "ort_optimized_vs_unoptimized_max_abs_diff_w8": opt_diff_w8,
+        }
+        if extra_info:
+            entry.update(extra_info)
+        entries.append(entry)
+        print(f"  params {params} ({trainable} without BN running stats), MACs {macs}, "
+              f"float {files['model.onnx']} B, w8 {files['model.w8.onnx']} B")
+
+    print("fixtures")
+    fixture_report = {}
+    write_fixtures(fixture_report)
+
+    with open(os.path.join(HERE, "models.json"), "w") as f:
+        json.dump(entries, f, indent=2)
+        f.write("\n")
+    write_readme(entries, fixture_report)
+
+    total = 0
+    for root, _dirs, fs in os.walk(HERE):
+        if ".venv" in root or "__pycache__" in root:
+            continue
+        total += sum(os.path.getsize(os.path.join(root, x)) for x in fs)
+    print(f"models/ total {total} bytes")
+    assert total < 5_000_000, "models/ must stay under 5 MB"
+
+
+def write_readme(entries, fx):
+    L = []
+    L.append("# Reference workloads\n")
+    L.append(
+        "Four small ONNX models that Perch's tests and benchmarks run through the tract engine, plus\n"
+        "guard fixtures. Everything here except `generate.py` and `requirements.txt` is generated:\n"
+    )
+    L.append("```sh\npip install -r models/requirements.txt && python3 models/generate.py\n```\n")
+    L.append(
+        "The script is deterministic (fixed seeds, single-threaded onnxruntime, fixed zip timestamps):\n"
+        "re-running it reproduces every file byte for byte. No test needs Python; the generated files\n"
+        "are committed.\n"
+    )
+    L.append(
+        f"Goldens were computed with **onnxruntime {ort.__version__}** (CPUExecutionProvider, 1 thread,\n"
+        f"graph optimizations off, `ORT_DISABLE_ALL`, so the graph runs node by node as written) from\n"
+        f"onnx {onnx.__version__}, numpy {np.__version__}, "
+        f"scikit-learn {sklearn.__version__}.\n"
+    )
+    L.append("## Layout\n")
+    L.append(
+        "```\n"
+        "<name>/model.onnx             float32, default-domain opset 13, ir_version 8, unique node names\n"
+        "<name>/model.w8.onnx          weight-only int8: each Conv/Gemm/MatMul weight is an int8 initializer\n"
+        "                              + per-output-channel float scale + int8 zero point 0, through a\n"
+        "                              DequantizeLinear (opset 13, axis = output-channel axis). Activations\n"
+        "                              and biases stay float.\n"
+        "<name>/golden/input_0.npy     golden input (float32)\n"
+        "<name>/golden/output_0.npy    onnxruntime output of model.onnx on input_0\n"
+        "<name>/golden/output_0.w8.npy onnxruntime output of model.w8.onnx on input_0\n"
+        "digits-mlp/golden/labels_0.npy  int64 true labels of the 8 golden samples\n"
+        "digits-mlp/heldout.npz          x: float32 [n, 64], y: int64 [n], the whole held-out split\n"
+        "models.json                   machine-readable version of the table below\n"
+        "```\n"
+    )
+    L.append("## Models\n")
+    L.append("| id | folder | origin / architecture | input | output | params | MACs | float | w8 | accuracy |")
+    L.append("|---|---|---|---|---|---:|---:|---:|---:|---|")
+    for e in entries:
+        i, o = e["inputs"][0], e["outputs"][0]
+        acc = (f"{e['accuracy'] * 100:.2f}% held-out ({e['n_heldout']} samples)"
+               if e["accuracy"] is not None else "untrained (random weights)")
+        L.append(
+            f"| {e['id']} | `{e['name']}/` | {e['reference']} | `{i['name']}` {fmt_shape(i['shape'])} | "
+            f"`{o['name']}` {fmt_shape(o['shape'])} | {e['params']:,} | {e['macs']:,} | "
+            f"{fmt_size(e['float_bytes'])} | {fmt_size(e['w8_bytes'])} | {acc} |"
+        )
+    L.append("")
+    L.append(
+        "*params* counts every float initializer element (weights, biases, BatchNormalization\n"
+        "gamma/beta/running mean/running var; `params_trainable` in models.json leaves the running\n"
+        "statistics out). *MACs* are the multiply-accumulates of Conv/Gemm/MatMul for one sample\n"
+        "(a depthwise conv costs `out_elements * kH * kW`, i.e. `C/group = 1` per tap). Sizes are\n"
+        "file sizes (KiB = 1024 bytes).\n"
+    )
+    L.append("### Weight-only int8 vs float (golden input)\n")
+    L.append("| id | max abs diff | max abs diff / max abs output | relative L2 | top-1 agrees | ORT opt vs golden, float | ORT opt vs golden, w8 |")
+    L.append("|---|---:|---:|---:|---|---:|---:|")
+    for e in entries:
+        s = e["w8_vs_float"]
+        top1 = "n/a" if s["top1_agree"] is None else ("yes" if s["top1_agree"] else "no")
+        L.append(f"| {e['id']} | {s['max_abs_diff']:.3g} | {s['max_abs_diff_rel_to_max_abs_output']:.3g} | "
+                 f"{s['rel_l2_diff']:.3g} | {top1} | {e['ort_optimized_vs_unoptimized_max_abs_diff']:.2g} | "
+                 f"{e['ort_optimized_vs_unoptimized_max_abs_diff_w8']:.2g} |")
+    L.append("")
+    r1 = entries[0]
+    L.append(
+        f"R1's w8 variant scores {r1['accuracy_w8'] * 100:.2f}% on the held-out split "
+        f"(float: {r1['accuracy'] * 100:.2f}%). The last two columns (max abs) are how far\n"
+        "onnxruntime's own graph optimizations (`ORT_ENABLE_ALL`, e.g. Conv+BatchNormalization folding)\n"
+        "move the output away from the golden: a floor for any engine-vs-golden tolerance.\n"
+    )
+    L.append("## Notes per workload\n")
+    L.append(
+        f"- **R1 digits-mlp**: `sklearn.datasets.load_digits` (1797 8x8 images, pixel values 0..16\n"
+        f"  divided by 16), stratified 75/25 split (`random_state=0`), `MLPClassifier(hidden_layer_sizes=(64, 32),\n"
+        f"  activation='relu', solver='adam', random_state=0)` trained on {r1['n_train']} samples. Weights exported by\n"
+        f"  hand: Gemm(transB=1)+Relu, Gemm+Relu, Gemm, Softmax(axis=1). The batch dimension is symbolic (`N`).\n"
+        f"  The ONNX model matches `predict_proba` to {r1['sklearn_max_abs_err']:.1g} (max abs) on the whole\n"
+        f"  held-out split. Golden input: the first 8 held-out samples; accuracy is the ONNX model's argmax\n"
+        f"  over all {r1['n_heldout']} held-out samples in `heldout.npz`.\n"
+        "- **R2 kws-dscnn**: MLPerf Tiny keyword spotting DS-CNN: Conv 64x(10x4) stride 2 with TF 'same'\n"
+        "  padding (pads [4, 1, 5, 1] -> 25x5), BN, Relu; 4 x (depthwise 3x3 + BN + Relu, pointwise 1x1 64 +\n"
+        "  BN + Relu); GlobalAveragePool; Flatten; Gemm to 12 logits (no softmax). Convs keep their biases\n"
+        "  (Keras default). MLPerf's Keras reference (`keras_model.py`) pools with AveragePooling2D of\n"
+        "  (int(49/2), int(10/2)) = 24x5 on the 25x5 map, which drops the last row; this model uses\n"
+        "  GlobalAveragePool instead. Keras BN epsilon 1e-3.\n"
+        "- **R3 anomaly-ae**: MLPerf Tiny anomaly detection autoencoder: Dense(128)+BN+Relu x4,\n"
+        "  Dense(8)+BN+Relu, Dense(128)+BN+Relu x4, Dense(640). Gemm + BatchNormalization on a 2-D\n"
+        "  [1, C] tensor. Keras BN epsilon 1e-3.\n"
+        "- **R4 mobilenetv2-035**: MobileNetV2 width 0.35, torchvision layout and channel rounding\n"
+        "  (`_make_divisible(c * 0.35, 8)`: stem 16, blocks 8/8/16/24/32/56/112, last conv 1280), 128x128 input,\n"
+        "  expansion 6 (1 for the first block), symmetric pads, bias-free convs each followed by an un-fused\n"
+        "  BatchNormalization (epsilon 1e-5), ReLU6 as `Clip(x, 0, 6)` with min/max inputs (opset 13 form),\n"
+        "  residual Add where stride 1 and in == out channels. **The classifier has 10 classes, not 1000**,\n"
+        "  to keep models/ under 5 MB (a 1000-class head alone is 1.28M parameters).\n"
+    )
+    L.append(
+        "The untrained models (R2-R4) use seeded He-normal weights (std sqrt(2 / fan_in)), small random\n"
+        "biases, BN gamma ~ N(1, 0.1) and beta ~ N(0.5, 0.2) before a Relu/ReLU6 (N(0, 0.1) for\n"
+        "MobileNetV2's linear bottlenecks). Each BN's running mean/var were set,\n"
+        "layer by layer, to the statistics of its actual input on a seeded calibration batch (with 5%\n"
+        "jitter), as a trained network's would be, so activations stay in a realistic range (max |x|\n"
+        "over all intermediate tensors is 5-13, ReLU6 rarely clips, no blow-up through the residual\n"
+        "chain) and the outputs depend on the input. The\n"
+        "positive shift before each activation keeps about 70% of the units active; with zero-mean shifts\n"
+        "a random BN+ReLU stack is chaotic (any perturbation, int8 weight error or float rounding, grows\n"
+        "~20% per layer: R4's w8 output was off by 22% relative L2 that way), which a trained network is\n"
+        "not. Golden inputs are seeded: standard normal for R2 (MFCC) and R3 (features); for R4 uniform random 8-bit\n"
+        "pixels normalized with the ImageNet mean/std.\n"
+    )
+    L.append("## Fixtures\n")
+    L.append(
+        "`fixtures/` holds models for tests of the engine's guard against a known tract silent failure:\n"
+        "tract accepts a per-axis (per-channel) DequantizeLinear under an opset where it is not defined.\n"
+    )
+    L.append(
+        "- `fixtures/per-axis-dq-opset11.onnx`: **invalid on purpose**. Default-domain opset 11, int8 weight\n"
+        "  [4, 3] -> DequantizeLinear with `axis=1` and a per-channel scale [3] (and int8 zero point [3]) ->\n"
+        "  MatMul with float input `x` [1, 4] -> `y` [1, 3]. Per-axis DequantizeLinear needs opset >= 13.\n"
+        f"  onnxruntime rejects it: `{fx['opset11_ort_error']}`\n"
+        f"  (onnx.checker without full_check: {fx['opset11_checker']}.)\n"
+        "- `fixtures/per-axis-dq-opset13.onnx`: the same graph at opset 13 (valid), with\n"
+        "  `per-axis-dq-opset13.input_0.npy` / `per-axis-dq-opset13.output_0.npy` from onnxruntime.\n"
+        "  The three column scales differ by up to 250x, so applying the wrong scale is visible.\n"
+        "  Note: with graph optimizations on (`ORT_ENABLE_EXTENDED` and above) onnxruntime rewrites\n"
+        "  DequantizeLinear->MatMul into `com.microsoft.MatMulNBits` and its output moves by\n"
+        f"  {fx['opset13_ort_optimized_max_rel_diff']:.1e} relative; the golden is the unoptimized (literal) result.\n"
+        "  (The w8 workloads use Gemm/Conv, which onnxruntime does not rewrite that way.)\n"
+        "- `fixtures/unsupported-op.onnx`: one ONNX Runtime contrib op (`com.microsoft` QLinearAdd,\n"
+        "  node `vendor_add`) that the engine does not implement; loading it must name the op and node.\n"
+    )
+    with open(os.path.join(HERE, "README.md"), "w") as f:
+        f.write("\n".join(L))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
