@@ -1,0 +1,37 @@
+//! The inference engine: tract behind a small, checked API.
+//!
+//! [`Model::load`] reads an ONNX model (feature `onnx`) or a tract NNEF archive,
+//! refuses what the engine would mis-run, and optimizes it into a plan.
+//! [`Model::session`] gives the per-thread state that runs it on caller-owned buffers;
+//! [`Session::self_test`] checks it against golden outputs before a device serves it.
+//!
+//! ```no_run
+//! use perch_runtime::engine::{Golden, Input, LoadOptions, Model, Tolerance};
+//!
+//! # fn main() -> Result<(), perch_runtime::engine::EngineError> {
+//! let model = Model::load("models/kws-dscnn/model.onnx", &LoadOptions::new())?;
+//! let mut session = model.session()?;
+//! session.self_test(&Golden::load("models/kws-dscnn/golden")?, Tolerance::default())?;
+//!
+//! let mfcc = vec![0.0f32; 49 * 10];
+//! let outputs = session.run(&[Input::f32(&[1, 1, 49, 10], &mfcc)])?;
+//! let logits = outputs.f32(0)?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod golden;
+mod model;
+#[cfg(feature = "onnx")]
+pub mod onnx_check;
+mod session;
+mod tensor;
+
+pub use error::{EngineError, Result};
+pub use golden::{compare, read_npy, Golden, OutputCheck, SelfTestReport, Tolerance};
+pub use model::{LoadOptions, Metadata, Model, ModelFormat, NonFinitePolicy};
+pub use session::{Outputs, Session};
+pub use tensor::{DType, Dim, Input, TensorData, TensorInfo};
+
+/// The engine's tensor type, for callers that need more than slices.
+pub use tract_core::prelude::Tensor;
