@@ -445,3 +445,55 @@ mod self_test {
         assert!(matches!(err, EngineError::Golden { .. }), "{err}");
     }
 }
+
+mod corrupted_models {
+    use super::*;
+
+    /// xorshift64*: a reproducible byte-flipping sequence without a dependency.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    #[test]
+    fn randomly_corrupted_models_load_or_fail_cleanly_and_never_take_the_process_down() {
+        // Corrupt the small models: the structure (not the weights) is where a parser
+        // breaks, and small files put most flips in the structure.
+        let mut state = 0x5eed_u64;
+        let mut refused = 0;
+        for name in ["digits-mlp", "kws-dscnn"] {
+            let original = std::fs::read(models().join(name).join("model.onnx")).unwrap();
+            for _ in 0..150 {
+                let mut bytes = original.clone();
+                for _ in 0..1 + next(&mut state) % 4 {
+                    let at = (next(&mut state) % bytes.len() as u64) as usize;
+                    bytes[at] = next(&mut state) as u8;
+                }
+                match Model::from_onnx_bytes(&bytes, &LoadOptions::new()) {
+                    Ok(model) => {
+                        // A model that still loads must still answer (or refuse) a run.
+                        let meta = model.metadata().clone();
+                        if let Some(len) = meta.inputs.first().and_then(|i| i.fixed_len()) {
+                            let shape: Vec<usize> = meta.inputs[0]
+                                .shape
+                                .iter()
+                                .map(|d| match d {
+                                    perch_runtime::engine::Dim::Fixed(n) => *n,
+                                    perch_runtime::engine::Dim::Symbolic(_) => 1,
+                                })
+                                .collect();
+                            if meta.inputs.len() == 1 && len < 1 << 20 {
+                                let x = vec![0.5f32; len];
+                                let _ = model.run(&[Input::f32(&shape, &x)]);
+                            }
+                        }
+                    }
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        assert!(refused > 0, "no corruption was detected at all");
+    }
+}
