@@ -6,7 +6,8 @@
 //! the messages a device sends (metrics reports, health) with postcard.
 //!
 //! With the `std` feature, `engine` loads ONNX models (feature `onnx`) and tract
-//! NNEF archives into optimized plans and runs them on caller-owned buffers.
+//! NNEF archives into optimized plans and runs them on caller-owned buffers, and
+//! `bundle` parses, verifies and writes the signed model bundles devices install.
 //!
 //! ```
 //! use core::time::Duration;
@@ -29,5 +30,8 @@ pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod engine;
+
+#[cfg(feature = "std")]
+pub mod bundle;
 
 pub use error::Error;

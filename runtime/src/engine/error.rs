@@ -10,13 +10,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum EngineError {
     /// A model or golden file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The operating system's reason.
-        #[source]
-        source: std::io::Error,
+        /// The operating system's reason (in the message, so not repeated as a source).
+        cause: std::io::Error,
     },
     /// The bytes are not a model of the expected format (truncated, corrupt, wrong file).
     #[error("{what} is not a valid model: {reason}")]

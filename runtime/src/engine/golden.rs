@@ -105,9 +105,9 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
     fn attempt<T: ReadableElement + tract_core::prelude::Datum>(
         path: &Path,
     ) -> Result<Option<Tensor>> {
-        let file = File::open(path).map_err(|source| EngineError::Io {
+        let file = File::open(path).map_err(|cause| EngineError::Io {
             path: path.into(),
-            source,
+            cause,
         })?;
         match ArrayD::<T>::read_npy(file) {
             Ok(array) => Ok(Some(Tensor::from(array))),

@@ -48,13 +48,13 @@ impl ModelFormat {
             return Ok(ModelFormat::Nnef);
         }
         let mut magic = [0u8; 2];
-        let mut file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+        let mut file = std::fs::File::open(path).map_err(|cause| EngineError::Io {
             path: path.into(),
-            source,
+            cause,
         })?;
-        let n = std::io::Read::read(&mut file, &mut magic).map_err(|source| EngineError::Io {
+        let n = std::io::Read::read(&mut file, &mut magic).map_err(|cause| EngineError::Io {
             path: path.into(),
-            source,
+            cause,
         })?;
         Ok(if n == 2 && magic == [0x1f, 0x8b] {
             ModelFormat::Nnef
@@ -138,9 +138,9 @@ impl Model {
         let path = path.as_ref();
         match ModelFormat::detect(path)? {
             ModelFormat::Onnx => {
-                let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+                let bytes = std::fs::read(path).map_err(|cause| EngineError::Io {
                     path: path.into(),
-                    source,
+                    cause,
                 })?;
                 let dir = path.parent().and_then(Path::to_str);
                 Self::onnx(&bytes, &path.display().to_string(), dir, options, path)
