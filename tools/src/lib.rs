@@ -11,7 +11,14 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
+pub mod bundle;
+pub mod convert;
+pub mod fsio;
+pub mod graph;
 pub mod inspect;
+pub mod onnx;
+pub mod quantize;
 pub mod run;
 
 use perch_runtime::engine::EngineError;
@@ -26,6 +33,9 @@ pub enum ToolError {
     /// A command-line value is not usable.
     #[error("{0}")]
     Usage(String),
+    /// A bundle or key file is unreadable, malformed or fails verification.
+    #[error(transparent)]
+    Bundle(#[from] perch_runtime::bundle::BundleError),
 }
 
 /// Parses `name=1,3,224,224` into an input name and a shape.

@@ -1,10 +1,27 @@
 //! `perch run`: one inference on given or golden inputs, optionally checked.
+//!
+//! The model is a model file or a bundle ([`crate::bundle::is_bundle_file`]). Inputs are
+//! files in the model's input order:
+//!
+//! - `.npy`: one array;
+//! - `.npz`: its arrays, in archive order, or matched to the model's inputs by name
+//!   when any array is named after an input;
+//! - `.json`: `{"inputs": [{"name": ..., "shape": [...], "datatype": "FP32", "data": [...]}]}`,
+//!   which is an Open Inference Protocol (KServe v2) inference request. `name` and
+//!   `datatype` are optional here (inputs are then taken in order, with the model's
+//!   element type), `shape` is optional for inputs whose shape the model fixes, and
+//!   `data` may be flat (row-major) or nested.
+//!
+//! Arrays from every file are concatenated in the order given.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use perch_runtime::engine::{read_npy, Golden, Input, Model, NonFinitePolicy, Tensor, Tolerance};
+use perch_runtime::bundle::{read_verifying_key, Bundle, Limits};
+use perch_runtime::engine::{
+    read_npy, DType, Dim, Golden, Input, Metadata, Model, NonFinitePolicy, Tensor, Tolerance,
+};
 use serde::Serialize;
 
 use crate::{load_options, ToolError};
@@ -12,11 +29,12 @@ use crate::{load_options, ToolError};
 /// What to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
-    /// The model file.
+    /// The model file or bundle.
     pub model: PathBuf,
-    /// `.npy` inputs in the model's input order; empty means the golden inputs.
+    /// `.npy`, `.npz` or `.json` inputs (see the module docs); empty means the golden inputs.
     pub inputs: Vec<PathBuf>,
-    /// A golden folder; defaults to `golden/` beside the model when inputs are not given.
+    /// A golden folder; defaults to the bundle's golden data, or `golden/` beside a model
+    /// file, when inputs are not given.
     pub golden: Option<PathBuf>,
     /// Golden output variant (`w8` reads `output_N.w8.npy`); guessed from `model.w8.onnx`.
     pub variant: Option<String>,
@@ -24,6 +42,8 @@ pub struct RunRequest {
     pub shapes: Vec<(String, Vec<usize>)>,
     /// Pass NaN and infinities to the model instead of refusing them.
     pub allow_non_finite: bool,
+    /// Public key files to check a bundle's signature with; empty runs it unchecked.
+    pub pubkeys: Vec<PathBuf>,
 }
 
 /// One output of the run.
@@ -54,11 +74,28 @@ pub struct GoldenCheck {
     pub passed: bool,
 }
 
+/// The bundle a run's model came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct BundleSource {
+    /// The manifest's model name.
+    pub name: String,
+    /// The manifest's version.
+    pub version: String,
+    /// The manifest's sequence number.
+    pub sequence: u64,
+    /// Whether the signature was checked (and verified: a failed check is an error).
+    pub signature_checked: bool,
+    /// The id of the key the manifest names as its signer (verified when checked).
+    pub key_id: String,
+}
+
 /// The result of `perch run`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     /// The model file.
     pub model: String,
+    /// The bundle, when the model came from one.
+    pub bundle: Option<BundleSource>,
     /// Where the inputs came from.
     pub inputs: Vec<String>,
     /// The outputs.
@@ -71,60 +108,80 @@ pub struct RunReport {
     pub first_run_ms: f64,
 }
 
-/// Loads the model, runs it once and compares with golden outputs when available.
+/// Loads the model (from a file or a bundle), runs it once and compares with golden
+/// outputs when available.
+///
+/// A bundle's structure and hashes are always checked; its signature only when
+/// `pubkeys` are given, and then a bundle that fails it is an error.
 pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
     let mut options = load_options(&request.shapes);
     if request.allow_non_finite {
         options = options.non_finite(NonFinitePolicy::Allow);
     }
+    let is_bundle = crate::bundle::is_bundle_file(&request.model);
+    if !is_bundle && !request.pubkeys.is_empty() {
+        return Err(ToolError::Usage(format!(
+            "--pubkey checks bundle signatures, but {} is a model file",
+            request.model.display()
+        )));
+    }
     let started = Instant::now();
-    let model = Model::load(&request.model, &options)?;
+    let (model, bundle, bundle_golden) = if is_bundle {
+        let (bundle, source) = open_bundle(&request.model, &request.pubkeys)?;
+        let model = bundle.load_model(&options)?;
+        let golden = (bundle.golden().clone(), bundle.tolerance());
+        (model, Some(source), Some(golden))
+    } else {
+        (Model::load(&request.model, &options)?, None, None)
+    };
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    let golden_dir = request.golden.clone().or_else(|| {
-        let beside = request.model.parent()?.join("golden");
-        (request.inputs.is_empty() && beside.join("input_0.npy").exists()).then_some(beside)
-    });
     let variant = request
         .variant
         .clone()
         .or_else(|| guess_variant(&request.model));
-    let golden = match &golden_dir {
-        Some(dir) => Some(Golden::load_variant(dir, variant.as_deref())?),
-        None => None,
+    let golden: Option<(Golden, Tolerance)> = match (&request.golden, bundle_golden) {
+        (Some(dir), _) => Some((
+            Golden::load_variant(dir, variant.as_deref())?,
+            Tolerance::default(),
+        )),
+        (None, Some(g)) if request.inputs.is_empty() => Some(g),
+        (None, Some(_)) => None,
+        (None, None) => {
+            let beside = request
+                .model
+                .parent()
+                .map(|p| p.join("golden"))
+                .filter(|b| request.inputs.is_empty() && b.join("input_0.npy").exists());
+            match beside {
+                Some(dir) => Some((
+                    Golden::load_variant(&dir, variant.as_deref())?,
+                    Tolerance::default(),
+                )),
+                None => None,
+            }
+        }
+    };
+    let golden_label = |g: &Golden| match bundle {
+        Some(_) if request.golden.is_none() => {
+            format!("{}:{}", request.model.display(), g.dir.display())
+        }
+        _ => g.dir.display().to_string(),
     };
 
     let (tensors, sources): (Vec<Tensor>, Vec<String>) = if request.inputs.is_empty() {
-        let golden = golden.as_ref().ok_or_else(|| {
+        let (golden, _) = golden.as_ref().ok_or_else(|| {
             ToolError::Usage(format!(
                 "no --input given and no golden/ folder beside {}",
                 request.model.display()
             ))
         })?;
         let sources = (0..golden.inputs.len())
-            .map(|i| {
-                golden
-                    .dir
-                    .join(format!("input_{i}.npy"))
-                    .display()
-                    .to_string()
-            })
+            .map(|i| format!("{}/input_{i}.npy", golden_label(golden)))
             .collect();
         (golden.inputs.clone(), sources)
     } else {
-        let tensors = request
-            .inputs
-            .iter()
-            .map(read_npy)
-            .collect::<Result<Vec<_>, _>>()?;
-        (
-            tensors,
-            request
-                .inputs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
-        )
+        read_inputs(&request.inputs, model.metadata())?
     };
     let inputs = tensors
         .iter()
@@ -179,8 +236,8 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
     }
 
     let golden = match golden {
-        Some(g) if request.inputs.is_empty() => {
-            let tolerance = Tolerance::default().relative;
+        Some((g, tolerance)) if request.inputs.is_empty() => {
+            let tolerance = tolerance.relative;
             let mut relative_error = vec![];
             for (i, want) in g.outputs.iter().enumerate() {
                 let got = outputs.tensor(i)?;
@@ -192,7 +249,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
             let passed = relative_error.len() == outputs.len()
                 && relative_error.iter().all(|e| *e <= tolerance);
             Some(GoldenCheck {
-                dir: g.dir.display().to_string(),
+                dir: golden_label(&g),
                 relative_error,
                 tolerance,
                 passed,
@@ -203,6 +260,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
 
     Ok(RunReport {
         model: request.model.display().to_string(),
+        bundle,
         inputs: sources,
         outputs: summaries,
         golden,
@@ -211,8 +269,336 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
     })
 }
 
+/// Reads a bundle, checking its signature when public keys are given.
+fn open_bundle(path: &Path, pubkeys: &[PathBuf]) -> Result<(Bundle, BundleSource), ToolError> {
+    let bundle = Bundle::read_file(path, &Limits::default())?;
+    let (bundle, signature_checked) = if pubkeys.is_empty() {
+        (bundle, false)
+    } else {
+        let keys = pubkeys
+            .iter()
+            .map(read_verifying_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        (bundle.verify(&keys)?.into_bundle(), true)
+    };
+    let m = bundle.manifest();
+    let source = BundleSource {
+        name: m.name.clone(),
+        version: m.version.to_string(),
+        sequence: m.sequence,
+        signature_checked,
+        key_id: m.key_id.clone(),
+    };
+    Ok((bundle, source))
+}
+
+/// One array read from an input file, before it is matched to a model input.
+struct Item {
+    /// Its name in the file (npz array name, JSON `name`), if any.
+    name: Option<String>,
+    /// Where it came from, for messages and the report.
+    source: String,
+    value: Value,
+}
+
+enum Value {
+    Tensor(Tensor),
+    /// A JSON tensor, typed once its model input is known.
+    Json {
+        shape: Option<Vec<usize>>,
+        dtype: Option<DType>,
+        data: Vec<serde_json::Number>,
+    },
+}
+
+/// Reads input files (`.npy`, `.npz`, `.json`) into tensors in the model's input order.
+fn read_inputs(
+    paths: &[PathBuf],
+    meta: &Metadata,
+) -> Result<(Vec<Tensor>, Vec<String>), ToolError> {
+    let mut items = vec![];
+    for path in paths {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        match ext.as_str() {
+            "npz" => items.extend(read_npz(path)?),
+            "json" => items.extend(read_json(path)?),
+            _ => items.push(Item {
+                name: None,
+                source: path.display().to_string(),
+                value: Value::Tensor(read_npy(path)?),
+            }),
+        }
+    }
+    let names: Vec<&str> = meta.inputs.iter().map(|i| i.name.as_str()).collect();
+    let by_name = items
+        .iter()
+        .any(|i| i.name.as_deref().is_some_and(|n| names.contains(&n)));
+    if by_name {
+        let mut ordered = Vec::with_capacity(names.len());
+        for item in &items {
+            let name = item.name.as_deref().unwrap_or("(unnamed)");
+            if !names.contains(&name) {
+                return Err(ToolError::Usage(format!(
+                    "{}: {name:?} is not an input of the model (its inputs: {})",
+                    item.source,
+                    names.join(", ")
+                )));
+            }
+        }
+        for name in &names {
+            let mut matching = items.iter().filter(|i| i.name.as_deref() == Some(name));
+            let found = matching.next().ok_or_else(|| {
+                ToolError::Usage(format!("no value given for the model's input {name:?}"))
+            })?;
+            if let Some(again) = matching.next() {
+                return Err(ToolError::Usage(format!(
+                    "input {name:?} is given twice ({} and {})",
+                    found.source, again.source
+                )));
+            }
+            ordered.push(found);
+        }
+        materialize(ordered, meta)
+    } else {
+        materialize(items.iter().collect(), meta)
+    }
+}
+
+/// Turns items, already in input order, into tensors: JSON data takes the model input's
+/// element type (unless it names one) and fixed shape (unless it gives one).
+fn materialize(
+    items: Vec<&Item>,
+    meta: &Metadata,
+) -> Result<(Vec<Tensor>, Vec<String>), ToolError> {
+    let mut tensors = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let tensor = match &item.value {
+            Value::Tensor(t) => t.clone(),
+            Value::Json { shape, dtype, data } => {
+                let info = meta.inputs.get(index);
+                let usage = |m: String| ToolError::Usage(format!("{}: {m}", item.source));
+                let shape = match (shape, info) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(info)) => info
+                        .shape
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Fixed(n) => Some(*n),
+                            Dim::Symbolic(_) => None,
+                        })
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| {
+                            usage(format!(
+                                "no shape given, and input {:?} has shape {}",
+                                info.name,
+                                info.shape_string()
+                            ))
+                        })?,
+                    (None, None) => return Err(usage("no shape given".into())),
+                };
+                let dtype = dtype.or(info.map(|i| i.dtype)).unwrap_or(DType::F32);
+                json_tensor(&shape, dtype, data).map_err(usage)?
+            }
+        };
+        tensors.push(tensor);
+    }
+    Ok((tensors, items.iter().map(|i| i.source.clone()).collect()))
+}
+
+fn json_tensor(
+    shape: &[usize],
+    dtype: DType,
+    data: &[serde_json::Number],
+) -> Result<Tensor, String> {
+    let expected = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+    if expected != Some(data.len()) {
+        return Err(format!(
+            "shape {shape:?} needs {} values, data has {}",
+            expected.map_or("too many".to_string(), |n| n.to_string()),
+            data.len()
+        ));
+    }
+    fn ints<T: TryFrom<i64> + tract_onnx::prelude::Datum + Copy>(
+        shape: &[usize],
+        data: &[serde_json::Number],
+        dtype: DType,
+    ) -> Result<Tensor, String> {
+        let values = data
+            .iter()
+            .map(|n| {
+                n.as_i64()
+                    .and_then(|v| T::try_from(v).ok())
+                    .ok_or_else(|| format!("value {n} is not a valid {dtype}"))
+            })
+            .collect::<Result<Vec<T>, _>>()?;
+        Tensor::from_shape(shape, &values).map_err(|e| format!("{e:#}"))
+    }
+    match dtype {
+        DType::F32 => {
+            let values: Vec<f32> = data
+                .iter()
+                .map(|n| n.as_f64().unwrap_or(f64::NAN) as f32)
+                .collect();
+            Tensor::from_shape(shape, &values).map_err(|e| format!("{e:#}"))
+        }
+        DType::I8 => ints::<i8>(shape, data, dtype),
+        DType::U8 => ints::<u8>(shape, data, dtype),
+        DType::I32 => ints::<i32>(shape, data, dtype),
+        DType::I64 => ints::<i64>(shape, data, dtype),
+        other => Err(format!(
+            "element type {other} is not supported (FP32, INT8, UINT8, INT32 or INT64)"
+        )),
+    }
+}
+
+/// Every array of an `.npz` file, in archive order.
+fn read_npz(path: &Path) -> Result<Vec<Item>, ToolError> {
+    use ndarray_npy::{NpzReader, ReadNpyError, ReadNpzError};
+    use tract_onnx::prelude::tract_ndarray::{IxDyn, OwnedRepr};
+
+    let fail = |e: String| ToolError::Usage(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let mut npz = NpzReader::new(file).map_err(|e| fail(format!("not an .npz archive: {e}")))?;
+    let names = npz.names().map_err(|e| fail(e.to_string()))?;
+    if names.is_empty() {
+        return Err(fail("the archive holds no arrays".into()));
+    }
+    fn attempt<T>(
+        npz: &mut NpzReader<std::fs::File>,
+        name: &str,
+    ) -> Result<Option<Tensor>, ReadNpzError>
+    where
+        T: ndarray_npy::ReadableElement + tract_onnx::prelude::Datum,
+    {
+        match npz.by_name::<OwnedRepr<T>, IxDyn>(name) {
+            Ok(a) => Ok(Some(Tensor::from(a))),
+            Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(_))) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    let mut items = vec![];
+    for name in names {
+        let source = format!("{}:{name}", path.display());
+        let mut tensor = None;
+        for read in [
+            attempt::<f32>,
+            attempt::<f64>,
+            attempt::<i64>,
+            attempt::<i32>,
+            attempt::<i8>,
+            attempt::<u8>,
+        ] {
+            if let Some(t) =
+                read(&mut npz, &name).map_err(|e| fail(format!("array {name:?}: {e}")))?
+            {
+                tensor = Some(t);
+                break;
+            }
+        }
+        let tensor = tensor.ok_or_else(|| {
+            fail(format!(
+                "array {name:?} has an unsupported element type (expected f32, f64, i64, i32, i8 or u8)"
+            ))
+        })?;
+        items.push(Item {
+            name: Some(name),
+            source,
+            value: Value::Tensor(tensor),
+        });
+    }
+    Ok(items)
+}
+
+/// The tensors of a JSON request: `{"inputs": [{"name", "shape", "datatype", "data"}]}`.
+fn read_json(path: &Path) -> Result<Vec<Item>, ToolError> {
+    let fail = |e: String| ToolError::Usage(format!("{}: {e}", path.display()));
+    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    let inputs = json
+        .get("inputs")
+        .and_then(|i| i.as_array())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| {
+            fail(r#"expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]} (an Open Inference Protocol v2 request)"#.into())
+        })?;
+    let mut items = vec![];
+    for (i, input) in inputs.iter().enumerate() {
+        let name = input
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(str::to_string);
+        let label = name.clone().unwrap_or_else(|| format!("#{i}"));
+        let source = format!("{}:{label}", path.display());
+        let fail = |e: String| ToolError::Usage(format!("{source}: {e}"));
+        let shape = match input.get("shape") {
+            None => None,
+            Some(s) => Some(
+                s.as_array()
+                    .and_then(|dims| {
+                        dims.iter()
+                            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                            .collect::<Option<Vec<usize>>>()
+                    })
+                    .ok_or_else(|| fail(format!("shape {s} is not a list of sizes")))?,
+            ),
+        };
+        let dtype = match input.get("datatype").or_else(|| input.get("dtype")) {
+            None => None,
+            Some(d) => Some(d.as_str().and_then(parse_datatype).ok_or_else(|| {
+                fail(format!(
+                    "datatype {d} is not supported (FP32, INT8, UINT8, INT32 or INT64)"
+                ))
+            })?),
+        };
+        let mut data = vec![];
+        flatten(
+            input
+                .get("data")
+                .ok_or_else(|| fail("no \"data\" (binary tensor data is not supported)".into()))?,
+            &mut data,
+        )
+        .map_err(fail)?;
+        items.push(Item {
+            name,
+            source,
+            value: Value::Json { shape, dtype, data },
+        });
+    }
+    Ok(items)
+}
+
+/// An Open Inference Protocol datatype (`FP32`) or engine type name (`f32`).
+fn parse_datatype(name: &str) -> Option<DType> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "FP32" | "F32" => DType::F32,
+        "INT8" | "I8" => DType::I8,
+        "UINT8" | "U8" => DType::U8,
+        "INT32" | "I32" => DType::I32,
+        "INT64" | "I64" => DType::I64,
+        _ => return None,
+    })
+}
+
+/// Collects the numbers of a flat or nested JSON array, row-major.
+fn flatten(value: &serde_json::Value, out: &mut Vec<serde_json::Number>) -> Result<(), String> {
+    match value {
+        serde_json::Value::Number(n) => out.push(n.clone()),
+        serde_json::Value::Array(items) => {
+            for item in items {
+                flatten(item, out)?;
+            }
+        }
+        other => return Err(format!("data holds {other}, not a number")),
+    }
+    Ok(())
+}
+
 /// `model.w8.onnx` → `w8`: the variant suffix its golden outputs carry.
-fn guess_variant(model: &Path) -> Option<String> {
+pub(crate) fn guess_variant(model: &Path) -> Option<String> {
     let name = model.file_name()?.to_str()?;
     let stem = name
         .strip_suffix(".onnx")
@@ -224,6 +610,21 @@ fn guess_variant(model: &Path) -> Option<String> {
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.model)?;
+        if let Some(b) = &self.bundle {
+            let signature = if b.signature_checked {
+                format!("signature verified with key {}", b.key_id)
+            } else {
+                format!(
+                    "signature NOT checked (signed by key {}; pass --pubkey to check it)",
+                    b.key_id
+                )
+            };
+            writeln!(
+                f,
+                "  bundle {} {} (sequence {}), {signature}",
+                b.name, b.version, b.sequence
+            )?;
+        }
         for src in &self.inputs {
             writeln!(f, "  input  {src}")?;
         }
