@@ -19,7 +19,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use perch_runtime::bundle::{Bundle, Limits};
-use perch_runtime::engine::{Input, Model, ModelFormat, Tensor};
+use perch_runtime::engine::{Model, ModelFormat, Tensor};
 use serde::Serialize;
 use tract_onnx::prelude::{Framework, InferenceModelExt, IntoTValue, TValue, TVec};
 use tract_onnx::tract_core::internal::{EvalContext, OpState};
@@ -253,7 +253,7 @@ pub fn bench(path: &Path, options: &BenchOptions) -> Result<BenchReport, ToolErr
         Some(u) => graph::sample_inputs(&model, &u.model),
         None => graph::sample_inputs(&model, path),
     };
-    let inputs = input_refs(&samples)?;
+    let inputs = crate::input_refs(&samples, "input")?;
     let input_shapes: Vec<Vec<usize>> = samples.iter().map(|t| t.shape().to_vec()).collect();
 
     let mut session = model.session()?;
@@ -321,20 +321,6 @@ fn unpack(path: &Path, model_name: &str) -> Result<Unpacked, ToolError> {
     })
 }
 
-fn input_refs(tensors: &[Tensor]) -> Result<Vec<Input<'_>>, ToolError> {
-    tensors
-        .iter()
-        .map(|t| {
-            Input::from_tensor(t).ok_or_else(|| {
-                ToolError::Usage(format!(
-                    "input of element type {:?} cannot be a model input",
-                    t.datum_type()
-                ))
-            })
-        })
-        .collect()
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -353,7 +339,7 @@ fn timed_runs(
                 let barrier = barrier.clone();
                 scope.spawn(move || -> Result<Vec<Duration>, ToolError> {
                     let prepared = (|| {
-                        let inputs = input_refs(samples)?;
+                        let inputs = crate::input_refs(samples, "input")?;
                         let mut session = model.session()?;
                         for _ in 0..options.warmup {
                             session.run(&inputs)?;

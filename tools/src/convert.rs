@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use perch_runtime::engine::{compare, Input, LoadOptions, Model, ModelFormat, Tensor, Tolerance};
+use perch_runtime::engine::{compare, LoadOptions, Model, ModelFormat, Tolerance};
 use serde::Serialize;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
 use tract_onnx::WithOnnx;
@@ -163,7 +163,7 @@ pub fn check_archive(
     let onnx_model = Model::load(source, &LoadOptions::new())?;
     let onnx_load_ms = ms(started);
     let (samples, sample) = graph::sample_inputs(&onnx_model, source);
-    let inputs = input_refs(&samples)?;
+    let inputs = crate::input_refs(&samples, "sample input")?;
     let started = Instant::now();
     let onnx_out = onnx_model.session()?.run(&inputs).map_err(|e| {
         ToolError::Usage(format!(
@@ -276,20 +276,6 @@ fn write_archive(source: &Path) -> Result<Vec<u8>, ToolError> {
         .map_err(|e| fail("compressing the archive", e.to_string()))?;
     gz.finish()
         .map_err(|e| fail("compressing the archive", e.to_string()))
-}
-
-fn input_refs(tensors: &[Tensor]) -> Result<Vec<Input<'_>>, ToolError> {
-    tensors
-        .iter()
-        .map(|t| {
-            Input::from_tensor(t).ok_or_else(|| {
-                ToolError::Usage(format!(
-                    "sample input of element type {:?} cannot be a model input",
-                    t.datum_type()
-                ))
-            })
-        })
-        .collect()
 }
 
 fn ms(since: Instant) -> f64 {

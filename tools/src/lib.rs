@@ -38,6 +38,26 @@ pub enum ToolError {
     Bundle(#[from] perch_runtime::bundle::BundleError),
 }
 
+/// Borrows tensors (read from files) as engine inputs, in order; an element type the
+/// engine cannot take is an error naming `what` held it.
+pub fn input_refs<'t>(
+    tensors: &'t [perch_runtime::engine::Tensor],
+    what: &str,
+) -> Result<Vec<perch_runtime::engine::Input<'t>>, ToolError> {
+    tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            perch_runtime::engine::Input::from_tensor(t).ok_or_else(|| {
+                ToolError::Usage(format!(
+                    "{what} {i}: element type {:?} cannot be a model input",
+                    t.datum_type()
+                ))
+            })
+        })
+        .collect()
+}
+
 /// Parses `name=1,3,224,224` into an input name and a shape.
 pub fn parse_shape_override(text: &str) -> Result<(String, Vec<usize>), ToolError> {
     let (name, dims) = text

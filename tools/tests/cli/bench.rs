@@ -1,22 +1,10 @@
 //! `perch bench`: the structure and sanity of its measurements (never their speed).
 
-use std::path::{Path, PathBuf};
+use crate::{json, models, perch};
 
-use assert_cmd::Command;
+use std::path::Path;
+
 use serde_json::Value;
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
-
-fn perch() -> Command {
-    Command::cargo_bin("perch").unwrap()
-}
-
-fn json(output: &[u8]) -> Value {
-    serde_json::from_slice(output)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(output)))
-}
 
 fn bench_json(model: &Path, extra: &[&str]) -> Value {
     let out = perch()

@@ -1,25 +1,11 @@
 //! `perch keygen`, `pack`, `verify` and `run` on bundles, as a user runs them: real
 //! keys, real signatures, real files in temporary folders.
 
+use crate::{json, models, perch};
+
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use perch_runtime::engine::read_npy;
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
-
-fn perch() -> Command {
-    let mut cmd = Command::cargo_bin("perch").unwrap();
-    cmd.env_remove("SOURCE_DATE_EPOCH");
-    cmd
-}
-
-fn json(output: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(output)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(output)))
-}
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

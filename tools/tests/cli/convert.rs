@@ -1,23 +1,11 @@
 //! `perch convert`: ONNX → NNEF archives that run like their source, or nothing.
 
+use crate::{json, models, perch};
+
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use perch_runtime::engine::{compare, Golden, LoadOptions, Model};
 use serde_json::Value;
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
-
-fn perch() -> Command {
-    Command::cargo_bin("perch").unwrap()
-}
-
-fn json(output: &[u8]) -> Value {
-    serde_json::from_slice(output)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(output)))
-}
 
 const MODELS: [&str; 4] = ["digits-mlp", "kws-dscnn", "anomaly-ae", "mobilenetv2-035"];
 

@@ -1,29 +1,17 @@
 //! `perch quantize` as a user runs it: round trips on the reference models, the written
 //! protobuf, refusals, and the report.
 
+use crate::{json, models, perch};
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use ndarray_npy::{NpzReader, NpzWriter, WriteNpyExt};
 use perch_runtime::engine::{read_npy, Input, LoadOptions, Model};
 use perch_tools::onnx::{pb, read_model, write_model};
 use tract_onnx::prelude::tract_ndarray::{Array1, Array2, ArrayD, IxDyn};
 
 const REFERENCE_MODELS: [&str; 4] = ["digits-mlp", "kws-dscnn", "anomaly-ae", "mobilenetv2-035"];
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
-
-fn perch() -> Command {
-    Command::cargo_bin("perch").unwrap()
-}
-
-fn json(output: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(output)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(output)))
-}
 
 /// Runs `perch quantize --json ARGS` and returns its report; fails the test on a non-zero exit.
 fn quantize(args: &[&str]) -> serde_json::Value {

@@ -1,24 +1,12 @@
 //! `perch inspect` on the reference models, on the refused fixtures, and on small
 //! quantized graphs written here in each ONNX quantization format.
 
+use crate::{json, models, perch};
+
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use perch_tools::onnx::pb;
 use serde_json::Value;
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
-
-fn perch() -> Command {
-    Command::cargo_bin("perch").unwrap()
-}
-
-fn json(output: &[u8]) -> Value {
-    serde_json::from_slice(output)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(output)))
-}
 
 fn inspect_json(path: &Path, extra: &[&str]) -> Value {
     let out = perch()

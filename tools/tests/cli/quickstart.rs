@@ -1,21 +1,6 @@
 //! The `perch` binary as a user runs it.
 
-use std::path::{Path, PathBuf};
-
-use assert_cmd::Command;
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
-
-fn perch() -> Command {
-    Command::cargo_bin("perch").unwrap()
-}
-
-fn json(output: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(output)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(output)))
-}
+use crate::{json, models, perch};
 
 mod run {
     use super::*;
