@@ -555,7 +555,7 @@ mod limits {
         npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
         npy.extend_from_slice(header.as_bytes());
         npy.extend_from_slice(&[0; 4]);
-        let err = decode_npy(&npy).unwrap_err();
+        let err = crate::engine::decode_npy(&npy).unwrap_err();
         assert!(err.contains("1000000000000 elements"), "{err}");
     }
 

@@ -28,7 +28,7 @@ mod session;
 mod tensor;
 
 pub use error::{EngineError, Result};
-pub use golden::{compare, read_npy, Golden, OutputCheck, SelfTestReport, Tolerance};
+pub use golden::{compare, decode_npy, read_npy, Golden, OutputCheck, SelfTestReport, Tolerance};
 pub use model::{LoadOptions, Metadata, Model, ModelFormat, NonFinitePolicy};
 pub use session::{Outputs, Session};
 pub use tensor::{DType, Dim, Input, TensorData, TensorInfo};
