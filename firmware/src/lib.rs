@@ -15,6 +15,10 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backoff;
+pub mod prometheus;
+pub mod spool;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -47,6 +47,12 @@
 //! sends several reports, taking each with [`Histogram::take_report_chunk`]; the receiver
 //! merges them back into the exact original.
 //!
+//! # Recording from many threads
+//!
+//! [`AtomicHistogram`] has the same buckets in atomic counters: request handlers record
+//! into it through a shared reference, lock-free and allocation-free, and a reporter
+//! takes plain [`Histogram`]s out of it.
+//!
 //! # Serialization
 //!
 //! With serde, a histogram is a tuple of exactly [`BUCKETS`] `u32` counts in bucket
@@ -66,6 +72,7 @@
 //! ```
 
 use core::fmt;
+use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
@@ -276,6 +283,105 @@ impl Histogram {
 impl Default for Histogram {
     fn default() -> Histogram {
         Histogram::new()
+    }
+}
+
+/// A [`Histogram`] that many threads record into at once through a shared reference:
+/// one [`AtomicU32`] per bucket, so recording takes no lock and never allocates.
+///
+/// This is the histogram on the inference path. A request handler calls
+/// [`record`](AtomicHistogram::record) after each inference; a reporter calls
+/// [`take`](AtomicHistogram::take) once per interval (or [`snapshot`](AtomicHistogram::snapshot)
+/// for cumulative metrics) and works on the plain [`Histogram`] it gets back.
+///
+/// # Consistency
+///
+/// Every operation is atomic per bucket, not across buckets, and uses `Relaxed`
+/// ordering: a histogram orders nothing else in memory.
+///
+/// - A sample recorded while [`take`](AtomicHistogram::take) runs lands either in what
+///   that `take` returns or in what the next one returns, never in both and never in
+///   neither: successive takes add up to exactly the samples recorded.
+/// - A [`snapshot`](AtomicHistogram::snapshot) taken while others record may include
+///   some of the concurrent samples and not others; each bucket's count is one its
+///   bucket really held.
+///
+/// # Saturation
+///
+/// Like [`Histogram`], a bucket that reaches `u32::MAX` stays there instead of wrapping
+/// to zero (recording uses a compare-and-swap loop, still lock-free). A bucket takes
+/// 2^32 - 1 samples to fill: 49 days at 1 000 inferences per second, all in one bucket.
+///
+/// ```
+/// use core::time::Duration;
+/// use perch_runtime::histogram::AtomicHistogram;
+///
+/// static LATENCY: AtomicHistogram = AtomicHistogram::new();
+///
+/// LATENCY.record(Duration::from_micros(850));
+/// LATENCY.record(Duration::from_micros(900));
+/// let interval = LATENCY.take();
+/// assert_eq!(interval.count(), 2);
+/// assert!(LATENCY.snapshot().is_empty());
+/// ```
+pub struct AtomicHistogram {
+    counts: [AtomicU32; BUCKETS],
+}
+
+impl AtomicHistogram {
+    /// An empty histogram; `const`, so it can be a `static`.
+    pub const fn new() -> AtomicHistogram {
+        AtomicHistogram {
+            counts: [const { AtomicU32::new(0) }; BUCKETS],
+        }
+    }
+
+    /// Counts one sample, in the bucket [`Histogram::record`] would use. Lock-free and
+    /// allocation-free; a full bucket stays at `u32::MAX`.
+    pub fn record(&self, latency: Duration) {
+        self.record_ns(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Counts one sample given in nanoseconds; a full bucket stays at `u32::MAX`.
+    pub fn record_ns(&self, latency_ns: u64) {
+        let count = &self.counts[bucket_index(latency_ns)];
+        // `Err` means the bucket is full: it stays at u32::MAX, as documented.
+        let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+    }
+
+    /// A copy of the counts, leaving them in place (for cumulative metrics). Samples
+    /// recorded concurrently may or may not be included (see [consistency](Self#consistency)).
+    pub fn snapshot(&self) -> Histogram {
+        let mut counts = [0; BUCKETS];
+        for (copy, count) in counts.iter_mut().zip(&self.counts) {
+            *copy = count.load(Ordering::Relaxed);
+        }
+        Histogram::from_counts(counts)
+    }
+
+    /// Empties the histogram and returns what it held, swapping each bucket to 0 (for
+    /// interval reports). Every recorded sample is returned by exactly one `take` (see
+    /// [consistency](Self#consistency)).
+    pub fn take(&self) -> Histogram {
+        let mut counts = [0; BUCKETS];
+        for (taken, count) in counts.iter_mut().zip(&self.counts) {
+            *taken = count.swap(0, Ordering::Relaxed);
+        }
+        Histogram::from_counts(counts)
+    }
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> AtomicHistogram {
+        AtomicHistogram::new()
+    }
+}
+
+impl fmt::Debug for AtomicHistogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AtomicHistogram")
+            .field("counts", self.snapshot().counts())
+            .finish()
     }
 }
 
@@ -599,6 +705,113 @@ mod tests {
     #[test]
     fn deserializing_too_few_counts_fails() {
         assert!(postcard::from_bytes::<Histogram>(&[0; BUCKETS - 1]).is_err());
+    }
+
+    #[test]
+    fn atomic_record_uses_the_same_buckets_as_the_plain_histogram() {
+        let samples = [0, 999, 1_000, 1_259, 850_000, 10_000_000_000, u64::MAX];
+        let atomic = AtomicHistogram::new();
+        for &ns in &samples {
+            atomic.record_ns(ns);
+        }
+        atomic.record(Duration::MAX);
+        let mut plain = histogram_of(&samples);
+        plain.record(Duration::MAX);
+        assert_eq!(atomic.snapshot(), plain);
+    }
+
+    #[test]
+    fn snapshot_copies_and_take_empties() {
+        let atomic = AtomicHistogram::new();
+        atomic.record(Duration::from_micros(850));
+        atomic.record(Duration::from_millis(12));
+        let snapshot = atomic.snapshot();
+        assert_eq!(snapshot.count(), 2);
+        assert_eq!(atomic.snapshot(), snapshot);
+        assert_eq!(atomic.take(), snapshot);
+        assert!(atomic.snapshot().is_empty());
+        assert!(atomic.take().is_empty());
+    }
+
+    #[test]
+    fn atomic_counts_saturate_instead_of_wrapping() {
+        let atomic = AtomicHistogram::new();
+        atomic.counts[5].store(u32::MAX - 1, Ordering::Relaxed);
+        atomic.record_ns(BOUNDARIES_NS[4]);
+        atomic.record_ns(BOUNDARIES_NS[4]);
+        assert_eq!(atomic.snapshot().counts()[5], u32::MAX);
+    }
+
+    #[test]
+    fn concurrent_recording_from_several_threads_sums_exactly() {
+        const THREADS: u64 = 8;
+        const PER_THREAD: u64 = 50_000;
+        let atomic = AtomicHistogram::new();
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let atomic = &atomic;
+                scope.spawn(move || {
+                    let mut rng = SplitMix64(t);
+                    for _ in 0..PER_THREAD {
+                        atomic.record_ns(log_uniform_ns(rng.next_f64(), 500, 20_000_000_000));
+                    }
+                });
+            }
+        });
+        // The same samples recorded one after another, on one thread.
+        let mut expected = Histogram::new();
+        for t in 0..THREADS {
+            let mut rng = SplitMix64(t);
+            for _ in 0..PER_THREAD {
+                expected.record_ns(log_uniform_ns(rng.next_f64(), 500, 20_000_000_000));
+            }
+        }
+        assert_eq!(atomic.snapshot(), expected);
+        assert_eq!(expected.count(), THREADS * PER_THREAD);
+    }
+
+    #[test]
+    fn takes_during_concurrent_recording_lose_and_repeat_nothing() {
+        const THREADS: u64 = 4;
+        const PER_THREAD: u64 = 100_000;
+        let atomic = AtomicHistogram::new();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let mut taken = Histogram::new();
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let (atomic, done) = (&atomic, &done);
+                scope.spawn(move || {
+                    for n in 0..PER_THREAD {
+                        atomic.record_ns(1_000 * (1 + (n + t) % 5_000));
+                    }
+                    done.fetch_add(1, Ordering::Release);
+                });
+            }
+            // Take at least once, and on until every recorder is done.
+            loop {
+                let finished = done.load(Ordering::Acquire) == THREADS as usize;
+                taken.merge(&atomic.take());
+                if finished {
+                    break;
+                }
+            }
+        });
+        assert_eq!(taken.count(), THREADS * PER_THREAD);
+        let mut expected = Histogram::new();
+        for t in 0..THREADS {
+            for n in 0..PER_THREAD {
+                expected.record_ns(1_000 * (1 + (n + t) % 5_000));
+            }
+        }
+        assert_eq!(taken, expected);
+    }
+
+    #[test]
+    fn an_atomic_histogram_can_be_a_static() {
+        static LATENCIES: AtomicHistogram = AtomicHistogram::new();
+        LATENCIES.record(Duration::from_micros(3));
+        assert_eq!(LATENCIES.take().count(), 1);
+        assert!(format!("{LATENCIES:?}").starts_with("AtomicHistogram"));
     }
 
     proptest! {
