@@ -56,16 +56,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+
+use perch_runtime::fsio::{self, TEMP_SUFFIX};
 
 /// Magic bytes opening every record file (format version 1).
 const MAGIC: &[u8; 4] = b"PSR1";
 /// Magic, payload length, CRC-32.
 const HEADER_LEN: usize = 12;
 const RECORD_SUFFIX: &str = ".rec";
-const TEMP_SUFFIX: &str = ".tmp";
 const META_FILE: &str = "spool.meta";
 
 /// A bounded on-disk FIFO of byte records in one folder (see the [module docs](self)).
@@ -417,35 +418,9 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 }
 
 /// Writes `dir/name` so that it is either the old file or entirely `contents`, even
-/// across a power cut: write `name.tmp`, sync it, rename it over `name`, sync the folder.
+/// across a power cut (temporary file, fsync, rename, fsync of the folder).
 fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
-    let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, dir.join(name))
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(e);
-    }
-    sync_dir(dir)
-}
-
-/// Makes a rename in `dir` durable. Only Unix can open a folder to sync it.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+    fsio::write_atomic(&dir.join(name), contents)
 }
 
 /// CRC-32 (IEEE 802.3, as zlib and PNG), bytewise with a table built at compile time.

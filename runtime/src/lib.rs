@@ -34,4 +34,7 @@ pub mod engine;
 #[cfg(feature = "std")]
 pub mod bundle;
 
+#[cfg(feature = "std")]
+pub mod fsio;
+
 pub use error::Error;

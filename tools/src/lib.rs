@@ -14,7 +14,7 @@
 pub mod bench;
 pub mod bundle;
 pub mod convert;
-pub mod fsio;
+pub use perch_runtime::fsio;
 pub mod graph;
 pub mod inspect;
 pub mod onnx;
