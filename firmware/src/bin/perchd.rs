@@ -1,58 +1,49 @@
 //! `perchd`: Perch's device agent.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use perch_firmware::{boot, BootConfig, BootReport};
-use perch_runtime::wire::{Health, MetricsReport, Version};
+use perch_firmware::agent;
+use perch_firmware::config::{self, Config};
+use perch_firmware::BootReport;
+use perch_runtime::wire::{Health, MetricsReport};
 
-/// Perch's device agent. Today: boot a model — load, self-test against its golden
-/// outputs, warm up — and print the health and metrics messages the agent publishes.
+/// Perch's device agent: serves a model over MQTT and HTTP (Open Inference Protocol v2)
+/// and publishes its latency metrics over MQTT.
+///
+/// With no configuration it serves models/kws-dscnn/model.onnx, starts an MQTT broker
+/// inside itself on 127.0.0.1:1883 and the HTTP API on 127.0.0.1:8080. Settings come
+/// from a TOML file (--config), environment variables and flags, in increasing order of
+/// precedence; docs/protocol.md lists every topic and endpoint. Logs go to
+/// stderr, filtered by RUST_LOG (default `info`).
 #[derive(Parser)]
-#[command(name = "perchd", version, about, long_about = None)]
+#[command(name = "perchd", version, about, long_about)]
 struct Cli {
-    /// The model to serve (ONNX or NNEF).
-    #[arg(
-        long,
-        env = "PERCH_MODEL",
-        default_value = "models/kws-dscnn/model.onnx"
-    )]
-    model: PathBuf,
-    /// Golden folder for the self-test (default: `golden/` beside the model).
+    #[command(flatten)]
+    args: config::Args,
+    /// Check the model and exit instead of serving: load it (verifying a bundle's
+    /// signature), self-test it against its golden outputs, warm it up, and print the
+    /// health and metrics messages the agent would publish. Exit code 0 if it may
+    /// serve, 1 if its self-test failed, 2 on an error.
     #[arg(long)]
-    golden: Option<PathBuf>,
-    /// Golden output variant, e.g. `w8` (default: from `model.<variant>.onnx`).
-    #[arg(long)]
-    variant: Option<String>,
-    /// Model name in reports (default: the model's folder name).
-    #[arg(long)]
-    name: Option<String>,
-    /// Model version in reports, MAJOR.MINOR.PATCH.
-    #[arg(long = "model-version", value_name = "X.Y.Z", default_value = "0.0.0", value_parser = parse_version)]
-    model_version: Version,
-    /// Warm-up inferences after the self-test.
-    #[arg(long, default_value_t = 20)]
-    warmup: u32,
-    /// Print JSON instead of text.
-    #[arg(long)]
+    check: bool,
+    /// With --check: print JSON (the messages, and their postcard bytes in hex).
+    #[arg(long, requires = "check")]
     json: bool,
 }
 
-fn parse_version(text: &str) -> Result<Version, String> {
-    let parts: Vec<u16> = text
-        .split('.')
-        .map(|p| p.parse::<u16>().map_err(|e| format!("{text:?}: {e}")))
-        .collect::<Result<_, _>>()?;
-    match parts[..] {
-        [major, minor, patch] => Ok(Version::new(major, minor, patch)),
-        _ => Err(format!("{text:?}: expected MAJOR.MINOR.PATCH")),
-    }
-}
-
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // rumqttd logs through `tracing`, which forwards every span to `log` (at levels up
+    // to ERROR for routine packets): silenced unless RUST_LOG names it.
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("rumqttd", log::LevelFilter::Off)
+        .filter_module("tracing::span", log::LevelFilter::Off)
+        .parse_env(env_logger::Env::default())
+        .init();
     match real_main() {
         Ok(code) => code,
         Err(e) => {
@@ -64,19 +55,60 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let config = BootConfig {
-        model: cli.model.clone(),
-        golden: cli.golden,
-        variant: cli.variant,
-        name: cli.name,
-        version: cli.model_version,
-        warmup_runs: cli.warmup,
+    let config = Config::load(&cli.args)?;
+    if cli.check {
+        return check(&config, cli.json);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("perchd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(agent::run(config, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM (what systemd and `docker stop` send).
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            log::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
     };
-    let report = boot(&config).with_context(|| format!("cannot boot {}", cli.model.display()))?;
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&report)?)?);
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                log::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
+
+fn check(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let loaded = agent::load(&config.model)?;
+    let report = &loaded.boot;
+    let text = if json {
+        serde_json::to_string_pretty(&to_json(report)?)?
     } else {
-        print_text(&report)?;
+        format!("source   {}\n{}", loaded.source, text(report)?)
+    };
+    // A closed stdout (`perchd --check | head`) ends the output quietly.
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
     }
     Ok(if report.ready() {
         ExitCode::SUCCESS
@@ -110,36 +142,44 @@ fn to_json(report: &BootReport) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-fn print_text(report: &BootReport) -> anyhow::Result<()> {
+fn text(report: &BootReport) -> anyhow::Result<String> {
+    let mut out = String::new();
     let h = &report.health;
     let model = h.model.as_ref().map(|m| m.to_string()).unwrap_or_default();
-    println!("model    {model}  state {:?}", h.state);
-    println!("load     {:.1} ms", report.load_time.as_secs_f64() * 1e3);
+    writeln!(out, "model    {model}  state {:?}", h.state)?;
+    writeln!(
+        out,
+        "load     {:.1} ms",
+        report.load_time.as_secs_f64() * 1e3
+    )?;
     if let Some(t) = &report.self_test {
         for o in &t.outputs {
-            println!(
+            writeln!(
+                out,
                 "golden   {} relative error {:.2e}",
                 o.name, o.relative_error
-            );
+            )?;
         }
     }
     if let Some(f) = &report.failure {
-        println!("failure  {f}");
+        writeln!(out, "failure  {f}")?;
     }
     let q = quantiles_ms(report);
-    println!(
+    writeln!(
+        out,
         "warm-up  {} runs, p50 {} ms, p99 {} ms (bucket midpoints, ±12%)",
         report.warmup.latency.count(),
         q["p50"].as_f64().map_or("-".into(), |v| format!("{v:.3}")),
         q["p99"].as_f64().map_or("-".into(), |v| format!("{v:.3}")),
-    );
+    )?;
     let mut buf = [0u8; MetricsReport::MAX_ENCODED_LEN];
-    println!(
+    writeln!(
+        out,
         "metrics  {} bytes postcard",
         report.warmup.encode(&mut buf)?.len()
-    );
-    println!("rss      {} KiB", h.rss_kib);
-    Ok(())
+    )?;
+    writeln!(out, "rss      {} KiB", h.rss_kib)?;
+    Ok(out)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,0 +1,388 @@
+//! The Open Inference Protocol v2 over HTTP/1.1 (as KServe and Triton serve it), plus
+//! `GET /metrics` for Prometheus.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/v2/health/live` | 200 `{"live":true}` while the server runs |
+//! | GET | `/v2/health/ready` | 200 `{"ready":true}`, or 503 `{"ready":false}` while the model is not ready |
+//! | GET | `/v2` | server metadata: `{"name":"perchd","version":..,"extensions":[]}` |
+//! | GET | `/v2/models/{name}` (also `/versions/{v}`) | model metadata: name, versions, platform `perch-tract`, inputs and outputs (name, datatype, shape with -1 for symbolic dimensions) |
+//! | GET | `/v2/models/{name}/ready` (also `/versions/{v}/ready`) | as `/v2/health/ready`, for that model |
+//! | POST | `/v2/models/{name}/infer` (also `/versions/{v}/infer`) | an inference ([`crate::service::oip`] JSON; [`crate::service::binary`] postcard when the `Content-Type` is [`POSTCARD_CONTENT_TYPE`]) |
+//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, and gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes` |
+//!
+//! Errors are `{"error": "<reason>"}` (JSON) with status 400 (malformed or does not fit
+//! the model), 404 (unknown model, version or path), 413 (body over
+//! [`ServiceLimits::max_payload_bytes`](crate::service::ServiceLimits), or too many
+//! elements), 500 (the engine failed) or 503 (not ready). Every failed inference
+//! request, whatever the reason, counts in `prediction_total{status="error"}`. An
+//! oversize body is read on (and thrown away) for up to 16 MiB past the limit before
+//! the 413 goes out, so that clients which send the whole body before reading the
+//! answer see the reason rather than a broken pipe; a body declared larger than that
+//! is refused at once.
+//!
+//! Inference runs on tokio's blocking pool, so a slow model never stalls the event
+//! loop; health and metrics answer while inferences run. At most one inference per
+//! core runs at a time; further requests wait their turn without holding a thread.
+//!
+//! ```no_run
+//! # async fn example(service: perch_firmware::service::InferenceService) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! // Runs until the shutdown future completes: here, never.
+//! perch_firmware::http::serve(listener, service, std::future::pending()).await
+//! # }
+//! ```
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{FromRef, Path, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use perch_runtime::engine::EngineError;
+use tokio::sync::Semaphore;
+
+use crate::service::{binary, oip, Codec, InferenceService, ServiceError};
+
+/// The `Content-Type` of a postcard request body (see [`crate::service::binary`]); its
+/// reply has the same type. Any other request type is read as JSON.
+pub const POSTCARD_CONTENT_TYPE: &str = "application/x-perch-postcard";
+
+/// The `Content-Type` of `/metrics`.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves the Open Inference Protocol v2 and `/metrics` for `service` on `listener`
+/// until `shutdown` completes, then lets requests in flight finish and returns.
+///
+/// Errors accepting one connection are retried by the server; this returns an error
+/// only if the listener itself fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: InferenceService,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(service))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The routes of [`serve`], for embedding in another server.
+pub fn router(service: InferenceService) -> Router {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shared = Shared {
+        service,
+        gate: Gate(Arc::new(Semaphore::new(cores))),
+    };
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(versioned_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(versioned_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(versioned_infer),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .with_state(shared)
+}
+
+/// The router's state: the service, and the gate that bounds concurrent inferences.
+#[derive(Clone)]
+struct Shared {
+    service: InferenceService,
+    gate: Gate,
+}
+
+/// One permit per inference allowed to run at once (one per core): more would only
+/// add sessions, and their memory, without adding throughput. Requests beyond it wait
+/// on the event loop, holding no thread.
+#[derive(Clone)]
+struct Gate(Arc<Semaphore>);
+
+impl FromRef<Shared> for InferenceService {
+    fn from_ref(shared: &Shared) -> InferenceService {
+        shared.service.clone()
+    }
+}
+
+impl FromRef<Shared> for Gate {
+    fn from_ref(shared: &Shared) -> Gate {
+        shared.gate.clone()
+    }
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn error(e: &ServiceError) -> Response {
+    json(status(e.http_status()), oip::encode_error(e))
+}
+
+/// Checks the model name and version of a path against the served model.
+fn find(service: &InferenceService, name: &str, version: Option<&str>) -> Result<(), ServiceError> {
+    let id = service.model_id();
+    if name != id.name.as_str() {
+        return Err(ServiceError::UnknownModel(name.to_string()));
+    }
+    match version {
+        Some(v) if v != id.version.to_string() => Err(ServiceError::UnknownVersion {
+            name: name.to_string(),
+            version: v.to_string(),
+            served: id.version.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+async fn live() -> Response {
+    json(StatusCode::OK, br#"{"live":true}"#.to_vec())
+}
+
+fn readiness(service: &InferenceService) -> Response {
+    if service.ready() {
+        json(StatusCode::OK, br#"{"ready":true}"#.to_vec())
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"ready":false}"#.to_vec(),
+        )
+    }
+}
+
+async fn server_ready(State(service): State<InferenceService>) -> Response {
+    readiness(&service)
+}
+
+async fn server_metadata() -> Response {
+    json(StatusCode::OK, oip::encode_server_metadata())
+}
+
+fn metadata_for(service: &InferenceService, name: &str, version: Option<&str>) -> Response {
+    match find(service, name, version) {
+        Ok(()) => json(
+            StatusCode::OK,
+            oip::encode_model_metadata(service.model_id(), service.metadata()),
+        ),
+        Err(e) => error(&e),
+    }
+}
+
+async fn model_metadata(
+    State(service): State<InferenceService>,
+    Path(name): Path<String>,
+) -> Response {
+    metadata_for(&service, &name, None)
+}
+
+async fn versioned_metadata(
+    State(service): State<InferenceService>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    metadata_for(&service, &name, Some(&version))
+}
+
+fn ready_for(service: &InferenceService, name: &str, version: Option<&str>) -> Response {
+    match find(service, name, version) {
+        Ok(()) => readiness(service),
+        Err(e) => error(&e),
+    }
+}
+
+async fn model_ready(
+    State(service): State<InferenceService>,
+    Path(name): Path<String>,
+) -> Response {
+    ready_for(&service, &name, None)
+}
+
+async fn versioned_ready(
+    State(service): State<InferenceService>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    ready_for(&service, &name, Some(&version))
+}
+
+async fn infer(
+    State(service): State<InferenceService>,
+    State(gate): State<Gate>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer_for(service, gate, &name, None, &headers, body).await
+}
+
+async fn versioned_infer(
+    State(service): State<InferenceService>,
+    State(gate): State<Gate>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer_for(service, gate, &name, Some(&version), &headers, body).await
+}
+
+async fn infer_for(
+    service: InferenceService,
+    gate: Gate,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let codec = match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some(t) if t.starts_with(POSTCARD_CONTENT_TYPE) => Codec::Binary,
+        _ => Codec::Json,
+    };
+    let refuse = |e: ServiceError| {
+        service.count_error();
+        match codec {
+            Codec::Json => error(&e),
+            Codec::Binary => postcard(status(e.http_status()), binary::encode_error(&e)),
+        }
+    };
+    if let Err(e) = find(&service, name, version) {
+        return refuse(e);
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let body = match read_body(body, service.limits().max_payload_bytes, declared).await {
+        Ok(body) => body,
+        Err(e) => return refuse(e),
+    };
+    // The semaphore is never closed, so this waits for a permit and never fails.
+    let permit = gate.0.acquire_owned().await.ok();
+    let worker = service.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let reply = worker.handle_request(&body, codec);
+        drop(permit);
+        reply
+    });
+    match task.await {
+        Ok(reply) => match codec {
+            Codec::Json => json(status(reply.status), reply.body),
+            Codec::Binary => postcard(status(reply.status), reply.body),
+        },
+        // The task panicked or was cancelled before answering, so nothing counted it yet.
+        Err(e) => refuse(ServiceError::Engine(EngineError::Run {
+            reason: format!("the inference task failed: {e}"),
+        })),
+    }
+}
+
+/// How much of an oversize body is read and thrown away before answering 413.
+///
+/// Many clients (ureq, Python's requests) send the whole body before they read the
+/// answer; a server that answers and closes early leaves them with a broken pipe
+/// instead of the reason. Reading on costs time but no memory.
+const DRAIN_BYTES: usize = 16 << 20;
+
+/// Reads a body of at most `limit` bytes. A larger one is
+/// [`ServiceError::PayloadTooLarge`], after reading up to [`DRAIN_BYTES`] more of it
+/// (none if its declared length is already beyond that).
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<Vec<u8>, ServiceError> {
+    let drain_limit = limit.saturating_add(DRAIN_BYTES);
+    if let Some(size) = declared.filter(|n| *n > drain_limit) {
+        return Err(ServiceError::PayloadTooLarge { size, limit });
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut size = 0usize;
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame
+            .map_err(|e| ServiceError::Malformed(format!("cannot read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        size = size.saturating_add(data.len());
+        if size <= limit {
+            bytes.extend_from_slice(&data);
+        } else if size > drain_limit {
+            break;
+        }
+    }
+    if size > limit {
+        return Err(ServiceError::PayloadTooLarge {
+            size: declared.unwrap_or(size).max(size),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+fn postcard(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static(POSTCARD_CONTENT_TYPE),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics(State(service): State<InferenceService>) -> Response {
+    let totals = service.totals();
+    let rss_bytes = crate::rss_kib().map_or(f64::NAN, |kib| f64::from(kib) * 1024.0);
+    let extra = [
+        ("perch_model_ready", f64::from(u8::from(service.ready()))),
+        ("perch_uptime_seconds", service.uptime().as_secs_f64()),
+        ("process_resident_memory_bytes", rss_bytes),
+    ];
+    let text = crate::prometheus::render(
+        service.model_id().name.as_str(),
+        &totals.latency,
+        totals.ok,
+        totals.errors,
+        &extra,
+    );
+    (
+        StatusCode::OK,
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn no_route() -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /metrics"}"#
+            .to_vec(),
+    )
+}

@@ -1,0 +1,1132 @@
+//! The inference service behind every front end: HTTP ([`crate::http`]) and MQTT.
+//!
+//! An [`InferenceService`] owns one loaded model and serves requests for it from any
+//! number of threads. It checks a request against the model's inputs before the
+//! engine sees it, so every bad request is answered with a [`ServiceError`] whose
+//! `Display` is the reason to send back, and it keeps the counters and latency
+//! histograms the agent publishes (cumulative ones for `/metrics`, interval ones for
+//! the MQTT metrics reports).
+//!
+//! Requests arrive in one of two encodings, each in its own module:
+//! [`oip`] (the Open Inference Protocol v2 JSON body, as KServe and Triton take it) and
+//! [`binary`] (postcard, for MQTT payloads). [`InferenceService::handle_request`] ties
+//! decoding, inference and encoding together so both front ends answer alike.
+//!
+//! ```no_run
+//! use perch_firmware::service::{oip, Codec, InferenceService, ServiceLimits};
+//! use perch_runtime::engine::{LoadOptions, Model};
+//! use perch_runtime::wire::{ModelId, Version};
+//!
+//! let model = Model::load("models/digits-mlp/model.onnx", &LoadOptions::new())?;
+//! let id = ModelId::new("digits-mlp", Version::new(1, 0, 0)).expect("a short name");
+//! let service = InferenceService::new(model, id, ServiceLimits::default());
+//! let pixels = vec!["0"; 64].join(",");
+//! let body = format!(
+//!     r#"{{"inputs":[{{"name":"pixels","shape":[1,64],"datatype":"FP32","data":[{pixels}]}}]}}"#
+//! );
+//! let reply = service.handle_request(body.as_bytes(), Codec::Json);
+//! assert_eq!(reply.status, 200);
+//! assert_eq!(service.totals().ok, 1);
+//! # Ok::<(), perch_runtime::engine::EngineError>(())
+//! ```
+
+pub mod binary;
+pub mod oip;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use perch_runtime::engine::{
+    DType, EngineError, Input, Metadata, Model, Outputs, Session, TensorData, TensorInfo,
+};
+use perch_runtime::histogram::{AtomicHistogram, Histogram};
+use perch_runtime::wire::ModelId;
+use serde::{Deserialize, Serialize};
+
+/// Bounds on what one request may ask of the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// The largest request body accepted, in bytes (JSON or postcard); larger ones
+    /// are answered with [`ServiceError::PayloadTooLarge`] (HTTP 413).
+    pub max_payload_bytes: usize,
+    /// The most tensor elements one request may hold, summed over its inputs; more is
+    /// [`ServiceError::TooManyElements`] (HTTP 413). It bounds the memory a request
+    /// can make the engine use, batch dimension included.
+    pub max_batch_elements: usize,
+}
+
+impl ServiceLimits {
+    /// 4 MiB of payload and 2^20 elements (4 MiB of `f32`).
+    pub const DEFAULT: ServiceLimits = ServiceLimits {
+        max_payload_bytes: 4 << 20,
+        max_batch_elements: 1 << 20,
+    };
+}
+
+impl Default for ServiceLimits {
+    fn default() -> ServiceLimits {
+        ServiceLimits::DEFAULT
+    }
+}
+
+/// The elements of a tensor, row-major, in one of the element types the engine runs.
+///
+/// In the [`binary`] encoding this is a postcard enum: variant index 0 `F32` (each
+/// element 4 bytes little-endian), 1 `I64` (zigzag varint), 2 `I32` (zigzag varint),
+/// 3 `U8` (one byte), 4 `I8` (one byte), each after a varint element count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TensorValues {
+    /// 32-bit floats (`FP32`).
+    F32(Vec<f32>),
+    /// 64-bit integers (`INT64`).
+    I64(Vec<i64>),
+    /// 32-bit integers (`INT32`).
+    I32(Vec<i32>),
+    /// Unsigned bytes (`UINT8`).
+    U8(Vec<u8>),
+    /// Signed bytes (`INT8`).
+    I8(Vec<i8>),
+}
+
+impl TensorValues {
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorValues::F32(v) => v.len(),
+            TensorValues::I64(v) => v.len(),
+            TensorValues::I32(v) => v.len(),
+            TensorValues::U8(v) => v.len(),
+            TensorValues::I8(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The engine's element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            TensorValues::F32(_) => DType::F32,
+            TensorValues::I64(_) => DType::I64,
+            TensorValues::I32(_) => DType::I32,
+            TensorValues::U8(_) => DType::U8,
+            TensorValues::I8(_) => DType::I8,
+        }
+    }
+
+    /// The Open Inference Protocol name of the element type (`FP32`, `INT64`, ...).
+    pub fn datatype(&self) -> &'static str {
+        oip::datatype_name(self.dtype())
+    }
+
+    /// A borrowed view for the engine.
+    pub fn as_data(&self) -> TensorData<'_> {
+        match self {
+            TensorValues::F32(v) => TensorData::F32(v),
+            TensorValues::I64(v) => TensorData::I64(v),
+            TensorValues::I32(v) => TensorData::I32(v),
+            TensorValues::U8(v) => TensorData::U8(v),
+            TensorValues::I8(v) => TensorData::I8(v),
+        }
+    }
+}
+
+/// One input tensor of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestTensor {
+    /// The model input it is for; empty to go by position (then every input of the
+    /// request must be unnamed).
+    pub name: String,
+    /// Its concrete shape; symbolic model dimensions (a batch `N`) take any size > 0.
+    pub shape: Vec<usize>,
+    /// Its elements, row-major; as many as the shape's product.
+    pub data: TensorValues,
+}
+
+/// An inference request, decoded from either encoding.
+///
+/// Every output of the model is returned (an Open Inference Protocol `outputs` list
+/// in a JSON request is accepted and ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// The client's request id, echoed in the response (the MQTT correlation id).
+    pub id: Option<String>,
+    /// One tensor per model input, in the model's order or named.
+    pub inputs: Vec<RequestTensor>,
+}
+
+/// One output tensor of a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseTensor {
+    /// The model's name for the output.
+    pub name: String,
+    /// Its concrete shape.
+    pub shape: Vec<usize>,
+    /// Its elements, row-major.
+    pub data: TensorValues,
+}
+
+/// The answer to an [`InferRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferResponse {
+    /// The request's id, if it had one.
+    pub id: Option<String>,
+    /// The served model's name.
+    pub model_name: String,
+    /// The served model's version, `major.minor.patch`.
+    pub model_version: String,
+    /// Every model output, in the model's order.
+    pub outputs: Vec<ResponseTensor>,
+}
+
+/// Why a request was not answered with outputs. `Display` is the reason sent to the
+/// client, one line; [`ServiceError::http_status`] is the status that goes with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The payload does not decode (bad JSON or postcard, wrong structure, unknown
+    /// datatype, values that do not fit their datatype).
+    #[error("{0}")]
+    Malformed(String),
+    /// The request decodes but does not fit the model (names, count, datatype, shape,
+    /// element count, NaN or infinite values).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request names a model this service does not serve.
+    #[error("no model named {0:?} is served here")]
+    UnknownModel(String),
+    /// The request names a version of the model other than the one served.
+    #[error("model {name:?} has no version {version}; version {served} is served")]
+    UnknownVersion {
+        /// The model's name.
+        name: String,
+        /// The version asked for.
+        version: String,
+        /// The version served.
+        served: String,
+    },
+    /// The payload is over [`ServiceLimits::max_payload_bytes`].
+    #[error("the request is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The payload's size in bytes (a lower bound when the transport stopped
+        /// reading early).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request holds more elements than [`ServiceLimits::max_batch_elements`].
+    #[error("the request holds {got} tensor elements, over the limit of {limit}")]
+    TooManyElements {
+        /// Elements in the request, summed over its inputs.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The encoded response is over what the transport can carry (MQTT's packet
+    /// limit); the request ran but its outputs cannot be sent.
+    #[error("the reply is {size} bytes, over the transport's limit of {limit} bytes")]
+    ReplyTooLarge {
+        /// The encoded response's size in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The model is loaded but not (or no longer) marked ready.
+    #[error("the model is not ready")]
+    NotReady,
+    /// The engine failed on a valid request.
+    #[error(transparent)]
+    Engine(EngineError),
+}
+
+impl ServiceError {
+    /// The HTTP status for this error: 400 malformed or bad request, 404 unknown model
+    /// or version,
+    /// 413 over a request limit, 503 not ready, 500 engine failure or a reply too large
+    /// for the transport.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ServiceError::Malformed(_) | ServiceError::BadRequest(_) => 400,
+            ServiceError::UnknownModel(_) | ServiceError::UnknownVersion { .. } => 404,
+            ServiceError::PayloadTooLarge { .. } | ServiceError::TooManyElements { .. } => 413,
+            ServiceError::NotReady => 503,
+            ServiceError::Engine(_) | ServiceError::ReplyTooLarge { .. } => 500,
+        }
+    }
+}
+
+impl From<EngineError> for ServiceError {
+    /// Input-validation errors from the engine are the client's (400); the rest are
+    /// engine failures (500).
+    fn from(e: EngineError) -> ServiceError {
+        match e {
+            EngineError::InputCount { .. }
+            | EngineError::InputDType { .. }
+            | EngineError::InputShape { .. }
+            | EngineError::InputLength { .. }
+            | EngineError::NonFinite { .. } => ServiceError::BadRequest(e.to_string()),
+            e => ServiceError::Engine(e),
+        }
+    }
+}
+
+/// The cumulative counters, for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Totals {
+    /// Requests answered with outputs since the service started.
+    pub ok: u64,
+    /// Requests answered with an error since the service started.
+    pub errors: u64,
+    /// Engine latency of every successful request.
+    pub latency: Histogram,
+}
+
+/// The counters since the previous [`InferenceService::take_interval`], for MQTT
+/// metrics reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interval {
+    /// Requests answered with outputs in the interval.
+    pub ok: u64,
+    /// Requests answered with an error in the interval.
+    pub errors: u64,
+    /// Engine latency of the interval's successful requests.
+    pub latency: Histogram,
+    /// How long the interval lasted.
+    pub elapsed: Duration,
+}
+
+/// The two encodings a request body can be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Open Inference Protocol v2 JSON ([`oip`]).
+    Json,
+    /// Postcard ([`binary`]).
+    Binary,
+}
+
+/// An encoded answer: the status (HTTP semantics; 200 on success) and the body in the
+/// request's encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// 200, or [`ServiceError::http_status`] of the error.
+    pub status: u16,
+    /// The encoded [`InferResponse`], or the encoded error.
+    pub body: Vec<u8>,
+}
+
+/// Idle sessions kept for reuse; more concurrent requests than this create sessions
+/// that are dropped afterwards.
+const MAX_IDLE_SESSIONS: usize = 16;
+
+/// One loaded model served to many threads. Cheap to clone (an `Arc`); requests in
+/// flight keep the model alive whatever happens to other clones.
+#[derive(Debug, Clone)]
+pub struct InferenceService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    model: Model,
+    id: ModelId,
+    version: String,
+    limits: ServiceLimits,
+    ready: AtomicBool,
+    /// Sessions not in use. The lock is held only to pop or push one, never while a
+    /// session runs.
+    sessions: Mutex<Vec<Session>>,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    latency: AtomicHistogram,
+    interval_ok: AtomicU64,
+    interval_errors: AtomicU64,
+    interval_latency: AtomicHistogram,
+    interval_start: Mutex<Instant>,
+    started: Instant,
+}
+
+impl InferenceService {
+    /// Serves `model` under `id`, ready at once (see [`set_ready`](Self::set_ready)).
+    pub fn new(model: Model, id: ModelId, limits: ServiceLimits) -> InferenceService {
+        InferenceService {
+            inner: Arc::new(Inner {
+                model,
+                version: id.version.to_string(),
+                id,
+                limits,
+                ready: AtomicBool::new(true),
+                sessions: Mutex::new(Vec::new()),
+                ok: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                latency: AtomicHistogram::new(),
+                interval_ok: AtomicU64::new(0),
+                interval_errors: AtomicU64::new(0),
+                interval_latency: AtomicHistogram::new(),
+                interval_start: Mutex::new(Instant::now()),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    /// The served model's name and version.
+    pub fn model_id(&self) -> &ModelId {
+        &self.inner.id
+    }
+
+    /// The served model's inputs and outputs.
+    pub fn metadata(&self) -> &Metadata {
+        self.inner.model.metadata()
+    }
+
+    /// How long ago the service was created.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// The limits requests are held to.
+    pub fn limits(&self) -> &ServiceLimits {
+        &self.inner.limits
+    }
+
+    /// Whether requests are served; while not, [`infer`](Self::infer) answers
+    /// [`ServiceError::NotReady`].
+    pub fn ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks the model ready or not (for a failed self-test, or while a model is
+    /// being replaced).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Checks `request` against the model, runs it and returns every output.
+    ///
+    /// Counts the request as ok or error and, on success, records the engine's run
+    /// time in the cumulative and interval latency histograms (lock-free).
+    pub fn infer(&self, request: &InferRequest) -> Result<InferResponse, ServiceError> {
+        let result = self.run(request);
+        match &result {
+            Ok(_) => {
+                self.inner.ok.fetch_add(1, Ordering::Relaxed);
+                self.inner.interval_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.count_error(),
+        }
+        result
+    }
+
+    /// Counts one request answered with an error that [`infer`](Self::infer) never saw
+    /// (it did not decode, named another model, or was over a transport limit).
+    pub fn count_error(&self) {
+        self.inner.errors.fetch_add(1, Ordering::Relaxed);
+        self.inner.interval_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decodes `body` in `codec`, runs it and encodes the answer in the same codec;
+    /// every failure, including an oversize or undecodable body, is counted once.
+    pub fn handle_request(&self, body: &[u8], codec: Codec) -> Reply {
+        match self.answer(body, codec, usize::MAX) {
+            Ok(body) => Reply { status: 200, body },
+            Err(e) => Reply {
+                status: e.http_status(),
+                body: match codec {
+                    Codec::Json => oip::encode_error(&e),
+                    Codec::Binary => binary::encode_error(&e),
+                },
+            },
+        }
+    }
+
+    /// Decodes `body` in `codec`, runs it and returns the encoded response. Counts the
+    /// request exactly once: as ok only when the encoded response is returned, as an
+    /// error for an oversize or undecodable body, a refused request, an engine failure
+    /// or a response over `max_reply` bytes (a transport's packet limit).
+    pub fn answer(
+        &self,
+        body: &[u8],
+        codec: Codec,
+        max_reply: usize,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let result = self.decode_run_encode(body, codec, max_reply);
+        match &result {
+            Ok(_) => {
+                self.inner.ok.fetch_add(1, Ordering::Relaxed);
+                self.inner.interval_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.count_error(),
+        }
+        result
+    }
+
+    fn decode_run_encode(
+        &self,
+        body: &[u8],
+        codec: Codec,
+        max_reply: usize,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let limit = self.inner.limits.max_payload_bytes;
+        if body.len() > limit {
+            return Err(ServiceError::PayloadTooLarge {
+                size: body.len(),
+                limit,
+            });
+        }
+        let request = match codec {
+            Codec::Json => oip::decode_request(body)?,
+            Codec::Binary => binary::decode_request(body)?,
+        };
+        let response = self.run(&request)?;
+        let encoded = match codec {
+            Codec::Json => oip::encode_response(&response),
+            Codec::Binary => binary::encode_response(&response),
+        };
+        if encoded.len() > max_reply {
+            return Err(ServiceError::ReplyTooLarge {
+                size: encoded.len(),
+                limit: max_reply,
+            });
+        }
+        Ok(encoded)
+    }
+
+    /// The cumulative counters and latency histogram.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            ok: self.inner.ok.load(Ordering::Relaxed),
+            errors: self.inner.errors.load(Ordering::Relaxed),
+            latency: self.inner.latency.snapshot(),
+        }
+    }
+
+    /// The counters since the previous call (or since the service started), resetting
+    /// them. A request finishing during the call is counted in this interval or the
+    /// next, never both; its count and its latency may land in different intervals.
+    pub fn take_interval(&self) -> Interval {
+        let elapsed = {
+            let mut start = self
+                .inner
+                .interval_start
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            let elapsed = now.duration_since(*start);
+            *start = now;
+            elapsed
+        };
+        Interval {
+            ok: self.inner.interval_ok.swap(0, Ordering::Relaxed),
+            errors: self.inner.interval_errors.swap(0, Ordering::Relaxed),
+            latency: self.inner.interval_latency.take(),
+            elapsed,
+        }
+    }
+
+    fn run(&self, request: &InferRequest) -> Result<InferResponse, ServiceError> {
+        if !self.ready() {
+            return Err(ServiceError::NotReady);
+        }
+        let elements = request
+            .inputs
+            .iter()
+            .fold(0usize, |acc, t| acc.saturating_add(t.data.len()));
+        let limit = self.inner.limits.max_batch_elements;
+        if elements > limit {
+            return Err(ServiceError::TooManyElements {
+                got: elements,
+                limit,
+            });
+        }
+        let meta = self.metadata();
+        let ordered = order_inputs(&meta.inputs, &request.inputs)?;
+        for (info, tensor) in meta.inputs.iter().zip(&ordered) {
+            check_input(info, tensor)?;
+        }
+        let inputs: Vec<Input<'_>> = ordered
+            .iter()
+            .map(|t| Input {
+                shape: &t.shape,
+                data: t.data.as_data(),
+            })
+            .collect();
+
+        let mut session = self.checkout()?;
+        let started = Instant::now();
+        let outputs = session.run(&inputs);
+        let took = started.elapsed();
+        self.checkin(session);
+        let outputs = outputs?;
+        let outputs = read_outputs(&outputs)?;
+        self.inner.latency.record(took);
+        self.inner.interval_latency.record(took);
+        Ok(InferResponse {
+            id: request.id.clone(),
+            model_name: self.inner.id.name.to_string(),
+            model_version: self.inner.version.clone(),
+            outputs,
+        })
+    }
+
+    fn checkout(&self) -> Result<Session, ServiceError> {
+        let idle = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(session) => Ok(session),
+            None => Ok(self.inner.model.session()?),
+        }
+    }
+
+    fn checkin(&self, session: Session) {
+        let mut idle = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_SESSIONS {
+            idle.push(session);
+        }
+    }
+}
+
+/// Puts the request's tensors in the model's input order: by name when they are
+/// named, by position when none is.
+fn order_inputs<'a>(
+    infos: &[TensorInfo],
+    tensors: &'a [RequestTensor],
+) -> Result<Vec<&'a RequestTensor>, ServiceError> {
+    let expected = || {
+        infos
+            .iter()
+            .map(|i| format!("{:?}", i.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let named = tensors.iter().filter(|t| !t.name.is_empty()).count();
+    if named == 0 {
+        if tensors.len() != infos.len() {
+            return Err(ServiceError::BadRequest(format!(
+                "the model takes {} input(s) ({}), {} given",
+                infos.len(),
+                expected(),
+                tensors.len()
+            )));
+        }
+        return Ok(tensors.iter().collect());
+    }
+    if named != tensors.len() {
+        return Err(ServiceError::BadRequest(
+            "name every input or none (unnamed inputs go by position)".into(),
+        ));
+    }
+    let mut slots: Vec<Option<&RequestTensor>> = vec![None; infos.len()];
+    for tensor in tensors {
+        let Some(index) = infos.iter().position(|i| i.name == tensor.name) else {
+            return Err(ServiceError::BadRequest(format!(
+                "unknown input {:?}; the model's inputs are {}",
+                tensor.name,
+                expected()
+            )));
+        };
+        if slots[index].replace(tensor).is_some() {
+            return Err(ServiceError::BadRequest(format!(
+                "input {:?} is given twice",
+                tensor.name
+            )));
+        }
+    }
+    slots
+        .into_iter()
+        .zip(infos)
+        .map(|(slot, info)| {
+            slot.ok_or_else(|| {
+                ServiceError::BadRequest(format!("input {:?} is missing", info.name))
+            })
+        })
+        .collect()
+}
+
+/// Datatype, shape and element count of one input, with reasons a client can act on.
+fn check_input(info: &TensorInfo, tensor: &RequestTensor) -> Result<(), ServiceError> {
+    if tensor.data.dtype() != info.dtype {
+        return Err(ServiceError::BadRequest(format!(
+            "input {:?} must be {}, got {}",
+            info.name,
+            oip::datatype_name(info.dtype),
+            tensor.data.datatype()
+        )));
+    }
+    let shape_ok = tensor.shape.len() == info.shape.len()
+        && tensor
+            .shape
+            .iter()
+            .zip(&info.shape)
+            .all(|(n, d)| *n > 0 && d.accepts(*n));
+    if !shape_ok {
+        return Err(ServiceError::BadRequest(format!(
+            "input {:?} must have shape {}, got {:?}",
+            info.name,
+            info.shape_string(),
+            tensor.shape
+        )));
+    }
+    let elements = tensor
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, n| acc.checked_mul(*n));
+    if elements != Some(tensor.data.len()) {
+        let expected = elements.map_or_else(|| "too many".to_string(), |n| n.to_string());
+        return Err(ServiceError::BadRequest(format!(
+            "input {:?} has shape {:?} ({expected} elements) but {} values",
+            info.name,
+            tensor.shape,
+            tensor.data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Copies every output out of the engine's tensors.
+fn read_outputs(outputs: &Outputs) -> Result<Vec<ResponseTensor>, ServiceError> {
+    (0..outputs.len())
+        .map(|index| {
+            let info = outputs.info(index);
+            let name = info.map(|i| i.name.clone()).unwrap_or_default();
+            let tensor = outputs.tensor(index)?;
+            let shape = tensor.shape().to_vec();
+            let plain = tensor.try_as_plain_ram().ok();
+            let data = plain.and_then(|p| match info.map(|i| i.dtype) {
+                Some(DType::F32) => p
+                    .as_slice::<f32>()
+                    .ok()
+                    .map(|s| TensorValues::F32(s.into())),
+                Some(DType::I64) => p
+                    .as_slice::<i64>()
+                    .ok()
+                    .map(|s| TensorValues::I64(s.into())),
+                Some(DType::I32) => p
+                    .as_slice::<i32>()
+                    .ok()
+                    .map(|s| TensorValues::I32(s.into())),
+                Some(DType::U8) => p.as_slice::<u8>().ok().map(|s| TensorValues::U8(s.into())),
+                Some(DType::I8) => p.as_slice::<i8>().ok().map(|s| TensorValues::I8(s.into())),
+                _ => None,
+            });
+            let data = data.ok_or_else(|| {
+                ServiceError::Engine(EngineError::Run {
+                    reason: format!(
+                        "output {index} ({name:?}) is {}, which this server does not encode",
+                        info.map_or("of unknown type".to_string(), |i| i.dtype.to_string())
+                    ),
+                })
+            })?;
+            Ok(ResponseTensor { name, shape, data })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use perch_runtime::engine::{Golden, LoadOptions};
+    use perch_runtime::wire::Version;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn models() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    fn service(name: &str, limits: ServiceLimits) -> InferenceService {
+        let model =
+            Model::load(models().join(name).join("model.onnx"), &LoadOptions::new()).unwrap();
+        let id = ModelId::new(name, Version::new(1, 2, 3)).unwrap();
+        InferenceService::new(model, id, limits)
+    }
+
+    fn golden(name: &str) -> Golden {
+        Golden::load(models().join(name).join("golden")).unwrap()
+    }
+
+    /// The golden input as a request tensor, named as the model names it.
+    fn golden_tensor(name: &str, input: &str) -> RequestTensor {
+        let golden = golden(name);
+        let tensor = &golden.inputs[0];
+        let data = match Input::from_tensor(tensor).unwrap().data {
+            TensorData::F32(d) => d.to_vec(),
+            other => panic!("golden input is {}", other.dtype()),
+        };
+        RequestTensor {
+            name: input.into(),
+            shape: tensor.shape().to_vec(),
+            data: TensorValues::F32(data),
+        }
+    }
+
+    fn golden_output(name: &str) -> (Vec<usize>, Vec<f32>) {
+        let golden = golden(name);
+        let tensor = &golden.outputs[0];
+        let data = match Input::from_tensor(tensor).unwrap().data {
+            TensorData::F32(d) => d.to_vec(),
+            other => panic!("golden output is {}", other.dtype()),
+        };
+        (tensor.shape().to_vec(), data)
+    }
+
+    fn relative_error(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len());
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        let scale = want.iter().map(|w| w.abs()).fold(0f32, f32::max);
+        diff / scale
+    }
+
+    fn json_body(request: &InferRequest) -> Vec<u8> {
+        let inputs: Vec<Value> = request
+            .inputs
+            .iter()
+            .map(|t| {
+                let data = match &t.data {
+                    TensorValues::F32(v) => json!(v),
+                    TensorValues::I64(v) => json!(v),
+                    TensorValues::I32(v) => json!(v),
+                    TensorValues::U8(v) => json!(v),
+                    TensorValues::I8(v) => json!(v),
+                };
+                json!({"name": t.name, "shape": t.shape, "datatype": t.data.datatype(), "data": data})
+            })
+            .collect();
+        let mut body = json!({ "inputs": inputs });
+        if let Some(id) = &request.id {
+            body["id"] = json!(id);
+        }
+        serde_json::to_vec(&body).unwrap()
+    }
+
+    fn error_of(reply: &Reply) -> String {
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        body["error"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn the_golden_input_over_json_returns_the_golden_output() {
+        let service = service("kws-dscnn", ServiceLimits::default());
+        let request = InferRequest {
+            id: Some("req-1".into()),
+            inputs: vec![golden_tensor("kws-dscnn", "mfcc")],
+        };
+        let reply = service.handle_request(&json_body(&request), Codec::Json);
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["id"], "req-1");
+        assert_eq!(body["model_name"], "kws-dscnn");
+        assert_eq!(body["model_version"], "1.2.3");
+        let output = &body["outputs"][0];
+        assert_eq!(output["name"], "logits");
+        assert_eq!(output["datatype"], "FP32");
+        let (shape, want) = golden_output("kws-dscnn");
+        assert_eq!(output["shape"], json!(shape));
+        let got: Vec<f32> = serde_json::from_value(output["data"].clone()).unwrap();
+        assert!(relative_error(&got, &want) <= 1e-4);
+        let totals = service.totals();
+        assert_eq!(
+            (totals.ok, totals.errors, totals.latency.count()),
+            (1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_batch_fills_the_symbolic_dimension_and_returns_one_row_per_item() {
+        let service = service("digits-mlp", ServiceLimits::default());
+        let request = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("digits-mlp", "pixels")],
+        };
+        assert_eq!(request.inputs[0].shape, [8, 64]);
+        let response = service.infer(&request).unwrap();
+        let (shape, want) = golden_output("digits-mlp");
+        assert_eq!(response.outputs[0].shape, shape);
+        let TensorValues::F32(got) = &response.outputs[0].data else {
+            panic!("not f32")
+        };
+        assert!(relative_error(got, &want) <= 1e-4);
+    }
+
+    #[test]
+    fn the_binary_codec_returns_the_same_outputs_as_json() {
+        let service = service("digits-mlp", ServiceLimits::default());
+        let request = InferRequest {
+            id: Some("7".into()),
+            inputs: vec![golden_tensor("digits-mlp", "pixels")],
+        };
+        let reply = service.handle_request(&binary::encode_request(&request), Codec::Binary);
+        assert_eq!(reply.status, 200);
+        let binary::BinaryReply::Ok(response) = binary::decode_reply(&reply.body).unwrap() else {
+            panic!("an error reply")
+        };
+        assert_eq!(response.id.as_deref(), Some("7"));
+        assert_eq!(response, service.infer(&request).unwrap());
+    }
+
+    #[test]
+    fn an_unnamed_input_goes_by_position() {
+        let service = service("kws-dscnn", ServiceLimits::default());
+        let request = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("kws-dscnn", "")],
+        };
+        assert!(service.infer(&request).is_ok());
+    }
+
+    /// Sends `body` as JSON and returns the status and reason of the error.
+    fn reject(service: &InferenceService, body: &[u8]) -> (u16, String) {
+        let reply = service.handle_request(body, Codec::Json);
+        assert_ne!(reply.status, 200);
+        (reply.status, error_of(&reply))
+    }
+
+    fn kws_body(datatype: &str, shape: &str, data: &str) -> Vec<u8> {
+        format!(
+            r#"{{"inputs":[{{"name":"mfcc","shape":{shape},"datatype":"{datatype}","data":{data}}}]}}"#
+        )
+        .into_bytes()
+    }
+
+    fn zeros(n: usize) -> String {
+        format!("[{}]", vec!["0"; n].join(","))
+    }
+
+    #[test]
+    fn each_bad_request_gets_its_status_and_reason_and_is_counted() {
+        let limits = ServiceLimits {
+            max_payload_bytes: 64 << 10,
+            max_batch_elements: 1000,
+        };
+        let service = service("kws-dscnn", limits);
+        let mut nan = vec!["0"; 490];
+        nan[3] = "\"NaN\"";
+        let nan = format!("[{}]", nan.join(","));
+        let mut bare_nan = vec!["0"; 490];
+        bare_nan[3] = "NaN";
+        let bare_nan = format!("[{}]", bare_nan.join(","));
+        let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+            (b"{\"inputs\": [".to_vec(), 400, "malformed JSON: EOF"),
+            (b"[]".to_vec(), 400, "invalid request"),
+            (b"{}".to_vec(), 400, "missing field `inputs`"),
+            (
+                kws_body("INT64", "[1,1,49,10]", &zeros(490)),
+                400,
+                "input \"mfcc\" must be FP32, got INT64",
+            ),
+            (
+                kws_body("FP32", "[1,490]", &zeros(490)),
+                400,
+                "input \"mfcc\" must have shape [1,1,49,10], got [1, 490]",
+            ),
+            (
+                kws_body("FP32", "[1,1,49,10]", &zeros(489)),
+                400,
+                "(490 elements) but 489 values",
+            ),
+            (
+                kws_body("FP32", "[1,1,49,10]", &nan),
+                400,
+                "element 3 is NaN; non-finite inputs are rejected",
+            ),
+            (
+                kws_body("FP32", "[1,1,49,10]", &bare_nan),
+                400,
+                "NaN and Infinity are not JSON numbers",
+            ),
+            (
+                kws_body("FLOAT32", "[1,1,49,10]", &zeros(490)),
+                400,
+                "unknown datatype \"FLOAT32\"",
+            ),
+            (
+                format!(r#"{{"inputs":[{{"name":"audio","shape":[1,1,49,10],"datatype":"FP32","data":{}}}]}}"#, zeros(490)).into_bytes(),
+                400,
+                "unknown input \"audio\"; the model's inputs are \"mfcc\"",
+            ),
+            (
+                kws_body("FP32", "[1,1,49,10]", &zeros(1001)),
+                413,
+                "1001 tensor elements, over the limit of 1000",
+            ),
+            (
+                kws_body("FP32", "[1,1,49,10]", &zeros(40_000)),
+                413,
+                "over the limit of 65536 bytes",
+            ),
+        ];
+        for (i, (body, status, reason)) in cases.iter().enumerate() {
+            let (got_status, got_reason) = reject(&service, body);
+            assert_eq!(got_status, *status, "case {i}: {got_reason}");
+            assert!(got_reason.contains(reason), "case {i}: {got_reason}");
+            assert_eq!(service.totals().errors, i as u64 + 1);
+        }
+        let ok = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("kws-dscnn", "mfcc")],
+        };
+        assert!(service.infer(&ok).is_ok(), "still serving");
+        let totals = service.totals();
+        assert_eq!((totals.ok, totals.errors), (1, cases.len() as u64));
+        assert_eq!(totals.latency.count(), 1, "only successes are timed");
+    }
+
+    #[test]
+    fn a_reply_over_the_transport_limit_is_an_error_not_an_ok() {
+        let service = service("digits-mlp", ServiceLimits::default());
+        let request = InferRequest {
+            id: Some("big".into()),
+            inputs: vec![golden_tensor("digits-mlp", "pixels")],
+        };
+        let body = binary::encode_request(&request);
+        let full = service.answer(&body, Codec::Binary, usize::MAX).unwrap();
+        let err = service
+            .answer(&body, Codec::Binary, full.len() - 1)
+            .unwrap_err();
+        assert!(matches!(err, ServiceError::ReplyTooLarge { .. }), "{err}");
+        assert_eq!(err.http_status(), 500);
+        assert!(
+            err.to_string().contains("over the transport's limit"),
+            "{err}"
+        );
+        assert_eq!((service.totals().ok, service.totals().errors), (1, 1));
+    }
+
+    #[test]
+    fn a_service_marked_not_ready_answers_503_and_counts_it() {
+        let service = service("digits-mlp", ServiceLimits::default());
+        service.set_ready(false);
+        let request = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("digits-mlp", "pixels")],
+        };
+        let err = service.infer(&request).unwrap_err();
+        assert_eq!(
+            (err.http_status(), err.to_string().as_str()),
+            (503, "the model is not ready")
+        );
+        service.set_ready(true);
+        assert!(service.infer(&request).is_ok());
+        assert_eq!((service.totals().ok, service.totals().errors), (1, 1));
+    }
+
+    #[test]
+    fn an_input_given_twice_or_half_named_is_refused() {
+        let service = service("kws-dscnn", ServiceLimits::default());
+        let twice = InferRequest {
+            id: None,
+            inputs: vec![
+                golden_tensor("kws-dscnn", "mfcc"),
+                golden_tensor("kws-dscnn", "mfcc"),
+            ],
+        };
+        assert_eq!(
+            service.infer(&twice).unwrap_err().to_string(),
+            "input \"mfcc\" is given twice"
+        );
+        let half = InferRequest {
+            id: None,
+            inputs: vec![
+                golden_tensor("kws-dscnn", "mfcc"),
+                golden_tensor("kws-dscnn", ""),
+            ],
+        };
+        assert!(service
+            .infer(&half)
+            .unwrap_err()
+            .to_string()
+            .starts_with("name every input or none"));
+        let none = InferRequest {
+            id: None,
+            inputs: vec![],
+        };
+        assert_eq!(
+            service.infer(&none).unwrap_err().to_string(),
+            "the model takes 1 input(s) (\"mfcc\"), 0 given"
+        );
+    }
+
+    #[test]
+    fn an_interval_holds_what_happened_since_the_previous_one() {
+        let service = service("digits-mlp", ServiceLimits::default());
+        let request = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("digits-mlp", "pixels")],
+        };
+        service.infer(&request).unwrap();
+        service.infer(&request).unwrap();
+        service.handle_request(b"nonsense", Codec::Json);
+        let first = service.take_interval();
+        assert_eq!((first.ok, first.errors, first.latency.count()), (2, 1, 2));
+        service.infer(&request).unwrap();
+        let second = service.take_interval();
+        assert_eq!(
+            (second.ok, second.errors, second.latency.count()),
+            (1, 0, 1)
+        );
+        let totals = service.totals();
+        assert_eq!(
+            (totals.ok, totals.errors, totals.latency.count()),
+            (3, 1, 3)
+        );
+    }
+
+    #[test]
+    fn concurrent_requests_from_clones_all_succeed_and_add_up() {
+        let service = service("digits-mlp", ServiceLimits::default());
+        let request = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("digits-mlp", "pixels")],
+        };
+        let want = service.infer(&request).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (service, request, want) = (service.clone(), request.clone(), want.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        assert_eq!(service.infer(&request).unwrap(), want);
+                    }
+                })
+            })
+            .collect();
+        drop(service.clone());
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(service.totals().ok, 101);
+        assert!(service.inner.sessions.lock().unwrap().len() <= 4);
+    }
+
+    #[test]
+    fn a_request_in_flight_outlives_every_other_handle() {
+        let service = service("digits-mlp", ServiceLimits::default());
+        let request = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("digits-mlp", "pixels")],
+        };
+        let handle = service.clone();
+        drop(service);
+        let worker = std::thread::spawn(move || handle.infer(&request).map(|r| r.outputs.len()));
+        assert_eq!(worker.join().unwrap().unwrap(), 1);
+    }
+}

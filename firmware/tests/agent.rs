@@ -1,0 +1,887 @@
+//! `perchd` as a process, against its embedded broker and against mosquitto.
+//!
+//! Every test starts its own brokers and agents on free ports on 127.0.0.1, with short
+//! report intervals, and kills them when it ends (also when it fails). The mosquitto
+//! tests need `mosquitto` installed (`apt-get install mosquitto`); without it they fail
+//! and say so.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use perch_firmware::service::{binary, InferRequest, RequestTensor, TensorValues};
+use perch_runtime::engine::read_npy;
+use perch_runtime::wire::MetricsReport;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+
+const DEVICE: &str = "test-gw";
+/// How long a test waits for something that should happen within a few report
+/// intervals; generous, so a slow CI machine does not fail them.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn topic(leaf: &str) -> String {
+    format!("perch/{DEVICE}/{leaf}")
+}
+
+/// A child process killed when dropped; its stderr goes to a file that is printed if
+/// the test is failing.
+struct Process {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Process {
+        let file = std::fs::File::create(&log).unwrap();
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Process {
+            name,
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit after SIGTERM", self.name);
+    }
+
+    /// Fails the test if the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("{} exited ({status}):\n{}", self.name, self.log());
+        }
+    }
+
+    /// Sends SIGKILL and waits.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} log ({}) ---\n{}",
+                self.name,
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Starts `perchd` serving R2 (kws-dscnn) with 200 ms reports, its spool in `dir`.
+fn perchd(dir: &Path, args: &[&str]) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_perchd"));
+    command
+        .env("RUST_LOG", "info,perch_firmware=debug")
+        .env_remove("PERCH_CONFIG")
+        .args([
+            "--device-id",
+            DEVICE,
+            "--model",
+            models().join("kws-dscnn/model.onnx").to_str().unwrap(),
+            "--report-interval",
+            "200ms",
+            "--spool-dir",
+            dir.join("spool").to_str().unwrap(),
+            "--warmup",
+            "2",
+        ])
+        .args(args);
+    if !args.contains(&"--http-listen") {
+        command.args(["--http-listen", "off"]);
+    }
+    let log = dir.join(format!("perchd-{}.log", free_port()));
+    Process::spawn("perchd", command, log)
+}
+
+/// The path of the mosquitto binary; fails the test when it is not installed.
+fn mosquitto_binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join("mosquitto"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "mosquitto is not installed: these tests run perchd against a real mosquitto \
+                 broker. Install it (Debian/Ubuntu: apt-get install mosquitto) and run again."
+            )
+        })
+}
+
+/// Starts mosquitto on 127.0.0.1:`port`, persisting sessions and queued messages in
+/// `dir` so a subscriber's queue survives a broker restart.
+fn mosquitto(dir: &Path, port: u16) -> Process {
+    let config = dir.join("mosquitto.conf");
+    let data = dir.join("mosquitto-data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\nuser root\nlog_dest stderr\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(mosquitto_binary());
+    command.arg("-c").arg(&config);
+    let log = dir.join(format!("mosquitto-{}.log", free_port()));
+    let process = Process::spawn("mosquitto", command, log);
+    wait_until("mosquitto to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    process
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A test's MQTT client: subscribes to `topics` on every (re)connection and hands over
+/// what arrives.
+struct Mqtt {
+    client: Client,
+    messages: mpsc::Receiver<(String, Vec<u8>)>,
+    backlog: RefCell<VecDeque<(String, Vec<u8>)>>,
+}
+
+impl Mqtt {
+    /// Connects with a clean session, or a persistent one (the broker queues QoS 1
+    /// messages for it while it is away).
+    fn connect(port: u16, name: &str, topics: &[String], persistent: bool) -> Mqtt {
+        let mut options =
+            MqttOptions::new(format!("{name}-{}", std::process::id()), "127.0.0.1", port);
+        options
+            .set_clean_session(!persistent)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut connection) = Client::new(options, 100);
+        let (tx, messages) = mpsc::channel();
+        let topics = topics.to_vec();
+        let subscriber = client.clone();
+        std::thread::spawn(move || loop {
+            match connection.recv() {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                    for t in &topics {
+                        let _ = subscriber.try_subscribe(t.as_str(), QoS::AtLeastOnce);
+                    }
+                }
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    if tx.send((p.topic, p.payload.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => return,
+            }
+        });
+        Mqtt {
+            client,
+            messages,
+            backlog: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .unwrap();
+    }
+
+    /// The next message on `topic`, keeping those on other topics for later calls.
+    fn next(&self, topic: &str) -> Vec<u8> {
+        self.next_within(topic, PATIENCE)
+            .unwrap_or_else(|| panic!("timed out waiting for a message on {topic}"))
+    }
+
+    /// The next message on `topic` if one comes within `timeout`.
+    fn next_within(&self, topic: &str, timeout: Duration) -> Option<Vec<u8>> {
+        let mut backlog = self.backlog.borrow_mut();
+        if let Some(i) = backlog.iter().position(|(t, _)| t == topic) {
+            return backlog.remove(i).map(|(_, payload)| payload);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok((t, payload)) if t == topic => return Some(payload),
+                Ok(other) => backlog.push_back(other),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The first message on `topic` for which `pick` returns something, dropping the
+    /// messages on `topic` before it.
+    fn wait_for<T>(&self, topic: &str, mut pick: impl FnMut(&[u8]) -> Option<T>) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(found) = pick(&self.next(topic)) {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting on {topic}");
+        }
+    }
+}
+
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        let _ = self.client.try_disconnect();
+    }
+}
+
+/// R2's golden input and output, flat.
+struct Golden {
+    shape: Vec<usize>,
+    input: Vec<f32>,
+    output: Vec<f32>,
+}
+
+fn golden() -> Golden {
+    let dir = models().join("kws-dscnn/golden");
+    let input = read_npy(dir.join("input_0.npy")).unwrap();
+    let output = read_npy(dir.join("output_0.npy")).unwrap();
+    Golden {
+        shape: input.shape().to_vec(),
+        input: floats(&input),
+        output: floats(&output),
+    }
+}
+
+fn floats(tensor: &perch_runtime::engine::Tensor) -> Vec<f32> {
+    tensor
+        .try_as_plain_ram()
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec()
+}
+
+fn relative_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    diff / scale
+}
+
+fn json_request(id: &str, g: &Golden) -> Vec<u8> {
+    json!({
+        "id": id,
+        "inputs": [{"name": "mfcc", "shape": g.shape, "datatype": "FP32", "data": g.input}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Waits for the JSON reply with `id` on `…/infer/res`.
+fn json_reply(mqtt: &Mqtt, id: &str) -> Value {
+    mqtt.wait_for(&topic("infer/res"), |payload| {
+        let body: Value = serde_json::from_slice(payload).ok()?;
+        (body["id"] == id).then_some(body)
+    })
+}
+
+fn output_of(reply: &Value) -> Vec<f32> {
+    reply["outputs"][0]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no outputs in {reply}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Waits for the agent's `online` status; fails at once if the agent exits.
+fn wait_online(mqtt: &Mqtt, agent: &mut Process) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        agent.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the online status"
+        );
+        let Some(payload) = mqtt.next_within(&topic("status"), Duration::from_millis(100)) else {
+            continue;
+        };
+        let Ok(body) = serde_json::from_slice::<Value>(&payload) else {
+            continue;
+        };
+        if body["state"] == "online" {
+            return body;
+        }
+    }
+}
+
+/// Decodes every metrics report until `enough` says stop; returns them in arrival order.
+fn collect_reports(
+    mqtt: &Mqtt,
+    mut enough: impl FnMut(&[MetricsReport]) -> bool,
+) -> Vec<MetricsReport> {
+    let metrics = topic("metrics");
+    let mut reports = Vec::new();
+    while !enough(&reports) {
+        let payload = mqtt.next(&metrics);
+        reports.push(MetricsReport::decode(&payload).expect("a report that decodes"));
+    }
+    reports
+}
+
+#[test]
+fn with_the_embedded_broker_inference_over_mqtt_returns_the_golden_outputs_and_metrics_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut agent = perchd(
+        dir.path(),
+        &[
+            "--broker",
+            "embedded",
+            "--embedded-port",
+            &port.to_string(),
+            "--http-listen",
+            &http,
+        ],
+    );
+    let g = golden();
+    let mqtt = Mqtt::connect(
+        port,
+        "embedded",
+        &[
+            topic("status"),
+            topic("infer/res"),
+            topic("infer/res/bin"),
+            topic("metrics"),
+            topic("metrics/json"),
+        ],
+        false,
+    );
+    let online = wait_online(&mqtt, &mut agent);
+    assert_eq!(online["model"], "kws-dscnn");
+    assert_eq!(online["version"], "0.0.0");
+    assert_eq!(online["ready"], true);
+
+    // JSON, the Open Inference Protocol body with its id.
+    for i in 0..5 {
+        let id = format!("json-{i}");
+        mqtt.publish(&topic("infer/req"), json_request(&id, &g));
+        let reply = json_reply(&mqtt, &id);
+        assert_eq!(reply["model_name"], "kws-dscnn");
+        assert_eq!(reply["outputs"][0]["shape"], json!([1, 12]));
+        let err = relative_error(&output_of(&reply), &g.output);
+        assert!(err <= 1e-4, "relative error {err}");
+    }
+
+    // Postcard.
+    let request = InferRequest {
+        id: Some("bin-1".into()),
+        inputs: vec![RequestTensor {
+            name: "mfcc".into(),
+            shape: g.shape.clone(),
+            data: TensorValues::F32(g.input.clone()),
+        }],
+    };
+    mqtt.publish(&topic("infer/req/bin"), binary::encode_request(&request));
+    let response = mqtt.wait_for(
+        &topic("infer/res/bin"),
+        |payload| match binary::decode_reply(payload).unwrap() {
+            binary::BinaryReply::Ok(r) if r.id.as_deref() == Some("bin-1") => Some(r),
+            _ => None,
+        },
+    );
+    let TensorValues::F32(output) = &response.outputs[0].data else {
+        panic!("{response:?}")
+    };
+    assert!(relative_error(output, &g.output) <= 1e-4);
+
+    // The six requests show up in the reports, with their latencies.
+    let reports = collect_reports(&mqtt, |r| r.iter().map(|r| r.ok).sum::<u32>() >= 6);
+    let mut latency = perch_runtime::histogram::Histogram::new();
+    for r in &reports {
+        assert_eq!(r.model.name.as_str(), "kws-dscnn");
+        assert_eq!(r.errors, 0);
+        latency.merge(&r.latency);
+    }
+    assert_eq!(latency.count(), 6);
+    let (p50, p99) = (
+        latency.quantile(0.5).unwrap(),
+        latency.quantile(0.99).unwrap(),
+    );
+    assert!(
+        p50 > Duration::ZERO && p50 <= p99 && p99 < Duration::from_secs(5),
+        "{p50:?} {p99:?}"
+    );
+    let seqs: Vec<u32> = reports.iter().map(|r| r.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+
+    // The JSON twin of an interval with traffic has the quantiles.
+    mqtt.publish(&topic("infer/req"), json_request("last", &g));
+    json_reply(&mqtt, "last");
+    let twin = mqtt.wait_for(&topic("metrics/json"), |payload| {
+        let body: Value = serde_json::from_slice(payload).ok()?;
+        (body["ok"].as_u64() > Some(0)).then_some(body)
+    });
+    assert_eq!(twin["model"], "kws-dscnn");
+    assert_eq!(twin["state"], "ready");
+    let q = &twin["latency_ms"];
+    let (p50, p95, p99) = (
+        q["p50"].as_f64().unwrap(),
+        q["p95"].as_f64().unwrap(),
+        q["p99"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p95 && p95 <= p99, "{twin}");
+    assert!(twin["throughput"].as_f64().unwrap() > 0.0);
+    assert!(twin["rss_kib"].as_u64().unwrap() > 0);
+
+    // The same process serves HTTP, from the same service and counters.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(PATIENCE))
+        .build()
+        .into();
+    let mut response = agent
+        .post(format!("http://{http}/v2/models/kws-dscnn/infer"))
+        .header("Content-Type", "application/json")
+        .send(&json_request("http-1", &g)[..])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let reply: Value = serde_json::from_slice(&response.body_mut().read_to_vec().unwrap()).unwrap();
+    assert_eq!(reply["id"], "http-1");
+    assert!(relative_error(&output_of(&reply), &g.output) <= 1e-4);
+    let metrics = agent
+        .get(format!("http://{http}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let ok_total: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"prediction_total{model_name="kws-dscnn",status="ok"} "#))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        ok_total, 8.0,
+        "5 JSON and 1 postcard over MQTT, 1 more, 1 over HTTP"
+    );
+}
+
+#[test]
+fn with_the_embedded_broker_bad_requests_get_error_replies_and_the_agent_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // An error-rate SLO the bad requests break.
+    let config = dir.path().join("perchd.toml");
+    std::fs::write(&config, "[slo]\nmax_error_rate = 0.05\n").unwrap();
+    let mut agent = perchd(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--broker",
+            "embedded",
+            "--embedded-port",
+            &port.to_string(),
+            "--max-payload",
+            "64KiB",
+        ],
+    );
+    let g = golden();
+    let mqtt = Mqtt::connect(
+        port,
+        "bad",
+        &[
+            topic("status"),
+            topic("infer/res"),
+            topic("infer/res/bin"),
+            topic("metrics"),
+            topic("metrics/json"),
+            topic("health/json"),
+        ],
+        false,
+    );
+    wait_online(&mqtt, &mut agent);
+    let req = topic("infer/req");
+
+    let mut wrong_shape = g.input.clone();
+    wrong_shape.pop();
+    let mut with_nan: Vec<Value> = g.input.iter().map(|v| json!(v)).collect();
+    with_nan[3] = json!("NaN");
+    let cases: Vec<(&str, Vec<u8>, u64, &str)> = vec![
+        (
+            "malformed",
+            br#"{"id": "malformed", "inputs": [}"#.to_vec(),
+            400,
+            "",
+        ),
+        (
+            "shape",
+            json!({"id": "shape", "inputs": [{"name": "mfcc", "shape": [1, 1, 49, 10],
+                   "datatype": "FP32", "data": wrong_shape}]})
+            .to_string()
+            .into_bytes(),
+            400,
+            "490",
+        ),
+        (
+            "dtype",
+            json!({"id": "dtype", "inputs": [{"name": "mfcc", "shape": [1, 1, 49, 10],
+                   "datatype": "INT64", "data": vec![0; 490]}]})
+            .to_string()
+            .into_bytes(),
+            400,
+            "FP32",
+        ),
+        (
+            "nan",
+            json!({"id": "nan", "inputs": [{"name": "mfcc", "shape": [1, 1, 49, 10],
+                   "datatype": "FP32", "data": with_nan}]})
+            .to_string()
+            .into_bytes(),
+            400,
+            "NaN",
+        ),
+        (
+            "name",
+            json!({"id": "name", "inputs": [{"name": "audio", "shape": [1, 1, 49, 10],
+                   "datatype": "FP32", "data": g.input}]})
+            .to_string()
+            .into_bytes(),
+            400,
+            "audio",
+        ),
+    ];
+    for (id, payload, status, needle) in &cases {
+        mqtt.publish(&req, payload.clone());
+        let reply = json_reply(&mqtt, id);
+        assert_eq!(reply["status"], *status, "{id}: {reply}");
+        let reason = reply["error"].as_str().unwrap_or_else(|| panic!("{reply}"));
+        assert!(reason.contains(needle), "{id}: {reason}");
+    }
+
+    // Over the payload limit: answered with the limit, not a dropped connection.
+    let big = format!(r#"{{"id": "big", "pad": "{}"}}"#, "x".repeat(80 * 1024));
+    mqtt.publish(&req, big);
+    let reply = json_reply(&mqtt, "big");
+    assert_eq!(reply["status"], 413, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("65536"),
+        "{reply}"
+    );
+
+    // Garbage postcard: an error reply in postcard.
+    mqtt.publish(&topic("infer/req/bin"), vec![1u8, 0xFF, 0xFF, 0xFF]);
+    let reply = binary::decode_reply(&mqtt.next(&topic("infer/res/bin"))).unwrap();
+    let binary::BinaryReply::Error { id, status, reason } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!((id, status), (None, 400), "{reason}");
+
+    // A postcard request whose id decodes but whose tensors do not: the error carries
+    // the id back.
+    mqtt.publish(
+        &topic("infer/req/bin"),
+        vec![1u8, 1, 2, b'p', b'7', 0xFF, 0xFF],
+    );
+    let reply = binary::decode_reply(&mqtt.next(&topic("infer/res/bin"))).unwrap();
+    let binary::BinaryReply::Error { id, status, reason } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!((id.as_deref(), status), (Some("p7"), 400), "{reason}");
+
+    // Still serving.
+    mqtt.publish(&req, json_request("after", &g));
+    let reply = json_reply(&mqtt, "after");
+    assert!(relative_error(&output_of(&reply), &g.output) <= 1e-4);
+
+    // All eight failures were counted as errors, the good one as ok.
+    let reports = collect_reports(&mqtt, |r| {
+        r.iter().map(|r| r.errors).sum::<u32>() >= 8 && r.iter().map(|r| r.ok).sum::<u32>() >= 1
+    });
+    assert_eq!(reports.iter().map(|r| r.errors).sum::<u32>(), 8);
+    assert_eq!(reports.iter().map(|r| r.ok).sum::<u32>(), 1);
+
+    // Intervals with errors missed the SLO: the device said so, and why.
+    let twin = mqtt.wait_for(&topic("metrics/json"), |payload| {
+        let body: Value = serde_json::from_slice(payload).ok()?;
+        (body["errors"].as_u64() > Some(0)).then_some(body)
+    });
+    assert_eq!(twin["state"], "degraded", "{twin}");
+    assert_eq!(twin["slo"]["ok"], false);
+    let violation = twin["slo"]["violations"][0].as_str().unwrap();
+    assert!(violation.starts_with("error rate"), "{violation}");
+    let health = mqtt.wait_for(&topic("health/json"), |payload| {
+        let body: Value = serde_json::from_slice(payload).ok()?;
+        (body["state"] == "degraded").then_some(body)
+    });
+    assert!(
+        health["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("over the SLO"),
+        "{health}"
+    );
+}
+
+#[test]
+fn against_mosquitto_the_agent_answers_and_its_last_will_says_offline_when_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = mosquitto(dir.path(), port);
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let mut agent = perchd(dir.path(), &["--broker", &url]);
+    let g = golden();
+    let mqtt = Mqtt::connect(
+        port,
+        "mosq",
+        &[topic("status"), topic("infer/res"), topic("health/json")],
+        false,
+    );
+    let online = wait_online(&mqtt, &mut agent);
+    assert_eq!(online["device"], DEVICE);
+    mqtt.publish(&topic("infer/req"), json_request("m-1", &g));
+    let reply = json_reply(&mqtt, "m-1");
+    assert!(relative_error(&output_of(&reply), &g.output) <= 1e-4);
+    let health: Value = serde_json::from_slice(&mqtt.next(&topic("health/json"))).unwrap();
+    assert_eq!(health["state"], "ready");
+    assert_eq!(health["model"], "kws-dscnn");
+
+    agent.kill(); // no goodbye: the broker publishes the last will
+    let status = topic("status");
+    mqtt.wait_for(&status, |payload| {
+        let body: Value = serde_json::from_slice(payload).ok()?;
+        (body["state"] == "offline").then_some(())
+    });
+    // Retained: a client that connects later learns the device is offline.
+    let late = Mqtt::connect(port, "late", &[topic("status")], false);
+    let body: Value = serde_json::from_slice(&late.next(&status)).unwrap();
+    assert_eq!(body["state"], "offline");
+}
+
+#[test]
+fn against_mosquitto_reports_spooled_during_a_broker_outage_arrive_in_order_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut broker = mosquitto(dir.path(), port);
+    // A fast reconnect so the test is short; the backoff itself is tested in backoff.rs.
+    let config = dir.path().join("perchd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_base = \"100ms\"\nreconnect_cap = \"500ms\"\n"
+        ),
+    )
+    .unwrap();
+    let mut agent = perchd(dir.path(), &["--config", config.to_str().unwrap()]);
+    // A persistent session: mosquitto keeps the subscription and queues reports for it
+    // across its own restart, whenever the agent delivers them.
+    let mqtt = Mqtt::connect(port, "outage", &[topic("metrics"), topic("status")], true);
+    wait_online(&mqtt, &mut agent);
+    let before = collect_reports(&mqtt, |r| r.len() >= 3);
+
+    broker.terminate();
+    std::thread::sleep(Duration::from_millis(1500)); // about 7 intervals offline
+    let _broker = mosquitto(dir.path(), port);
+
+    let last_before = before.last().unwrap().seq;
+    let after = collect_reports(&mqtt, |r| {
+        r.last().is_some_and(|r| r.seq >= last_before + 15)
+    });
+    let mut seqs: Vec<u32> = before.iter().chain(&after).map(|r| r.seq).collect();
+    // At-least-once: a report whose PUBACK was lost with the broker may come twice.
+    seqs.dedup();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "reports missing or out of order: {seqs:?}"
+    );
+    assert!(seqs.len() >= 18);
+}
+
+#[test]
+fn against_mosquitto_a_clean_shutdown_says_offline_and_the_next_start_delivers_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut broker = mosquitto(dir.path(), port);
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let mqtt = Mqtt::connect(port, "restart", &[topic("metrics"), topic("status")], true);
+    let mut agent = perchd(dir.path(), &["--broker", &url]);
+    wait_online(&mqtt, &mut agent);
+    let first = collect_reports(&mqtt, |r| r.len() >= 2);
+
+    // The broker goes away, reports spool, and the agent is stopped while it is gone.
+    broker.terminate();
+    std::thread::sleep(Duration::from_millis(1000));
+    agent.terminate();
+    let spooled = std::fs::read_dir(dir.path().join("spool"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "rec")
+        })
+        .count();
+    assert!(spooled >= 3, "{spooled} reports spooled");
+
+    let _broker = mosquitto(dir.path(), port);
+    let mut agent = perchd(dir.path(), &["--broker", &url]);
+    let last_first = first.last().unwrap().seq;
+    let rest = collect_reports(&mqtt, |r| r.len() >= spooled + 2);
+    let mut seqs: Vec<u32> = first.iter().chain(&rest).map(|r| r.seq).collect();
+    seqs.dedup();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "reports of the first run lost or reordered: {seqs:?}"
+    );
+    assert!(seqs.last().unwrap() > &(last_first + spooled as u32));
+
+    // Stopped while the broker is up, it says goodbye itself.
+    agent.terminate();
+    mqtt.wait_for(&topic("status"), |payload| {
+        let body: Value = serde_json::from_slice(payload).ok()?;
+        (body["state"] == "offline").then_some(())
+    });
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in
+/// `dir`: `ca.pem`, `server.pem`, `server.key`, `client.pem`, `client.key`.
+fn certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "perch test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, san) in [("server", "127.0.0.1"), ("client", "test-gw")] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![san.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, san);
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[test]
+fn against_mosquitto_over_mqtts_with_a_client_certificate_the_agent_connects_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d);
+    let (tls_port, plain_port) = (free_port(), free_port());
+    // A TLS listener that wants a client certificate signed by the CA, for the agent,
+    // and a plain one for this test's client.
+    let config = d.join("mosquitto-tls.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+             require_certificate true\nlistener {plain_port} 127.0.0.1\nallow_anonymous true\n\
+             user root\nlog_dest stderr\n",
+            ca = d.join("ca.pem").display(),
+            cert = d.join("server.pem").display(),
+            key = d.join("server.key").display(),
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(mosquitto_binary());
+    command.arg("-c").arg(&config);
+    let _broker = Process::spawn("mosquitto", command, d.join("mosquitto-tls.log"));
+    wait_until("mosquitto to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", plain_port)).is_ok()
+    });
+
+    let g = golden();
+    let mqtt = Mqtt::connect(
+        plain_port,
+        "tls",
+        &[topic("status"), topic("infer/res")],
+        false,
+    );
+    let url = format!("mqtts://127.0.0.1:{tls_port}");
+    let path = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let mut agent = perchd(
+        d,
+        &[
+            "--broker",
+            &url,
+            "--mqtt-ca",
+            &path("ca.pem"),
+            "--mqtt-client-cert",
+            &path("client.pem"),
+            "--mqtt-client-key",
+            &path("client.key"),
+        ],
+    );
+    wait_online(&mqtt, &mut agent);
+    mqtt.publish(&topic("infer/req"), json_request("tls-1", &g));
+    let reply = json_reply(&mqtt, "tls-1");
+    assert!(relative_error(&output_of(&reply), &g.output) <= 1e-4);
+}
