@@ -10,7 +10,9 @@
 //! 4. connects to the broker, answers inference requests, and every report interval
 //!    publishes a metrics report, its JSON twin and the health message
 //!    ([`crate::mqtt`]), reconnecting with capped exponential backoff and jitter while
-//!    reports wait in the on-disk spool.
+//!    reports wait in the on-disk spool;
+//! 5. with a sensor configured, samples the accelerometer on a thread of its own and
+//!    publishes the served model's verdict on each vibration window ([`crate::sensor`]).
 //!
 //! It runs until `shutdown` completes, then says `offline`, moves undelivered reports
 //! to the spool and disconnects.
@@ -120,6 +122,9 @@ pub enum AgentError {
         /// Why.
         reason: io::Error,
     },
+    /// The configured sensor could not start.
+    #[error(transparent)]
+    Sensor(#[from] crate::sensor::SensorError),
     /// A task of the agent failed unexpectedly.
     #[error("internal error: {0}")]
     Internal(String),
@@ -132,8 +137,7 @@ pub struct Loaded {
     pub model: Model,
     /// Its name and version in reports.
     pub id: ModelId,
-    /// Self-test, warm-up latencies and the first health message, as [`crate::boot`]
-    /// reports them.
+    /// Self-test, warm-up latencies and the first health message.
     pub boot: BootReport,
     /// The bundle's SLOs (empty for a plain model file).
     pub slo: Slo,
@@ -337,6 +341,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let started = Instant::now();
+    let notifier = crate::systemd::Notifier::from_env();
     let model_config = config.model.clone();
     let loaded = blocking(move || load(&model_config)).await??;
     let ready = loaded.boot.ready();
@@ -407,8 +412,12 @@ pub async fn run(
     let options = mqtt::options(&config.device_id, &broker_config, config.max_payload_bytes)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stopping = notifier.clone();
     tokio::spawn(async move {
         shutdown.await;
+        if let Err(e) = stopping.stopping() {
+            log::warn!("{e}");
+        }
         let _ = stop_tx.send(true);
     });
 
@@ -451,6 +460,30 @@ pub async fn run(
     let (net_tx, net_rx) = mpsc::channel(256);
     let backoff = Backoff::new(broker_config.reconnect_base, broker_config.reconnect_cap);
     let poller = tokio::spawn(poll(eventloop, net_tx, backoff));
+    let sensor = match config.sensor.clone() {
+        Some(sensor) => {
+            let (device, service, client) =
+                (config.device_id.clone(), service.clone(), client.clone());
+            Some(blocking(move || crate::sensor::start(&sensor, &device, service, client)).await??)
+        }
+        None => None,
+    };
+    // Serving: HTTP is bound, the MQTT connection task runs (a broker that is away is
+    // retried while reports spool), the sensor samples. Tell systemd (Type=notify).
+    let status = match &loaded.boot.failure {
+        None => format!(
+            "serving {} (MQTT {}:{})",
+            loaded.id, broker_config.host, broker_config.port
+        ),
+        Some(reason) => format!(
+            "model {} failed its self-test, not serving: {reason}",
+            loaded.id
+        ),
+    };
+    if let Err(e) = notifier.ready(&status) {
+        log::warn!("{e}");
+    }
+    notifier.spawn_watchdog(stop_rx.clone());
     let mut health = loaded.boot.health.clone();
     health.boot_count = seq.boot_count;
     let agent = Agent {
@@ -477,6 +510,9 @@ pub async fn run(
     agent
         .run(net_rx, stop_rx, config.report_interval, poller)
         .await;
+    if let Some(sensor) = sensor {
+        blocking(move || sensor.stop()).await?;
+    }
     if let Some((_, task)) = http {
         match task.await {
             Ok(Ok(())) => {}

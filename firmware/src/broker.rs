@@ -9,13 +9,23 @@
 //! device from elsewhere, run a real broker and point `perchd` at it.
 //!
 //! rumqttd has no way to stop a broker, so it runs until the process exits.
+//!
+//! The broker is the `embedded-broker` feature (on by default). Device builds leave it
+//! out (`--no-default-features`): a fleet's devices report to a real broker, and
+//! rumqttd is a large part of the binary. Such a build refuses to start without a
+//! configured broker, saying so.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
+#[cfg(feature = "embedded-broker")]
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+#[cfg(feature = "embedded-broker")]
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "embedded-broker")]
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 /// How long [`start`] waits for the broker to accept connections.
+#[cfg(feature = "embedded-broker")]
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the embedded broker did not start.
@@ -45,6 +55,12 @@ pub enum BrokerError {
         /// What was seen.
         reason: String,
     },
+    /// This build of `perchd` has no embedded broker.
+    #[error(
+        "this perchd was built without the embedded MQTT broker (feature embedded-broker): \
+         configure one (broker.url = \"mqtt://host:1883\", --broker, PERCH_BROKER)"
+    )]
+    NotBuiltIn,
 }
 
 /// A running embedded broker.
@@ -62,6 +78,7 @@ impl EmbeddedBroker {
 
 /// rumqttd's settings for a small device: a few hundred connections, payloads up to
 /// `max_payload` bytes, at most 4 MiB of queued messages per topic filter.
+#[cfg(feature = "embedded-broker")]
 pub fn config(addr: SocketAddr, max_payload: usize) -> Config {
     let server = ServerSettings {
         name: "perch-embedded".into(),
@@ -98,6 +115,7 @@ pub fn config(addr: SocketAddr, max_payload: usize) -> Config {
 /// # Errors
 ///
 /// The port is taken, the thread could not start, or the broker did not come up.
+#[cfg(feature = "embedded-broker")]
 pub fn start(port: u16, max_payload: usize) -> Result<EmbeddedBroker, BrokerError> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     // rumqttd binds on its own thread and only logs a failure; try first so a taken
@@ -136,7 +154,17 @@ pub fn start(port: u16, max_payload: usize) -> Result<EmbeddedBroker, BrokerErro
     }
 }
 
-#[cfg(test)]
+/// Without the `embedded-broker` feature: always [`BrokerError::NotBuiltIn`].
+///
+/// # Errors
+///
+/// Always.
+#[cfg(not(feature = "embedded-broker"))]
+pub fn start(_port: u16, _max_payload: usize) -> Result<EmbeddedBroker, BrokerError> {
+    Err(BrokerError::NotBuiltIn)
+}
+
+#[cfg(all(test, feature = "embedded-broker"))]
 mod tests {
     use super::*;
 

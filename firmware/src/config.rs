@@ -39,6 +39,16 @@
 //! dir = "/var/lib/perch/spool"
 //! max_records = 10000
 //! max_bytes = "4MiB"
+//!
+//! [sensor]                                   # an ADXL345 feeding the served model (R3)
+//! source = "i2c"                             # or "simulated" (no hardware)
+//! i2c_bus = "/dev/i2c-1"                     # i2c: the bus (feature linux-sensor)
+//! address = 0x53                             # 0x53, or 0x1D with ALT ADDRESS high
+//! rate_hz = 800                              # 25, 50, 100, 200, 400, 800, 1600, 3200
+//! range_g = 2                                # 2, 4, 8 or 16
+//! calibration_windows = 32                   # for the features, then for the threshold
+//! threshold_sigmas = 6.0                     # threshold: mean + this × std of the errors
+//! # simulated only: seed = 1, anomaly_after = "120s" (add a bearing fault)
 //! ```
 //!
 //! Relative paths in the file are relative to the file's folder; relative paths given
@@ -168,6 +178,25 @@ pub struct Args {
     /// default 1MiB). Larger ones get an error response.
     #[arg(long, env = "PERCH_MAX_PAYLOAD", value_name = "BYTES")]
     pub max_payload: Option<ByteSize>,
+    /// Accelerometer input for anomaly detection with the served model (which must take
+    /// one FP32 input `[1,640]`, such as models/anomaly-ae/model.onnx): `simulated` (a
+    /// simulated ADXL345, no hardware), an I2C bus such as `/dev/i2c-1` (a real ADXL345;
+    /// needs the linux-sensor feature), or `off`. Results go to
+    /// perch/{device}/sensor/anomaly. Default: the `[sensor]` section, else off.
+    #[arg(long, env = "PERCH_SENSOR", value_name = "SOURCE")]
+    pub sensor: Option<SensorFlag>,
+    /// Sensor output data rate in Hz: 25, 50, 100, 200, 400, 800, 1600 or 3200
+    /// (default 800).
+    #[arg(long, value_name = "HZ")]
+    pub sensor_rate: Option<u32>,
+    /// Windows the sensor learns its feature statistics from, and as many again its
+    /// anomaly threshold from; the machine must run normally meanwhile (default 32).
+    #[arg(long, value_name = "N")]
+    pub sensor_calibration_windows: Option<u32>,
+    /// Simulated sensor: turn the signal anomalous (a bearing fault) after this
+    /// much sampling time, e.g. `120s`, after the calibration (default: never).
+    #[arg(long, value_name = "DURATION")]
+    pub sensor_anomaly_after: Option<HumanDuration>,
 }
 
 /// The configuration the agent runs with, every default filled in.
@@ -189,6 +218,67 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// The largest inference request, in bytes.
     pub max_payload_bytes: usize,
+    /// The accelerometer input; `None` when there is none.
+    pub sensor: Option<SensorConfig>,
+}
+
+/// The accelerometer input (`[sensor]`, `--sensor`): an ADXL345 whose vibration
+/// windows go through the served model (see [`crate::sensor`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorConfig {
+    /// Where the samples come from.
+    pub source: SensorSource,
+    /// The device's 7-bit I2C address.
+    pub address: u8,
+    /// Output data rate, one the ADXL345 has.
+    pub rate: crate::sensor::adxl345::Rate,
+    /// Measurement range.
+    pub range: crate::sensor::adxl345::Range,
+    /// Calibration of the detector.
+    pub detector: crate::sensor::detector::DetectorConfig,
+}
+
+/// Where the sensor's samples come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SensorSource {
+    /// The simulated ADXL345 ([`crate::sensor::sim`]), sampling in real time.
+    Simulated {
+        /// Seed of its noise.
+        seed: u64,
+        /// Sampling time after which the signal turns anomalous; never when `None`.
+        anomaly_after: Option<Duration>,
+    },
+    /// A real ADXL345 on a Linux I2C bus (feature `linux-sensor`).
+    I2c {
+        /// The bus device, `/dev/i2c-1`.
+        bus: PathBuf,
+    },
+}
+
+/// The `--sensor` flag: `simulated`, `off`, or an I2C bus device path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SensorFlag {
+    /// No sensor, whatever the file says.
+    Off,
+    /// The simulated sensor.
+    Simulated,
+    /// A real sensor on this bus.
+    I2c(PathBuf),
+}
+
+impl FromStr for SensorFlag {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SensorFlag, String> {
+        match text {
+            "off" => Ok(SensorFlag::Off),
+            "simulated" => Ok(SensorFlag::Simulated),
+            path if path.starts_with('/') => Ok(SensorFlag::I2c(PathBuf::from(path))),
+            _ => Err(format!(
+                "{text:?}: expected simulated, off, or an I2C bus device such as /dev/i2c-1"
+            )),
+        }
+    }
 }
 
 /// The broker the agent connects to.
@@ -319,6 +409,7 @@ impl Config {
                 max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             },
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES as usize,
+            sensor: None,
         }
     }
 
@@ -601,6 +692,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        let sensor = resolve_sensor(args, parsed.sensor, &err)?;
         Ok(Config {
             device_id,
             broker,
@@ -610,6 +702,7 @@ impl Config {
             http_listen,
             spool,
             max_payload_bytes: usize::try_from(max_payload).unwrap_or(usize::MAX),
+            sensor,
         })
     }
 }
@@ -657,6 +750,143 @@ struct FileConfig {
     broker: Option<BrokerFile>,
     slo: Option<Slo>,
     spool: Option<SpoolFile>,
+    sensor: Option<SensorFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SensorFile {
+    source: Option<String>,
+    i2c_bus: Option<PathBuf>,
+    address: Option<u8>,
+    rate_hz: Option<u32>,
+    range_g: Option<u8>,
+    calibration_windows: Option<u32>,
+    threshold_sigmas: Option<f32>,
+    seed: Option<u64>,
+    anomaly_after: Option<HumanDuration>,
+}
+
+/// The sensor settings: flags over the `[sensor]` section; `None` when neither asks
+/// for a sensor (or `--sensor off`). `err(section, key, flag, from_flag, message)`
+/// locates an error.
+fn resolve_sensor(
+    args: &Args,
+    file: Option<SensorFile>,
+    err: &impl Fn(&str, &str, &str, bool, String) -> ConfigError,
+) -> Result<Option<SensorConfig>, ConfigError> {
+    use crate::sensor::adxl345::{Range, Rate, ADDRESS_ALT_LOW};
+    use crate::sensor::detector::DetectorConfig;
+
+    let in_file = file.is_some();
+    let file = file.unwrap_or_default();
+    let simulated = || SensorSource::Simulated {
+        seed: file.seed.unwrap_or(1),
+        anomaly_after: args
+            .sensor_anomaly_after
+            .or(file.anomaly_after)
+            .map(|d| d.0),
+    };
+    let source = match &args.sensor {
+        Some(SensorFlag::Off) => return Ok(None),
+        Some(SensorFlag::Simulated) => simulated(),
+        Some(SensorFlag::I2c(bus)) => SensorSource::I2c { bus: bus.clone() },
+        None if !in_file => return Ok(None),
+        None => match file.source.as_deref() {
+            Some("simulated") => simulated(),
+            Some("i2c") => SensorSource::I2c {
+                bus: file
+                    .i2c_bus
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/dev/i2c-1")),
+            },
+            Some(other) => {
+                return Err(err(
+                    "sensor",
+                    "source",
+                    "--sensor",
+                    false,
+                    format!("{other:?}: expected \"simulated\" or \"i2c\""),
+                ))
+            }
+            None => {
+                return Err(err(
+                    "sensor",
+                    "source",
+                    "--sensor",
+                    false,
+                    "say where the samples come from: \"simulated\" or \"i2c\"".into(),
+                ))
+            }
+        },
+    };
+    let rate_hz = args.sensor_rate.or(file.rate_hz).unwrap_or(800);
+    let rate = Rate::from_hz(rate_hz).ok_or_else(|| {
+        err(
+            "sensor",
+            "rate_hz",
+            "--sensor-rate",
+            args.sensor_rate.is_some(),
+            format!(
+                "{rate_hz} Hz is not an ADXL345 rate: 25, 50, 100, 200, 400, 800, 1600 or 3200"
+            ),
+        )
+    })?;
+    let range_g = file.range_g.unwrap_or(2);
+    let range = Range::from_g(range_g).ok_or_else(|| {
+        err(
+            "sensor",
+            "range_g",
+            "range_g",
+            false,
+            format!("±{range_g} g is not an ADXL345 range: 2, 4, 8 or 16"),
+        )
+    })?;
+    let address = file.address.unwrap_or(ADDRESS_ALT_LOW);
+    if address > 0x7F {
+        return Err(err(
+            "sensor",
+            "address",
+            "address",
+            false,
+            format!("{address:#04x} is not a 7-bit I2C address"),
+        ));
+    }
+    let calibration_windows = args
+        .sensor_calibration_windows
+        .or(file.calibration_windows)
+        .unwrap_or(DetectorConfig::default().calibration_windows);
+    if calibration_windows == 0 {
+        return Err(err(
+            "sensor",
+            "calibration_windows",
+            "--sensor-calibration-windows",
+            args.sensor_calibration_windows.is_some(),
+            "must be at least 1".into(),
+        ));
+    }
+    let threshold_sigmas = file
+        .threshold_sigmas
+        .unwrap_or(DetectorConfig::default().threshold_sigmas);
+    if !(threshold_sigmas.is_finite() && threshold_sigmas >= 0.0) {
+        return Err(err(
+            "sensor",
+            "threshold_sigmas",
+            "threshold_sigmas",
+            false,
+            format!("{threshold_sigmas} is not a number of standard deviations ≥ 0"),
+        ));
+    }
+    Ok(Some(SensorConfig {
+        source,
+        address,
+        rate,
+        range,
+        detector: DetectorConfig {
+            calibration_windows,
+            threshold_sigmas,
+        },
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1289,5 +1519,74 @@ max_bytes = 100000
         }
         let host = DeviceId::from_hostname();
         assert!(host.as_str().parse::<DeviceId>().is_ok());
+    }
+
+    #[test]
+    fn a_sensor_section_configures_the_sensor_with_defaults_for_what_it_leaves_out() {
+        let config = from_file(
+            "[sensor]\nsource = \"simulated\"\nanomaly_after = \"30s\"\naddress = 0x1D\n",
+        )
+        .unwrap();
+        let sensor = config.sensor.unwrap();
+        assert_eq!(
+            sensor.source,
+            SensorSource::Simulated {
+                seed: 1,
+                anomaly_after: Some(Duration::from_secs(30))
+            }
+        );
+        assert_eq!(sensor.address, 0x1D);
+        assert_eq!(sensor.rate.hz(), 800);
+        assert_eq!(sensor.range.g(), 2);
+        assert_eq!(sensor.detector.calibration_windows, 32);
+        let i2c = from_file("[sensor]\nsource = \"i2c\"\n")
+            .unwrap()
+            .sensor
+            .unwrap();
+        assert_eq!(
+            i2c.source,
+            SensorSource::I2c {
+                bus: "/dev/i2c-1".into()
+            }
+        );
+        assert_eq!(from_file("").unwrap().sensor, None);
+    }
+
+    #[test]
+    fn sensor_flags_turn_it_on_and_off_over_the_file() {
+        let args = Args {
+            sensor: Some("simulated".parse().unwrap()),
+            sensor_rate: Some(3200),
+            sensor_calibration_windows: Some(4),
+            sensor_anomaly_after: Some("2s".parse().unwrap()),
+            ..Args::default()
+        };
+        let sensor = Config::resolve(&args, None).unwrap().sensor.unwrap();
+        assert_eq!(sensor.rate.hz(), 3200);
+        assert_eq!(sensor.detector.calibration_windows, 4);
+        assert!(matches!(
+            sensor.source,
+            SensorSource::Simulated { anomaly_after: Some(d), .. } if d == Duration::from_secs(2)
+        ));
+        let off = Args {
+            sensor: Some("off".parse().unwrap()),
+            ..Args::default()
+        };
+        let text = "[sensor]\nsource = \"simulated\"\n";
+        let config = Config::from_toml(Path::new("p.toml"), text, &off).unwrap();
+        assert_eq!(config.sensor, None);
+        assert!("i2c-1".parse::<SensorFlag>().is_err());
+    }
+
+    #[test]
+    fn a_sensor_rate_the_device_lacks_is_an_error_on_its_line() {
+        let err = from_file("[sensor]\nsource = \"simulated\"\nrate_hz = 1000\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("sensor.rate_hz"))
+        );
+        assert!(err.message.contains("not an ADXL345 rate"), "{err}");
+        let err = from_file("[sensor]\nrate_hz = 800\n").unwrap_err();
+        assert!(err.message.contains("\"simulated\" or \"i2c\""), "{err}");
     }
 }

@@ -27,8 +27,10 @@ pub mod config;
 pub mod http;
 pub mod mqtt;
 pub mod prometheus;
+pub mod sensor;
 pub mod service;
 pub mod spool;
+pub mod systemd;
 
 use std::time::Duration;
 

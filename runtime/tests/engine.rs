@@ -144,6 +144,60 @@ mod golden_outputs {
     }
 }
 
+mod kernels {
+    use super::*;
+    use tract_core::internal::tract_linalg;
+    use tract_core::ops::matmul::optimized::OptMatMul;
+
+    /// The matrix-multiplication kernels tract planned for a model on the running CPU, each
+    /// with whether it is written for this architecture (false: tract's portable Rust).
+    fn planned_kernels(model: &Model) -> Vec<(String, bool)> {
+        let mut kernels: Vec<(String, bool)> = model
+            .optimized_model()
+            .nodes()
+            .iter()
+            .filter_map(|node| node.op_as::<OptMatMul>())
+            .flat_map(|op| op.mmm.iter())
+            .map(|k| (k.name().to_string(), k.arch().is_some()))
+            .collect();
+        kernels.sort();
+        kernels.dedup();
+        kernels
+    }
+
+    /// tract picks its kernels at run time from the CPU it finds, so a test binary for an
+    /// ARM target run under qemu could silently fall back to slower code. `.ci/arm` sets
+    /// PERCH_EXPECT_KERNELS to the kernel family the emulated board must use (`arm64simd`,
+    /// `armv7neon`); without it the kernels need only be written for this architecture.
+    #[test]
+    fn every_reference_model_runs_on_kernels_written_for_this_cpu() {
+        let expected = std::env::var("PERCH_EXPECT_KERNELS").ok();
+        println!(
+            "{} CPU as tract sees it: {:?}",
+            std::env::consts::ARCH,
+            tract_linalg::isa::native()
+        );
+        for name in REFERENCE {
+            for file in ["model.onnx", "model.w8.onnx"] {
+                let kernels = planned_kernels(&load(&models().join(name).join(file)));
+                let names: Vec<&str> = kernels.iter().map(|(n, _)| n.as_str()).collect();
+                println!("{name}/{file}: {}", names.join(" "));
+                assert!(!kernels.is_empty(), "{name}/{file}: no matmul planned");
+                assert!(
+                    kernels.iter().all(|(_, native)| *native),
+                    "{name}/{file}: portable kernels planned: {names:?}"
+                );
+                if let Some(prefix) = &expected {
+                    assert!(
+                        names.iter().all(|n| n.starts_with(prefix.as_str())),
+                        "{name}/{file}: expected {prefix}* kernels, planned {names:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 mod metadata {
     use super::*;
     use perch_runtime::engine::{DType, Dim};
