@@ -1040,7 +1040,8 @@ mod tests {
         let public = dir.path().join("fleet.pub");
         std::fs::write(&public, bundle::verifying_key_file(&key.verifying_key())).unwrap();
         let bundle_path = dir.path().join("kws.perch");
-        pack_kws(&key, &bundle_path);
+        let packed = crate::testing::pack_kws(&key, 1, "1.2.3");
+        std::fs::write(&bundle_path, packed.as_bytes()).unwrap();
         let mut config = model_config(bundle_path.clone());
         config.trusted_keys = vec![public];
         let loaded = load(&config).unwrap();
@@ -1067,30 +1068,6 @@ mod tests {
             load(&config),
             Err(AgentError::NoTrustedKeys { .. })
         ));
-    }
-
-    fn pack_kws(key: &bundle::SigningKey, out: &Path) {
-        let dir = models().join("kws-dscnn");
-        let model = Model::load(dir.join("model.onnx"), &LoadOptions::new()).unwrap();
-        let read = |name: &str| std::fs::read(dir.join("golden").join(name)).unwrap();
-        let contents = bundle::BundleContents {
-            name: "kws".into(),
-            version: "1.2.3".parse().unwrap(),
-            sequence: 1,
-            created_unix: 0,
-            model_format: bundle::ModelKind::Onnx,
-            model: std::fs::read(dir.join("model.onnx")).unwrap(),
-            signature: bundle::TensorSignature::from_metadata(model.metadata()),
-            golden_inputs: vec![read("input_0.npy")],
-            golden_outputs: vec![read("output_0.npy")],
-            tolerance: 1e-4,
-            slo: bundle::Slo {
-                p99_ms: Some(25.0),
-                ..Default::default()
-            },
-        };
-        let bundle = bundle::pack(&contents, key).unwrap();
-        std::fs::write(out, bundle.as_bytes()).unwrap();
     }
 
     #[test]

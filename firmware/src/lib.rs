@@ -29,6 +29,7 @@ pub mod mqtt;
 pub mod prometheus;
 pub mod sensor;
 pub mod service;
+pub mod slots;
 pub mod spool;
 pub mod systemd;
 
@@ -64,4 +65,42 @@ pub fn rss_kib() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Test fixtures shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    use perch_runtime::bundle;
+    use perch_runtime::engine::{LoadOptions, Model};
+
+    /// R2 (kws-dscnn) packed into a bundle named `kws` with `sequence` and `version`, a
+    /// p99 SLO of 25 ms, signed with `key`.
+    pub(crate) fn pack_kws(
+        key: &bundle::SigningKey,
+        sequence: u64,
+        version: &str,
+    ) -> bundle::Bundle {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kws-dscnn");
+        let model = Model::load(dir.join("model.onnx"), &LoadOptions::new()).unwrap();
+        let read = |name: &str| std::fs::read(dir.join("golden").join(name)).unwrap();
+        let contents = bundle::BundleContents {
+            name: "kws".into(),
+            version: version.parse().unwrap(),
+            sequence,
+            created_unix: 0,
+            model_format: bundle::ModelKind::Onnx,
+            model: std::fs::read(dir.join("model.onnx")).unwrap(),
+            signature: bundle::TensorSignature::from_metadata(model.metadata()),
+            golden_inputs: vec![read("input_0.npy")],
+            golden_outputs: vec![read("output_0.npy")],
+            tolerance: 1e-4,
+            slo: bundle::Slo {
+                p99_ms: Some(25.0),
+                ..Default::default()
+            },
+        };
+        bundle::pack(&contents, key).unwrap()
+    }
 }
