@@ -16,7 +16,7 @@ use perch_runtime::engine::read_npy;
 use perch_runtime::wire::MetricsReport;
 use serde_json::{json, Value};
 
-use common::{free_port, models, Mqtt, Process, PATIENCE};
+use common::{floats, free_port, models, relative_error, Mqtt, Process, PATIENCE};
 
 const DEVICE: &str = "test-gw";
 
@@ -114,25 +114,6 @@ fn golden() -> Golden {
         input: floats(&input),
         output: floats(&output),
     }
-}
-
-fn floats(tensor: &perch_runtime::engine::Tensor) -> Vec<f32> {
-    tensor
-        .try_as_plain_ram()
-        .unwrap()
-        .as_slice::<f32>()
-        .unwrap()
-        .to_vec()
-}
-
-fn relative_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-    diff / scale
 }
 
 fn json_request(id: &str, g: &Golden) -> Vec<u8> {

@@ -1,20 +1,19 @@
 //! The Open Inference Protocol server on 127.0.0.1:0, in-process, with real models and
 //! a real HTTP client.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::Duration;
 
+use common::{floats, models, relative_error};
 use perch_firmware::http::{serve, POSTCARD_CONTENT_TYPE};
 use perch_firmware::service::{
     binary, InferRequest, InferenceService, RequestTensor, ServiceLimits, TensorValues,
 };
-use perch_runtime::engine::{Golden, Input, LoadOptions, Model, TensorData};
+use perch_runtime::engine::{Golden, LoadOptions, Model};
 use perch_runtime::wire::{ModelId, Version};
 use serde_json::{json, Value};
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-}
 
 /// A server running on its own tokio runtime until dropped.
 struct Server {
@@ -134,13 +133,6 @@ impl Drop for Server {
     }
 }
 
-fn f32s(tensor: &perch_runtime::engine::Tensor) -> Vec<f32> {
-    match Input::from_tensor(tensor).unwrap().data {
-        TensorData::F32(d) => d.to_vec(),
-        other => panic!("golden tensor is {}", other.dtype()),
-    }
-}
-
 /// The golden input as an OIP JSON body, and the golden output's shape and values.
 fn golden(model: &str, input: &str) -> (Vec<u8>, Vec<usize>, Vec<f32>) {
     let golden = Golden::load(models().join(model).join("golden")).unwrap();
@@ -150,24 +142,14 @@ fn golden(model: &str, input: &str) -> (Vec<u8>, Vec<usize>, Vec<f32>) {
             "name": input,
             "shape": golden.inputs[0].shape(),
             "datatype": "FP32",
-            "data": f32s(&golden.inputs[0]),
+            "data": floats(&golden.inputs[0]),
         }]
     });
     (
         serde_json::to_vec(&body).unwrap(),
         golden.outputs[0].shape().to_vec(),
-        f32s(&golden.outputs[0]),
+        floats(&golden.outputs[0]),
     )
-}
-
-fn relative_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs())
-        .fold(0f32, f32::max);
-    diff / want.iter().map(|w| w.abs()).fold(0f32, f32::max)
 }
 
 fn assert_golden(response: &Value, shape: &[usize], want: &[f32]) {
@@ -221,7 +203,7 @@ fn a_postcard_body_is_answered_in_postcard_with_the_same_outputs() {
         inputs: vec![RequestTensor {
             name: "pixels".into(),
             shape: golden.inputs[0].shape().to_vec(),
-            data: TensorValues::F32(f32s(&golden.inputs[0])),
+            data: TensorValues::F32(floats(&golden.inputs[0])),
         }],
     };
     let (status, body) = server.post_bytes(
@@ -237,7 +219,7 @@ fn a_postcard_body_is_answered_in_postcard_with_the_same_outputs() {
     let TensorValues::F32(got) = &response.outputs[0].data else {
         panic!("not f32")
     };
-    assert!(relative_error(got, &f32s(&golden.outputs[0])) <= 1e-4);
+    assert!(relative_error(got, &floats(&golden.outputs[0])) <= 1e-4);
 
     let (status, body) = server.post_bytes(
         "/v2/models/digits-mlp/infer",
@@ -514,6 +496,6 @@ fn the_documented_example_request_gets_the_golden_output() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     let golden = Golden::load(models().join("kws-dscnn/golden")).unwrap();
-    assert!(relative_error(&got, &f32s(&golden.outputs[0])) <= 1e-4);
+    assert!(relative_error(&got, &floats(&golden.outputs[0])) <= 1e-4);
     server.shutdown().unwrap();
 }

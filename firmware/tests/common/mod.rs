@@ -2,8 +2,9 @@
 //! folder, free ports, a child process killed on drop (its log printed when the test
 //! fails) and an MQTT subscriber on a thread.
 //!
-//! Each test binary compiles this module on its own (`mod common;`), so items that one
-//! of them does not use carry `#[allow(dead_code)]`.
+//! Each test binary compiles this module on its own (`mod common;`) and uses a part of
+//! it, hence the module-wide `allow(dead_code)`.
+#![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -18,7 +19,6 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 /// How long a helper waits for something that should happen within a few report
 /// intervals; generous, so a slow CI machine does not fail them.
-#[allow(dead_code)]
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The workspace's `models/` folder.
@@ -61,13 +61,11 @@ impl Process {
         }
     }
 
-    #[allow(dead_code)]
     fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
     /// Sends SIGTERM and waits for the process to exit.
-    #[allow(dead_code)]
     pub fn terminate(&mut self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
@@ -91,7 +89,6 @@ impl Process {
     }
 
     /// Fails the test if the process has exited.
-    #[allow(dead_code)]
     pub fn assert_running(&mut self) {
         if let Some(status) = self.try_wait() {
             panic!("{} exited ({status}):\n{}", self.name, self.log());
@@ -177,7 +174,6 @@ impl Mqtt {
     }
 
     /// Publishes `payload` on `topic` at QoS 1.
-    #[allow(dead_code)]
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -185,14 +181,12 @@ impl Mqtt {
     }
 
     /// The next message on `topic`, keeping those on other topics for later calls.
-    #[allow(dead_code)]
     pub fn next(&self, topic: &str) -> Vec<u8> {
         self.next_within(topic, PATIENCE)
             .unwrap_or_else(|| panic!("timed out waiting for a message on {topic}"))
     }
 
     /// The next message on `topic` if one comes within `timeout`.
-    #[allow(dead_code)]
     pub fn next_within(&self, topic: &str, timeout: Duration) -> Option<Vec<u8>> {
         let mut backlog = self.backlog.borrow_mut();
         if let Some(i) = backlog.iter().position(|(t, _)| t == topic) {
@@ -211,7 +205,6 @@ impl Mqtt {
 
     /// The next message on any topic, with its topic, if one comes within `timeout`
     /// (those kept by [`Mqtt::next_within`] first).
-    #[allow(dead_code)]
     pub fn any_within(&self, timeout: Duration) -> Option<(String, Vec<u8>)> {
         if let Some(kept) = self.backlog.borrow_mut().pop_front() {
             return Some(kept);
@@ -221,7 +214,6 @@ impl Mqtt {
 
     /// The first message on `topic` for which `pick` returns something, dropping the
     /// messages on `topic` before it.
-    #[allow(dead_code)]
     pub fn wait_for<T>(&self, topic: &str, mut pick: impl FnMut(&[u8]) -> Option<T>) -> T {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -237,4 +229,25 @@ impl Drop for Mqtt {
     fn drop(&mut self) {
         let _ = self.client.try_disconnect();
     }
+}
+
+/// The values of an f32 tensor (a golden file).
+pub fn floats(tensor: &perch_runtime::engine::Tensor) -> Vec<f32> {
+    tensor
+        .try_as_plain_ram()
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec()
+}
+
+/// The largest absolute difference over the largest absolute expected value.
+pub fn relative_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    diff / scale
 }
