@@ -37,4 +37,7 @@ pub mod bundle;
 #[cfg(feature = "std")]
 pub mod fsio;
 
+#[cfg(feature = "std")]
+pub mod rollout;
+
 pub use error::Error;
