@@ -49,6 +49,13 @@
 //! calibration_windows = 32                   # for the features, then for the threshold
 //! threshold_sigmas = 6.0                     # threshold: mean + this × std of the errors
 //! # simulated only: seed = 1, anomaly_after = "120s" (add a bearing fault)
+//!
+//! [ota]                                      # over-the-air model updates (docs/protocol.md)
+//! enabled = true                             # default: on when model.trusted_keys are set
+//! group = "kitchen"                          # follows perch/fleet/{group}/rollout; default "default"
+//! dir = "/var/lib/perch/ota"                 # model slots, downloads; default: `ota` beside the spool
+//! max_probation_boots = 3                    # starts on a new model before it is rolled back
+//! chunk_timeout = "5s"                       # a chunk not received by then is requested again
 //! ```
 //!
 //! Relative paths in the file are relative to the file's folder; relative paths given
@@ -78,6 +85,13 @@ pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 1 << 20;
 /// Reports kept in the spool by default (at 10 s intervals, a bit more than a day).
 pub const DEFAULT_SPOOL_MAX_RECORDS: usize = 10_000;
+/// Starts of the agent on a newly activated model, before it is confirmed, after which
+/// the agent returns to the previous model (a crash loop).
+pub const DEFAULT_MAX_PROBATION_BOOTS: u32 = 3;
+/// How long a device waits for a requested bundle chunk before it asks again.
+pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The device group of a device that names none.
+pub const DEFAULT_GROUP: &str = "default";
 /// Bytes kept in the spool by default.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 4 << 20;
 /// The shortest report interval accepted.
@@ -197,6 +211,18 @@ pub struct Args {
     /// much sampling time, e.g. `120s`, after the calibration (default: never).
     #[arg(long, value_name = "DURATION")]
     pub sensor_anomaly_after: Option<HumanDuration>,
+    /// Over-the-air updates: `on` or `off` (default: on when trusted keys are given,
+    /// since updates are signed bundles).
+    #[arg(long, env = "PERCH_OTA", value_name = "on|off", value_parser = parse_on_off)]
+    pub ota: Option<bool>,
+    /// The fleet group whose rollouts this device follows
+    /// (perch/fleet/{group}/rollout; default `default`).
+    #[arg(long, env = "PERCH_GROUP", value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Folder of the model slots and partial downloads of over-the-air updates
+    /// (default: `ota` beside the spool folder).
+    #[arg(long, env = "PERCH_OTA_DIR", value_name = "DIR")]
+    pub ota_dir: Option<PathBuf>,
 }
 
 /// The configuration the agent runs with, every default filled in.
@@ -220,6 +246,21 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// The accelerometer input; `None` when there is none.
     pub sensor: Option<SensorConfig>,
+    /// Over-the-air updates; `None` when off.
+    pub ota: Option<OtaSettings>,
+}
+
+/// Over-the-air model updates (`[ota]`, `--ota`, `--group`, `--ota-dir`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtaSettings {
+    /// The fleet group whose rollout document the device follows.
+    pub group: String,
+    /// Folder of the model slots, the slot state and partial downloads.
+    pub dir: PathBuf,
+    /// Starts on a new model before it is confirmed, after which the device rolls back.
+    pub max_probation_boots: u32,
+    /// A requested chunk not received within this is requested again.
+    pub chunk_timeout: Duration,
 }
 
 /// The accelerometer input (`[sensor]`, `--sensor`): an ADXL345 whose vibration
@@ -410,6 +451,7 @@ impl Config {
             },
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES as usize,
             sensor: None,
+            ota: None,
         }
     }
 
@@ -693,6 +735,63 @@ impl Config {
             ));
         }
         let sensor = resolve_sensor(args, parsed.sensor, &err)?;
+        let ota_file = parsed.ota.unwrap_or_default();
+        let ota_flag = args.ota.is_some();
+        let ota_on = args
+            .ota
+            .or(ota_file.enabled)
+            .unwrap_or(!model.trusted_keys.is_empty());
+        let ota = if ota_on {
+            if model.trusted_keys.is_empty() {
+                return Err(err(
+                    "ota",
+                    "enabled",
+                    "--ota",
+                    ota_flag,
+                    "over-the-air updates are signed bundles: give the keys that sign them \
+                     (model.trusted_keys, --trusted-key)"
+                        .into(),
+                ));
+            }
+            let group_flag = args.group.is_some();
+            let group = args
+                .group
+                .clone()
+                .or(ota_file.group)
+                .unwrap_or_else(|| DEFAULT_GROUP.to_string());
+            if let Err(message) = perch_runtime::rollout::check_id("group", &group) {
+                return Err(err("ota", "group", "--group", group_flag, message));
+            }
+            let max_probation_boots = ota_file
+                .max_probation_boots
+                .unwrap_or(DEFAULT_MAX_PROBATION_BOOTS);
+            if max_probation_boots == 0 {
+                return Err(err(
+                    "ota",
+                    "max_probation_boots",
+                    "",
+                    false,
+                    "must be at least 1".into(),
+                ));
+            }
+            Some(OtaSettings {
+                group,
+                dir: match (&args.ota_dir, ota_file.dir) {
+                    (Some(d), _) => d.clone(),
+                    (None, Some(d)) => in_file(d),
+                    (None, None) => spool
+                        .dir
+                        .parent()
+                        .map_or_else(|| PathBuf::from("ota"), |p| p.join("ota")),
+                },
+                max_probation_boots,
+                chunk_timeout: ota_file
+                    .chunk_timeout
+                    .map_or(DEFAULT_CHUNK_TIMEOUT, |d| d.0),
+            })
+        } else {
+            None
+        };
         Ok(Config {
             device_id,
             broker,
@@ -703,6 +802,7 @@ impl Config {
             spool,
             max_payload_bytes: usize::try_from(max_payload).unwrap_or(usize::MAX),
             sensor,
+            ota,
         })
     }
 }
@@ -751,6 +851,17 @@ struct FileConfig {
     slo: Option<Slo>,
     spool: Option<SpoolFile>,
     sensor: Option<SensorFile>,
+    ota: Option<OtaFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OtaFile {
+    enabled: Option<bool>,
+    group: Option<String>,
+    dir: Option<PathBuf>,
+    max_probation_boots: Option<u32>,
+    chunk_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -934,6 +1045,19 @@ impl<'de> Deserialize<'de> for VersionSetting {
         parse_version(&text)
             .map(VersionSetting)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `on`/`off` (also `true`/`false`, `yes`/`no`, `1`/`0`).
+///
+/// # Errors
+///
+/// A message naming the text.
+pub fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{text:?} is not on or off")),
     }
 }
 
@@ -1403,6 +1527,47 @@ max_bytes = 100000
             config.broker,
             Broker::External(BrokerConfig::plain("10.0.0.5", 1999))
         );
+    }
+
+    #[test]
+    fn over_the_air_updates_follow_the_trusted_keys_unless_told_otherwise() {
+        let plain = from_file("[spool]\ndir = \"/var/lib/perch/spool\"\n").unwrap();
+        assert_eq!(plain.ota, None, "no keys, no signed updates");
+        let keyed = from_file(
+            "[model]\ntrusted_keys = [\"fleet.pub\"]\n[spool]\ndir = \"/var/lib/perch/spool\"\n",
+        )
+        .unwrap();
+        let ota = keyed.ota.unwrap();
+        assert_eq!(ota.group, DEFAULT_GROUP);
+        assert_eq!(ota.dir, Path::new("/var/lib/perch/ota"));
+        assert_eq!(ota.max_probation_boots, DEFAULT_MAX_PROBATION_BOOTS);
+        let set = from_file(
+            "[model]\ntrusted_keys = [\"k.pub\"]\n[ota]\ngroup = \"kitchen\"\ndir = \"ota\"\n\
+             max_probation_boots = 5\nchunk_timeout = \"2s\"\n",
+        )
+        .unwrap()
+        .ota
+        .unwrap();
+        assert_eq!(
+            (set.group.as_str(), set.dir.as_path(), set.max_probation_boots),
+            ("kitchen", Path::new("/etc/perch/ota"), 5)
+        );
+        assert_eq!(set.chunk_timeout, Duration::from_secs(2));
+        let off = Args {
+            ota: Some(false),
+            ..Args::default()
+        };
+        let text = "[model]\ntrusted_keys = [\"k.pub\"]\n";
+        let config = Config::from_toml(Path::new("p.toml"), text, &off).unwrap();
+        assert_eq!(config.ota, None);
+
+        let err = from_file("[ota]\nenabled = true\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("ota.enabled"), "{err}");
+        assert!(err.to_string().contains("trusted_keys"), "{err}");
+        let err = from_file("[model]\ntrusted_keys = [\"k\"]\n[ota]\ngroup = \"a/b\"\n")
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("ota.group"), "{err}");
+        assert_eq!(err.line, Some(4), "{err}");
     }
 
     #[test]

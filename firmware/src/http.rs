@@ -186,10 +186,13 @@ async fn server_metadata() -> Response {
 
 fn metadata_for(service: &InferenceService, name: &str, version: Option<&str>) -> Response {
     match find(service, name, version) {
-        Ok(()) => json(
-            StatusCode::OK,
-            oip::encode_model_metadata(service.model_id(), service.metadata()),
-        ),
+        Ok(()) => {
+            let served = service.served();
+            json(
+                StatusCode::OK,
+                oip::encode_model_metadata(served.id(), served.metadata()),
+            )
+        }
         Err(e) => error(&e),
     }
 }

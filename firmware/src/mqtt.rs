@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::io;
 
 use perch_runtime::histogram::{Histogram, BUCKETS};
+use perch_runtime::rollout;
 use perch_runtime::wire::{Health, MetricsReport, ModelState};
 use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use serde_json::{json, Value};
@@ -62,6 +63,12 @@ pub struct Topics {
     pub health_json: String,
     /// Online/offline status, retained; the last will.
     pub status: String,
+    /// Rollout state changes (JSON), QoS 1, spooled like the metrics reports.
+    pub rollout: String,
+    /// Bundle chunk requests this device sends to the operator.
+    pub ota_req: String,
+    /// Bundle chunks the operator sends this device.
+    pub ota_chunk: String,
 }
 
 impl Topics {
@@ -78,6 +85,20 @@ impl Topics {
             health: format!("{base}/health"),
             health_json: format!("{base}/health/json"),
             status: format!("{base}/status"),
+            rollout: rollout::status_topic(device.as_str()),
+            ota_req: rollout::chunk_request_topic(device.as_str()),
+            ota_chunk: rollout::chunk_topic(device.as_str()),
+        }
+    }
+
+    /// The topic an [`Outbox`] record goes to: rollout state changes are JSON objects
+    /// (first byte `{`), metrics reports postcard (first byte: the wire format
+    /// version, a small number), so the spool needs no tag and older spools still read.
+    pub fn record_topic(&self, record: &[u8]) -> &str {
+        if record.first() == Some(&b'{') {
+            &self.rollout
+        } else {
+            &self.metrics
         }
     }
 
@@ -819,6 +840,43 @@ mod tests {
             Some((Codec::Binary, "perch/gw/infer/res/bin"))
         );
         assert_eq!(topics.route("perch/gw/metrics"), None);
+    }
+
+    #[test]
+    fn spooled_records_go_to_the_metrics_or_the_rollout_topic_by_their_first_byte() {
+        let topics = Topics::new(&"gw".parse().unwrap());
+        let report = MetricsReport {
+            format: perch_runtime::wire::FORMAT_VERSION,
+            seq: 7,
+            uptime_s: 1,
+            interval_ms: 1000,
+            model: perch_runtime::wire::ModelId::new(
+                "m",
+                perch_runtime::wire::Version::new(1, 0, 0),
+            )
+            .unwrap(),
+            ok: 1,
+            errors: 0,
+            latency: Histogram::new(),
+        };
+        let mut buf = [0u8; MetricsReport::MAX_ENCODED_LEN];
+        let bytes = report.encode(&mut buf).unwrap();
+        assert_eq!(topics.record_topic(bytes), "perch/gw/metrics");
+        let status = rollout::DeviceStatus {
+            format: rollout::FORMAT,
+            device: "gw".into(),
+            rollout_id: "r".into(),
+            revision: 1,
+            version: "1.0.0".into(),
+            sequence: 1,
+            bucket: 1,
+            state: rollout::DeviceState::Active,
+            progress_pct: None,
+            reason: None,
+            serving: "m 1.0.0".into(),
+            update: 1,
+        };
+        assert_eq!(topics.record_topic(&status.to_json()), "perch/gw/rollout");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub mod binary;
 pub mod oip;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use perch_runtime::engine::{
@@ -323,6 +323,10 @@ const MAX_IDLE_SESSIONS: usize = 16;
 
 /// One loaded model served to many threads. Cheap to clone (an `Arc`); requests in
 /// flight keep the model alive whatever happens to other clones.
+///
+/// The model can be replaced while serving ([`replace`](Self::replace), for
+/// over-the-air updates): a request takes the model current when it starts and
+/// finishes on it, so none is dropped or answered by a mix of the two.
 #[derive(Debug, Clone)]
 pub struct InferenceService {
     inner: Arc<Inner>,
@@ -330,14 +334,10 @@ pub struct InferenceService {
 
 #[derive(Debug)]
 struct Inner {
-    model: Model,
-    id: ModelId,
-    version: String,
+    /// The model requests start on; replaced whole, never mutated.
+    served: RwLock<Arc<Served>>,
     limits: ServiceLimits,
     ready: AtomicBool,
-    /// Sessions not in use. The lock is held only to pop or push one, never while a
-    /// session runs.
-    sessions: Mutex<Vec<Session>>,
     ok: AtomicU64,
     errors: AtomicU64,
     latency: AtomicHistogram,
@@ -348,17 +348,46 @@ struct Inner {
     started: Instant,
 }
 
+/// A model being served, with its identity and its idle sessions.
+#[derive(Debug)]
+pub struct Served {
+    model: Model,
+    id: ModelId,
+    version: String,
+    /// Sessions not in use. The lock is held only to pop or push one, never while a
+    /// session runs.
+    sessions: Mutex<Vec<Session>>,
+}
+
+impl Served {
+    fn new(model: Model, id: ModelId) -> Served {
+        Served {
+            model,
+            version: id.version.to_string(),
+            id,
+            sessions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The model's name and version.
+    pub fn id(&self) -> &ModelId {
+        &self.id
+    }
+
+    /// The model's inputs and outputs.
+    pub fn metadata(&self) -> &Metadata {
+        self.model.metadata()
+    }
+}
+
 impl InferenceService {
     /// Serves `model` under `id`, ready at once (see [`set_ready`](Self::set_ready)).
     pub fn new(model: Model, id: ModelId, limits: ServiceLimits) -> InferenceService {
         InferenceService {
             inner: Arc::new(Inner {
-                model,
-                version: id.version.to_string(),
-                id,
+                served: RwLock::new(Arc::new(Served::new(model, id))),
                 limits,
                 ready: AtomicBool::new(true),
-                sessions: Mutex::new(Vec::new()),
                 ok: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 latency: AtomicHistogram::new(),
@@ -371,14 +400,32 @@ impl InferenceService {
         }
     }
 
-    /// The served model's name and version.
-    pub fn model_id(&self) -> &ModelId {
-        &self.inner.id
+    /// The model new requests run on (requests in flight may still run on the one it
+    /// replaced).
+    pub fn served(&self) -> Arc<Served> {
+        self.inner
+            .served
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// The served model's inputs and outputs.
-    pub fn metadata(&self) -> &Metadata {
-        self.inner.model.metadata()
+    /// Serves `model` under `id` from now on and returns the model it replaces.
+    /// Requests already running finish on the old model; the counters and histograms
+    /// carry on (close the interval first to report the two models apart).
+    pub fn replace(&self, model: Model, id: ModelId) -> Arc<Served> {
+        let new = Arc::new(Served::new(model, id));
+        let mut served = self
+            .inner
+            .served
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *served, new)
+    }
+
+    /// The served model's name and version.
+    pub fn model_id(&self) -> ModelId {
+        self.served().id.clone()
     }
 
     /// How long ago the service was created.
@@ -540,7 +587,8 @@ impl InferenceService {
                 limit,
             });
         }
-        let meta = self.metadata();
+        let served = self.served();
+        let meta = served.metadata();
         let ordered = order_inputs(&meta.inputs, &request.inputs)?;
         for (info, tensor) in meta.inputs.iter().zip(&ordered) {
             check_input(info, tensor)?;
@@ -553,45 +601,45 @@ impl InferenceService {
             })
             .collect();
 
-        let mut session = self.checkout()?;
+        let mut session = checkout(&served)?;
         let started = Instant::now();
         let outputs = session.run(&inputs);
         let took = started.elapsed();
-        self.checkin(session);
+        checkin(&served, session);
         let outputs = outputs?;
         let outputs = read_outputs(&outputs)?;
         self.inner.latency.record(took);
         self.inner.interval_latency.record(took);
         Ok(InferResponse {
             id: request.id.clone(),
-            model_name: self.inner.id.name.to_string(),
-            model_version: self.inner.version.clone(),
+            model_name: served.id.name.to_string(),
+            model_version: served.version.clone(),
             outputs,
         })
     }
+}
 
-    fn checkout(&self) -> Result<Session, ServiceError> {
-        let idle = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        match idle {
-            Some(session) => Ok(session),
-            None => Ok(self.inner.model.session()?),
-        }
+/// An idle session of `served`, or a new one.
+fn checkout(served: &Served) -> Result<Session, ServiceError> {
+    let idle = served
+        .sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop();
+    match idle {
+        Some(session) => Ok(session),
+        None => Ok(served.model.session()?),
     }
+}
 
-    fn checkin(&self, session: Session) {
-        let mut idle = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_SESSIONS {
-            idle.push(session);
-        }
+/// Keeps `session` for reuse unless enough are idle.
+fn checkin(served: &Served, session: Session) {
+    let mut idle = served
+        .sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if idle.len() < MAX_IDLE_SESSIONS {
+        idle.push(session);
     }
 }
 
@@ -1114,7 +1162,52 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(service.totals().ok, 101);
-        assert!(service.inner.sessions.lock().unwrap().len() <= 4);
+        assert!(service.served().sessions.lock().unwrap().len() <= 4);
+    }
+
+    #[test]
+    fn replacing_the_model_while_serving_drops_no_request_and_never_goes_back() {
+        let service = service("digits-mlp", ServiceLimits::default());
+        let request = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("digits-mlp", "pixels")],
+        };
+        let replaced = std::sync::Barrier::new(5);
+        let versions: Vec<Vec<String>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (service, request, replaced) = (&service, &request, &replaced);
+                    scope.spawn(move || {
+                        let mut seen = Vec::new();
+                        for i in 0..150 {
+                            if i == 50 {
+                                replaced.wait(); // the swap happens while others run
+                            }
+                            seen.push(service.infer(request).unwrap().model_version);
+                        }
+                        seen
+                    })
+                })
+                .collect();
+            let model = Model::load(
+                models().join("digits-mlp/model.onnx"),
+                &LoadOptions::new(),
+            )
+            .unwrap();
+            let id = ModelId::new("digits-mlp", Version::new(2, 0, 0)).unwrap();
+            let old = service.replace(model, id);
+            assert_eq!(old.id().version.to_string(), "1.2.3");
+            replaced.wait();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for seen in &versions {
+            let first_new = seen.iter().position(|v| v == "2.0.0").unwrap();
+            assert!(first_new <= 50, "the new model served after the swap");
+            assert!(seen[first_new..].iter().all(|v| v == "2.0.0"), "{seen:?}");
+        }
+        assert_eq!(service.totals().ok, 600);
+        assert_eq!(service.totals().errors, 0);
+        assert_eq!(service.model_id().version.to_string(), "2.0.0");
     }
 
     #[test]

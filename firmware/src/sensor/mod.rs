@@ -294,7 +294,7 @@ pub fn start(
     service: InferenceService,
     client: AsyncClient,
 ) -> Result<SensorHandle, SensorError> {
-    check_model(service.metadata())?;
+    check_model(service.served().metadata())?;
     let sink = Sink {
         topic: topic(device),
         device: device.clone(),
@@ -522,8 +522,8 @@ mod tests {
 
     #[test]
     fn the_sensor_accepts_r3_and_refuses_a_model_of_another_shape_naming_its_input() {
-        check_model(serve("anomaly-ae/model.onnx").metadata()).unwrap();
-        let err = check_model(serve("kws-dscnn/model.onnx").metadata()).unwrap_err();
+        check_model(serve("anomaly-ae/model.onnx").served().metadata()).unwrap();
+        let err = check_model(serve("kws-dscnn/model.onnx").served().metadata()).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("\"mfcc\" FP32 [1,1,49,10]"), "{text}");
         assert!(text.contains("[1,640]"), "{text}");
