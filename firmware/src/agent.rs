@@ -43,8 +43,9 @@ use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, 
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::backoff::Backoff;
-use crate::config::{Broker, BrokerConfig, Config, DeviceId, ModelConfig, Slo};
+use crate::config::{Broker, BrokerConfig, Config, DeviceId, ModelConfig, OtaSettings, Slo};
 use crate::mqtt::{self, Outbox, Topics, TwinContext};
+use crate::ota::{self, Effect, Updater};
 use crate::service::{InferenceService, ServiceLimits};
 use crate::spool::Spool;
 use crate::{broker, BootReport};
@@ -125,6 +126,9 @@ pub enum AgentError {
     /// The configured sensor could not start.
     #[error(transparent)]
     Sensor(#[from] crate::sensor::SensorError),
+    /// Over-the-air updates could not start (their folder, state or keys).
+    #[error("over-the-air updates: {0}")]
+    Ota(#[from] ota::OtaError),
     /// A task of the agent failed unexpectedly.
     #[error("internal error: {0}")]
     Internal(String),
@@ -342,8 +346,14 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let started = Instant::now();
     let notifier = crate::systemd::Notifier::from_env();
-    let model_config = config.model.clone();
-    let loaded = blocking(move || load(&model_config)).await??;
+    let (updater, boot_effects, loaded) = {
+        let (model_config, ota, device) = (
+            config.model.clone(),
+            config.ota.clone(),
+            config.device_id.clone(),
+        );
+        blocking(move || boot(&model_config, ota.as_ref(), &device)).await??
+    };
     let ready = loaded.boot.ready();
     match &loaded.boot.failure {
         None => log::info!(
@@ -364,10 +374,7 @@ pub async fn run(
             loaded.source
         ),
     }
-    let slo = Slo {
-        p99_ms: config.slo.p99_ms.or(loaded.slo.p99_ms),
-        max_error_rate: config.slo.max_error_rate.or(loaded.slo.max_error_rate),
-    };
+    let slo = effective_slo(&config.slo, &loaded.slo);
     let service = InferenceService::new(
         loaded.model,
         loaded.id.clone(),
@@ -486,6 +493,11 @@ pub async fn run(
     notifier.spawn_watchdog(stop_rx.clone());
     let mut health = loaded.boot.health.clone();
     health.boot_count = seq.boot_count;
+    let (effects_tx, effects_rx) = mpsc::unbounded_channel();
+    let ota = match updater {
+        Some(updater) => Some(OtaLink::start(updater, boot_effects, effects_tx.clone())?),
+        None => None,
+    };
     let agent = Agent {
         topics: Topics::new(&config.device_id),
         device: config.device_id.clone(),
@@ -506,9 +518,13 @@ pub async fn run(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
         broker_name: format!("{}:{}", broker_config.host, broker_config.port),
+        ota,
+        effects_tx,
+        model_config: config.model.clone(),
+        slo_override: config.slo,
     };
     agent
-        .run(net_rx, stop_rx, config.report_interval, poller)
+        .run(net_rx, effects_rx, stop_rx, config.report_interval, poller)
         .await;
     if let Some(sensor) = sensor {
         blocking(move || sensor.stop()).await?;
@@ -521,6 +537,158 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Opens the updater when over-the-air updates are on (counting this start, which may
+/// roll back a model that crash-loops) and loads the model to serve: the active slot,
+/// else the configured model. Blocks.
+fn boot(
+    model: &ModelConfig,
+    ota: Option<&OtaSettings>,
+    device: &DeviceId,
+) -> Result<(Option<Updater>, Vec<Effect>, Loaded), AgentError> {
+    let Some(settings) = ota else {
+        return Ok((None, Vec::new(), load(model)?));
+    };
+    let keys = model
+        .trusted_keys
+        .iter()
+        .map(|path| {
+            bundle::read_verifying_key(path).map_err(|reason| AgentError::Bundle {
+                path: path.clone(),
+                reason,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = ota::OtaConfig {
+        dir: settings.dir.clone(),
+        group: settings.group.clone(),
+        chunk_timeout: settings.chunk_timeout,
+        max_probation_boots: settings.max_probation_boots,
+        warmup_runs: model.warmup_runs,
+    };
+    let mut updater = Updater::open(config, device.as_str(), keys)?;
+    let boot = updater.boot()?;
+    let loaded = match boot.serve {
+        Some(path) => match updater.load_slot(path.clone()) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                log::error!(
+                    "the active model slot {} does not load ({e}); serving the configured model",
+                    path.display()
+                );
+                load(model)?
+            }
+        },
+        None => load(model)?,
+    };
+    updater.set_serving(&serving_name(&loaded.id));
+    Ok((Some(updater), boot.effects, loaded))
+}
+
+/// A model as rollout reports name it: `name version`.
+fn serving_name(id: &ModelId) -> String {
+    format!("{} {}", id.name, id.version)
+}
+
+/// The SLOs in force: the configuration's, else the bundle's.
+fn effective_slo(configured: &Slo, bundle: &Slo) -> Slo {
+    Slo {
+        p99_ms: configured.p99_ms.or(bundle.p99_ms),
+        max_error_rate: configured.max_error_rate.or(bundle.max_error_rate),
+    }
+}
+
+/// How often the updater is told that time passed (chunk time-outs, soak).
+const OTA_TICK: Duration = Duration::from_millis(500);
+
+/// What the agent hands the updater's thread.
+#[derive(Debug)]
+enum OtaInput {
+    Document(Vec<u8>),
+    Chunk(Vec<u8>),
+    Interval {
+        ok: u64,
+        errors: u64,
+        p99_ms: Option<f64>,
+    },
+}
+
+/// The updater, running on a thread of its own (an install loads and self-tests a
+/// model, which blocks), fed by the agent and answering with [`Effect`]s.
+#[derive(Debug)]
+struct OtaLink {
+    /// The group's document topic, then the device's chunk topic.
+    topics: Vec<String>,
+    tx: std::sync::mpsc::Sender<OtaInput>,
+}
+
+impl OtaLink {
+    fn start(
+        mut updater: Updater,
+        boot_effects: Vec<Effect>,
+        effects: mpsc::UnboundedSender<Effect>,
+    ) -> Result<OtaLink, AgentError> {
+        let topics = updater.subscriptions();
+        for effect in boot_effects {
+            let _ = effects.send(effect);
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<OtaInput>();
+        std::thread::Builder::new()
+            .name("perch-ota".into())
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                let mut last_tick = Instant::now();
+                loop {
+                    let input = match rx.recv_timeout(OTA_TICK) {
+                        Ok(input) => Some(input),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    };
+                    let mut out = match &input {
+                        Some(OtaInput::Document(payload)) => {
+                            updater.handle(ota::Event::Document(payload))
+                        }
+                        Some(OtaInput::Chunk(frame)) => updater.handle(ota::Event::Chunk(frame)),
+                        Some(OtaInput::Interval { ok, errors, p99_ms }) => {
+                            updater.handle(ota::Event::Interval {
+                                ok: *ok,
+                                errors: *errors,
+                                p99_ms: *p99_ms,
+                            })
+                        }
+                        None => Vec::new(),
+                    };
+                    if last_tick.elapsed() >= OTA_TICK {
+                        last_tick = Instant::now();
+                        out.extend(updater.handle(ota::Event::Tick));
+                    }
+                    for effect in out {
+                        if effects.send(effect).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| AgentError::Internal(format!("cannot start the update thread: {e}")))?;
+        Ok(OtaLink { topics, tx })
+    }
+
+    /// Hands a message on one of [`topics`](Self::topics) to the updater.
+    fn deliver(&self, publish: Publish) {
+        let payload = publish.payload.to_vec();
+        self.send(if publish.topic == self.topics[0] {
+            OtaInput::Document(payload)
+        } else {
+            OtaInput::Chunk(payload)
+        });
+    }
+
+    fn send(&self, input: OtaInput) {
+        if self.tx.send(input).is_err() {
+            log::error!("the update thread has stopped; over-the-air updates are off");
+        }
+    }
 }
 
 /// Runs blocking work (model loading, disk I/O, waiting for the broker) off the async
@@ -608,12 +776,21 @@ struct Agent {
     /// One per inference allowed to run at once.
     permits: Arc<Semaphore>,
     broker_name: String,
+    /// Over-the-air updates, when on.
+    ota: Option<OtaLink>,
+    /// Where the updater's effects (and models loaded for it) come back.
+    effects_tx: mpsc::UnboundedSender<Effect>,
+    /// The configured model, served again after a roll-back with no previous slot.
+    model_config: ModelConfig,
+    /// SLOs of the configuration, which win over a bundle's.
+    slo_override: Slo,
 }
 
 impl Agent {
     async fn run(
         mut self,
         mut net: mpsc::Receiver<Net>,
+        mut effects: mpsc::UnboundedReceiver<Effect>,
         mut stop: watch::Receiver<bool>,
         report_interval: Duration,
         poller: tokio::task::JoinHandle<()>,
@@ -633,6 +810,7 @@ impl Agent {
                         break;
                     }
                 },
+                Some(effect) = effects.recv() => self.on_effect(effect),
                 _ = ticker.tick() => self.report(),
             }
         }
@@ -654,7 +832,11 @@ impl Agent {
                 }
                 self.ever_connected = true;
                 self.outbox.on_connected();
-                for topic in [&self.topics.infer_req, &self.topics.infer_req_bin] {
+                let ota_topics = self.ota.iter().flat_map(|o| o.topics.iter());
+                for topic in [&self.topics.infer_req, &self.topics.infer_req_bin]
+                    .into_iter()
+                    .chain(ota_topics)
+                {
                     if let Err(e) = self.client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
                         log::error!("cannot subscribe to {topic}: {e}");
                     }
@@ -688,7 +870,10 @@ impl Agent {
                     log::error!("cannot spool reports: {e}");
                 }
             }
-            Net::Message(publish) => self.on_request(publish),
+            Net::Message(publish) => match &self.ota {
+                Some(ota) if ota.topics.contains(&publish.topic) => ota.deliver(publish),
+                _ => self.on_request(publish),
+            },
             Net::Sent(pkid) => self.outbox.on_sent(pkid),
             Net::PubAck(pkid) => match self.outbox.on_puback(pkid) {
                 Ok(true) => self.pump(),
@@ -746,6 +931,62 @@ impl Agent {
         });
     }
 
+    /// Carries out what the updater asks.
+    fn on_effect(&mut self, effect: Effect) {
+        match effect {
+            Effect::Publish { topic, payload } => self.publish(&topic, false, payload),
+            Effect::Report { payload, .. } => {
+                if let Err(e) = self.outbox.push(payload) {
+                    log::error!("a rollout report is lost: cannot spool it: {e}");
+                }
+                self.pump();
+            }
+            Effect::Serve(loaded) => self.serve(*loaded),
+            Effect::ServeConfigured => {
+                let (config, tx) = (self.model_config.clone(), self.effects_tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    match load(&config) {
+                    Ok(loaded) => {
+                        let _ = tx.send(Effect::Serve(Box::new(loaded)));
+                    }
+                    Err(e) => log::error!(
+                        "cannot load the configured model again: {e}; the current model keeps serving"
+                    ),
+                }
+                });
+            }
+            Effect::Log { level, message } => log::log!(level, "{message}"),
+        }
+    }
+
+    /// Serves `loaded` from now on. The interval so far is reported first, under the
+    /// model that served it; requests in flight finish on the old model.
+    fn serve(&mut self, loaded: Loaded) {
+        self.report();
+        let ready = loaded.boot.ready();
+        let old = self.service.replace(loaded.model, loaded.id.clone());
+        self.service.set_ready(ready);
+        self.slo = effective_slo(&self.slo_override, &loaded.slo);
+        self.boot_failure = loaded.boot.failure.clone();
+        self.health.model = Some(loaded.id.clone());
+        self.health.state = if ready {
+            ModelState::Ready
+        } else {
+            ModelState::SelfTestFailed
+        };
+        log::info!(
+            "now serving {} from {} (was {})",
+            loaded.id,
+            loaded.source,
+            old.id()
+        );
+        if self.connected {
+            let status = mqtt::online_status(&self.device, &self.health, self.http_addr);
+            self.publish(&self.topics.status, true, status);
+            self.publish_health();
+        }
+    }
+
     /// Closes the interval: its reports go to the outbox, its JSON twin and the health
     /// message out at once when connected.
     fn report(&mut self) {
@@ -783,6 +1024,16 @@ impl Agent {
             }
         }
 
+        if let Some(ota) = &self.ota {
+            ota.send(OtaInput::Interval {
+                ok: interval.ok,
+                errors: interval.errors,
+                p99_ms: interval
+                    .latency
+                    .quantile(0.99)
+                    .map(|d| d.as_secs_f64() * 1e3),
+            });
+        }
         let violations = self.slo_violations(&interval.latency, interval.ok, interval.errors);
         self.health.uptime_s = uptime_s;
         self.health.rss_kib = crate::rss_kib().unwrap_or(0);
@@ -867,9 +1118,10 @@ impl Agent {
     fn pump(&mut self) {
         match self.outbox.next_publish() {
             Ok(Some(report)) => {
-                if let Err(e) =
-                    self.client
-                        .try_publish(&self.topics.metrics, QoS::AtLeastOnce, false, report)
+                let topic = self.topics.record_topic(&report).to_string();
+                if let Err(e) = self
+                    .client
+                    .try_publish(topic, QoS::AtLeastOnce, false, report)
                 {
                     log::debug!("report publish deferred: {e}");
                     self.outbox.publish_failed();

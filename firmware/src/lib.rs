@@ -26,6 +26,7 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod mqtt;
+pub mod ota;
 pub mod prometheus;
 pub mod sensor;
 pub mod service;

@@ -1,0 +1,317 @@
+//! The installation steps that do I/O: check a downloaded bundle against its rollout
+//! document, stage it in the free slot, load, self-test and warm it up, and activate it;
+//! and the way back to the previous slot.
+//!
+//! A refusal at any step leaves the active slot as it was: the old model keeps serving.
+
+use std::path::PathBuf;
+
+use perch_runtime::bundle::{Bundle, Limits, VerifyingKey};
+use perch_runtime::rollout::BundleRef;
+use sha2::{Digest, Sha256};
+
+use super::machine::SloLimits;
+use crate::agent::{self, Loaded};
+use crate::config::ModelConfig;
+use crate::slots::{SlotError, SlotId, Slots};
+
+/// A bundle installed and activated (on probation).
+#[derive(Debug)]
+pub struct Installed {
+    /// The model, loaded, self-tested and warmed up: swap it in.
+    pub loaded: Loaded,
+    /// The slot it serves from.
+    pub slot: SlotId,
+    /// Its SLO limits, for the soak.
+    pub slo: SloLimits,
+}
+
+/// How to load a bundle from a slot file.
+#[derive(Debug, Clone)]
+pub struct LoadSettings {
+    /// Public key files of the trusted keys ([`agent::load`] reads keys from files).
+    pub key_files: Vec<PathBuf>,
+    /// Warm-up inferences after the self-test.
+    pub warmup_runs: u32,
+}
+
+impl LoadSettings {
+    /// The model configuration loading the bundle at `path`.
+    pub fn model_config(&self, path: PathBuf) -> ModelConfig {
+        ModelConfig {
+            path,
+            trusted_keys: self.key_files.clone(),
+            golden: None,
+            variant: None,
+            name: None,
+            version: None,
+            warmup_runs: self.warmup_runs,
+        }
+    }
+}
+
+/// Checks `bytes` against `expected` (size, SHA-256), verifies the bundle's structure,
+/// signature (against `trusted`) and that its manifest names the same model, version
+/// and sequence; stages it ([`Slots::stage`]: only a higher sequence than any
+/// activated); loads it from the slot file, requires a passing self-test and a warm-up
+/// p99 within the bundle's SLO; then activates the slot.
+///
+/// # Errors
+///
+/// One line naming the step and the problem. The active slot is unchanged (a bundle may
+/// remain staged in the inactive slot).
+pub fn install(
+    slots: &mut Slots,
+    bytes: Vec<u8>,
+    expected: &BundleRef,
+    trusted: &[VerifyingKey],
+    settings: &LoadSettings,
+) -> Result<Installed, String> {
+    if bytes.len() as u64 != expected.size {
+        return Err(format!(
+            "the bundle is {} bytes; the rollout document says {}",
+            bytes.len(),
+            expected.size
+        ));
+    }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    if sha256 != expected.sha256 {
+        return Err(format!(
+            "the bundle's sha256 is {sha256}; the rollout document says {}",
+            expected.sha256
+        ));
+    }
+    let bundle = Bundle::from_vec(bytes, &Limits::default())
+        .map_err(|e| format!("the bundle is invalid: {e}"))?;
+    let verified = bundle
+        .verify(trusted)
+        .map_err(|e| format!("the bundle's signature is refused: {e}"))?;
+    let manifest = verified.manifest();
+    let says = format!(
+        "{} {} (sequence {})",
+        manifest.name, manifest.version, manifest.sequence
+    );
+    let document_says = format!(
+        "{} {} (sequence {})",
+        expected.name, expected.version, expected.sequence
+    );
+    if says != document_says {
+        return Err(format!(
+            "the bundle's manifest says {says}, the rollout document says {document_says}"
+        ));
+    }
+    let slot = slots.stage(&verified).map_err(|e| match e {
+        SlotError::NotNewer { .. } => format!("older sequence: {e}"),
+        e => format!("cannot stage the bundle: {e}"),
+    })?;
+    let loaded = agent::load(&settings.model_config(slots.path(slot)))
+        .map_err(|e| format!("the staged bundle does not load: {e}"))?;
+    if let Some(failure) = &loaded.boot.failure {
+        return Err(format!("the bundle failed its self-test: {failure}"));
+    }
+    let slo = SloLimits {
+        p99_ms: loaded.slo.p99_ms,
+        max_error_rate: loaded.slo.max_error_rate,
+    };
+    if let (Some(limit), Some(p99)) = (slo.p99_ms, loaded.boot.warmup.latency.quantile(0.99)) {
+        let p99_ms = p99.as_secs_f64() * 1000.0;
+        if p99_ms > limit {
+            return Err(format!(
+                "warm-up p99 latency {p99_ms:.3} ms is over the bundle's SLO p99_ms {limit} ms"
+            ));
+        }
+    }
+    slots
+        .activate(slot)
+        .map_err(|e| format!("cannot activate the bundle: {e}"))?;
+    Ok(Installed { loaded, slot, slo })
+}
+
+/// Returns to the previous slot ([`Slots::roll_back`]) and loads its model. `Ok(None)`
+/// when no slot precedes the active one: the model configured before any update should
+/// serve again.
+///
+/// # Errors
+///
+/// The slot state cannot be written, or the previous slot's bundle does not load.
+pub fn roll_back(slots: &mut Slots, settings: &LoadSettings) -> Result<Option<Loaded>, String> {
+    let slot = match slots.roll_back() {
+        Ok(slot) => slot,
+        Err(SlotError::NothingToRollBackTo) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let loaded = agent::load(&settings.model_config(slots.path(slot)))
+        .map_err(|e| format!("the previous model does not load: {e}"))?;
+    Ok(Some(loaded))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use perch_runtime::bundle::{self, BundleContents, SigningKey};
+    use perch_runtime::engine::{LoadOptions, Model};
+    use perch_runtime::rollout::MIN_CHUNK_SIZE;
+
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    /// kws-dscnn packed as `kws`, with `change` applied to the contents before signing.
+    fn pack_with(
+        key: &SigningKey,
+        sequence: u64,
+        version: &str,
+        change: impl FnOnce(&mut BundleContents),
+    ) -> Vec<u8> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kws-dscnn");
+        let model = Model::load(dir.join("model.onnx"), &LoadOptions::new()).unwrap();
+        let read = |name: &str| std::fs::read(dir.join("golden").join(name)).unwrap();
+        let mut contents = BundleContents {
+            name: "kws".into(),
+            version: version.parse().unwrap(),
+            sequence,
+            created_unix: 0,
+            model_format: bundle::ModelKind::Onnx,
+            model: std::fs::read(dir.join("model.onnx")).unwrap(),
+            signature: bundle::TensorSignature::from_metadata(model.metadata()),
+            golden_inputs: vec![read("input_0.npy")],
+            golden_outputs: vec![read("output_0.npy")],
+            tolerance: 1e-4,
+            slo: bundle::Slo {
+                p99_ms: Some(25.0),
+                ..Default::default()
+            },
+        };
+        change(&mut contents);
+        bundle::pack(&contents, key).unwrap().as_bytes().to_vec()
+    }
+
+    fn describe(bytes: &[u8], version: &str, sequence: u64) -> BundleRef {
+        BundleRef::describe("kws", version, sequence, bytes, MIN_CHUNK_SIZE * 16)
+    }
+
+    /// Slots serving kws 1.0.0 (sequence 1), confirmed, and the settings to load with.
+    fn device(dir: &Path) -> (Slots, LoadSettings) {
+        let key_file = dir.join("trusted.pub");
+        std::fs::write(
+            &key_file,
+            bundle::verifying_key_file(&key().verifying_key()),
+        )
+        .unwrap();
+        let mut slots = Slots::open(dir.join("slots")).unwrap();
+        let first = crate::testing::pack_kws(&key(), 1, "1.0.0");
+        let verified = first.verify(&[key().verifying_key()]).unwrap();
+        let slot = slots.stage(&verified).unwrap();
+        slots.activate(slot).unwrap();
+        slots.confirm().unwrap();
+        let settings = LoadSettings {
+            key_files: vec![key_file],
+            warmup_runs: 3,
+        };
+        (slots, settings)
+    }
+
+    #[test]
+    fn a_good_bundle_installs_and_activates_and_a_roll_back_returns_to_the_previous_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut slots, settings) = device(dir.path());
+        let bytes = pack_with(&key(), 2, "1.1.0", |_| {});
+        let expected = describe(&bytes, "1.1.0", 2);
+        let trusted = [key().verifying_key()];
+        let installed = install(&mut slots, bytes, &expected, &trusted, &settings).unwrap();
+        assert!(installed.loaded.boot.ready());
+        assert_eq!(installed.loaded.id.to_string(), "kws@1.1.0");
+        assert_eq!(installed.slo.p99_ms, Some(25.0));
+        let (slot, content, _) = slots.active().unwrap();
+        assert_eq!((slot, content.sequence), (installed.slot, 2));
+        assert!(slots.state().probation);
+        assert_eq!(content.sha256, expected.sha256);
+
+        let previous = roll_back(&mut slots, &settings).unwrap().unwrap();
+        assert_eq!(previous.id.to_string(), "kws@1.0.0");
+        assert_eq!(slots.active().unwrap().1.sequence, 1);
+        assert!(!slots.state().probation);
+    }
+
+    #[test]
+    fn each_refused_bundle_names_its_reason_and_the_old_model_stays_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut slots, settings) = device(dir.path());
+        let trusted = [key().verifying_key()];
+        let good = pack_with(&key(), 2, "1.1.0", |_| {});
+
+        let mut tampered = good.clone();
+        let middle = tampered.len() / 2;
+        tampered[middle] ^= 1;
+        let wrong_key = pack_with(&SigningKey::from_bytes(&[9; 32]), 2, "1.1.0", |_| {});
+        let older = pack_with(&key(), 1, "1.1.0", |_| {});
+        let failing_self_test = pack_with(&key(), 2, "1.1.0", |c| {
+            // The last golden output value, far off.
+            let out = &mut c.golden_outputs[0];
+            let at = out.len() - 4;
+            out[at..].copy_from_slice(&1000.0f32.to_le_bytes());
+        });
+        let too_slow = pack_with(&key(), 2, "1.1.0", |c| c.slo.p99_ms = Some(1e-6));
+
+        let cases: Vec<(&str, Vec<u8>, BundleRef, &str)> = vec![
+            (
+                "truncated",
+                good[..good.len() - 512].to_vec(),
+                describe(&good, "1.1.0", 2),
+                "the rollout document says",
+            ),
+            (
+                "sha256 differs",
+                tampered,
+                describe(&good, "1.1.0", 2),
+                "the bundle's sha256 is",
+            ),
+            (
+                "wrong key",
+                wrong_key.clone(),
+                describe(&wrong_key, "1.1.0", 2),
+                "signature is refused",
+            ),
+            (
+                "manifest differs",
+                good.clone(),
+                describe(&good, "1.2.0", 2),
+                "the bundle's manifest says kws 1.1.0 (sequence 2), the rollout document says kws 1.2.0",
+            ),
+            (
+                "older sequence",
+                older.clone(),
+                describe(&older, "1.1.0", 1),
+                "older sequence",
+            ),
+            (
+                "failing self-test",
+                failing_self_test.clone(),
+                describe(&failing_self_test, "1.1.0", 2),
+                "failed its self-test",
+            ),
+            (
+                "slow warm-up",
+                too_slow.clone(),
+                describe(&too_slow, "1.1.0", 2),
+                "warm-up p99 latency",
+            ),
+        ];
+        let before = slots
+            .active()
+            .map(|(slot, content, _)| (slot, content.clone()));
+        for (case, bytes, expected, needle) in cases {
+            let err = install(&mut slots, bytes, &expected, &trusted, &settings).unwrap_err();
+            assert!(err.contains(needle), "{case}: {err} should say {needle}");
+            let now = slots
+                .active()
+                .map(|(slot, content, _)| (slot, content.clone()));
+            assert_eq!(now, before, "{case}: the old model stays active");
+            assert!(!slots.state().probation, "{case}");
+            assert_eq!(slots.state().highest_sequence, 1, "{case}");
+        }
+    }
+}

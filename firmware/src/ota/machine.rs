@@ -1,0 +1,1078 @@
+//! The device's rollout logic as a sans-IO state machine: events in, [`Action`]s out.
+//!
+//! [`Machine`] reads no clock and touches no file or socket. Every input that depends on
+//! time takes `now_ms`, milliseconds of a monotonic clock the caller owns; everything
+//! that must happen in the world (request a chunk, write it, install, confirm, roll
+//! back, report, persist) comes back as an [`Action`] for the executor
+//! ([`Updater`](super::Updater)) to carry out, in order.
+//!
+//! Its durable part is [`State`]: the executor writes it after every
+//! [`Action::Persist`], and [`Machine::restore`] continues from it after a restart
+//! (resuming a download from the chunks found good on disk, continuing a soak, keeping
+//! the report counter).
+
+use std::collections::BTreeMap;
+
+use perch_runtime::bundle::VerifyingKey;
+use perch_runtime::rollout::{self, DeviceState, DeviceStatus, Phase, RolloutDocument};
+use serde::{Deserialize, Serialize};
+
+/// The persisted state's format version.
+pub const STATE_FORMAT: u32 = 1;
+
+/// How the machine behaves; not persisted (it comes from the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// This device's id: cohort bucketing and reports use it.
+    pub device: String,
+    /// The device group; documents for another group are refused.
+    pub group: String,
+    /// How long a requested chunk may take before it is requested again, ms.
+    pub chunk_timeout_ms: u64,
+    /// Hash failures of one chunk index after which the rollout fails.
+    pub max_bad_chunks: u32,
+    /// Starts on probation above which the agent is crash-looping and rolls back.
+    pub max_probation_boots: u32,
+}
+
+/// The limits a soak checks, from the activated bundle's manifest; an unset one is not
+/// checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SloLimits {
+    /// Largest acceptable p99 latency of a report interval, ms.
+    pub p99_ms: Option<f64>,
+    /// Largest acceptable fraction of failed requests in a report interval, `[0, 1]`.
+    pub max_error_rate: Option<f64>,
+}
+
+/// What the machine keeps across restarts (written by the executor as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// [`STATE_FORMAT`].
+    pub format: u32,
+    /// The highest document revision acted on; lower ones are replays.
+    pub highest_revision: u64,
+    /// The verified document of the current rollout.
+    pub document: Option<RolloutDocument>,
+    /// Where the device stands in it (`None`: nothing reported yet).
+    pub state: Option<DeviceState>,
+    /// Chunks `0..have` are on disk and good.
+    pub have: u32,
+    /// Reports sent for the current rollout.
+    pub update: u32,
+    /// The reason of the last failure or roll-back.
+    pub reason: Option<String>,
+    /// The model serving now, `name version`, as reports state it.
+    pub serving: String,
+    /// The model that served before the current rollout's activation.
+    pub previous_serving: String,
+    /// The activated bundle's limits while on probation.
+    pub slo: SloLimits,
+    /// Probation time counted so far, ms (survives restarts; time while the agent was
+    /// down does not count).
+    pub soaked_ms: u64,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            format: STATE_FORMAT,
+            highest_revision: 0,
+            document: None,
+            state: None,
+            have: 0,
+            update: 0,
+            reason: None,
+            serving: String::new(),
+            previous_serving: String::new(),
+            slo: SloLimits::default(),
+            soaked_ms: 0,
+        }
+    }
+}
+
+/// What the executor must do, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Open (or resume) the partial download of the current document's bundle, then
+    /// call [`Machine::on_resumed`] with the number of good chunks found.
+    PrepareDownload,
+    /// Publish a [`rollout::ChunkRequest`] for chunk `index` of the current rollout.
+    RequestChunk {
+        /// The chunk.
+        index: u32,
+    },
+    /// Append chunk `index` (already checked against its signed hash) to the download.
+    WriteChunk {
+        /// The chunk.
+        index: u32,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// Verify, stage, load, self-test, warm up and activate the downloaded bundle, then
+    /// call [`Machine::on_installed`].
+    Install,
+    /// End the probation of the active slot.
+    Confirm,
+    /// Return to the previous model.
+    RollBack {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Delete the partial download.
+    DiscardDownload,
+    /// Send this report (QoS 1, spooled).
+    Report(DeviceStatus),
+    /// Write [`Machine::state`] durably.
+    Persist,
+    /// An input was refused; nothing changed. For the log.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The rollout state machine (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct Machine {
+    config: MachineConfig,
+    trusted: Vec<VerifyingKey>,
+    state: State,
+    /// The chunk in flight and when it was requested.
+    requested: Option<(u32, u64)>,
+    /// Hash failures per chunk index (not persisted: a restart forgives them).
+    bad_chunks: BTreeMap<u32, u32>,
+    /// When probation time was last counted (not persisted: monotonic clocks restart).
+    soak_mark_ms: Option<u64>,
+    /// The last progress decile reported.
+    reported_decile: Option<u8>,
+}
+
+impl Machine {
+    /// A machine with no rollout history, checking documents against `trusted`.
+    pub fn new(config: MachineConfig, trusted: Vec<VerifyingKey>) -> Machine {
+        Machine::restore(config, trusted, State::default())
+    }
+
+    /// A machine continuing from a persisted `state`. A download in progress continues
+    /// once the executor answers the [`Action::PrepareDownload`] of
+    /// [`Machine::resume`]; a soak continues from the probation time already counted.
+    pub fn restore(config: MachineConfig, trusted: Vec<VerifyingKey>, state: State) -> Machine {
+        Machine {
+            config,
+            trusted,
+            state,
+            requested: None,
+            bad_chunks: BTreeMap::new(),
+            soak_mark_ms: None,
+            reported_decile: None,
+        }
+    }
+
+    /// The durable state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Records the model serving now (`name version`), as reports should state it.
+    pub fn set_serving(&mut self, serving: &str) {
+        serving.clone_into(&mut self.state.serving);
+    }
+
+    /// After a restart: what to do to continue. A download in progress (or one that was
+    /// complete and being verified) is prepared again; anything else needs nothing.
+    pub fn resume(&mut self) -> Vec<Action> {
+        match self.state.state {
+            Some(DeviceState::Downloading | DeviceState::Verifying) => {
+                vec![Action::PrepareDownload]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A rollout document arrived (retained on the group's topic).
+    ///
+    /// Refused, changing nothing: a payload that does not verify against the trusted
+    /// keys, a document for another group, and a revision lower than the highest acted on (a replay; reported with the
+    /// reason on the current rollout). The same revision again (a retained
+    /// re-delivery) is a no-op.
+    pub fn on_document(&mut self, payload: &[u8]) -> Vec<Action> {
+        let doc = match RolloutDocument::verify(payload, &self.trusted) {
+            Ok(doc) => doc,
+            Err(e) => {
+                return vec![Action::Refused {
+                    reason: e.to_string(),
+                }]
+            }
+        };
+        if doc.group != self.config.group {
+            return vec![Action::Refused {
+                reason: format!(
+                    "the rollout document is for group {}, this device is in group {}",
+                    doc.group, self.config.group
+                ),
+            }];
+        }
+        if doc.revision < self.state.highest_revision {
+            let reason = format!(
+                "replayed rollout document (revision {}, already acted on {})",
+                doc.revision, self.state.highest_revision
+            );
+            let mut actions = vec![Action::Refused {
+                reason: reason.clone(),
+            }];
+            if let (Some(_), Some(state)) = (&self.state.document, self.state.state) {
+                self.state.update = self.state.update.saturating_add(1);
+                actions.push(Action::Report(self.status(state, Some(reason))));
+                actions.push(Action::Persist);
+            }
+            return actions;
+        }
+        if doc.revision == self.state.highest_revision {
+            return Vec::new();
+        }
+        self.state.highest_revision = doc.revision;
+        let mut actions = Vec::new();
+        let same_rollout = self
+            .state
+            .document
+            .as_ref()
+            .is_some_and(|d| d.rollout_id == doc.rollout_id && d.bundle == doc.bundle);
+        if !same_rollout {
+            match self.state.state {
+                Some(DeviceState::Downloading | DeviceState::Verifying) => {
+                    actions.push(Action::DiscardDownload);
+                }
+                // Superseded while on probation: the operator moved on from it.
+                Some(DeviceState::Active) => actions.push(Action::Confirm),
+                _ => {}
+            }
+            self.state.update = 0;
+            self.state.have = 0;
+            self.state.reason = None;
+            self.state.state = None;
+            self.state.soaked_ms = 0;
+            self.requested = None;
+            self.bad_chunks.clear();
+            self.reported_decile = None;
+        }
+        let in_cohort = doc.in_cohort(&self.config.device);
+        let phase = doc.phase;
+        self.state.document = Some(doc);
+        let current = self.state.state;
+        match (phase, current) {
+            (Phase::Aborted, Some(DeviceState::Active | DeviceState::Confirmed)) => {
+                let reason = "the operator aborted the rollout".to_string();
+                self.roll_back(reason, &mut actions);
+            }
+            (
+                Phase::Aborted,
+                Some(DeviceState::Pending | DeviceState::Downloading | DeviceState::Verifying),
+            ) => {
+                actions.push(Action::DiscardDownload);
+                self.requested = None;
+                self.transition(
+                    DeviceState::Failed,
+                    Some("the operator aborted the rollout before it was installed".into()),
+                    &mut actions,
+                );
+            }
+            (Phase::Aborted, _) => actions.push(Action::Persist),
+            (_, None | Some(DeviceState::Pending)) if !in_cohort => {
+                self.transition(DeviceState::NotInCohort, None, &mut actions);
+            }
+            (_, Some(DeviceState::NotInCohort)) if !in_cohort => actions.push(Action::Persist),
+            (Phase::Paused, None | Some(DeviceState::NotInCohort)) => {
+                self.transition(DeviceState::Pending, None, &mut actions);
+            }
+            (
+                Phase::Running | Phase::Completed,
+                None | Some(DeviceState::NotInCohort | DeviceState::Pending),
+            ) => {
+                self.transition(DeviceState::Downloading, None, &mut actions);
+                actions.push(Action::PrepareDownload);
+            }
+            (Phase::Completed, Some(DeviceState::Active)) => {
+                actions.push(Action::Confirm);
+                self.transition(DeviceState::Confirmed, None, &mut actions);
+            }
+            _ => actions.push(Action::Persist),
+        }
+        actions
+    }
+
+    /// The executor found chunks `0..have` good on disk (after [`Action::PrepareDownload`]).
+    /// Requests the next chunk, or installs when all are there.
+    pub fn on_resumed(&mut self, have: u32, now_ms: u64) -> Vec<Action> {
+        let Some(count) = self.state.document.as_ref().map(|d| d.bundle.chunk_count()) else {
+            return Vec::new();
+        };
+        let mut actions = Vec::new();
+        match self.state.state {
+            Some(DeviceState::Downloading) => {
+                self.state.have = have.min(count);
+                self.next_chunk(now_ms, &mut actions);
+            }
+            Some(DeviceState::Verifying) if have >= count => {
+                self.state.have = count;
+                actions.push(Action::Install);
+            }
+            Some(DeviceState::Verifying) => {
+                // The download is not complete after all: fetch the rest.
+                self.state.have = have;
+                self.transition(DeviceState::Downloading, None, &mut actions);
+                self.next_chunk(now_ms, &mut actions);
+            }
+            _ => {}
+        }
+        actions
+    }
+
+    /// A chunk frame arrived. Frames of other rollouts, other indexes than the one
+    /// awaited, or while not downloading are ignored. A chunk failing its signed hash is
+    /// dropped and requested again, up to [`MachineConfig::max_bad_chunks`] times per
+    /// index; then the rollout fails.
+    pub fn on_chunk(&mut self, frame: &[u8], now_ms: u64) -> Vec<Action> {
+        let Ok(chunk) = rollout::decode_chunk(frame) else {
+            return vec![Action::Refused {
+                reason: "a malformed chunk frame was dropped".into(),
+            }];
+        };
+        let Some(doc) = self.state.document.as_ref() else {
+            return Vec::new();
+        };
+        if chunk.rollout_id != doc.rollout_id
+            || self.state.state != Some(DeviceState::Downloading)
+            || chunk.index != self.state.have
+        {
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        if !doc.bundle.chunk_matches(chunk.index, chunk.data) {
+            let bad = self.bad_chunks.entry(chunk.index).or_insert(0);
+            *bad += 1;
+            let bad = *bad;
+            if bad >= self.config.max_bad_chunks {
+                self.requested = None;
+                actions.push(Action::DiscardDownload);
+                self.transition(
+                    DeviceState::Failed,
+                    Some(format!(
+                        "chunk {} failed its hash check {bad} times",
+                        chunk.index
+                    )),
+                    &mut actions,
+                );
+            } else {
+                actions.push(Action::Refused {
+                    reason: format!(
+                        "chunk {} failed its hash check ({bad} of {}); requesting it again",
+                        chunk.index, self.config.max_bad_chunks
+                    ),
+                });
+                self.requested = Some((chunk.index, now_ms));
+                actions.push(Action::RequestChunk { index: chunk.index });
+            }
+            return actions;
+        }
+        let count = doc.bundle.chunk_count();
+        actions.push(Action::WriteChunk {
+            index: chunk.index,
+            data: chunk.data.to_vec(),
+        });
+        self.state.have = chunk.index + 1;
+        self.next_chunk(now_ms, &mut actions);
+        if self.state.state == Some(DeviceState::Downloading) {
+            let decile = self.progress_pct(count) / 10;
+            if self.reported_decile.is_none_or(|d| decile > d) {
+                self.reported_decile = Some(decile);
+                self.state.update = self.state.update.saturating_add(1);
+                let status = self.status(DeviceState::Downloading, None);
+                actions.push(Action::Report(status));
+                actions.push(Action::Persist);
+            }
+        }
+        actions
+    }
+
+    /// Time passed: a chunk whose reply did not come within the timeout is requested
+    /// again.
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
+        match self.requested {
+            Some((index, at))
+                if self.state.state == Some(DeviceState::Downloading)
+                    && now_ms.saturating_sub(at) >= self.config.chunk_timeout_ms =>
+            {
+                self.requested = Some((index, now_ms));
+                vec![Action::RequestChunk { index }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The executor finished [`Action::Install`]: `Ok` with the activated bundle's SLO
+    /// limits (the bundle serves, on probation), or `Err` with the reason it was refused
+    /// (the old model still serves).
+    pub fn on_installed(&mut self, result: Result<SloLimits, String>, now_ms: u64) -> Vec<Action> {
+        if self.state.state != Some(DeviceState::Verifying) {
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        match result {
+            Ok(slo) => {
+                self.state.slo = slo;
+                self.state.soaked_ms = 0;
+                self.soak_mark_ms = Some(now_ms);
+                self.state.previous_serving = std::mem::take(&mut self.state.serving);
+                if let Some(doc) = &self.state.document {
+                    self.state.serving = format!("{} {}", doc.bundle.name, doc.bundle.version);
+                }
+                self.transition(DeviceState::Active, None, &mut actions);
+            }
+            Err(reason) => self.transition(DeviceState::Failed, Some(reason), &mut actions),
+        }
+        // After the new state is persisted: a restart in between finds the bundle again.
+        actions.push(Action::DiscardDownload);
+        actions
+    }
+
+    /// The executor found, at start-up, that the device no longer serves the bundle it
+    /// activated (a roll-back was carried out but not recorded before a restart): the
+    /// rollout is rolled back with `reason`, without another [`Action::RollBack`].
+    pub fn on_reverted(&mut self, reason: String) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if matches!(
+            self.state.state,
+            Some(DeviceState::Active | DeviceState::Confirmed)
+        ) {
+            self.state.serving = std::mem::take(&mut self.state.previous_serving);
+            self.transition(DeviceState::RolledBack, Some(reason), &mut actions);
+        }
+        actions
+    }
+
+    /// The executor could not carry out a download step (a write failed): the rollout
+    /// fails with `reason`.
+    pub fn on_failed(&mut self, reason: String) -> Vec<Action> {
+        match self.state.state {
+            Some(DeviceState::Downloading | DeviceState::Verifying) => {
+                self.requested = None;
+                let mut actions = vec![Action::DiscardDownload];
+                self.transition(DeviceState::Failed, Some(reason), &mut actions);
+                actions
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A metrics report interval ended: `ok` and `errors` requests, the interval's p99
+    /// latency if any request was served. While on probation, a breach of the bundle's
+    /// SLO rolls back, naming the metric and the limit; the document's soak time
+    /// without a breach confirms.
+    pub fn on_interval(
+        &mut self,
+        ok: u64,
+        errors: u64,
+        p99_ms: Option<f64>,
+        now_ms: u64,
+    ) -> Vec<Action> {
+        if self.state.state != Some(DeviceState::Active) {
+            return Vec::new();
+        }
+        if let Some(mark) = self.soak_mark_ms {
+            self.state.soaked_ms = self
+                .state
+                .soaked_ms
+                .saturating_add(now_ms.saturating_sub(mark));
+        }
+        self.soak_mark_ms = Some(now_ms);
+        let slo = self.state.slo;
+        let mut actions = Vec::new();
+        if let (Some(limit), Some(p99)) = (slo.p99_ms, p99_ms) {
+            if p99 > limit {
+                let reason = format!(
+                    "p99 latency {p99:.2} ms over the bundle's SLO p99_ms {limit} ms during soak"
+                );
+                self.roll_back(reason, &mut actions);
+                return actions;
+            }
+        }
+        let total = ok.saturating_add(errors);
+        if let (Some(limit), true) = (slo.max_error_rate, total > 0) {
+            let rate = errors as f64 / total as f64;
+            if rate > limit {
+                let reason = format!(
+                    "error rate {:.2} % ({errors} of {total}) over the bundle's SLO \
+                     max_error_rate {:.2} % during soak",
+                    rate * 100.0,
+                    limit * 100.0
+                );
+                self.roll_back(reason, &mut actions);
+                return actions;
+            }
+        }
+        let soak_ms = self
+            .state
+            .document
+            .as_ref()
+            .map_or(0, |d| d.soak_s.saturating_mul(1000));
+        if self.state.soaked_ms >= soak_ms {
+            actions.push(Action::Confirm);
+            self.transition(DeviceState::Confirmed, None, &mut actions);
+        } else {
+            actions.push(Action::Persist);
+        }
+        actions
+    }
+
+    /// The agent started; `boots_on_probation` is the slots' count of starts since the
+    /// activation on probation. More than [`MachineConfig::max_probation_boots`] is a
+    /// crash loop: roll back.
+    pub fn on_boot(&mut self, boots_on_probation: u32) -> Vec<Action> {
+        self.soak_mark_ms = None;
+        let mut actions = Vec::new();
+        if self.state.state == Some(DeviceState::Active)
+            && boots_on_probation > self.config.max_probation_boots
+        {
+            let reason = format!("crash loop: {boots_on_probation} starts since activation");
+            self.roll_back(reason, &mut actions);
+        }
+        actions
+    }
+
+    fn roll_back(&mut self, reason: String, actions: &mut Vec<Action>) {
+        actions.push(Action::RollBack {
+            reason: reason.clone(),
+        });
+        self.state.serving = std::mem::take(&mut self.state.previous_serving);
+        self.transition(DeviceState::RolledBack, Some(reason), actions);
+    }
+
+    /// Requests the next chunk, or moves to verifying when all are there.
+    fn next_chunk(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let count = self
+            .state
+            .document
+            .as_ref()
+            .map_or(0, |d| d.bundle.chunk_count());
+        if self.state.have >= count {
+            self.requested = None;
+            self.transition(DeviceState::Verifying, None, actions);
+            actions.push(Action::Install);
+        } else {
+            let index = self.state.have;
+            self.requested = Some((index, now_ms));
+            actions.push(Action::RequestChunk { index });
+        }
+    }
+
+    fn progress_pct(&self, count: u32) -> u8 {
+        let pct = u64::from(self.state.have) * 100 / u64::from(count.max(1));
+        u8::try_from(pct.min(100)).unwrap_or(100)
+    }
+
+    /// Enters `state`: reports it and persists.
+    fn transition(
+        &mut self,
+        state: DeviceState,
+        reason: Option<String>,
+        actions: &mut Vec<Action>,
+    ) {
+        self.state.state = Some(state);
+        self.state.reason.clone_from(&reason);
+        self.state.update = self.state.update.saturating_add(1);
+        if state == DeviceState::Downloading {
+            let count = self
+                .state
+                .document
+                .as_ref()
+                .map_or(1, |d| d.bundle.chunk_count());
+            self.reported_decile = Some(self.progress_pct(count) / 10);
+        }
+        actions.push(Action::Report(self.status(state, reason)));
+        actions.push(Action::Persist);
+    }
+
+    fn status(&self, state: DeviceState, reason: Option<String>) -> DeviceStatus {
+        let doc = self.state.document.as_ref();
+        let count = doc.map_or(1, |d| d.bundle.chunk_count());
+        DeviceStatus {
+            format: rollout::FORMAT,
+            device: self.config.device.clone(),
+            rollout_id: doc.map(|d| d.rollout_id.clone()).unwrap_or_default(),
+            revision: self.state.highest_revision,
+            version: doc.map(|d| d.bundle.version.clone()).unwrap_or_default(),
+            sequence: doc.map_or(0, |d| d.bundle.sequence),
+            bucket: doc.map_or(0, |d| d.bucket(&self.config.device)),
+            state,
+            progress_pct: (state == DeviceState::Downloading).then(|| self.progress_pct(count)),
+            reason,
+            serving: self.state.serving.clone(),
+            update: self.state.update,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perch_runtime::bundle::SigningKey;
+    use perch_runtime::rollout::{encode_chunk, BundleRef, MIN_CHUNK_SIZE};
+
+    const TIMEOUT_MS: u64 = 2_000;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[1; 32])
+    }
+
+    /// Ten chunks and a short last one.
+    fn bundle_bytes() -> Vec<u8> {
+        (0..10_500u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn document(revision: u64, phase: Phase, percent_bp: u16) -> RolloutDocument {
+        RolloutDocument {
+            format: rollout::FORMAT,
+            group: "kitchen".into(),
+            rollout_id: "kws-1.3.0-a".into(),
+            revision,
+            issued: "2026-11-26T12:00:00Z".into(),
+            phase,
+            percent_bp,
+            soak_s: 60,
+            bundle: BundleRef::describe("kws", "1.3.0", 7, &bundle_bytes(), MIN_CHUNK_SIZE),
+        }
+    }
+
+    /// A device in (or out of) the cohort of `doc`.
+    fn device(doc: &RolloutDocument, inside: bool) -> String {
+        (0..1000)
+            .map(|i| format!("dev-{i}"))
+            .find(|d| doc.in_cohort(d) == inside)
+            .unwrap()
+    }
+
+    fn machine(device: &str) -> Machine {
+        let config = MachineConfig {
+            device: device.into(),
+            group: "kitchen".into(),
+            chunk_timeout_ms: TIMEOUT_MS,
+            max_bad_chunks: 5,
+            max_probation_boots: 3,
+        };
+        let mut machine = Machine::new(config, vec![key().verifying_key()]);
+        machine.set_serving("kws 1.2.0");
+        machine
+    }
+
+    fn chunk(doc: &RolloutDocument, index: u32) -> Vec<u8> {
+        let bytes = bundle_bytes();
+        let range = doc.bundle.chunk_range(index).unwrap();
+        encode_chunk(
+            &doc.rollout_id,
+            index,
+            &bytes[range.start as usize..range.end as usize],
+        )
+    }
+
+    fn reports(actions: &[Action]) -> Vec<&DeviceStatus> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Report(status) => Some(status),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn requests(actions: &[Action]) -> Vec<u32> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RequestChunk { index } => Some(*index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn slo() -> SloLimits {
+        SloLimits {
+            p99_ms: Some(25.0),
+            max_error_rate: Some(0.01),
+        }
+    }
+
+    /// Starts the rollout on an in-cohort device and feeds every chunk; returns all
+    /// actions. The last one is `Install`.
+    fn download(machine: &mut Machine, doc: &RolloutDocument) -> Vec<Action> {
+        let mut all = machine.on_document(&doc.sign(&key()));
+        assert!(all.contains(&Action::PrepareDownload), "{all:?}");
+        all.extend(machine.on_resumed(0, 0));
+        for index in 0..doc.bundle.chunk_count() {
+            all.extend(machine.on_chunk(&chunk(doc, index), u64::from(index) * 10));
+        }
+        all
+    }
+
+    /// A device that downloaded, installed and activated the bundle at `now_ms` 1000.
+    fn active(doc: &RolloutDocument) -> Machine {
+        let mut machine = machine(&device(doc, true));
+        download(&mut machine, doc);
+        let actions = machine.on_installed(Ok(slo()), 1_000);
+        assert_eq!(
+            machine.state().state,
+            Some(DeviceState::Active),
+            "{actions:?}"
+        );
+        machine
+    }
+
+    #[test]
+    fn a_device_outside_the_cohort_reports_not_in_cohort_and_requests_nothing() {
+        let doc = document(10, Phase::Running, 1_000);
+        let mut machine = machine(&device(&doc, false));
+        let actions = machine.on_document(&doc.sign(&key()));
+        let sent = reports(&actions);
+        assert_eq!(sent.len(), 1, "{actions:?}");
+        assert_eq!(sent[0].state, DeviceState::NotInCohort);
+        assert_eq!(sent[0].serving, "kws 1.2.0");
+        assert_eq!(sent[0].bucket, doc.bucket(&sent[0].device));
+        assert!(!actions.contains(&Action::PrepareDownload));
+        assert!(requests(&actions).is_empty());
+
+        // Raising the share until the device is in starts its download.
+        let mut wider = document(11, Phase::Running, 10_000);
+        wider.revision = 11;
+        let actions = machine.on_document(&wider.sign(&key()));
+        assert!(actions.contains(&Action::PrepareDownload), "{actions:?}");
+        assert_eq!(reports(&actions)[0].state, DeviceState::Downloading);
+    }
+
+    #[test]
+    fn a_full_download_installs_and_a_soak_without_breach_confirms() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = machine(&device(&doc, true));
+        let actions = download(&mut machine, &doc);
+        let count = doc.bundle.chunk_count();
+        let writes: Vec<u32> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::WriteChunk { index, .. } => Some(*index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writes, (0..count).collect::<Vec<_>>());
+        assert_eq!(requests(&actions), (0..count).collect::<Vec<_>>());
+        assert_eq!(actions.last(), Some(&Action::Install));
+        assert_eq!(actions.iter().filter(|a| **a == Action::Install).count(), 1);
+
+        // Reports: downloading at most every 10 %, then verifying, counters rising.
+        let sent = reports(&actions);
+        let progress: Vec<u8> = sent.iter().filter_map(|r| r.progress_pct).collect();
+        assert!(progress.len() <= 11, "{progress:?}");
+        assert!(
+            progress.windows(2).all(|w| w[1] / 10 > w[0] / 10),
+            "{progress:?}"
+        );
+        assert_eq!(sent.last().unwrap().state, DeviceState::Verifying);
+        let updates: Vec<u32> = sent.iter().map(|r| r.update).collect();
+        assert_eq!(updates, (1..=sent.len() as u32).collect::<Vec<_>>());
+
+        let actions = machine.on_installed(Ok(slo()), 1_000);
+        let active = reports(&actions);
+        assert_eq!(active[0].state, DeviceState::Active);
+        assert_eq!(active[0].serving, "kws 1.3.0");
+        assert!(actions.contains(&Action::DiscardDownload));
+
+        // 59 s into a 60 s soak: nothing yet; past it: confirm.
+        let actions = machine.on_interval(100, 0, Some(5.0), 60_000);
+        assert!(!actions.contains(&Action::Confirm), "{actions:?}");
+        let actions = machine.on_interval(100, 0, Some(5.0), 61_000);
+        assert_eq!(actions[0], Action::Confirm);
+        assert_eq!(reports(&actions)[0].state, DeviceState::Confirmed);
+        assert_eq!(machine.state().state, Some(DeviceState::Confirmed));
+    }
+
+    #[test]
+    fn a_p99_breach_during_soak_rolls_back_naming_the_metric_and_the_limit() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = active(&doc);
+        assert!(machine
+            .on_interval(100, 0, Some(24.0), 11_000)
+            .iter()
+            .all(|a| !matches!(a, Action::RollBack { .. })));
+        let actions = machine.on_interval(100, 0, Some(31.5), 21_000);
+        let Action::RollBack { reason } = &actions[0] else {
+            panic!("{actions:?}");
+        };
+        assert!(
+            reason.contains("p99") && reason.contains("31.50") && reason.contains("25"),
+            "{reason}"
+        );
+        let report = reports(&actions)[0];
+        assert_eq!(report.state, DeviceState::RolledBack);
+        assert_eq!(report.reason.as_deref(), Some(reason.as_str()));
+        assert_eq!(report.serving, "kws 1.2.0");
+        // Once rolled back, later intervals do nothing.
+        assert!(machine.on_interval(100, 0, Some(99.0), 90_000).is_empty());
+    }
+
+    #[test]
+    fn an_error_rate_breach_during_soak_rolls_back() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = active(&doc);
+        let actions = machine.on_interval(95, 5, Some(3.0), 11_000);
+        let Action::RollBack { reason } = &actions[0] else {
+            panic!("{actions:?}");
+        };
+        assert!(
+            reason.contains("error rate 5.00 %") && reason.contains("1.00 %"),
+            "{reason}"
+        );
+        assert_eq!(machine.state().state, Some(DeviceState::RolledBack));
+    }
+
+    #[test]
+    fn a_crash_loop_after_activation_rolls_back() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = active(&doc);
+        assert!(machine.on_boot(3).is_empty());
+        let actions = machine.on_boot(4);
+        assert_eq!(
+            actions[0],
+            Action::RollBack {
+                reason: "crash loop: 4 starts since activation".into()
+            }
+        );
+        assert_eq!(reports(&actions)[0].state, DeviceState::RolledBack);
+    }
+
+    #[test]
+    fn a_tampered_chunk_is_dropped_and_requested_again_until_the_limit_fails_the_rollout() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = machine(&device(&doc, true));
+        machine.on_document(&doc.sign(&key()));
+        machine.on_resumed(0, 0);
+        let mut tampered = chunk(&doc, 0);
+        *tampered.last_mut().unwrap() ^= 0xff;
+        for attempt in 1..5 {
+            let actions = machine.on_chunk(&tampered, attempt);
+            assert_eq!(requests(&actions), [0], "{actions:?}");
+            assert!(!actions
+                .iter()
+                .any(|a| matches!(a, Action::WriteChunk { .. })));
+        }
+        // The genuine chunk still gets through after four bad ones...
+        let actions = machine.on_chunk(&chunk(&doc, 0), 10);
+        assert!(matches!(actions[0], Action::WriteChunk { index: 0, .. }));
+        // ...but five bad copies of one chunk fail the rollout.
+        let mut bad = chunk(&doc, 1);
+        *bad.last_mut().unwrap() ^= 0xff;
+        for attempt in 0..4 {
+            machine.on_chunk(&bad, 20 + attempt);
+        }
+        let actions = machine.on_chunk(&bad, 30);
+        assert!(actions.contains(&Action::DiscardDownload));
+        let report = reports(&actions)[0];
+        assert_eq!(report.state, DeviceState::Failed);
+        assert_eq!(
+            report.reason.as_deref(),
+            Some("chunk 1 failed its hash check 5 times")
+        );
+    }
+
+    #[test]
+    fn a_replayed_document_is_refused_and_a_retained_redelivery_is_a_no_op() {
+        let doc = document(20, Phase::Running, 5_000);
+        let mut machine = machine(&device(&doc, true));
+        let signed = doc.sign(&key());
+        machine.on_document(&signed);
+        let before = machine.state().clone();
+        assert!(machine.on_document(&signed).is_empty());
+        assert_eq!(machine.state(), &before);
+
+        let mut old = document(19, Phase::Aborted, 5_000);
+        old.revision = 19;
+        let actions = machine.on_document(&old.sign(&key()));
+        let reason = "replayed rollout document (revision 19, already acted on 20)";
+        assert_eq!(
+            actions[0],
+            Action::Refused {
+                reason: reason.into()
+            }
+        );
+        let report = reports(&actions)[0];
+        assert_eq!(
+            report.state,
+            DeviceState::Downloading,
+            "the state is unchanged"
+        );
+        assert_eq!(report.reason.as_deref(), Some(reason));
+        assert_eq!(machine.state().highest_revision, 20);
+        assert_eq!(machine.state().document, before.document);
+    }
+
+    #[test]
+    fn a_document_signed_by_an_untrusted_key_is_refused() {
+        let doc = document(10, Phase::Running, 10_000);
+        let mut machine = machine(&device(&doc, true));
+        let forged = doc.sign(&SigningKey::from_bytes(&[2; 32]));
+        let actions = machine.on_document(&forged);
+        assert_eq!(actions.len(), 1);
+        let Action::Refused { reason } = &actions[0] else {
+            panic!("{actions:?}");
+        };
+        assert!(reason.contains("not a trusted key"), "{reason}");
+        assert_eq!(
+            machine.state(),
+            &State {
+                serving: "kws 1.2.0".into(),
+                ..State::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_paused_rollout_keeps_waiting_devices_pending_and_lets_downloads_continue() {
+        let paused = document(10, Phase::Paused, 10_000);
+        let mut waiting = machine("dev-a");
+        let actions = waiting.on_document(&paused.sign(&key()));
+        assert_eq!(reports(&actions)[0].state, DeviceState::Pending);
+        assert!(!actions.contains(&Action::PrepareDownload));
+
+        let running = document(9, Phase::Running, 10_000);
+        let mut busy = machine("dev-a");
+        busy.on_document(&running.sign(&key()));
+        busy.on_resumed(0, 0);
+        busy.on_chunk(&chunk(&running, 0), 5);
+        let actions = busy.on_document(&paused.sign(&key()));
+        assert!(reports(&actions).is_empty(), "{actions:?}");
+        assert_eq!(busy.state().state, Some(DeviceState::Downloading));
+        let actions = busy.on_chunk(&chunk(&running, 1), 10);
+        assert_eq!(requests(&actions), [2]);
+
+        // Resuming the rollout starts the waiting device.
+        let actions = waiting.on_document(&document(11, Phase::Running, 10_000).sign(&key()));
+        assert!(actions.contains(&Action::PrepareDownload));
+    }
+
+    #[test]
+    fn an_aborted_rollout_rolls_back_an_active_device_and_stops_a_download() {
+        let doc = document(10, Phase::Running, 10_000);
+        let aborted = document(11, Phase::Aborted, 10_000).sign(&key());
+        let mut running = active(&doc);
+        let actions = running.on_document(&aborted);
+        assert!(matches!(&actions[0], Action::RollBack { reason } if reason.contains("aborted")));
+        assert_eq!(reports(&actions)[0].state, DeviceState::RolledBack);
+
+        let mut fetching = machine("dev-b");
+        fetching.on_document(&doc.sign(&key()));
+        fetching.on_resumed(0, 0);
+        let actions = fetching.on_document(&aborted);
+        assert_eq!(actions[0], Action::DiscardDownload);
+        assert_eq!(reports(&actions)[0].state, DeviceState::Failed);
+        assert!(fetching.on_chunk(&chunk(&doc, 0), 10).is_empty());
+        assert!(fetching.on_tick(60_000).is_empty());
+    }
+
+    #[test]
+    fn a_lost_chunk_is_requested_again_after_the_timeout() {
+        let doc = document(10, Phase::Running, 10_000);
+        let mut machine = machine("dev-c");
+        machine.on_document(&doc.sign(&key()));
+        assert_eq!(requests(&machine.on_resumed(0, 1_000)), [0]);
+        assert!(machine.on_tick(1_000 + TIMEOUT_MS - 1).is_empty());
+        assert_eq!(
+            machine.on_tick(1_000 + TIMEOUT_MS),
+            [Action::RequestChunk { index: 0 }]
+        );
+        assert!(
+            machine.on_tick(1_000 + TIMEOUT_MS + 1).is_empty(),
+            "the timer restarted"
+        );
+        machine.on_chunk(&chunk(&doc, 0), 4_000);
+        assert_eq!(
+            machine.on_tick(4_000 + TIMEOUT_MS),
+            [Action::RequestChunk { index: 1 }]
+        );
+    }
+
+    #[test]
+    fn the_state_survives_a_restart_mid_download_and_continues_from_the_next_chunk() {
+        let doc = document(10, Phase::Running, 10_000);
+        let mut machine = machine("dev-d");
+        machine.on_document(&doc.sign(&key()));
+        machine.on_resumed(0, 0);
+        let mut updates = 0;
+        for index in 0..4 {
+            for action in machine.on_chunk(&chunk(&doc, index), 10) {
+                if let Action::Report(status) = action {
+                    updates = status.update;
+                }
+            }
+        }
+        let json = serde_json::to_vec(machine.state()).unwrap();
+        let state: State = serde_json::from_slice(&json).unwrap();
+        assert_eq!(&state, machine.state());
+
+        let mut restarted =
+            Machine::restore(machine.config.clone(), machine.trusted.clone(), state);
+        assert_eq!(restarted.resume(), [Action::PrepareDownload]);
+        // The retained document comes again: nothing to do.
+        assert!(restarted.on_document(&doc.sign(&key())).is_empty());
+        assert_eq!(requests(&restarted.on_resumed(4, 0)), [4]);
+        let actions = restarted.on_chunk(&chunk(&doc, 4), 10);
+        assert!(matches!(actions[0], Action::WriteChunk { index: 4, .. }));
+        let next = reports(&actions);
+        assert!(next.iter().all(|r| r.update > updates), "{next:?}");
+    }
+
+    #[test]
+    fn a_new_rollout_replaces_an_unfinished_download_of_an_older_one() {
+        let doc = document(10, Phase::Running, 10_000);
+        let mut machine = machine("dev-e");
+        machine.on_document(&doc.sign(&key()));
+        machine.on_resumed(0, 0);
+        machine.on_chunk(&chunk(&doc, 0), 10);
+        let mut next = document(11, Phase::Running, 10_000);
+        next.rollout_id = "kws-1.4.0-a".into();
+        next.bundle = BundleRef::describe("kws", "1.4.0", 8, &[9u8; 3000], MIN_CHUNK_SIZE);
+        let actions = machine.on_document(&next.sign(&key()));
+        assert_eq!(actions[0], Action::DiscardDownload);
+        let report = reports(&actions)[0];
+        assert_eq!(
+            (report.rollout_id.as_str(), report.update),
+            ("kws-1.4.0-a", 1)
+        );
+        assert!(actions.contains(&Action::PrepareDownload));
+        assert_eq!(requests(&machine.on_resumed(0, 20)), [0]);
+        // Chunks of the old rollout are ignored.
+        assert!(machine.on_chunk(&chunk(&doc, 1), 30).is_empty());
+    }
+
+    #[test]
+    fn a_document_for_another_group_is_refused() {
+        let mut doc = document(10, Phase::Running, 10_000);
+        doc.group = "garage".into();
+        let mut machine = machine("dev-f");
+        let actions = machine.on_document(&doc.sign(&key()));
+        assert_eq!(
+            actions,
+            [Action::Refused {
+                reason: "the rollout document is for group garage, this device is in group kitchen"
+                    .into()
+            }]
+        );
+        assert_eq!(machine.state().highest_revision, 0);
+    }
+
+    #[test]
+    fn a_completed_rollout_confirms_an_active_device_without_waiting_for_the_soak() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = active(&doc);
+        let actions = machine.on_document(&document(11, Phase::Completed, 10_000).sign(&key()));
+        assert_eq!(actions[0], Action::Confirm);
+        assert_eq!(reports(&actions)[0].state, DeviceState::Confirmed);
+    }
+}
