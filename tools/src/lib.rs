@@ -19,6 +19,7 @@ pub mod graph;
 pub mod inspect;
 pub mod onnx;
 pub mod quantize;
+pub mod rollout;
 pub mod run;
 
 use perch_runtime::engine::EngineError;

@@ -25,6 +25,7 @@ enum Command {
     Verify(cmd::verify::Args),
     Run(cmd::run::Args),
     Bench(cmd::bench::Args),
+    Rollout(cmd::rollout::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::verify::execute(args),
         Command::Run(args) => cmd::run::execute(args),
         Command::Bench(args) => cmd::bench::execute(args),
+        Command::Rollout(args) => cmd::rollout::execute(args),
     };
     match result {
         Ok(code) => code,

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod keygen;
 pub mod pack;
 pub mod quantize;
+pub mod rollout;
 pub mod run;
 pub mod verify;
 

@@ -7,6 +7,7 @@ mod convert;
 mod inspect;
 mod quantize;
 mod quickstart;
+mod rollout;
 
 use std::path::{Path, PathBuf};
 

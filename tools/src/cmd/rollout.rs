@@ -1,0 +1,411 @@
+//! `perch rollout`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use perch_runtime::bundle::{read_signing_key, Bundle, Limits};
+use perch_runtime::rollout::{self as wire, BundleRef, DeviceState, Phase};
+use perch_tools::rollout::operator::{self, Progress, Store};
+use perch_tools::rollout::{
+    parse_duration_ms, parse_gates, parse_size, parse_stages, Clock, Command, Controller, Effect,
+    Plan,
+};
+
+/// Roll a signed bundle out to a device group in canary stages, gated on the fleet's
+/// own metrics.
+///
+/// `start` publishes a signed, retained rollout document on
+/// perch/fleet/GROUP/rollout, serves the bundle in chunks over MQTT, watches the
+/// devices' state reports (perch/+/rollout) and metrics (perch/+/metrics), and promotes
+/// the cohort stage by stage (10 % → 50 % → 100 % by default) only when the canary
+/// devices running the new version met every gate over the whole soak window. A breached
+/// gate, or a device rolling back, aborts the rollout: every device returns to its
+/// previous model. The state is saved in --state-dir, so `run` continues after the
+/// operator process restarts; `status` reads it without a broker.
+///
+/// `promote`, `pause`, `resume` and `abort` steer the running controller through the
+/// broker (perch/fleet/GROUP/rollout/command): the broker's ACLs must allow only
+/// operators to publish on perch/fleet/#. Only plain mqtt:// is supported for now.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    Start(StartArgs),
+    Run(RunArgs),
+    Status(StatusArgs),
+    /// Promote the running rollout to its next stage now, skipping the soak and the
+    /// gates (from the last stage: complete it).
+    Promote(CommandArgs),
+    /// Pause the running rollout: no promotion; devices that have not started
+    /// downloading wait. Gates are still watched and a breach still aborts.
+    Pause(CommandArgs),
+    /// Resume a paused rollout; the stage's soak keeps its start.
+    Resume(CommandArgs),
+    /// Abort the rollout: every device that activated the bundle returns to its
+    /// previous model.
+    Abort(CommandArgs),
+}
+
+/// Where the controller connects and keeps its state.
+#[derive(clap::Args)]
+struct Common {
+    /// The device group (the devices' `group` setting).
+    #[arg(long, value_name = "GROUP")]
+    group: String,
+    /// The MQTT broker, mqtt://HOST:PORT (port 1883 when left out; plain MQTT only).
+    #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Where rollout states are kept: GROUP.json (the state) and GROUP.perch (the
+    /// bundle served).
+    #[arg(long, value_name = "DIR", default_value = "rollouts")]
+    state_dir: PathBuf,
+    /// Print one JSON line per decision instead of a progress display.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Start a rollout of BUNDLE and run its controller in the foreground until it
+/// completes (exit 0) or aborts (exit 1).
+///
+/// Refuses to start while another rollout of the group is running or paused.
+#[derive(clap::Args)]
+struct StartArgs {
+    /// The signed bundle (from `perch pack`).
+    bundle: PathBuf,
+    #[command(flatten)]
+    common: Common,
+    /// The fleet's secret key (from `perch keygen`): the bundle must be signed by it,
+    /// and it signs the rollout documents.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The cohort share of each stage, percent, increasing and ending at 100.
+    #[arg(long, default_value = "10,50,100")]
+    stages: String,
+    /// How long each stage soaks before promotion (ms, s, m or h). Soak time counts
+    /// only while a controller runs.
+    #[arg(long, default_value = "10m")]
+    soak: String,
+    /// Gates the canary cohort must meet over the soak, e.g.
+    /// "p99<10ms,error_rate<1%,throughput>1/s" (repeatable). Latency quantiles come from
+    /// the devices' merged histograms; error_rate is Σerrors/Σrequests; throughput is
+    /// inferences per second of an average canary device. A breach aborts.
+    #[arg(long, value_name = "GATES")]
+    gate: Vec<String>,
+    /// Canary devices that must report metrics of the new version before a stage is
+    /// promoted.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    min_devices: usize,
+    /// Chunk size of the MQTT transfer (1KiB to 1MiB).
+    #[arg(long, value_name = "SIZE", default_value = "64KiB")]
+    chunk_size: String,
+    /// How long each device watches its own SLO after activating the bundle before it
+    /// confirms it.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    device_soak: String,
+}
+
+/// Continue the controller of a group's rollout from its saved state (after the
+/// operator process stopped).
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The fleet's secret key, which signs the rollout documents.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+}
+
+/// Show a rollout from its saved state: stages, cohorts (canary vs. the rest), every
+/// device's version, bucket, state, p50/p99 and error rate, and the decision log.
+/// Needs no broker.
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The device group.
+    #[arg(long, value_name = "GROUP")]
+    group: String,
+    /// Where rollout states are kept.
+    #[arg(long, value_name = "DIR", default_value = "rollouts")]
+    state_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Sends a command to the running controller of a group (on
+/// perch/fleet/GROUP/rollout/command) and waits for the document it publishes in answer,
+/// then prints the new phase and share. Exit 2 when no controller answers.
+#[derive(clap::Args)]
+struct CommandArgs {
+    /// The device group.
+    #[arg(long, value_name = "GROUP")]
+    group: String,
+    /// The MQTT broker, mqtt://HOST:PORT (port 1883 when left out; plain MQTT only).
+    #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Why (kept in the decision log).
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// How long to wait for the controller's answer.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    timeout: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn execute(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Sub::Start(a) => start(a),
+        Sub::Run(a) => run(a),
+        Sub::Status(a) => {
+            let store = Store::new(&a.state_dir, &a.group)?;
+            let controller = Controller::from_state(store.load_existing()?)?;
+            super::print(&controller.status(), a.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Sub::Promote(a) => command(a, Command::Promote),
+        Sub::Pause(a) => command(a, Command::Pause),
+        Sub::Resume(a) => command(a, Command::Resume),
+        Sub::Abort(a) => command(a, Command::Abort),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::new(&a.common.state_dir, &a.common.group)?;
+    let stages = parse_stages(&a.stages)?;
+    let soak_ms = parse_duration_ms("--soak", &a.soak)?;
+    let device_soak_s = parse_duration_ms("--device-soak", &a.device_soak)? / 1000;
+    let gates = a
+        .gate
+        .iter()
+        .map(|g| parse_gates(g))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
+    let chunk_size = parse_size("--chunk-size", &a.chunk_size)?;
+    let chunk_size = u32::try_from(chunk_size)
+        .ok()
+        .filter(|c| (wire::MIN_CHUNK_SIZE..=wire::MAX_CHUNK_SIZE).contains(c))
+        .with_context(|| {
+            format!(
+                "--chunk-size {}: must be between {} and {} bytes",
+                a.chunk_size,
+                wire::MIN_CHUNK_SIZE,
+                wire::MAX_CHUNK_SIZE
+            )
+        })?;
+    operator::parse_broker(&a.common.broker)?;
+    let key = read_signing_key(&a.key)
+        .with_context(|| format!("cannot read the key {}", a.key.display()))?;
+    let bundle = Bundle::read_file(&a.bundle, &Limits::default())
+        .with_context(|| format!("cannot read the bundle {}", a.bundle.display()))?;
+    let bundle = bundle.verify(&[key.verifying_key()]).with_context(|| {
+        format!(
+            "the bundle {} does not verify with the public half of {}",
+            a.bundle.display(),
+            a.key.display()
+        )
+    })?;
+    let bundle = bundle.into_bundle();
+    if let Some(state) = store.load()? {
+        if matches!(state.phase, Phase::Running | Phase::Paused) {
+            anyhow::bail!(
+                "rollout {} of group {} is {} (state in {}): abort it with `perch rollout abort --group {}` or continue its controller with `perch rollout run --group {}`",
+                state.plan.rollout_id,
+                state.plan.group,
+                state.phase,
+                store.state_path().display(),
+                state.plan.group,
+                state.plan.group
+            );
+        }
+    }
+    let manifest = bundle.manifest();
+    let mut random = [0u8; 3];
+    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+    let version = manifest.version.to_string();
+    let plan = Plan {
+        group: a.common.group.clone(),
+        rollout_id: Plan::rollout_id(&manifest.name, &version, manifest.sequence, random),
+        bundle: BundleRef::describe(
+            &manifest.name,
+            &version,
+            manifest.sequence,
+            bundle.as_bytes(),
+            chunk_size,
+        ),
+        stages,
+        soak_ms,
+        gates,
+        min_devices: a.min_devices,
+        device_soak_s,
+    };
+    let (controller, effects) = Controller::start(plan, Clock::new(0, unix_ms()))?;
+    store.save_bundle(bundle.as_bytes())?;
+    store.save(controller.state())?;
+    let started = effects.into_iter().find_map(|e| match e {
+        Effect::Log(line) => Some(line),
+        Effect::PublishDocument(_) => None,
+    });
+    drive(
+        controller,
+        started,
+        bundle.as_bytes(),
+        &key,
+        &store,
+        &a.common,
+    )
+}
+
+fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::new(&a.common.state_dir, &a.common.group)?;
+    let controller = Controller::from_state(store.load_existing()?)?;
+    if controller.is_finished() {
+        anyhow::bail!(
+            "rollout {} of group {} is already {}; start a new one with `perch rollout start`",
+            controller.state().plan.rollout_id,
+            a.common.group,
+            controller.state().phase
+        );
+    }
+    operator::parse_broker(&a.common.broker)?;
+    let key = read_signing_key(&a.key)
+        .with_context(|| format!("cannot read the key {}", a.key.display()))?;
+    let bundle = store.load_bundle()?;
+    let expected = &controller.state().plan.bundle;
+    if BundleRef::describe(
+        &expected.name,
+        &expected.version,
+        expected.sequence,
+        &bundle,
+        expected.chunk_size,
+    ) != *expected
+    {
+        anyhow::bail!(
+            "{} is not the bundle the rollout serves (its hash differs)",
+            store.bundle_path().display()
+        );
+    }
+    drive(controller, None, &bundle, &key, &store, &a.common)
+}
+
+/// Runs the loop with a progress display (or JSON lines) and maps the end to an exit
+/// code: 0 completed, 1 aborted.
+fn drive(
+    controller: Controller,
+    first: Option<String>,
+    bundle: &[u8],
+    key: &ed25519_dalek::SigningKey,
+    store: &Store,
+    common: &Common,
+) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    };
+    let mut last_draw = Instant::now() - Duration::from_secs(1);
+    let mut report = |c: &Controller, progress: Progress<'_>| {
+        let s = c.state();
+        match progress {
+            Progress::Decision(message) => {
+                if json {
+                    let line = serde_json::json!({
+                        "group": s.plan.group,
+                        "rollout_id": s.plan.rollout_id,
+                        "revision": s.revision,
+                        "phase": s.phase,
+                        "stage": s.stage + 1,
+                        "percent": f64::from(s.plan.stages[s.stage]) / 100.0,
+                        "message": message,
+                    });
+                    println!("{line}");
+                } else {
+                    bar.println(format!("{}: {message}", s.plan.group));
+                }
+            }
+            Progress::Connection(Ok(())) => log::info!("connected to {}", common.broker),
+            Progress::Connection(Err(why)) => {
+                if !json {
+                    bar.set_message(format!("broker {} unreachable: {why}", common.broker));
+                }
+                log::warn!("broker {}: {why}", common.broker);
+                return;
+            }
+            Progress::Dropped(why) => bar.suspend(|| log::warn!("{why}")),
+            Progress::Tick => {}
+        }
+        if !json && last_draw.elapsed() >= Duration::from_millis(200) {
+            last_draw = Instant::now();
+            bar.set_message(summary(c));
+        }
+    };
+    if let Some(line) = first {
+        report(&controller, Progress::Decision(&line));
+    }
+    let phase = operator::run(controller, bundle, key, &common.broker, store, &mut report)?;
+    bar.finish_and_clear();
+    if !json {
+        let final_state = Controller::from_state(store.load_existing()?)?;
+        println!("{}", final_state.status());
+    }
+    Ok(match phase {
+        Phase::Completed => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+/// One line: stage, phase, soak, devices per state.
+fn summary(c: &Controller) -> String {
+    let s = c.state();
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for view in s.devices.values() {
+        let state = view.status.as_ref().map_or("unknown", |st| match st.state {
+            DeviceState::NotInCohort => "not in cohort",
+            other => other.as_str(),
+        });
+        *counts.entry(state).or_default() += 1;
+    }
+    let devices: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    format!(
+        "stage {}/{} ({} %) {} · soaked {}s/{}s · {}",
+        s.stage + 1,
+        s.plan.stages.len(),
+        f64::from(s.plan.stages[s.stage]) / 100.0,
+        s.phase,
+        s.clock_ms.saturating_sub(s.stage_started_ms) / 1000,
+        s.plan.soak_ms / 1000,
+        if devices.is_empty() {
+            "no device reported yet".into()
+        } else {
+            devices.join(", ")
+        }
+    )
+}
+
+fn command(a: CommandArgs, command: Command) -> anyhow::Result<ExitCode> {
+    let timeout = parse_duration_ms("--timeout", &a.timeout)?;
+    let outcome = operator::send_command(
+        &a.broker,
+        &a.group,
+        command,
+        a.reason,
+        Duration::from_millis(timeout),
+    )?;
+    super::print(&outcome, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,712 @@
+//! The rollout controller: a pure state machine over [`RolloutState`].
+
+use std::collections::BTreeMap;
+
+use perch_runtime::canary;
+use perch_runtime::histogram::{Histogram, BUCKETS};
+use perch_runtime::rollout::{DeviceState, DeviceStatus, Phase, RolloutDocument, FORMAT};
+use perch_runtime::wire::MetricsReport;
+use serde::{Deserialize, Serialize};
+
+use super::{Metric, Plan, PlanError};
+
+/// The version of the state file's layout.
+pub const STATE_FORMAT: u32 = 1;
+/// A latency or error-rate gate is judged before the soak ends only once the cohort
+/// served at least this many requests in the window, so one slow request cannot abort.
+pub const MIN_REQUESTS: u64 = 100;
+/// Metric reports kept per device and window; beyond it the two oldest reports of the
+/// same model are merged into one (sums and merged histograms), so the window's
+/// aggregates stay exact while the state file stays small.
+pub const MAX_SAMPLES_PER_DEVICE: usize = 32;
+/// Decisions kept in the log; older ones are dropped first.
+const MAX_LOG: usize = 1_000;
+
+/// The time of an input: the controller's clock and the wall clock.
+///
+/// `ms` drives soak windows. It must never go back; the operator keeps it running across
+/// restarts (the state's `clock_ms` plus the time since the restart), so time while no
+/// controller ran does not count as soak. `unix_ms` (milliseconds since the Unix epoch)
+/// only feeds document revisions and timestamps and may jump either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// Controller time, milliseconds, monotonic.
+    pub ms: u64,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
+impl Clock {
+    /// A clock reading.
+    pub fn new(ms: u64, unix_ms: u64) -> Clock {
+        Clock { ms, unix_ms }
+    }
+}
+
+/// What the caller must do after an input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Sign this document and publish it, retained, at QoS 1 on the group's document
+    /// topic.
+    PublishDocument(RolloutDocument),
+    /// Tell the operator (a decision or an ignored command).
+    Log(String),
+}
+
+/// A command an operator sends to a running controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Move to the next stage now, without waiting for the soak or the gates.
+    Promote,
+    /// Stop promoting (devices that have not started downloading wait).
+    Pause,
+    /// Continue a paused rollout.
+    Resume,
+    /// End the rollout; every device returns to its previous model.
+    Abort,
+}
+
+impl Command {
+    /// The command as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Promote => "promote",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Abort => "abort",
+        }
+    }
+}
+
+/// One metrics report of a device, as kept for the current stage's window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSample {
+    /// Controller time it arrived.
+    pub received_ms: u64,
+    /// The model's name.
+    pub model: String,
+    /// The model's version.
+    pub version: String,
+    /// Requests answered.
+    pub ok: u32,
+    /// Requests failed.
+    pub errors: u32,
+    /// The interval the counts cover, milliseconds.
+    pub interval_ms: u32,
+    /// The latency histogram's non-empty buckets, `(bucket index, count)`.
+    pub latency: Vec<(u8, u32)>,
+}
+
+impl MetricSample {
+    /// The latency histogram.
+    pub fn histogram(&self) -> Histogram {
+        let mut counts = [0u32; BUCKETS];
+        for &(i, c) in &self.latency {
+            if let Some(slot) = counts.get_mut(usize::from(i)) {
+                *slot = c;
+            }
+        }
+        Histogram::from_counts(counts)
+    }
+}
+
+/// What the controller knows of one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceView {
+    /// The device's bucket for this rollout (computed here, not taken from reports).
+    pub bucket: u16,
+    /// The newest state report.
+    pub status: Option<DeviceStatus>,
+    /// Metrics reports received in the current stage's window.
+    pub samples: Vec<MetricSample>,
+}
+
+/// One entry of the decision log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// Controller time.
+    pub at_ms: u64,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The phase after the decision.
+    pub phase: Phase,
+    /// The stage index after the decision.
+    pub stage: usize,
+    /// What was decided and why.
+    pub message: String,
+}
+
+/// Everything a controller needs to continue after a restart; saved as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutState {
+    /// [`STATE_FORMAT`].
+    pub format: u32,
+    /// The plan.
+    pub plan: Plan,
+    /// The phase.
+    pub phase: Phase,
+    /// The index of the current stage in `plan.stages`.
+    pub stage: usize,
+    /// Controller time the current stage started.
+    pub stage_started_ms: u64,
+    /// The latest controller time seen.
+    pub clock_ms: u64,
+    /// The revision of the latest document.
+    pub revision: u64,
+    /// Wall-clock time of the latest document, milliseconds since the Unix epoch.
+    pub issued_unix_ms: u64,
+    /// Why the rollout was aborted or paused.
+    pub reason: Option<String>,
+    /// Devices that reported on this rollout, by id.
+    pub devices: BTreeMap<String, DeviceView>,
+    /// What the controller decided, oldest first.
+    pub log: Vec<Decision>,
+    /// The last reason a soaked stage was not promoted (logged once per change).
+    pub waiting: Option<String>,
+}
+
+/// Aggregates of one cohort over the current stage's window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CohortFigures {
+    /// Devices with at least one report.
+    pub devices: usize,
+    /// Σ (ok + errors).
+    pub requests: u64,
+    /// Σ ok.
+    pub ok: u64,
+    /// Σ errors.
+    pub errors: u64,
+    /// Σ reported interval seconds (device-seconds observed).
+    pub device_seconds: f64,
+    /// The 50th percentile of the merged latency histogram, milliseconds.
+    pub p50_ms: Option<f64>,
+    /// The 99th percentile of the merged latency histogram, milliseconds.
+    pub p99_ms: Option<f64>,
+    /// Σ errors / Σ (ok + errors).
+    pub error_rate: Option<f64>,
+    /// Σ ok / Σ interval seconds: inferences per second of an average device.
+    pub throughput: Option<f64>,
+}
+
+/// A cohort's figures and its merged histogram.
+pub(super) struct Cohort {
+    pub(super) figures: CohortFigures,
+    pub(super) histogram: Histogram,
+}
+
+impl Cohort {
+    /// Aggregates `samples` (grouped by device): histograms are merged, never averaged.
+    pub(super) fn of<'a>(by_device: impl Iterator<Item = Vec<&'a MetricSample>>) -> Cohort {
+        let mut histogram = Histogram::new();
+        let mut f = CohortFigures::default();
+        let mut interval_ms = 0u64;
+        for samples in by_device {
+            if samples.is_empty() {
+                continue;
+            }
+            f.devices += 1;
+            for s in samples {
+                histogram.merge(&s.histogram());
+                f.ok += u64::from(s.ok);
+                f.errors += u64::from(s.errors);
+                interval_ms += u64::from(s.interval_ms);
+            }
+        }
+        f.requests = f.ok + f.errors;
+        f.device_seconds = interval_ms as f64 / 1e3;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        f.p50_ms = histogram.quantile(0.5).map(ms);
+        f.p99_ms = histogram.quantile(0.99).map(ms);
+        f.error_rate = (f.requests > 0).then(|| f.errors as f64 / f.requests as f64);
+        f.throughput = (interval_ms > 0).then(|| f.ok as f64 / f.device_seconds);
+        Cohort {
+            figures: f,
+            histogram,
+        }
+    }
+}
+
+/// The rollout controller. See the [module docs](super).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Controller {
+    state: RolloutState,
+}
+
+impl Controller {
+    /// Starts a rollout at its first stage: the returned effects publish the first
+    /// document.
+    ///
+    /// # Errors
+    ///
+    /// The plan breaks a rule ([`Plan::validate`]).
+    pub fn start(plan: Plan, now: Clock) -> Result<(Controller, Vec<Effect>), PlanError> {
+        plan.validate()?;
+        let mut controller = Controller {
+            state: RolloutState {
+                format: STATE_FORMAT,
+                plan,
+                phase: Phase::Running,
+                stage: 0,
+                stage_started_ms: now.ms,
+                clock_ms: now.ms,
+                revision: 0,
+                issued_unix_ms: now.unix_ms,
+                reason: None,
+                devices: BTreeMap::new(),
+                log: Vec::new(),
+                waiting: None,
+            },
+        };
+        let p = &controller.state.plan;
+        let message = format!(
+            "started rollout {} of {} {} (sequence {}) to group {}: stage 1/{} at {}",
+            p.rollout_id,
+            p.bundle.name,
+            p.bundle.version,
+            p.bundle.sequence,
+            p.group,
+            p.stages.len(),
+            percent(p.stages[0]),
+        );
+        let effects = controller.publish(message, now);
+        Ok((controller, effects))
+    }
+
+    /// Continues from a saved state.
+    ///
+    /// # Errors
+    ///
+    /// The state has another layout version or its plan breaks a rule.
+    pub fn from_state(state: RolloutState) -> Result<Controller, PlanError> {
+        if state.format != STATE_FORMAT {
+            return Err(PlanError(format!(
+                "rollout state format {} (this perch reads format {STATE_FORMAT})",
+                state.format
+            )));
+        }
+        state.plan.validate()?;
+        if state.stage >= state.plan.stages.len() {
+            return Err(PlanError(format!(
+                "rollout state names stage {} of {}",
+                state.stage + 1,
+                state.plan.stages.len()
+            )));
+        }
+        Ok(Controller { state })
+    }
+
+    /// The state, to save or inspect.
+    pub fn state(&self) -> &RolloutState {
+        &self.state
+    }
+
+    /// The state, consumed.
+    pub fn into_state(self) -> RolloutState {
+        self.state
+    }
+
+    /// Whether the rollout is over (completed or aborted).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.phase, Phase::Completed | Phase::Aborted)
+    }
+
+    /// The current document (to publish again, e.g. after a reconnection).
+    pub fn document(&self) -> RolloutDocument {
+        let s = &self.state;
+        RolloutDocument {
+            format: FORMAT,
+            group: s.plan.group.clone(),
+            rollout_id: s.plan.rollout_id.clone(),
+            revision: s.revision,
+            issued: rfc3339(s.issued_unix_ms / 1000),
+            phase: s.phase,
+            percent_bp: s.plan.stages[s.stage],
+            soak_s: s.plan.device_soak_s,
+            bundle: s.plan.bundle.clone(),
+        }
+    }
+
+    /// Whether `device` is in the current stage's cohort.
+    pub fn in_cohort(&self, device: &str) -> bool {
+        let s = &self.state;
+        canary::bucket(device.as_bytes(), s.plan.rollout_id.as_bytes()) < s.plan.stages[s.stage]
+    }
+
+    /// Records a device's state report. Reports for another rollout, from an id that
+    /// cannot be a device, or not newer (by `update`) than the one kept are dropped.
+    /// Returns whether the report was kept.
+    pub fn on_status(&mut self, status: DeviceStatus, now: Clock) -> bool {
+        self.advance(now);
+        let plan = &self.state.plan;
+        if status.rollout_id != plan.rollout_id
+            || perch_runtime::rollout::check_id("device", &status.device).is_err()
+        {
+            return false;
+        }
+        let bucket = canary::bucket(status.device.as_bytes(), plan.rollout_id.as_bytes());
+        let view = self
+            .state
+            .devices
+            .entry(status.device.clone())
+            .or_insert_with(|| DeviceView {
+                bucket,
+                status: None,
+                samples: Vec::new(),
+            });
+        if view
+            .status
+            .as_ref()
+            .is_some_and(|old| old.update >= status.update)
+        {
+            return false;
+        }
+        view.status = Some(status);
+        true
+    }
+
+    /// Records a device's metrics report. Only devices that reported a state for this
+    /// rollout belong to the group; reports of other devices are dropped. Returns
+    /// whether the report was kept.
+    pub fn on_metrics(&mut self, device: &str, report: &MetricsReport, now: Clock) -> bool {
+        self.advance(now);
+        let started = self.state.stage_started_ms;
+        let Some(view) = self.state.devices.get_mut(device) else {
+            return false;
+        };
+        let latency = sparse(&report.latency);
+        view.samples.retain(|s| s.received_ms >= started);
+        view.samples.push(MetricSample {
+            received_ms: now.ms,
+            model: report.model.name.to_string(),
+            version: report.model.version.to_string(),
+            ok: report.ok,
+            errors: report.errors,
+            interval_ms: report.interval_ms,
+            latency,
+        });
+        if view.samples.len() > MAX_SAMPLES_PER_DEVICE {
+            compact(&mut view.samples);
+        }
+        true
+    }
+
+    /// Judges the rollout at `now`: aborts on a rolled-back device or a breached gate,
+    /// promotes a stage that soaked with every gate met by enough canary devices.
+    pub fn tick(&mut self, now: Clock) -> Vec<Effect> {
+        self.advance(now);
+        if self.is_finished() {
+            return Vec::new();
+        }
+        if let Some((device, status)) = self
+            .state
+            .devices
+            .iter()
+            .filter_map(|(d, v)| v.status.as_ref().map(|s| (d, s)))
+            .find(|(_, s)| s.state == DeviceState::RolledBack)
+        {
+            let reason = format!(
+                "device {device} rolled back: {}",
+                status.reason.as_deref().unwrap_or("no reason given")
+            );
+            return self.finish(Phase::Aborted, reason, now);
+        }
+        let soaked = now.ms.saturating_sub(self.state.stage_started_ms) >= self.state.plan.soak_ms;
+        let canary = self.canary();
+        let f = &canary.figures;
+        let enough_devices = f.devices >= self.state.plan.min_devices.max(1);
+        let mut unmeasured = None;
+        let mut breach = None;
+        for gate in &self.state.plan.gates {
+            let judged = match gate.metric {
+                Metric::Throughput => soaked && enough_devices,
+                _ => f.requests >= MIN_REQUESTS || (soaked && enough_devices),
+            };
+            match gate.measure(f, &canary.histogram) {
+                Some(value) if judged && !gate.holds(value) => {
+                    breach = Some(format!(
+                        "gate {gate} breached: canary {} {} against limit {} ({} devices, {} requests)",
+                        gate.metric_name(),
+                        gate.format_value(value),
+                        gate.format_value(gate.limit),
+                        f.devices,
+                        f.requests
+                    ));
+                    break;
+                }
+                None if unmeasured.is_none() => unmeasured = Some(gate.metric_name()),
+                _ => {}
+            }
+        }
+        if let Some(reason) = breach {
+            return self.finish(Phase::Aborted, reason, now);
+        }
+        if !soaked || self.state.phase != Phase::Running {
+            return Vec::new();
+        }
+        let waiting = if !enough_devices {
+            Some(format!(
+                "waiting: {} of {} canary devices reported the new version",
+                f.devices,
+                self.state.plan.min_devices.max(1)
+            ))
+        } else {
+            unmeasured.map(|m| format!("waiting: no requests to measure {m} on"))
+        };
+        if let Some(message) = waiting {
+            if self.state.waiting.as_ref() != Some(&message) {
+                self.state.waiting = Some(message.clone());
+                self.log(message.clone(), now);
+                return vec![Effect::Log(message)];
+            }
+            return Vec::new();
+        }
+        let evidence = self.evidence(&canary);
+        self.advance_stage(format!("gates met over the soak: {evidence}"), now)
+    }
+
+    /// Applies an operator command; `reason` defaults to "by hand". A command that does
+    /// not apply in the current phase (pausing a paused rollout, anything after the
+    /// end) changes nothing and only logs why.
+    pub fn command(&mut self, command: Command, reason: Option<&str>, now: Clock) -> Vec<Effect> {
+        match command {
+            Command::Promote => self.promote(reason, now),
+            Command::Pause => self.pause(reason, now),
+            Command::Resume => self.resume(reason, now),
+            Command::Abort => self.abort(reason, now),
+        }
+    }
+
+    /// Moves to the next stage now (or completes from the last), skipping the soak and
+    /// the gates; the phase (running or paused) stays.
+    pub fn promote(&mut self, reason: Option<&str>, now: Clock) -> Vec<Effect> {
+        self.advance(now);
+        if self.is_finished() {
+            return self.refuse(Command::Promote, now);
+        }
+        self.advance_stage(format!("promoted by hand: {}", by_hand(reason)), now)
+    }
+
+    /// Pauses a running rollout.
+    pub fn pause(&mut self, reason: Option<&str>, now: Clock) -> Vec<Effect> {
+        self.advance(now);
+        if self.state.phase != Phase::Running {
+            return self.refuse(Command::Pause, now);
+        }
+        self.state.phase = Phase::Paused;
+        self.state.reason = Some(by_hand(reason));
+        self.publish(format!("paused: {}", by_hand(reason)), now)
+    }
+
+    /// Resumes a paused rollout; the stage's soak window keeps its start.
+    pub fn resume(&mut self, reason: Option<&str>, now: Clock) -> Vec<Effect> {
+        self.advance(now);
+        if self.state.phase != Phase::Paused {
+            return self.refuse(Command::Resume, now);
+        }
+        self.state.phase = Phase::Running;
+        self.state.reason = None;
+        self.publish(format!("resumed: {}", by_hand(reason)), now)
+    }
+
+    /// Aborts a running or paused rollout: every device returns to its previous model.
+    pub fn abort(&mut self, reason: Option<&str>, now: Clock) -> Vec<Effect> {
+        self.advance(now);
+        if self.is_finished() {
+            return self.refuse(Command::Abort, now);
+        }
+        self.finish(
+            Phase::Aborted,
+            format!("aborted by hand: {}", by_hand(reason)),
+            now,
+        )
+    }
+
+    /// The canary cohort: devices in the current stage's cohort, over their reports of
+    /// the new version in the window.
+    pub(super) fn canary(&self) -> Cohort {
+        let s = &self.state;
+        let share = s.plan.stages[s.stage];
+        Cohort::of(s.devices.values().filter(|v| v.bucket < share).map(|v| {
+            v.samples
+                .iter()
+                .filter(|x| x.received_ms >= s.stage_started_ms && self.is_new(x))
+                .collect()
+        }))
+    }
+
+    /// The rest of the group: reports of any other model in the window.
+    pub(super) fn rest(&self) -> Cohort {
+        let s = &self.state;
+        Cohort::of(s.devices.values().map(|v| {
+            v.samples
+                .iter()
+                .filter(|x| x.received_ms >= s.stage_started_ms && !self.is_new(x))
+                .collect()
+        }))
+    }
+
+    /// Whether a report is of the rollout's bundle.
+    pub(super) fn is_new(&self, sample: &MetricSample) -> bool {
+        let b = &self.state.plan.bundle;
+        sample.model == b.name && sample.version == b.version
+    }
+
+    fn evidence(&self, canary: &Cohort) -> String {
+        let f = &canary.figures;
+        let gates: Vec<String> = self
+            .state
+            .plan
+            .gates
+            .iter()
+            .filter_map(|g| {
+                g.measure(f, &canary.histogram)
+                    .map(|v| format!("{} (measured {})", g, g.format_value(v)))
+            })
+            .collect();
+        let gates = if gates.is_empty() {
+            "no gates".to_string()
+        } else {
+            gates.join(", ")
+        };
+        format!("{gates} ({} devices, {} requests)", f.devices, f.requests)
+    }
+
+    fn advance(&mut self, now: Clock) {
+        self.state.clock_ms = self.state.clock_ms.max(now.ms);
+    }
+
+    fn advance_stage(&mut self, why: String, now: Clock) -> Vec<Effect> {
+        let s = &mut self.state;
+        s.waiting = None;
+        if s.stage + 1 >= s.plan.stages.len() {
+            return self.finish(Phase::Completed, format!("completed: {why}"), now);
+        }
+        s.stage += 1;
+        s.stage_started_ms = now.ms;
+        let started = s.stage_started_ms;
+        for view in s.devices.values_mut() {
+            view.samples.retain(|x| x.received_ms >= started);
+        }
+        let message = format!(
+            "stage {}/{} at {}: {why}",
+            s.stage + 1,
+            s.plan.stages.len(),
+            percent(s.plan.stages[s.stage])
+        );
+        self.publish(message, now)
+    }
+
+    fn finish(&mut self, phase: Phase, reason: String, now: Clock) -> Vec<Effect> {
+        self.state.phase = phase;
+        if phase == Phase::Aborted {
+            self.state.reason = Some(reason.clone());
+        }
+        self.publish(reason, now)
+    }
+
+    fn refuse(&mut self, command: Command, now: Clock) -> Vec<Effect> {
+        let message = format!(
+            "ignored {}: the rollout is {}",
+            command.as_str(),
+            self.state.phase
+        );
+        self.log(message.clone(), now);
+        vec![Effect::Log(message)]
+    }
+
+    /// Bumps the revision, logs `message` and returns the document and the log line.
+    fn publish(&mut self, message: String, now: Clock) -> Vec<Effect> {
+        let s = &mut self.state;
+        s.revision = (s.revision + 1).max(now.unix_ms);
+        s.issued_unix_ms = now.unix_ms;
+        self.log(message.clone(), now);
+        vec![
+            Effect::PublishDocument(self.document()),
+            Effect::Log(message),
+        ]
+    }
+
+    fn log(&mut self, message: String, now: Clock) {
+        let s = &mut self.state;
+        if s.log.len() >= MAX_LOG {
+            s.log.remove(0);
+        }
+        s.log.push(Decision {
+            at_ms: now.ms,
+            unix_ms: now.unix_ms,
+            phase: s.phase,
+            stage: s.stage,
+            message,
+        });
+    }
+}
+
+/// Merges the oldest report into the next one of the same model, or drops it when no
+/// later report has its model.
+fn compact(samples: &mut Vec<MetricSample>) {
+    let oldest = samples.remove(0);
+    let Some(next) = samples
+        .iter_mut()
+        .find(|s| s.model == oldest.model && s.version == oldest.version)
+    else {
+        return;
+    };
+    let mut histogram = oldest.histogram();
+    histogram.merge(&next.histogram());
+    next.latency = sparse(&histogram);
+    next.ok = next.ok.saturating_add(oldest.ok);
+    next.errors = next.errors.saturating_add(oldest.errors);
+    next.interval_ms = next.interval_ms.saturating_add(oldest.interval_ms);
+    next.received_ms = oldest.received_ms;
+}
+
+/// A histogram's non-empty buckets, `(index, count)`.
+fn sparse(histogram: &Histogram) -> Vec<(u8, u32)> {
+    histogram
+        .counts()
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c > 0)
+        .map(|(i, &c)| (i as u8, c))
+        .collect()
+}
+
+fn by_hand(reason: Option<&str>) -> String {
+    reason
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("by hand")
+        .to_string()
+}
+
+/// A share in basis points as a percent (`1250` → `12.5 %`).
+pub(super) fn percent(bp: u16) -> String {
+    format!("{} %", super::trim_float(f64::from(bp) / 100.0))
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-26T12:00:00Z`).
+pub(super) fn rfc3339(seconds: u64) -> String {
+    let days = seconds / 86_400;
+    let rem = seconds % 86_400;
+    // Civil from days (Howard Hinnant's algorithm), for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
