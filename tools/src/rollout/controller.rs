@@ -315,6 +315,25 @@ impl Controller {
         matches!(self.state.phase, Phase::Completed | Phase::Aborted)
     }
 
+    /// Whether the rollout is finished and every device that reported has settled in
+    /// a final state for it: confirmed, rolled back, failed or outside the cohort (the
+    /// operator process waits for this, bounded, before it exits, so `status` shows
+    /// where every device ended up).
+    pub fn is_settled(&self) -> bool {
+        self.is_finished()
+            && self.state.devices.values().all(|view| {
+                view.status.as_ref().is_none_or(|status| {
+                    matches!(
+                        status.state,
+                        DeviceState::Confirmed
+                            | DeviceState::RolledBack
+                            | DeviceState::Failed
+                            | DeviceState::NotInCohort
+                    )
+                })
+            })
+    }
+
     /// The current document (to publish again, e.g. after a reconnection).
     pub fn document(&self) -> RolloutDocument {
         let s = &self.state;

@@ -25,6 +25,9 @@ use super::{Clock, Command, Controller, Effect, PlanError, RolloutState};
 pub const TICK: Duration = Duration::from_millis(250);
 /// The least time between two saves of the state while only reports change it.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
+/// How long a finished rollout's operator waits for the devices to report where they
+/// ended up (confirmed, rolled back) before it exits.
+pub const SETTLE: Duration = Duration::from_secs(30);
 
 /// Why the operator loop or a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +320,7 @@ pub fn run(
     let mut last_save = Instant::now();
     let mut last_tick = Instant::now();
     let command_topic = command_topic(&group);
+    let mut settle_by: Option<Instant> = None;
     loop {
         let wait = TICK.saturating_sub(last_tick.elapsed());
         let mut effects = Vec::new();
@@ -422,16 +426,17 @@ pub fn run(
             last_save = Instant::now();
         }
         if controller.is_finished() {
-            // Give the final retained document a moment to reach the broker.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                match events.recv_timeout(left) {
-                    Ok(Net::PubAck) | Err(_) => break,
-                    Ok(_) => {}
+            // Keep listening until every device reported where it ended up (confirmed,
+            // rolled back...), for a bounded time; the final document is retained, so
+            // devices that are away now still follow it later.
+            let deadline = *settle_by.get_or_insert_with(|| Instant::now() + SETTLE);
+            if controller.is_settled() || Instant::now() >= deadline {
+                if dirty {
+                    store.save(controller.state())?;
                 }
+                let _ = client.disconnect();
+                return Ok(controller.state().phase);
             }
-            let _ = client.disconnect();
-            return Ok(controller.state().phase);
         }
     }
 }

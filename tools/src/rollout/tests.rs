@@ -596,3 +596,31 @@ fn many_reports_per_device_are_compacted_without_changing_the_window_figures() {
         3 * (0..reports).filter(|i| i % 3 == 0).count() as u64
     );
 }
+
+#[test]
+fn a_finished_rollout_is_settled_only_once_every_active_device_reported_its_end() {
+    let mut c = started("p99<10ms", 1);
+    let mut fleet = Fleet::new();
+    fleet.run(&mut c, 0, 10_000, 1_000, 0);
+    assert!(!c.is_settled(), "running");
+    c.abort(Some("by hand"), at(11_000));
+    assert!(c.is_finished());
+    assert!(!c.is_settled(), "canaries still report active");
+    let rollout_id = c.state().plan.rollout_id.clone();
+    let active: Vec<String> = c
+        .state()
+        .devices
+        .iter()
+        .filter(|(_, v)| v.status.as_ref().map(|s| s.state) == Some(DeviceState::Active))
+        .map(|(d, _)| d.clone())
+        .collect();
+    assert!(!active.is_empty());
+    for (i, device) in active.iter().enumerate() {
+        assert!(!c.is_settled());
+        c.on_status(
+            status(&rollout_id, device, DeviceState::RolledBack, 50),
+            at(12_000 + i as u64),
+        );
+    }
+    assert!(c.is_settled());
+}
