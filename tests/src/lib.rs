@@ -1,13 +1,14 @@
 //! Shared ground for Perch's integration tests: where the reference models are and
-//! what the generator recorded about them (`models/models.json`).
-//!
-//! Later this crate also holds the host-side fleet simulator.
+//! what the generator recorded about them (`models/models.json`), and the host-side
+//! fleet simulator ([`sim`], binary `perch-sim`).
 //!
 //! ```
 //! let models = perch_tests::reference_models().unwrap();
 //! assert_eq!(models[0].id, "R1");
 //! ```
 #![warn(missing_docs)]
+
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 
