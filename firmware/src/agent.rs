@@ -148,6 +148,8 @@ pub struct Loaded {
     /// Where it came from, for the log: the file, or the bundle's name, version,
     /// sequence and signing key.
     pub source: String,
+    /// The bundle's release sequence (`None` for a plain model file).
+    pub sequence: Option<u64>,
 }
 
 /// Loads the configured model and checks it as the agent does at start-up: a bundle
@@ -208,6 +210,7 @@ pub fn load(config: &ModelConfig) -> Result<Loaded, AgentError> {
         boot,
         slo: Slo::default(),
         source: format!("model file {}", path.display()),
+        sequence: None,
     })
 }
 
@@ -273,6 +276,7 @@ fn load_bundle(config: &ModelConfig, started: Instant) -> Result<Loaded, AgentEr
             manifest.sequence,
             verified.key_id()
         ),
+        sequence: Some(manifest.sequence),
     })
 }
 
@@ -569,6 +573,7 @@ fn boot(
     };
     let mut updater = Updater::open(config, device.as_str(), keys)?;
     let boot = updater.boot()?;
+    let from_slot = boot.serve.is_some();
     let loaded = match boot.serve {
         Some(path) => match updater.load_slot(path.clone()) {
             Ok(loaded) => loaded,
@@ -583,6 +588,10 @@ fn boot(
         None => load(model)?,
     };
     updater.set_serving(&serving_name(&loaded.id));
+    if let (false, Some(sequence)) = (from_slot, loaded.sequence) {
+        // The configured bundle counts as installed: no rollout may go below it.
+        updater.set_configured_sequence(sequence);
+    }
     Ok((Some(updater), boot.effects, loaded))
 }
 

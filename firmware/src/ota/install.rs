@@ -53,8 +53,9 @@ impl LoadSettings {
 /// Checks `bytes` against `expected` (size, SHA-256), verifies the bundle's structure,
 /// signature (against `trusted`) and that its manifest names the same model, version
 /// and sequence; stages it ([`Slots::stage`]: only a higher sequence than any
-/// activated); loads it from the slot file, requires a passing self-test and a warm-up
-/// p99 within the bundle's SLO; then activates the slot.
+/// activated, and higher than `floor`, the configured bundle's); loads it from the slot
+/// file, requires a passing self-test and a warm-up p99 within the bundle's SLO; then
+/// activates the slot.
 ///
 /// # Errors
 ///
@@ -66,6 +67,7 @@ pub fn install(
     expected: &BundleRef,
     trusted: &[VerifyingKey],
     settings: &LoadSettings,
+    floor: u64,
 ) -> Result<Installed, String> {
     if bytes.len() as u64 != expected.size {
         return Err(format!(
@@ -98,6 +100,13 @@ pub fn install(
     if says != document_says {
         return Err(format!(
             "the bundle's manifest says {says}, the rollout document says {document_says}"
+        ));
+    }
+    if manifest.sequence <= floor {
+        return Err(format!(
+            "older sequence: the bundle's sequence {} is not higher than {floor}, the \
+             sequence of the configured bundle",
+            manifest.sequence
         ));
     }
     let slot = slots.stage(&verified).map_err(|e| match e {
@@ -221,7 +230,7 @@ mod tests {
         let bytes = pack_with(&key(), 2, "1.1.0", |_| {});
         let expected = describe(&bytes, "1.1.0", 2);
         let trusted = [key().verifying_key()];
-        let installed = install(&mut slots, bytes, &expected, &trusted, &settings).unwrap();
+        let installed = install(&mut slots, bytes, &expected, &trusted, &settings, 0).unwrap();
         assert!(installed.loaded.boot.ready());
         assert_eq!(installed.loaded.id.to_string(), "kws@1.1.0");
         assert_eq!(installed.slo.p99_ms, Some(25.0));
@@ -304,7 +313,7 @@ mod tests {
             .active()
             .map(|(slot, content, _)| (slot, content.clone()));
         for (case, bytes, expected, needle) in cases {
-            let err = install(&mut slots, bytes, &expected, &trusted, &settings).unwrap_err();
+            let err = install(&mut slots, bytes, &expected, &trusted, &settings, 0).unwrap_err();
             assert!(err.contains(needle), "{case}: {err} should say {needle}");
             let now = slots
                 .active()
@@ -313,5 +322,20 @@ mod tests {
             assert!(!slots.state().probation, "{case}");
             assert_eq!(slots.state().highest_sequence, 1, "{case}");
         }
+        // A configured bundle of sequence 2 sets the floor: a release 2 is not newer.
+        let err = install(
+            &mut slots,
+            good.clone(),
+            &describe(&good, "1.1.0", 2),
+            &trusted,
+            &settings,
+            2,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("not higher than 2, the sequence of the configured bundle"),
+            "{err}"
+        );
+        assert_eq!(slots.state().highest_sequence, 1);
     }
 }

@@ -192,6 +192,8 @@ pub struct Updater {
     slots: Slots,
     download: Option<Download>,
     epoch: Instant,
+    /// The configured bundle's sequence (0 for a plain model file).
+    configured_sequence: u64,
 }
 
 impl Updater {
@@ -273,6 +275,7 @@ impl Updater {
             slots,
             download: None,
             epoch: Instant::now(),
+            configured_sequence: 0,
         })
     }
 
@@ -318,6 +321,13 @@ impl Updater {
             self.slots.active().map(|(_, _, path)| path)
         };
         Ok(Boot { serve, effects })
+    }
+
+    /// Records the release sequence of the configured bundle (when the configured model
+    /// is a bundle): a rollout must carry a higher one, like one installed through the
+    /// slots.
+    pub fn set_configured_sequence(&mut self, sequence: u64) {
+        self.configured_sequence = sequence;
     }
 
     /// Records the model serving now, `name version`, as reports state it. Call after
@@ -546,6 +556,7 @@ impl Updater {
             &doc.bundle,
             &self.trusted,
             &self.settings,
+            self.configured_sequence,
         )?;
         self.set_marker(PREVIOUS_CONFIGURED_FILE, previous_is_configured)
             .and_then(|()| self.set_marker(SERVE_CONFIGURED_FILE, false))
