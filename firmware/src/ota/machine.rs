@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use perch_runtime::bundle::VerifyingKey;
 use perch_runtime::rollout::{self, DeviceState, DeviceStatus, Phase, RolloutDocument};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The persisted state's format version.
 pub const STATE_FORMAT: u32 = 1;
@@ -147,6 +148,9 @@ pub struct Machine {
     soak_mark_ms: Option<u64>,
     /// The last progress decile reported.
     reported_decile: Option<u8>,
+    /// SHA-256 of the last refused unverifiable document, so a retained one delivered
+    /// again on every reconnection is reported once.
+    last_refused: Option<[u8; 32]>,
 }
 
 impl Machine {
@@ -167,6 +171,7 @@ impl Machine {
             bad_chunks: BTreeMap::new(),
             soak_mark_ms: None,
             reported_decile: None,
+            last_refused: None,
         }
     }
 
@@ -200,11 +205,7 @@ impl Machine {
     pub fn on_document(&mut self, payload: &[u8]) -> Vec<Action> {
         let doc = match RolloutDocument::verify(payload, &self.trusted) {
             Ok(doc) => doc,
-            Err(e) => {
-                return vec![Action::Refused {
-                    reason: e.to_string(),
-                }]
-            }
+            Err(e) => return self.refuse_unverified(payload, e.to_string()),
         };
         if doc.group != self.config.group {
             return vec![Action::Refused {
@@ -594,6 +595,65 @@ impl Machine {
         actions.push(Action::Persist);
     }
 
+    /// Refuses a document that does not verify. Nothing in it is acted on, but when it
+    /// names a rollout (e.g. an operator signing with a key the devices do not trust),
+    /// the refusal is reported as `failed` for that rollout id, once per distinct
+    /// document, so whoever published it learns why nothing happens. The echoed ids
+    /// are unverified and change no state.
+    fn refuse_unverified(&mut self, payload: &[u8], reason: String) -> Vec<Action> {
+        let mut actions = vec![Action::Refused {
+            reason: reason.clone(),
+        }];
+        let digest: [u8; 32] = Sha256::digest(payload).into();
+        if self.last_refused == Some(digest) {
+            return actions;
+        }
+        self.last_refused = Some(digest);
+        let claimed = serde_json::from_slice::<rollout::SignedDocument>(payload)
+            .ok()
+            .and_then(|signed| serde_json::from_str::<serde_json::Value>(&signed.document).ok());
+        let Some(claimed) = claimed else {
+            return actions;
+        };
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        let Some(rollout_id) = claimed
+            .get("rollout_id")
+            .and_then(text)
+            .filter(|id| rollout::check_id("rollout_id", id).is_ok())
+        else {
+            return actions;
+        };
+        let bundle = claimed.get("bundle");
+        actions.push(Action::Report(DeviceStatus {
+            format: rollout::FORMAT,
+            device: self.config.device.clone(),
+            bucket: perch_runtime::canary::bucket(
+                self.config.device.as_bytes(),
+                rollout_id.as_bytes(),
+            ),
+            rollout_id,
+            revision: claimed
+                .get("revision")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            version: bundle
+                .and_then(|b| b.get("version"))
+                .and_then(text)
+                .filter(|v| v.len() <= 64)
+                .unwrap_or_default(),
+            sequence: bundle
+                .and_then(|b| b.get("sequence"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            state: DeviceState::Failed,
+            progress_pct: None,
+            reason: Some(reason),
+            serving: self.state.serving.clone(),
+            update: 1,
+        }));
+        actions
+    }
+
     fn status(&self, state: DeviceState, reason: Option<String>) -> DeviceStatus {
         let doc = self.state.document.as_ref();
         let count = doc.map_or(1, |d| d.bundle.chunk_count());
@@ -919,11 +979,26 @@ mod tests {
         let mut machine = machine(&device(&doc, true));
         let forged = doc.sign(&SigningKey::from_bytes(&[2; 32]));
         let actions = machine.on_document(&forged);
-        assert_eq!(actions.len(), 1);
+        assert_eq!(actions.len(), 2);
         let Action::Refused { reason } = &actions[0] else {
             panic!("{actions:?}");
         };
         assert!(reason.contains("not a trusted key"), "{reason}");
+        // Reported once for the rollout it names, so its publisher learns why.
+        let report = &reports(&actions)[0];
+        assert_eq!(report.state, DeviceState::Failed);
+        assert_eq!(report.rollout_id, doc.rollout_id);
+        assert_eq!(report.reason.as_deref(), Some(reason.as_str()));
+        assert_eq!(
+            machine.on_document(&forged).len(),
+            1,
+            "a re-delivery only logs"
+        );
+        assert_eq!(
+            machine.on_document(b"junk").len(),
+            1,
+            "nothing to report on"
+        );
         assert_eq!(
             machine.state(),
             &State {

@@ -35,6 +35,7 @@
 mod broker;
 mod device;
 mod observer;
+mod operator;
 mod traffic;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,7 @@ use serde::Serialize;
 pub use broker::{free_port, start_embedded, Mosquitto};
 pub use device::{perchd_path, DeviceMode};
 pub use observer::{DeviceView, FleetView, Observer, SeqSet};
+pub use operator::{perch_path, Operator};
 pub use traffic::{Faults, Request, Traffic, TrafficCounts};
 
 use device::Device;

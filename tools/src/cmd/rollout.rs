@@ -108,6 +108,11 @@ struct StartArgs {
     /// confirms it.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     device_soak: String,
+    /// The rollout's id (letters, digits, `.`, `_`, `-`; at most 64). Cohorts are drawn
+    /// from it: the same id over the same devices draws the same cohort. Default:
+    /// NAME-VERSION-SEQUENCE-RANDOM, a fresh cohort every rollout.
+    #[arg(long, value_name = "ID")]
+    rollout_id: Option<String>,
 }
 
 /// Continue the controller of a group's rollout from its saved state (after the
@@ -237,7 +242,10 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
     let version = manifest.version.to_string();
     let plan = Plan {
         group: a.common.group.clone(),
-        rollout_id: Plan::rollout_id(&manifest.name, &version, manifest.sequence, random),
+        rollout_id: match &a.rollout_id {
+            Some(id) => id.clone(),
+            None => Plan::rollout_id(&manifest.name, &version, manifest.sequence, random),
+        },
         bundle: BundleRef::describe(
             &manifest.name,
             &version,
