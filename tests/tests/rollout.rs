@@ -1,0 +1,536 @@
+//! Canary rollouts end to end: the real operator (`perch rollout` as a process) over a
+//! fleet of real agents (the simulator's in-process `perchd`s), on the embedded broker
+//! and on mosquitto.
+//!
+//! - 1,000 devices: the 10 % cohort is 10 % ± 2 points, and promoting to 50 % keeps
+//!   every earlier member.
+//! - A good model goes through every stage to the whole group, surviving an operator
+//!   killed with SIGKILL and resumed from its state folder.
+//! - Canaries breaching the error-rate or the p99 gate abort the rollout before it
+//!   leaves the canary stage, and every canary returns to the old model.
+//! - Mosquitto restarted in the middle of a rollout: the rollout completes.
+//!
+//! Needs `perch` and `perchd` built beside this test (`cargo test --workspace` builds
+//! them) and, for the mosquitto test, mosquitto installed (`PERCH_REQUIRE_MOSQUITTO=1`
+//! turns its absence into a failure; CI sets it).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use perch_runtime::canary;
+use perch_runtime::rollout::DeviceState;
+use perch_tests::sim::{
+    digits_slo, free_port, pack_bundle, write_file, BrokerSpec, Faults, Fleet, FleetConfig,
+    FleetFixture, Mosquitto, Operator, Request,
+};
+
+/// Long enough for a slow, shared CI machine; waits end as soon as their condition
+/// holds.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The devices among `ids` in the cohort of `rollout_id` at `basis_points`, computed
+/// here from the canary hash, independently of the devices and the operator.
+fn cohort(ids: &[String], rollout_id: &str, basis_points: u16) -> BTreeSet<String> {
+    ids.iter()
+        .filter(|d| canary::bucket(d.as_bytes(), rollout_id.as_bytes()) < basis_points)
+        .cloned()
+        .collect()
+}
+
+/// The first rollout id `{prefix}-{n}` whose cohorts over `ids` satisfy `wanted`
+/// (a small fleet's 10 % cohort may be empty; tests pick an id whose isn't).
+fn pick_rollout_id(
+    ids: &[String],
+    prefix: &str,
+    wanted: impl Fn(&dyn Fn(u16) -> usize) -> bool,
+) -> String {
+    (0..10_000)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| wanted(&|bp| cohort(ids, id, bp).len()))
+        .unwrap()
+}
+
+/// A new release of the fleet's digits model: R1 again, as `version` with `sequence`,
+/// with a p99 SLO of 1 s: the simulator runs many devices on a few cores, and these
+/// tests are not about the device's warm-up check (whose 10 ms would fail some
+/// devices of a 1,000-device fleet on a 2-core machine, as it should).
+fn digits_release(
+    dir: &Path,
+    fixture: &FleetFixture,
+    version: &str,
+    sequence: u64,
+) -> std::path::PathBuf {
+    let bytes = pack_bundle(
+        &perch_tests::models_dir().join("digits-mlp"),
+        "digits",
+        version,
+        sequence,
+        &perch_runtime::bundle::Slo {
+            p99_ms: Some(1_000.0),
+            ..digits_slo()
+        },
+        &fixture.key.signing,
+    )
+    .unwrap();
+    let path = dir.join(format!("digits-{version}.perch"));
+    write_file(&path, &bytes).unwrap();
+    path
+}
+
+/// A small in-process fleet with traffic, reports every 250 ms.
+fn small_fleet(dir: &Path, fixture: &FleetFixture, devices: usize, broker: BrokerSpec) -> Fleet {
+    let mut config = FleetConfig::new(devices, &fixture.bundle, &fixture.key.public_path, dir);
+    config.report_interval = Duration::from_millis(250);
+    config.rate = 20.0;
+    config.chunk_timeout = Duration::from_millis(500);
+    config.broker = broker;
+    let fleet = Fleet::start(config).unwrap();
+    fleet.wait_all_reporting("1.0.0", PATIENCE).unwrap();
+    fleet
+}
+
+/// Waits until every device of `devices` has activated the release or failed to, then
+/// fails the test naming the devices that failed and why.
+fn wait_activated(fleet: &Fleet, devices: &BTreeSet<String>, what: &str) {
+    fleet
+        .wait_until(
+            &format!("{what} to activate the release"),
+            PATIENCE,
+            |view| {
+                devices.iter().all(|id| {
+                    matches!(
+                        view.device(id).and_then(|d| d.state()),
+                        Some(DeviceState::Active | DeviceState::Failed)
+                    )
+                })
+            },
+        )
+        .unwrap();
+    let failed: Vec<_> = devices
+        .iter()
+        .filter_map(|id| {
+            let status = fleet.observer().device(id)?.rollout?;
+            (status.state == DeviceState::Failed).then(|| (id.clone(), status.reason))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{what}: devices failed: {failed:?}");
+}
+
+#[test]
+fn a_thousand_devices_draw_a_ten_percent_cohort_and_fifty_percent_keeps_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = FleetFixture::digits(dir.path()).unwrap();
+    let mut config = FleetConfig::new(1_000, &fixture.bundle, &fixture.key.public_path, dir.path());
+    config.rate = 0.0; // cohorts, not gates: no traffic needed
+    config.report_interval = Duration::from_secs(2);
+    let fleet = Fleet::start(config).unwrap();
+    let ids = fleet.device_ids();
+    fleet.wait_all_reporting("1.0.0", PATIENCE).unwrap();
+
+    let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
+    let operator = Operator::start(
+        &release,
+        &fixture.key.secret_path,
+        "default",
+        &fleet.broker_url(),
+        &dir.path().join("rollouts"),
+        // Stages are promoted by hand here: a soak no test waits for.
+        &[
+            "--stages",
+            "10,50,100",
+            "--soak",
+            "1h",
+            "--device-soak",
+            "1h",
+        ],
+    )
+    .unwrap();
+
+    // Every device hears the document and says whether it is in the cohort.
+    let reported = |view: &perch_tests::sim::FleetView| {
+        ids.iter()
+            .all(|id| view.device(id).is_some_and(|d| d.rollout.is_some()))
+    };
+    fleet
+        .wait_until("every device to report on the rollout", PATIENCE, reported)
+        .unwrap();
+    let members = |view: &perch_tests::sim::FleetView| -> BTreeSet<String> {
+        ids.iter()
+            .filter(|id| {
+                view.device(id)
+                    .and_then(|d| d.state())
+                    .is_some_and(|s| s != DeviceState::NotInCohort)
+            })
+            .cloned()
+            .collect()
+    };
+    let view = fleet.view();
+    let canaries = members(&view);
+    assert!(
+        (80..=120).contains(&canaries.len()),
+        "the 10 % cohort of 1,000 devices has {} members",
+        canaries.len()
+    );
+    let rollout_id = view
+        .device(&ids[0])
+        .unwrap()
+        .rollout
+        .clone()
+        .unwrap()
+        .rollout_id;
+    assert_eq!(
+        canaries,
+        cohort(&ids, &rollout_id, 1_000),
+        "the devices agree with the hash"
+    );
+    wait_activated(&fleet, &canaries, "the 10 % cohort");
+
+    let promoted = operator.command("promote", Some("test")).unwrap();
+    assert!(
+        promoted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promoted.stderr)
+    );
+    let expected = cohort(&ids, &rollout_id, 5_000);
+    wait_activated(&fleet, &expected, "the 50 % cohort");
+    let view = fleet.view();
+    let half = members(&view);
+    assert_eq!(half, expected);
+    assert!((400..=600).contains(&half.len()), "{}", half.len());
+    assert!(canaries.is_subset(&half), "promotion kept every canary");
+    for id in &canaries {
+        let history = &view.device(id).unwrap().history;
+        assert!(
+            history.iter().all(|(_, s)| *s != DeviceState::NotInCohort),
+            "{id} left the cohort: {history:?}"
+        );
+    }
+    assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
+    drop(operator);
+    fleet.shutdown();
+}
+
+#[test]
+fn a_good_model_goes_through_every_stage_to_the_whole_group_despite_an_operator_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = FleetFixture::digits(dir.path()).unwrap();
+    let fleet = small_fleet(dir.path(), &fixture, 20, BrokerSpec::Embedded { port: 0 });
+    let ids = fleet.device_ids();
+    // Two canaries at 10 %, more at 50 % but not everyone.
+    let rollout_id = pick_rollout_id(&ids, "good", |size| {
+        size(1_000) == 2 && (6..=14).contains(&size(5_000))
+    });
+    let (canaries, half) = (
+        cohort(&ids, &rollout_id, 1_000),
+        cohort(&ids, &rollout_id, 5_000),
+    );
+    let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
+    let mut operator = Operator::start(
+        &release,
+        &fixture.key.secret_path,
+        "default",
+        &fleet.broker_url(),
+        &dir.path().join("rollouts"),
+        &[
+            "--rollout-id",
+            &rollout_id,
+            "--stages",
+            "10,50,100",
+            "--soak",
+            "2s",
+            "--gate",
+            "p99<100ms,error_rate<5%",
+            "--min-devices",
+            "2",
+            "--device-soak",
+            "1s",
+        ],
+    )
+    .unwrap();
+
+    // Stage 1: only the canaries take the release.
+    fleet
+        .wait_until("the canaries to serve 1.1.0", PATIENCE, |view| {
+            view.all_serving(canaries.iter().map(String::as_str), "1.1.0")
+        })
+        .unwrap();
+    let view = fleet.view();
+    for id in ids.iter().filter(|id| !half.contains(*id)) {
+        assert_eq!(
+            view.device(id).unwrap().version.as_deref(),
+            Some("1.0.0"),
+            "{id}"
+        );
+    }
+
+    // The operator dies once stage 2 is under way, and resumes from its state folder.
+    fleet
+        .wait_until("stage 2's devices to start", PATIENCE, |view| {
+            half.difference(&canaries).any(|id| {
+                view.device(id)
+                    .and_then(|d| d.state())
+                    .is_some_and(|s| s != DeviceState::NotInCohort)
+            })
+        })
+        .unwrap();
+    operator.kill_9();
+    operator.resume().unwrap();
+
+    let status = operator.wait_exit(PATIENCE).unwrap();
+    assert!(
+        status.success(),
+        "the rollout completed:\n{}",
+        operator.log()
+    );
+    let report = operator.status().unwrap();
+    assert_eq!(report["phase"], "completed", "{report:#}");
+    fleet
+        .wait_until("every device to confirm 1.1.0", PATIENCE, |view| {
+            view.all_serving(ids.iter().map(String::as_str), "1.1.0")
+                && ids.iter().all(|id| {
+                    view.device(id).and_then(|d| d.state()) == Some(DeviceState::Confirmed)
+                })
+        })
+        .unwrap();
+    let log = report["log"].as_array().unwrap();
+    let promotions = log
+        .iter()
+        .filter(|d| {
+            d["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("stage ") && m.contains("gates met"))
+        })
+        .count();
+    assert_eq!(promotions, 2, "10 → 50 → 100: {report:#}");
+    let traffic = fleet.traffic().total();
+    assert_eq!((traffic.errors, traffic.wrong), (0, 0), "{traffic:?}");
+    assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
+}
+
+#[test]
+fn canaries_breaching_the_error_rate_gate_abort_the_rollout_and_return_to_the_old_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = FleetFixture::digits(dir.path()).unwrap();
+    let fleet = small_fleet(dir.path(), &fixture, 20, BrokerSpec::Embedded { port: 0 });
+    let ids = fleet.device_ids();
+    let rollout_id = pick_rollout_id(&ids, "bad", |size| size(1_000) == 2);
+    let canaries = cohort(&ids, &rollout_id, 1_000);
+    // The release fails a third of its requests on the canaries (the simulator's
+    // fault profile for version 1.1.0).
+    fleet.traffic().set_faults(Some(Faults {
+        version: Some("1.1.0".into()),
+        devices: ids.iter().cloned().collect(),
+        error_fraction: 0.33,
+    }));
+    let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
+    let mut operator = Operator::start(
+        &release,
+        &fixture.key.secret_path,
+        "default",
+        &fleet.broker_url(),
+        &dir.path().join("rollouts"),
+        &[
+            "--rollout-id",
+            &rollout_id,
+            "--stages",
+            "10,50,100",
+            "--soak",
+            "30s",
+            "--gate",
+            "p99<100ms,error_rate<5%",
+            "--device-soak",
+            "1h",
+        ],
+    )
+    .unwrap();
+    let status = operator.wait_exit(PATIENCE).unwrap();
+    assert_eq!(status.code(), Some(1), "aborted:\n{}", operator.log());
+    let report = operator.status().unwrap();
+    assert_eq!(report["phase"], "aborted", "{report:#}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.contains("error_rate"), "{reason}");
+    assert_eq!(report["stage"], 1, "still the canary stage: {report:#}");
+
+    fleet
+        .wait_until("every canary to roll back to 1.0.0", PATIENCE, |view| {
+            view.all_serving(canaries.iter().map(String::as_str), "1.0.0")
+                && canaries.iter().all(|id| {
+                    view.device(id).and_then(|d| d.state()) == Some(DeviceState::RolledBack)
+                })
+        })
+        .unwrap();
+    let view = fleet.view();
+    for id in &ids {
+        let device = view.device(id).unwrap();
+        if canaries.contains(id) {
+            assert!(
+                device
+                    .history
+                    .iter()
+                    .any(|(_, s)| *s == DeviceState::Active),
+                "{id}"
+            );
+        } else {
+            assert!(
+                device
+                    .history
+                    .iter()
+                    .all(|(_, s)| *s == DeviceState::NotInCohort),
+                "{id} never left the old model: {:?}",
+                device.history
+            );
+        }
+    }
+    assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
+}
+
+#[test]
+fn canaries_breaching_the_p99_gate_with_a_slower_model_abort_before_the_next_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = FleetFixture::digits(dir.path()).unwrap();
+    let fleet = small_fleet(dir.path(), &fixture, 20, BrokerSpec::Embedded { port: 0 });
+    let ids = fleet.device_ids();
+    let rollout_id = pick_rollout_id(&ids, "slow", |size| size(1_000) == 2);
+    let canaries = cohort(&ids, &rollout_id, 1_000);
+    // A real, slower model as the next release: R4 (MobileNetV2, ~100× R1's work)
+    // under its own name, with a bundle SLO loose enough to pass the device's warm-up.
+    let slow = pack_bundle(
+        &perch_tests::models_dir().join("mobilenetv2-035"),
+        "vision",
+        "2.0.0",
+        2,
+        &perch_runtime::bundle::Slo {
+            p99_ms: Some(10_000.0),
+            ..Default::default()
+        },
+        &fixture.key.signing,
+    )
+    .unwrap();
+    let release = dir.path().join("vision-2.0.0.perch");
+    write_file(&release, &slow).unwrap();
+    fleet
+        .traffic()
+        .add_request(Request::from_bundle(&release).unwrap());
+
+    // The gate sits far above R1's latency and far below R4's.
+    let r1_p99 = fleet
+        .view()
+        .device(&ids[0])
+        .unwrap()
+        .latency
+        .quantile(0.99)
+        .unwrap();
+    let limit_us = (r1_p99.as_micros() * 20).max(300);
+    let gate = format!("p99<{limit_us}us");
+    let mut operator = Operator::start(
+        &release,
+        &fixture.key.secret_path,
+        "default",
+        &fleet.broker_url(),
+        &dir.path().join("rollouts"),
+        &[
+            "--rollout-id",
+            &rollout_id,
+            "--stages",
+            "10,100",
+            "--soak",
+            "30s",
+            "--gate",
+            &gate,
+            "--device-soak",
+            "1h",
+        ],
+    )
+    .unwrap();
+    let status = operator.wait_exit(PATIENCE).unwrap();
+    assert_eq!(status.code(), Some(1), "aborted:\n{}", operator.log());
+    let report = operator.status().unwrap();
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.contains("p99"), "{reason}: {report:#}");
+    fleet
+        .wait_until("every canary to return to digits 1.0.0", PATIENCE, |view| {
+            canaries.iter().all(|id| {
+                view.device(id).and_then(|d| d.serving()).as_deref() == Some("digits 1.0.0")
+                    && view.device(id).and_then(|d| d.state()) == Some(DeviceState::RolledBack)
+            })
+        })
+        .unwrap();
+    let view = fleet.view();
+    assert_eq!(
+        view.versions().get("1.0.0"),
+        Some(&ids.len()),
+        "{:?}",
+        view.versions()
+    );
+    assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
+}
+
+#[test]
+fn a_rollout_survives_mosquitto_restarting_in_the_middle_and_completes() {
+    let Some(_) = Mosquitto::binary() else {
+        assert!(
+            std::env::var_os("PERCH_REQUIRE_MOSQUITTO").is_none(),
+            "mosquitto is not installed and PERCH_REQUIRE_MOSQUITTO is set"
+        );
+        eprintln!("mosquitto is not installed: skipping (apt-get install mosquitto)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = FleetFixture::digits(dir.path()).unwrap();
+    let port = free_port().unwrap();
+    let mut broker = Mosquitto::start(&dir.path().join("mosquitto"), port).unwrap();
+    let fleet = small_fleet(
+        dir.path(),
+        &fixture,
+        6,
+        BrokerSpec::External {
+            host: "127.0.0.1".into(),
+            port,
+        },
+    );
+    let ids = fleet.device_ids();
+    let rollout_id = pick_rollout_id(&ids, "restart", |size| size(5_000) >= 2);
+    let canaries = cohort(&ids, &rollout_id, 5_000);
+    let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
+    let mut operator = Operator::start(
+        &release,
+        &fixture.key.secret_path,
+        "default",
+        &fleet.broker_url(),
+        &dir.path().join("rollouts"),
+        &[
+            "--rollout-id",
+            &rollout_id,
+            "--stages",
+            "50,100",
+            "--soak",
+            "3s",
+            "--gate",
+            "error_rate<5%",
+            "--min-devices",
+            "2",
+            "--device-soak",
+            "1s",
+        ],
+    )
+    .unwrap();
+    fleet
+        .wait_until("the canaries to serve 1.1.0", PATIENCE, |view| {
+            view.all_serving(canaries.iter().map(String::as_str), "1.1.0")
+        })
+        .unwrap();
+    broker.restart().unwrap();
+
+    let status = operator.wait_exit(PATIENCE).unwrap();
+    assert!(status.success(), "completed:\n{}", operator.log());
+    fleet
+        .wait_until("every device to confirm 1.1.0", PATIENCE, |view| {
+            view.all_serving(ids.iter().map(String::as_str), "1.1.0")
+                && ids.iter().all(|id| {
+                    view.device(id).and_then(|d| d.state()) == Some(DeviceState::Confirmed)
+                })
+        })
+        .unwrap();
+    assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
+}
