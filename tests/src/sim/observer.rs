@@ -44,6 +44,9 @@ pub struct DeviceView {
     pub ok: u64,
     /// Requests answered with an error, summed over its reports.
     pub errors: u64,
+    /// `(ok, errors)` summed over its reports, by the model version each report names
+    /// (the agent reports the interval before a model swap under the old model).
+    pub by_version: BTreeMap<String, (u64, u64)>,
     /// Its latency histograms merged over every report.
     #[serde(skip)]
     pub latency: Histogram,
@@ -379,6 +382,12 @@ impl Shared {
                         d.reports += 1;
                         d.ok += u64::from(report.ok);
                         d.errors += u64::from(report.errors);
+                        let counts = d
+                            .by_version
+                            .entry(report.model.version.to_string())
+                            .or_default();
+                        counts.0 += u64::from(report.ok);
+                        counts.1 += u64::from(report.errors);
                         d.latency.merge(&report.latency);
                     } else {
                         d.duplicate_reports += 1;

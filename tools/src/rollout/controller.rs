@@ -316,21 +316,24 @@ impl Controller {
     }
 
     /// Whether the rollout is finished and every device that reported has settled in
-    /// a final state for it: confirmed, rolled back, failed or outside the cohort (the
+    /// a final state for it: confirmed (completed rollouts only), rolled back, failed
+    /// or outside the cohort (the
     /// operator process waits for this, bounded, before it exits, so `status` shows
     /// where every device ended up).
     pub fn is_settled(&self) -> bool {
+        let aborted = self.state.phase == Phase::Aborted;
         self.is_finished()
             && self.state.devices.values().all(|view| {
-                view.status.as_ref().is_none_or(|status| {
-                    matches!(
-                        status.state,
-                        DeviceState::Confirmed
-                            | DeviceState::RolledBack
-                            | DeviceState::Failed
-                            | DeviceState::NotInCohort
-                    )
-                })
+                view.status
+                    .as_ref()
+                    .is_none_or(|status| match status.state {
+                        DeviceState::RolledBack
+                        | DeviceState::Failed
+                        | DeviceState::NotInCohort => true,
+                        // After an abort, a device that confirmed still has to roll back.
+                        DeviceState::Confirmed => !aborted,
+                        _ => false,
+                    })
             })
     }
 

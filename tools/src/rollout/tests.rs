@@ -615,6 +615,11 @@ fn a_finished_rollout_is_settled_only_once_every_active_device_reported_its_end(
         .map(|(d, _)| d.clone())
         .collect();
     assert!(!active.is_empty());
+    // A canary that confirmed before the abort still has to roll back.
+    c.on_status(
+        status(&rollout_id, &active[0], DeviceState::Confirmed, 40),
+        at(11_500),
+    );
     for (i, device) in active.iter().enumerate() {
         assert!(!c.is_settled());
         c.on_status(
