@@ -310,9 +310,47 @@ fn a_good_model_goes_through_every_stage_to_the_whole_group_despite_an_operator_
 
 #[test]
 fn canaries_breaching_the_error_rate_gate_abort_the_rollout_and_return_to_the_old_model() {
+    error_rate_abort(None);
+}
+
+#[test]
+fn on_mosquitto_too_an_error_rate_breach_aborts_and_every_canary_returns() {
+    if require_mosquitto().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let _broker = Mosquitto::start(&dir.path().join("mosquitto"), port).unwrap();
+    error_rate_abort(Some(port));
+}
+
+/// mosquitto's binary; `None` (the test is skipped, saying so) when it is not
+/// installed and `PERCH_REQUIRE_MOSQUITTO` is not set, a failure when it is.
+fn require_mosquitto() -> Option<std::path::PathBuf> {
+    let binary = Mosquitto::binary();
+    if binary.is_none() {
+        assert!(
+            std::env::var_os("PERCH_REQUIRE_MOSQUITTO").is_none(),
+            "mosquitto is not installed and PERCH_REQUIRE_MOSQUITTO is set"
+        );
+        eprintln!("mosquitto is not installed: skipping (apt-get install mosquitto)");
+    }
+    binary
+}
+
+/// A release failing a third of its requests, on the embedded broker or on the
+/// mosquitto at `mosquitto_port`.
+fn error_rate_abort(mosquitto_port: Option<u16>) {
     let dir = tempfile::tempdir().unwrap();
     let fixture = FleetFixture::digits(dir.path()).unwrap();
-    let fleet = small_fleet(dir.path(), &fixture, 20, BrokerSpec::Embedded { port: 0 });
+    let broker = match mosquitto_port {
+        Some(port) => BrokerSpec::External {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        None => BrokerSpec::Embedded { port: 0 },
+    };
+    let fleet = small_fleet(dir.path(), &fixture, 20, broker);
     let ids = fleet.device_ids();
     let rollout_id = pick_rollout_id(&ids, "bad", |size| size(1_000) == 2);
     let canaries = cohort(&ids, &rollout_id, 1_000);
@@ -468,14 +506,9 @@ fn canaries_breaching_the_p99_gate_with_a_slower_model_abort_before_the_next_sta
 
 #[test]
 fn a_rollout_survives_mosquitto_restarting_in_the_middle_and_completes() {
-    let Some(_) = Mosquitto::binary() else {
-        assert!(
-            std::env::var_os("PERCH_REQUIRE_MOSQUITTO").is_none(),
-            "mosquitto is not installed and PERCH_REQUIRE_MOSQUITTO is set"
-        );
-        eprintln!("mosquitto is not installed: skipping (apt-get install mosquitto)");
+    if require_mosquitto().is_none() {
         return;
-    };
+    }
     let dir = tempfile::tempdir().unwrap();
     let fixture = FleetFixture::digits(dir.path()).unwrap();
     let port = free_port().unwrap();
