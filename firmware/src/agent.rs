@@ -841,12 +841,25 @@ impl Agent {
                 }
                 self.ever_connected = true;
                 self.outbox.on_connected();
-                let ota_topics = self.ota.iter().flat_map(|o| o.topics.iter());
-                for topic in [&self.topics.infer_req, &self.topics.infer_req_bin]
+                // Requests and rollout documents at QoS 1; bundle chunks at QoS 0 (as
+                // the operator sends them: a lost chunk is asked for again).
+                let requests = [&self.topics.infer_req, &self.topics.infer_req_bin]
                     .into_iter()
-                    .chain(ota_topics)
-                {
-                    if let Err(e) = self.client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
+                    .map(|t| (t, QoS::AtLeastOnce));
+                let ota = self.ota.iter().flat_map(|o| {
+                    o.topics.iter().enumerate().map(|(i, t)| {
+                        (
+                            t,
+                            if i == 0 {
+                                QoS::AtLeastOnce
+                            } else {
+                                QoS::AtMostOnce
+                            },
+                        )
+                    })
+                });
+                for (topic, qos) in requests.chain(ota) {
+                    if let Err(e) = self.client.try_subscribe(topic.as_str(), qos) {
                         log::error!("cannot subscribe to {topic}: {e}");
                     }
                 }

@@ -30,8 +30,8 @@ use perch_runtime::rollout::{
     DeviceState, DeviceStatus, Phase, RolloutDocument, FORMAT, MIN_CHUNK_SIZE,
 };
 use perch_tests::sim::{
-    digits_slo, pack_bundle, write_file, Fleet, FleetConfig, FleetFixture, FleetKey, Operator,
-    Request,
+    digits_slo, free_port, pack_bundle, write_file, BrokerSpec, Fleet, FleetConfig, FleetFixture,
+    FleetKey, Mosquitto, Operator, Request,
 };
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -45,9 +45,25 @@ const OLD: &str = "1.0.0";
 /// A small fleet on the embedded broker serving digits 1.0.0, reporting every 250 ms,
 /// each device receiving 8 requests a second, chunks re-requested after 300 ms.
 fn small_fleet(dir: &Path, devices: usize, processes: usize) -> (FleetFixture, Fleet) {
+    small_fleet_on(dir, devices, processes, None)
+}
+
+/// [`small_fleet`] on `mosquitto` if given, else on the embedded broker.
+fn small_fleet_on(
+    dir: &Path,
+    devices: usize,
+    processes: usize,
+    mosquitto: Option<&Mosquitto>,
+) -> (FleetFixture, Fleet) {
     let fixture = FleetFixture::digits(dir).unwrap();
     let mut config = FleetConfig::new(devices, &fixture.bundle, &fixture.key.public_path, dir);
     config.processes = processes;
+    if let Some(broker) = mosquitto {
+        config.broker = BrokerSpec::External {
+            host: "127.0.0.1".into(),
+            port: broker.port(),
+        };
+    }
     config.report_interval = Duration::from_millis(250);
     config.chunk_timeout = Duration::from_millis(300);
     config.rate = 8.0;
@@ -175,20 +191,44 @@ fn states_of(fleet: &Fleet, device: &str, rollout_id: &str) -> Vec<DeviceState> 
         .unwrap_or_default()
 }
 
+/// mosquitto on a free port when it is installed (or when CI requires it:
+/// `PERCH_REQUIRE_MOSQUITTO=1`), else `None` for the embedded broker.
+///
+/// The kill test prefers mosquitto: on the embedded broker each 1 KiB chunk costs
+/// about 45 ms (rumqttd delivers the device's QoS 0 chunk requests at the operator's
+/// subscription QoS 1; `perch rollout` then writes a PUBACK and the chunk as two small
+/// writes without TCP_NODELAY, and Nagle's algorithm holds the chunk until the broker's
+/// delayed ACK), so its 1,072 chunks take about 50 s instead of about one.
+fn mosquitto_if_installed(dir: &Path) -> Option<Mosquitto> {
+    if Mosquitto::binary().is_none() {
+        assert!(
+            std::env::var("PERCH_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
+            "mosquitto is not installed and PERCH_REQUIRE_MOSQUITTO=1: apt-get install mosquitto"
+        );
+        eprintln!("mosquitto is not installed: using the embedded broker (slower)");
+        return None;
+    }
+    Some(Mosquitto::start(&dir.join("mosquitto"), free_port().unwrap()).unwrap())
+}
+
 #[test]
 fn a_device_killed_mid_download_resumes_from_its_last_good_chunk_and_completes_while_the_old_model_serves(
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let (fixture, fleet) = small_fleet(dir.path(), 1, 1);
+    let mosquitto = mosquitto_if_installed(dir.path());
+    let (fixture, fleet) = small_fleet_on(dir.path(), 1, 1, mosquitto.as_ref());
+    fleet.traffic().set_rate(20.0);
     let device = fleet.devices().remove(0);
     assert!(device.process);
     let id = device.id.clone();
 
     // The new release: models/anomaly-ae (about 1.1 MB) as `anomaly 2.0.0`, sequence 2,
     // fetched in 1 KiB chunks, each written and fsynced: over a thousand round trips.
+    // No error-rate limit: the traffic driver learns of the swap from the device's next
+    // metrics report, and requests shaped for digits that reach anomaly in between are
+    // refused by it; with four requests an interval, one would breach any limit.
     let slo = Slo {
         p99_ms: Some(1000.0),
-        max_error_rate: Some(0.01),
         ..Default::default()
     };
     let bytes = pack_bundle(
@@ -211,6 +251,7 @@ fn a_device_killed_mid_download_resumes_from_its_last_good_chunk_and_completes_w
         .add_request(Request::from_bundle(&bundle).unwrap());
 
     let rollout_id = "resume-after-kill";
+    let old_ok_before = answered_by(&fleet, &id, OLD).0;
     let started = Instant::now();
     let group = fleet.config().group.clone();
     let _operator = Operator::start(
@@ -246,8 +287,6 @@ fn a_device_killed_mid_download_resumes_from_its_last_good_chunk_and_completes_w
     assert_eq!(status.serving, format!("digits {OLD}"));
     let to_kill = started.elapsed();
     fleet.kill_9(0).unwrap();
-    let answered_before_kill = fleet.traffic().counts(&id).ok;
-    assert!(answered_before_kill > 0);
 
     // On disk: a partial download, a prefix of the bundle in whole chunks at least.
     let part = std::fs::read(device.ota_dir.join("download.part")).unwrap();
@@ -288,13 +327,18 @@ fn a_device_killed_mid_download_resumes_from_its_last_good_chunk_and_completes_w
         .unwrap();
 
     eprintln!(
-        "{chunks} chunks of 1 KiB: killed {:.1}s after the start with {good} on disk; \
+        "{} broker, {chunks} chunks of 1 KiB: killed {:.1}s after the start with {good} on disk; \
          active {:.1}s after the restart",
+        if mosquitto.is_some() {
+            "mosquitto"
+        } else {
+            "embedded"
+        },
         to_kill.as_secs_f64(),
         restarted.elapsed().as_secs_f64()
     );
     // It resumed where the good chunks on disk end, not from the start.
-    let log = std::fs::read_to_string(&device.dir.join("perchd.log")).unwrap();
+    let log = std::fs::read_to_string(device.dir.join("perchd.log")).unwrap();
     let needle = format!("rollout {rollout_id}: resuming the download at chunk ");
     let line = log
         .lines()
@@ -323,16 +367,46 @@ fn a_device_killed_mid_download_resumes_from_its_last_good_chunk_and_completes_w
         states.contains(&DeviceState::Verifying) && !states.contains(&DeviceState::Failed),
         "{states:?}"
     );
-    // Every request answered was answered right, by the old model and then the new one.
-    let traffic = fleet.traffic().counts(&id);
-    assert_eq!((traffic.errors, traffic.wrong), (0, 0), "{traffic:?}");
-    assert!(traffic.ok > answered_before_kill, "{traffic:?}");
-    assert_eq!(view.errors, 0);
+    // While it downloaded (before and after the crash) and verified, the old model
+    // answered, without an error: its own reports say so, under the version that served.
+    let (old_ok, old_errors) = answered_by(&fleet, &id, OLD);
+    assert!(
+        old_ok > old_ok_before,
+        "1.0.0 answered nothing during the rollout"
+    );
+    assert_eq!(old_errors, 0, "1.0.0 answered with errors");
+    // The new model answers its own requests right, and no more errors come (once the
+    // driver has seen 2.0.0 in a report and what it sent before was answered).
+    let reports = fleet.observer().device(&id).unwrap().reports;
+    fleet
+        .wait_until("two more metrics reports", PATIENCE, |view| {
+            view.device(&id).is_some_and(|d| d.reports >= reports + 2)
+        })
+        .unwrap();
+    let before = fleet.traffic().counts(&id);
+    fleet
+        .wait_until("20 more answers from anomaly 2.0.0", PATIENCE, |_| {
+            fleet.traffic().counts(&id).ok >= before.ok + 20
+        })
+        .unwrap();
+    let after = fleet.traffic().counts(&id);
+    assert_eq!(after.errors, before.errors, "{after:?}");
+    assert_eq!(after.wrong, 0, "{after:?}");
+    assert!(answered_by(&fleet, &id, "2.0.0").0 > 0);
     assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
 }
 
+/// `(ok, errors)` in the device's metrics reports naming `version`.
+fn answered_by(fleet: &Fleet, device: &str, version: &str) -> (u64, u64) {
+    fleet
+        .observer()
+        .device(device)
+        .and_then(|d| d.by_version.get(version).copied())
+        .unwrap_or_default()
+}
+
 #[test]
-fn a_rollout_signed_with_a_key_the_devices_do_not_trust_is_refused_and_reported_once_per_device() {
+fn a_rollout_signed_with_a_key_the_devices_do_not_trust_is_refused_and_every_device_reports_why() {
     let dir = tempfile::tempdir().unwrap();
     let (_fixture, fleet) = small_fleet(dir.path(), 3, 0);
     let ids = fleet.device_ids();
@@ -680,7 +754,7 @@ fn a_truncated_bundle_described_honestly_is_downloaded_then_refused_at_install()
         let report = rollout_of(&fleet, id).unwrap();
         let reason = report.reason.as_deref().unwrap_or_default();
         assert!(
-            reason.contains("truncated") || reason.contains("invalid"),
+            reason.contains("the bundle is invalid") && reason.contains("truncated"),
             "{id}: {reason}"
         );
         let states = states_of(&fleet, id, rollout_id);
@@ -784,37 +858,4 @@ fn a_replayed_older_rollout_document_is_refused_reported_and_changes_nothing() {
         assert_eq!((traffic.errors, traffic.wrong), (0, 0), "{id}: {traffic:?}");
     }
     assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
-}
-
-#[test]
-fn zz_experiment_rogue_speed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (fixture, fleet) = small_fleet(dir.path(), 1, std::env::var("PROC").map_or(0, |_| 1));
-    let bytes = pack_bundle(
-        &perch_tests::models_dir().join("anomaly-ae"),
-        "digits",
-        "2.0.0",
-        2,
-        &Slo::default(),
-        &fixture.key.signing,
-    )
-    .unwrap();
-    let described = BundleRef::describe("digits", "2.0.0", 2, &bytes, MIN_CHUNK_SIZE);
-    let nodelay = std::env::var("ROGUE_DELAY").is_err();
-    let _ = nodelay;
-    let path = dir.path().join("b.perch");
-    write_file(&path, &bytes).unwrap();
-    let t = Instant::now();
-    let (_rogue, _op);
-    if std::env::var("OP").is_ok() {
-        _op = Some(Operator::start(&path, &fixture.key.secret_path, &fleet.config().group.clone(), &fleet.broker_url(), &dir.path().join("op"), &quick_rollout("speed")).unwrap());
-    } else {
-        let rogue = Rogue::start(&fleet, bytes, MIN_CHUNK_SIZE, |_, _, _| {});
-        let doc = document(&fleet, "speed", 1_000, Phase::Running, described);
-        rogue.publish(&fleet.config().group, doc.sign(&fixture.key.signing));
-        _rogue = Some(rogue);
-    }
-    let id = fleet.device_ids()[0].clone();
-    fleet.wait_until("verifying", PATIENCE, |view| view.device(&id).and_then(|d| d.rollout.as_ref()).is_some_and(|s| s.state != DeviceState::Downloading)).unwrap();
-    eprintln!("rogue: {} chunks in {:.2}s", 0, t.elapsed().as_secs_f64());
 }

@@ -151,6 +151,9 @@ pub struct Machine {
     /// SHA-256 of the last refused unverifiable document, so a retained one delivered
     /// again on every reconnection is reported once.
     last_refused: Option<[u8; 32]>,
+    /// Distinct unverifiable documents reported since the start: their `update`, so
+    /// a later refusal for the same rollout id is newer than the earlier one.
+    refusals: u32,
 }
 
 impl Machine {
@@ -172,6 +175,7 @@ impl Machine {
             soak_mark_ms: None,
             reported_decile: None,
             last_refused: None,
+            refusals: 0,
         }
     }
 
@@ -624,6 +628,7 @@ impl Machine {
             return actions;
         };
         let bundle = claimed.get("bundle");
+        self.refusals = self.refusals.saturating_add(1);
         actions.push(Action::Report(DeviceStatus {
             format: rollout::FORMAT,
             device: self.config.device.clone(),
@@ -649,7 +654,7 @@ impl Machine {
             progress_pct: None,
             reason: Some(reason),
             serving: self.state.serving.clone(),
-            update: 1,
+            update: self.refusals,
         }));
         actions
     }

@@ -230,6 +230,12 @@ fn connect(
     let max = wire::MAX_CHUNK_SIZE as usize + 4096;
     options.set_max_packet_size(max, max);
     let (client, mut connection) = Client::new(options, 256);
+    // Chunk requests and chunks are small writes answered by small writes: without
+    // TCP_NODELAY, Nagle's algorithm meets the broker's delayed ACK and each chunk
+    // round trip waits ~40 ms.
+    let mut network = connection.eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    connection.eventloop.set_network_options(network);
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("perch-rollout-mqtt".into())
@@ -326,9 +332,16 @@ pub fn run(
         let mut effects = Vec::new();
         match events.recv_timeout(wait) {
             Ok(Net::Connected) => {
-                for topic in ["perch/+/ota/req", "perch/+/rollout", "perch/+/metrics"] {
+                // Chunk requests at QoS 0, as devices send them (a lost one is asked
+                // again); state reports and metrics at QoS 1.
+                let topics = [
+                    ("perch/+/ota/req", QoS::AtMostOnce),
+                    ("perch/+/rollout", QoS::AtLeastOnce),
+                    ("perch/+/metrics", QoS::AtLeastOnce),
+                ];
+                for (topic, qos) in topics {
                     client
-                        .subscribe(topic, QoS::AtLeastOnce)
+                        .subscribe(topic, qos)
                         .map_err(|e| OperatorError::Mqtt(e.to_string()))?;
                 }
                 client
