@@ -1549,7 +1549,11 @@ max_bytes = 100000
         .ota
         .unwrap();
         assert_eq!(
-            (set.group.as_str(), set.dir.as_path(), set.max_probation_boots),
+            (
+                set.group.as_str(),
+                set.dir.as_path(),
+                set.max_probation_boots
+            ),
             ("kitchen", Path::new("/etc/perch/ota"), 5)
         );
         assert_eq!(set.chunk_timeout, Duration::from_secs(2));
@@ -1564,8 +1568,8 @@ max_bytes = 100000
         let err = from_file("[ota]\nenabled = true\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("ota.enabled"), "{err}");
         assert!(err.to_string().contains("trusted_keys"), "{err}");
-        let err = from_file("[model]\ntrusted_keys = [\"k\"]\n[ota]\ngroup = \"a/b\"\n")
-            .unwrap_err();
+        let err =
+            from_file("[model]\ntrusted_keys = [\"k\"]\n[ota]\ngroup = \"a/b\"\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("ota.group"), "{err}");
         assert_eq!(err.line, Some(4), "{err}");
     }

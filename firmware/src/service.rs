@@ -1189,11 +1189,8 @@ mod tests {
                     })
                 })
                 .collect();
-            let model = Model::load(
-                models().join("digits-mlp/model.onnx"),
-                &LoadOptions::new(),
-            )
-            .unwrap();
+            let model =
+                Model::load(models().join("digits-mlp/model.onnx"), &LoadOptions::new()).unwrap();
             let id = ModelId::new("digits-mlp", Version::new(2, 0, 0)).unwrap();
             let old = service.replace(model, id);
             assert_eq!(old.id().version.to_string(), "1.2.3");

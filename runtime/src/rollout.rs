@@ -202,7 +202,8 @@ impl BundleRef {
 
     /// Whether `data` is chunk `index`: the right length and the signed hash.
     pub fn chunk_matches(&self, index: u32, data: &[u8]) -> bool {
-        let (Some(range), Some(expected)) = (self.chunk_range(index), self.chunks.get(index as usize))
+        let (Some(range), Some(expected)) =
+            (self.chunk_range(index), self.chunks.get(index as usize))
         else {
             return false;
         };
@@ -236,11 +237,16 @@ impl BundleRef {
             .chain(self.chunks.iter().map(|h| ("chunk", h)))
         {
             if !is_sha256_hex(hash) {
-                return Err(format!("{what} sha256 {hash:?} is not 64 lowercase hex digits"));
+                return Err(format!(
+                    "{what} sha256 {hash:?} is not 64 lowercase hex digits"
+                ));
             }
         }
         if semver::Version::parse(&self.version).is_err() {
-            return Err(format!("version {:?} is not a semantic version", self.version));
+            return Err(format!(
+                "version {:?} is not a semantic version",
+                self.version
+            ));
         }
         if self.name.is_empty() || self.name.len() > 32 {
             return Err(format!("model name {:?} is not 1 to 32 bytes", self.name));
@@ -334,7 +340,10 @@ impl RolloutDocument {
     ///
     /// The payload is too large or malformed, signed by an unknown key, the signature
     /// does not verify, or the document breaks a rule.
-    pub fn verify(payload: &[u8], trusted: &[VerifyingKey]) -> Result<RolloutDocument, RolloutError> {
+    pub fn verify(
+        payload: &[u8],
+        trusted: &[VerifyingKey],
+    ) -> Result<RolloutDocument, RolloutError> {
         if payload.len() > MAX_DOCUMENT_BYTES {
             return Err(RolloutError::TooLarge {
                 bytes: payload.len(),
@@ -434,12 +443,15 @@ pub fn decode_chunk(frame: &[u8]) -> Result<ChunkFrame<'_>, RolloutError> {
     let rest = frame
         .strip_prefix(CHUNK_MAGIC)
         .ok_or_else(|| malformed("it does not start with PCH1"))?;
-    let (&id_len, rest) = rest.split_first().ok_or_else(|| malformed("no rollout id"))?;
+    let (&id_len, rest) = rest
+        .split_first()
+        .ok_or_else(|| malformed("no rollout id"))?;
     if rest.len() < usize::from(id_len) + 4 {
         return Err(malformed("cut short before the chunk index"));
     }
     let (id, rest) = rest.split_at(usize::from(id_len));
-    let rollout_id = std::str::from_utf8(id).map_err(|_| malformed("the rollout id is not UTF-8"))?;
+    let rollout_id =
+        std::str::from_utf8(id).map_err(|_| malformed("the rollout id is not UTF-8"))?;
     let (index, data) = rest.split_at(4);
     let index = u32::from_be_bytes([index[0], index[1], index[2], index[3]]);
     Ok(ChunkFrame {
@@ -577,7 +589,9 @@ pub fn status_topic(device: &str) -> String {
 
 /// Whether `s` is 64 lowercase hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Checks an id used as a topic segment: 1 to 64 bytes of `[A-Za-z0-9._-]`.
@@ -639,7 +653,9 @@ mod tests {
         let payload = doc.sign(&key(1));
         let trusted = [key(1).verifying_key()];
         let mut signed: SignedDocument = serde_json::from_slice(&payload).unwrap();
-        signed.document = signed.document.replace("\"percent_bp\":1000", "\"percent_bp\":10000");
+        signed.document = signed
+            .document
+            .replace("\"percent_bp\":1000", "\"percent_bp\":10000");
         assert!(signed.document.contains("10000"));
         let tampered = serde_json::to_vec(&signed).unwrap();
         let err = RolloutDocument::verify(&tampered, &trusted).unwrap_err();
@@ -664,14 +680,18 @@ mod tests {
     #[test]
     fn signed_documents_breaking_a_rule_are_refused_naming_it() {
         let trusted = [key(1).verifying_key()];
-        let cases: Vec<(fn(&mut RolloutDocument), &str)> = vec![
+        type Change = fn(&mut RolloutDocument);
+        let cases: Vec<(Change, &str)> = vec![
             (|d| d.group = "a/b".into(), "group"),
             (|d| d.rollout_id = String::new(), "rollout_id"),
             (|d| d.percent_bp = 10_001, "percent_bp"),
             (|d| d.bundle.chunk_size = 10, "chunk_size"),
-            (|d| {
-                d.bundle.chunks.pop();
-            }, "chunk hashes"),
+            (
+                |d| {
+                    d.bundle.chunks.pop();
+                },
+                "chunk hashes",
+            ),
             (|d| d.bundle.sha256 = "ABC".into(), "sha256"),
             (|d| d.bundle.version = "one".into(), "version"),
             (|d| d.format = 2, "format"),
@@ -681,7 +701,10 @@ mod tests {
             change(&mut doc);
             let err = RolloutDocument::verify(&doc.sign(&key(1)), &trusted).unwrap_err();
             assert_eq!(err.kind(), "invalid", "{err}");
-            assert!(err.to_string().contains(needle), "{err} should name {needle}");
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should name {needle}"
+            );
         }
     }
 
@@ -738,7 +761,9 @@ mod tests {
             update: 2,
         };
         let json = status.to_json();
-        assert!(std::str::from_utf8(&json).unwrap().contains("\"downloading\""));
+        assert!(std::str::from_utf8(&json)
+            .unwrap()
+            .contains("\"downloading\""));
         assert_eq!(DeviceStatus::from_json(&json).unwrap(), status);
         assert!(DeviceStatus::from_json(b"{\"format\":1}").is_err());
     }

@@ -352,7 +352,10 @@ pub fn perchd_path() -> Result<PathBuf, SimError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    if dir.file_name().is_some_and(|n| n == "deps" || n == "examples") {
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
         dir.pop();
     }
     let path = dir.join(format!("perchd{}", std::env::consts::EXE_SUFFIX));
