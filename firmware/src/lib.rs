@@ -83,10 +83,20 @@ pub(crate) mod testing {
         sequence: u64,
         version: &str,
     ) -> bundle::Bundle {
+        pack_kws_with(key, sequence, version, |_| {})
+    }
+
+    /// [`pack_kws`] with `change` applied to the contents before signing.
+    pub(crate) fn pack_kws_with(
+        key: &bundle::SigningKey,
+        sequence: u64,
+        version: &str,
+        change: impl FnOnce(&mut bundle::BundleContents),
+    ) -> bundle::Bundle {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kws-dscnn");
         let model = Model::load(dir.join("model.onnx"), &LoadOptions::new()).unwrap();
         let read = |name: &str| std::fs::read(dir.join("golden").join(name)).unwrap();
-        let contents = bundle::BundleContents {
+        let mut contents = bundle::BundleContents {
             name: "kws".into(),
             version: version.parse().unwrap(),
             sequence,
@@ -102,6 +112,7 @@ pub(crate) mod testing {
                 ..Default::default()
             },
         };
+        change(&mut contents);
         bundle::pack(&contents, key).unwrap()
     }
 }

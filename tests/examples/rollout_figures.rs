@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use perch_runtime::canary;
 use perch_runtime::rollout::{self, DeviceState, DeviceStatus};
 use perch_tests::sim::{
-    cpu_time, digits_slo, pack_bundle, write_file, Fleet, FleetConfig, FleetFixture, Operator,
+    cpu_time, digits_slo, pack_bundle, write_file, Fleet, FleetConfig, FleetFixture,
 };
 
 const PATIENCE: Duration = Duration::from_secs(600);
@@ -69,12 +69,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
 
     let (cpu1, started) = (cpu_time(), Instant::now());
-    let mut operator = Operator::start(
+    let mut operator = fleet.operator(
         &release,
         &fixture.key.secret_path,
-        "default",
-        &fleet.broker_url(),
-        &dir.path().join("rollouts"),
         &[
             "--rollout-id",
             rollout_id,

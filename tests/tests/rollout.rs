@@ -22,7 +22,7 @@ use perch_runtime::canary;
 use perch_runtime::rollout::DeviceState;
 use perch_tests::sim::{
     digits_slo, free_port, pack_bundle, write_file, BrokerSpec, Faults, Fleet, FleetConfig,
-    FleetFixture, Mosquitto, Operator, Request,
+    FleetFixture, Mosquitto, Request,
 };
 
 /// Long enough for a slow, shared CI machine; waits end as soon as their condition
@@ -129,23 +129,21 @@ fn a_thousand_devices_draw_a_ten_percent_cohort_and_fifty_percent_keeps_every_me
     fleet.wait_all_reporting("1.0.0", PATIENCE).unwrap();
 
     let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
-    let operator = Operator::start(
-        &release,
-        &fixture.key.secret_path,
-        "default",
-        &fleet.broker_url(),
-        &dir.path().join("rollouts"),
-        // Stages are promoted by hand here: a soak no test waits for.
-        &[
-            "--stages",
-            "10,50,100",
-            "--soak",
-            "1h",
-            "--device-soak",
-            "1h",
-        ],
-    )
-    .unwrap();
+    let operator = fleet
+        .operator(
+            &release,
+            &fixture.key.secret_path,
+            // Stages are promoted by hand here: a soak no test waits for.
+            &[
+                "--stages",
+                "10,50,100",
+                "--soak",
+                "1h",
+                "--device-soak",
+                "1h",
+            ],
+        )
+        .unwrap();
 
     // Every device hears the document and says whether it is in the cohort.
     let reported = |view: &perch_tests::sim::FleetView| {
@@ -226,28 +224,26 @@ fn a_good_model_goes_through_every_stage_to_the_whole_group_despite_an_operator_
         cohort(&ids, &rollout_id, 5_000),
     );
     let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
-    let mut operator = Operator::start(
-        &release,
-        &fixture.key.secret_path,
-        "default",
-        &fleet.broker_url(),
-        &dir.path().join("rollouts"),
-        &[
-            "--rollout-id",
-            &rollout_id,
-            "--stages",
-            "10,50,100",
-            "--soak",
-            "2s",
-            "--gate",
-            "p99<100ms,error_rate<5%",
-            "--min-devices",
-            "2",
-            "--device-soak",
-            "1s",
-        ],
-    )
-    .unwrap();
+    let mut operator = fleet
+        .operator(
+            &release,
+            &fixture.key.secret_path,
+            &[
+                "--rollout-id",
+                &rollout_id,
+                "--stages",
+                "10,50,100",
+                "--soak",
+                "2s",
+                "--gate",
+                "p99<100ms,error_rate<5%",
+                "--min-devices",
+                "2",
+                "--device-soak",
+                "1s",
+            ],
+        )
+        .unwrap();
 
     // Stage 1: only the canaries take the release.
     fleet
@@ -362,26 +358,24 @@ fn error_rate_abort(mosquitto_port: Option<u16>) {
         error_fraction: 0.33,
     }));
     let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
-    let mut operator = Operator::start(
-        &release,
-        &fixture.key.secret_path,
-        "default",
-        &fleet.broker_url(),
-        &dir.path().join("rollouts"),
-        &[
-            "--rollout-id",
-            &rollout_id,
-            "--stages",
-            "10,50,100",
-            "--soak",
-            "30s",
-            "--gate",
-            "p99<100ms,error_rate<5%",
-            "--device-soak",
-            "1h",
-        ],
-    )
-    .unwrap();
+    let mut operator = fleet
+        .operator(
+            &release,
+            &fixture.key.secret_path,
+            &[
+                "--rollout-id",
+                &rollout_id,
+                "--stages",
+                "10,50,100",
+                "--soak",
+                "30s",
+                "--gate",
+                "p99<100ms,error_rate<5%",
+                "--device-soak",
+                "1h",
+            ],
+        )
+        .unwrap();
     let status = operator.wait_exit(PATIENCE).unwrap();
     assert_eq!(status.code(), Some(1), "aborted:\n{}", operator.log());
     let report = operator.status().unwrap();
@@ -461,26 +455,24 @@ fn canaries_breaching_the_p99_gate_with_a_slower_model_abort_before_the_next_sta
         .unwrap();
     let limit_us = (r1_p99.as_micros() * 20).max(300);
     let gate = format!("p99<{limit_us}us");
-    let mut operator = Operator::start(
-        &release,
-        &fixture.key.secret_path,
-        "default",
-        &fleet.broker_url(),
-        &dir.path().join("rollouts"),
-        &[
-            "--rollout-id",
-            &rollout_id,
-            "--stages",
-            "10,100",
-            "--soak",
-            "30s",
-            "--gate",
-            &gate,
-            "--device-soak",
-            "1h",
-        ],
-    )
-    .unwrap();
+    let mut operator = fleet
+        .operator(
+            &release,
+            &fixture.key.secret_path,
+            &[
+                "--rollout-id",
+                &rollout_id,
+                "--stages",
+                "10,100",
+                "--soak",
+                "30s",
+                "--gate",
+                &gate,
+                "--device-soak",
+                "1h",
+            ],
+        )
+        .unwrap();
     let status = operator.wait_exit(PATIENCE).unwrap();
     assert_eq!(status.code(), Some(1), "aborted:\n{}", operator.log());
     let report = operator.status().unwrap();
@@ -526,28 +518,26 @@ fn a_rollout_survives_mosquitto_restarting_in_the_middle_and_completes() {
     let rollout_id = pick_rollout_id(&ids, "restart", |size| size(5_000) >= 2);
     let canaries = cohort(&ids, &rollout_id, 5_000);
     let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
-    let mut operator = Operator::start(
-        &release,
-        &fixture.key.secret_path,
-        "default",
-        &fleet.broker_url(),
-        &dir.path().join("rollouts"),
-        &[
-            "--rollout-id",
-            &rollout_id,
-            "--stages",
-            "50,100",
-            "--soak",
-            "3s",
-            "--gate",
-            "error_rate<5%",
-            "--min-devices",
-            "2",
-            "--device-soak",
-            "1s",
-        ],
-    )
-    .unwrap();
+    let mut operator = fleet
+        .operator(
+            &release,
+            &fixture.key.secret_path,
+            &[
+                "--rollout-id",
+                &rollout_id,
+                "--stages",
+                "50,100",
+                "--soak",
+                "3s",
+                "--gate",
+                "error_rate<5%",
+                "--min-devices",
+                "2",
+                "--device-soak",
+                "1s",
+            ],
+        )
+        .unwrap();
     fleet
         .wait_until("the canaries to serve 1.1.0", PATIENCE, |view| {
             view.all_serving(canaries.iter().map(String::as_str), "1.1.0")

@@ -31,7 +31,7 @@ use perch_runtime::rollout::{
 };
 use perch_tests::sim::{
     digits_slo, free_port, pack_bundle, write_file, BrokerSpec, Fleet, FleetConfig, FleetFixture,
-    FleetKey, Mosquitto, Operator, Request,
+    FleetKey, Mosquitto, Request,
 };
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -250,16 +250,13 @@ fn a_device_killed_mid_download_resumes_from_its_last_good_chunk_and_completes_w
     let rollout_id = "resume-after-kill";
     let old_ok_before = answered_by(&fleet, &id, OLD).0;
     let started = Instant::now();
-    let group = fleet.config().group.clone();
-    let _operator = Operator::start(
-        &bundle,
-        &fixture.key.secret_path,
-        &group,
-        &fleet.broker_url(),
-        &dir.path().join("operator"),
-        &quick_rollout(rollout_id),
-    )
-    .unwrap();
+    let _operator = fleet
+        .operator(
+            &bundle,
+            &fixture.key.secret_path,
+            &quick_rollout(rollout_id),
+        )
+        .unwrap();
 
     fleet
         .wait_until("a downloading report at 10 % or more", PATIENCE, |view| {
@@ -411,16 +408,9 @@ fn a_rollout_signed_with_a_key_the_devices_do_not_trust_is_refused_and_every_dev
     let stranger = FleetKey::generate(&dir.path().join("stranger")).unwrap();
     let (bundle, _) = digits_bundle(dir.path(), "2.0.0", 2, &stranger.signing);
     let rollout_id = "untrusted-key";
-    let group = fleet.config().group.clone();
-    let _operator = Operator::start(
-        &bundle,
-        &stranger.secret_path,
-        &group,
-        &fleet.broker_url(),
-        &dir.path().join("operator"),
-        &quick_rollout(rollout_id),
-    )
-    .unwrap();
+    let _operator = fleet
+        .operator(&bundle, &stranger.secret_path, &quick_rollout(rollout_id))
+        .unwrap();
 
     let reports = wait_failed(&fleet, &ids, rollout_id, "not a trusted key");
     let stranger_id = perch_runtime::bundle::key_id(&stranger.signing.verifying_key());
@@ -456,16 +446,13 @@ fn a_bundle_with_an_older_sequence_number_is_downloaded_then_refused_and_the_old
     // Another version, genuinely signed, but the sequence of the bundle they run.
     let (bundle, _) = digits_bundle(dir.path(), "1.1.0", 1, &fixture.key.signing);
     let rollout_id = "older-sequence";
-    let group = fleet.config().group.clone();
-    let _operator = Operator::start(
-        &bundle,
-        &fixture.key.secret_path,
-        &group,
-        &fleet.broker_url(),
-        &dir.path().join("operator"),
-        &quick_rollout(rollout_id),
-    )
-    .unwrap();
+    let _operator = fleet
+        .operator(
+            &bundle,
+            &fixture.key.secret_path,
+            &quick_rollout(rollout_id),
+        )
+        .unwrap();
 
     let reports = wait_failed(&fleet, &ids, rollout_id, "older sequence");
     for (id, report) in ids.iter().zip(&reports) {

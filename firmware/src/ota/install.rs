@@ -159,7 +159,6 @@ mod tests {
     use std::path::Path;
 
     use perch_runtime::bundle::{self, BundleContents, SigningKey};
-    use perch_runtime::engine::{LoadOptions, Model};
     use perch_runtime::rollout::MIN_CHUNK_SIZE;
 
     use super::*;
@@ -175,27 +174,9 @@ mod tests {
         version: &str,
         change: impl FnOnce(&mut BundleContents),
     ) -> Vec<u8> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kws-dscnn");
-        let model = Model::load(dir.join("model.onnx"), &LoadOptions::new()).unwrap();
-        let read = |name: &str| std::fs::read(dir.join("golden").join(name)).unwrap();
-        let mut contents = BundleContents {
-            name: "kws".into(),
-            version: version.parse().unwrap(),
-            sequence,
-            created_unix: 0,
-            model_format: bundle::ModelKind::Onnx,
-            model: std::fs::read(dir.join("model.onnx")).unwrap(),
-            signature: bundle::TensorSignature::from_metadata(model.metadata()),
-            golden_inputs: vec![read("input_0.npy")],
-            golden_outputs: vec![read("output_0.npy")],
-            tolerance: 1e-4,
-            slo: bundle::Slo {
-                p99_ms: Some(25.0),
-                ..Default::default()
-            },
-        };
-        change(&mut contents);
-        bundle::pack(&contents, key).unwrap().as_bytes().to_vec()
+        crate::testing::pack_kws_with(key, sequence, version, change)
+            .as_bytes()
+            .to_vec()
     }
 
     fn describe(bytes: &[u8], version: &str, sequence: u64) -> BundleRef {

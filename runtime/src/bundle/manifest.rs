@@ -320,7 +320,7 @@ fn bad_json(e: serde_json::Error) -> BundleError {
 }
 
 /// `seconds` since the Unix epoch as RFC 3339 UTC, `YYYY-MM-DDTHH:MM:SSZ`.
-pub(crate) fn rfc3339(seconds: u64) -> String {
+pub fn rfc3339(seconds: u64) -> String {
     let days = seconds / 86_400;
     let rem = seconds % 86_400;
     // Howard Hinnant's civil-from-days, for days since 1970-01-01 (non-negative here).

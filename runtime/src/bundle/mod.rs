@@ -100,8 +100,8 @@ pub use keys::{
     signing_key_file, verifying_key_file,
 };
 pub use manifest::{
-    GoldenFiles, Manifest, ModelKind, ModelPart, Part, ShapeDim, Slo, TensorSignature, TensorSpec,
-    FORMAT, MANIFEST_PATH, SIGNATURE_PATH,
+    rfc3339, GoldenFiles, Manifest, ModelKind, ModelPart, Part, ShapeDim, Slo, TensorSignature,
+    TensorSpec, FORMAT, MANIFEST_PATH, SIGNATURE_PATH,
 };
 
 /// The file extension of bundles, without the dot.

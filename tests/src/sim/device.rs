@@ -339,15 +339,18 @@ fn absolute(path: &Path) -> Result<PathBuf, SimError> {
 ///
 /// [`SimError::NoPerchd`] naming where it looked and how to build it.
 pub fn perchd_path() -> Result<PathBuf, SimError> {
-    if let Some(path) = std::env::var_os("PERCH_PERCHD") {
+    find_binary("perchd", "PERCH_PERCHD").map_err(SimError::NoPerchd)
+}
+
+/// A workspace binary: the file `$env_var` names if set, else `name` beside the running
+/// executable (for a test or an example, in the folder above its `deps/` or
+/// `examples/`). `Err` carries the path that was looked at.
+pub(crate) fn find_binary(name: &str, env_var: &str) -> Result<PathBuf, PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
         let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(SimError::NoPerchd(path))
-        };
+        return if path.is_file() { Ok(path) } else { Err(path) };
     }
-    let exe = std::env::current_exe().map_err(SimError::Io)?;
+    let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe
         .parent()
         .map(Path::to_path_buf)
@@ -358,10 +361,10 @@ pub fn perchd_path() -> Result<PathBuf, SimError> {
     {
         dir.pop();
     }
-    let path = dir.join(format!("perchd{}", std::env::consts::EXE_SUFFIX));
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if path.is_file() {
         Ok(path)
     } else {
-        Err(SimError::NoPerchd(path))
+        Err(path)
     }
 }

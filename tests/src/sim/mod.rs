@@ -366,6 +366,28 @@ impl Fleet {
         (&self.host, self.port)
     }
 
+    /// Starts `perch rollout start BUNDLE` for the fleet's group on its broker, signing
+    /// with `key`, its state in `{work_dir}/rollouts`; `extra` are further flags.
+    ///
+    /// # Errors
+    ///
+    /// As [`Operator::start`].
+    pub fn operator(
+        &self,
+        bundle: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> Result<Operator, SimError> {
+        Operator::start(
+            bundle,
+            key,
+            &self.config.group,
+            &self.broker_url(),
+            &self.config.work_dir.join("rollouts"),
+            extra,
+        )
+    }
+
     /// Every device's id, in order.
     pub fn device_ids(&self) -> Vec<String> {
         self.lock().iter().map(|d| d.id().to_string()).collect()

@@ -16,30 +16,13 @@ use super::SimError;
 ///
 /// [`SimError::Process`] naming where it looked and how to build it.
 pub fn perch_path() -> Result<PathBuf, SimError> {
-    if let Some(path) = std::env::var_os("PERCH_PERCH") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().map_err(SimError::Io)?;
-    let mut dir = exe
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    if dir
-        .file_name()
-        .is_some_and(|n| n == "deps" || n == "examples")
-    {
-        dir.pop();
-    }
-    let path = dir.join(format!("perch{}", std::env::consts::EXE_SUFFIX));
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(SimError::Process(format!(
+    super::device::find_binary("perch", "PERCH_PERCH").map_err(|path| {
+        SimError::Process(format!(
             "no perch binary at {}: build it with `cargo build -p perch-tools --bin perch` \
              (or set PERCH_PERCH)",
             path.display()
-        )))
-    }
+        ))
+    })
 }
 
 /// A rollout operator: `perch rollout start` (or `run`, after a restart) as a child

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use perch_runtime::bundle::rfc3339;
 use perch_runtime::canary;
 use perch_runtime::histogram::{Histogram, BUCKETS};
 use perch_runtime::rollout::{DeviceState, DeviceStatus, Phase, RolloutDocument, FORMAT};
@@ -709,26 +710,4 @@ fn by_hand(reason: Option<&str>) -> String {
 /// A share in basis points as a percent (`1250` → `12.5 %`).
 pub(super) fn percent(bp: u16) -> String {
     format!("{} %", super::trim_float(f64::from(bp) / 100.0))
-}
-
-/// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-26T12:00:00Z`).
-pub(super) fn rfc3339(seconds: u64) -> String {
-    let days = seconds / 86_400;
-    let rem = seconds % 86_400;
-    // Civil from days (Howard Hinnant's algorithm), for days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
 }

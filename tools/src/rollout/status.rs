@@ -293,7 +293,7 @@ impl fmt::Display for StatusReport {
             write!(
                 f,
                 "\n    {} stage {} {}: {}",
-                super::controller::rfc3339(d.unix_ms / 1000),
+                perch_runtime::bundle::rfc3339(d.unix_ms / 1000),
                 d.stage + 1,
                 d.phase,
                 d.message
