@@ -8,7 +8,8 @@
 //!   killed with SIGKILL and resumed from its state folder.
 //! - Canaries breaching the error-rate or the p99 gate abort the rollout before it
 //!   leaves the canary stage, and every canary returns to the old model.
-//! - Mosquitto restarted in the middle of a rollout: the rollout completes.
+//! - A rollout paused by hand stays in its stage while mosquitto restarts, and completes
+//!   once resumed.
 //!
 //! Needs `perch` and `perchd` built beside this test (`cargo test --workspace` builds
 //! them) and, for the mosquitto test, mosquitto installed (`PERCH_REQUIRE_MOSQUITTO=1`
@@ -497,7 +498,7 @@ fn canaries_breaching_the_p99_gate_with_a_slower_model_abort_before_the_next_sta
 }
 
 #[test]
-fn a_rollout_survives_mosquitto_restarting_in_the_middle_and_completes() {
+fn a_rollout_paused_by_hand_survives_mosquitto_restarting_and_completes_once_resumed() {
     if require_mosquitto().is_none() {
         return;
     }
@@ -515,7 +516,9 @@ fn a_rollout_survives_mosquitto_restarting_in_the_middle_and_completes() {
         },
     );
     let ids = fleet.device_ids();
-    let rollout_id = pick_rollout_id(&ids, "restart", |size| size(5_000) >= 2);
+    let rollout_id = pick_rollout_id(&ids, "restart", |size| {
+        size(5_000) >= 2 && size(5_000) < ids.len()
+    });
     let canaries = cohort(&ids, &rollout_id, 5_000);
     let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
     let mut operator = fleet
@@ -543,7 +546,34 @@ fn a_rollout_survives_mosquitto_restarting_in_the_middle_and_completes() {
             view.all_serving(canaries.iter().map(String::as_str), "1.1.0")
         })
         .unwrap();
+    // Paused by hand (a second `perch rollout` process, through the broker), the
+    // rollout stays in its first stage across the broker's restart, longer than a soak.
+    let paused = operator.command("pause", Some("look first")).unwrap();
+    assert!(
+        paused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
+    assert_eq!(operator.status().unwrap()["phase"], "paused");
     broker.restart().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let view = fleet.view();
+    for id in ids.iter().filter(|id| !canaries.contains(*id)) {
+        assert_eq!(
+            view.device(id).and_then(|d| d.state()),
+            Some(DeviceState::NotInCohort),
+            "{id} while paused"
+        );
+    }
+    // The operator reconnects on its own; the command is retried until it is there.
+    let resumed = (0..10)
+        .map(|_| operator.command("resume", None).unwrap())
+        .find(|out| out.status.success());
+    assert!(
+        resumed.is_some(),
+        "resume never reached the operator:\n{}",
+        operator.log()
+    );
 
     let status = operator.wait_exit(PATIENCE).unwrap();
     assert!(status.success(), "completed:\n{}", operator.log());
