@@ -1,7 +1,7 @@
 //! `perch keygen`, `pack`, `verify` and `run` on bundles, as a user runs them: real
 //! keys, real signatures, real files in temporary folders.
 
-use crate::{json, models, perch};
+use crate::{json, keygen, models, perch};
 
 use std::path::{Path, PathBuf};
 
@@ -9,18 +9,6 @@ use perch_runtime::engine::read_npy;
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// `perch keygen` into `dir`: the secret and public key files.
-fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let secret = dir.join(format!("{name}.key"));
-    perch()
-        .arg("keygen")
-        .arg("-o")
-        .arg(&secret)
-        .assert()
-        .success();
-    (secret, dir.join(format!("{name}.pub")))
 }
 
 /// `perch pack` of R2 (kws-dscnn) with its golden folder, signed with `key`.

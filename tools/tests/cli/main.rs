@@ -32,3 +32,15 @@ fn json(output: &[u8]) -> Value {
     serde_json::from_slice(output)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(output)))
 }
+
+/// `perch keygen` into `dir`: the secret and public key files.
+fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let secret = dir.join(format!("{name}.key"));
+    perch()
+        .arg("keygen")
+        .arg("-o")
+        .arg(&secret)
+        .assert()
+        .success();
+    (secret, dir.join(format!("{name}.pub")))
+}

@@ -1,7 +1,7 @@
 //! `perch rollout` as an operator runs it: real bundles and keys in temporary folders,
 //! state files written by the real controller.
 
-use crate::{json, models, perch};
+use crate::{json, keygen, models, perch};
 
 use std::path::{Path, PathBuf};
 
@@ -22,17 +22,6 @@ fn fails_in_one_line(output: std::process::Output, needle: &str) {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("perch: "), "{err}");
     assert!(err.contains(needle), "expected {needle:?} in {err}");
-}
-
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let secret = dir.join(format!("{name}.key"));
-    perch()
-        .arg("keygen")
-        .arg("-o")
-        .arg(&secret)
-        .assert()
-        .success();
-    secret
 }
 
 /// `perch pack` of kws-dscnn 1.3.0, sequence 8, signed with `key`.
@@ -105,7 +94,7 @@ fn rollout_help_explains_stages_gates_and_commands() {
 #[test]
 fn start_with_a_bad_gate_fails_in_one_line_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "fleet");
+    let key = keygen(dir.path(), "fleet").0;
     let bundle = pack(dir.path(), &key);
     let state = dir.path().join("rollouts");
     fails_in_one_line(
@@ -122,8 +111,8 @@ fn start_with_a_bad_gate_fails_in_one_line_and_writes_nothing() {
 #[test]
 fn start_with_an_unreadable_bundle_or_the_wrong_key_fails_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "fleet");
-    let other = keygen(dir.path(), "other");
+    let key = keygen(dir.path(), "fleet").0;
+    let other = keygen(dir.path(), "other").0;
     let bundle = pack(dir.path(), &key);
     let state = dir.path().join("rollouts");
     fails_in_one_line(
@@ -209,7 +198,7 @@ fn write_state(state_dir: &Path, bundle: &Path) -> (String, String) {
 #[test]
 fn status_json_shows_a_state_written_by_the_controller() {
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "fleet");
+    let key = keygen(dir.path(), "fleet").0;
     let bundle = pack(dir.path(), &key);
     let state = dir.path().join("rollouts");
     let (canary, outside) = write_state(&state, &bundle);
@@ -265,7 +254,7 @@ fn status_json_shows_a_state_written_by_the_controller() {
 #[test]
 fn start_refuses_while_a_rollout_of_the_group_is_running() {
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "fleet");
+    let key = keygen(dir.path(), "fleet").0;
     let bundle = pack(dir.path(), &key);
     let state = dir.path().join("rollouts");
     write_state(&state, &bundle);
