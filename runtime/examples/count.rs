@@ -32,6 +32,8 @@
 //! Options: `--runs N` (default 10; 0 is the baseline), `--warmup W` (default 3),
 //! `--golden DIR`, `--tolerance REL`.
 
+mod common;
+
 use std::error::Error;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -91,37 +93,6 @@ fn number<T: std::str::FromStr>(option: &str, value: String) -> Result<T> {
         .map_err(|_| format!("{option} needs a number, got {value:?}").into())
 }
 
-/// `models/kws-dscnn/model.w8.onnx` is (`kws-dscnn`, `w8`); `model.onnx` and
-/// `model.nnef.tgz` are `float`.
-fn names(path: &Path) -> (String, String) {
-    let model = path
-        .parent()
-        .and_then(Path::file_name)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let file = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = [
-        ".onnx",
-        ".nnef.tgz",
-        ".nnef.tar",
-        ".tar.gz",
-        ".tgz",
-        ".tar",
-        ".nnef",
-    ]
-    .iter()
-    .find_map(|ext| file.strip_suffix(ext))
-    .unwrap_or(&file);
-    let variant = match stem.split_once('.') {
-        Some((_, v)) => v.to_string(),
-        None => "float".to_string(),
-    };
-    (model, variant)
-}
-
 fn main() {
     if let Err(e) = run() {
         eprintln!("count: {e}");
@@ -131,7 +102,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = parse_args()?;
-    let (model_name, variant) = names(&args.model);
+    let (model_name, variant) = common::names(&args.model);
     let golden_dir = args
         .golden
         .clone()

@@ -27,6 +27,8 @@
 //!
 //! Build with `--release`: the dev profile compiles this crate at opt-level 1.
 
+mod common;
+
 use std::error::Error;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -85,25 +87,6 @@ fn parse_args() -> Result<Args> {
     })
 }
 
-/// `models/kws-dscnn/model.w8.onnx` is (`kws-dscnn`, `w8`); `model.onnx` is `float`.
-fn names(path: &Path) -> (String, String) {
-    let model = path
-        .parent()
-        .and_then(Path::file_name)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let file = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = file.strip_suffix(".onnx").unwrap_or(&file);
-    let variant = match stem.split_once('.') {
-        Some((_, v)) => v.to_string(),
-        None => "float".to_string(),
-    };
-    (model, variant)
-}
-
 /// The nearest-rank `q`-quantile of sorted samples, in milliseconds.
 fn quantile(sorted: &[Duration], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
@@ -119,7 +102,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = parse_args()?;
-    let (model_name, variant) = names(&args.model);
+    let (model_name, variant) = common::names(&args.model);
     let golden_dir = args
         .golden
         .clone()

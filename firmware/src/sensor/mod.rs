@@ -380,14 +380,7 @@ fn sample_loop<I: I2c>(
     let poll = Duration::from_secs_f64((FIFO_DEPTH / 4) as f64 / f64::from(rate_hz))
         .max(Duration::from_millis(1));
     let mut pipeline = Pipeline::new(detector);
-    let mut request = InferRequest {
-        id: None,
-        inputs: vec![RequestTensor {
-            name: String::new(),
-            shape: vec![1, FEATURES],
-            data: TensorValues::F32(vec![0.0; FEATURES]),
-        }],
-    };
+    let mut request = window_request();
     let mut failing = false;
     let mut was_anomalous = false;
     let mut last_phase = Phase::Learning;
@@ -499,6 +492,19 @@ fn infer(
     }
 }
 
+/// The model request each window's features are written into: one FP32 `[1, FEATURES]`
+/// input, allocated once and reused.
+fn window_request() -> InferRequest {
+    InferRequest {
+        id: None,
+        inputs: vec![RequestTensor {
+            name: String::new(),
+            shape: vec![1, FEATURES],
+            data: TensorValues::F32(vec![0.0; FEATURES]),
+        }],
+    }
+}
+
 #[cfg(all(test, feature = "onnx"))]
 mod tests {
     use std::path::Path;
@@ -542,14 +548,7 @@ mod tests {
         let mut adxl = Adxl345::probe(sim, ADDRESS_ALT_LOW).unwrap();
         adxl.configure(Rate::Hz800, Range::G2).unwrap();
         let mut pipeline = Pipeline::new(config);
-        let mut request = InferRequest {
-            id: None,
-            inputs: vec![RequestTensor {
-                name: String::new(),
-                shape: vec![1, FEATURES],
-                data: TensorValues::F32(vec![0.0; FEATURES]),
-            }],
-        };
+        let mut request = window_request();
         let mut verdicts = Vec::new();
         while pipeline.detector().windows() < calibration + NORMAL_WINDOWS + ANOMALOUS_WINDOWS {
             for _ in 0..adxl.fifo_len().unwrap() {
