@@ -242,8 +242,35 @@ fn load_bundle(config: &ModelConfig, started: Instant) -> Result<Loaded, AgentEr
         .map(bundle::read_verifying_key)
         .collect::<Result<Vec<_>, _>>()
         .map_err(bundle_err)?;
+    load_verified_bundle(config, &keys, started)
+}
+
+/// Loads the signed bundle at `config.path` as [`load`] does, verified against `keys`
+/// (already read) instead of `config.trusted_keys`: how over-the-air updates load the
+/// bundles in their slots. Blocks.
+///
+/// # Errors
+///
+/// The bundle does not read, verify or load. A failed self-test is not an error.
+pub fn load_bundle_with_keys(
+    config: &ModelConfig,
+    keys: &[bundle::VerifyingKey],
+) -> Result<Loaded, AgentError> {
+    load_verified_bundle(config, keys, Instant::now())
+}
+
+fn load_verified_bundle(
+    config: &ModelConfig,
+    keys: &[bundle::VerifyingKey],
+    started: Instant,
+) -> Result<Loaded, AgentError> {
+    let path = &config.path;
+    let bundle_err = |reason| AgentError::Bundle {
+        path: path.clone(),
+        reason,
+    };
     let verified = Bundle::read_file(path, &Limits::default())
-        .and_then(|b| b.verify(&keys))
+        .and_then(|b| b.verify(keys))
         .map_err(bundle_err)?;
     let model = verified
         .load_model(&LoadOptions::new())

@@ -29,24 +29,30 @@ pub struct Installed {
 /// How to load a bundle from a slot file.
 #[derive(Debug, Clone)]
 pub struct LoadSettings {
-    /// Public key files of the trusted keys ([`agent::load`] reads keys from files).
-    pub key_files: Vec<PathBuf>,
+    /// The trusted keys.
+    pub keys: Vec<VerifyingKey>,
     /// Warm-up inferences after the self-test.
     pub warmup_runs: u32,
 }
 
 impl LoadSettings {
-    /// The model configuration loading the bundle at `path`.
-    pub fn model_config(&self, path: PathBuf) -> ModelConfig {
-        ModelConfig {
+    /// Loads, verifies, self-tests and warms up the bundle at `path` as the agent does
+    /// ([`agent::load_bundle_with_keys`]). Blocks.
+    ///
+    /// # Errors
+    ///
+    /// The bundle does not read, verify or load.
+    pub fn load(&self, path: PathBuf) -> Result<Loaded, agent::AgentError> {
+        let config = ModelConfig {
             path,
-            trusted_keys: self.key_files.clone(),
+            trusted_keys: Vec::new(),
             golden: None,
             variant: None,
             name: None,
             version: None,
             warmup_runs: self.warmup_runs,
-        }
+        };
+        agent::load_bundle_with_keys(&config, &self.keys)
     }
 }
 
@@ -113,7 +119,8 @@ pub fn install(
         SlotError::NotNewer { .. } => format!("older sequence: {e}"),
         e => format!("cannot stage the bundle: {e}"),
     })?;
-    let loaded = agent::load(&settings.model_config(slots.path(slot)))
+    let loaded = settings
+        .load(slots.path(slot))
         .map_err(|e| format!("the staged bundle does not load: {e}"))?;
     if let Some(failure) = &loaded.boot.failure {
         return Err(format!("the bundle failed its self-test: {failure}"));
@@ -149,7 +156,8 @@ pub fn roll_back(slots: &mut Slots, settings: &LoadSettings) -> Result<Option<Lo
         Err(SlotError::NothingToRollBackTo) => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
-    let loaded = agent::load(&settings.model_config(slots.path(slot)))
+    let loaded = settings
+        .load(slots.path(slot))
         .map_err(|e| format!("the previous model does not load: {e}"))?;
     Ok(Some(loaded))
 }
@@ -158,7 +166,7 @@ pub fn roll_back(slots: &mut Slots, settings: &LoadSettings) -> Result<Option<Lo
 mod tests {
     use std::path::Path;
 
-    use perch_runtime::bundle::{self, BundleContents, SigningKey};
+    use perch_runtime::bundle::{BundleContents, SigningKey};
     use perch_runtime::rollout::MIN_CHUNK_SIZE;
 
     use super::*;
@@ -185,12 +193,6 @@ mod tests {
 
     /// Slots serving kws 1.0.0 (sequence 1), confirmed, and the settings to load with.
     fn device(dir: &Path) -> (Slots, LoadSettings) {
-        let key_file = dir.join("trusted.pub");
-        std::fs::write(
-            &key_file,
-            bundle::verifying_key_file(&key().verifying_key()),
-        )
-        .unwrap();
         let mut slots = Slots::open(dir.join("slots")).unwrap();
         let first = crate::testing::pack_kws(&key(), 1, "1.0.0");
         let verified = first.verify(&[key().verifying_key()]).unwrap();
@@ -198,7 +200,7 @@ mod tests {
         slots.activate(slot).unwrap();
         slots.confirm().unwrap();
         let settings = LoadSettings {
-            key_files: vec![key_file],
+            keys: vec![key().verifying_key()],
             warmup_runs: 3,
         };
         (slots, settings)

@@ -14,11 +14,10 @@
 //!    (QoS 0), send reports through the spool (QoS 1), swap the served model.
 //!
 //! Files, all in [`OtaConfig::dir`]: `ota.json` (the machine's [`State`]), `slots/`
-//! ([`Slots`]), `download.part` and `download.json` ([`Download`]), `trusted/` (the
-//! trusted keys as public key files, for [`agent::load`]), `serve-configured` (present
-//! after a roll-back to the configured model, which then serves) and
-//! `previous-configured` (present while the configured model is what a roll-back returns
-//! to).
+//! ([`Slots`]), `download.part` and `download.json` ([`Download`]),
+//! `serve-configured` (present after a roll-back to the configured model, which then
+//! serves) and `previous-configured` (present while the configured model is what a
+//! roll-back returns to).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -51,7 +50,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use perch_runtime::bundle::{self, VerifyingKey};
+use perch_runtime::bundle::VerifyingKey;
 use perch_runtime::fsio;
 use perch_runtime::rollout::{self, ChunkRequest};
 
@@ -186,7 +185,6 @@ pub struct Boot {
 pub struct Updater {
     config: OtaConfig,
     device: String,
-    trusted: Vec<VerifyingKey>,
     settings: LoadSettings,
     machine: Machine,
     slots: Slots,
@@ -216,21 +214,6 @@ impl Updater {
         }
         rollout::check_id("group", &config.group).map_err(OtaError::Config)?;
         rollout::check_id("device id", device).map_err(OtaError::Config)?;
-        let io = |path: &PathBuf| {
-            let path = path.clone();
-            move |cause| OtaError::Io { path, cause }
-        };
-        let keys_dir = config.dir.join("trusted");
-        std::fs::create_dir_all(&keys_dir).map_err(io(&keys_dir))?;
-        let mut key_files = Vec::new();
-        for key in &trusted {
-            let path = keys_dir.join(format!("{}.pub", bundle::key_id(key)));
-            let text = bundle::verifying_key_file(key);
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                fsio::write_atomic(&path, text.as_bytes()).map_err(io(&path))?;
-            }
-            key_files.push(path);
-        }
         let slots = Slots::open(config.dir.join("slots"))?;
         let path = config.dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
@@ -263,14 +246,13 @@ impl Updater {
             max_probation_boots: config.max_probation_boots,
         };
         let settings = LoadSettings {
-            key_files,
+            keys: trusted.clone(),
             warmup_runs: config.warmup_runs,
         };
         Ok(Updater {
-            machine: Machine::restore(machine_config, trusted.clone(), state),
+            machine: Machine::restore(machine_config, trusted, state),
             config,
             device: device.to_string(),
-            trusted,
             settings,
             slots,
             download: None,
@@ -355,12 +337,6 @@ impl Updater {
         &self.slots
     }
 
-    /// The trusted keys as public key files (in `{dir}/trusted/`), for a
-    /// [`ModelConfig`](crate::config::ModelConfig) that loads a slot file.
-    pub fn trusted_key_files(&self) -> &[PathBuf] {
-        &self.settings.key_files
-    }
-
     /// Loads a slot file (the [`Boot::serve`] path) as the agent does: verified against
     /// the trusted keys, self-tested, warmed up. Blocks.
     ///
@@ -368,7 +344,7 @@ impl Updater {
     ///
     /// The bundle does not load or verify.
     pub fn load_slot(&self, path: PathBuf) -> Result<Loaded, agent::AgentError> {
-        agent::load(&self.settings.model_config(path))
+        self.settings.load(path)
     }
 
     /// Handles `event` at the updater's own monotonic clock. Blocks (an install loads
@@ -524,7 +500,9 @@ impl Updater {
         if let Some((_, content, path)) = self.slots.active() {
             if content.sha256 == doc.bundle.sha256 && self.slots.state().probation {
                 // Activated before a restart cut the run short of recording it.
-                let loaded = agent::load(&self.settings.model_config(path))
+                let loaded = self
+                    .settings
+                    .load(path)
                     .map_err(|e| format!("the activated bundle does not load: {e}"))?;
                 let slo = SloLimits {
                     p99_ms: loaded.slo.p99_ms,
@@ -554,7 +532,7 @@ impl Updater {
             &mut self.slots,
             bytes,
             &doc.bundle,
-            &self.trusted,
+            &self.settings.keys,
             &self.settings,
             self.configured_sequence,
         )?;
