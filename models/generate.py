@@ -599,6 +599,7 @@ def write_fixtures(report):
     report["opset13_output"] = y.ravel().tolist()
 
     save_model(vendor_op_fixture(), os.path.join(d, "unsupported-op.onnx"))
+    save_model(lrn_fixture(), os.path.join(d, "onnx-extension-op.onnx"))
 
 
 def vendor_op_fixture():
@@ -614,6 +615,17 @@ def vendor_op_fixture():
     graph = helper.make_graph([node], "unsupported", [a], [c], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
                                                    helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=IR_VERSION, producer_name=PRODUCER, producer_version="1")
+
+
+def lrn_fixture():
+    """One LRN node, an operator tract keeps in its ONNX extension registry (`tract_onnx`)
+    when it writes NNEF: devices built without that registry cannot load the archive."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])
+    node = helper.make_node("LRN", ["x"], ["y"], name="lrn", size=3, alpha=1e-4, beta=0.75, bias=1.0)
+    graph = helper.make_graph([node], "lrn", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
                              ir_version=IR_VERSION, producer_name=PRODUCER, producer_version="1")
 
 
@@ -897,6 +909,8 @@ def write_readme(entries, fx):
         "  (The w8 workloads use Gemm/Conv, which onnxruntime does not rewrite that way.)\n"
         "- `fixtures/unsupported-op.onnx`: one ONNX Runtime contrib op (`com.microsoft` QLinearAdd,\n"
         "  node `vendor_add`) that the engine does not implement; loading it must name the op and node.\n"
+        "- `fixtures/onnx-extension-op.onnx`: one `LRN` node ([1, 4, 3, 3] float), which tract writes to\n"
+        "  NNEF with its ONNX extension registry (`tract_onnx`): `perch convert` must say so.\n"
     )
     with open(os.path.join(HERE, "README.md"), "w") as f:
         f.write("\n".join(L))

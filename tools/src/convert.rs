@@ -86,6 +86,11 @@ pub struct ConvertReport {
     pub onnx: Timing,
     /// Load and first inference of the archive (from memory).
     pub nnef: Timing,
+    /// The operator registries the archive declares (`tract_core`, `tract_onnx`, ...).
+    pub registries: Vec<String>,
+    /// Whether loading the archive needs tract's ONNX operator extensions, which device
+    /// builds of perchd leave out unless built with the `onnx-ops` feature.
+    pub needs_onnx_ops: bool,
 }
 
 /// Converts an ONNX model to an NNEF archive, checks it against the source with
@@ -119,7 +124,7 @@ pub fn convert(request: &ConvertRequest) -> Result<ConvertReport, ToolError> {
     // anything is converted. This also warms the engine up (its registries and kernel
     // selection), so the timed loads of both forms below start on an equal footing.
     Model::load(source, &LoadOptions::new())?;
-    let bytes = write_archive(source)?;
+    let (bytes, registries) = write_archive(source)?;
     let check = check_archive(source, &bytes, request.tolerance)
         .map_err(|e| ToolError::Usage(format!("refusing to write {}: {e}", output.display())))?;
     crate::fsio::write_atomic(&output, &bytes)
@@ -134,6 +139,8 @@ pub fn convert(request: &ConvertRequest) -> Result<ConvertReport, ToolError> {
         tolerance: request.tolerance,
         onnx: check.onnx,
         nnef: check.nnef,
+        needs_onnx_ops: registries.iter().any(|r| r == "tract_onnx"),
+        registries,
     })
 }
 
@@ -246,20 +253,29 @@ pub fn default_output(source: &Path) -> PathBuf {
     source.with_file_name(format!("{stem}.nnef.tgz"))
 }
 
-/// The decluttered typed model as a gzipped NNEF tar, in memory.
-fn write_archive(source: &Path) -> Result<Vec<u8>, ToolError> {
+/// The decluttered typed model as a gzipped NNEF tar, in memory, and the operator
+/// registries it declares.
+fn write_archive(source: &Path) -> Result<(Vec<u8>, Vec<String>), ToolError> {
     let fail = |what: &str, e: String| ToolError::Usage(format!("{what}: {e}"));
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let typed = tract_onnx::onnx()
             .model_for_path(source)?
             .into_typed()?
             .into_decluttered()?;
+        let nnef = tract_nnef::nnef().with_onnx();
+        let registries = tract_nnef::ser::to_proto_model(&nnef, &typed)?
+            .doc
+            .extension
+            .into_iter()
+            .filter(|(id, _)| id.0 == "tract_registry")
+            .map(|(_, registry)| registry.trim().to_string())
+            .collect::<Vec<_>>();
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        let gz = tract_nnef::nnef().with_onnx().write_to_tar(&typed, gz)?;
-        Ok::<_, tract_onnx::prelude::TractError>(gz)
+        let gz = nnef.write_to_tar(&typed, gz)?;
+        Ok::<_, tract_onnx::prelude::TractError>((gz, registries))
     }));
-    let mut gz = match written {
-        Ok(Ok(gz)) => gz,
+    let (mut gz, registries) = match written {
+        Ok(Ok(written)) => written,
         Ok(Err(e)) => {
             return Err(fail(
                 "the engine's NNEF writer cannot write this model",
@@ -274,8 +290,10 @@ fn write_archive(source: &Path) -> Result<Vec<u8>, ToolError> {
     };
     gz.flush()
         .map_err(|e| fail("compressing the archive", e.to_string()))?;
-    gz.finish()
-        .map_err(|e| fail("compressing the archive", e.to_string()))
+    let bytes = gz
+        .finish()
+        .map_err(|e| fail("compressing the archive", e.to_string()))?;
+    Ok((bytes, registries))
 }
 
 fn ms(since: Instant) -> f64 {
@@ -300,6 +318,14 @@ impl fmt::Display for ConvertReport {
         )?;
         for note in &self.sample.notes {
             writeln!(f, "    note: {note}")?;
+        }
+        writeln!(f, "  operator registries: {}", self.registries.join(", "))?;
+        if self.needs_onnx_ops {
+            writeln!(
+                f,
+                "    note: uses tract's ONNX operator extensions: a device build of perchd \
+                 loads it only when built with `--features onnx-ops`"
+            )?;
         }
         for o in &self.outputs {
             writeln!(

@@ -11,7 +11,6 @@ use tract_core::internal::{Symbol, TDim, TractResult};
 use tract_core::model::TypedModel;
 use tract_core::plan::SimplePlan;
 use tract_core::prelude::{Framework, TypedSimplePlan};
-use tract_onnx_opl::WithOnnx;
 
 use super::error::{chain, EngineError, Result};
 use super::session::{Outputs, Session};
@@ -341,10 +340,19 @@ impl Source {
     }
 }
 
-/// The NNEF framework with tract's core and ONNX operator extensions, so archives
-/// converted from ONNX load without the ONNX parser.
+/// The NNEF framework with tract's core operators and, with the `onnx-ops` feature, its
+/// ONNX operator extensions, so archives converted from ONNX load without the ONNX
+/// parser.
 fn nnef() -> tract_nnef::internal::Nnef {
-    tract_nnef::nnef().with_onnx()
+    #[cfg(feature = "onnx-ops")]
+    {
+        use tract_onnx_opl::WithOnnx;
+        tract_nnef::nnef().with_onnx()
+    }
+    #[cfg(not(feature = "onnx-ops"))]
+    {
+        tract_nnef::nnef()
+    }
 }
 
 /// Binds symbolic input dimensions of a typed model to the requested sizes.
@@ -433,9 +441,24 @@ fn malformed(what: &str, e: EngineError) -> EngineError {
     match e {
         EngineError::Prepare { reason, .. } => EngineError::Malformed {
             what: what.into(),
-            reason,
+            reason: with_registry_hint(reason),
         },
         other => other,
+    }
+}
+
+/// How tract says an archive needs the ONNX operator extensions it was not given.
+const MISSING_ONNX_REGISTRY: &str = "Registry not found Identifier(\"tract_onnx\")";
+
+/// Says which build loads an archive that needs the ONNX operator extensions.
+fn with_registry_hint(reason: String) -> String {
+    if cfg!(not(feature = "onnx-ops")) && reason.contains(MISSING_ONNX_REGISTRY) {
+        format!(
+            "{reason} (the archive uses tract's ONNX operator extensions, which this \
+             build leaves out: build perchd with the `onnx-ops` feature)"
+        )
+    } else {
+        reason
     }
 }
 
@@ -458,5 +481,38 @@ pub(crate) fn contain<T>(stage: &'static str, f: impl FnOnce() -> TractResult<T>
                 .unwrap_or_else(|| "no message".into());
             Err(EngineError::EnginePanic { stage, message })
         }
+    }
+}
+
+#[cfg(all(test, feature = "onnx"))]
+mod tests {
+    use tract_onnx::prelude::{Framework, InferenceModelExt};
+    use tract_onnx_opl::WithOnnx;
+
+    use super::*;
+
+    /// The hint of a build without `onnx-ops` relies on tract's wording: an archive
+    /// written with the ONNX extensions, read without them, must fail with it.
+    #[test]
+    fn tract_names_a_missing_onnx_registry_as_the_hint_expects() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/fixtures/onnx-extension-op.onnx"
+        );
+        let typed = tract_onnx::onnx()
+            .model_for_path(path)
+            .and_then(|m| m.into_typed())
+            .and_then(|m| m.into_decluttered())
+            .unwrap();
+        let mut tar = Vec::new();
+        tract_nnef::nnef()
+            .with_onnx()
+            .write_to_tar(&typed, &mut tar)
+            .unwrap();
+        let err = tract_nnef::nnef().model_for_read(&mut &*tar).unwrap_err();
+        let reason = chain(&err);
+        assert!(reason.contains(MISSING_ONNX_REGISTRY), "{reason}");
+        // ... and the engine (with `onnx-ops` here) loads it.
+        assert!(Model::from_nnef_bytes(&tar, &LoadOptions::new()).is_ok());
     }
 }

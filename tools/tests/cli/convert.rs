@@ -38,6 +38,9 @@ fn converted_reference_models_give_the_onnx_outputs_within_1e_5() {
             assert!(archive.exists(), "{name}/{file}");
             assert_eq!(report["sample"]["kind"], "golden", "{report}");
             assert!(report["nnef_bytes"].as_u64().unwrap() > 0);
+            // What a device build (without `onnx-ops`) can load.
+            assert_eq!(report["registries"], serde_json::json!(["tract_core"]));
+            assert_eq!(report["needs_onnx_ops"], false);
 
             // Independently of convert's own check: both forms through the engine.
             let onnx = Model::load(models().join(name).join(file), &LoadOptions::new()).unwrap();
@@ -229,6 +232,36 @@ fn a_tolerance_the_conversion_cannot_meet_refuses_and_writes_nothing() {
         .stderr(predicates::str::contains("refusing to write"))
         .stderr(predicates::str::contains("differs"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn an_archive_that_needs_the_onnx_operator_extensions_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("lrn.nnef.tgz");
+    let out = perch()
+        .args(["convert", "--json"])
+        .arg(models().join("fixtures/onnx-extension-op.onnx"))
+        .arg("-o")
+        .arg(&archive)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let report = json(&out);
+    assert_eq!(report["needs_onnx_ops"], true, "{report}");
+    assert!(report["registries"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("tract_onnx")));
+    perch()
+        .arg("convert")
+        .arg(models().join("fixtures/onnx-extension-op.onnx"))
+        .arg("-o")
+        .arg(dir.path().join("again.nnef.tgz"))
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("--features onnx-ops"));
 }
 
 #[test]
