@@ -16,8 +16,11 @@
 //! Files, all in [`OtaConfig::dir`]: `ota.json` (the machine's [`State`]), `slots/`
 //! ([`Slots`]), `download.part` and `download.json` ([`Download`]),
 //! `serve-configured` (present after a roll-back to the configured model, which then
-//! serves) and `previous-configured` (present while the configured model is what a
-//! roll-back returns to).
+//! serves), `previous-configured` (present while the configured model is what a
+//! roll-back returns to) and `installing` (present while a downloaded bundle is loaded
+//! and tested: found at start-up, the agent stopped during that — a device build aborts
+//! on an engine panic — and after [`MAX_INSTALL_ATTEMPTS`] such starts the rollout
+//! fails instead of crashing the agent again).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -67,8 +70,16 @@ pub const SERVE_CONFIGURED_FILE: &str = "serve-configured";
 /// The marker file saying the model before the active slot was the configured one (the
 /// first activation, or one after a roll-back to the configured model).
 pub const PREVIOUS_CONFIGURED_FILE: &str = "previous-configured";
+/// The marker file present while a bundle is loaded and tested before its activation:
+/// the bundle's SHA-256 and the number of attempts, `<sha256> <attempts>`.
+pub const INSTALLING_FILE: &str = "installing";
 /// Hash failures of one chunk after which a rollout fails.
 pub const MAX_BAD_CHUNKS: u32 = 5;
+/// Starts that found an install cut short (the agent stopped while loading and testing
+/// the bundle) after which the rollout fails rather than trying again. Two, so a power
+/// cut during an install does not fail a rollout, but an engine that crashes on the
+/// bundle does.
+pub const MAX_INSTALL_ATTEMPTS: u32 = 2;
 
 /// Settings of the updater.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,6 +283,7 @@ impl Updater {
         let boots = self.slots.record_boot()?;
         let now = self.now_ms();
         let mut actions = self.machine.on_boot(boots);
+        actions.extend(self.interrupted_install()?);
         actions.extend(self.machine.resume());
         let activated = self
             .machine
@@ -528,6 +540,13 @@ impl Updater {
             self.set_marker(PREVIOUS_CONFIGURED_FILE, true)
                 .map_err(|e| e.to_string())?;
         }
+        let attempts = self.install_attempts(&doc.bundle.sha256) + 1;
+        let marker = self.config.dir.join(INSTALLING_FILE);
+        fsio::write_atomic(
+            &marker,
+            format!("{} {attempts}\n", doc.bundle.sha256).as_bytes(),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
         let installed = install::install(
             &mut self.slots,
             bytes,
@@ -535,7 +554,14 @@ impl Updater {
             &self.settings.keys,
             &self.settings,
             self.configured_sequence,
-        )?;
+        );
+        if let Err(e) = std::fs::remove_file(&marker) {
+            effects.push(Effect::Log {
+                level: log::Level::Warn,
+                message: format!("cannot remove {}: {e}", marker.display()),
+            });
+        }
+        let installed = installed?;
         self.set_marker(PREVIOUS_CONFIGURED_FILE, previous_is_configured)
             .and_then(|()| self.set_marker(SERVE_CONFIGURED_FILE, false))
             .map_err(|e| e.to_string())?;
@@ -577,6 +603,57 @@ impl Updater {
         };
         self.set_marker(SERVE_CONFIGURED_FILE, false)?;
         Ok(loaded)
+    }
+
+    /// How many times loading and testing the bundle `sha256` began without finishing
+    /// (the `installing` marker); 0 without a marker or for another bundle.
+    fn install_attempts(&self, sha256: &str) -> u32 {
+        let text =
+            std::fs::read_to_string(self.config.dir.join(INSTALLING_FILE)).unwrap_or_default();
+        let mut words = text.split_whitespace();
+        match (words.next(), words.next().map(str::parse::<u32>)) {
+            (Some(marked), Some(Ok(attempts))) if marked == sha256 => attempts,
+            _ => 0,
+        }
+    }
+
+    /// At start-up: an `installing` marker means the agent stopped while it loaded and
+    /// tested the rollout's bundle. After [`MAX_INSTALL_ATTEMPTS`] the rollout fails
+    /// (the engine crashes on the bundle); before, the install runs again on resuming.
+    /// A marker for another bundle, or for the bundle already activated (the stop came
+    /// after the activation, which probation covers), is stale and goes.
+    fn interrupted_install(&mut self) -> Result<Vec<Action>, OtaError> {
+        let path = self.config.dir.join(INSTALLING_FILE);
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let bundle = self
+            .machine
+            .state()
+            .document
+            .as_ref()
+            .map(|d| d.bundle.sha256.clone());
+        let activated = self
+            .slots
+            .active()
+            .map(|(_, content, _)| content.sha256.clone());
+        let attempts = bundle.as_deref().map_or(0, |b| self.install_attempts(b));
+        if attempts > 0 && activated != bundle && attempts < MAX_INSTALL_ATTEMPTS {
+            return Ok(Vec::new());
+        }
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(OtaError::Io { path, cause: e })
+            }
+            _ => {}
+        }
+        if attempts == 0 || activated == bundle {
+            return Ok(Vec::new());
+        }
+        Ok(self.machine.on_failed(format!(
+            "perchd stopped {attempts} times while loading and testing this bundle (the \
+             engine crashes on it, or the device lost power each time); not trying again"
+        )))
     }
 
     fn marker(&self, name: &str) -> bool {
@@ -795,6 +872,61 @@ mod tests {
         let effects = serve_chunks(&mut updater, boot.effects, &bundle, &doc, usize::MAX);
         assert!(effects.iter().any(|e| matches!(e, Effect::Serve(_))));
         assert_eq!(updater.state().state, Some(DeviceState::Active));
+    }
+
+    /// Leaves `dir` as an agent that stopped while loading and testing the bundle leaves
+    /// it: the whole bundle in the part file, the `installing` marker with `attempts`.
+    fn stop_during_install(dir: &std::path::Path, bundle: &[u8], attempts: u32) -> RolloutDocument {
+        let doc = document(bundle);
+        let mut updater = open(dir);
+        updater.boot().unwrap();
+        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
+        let count = doc.bundle.chunk_count() as usize;
+        serve_chunks(&mut updater, first, bundle, &doc, count - 1);
+        drop(updater);
+        std::fs::write(dir.join(download::PART_FILE), bundle).unwrap();
+        std::fs::write(
+            dir.join(INSTALLING_FILE),
+            format!("{} {attempts}\n", doc.bundle.sha256),
+        )
+        .unwrap();
+        doc
+    }
+
+    #[test]
+    fn a_stop_while_installing_tries_again_once_then_fails_the_rollout() {
+        let bundle = crate::testing::pack_kws(&key(), 2, "1.3.0")
+            .as_bytes()
+            .to_vec();
+
+        // First stop (a power cut, say): the install runs again and succeeds.
+        let dir = tempfile::tempdir().unwrap();
+        stop_during_install(dir.path(), &bundle, 1);
+        let mut updater = open(dir.path());
+        let boot = updater.boot().unwrap();
+        assert!(boot.serve.is_some(), "the new slot serves");
+        assert_eq!(updater.state().state, Some(DeviceState::Active));
+        assert!(!dir.path().join(INSTALLING_FILE).exists());
+
+        // The second stop on the same bundle (an engine that aborts on it): the rollout
+        // fails with the reason, the configured model keeps serving, nothing is retried.
+        let dir = tempfile::tempdir().unwrap();
+        stop_during_install(dir.path(), &bundle, MAX_INSTALL_ATTEMPTS);
+        let mut updater = open(dir.path());
+        let boot = updater.boot().unwrap();
+        assert!(boot.serve.is_none(), "the configured model serves");
+        let failed = reports(&boot.effects);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].state, DeviceState::Failed);
+        let reason = failed[0].reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("stopped 2 times while loading"), "{reason}");
+        assert_eq!(updater.state().state, Some(DeviceState::Failed));
+        assert!(!dir.path().join(INSTALLING_FILE).exists());
+        assert!(!dir.path().join(download::PART_FILE).exists());
+        drop(updater);
+        let mut updater = open(dir.path());
+        assert!(updater.boot().unwrap().effects.is_empty());
+        assert_eq!(updater.state().state, Some(DeviceState::Failed));
     }
 
     #[test]
