@@ -40,4 +40,29 @@ pub mod fsio;
 #[cfg(feature = "std")]
 pub mod rollout;
 
+/// Helpers for the unit tests of several modules.
+#[cfg(all(test, feature = "onnx"))]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    use tract_onnx::prelude::{Framework, InferenceModelExt};
+    use tract_onnx_opl::WithOnnx;
+
+    /// The ONNX model at `path`, decluttered and written as an (uncompressed) NNEF tar
+    /// with tract's ONNX operator extensions, as `perch convert` writes it.
+    pub(crate) fn nnef_tar(path: &Path) -> Vec<u8> {
+        let typed = tract_onnx::onnx()
+            .model_for_path(path)
+            .and_then(|m| m.into_typed())
+            .and_then(|m| m.into_decluttered())
+            .unwrap();
+        let mut tar = Vec::new();
+        tract_nnef::nnef()
+            .with_onnx()
+            .write_to_tar(&typed, &mut tar)
+            .unwrap();
+        tar
+    }
+}
+
 pub use error::Error;

@@ -242,19 +242,7 @@ mod packing {
     #[test]
     #[cfg(feature = "onnx")]
     fn an_nnef_model_is_packed_as_model_nnef_tar_and_loads() {
-        use tract_onnx::prelude::{Framework, InferenceModelExt};
-        use tract_onnx_opl::WithOnnx;
-
-        let typed = tract_onnx::onnx()
-            .model_for_path(models().join("kws-dscnn/model.onnx"))
-            .and_then(|m| m.into_typed())
-            .and_then(|m| m.into_decluttered())
-            .unwrap();
-        let mut nnef = Vec::new();
-        tract_nnef::nnef()
-            .with_onnx()
-            .write_to_tar(&typed, &mut nnef)
-            .unwrap();
+        let nnef = crate::testing::nnef_tar(&models().join("kws-dscnn/model.onnx"));
         let mut contents = r2();
         contents.model_format = ModelKind::Nnef;
         contents.model = nnef;

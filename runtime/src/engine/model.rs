@@ -486,29 +486,16 @@ pub(crate) fn contain<T>(stage: &'static str, f: impl FnOnce() -> TractResult<T>
 
 #[cfg(all(test, feature = "onnx"))]
 mod tests {
-    use tract_onnx::prelude::{Framework, InferenceModelExt};
-    use tract_onnx_opl::WithOnnx;
-
     use super::*;
 
     /// The hint of a build without `onnx-ops` relies on tract's wording: an archive
     /// written with the ONNX extensions, read without them, must fail with it.
     #[test]
     fn tract_names_a_missing_onnx_registry_as_the_hint_expects() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../models/fixtures/onnx-extension-op.onnx"
+        let tar = crate::testing::nnef_tar(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../models/fixtures/onnx-extension-op.onnx"),
         );
-        let typed = tract_onnx::onnx()
-            .model_for_path(path)
-            .and_then(|m| m.into_typed())
-            .and_then(|m| m.into_decluttered())
-            .unwrap();
-        let mut tar = Vec::new();
-        tract_nnef::nnef()
-            .with_onnx()
-            .write_to_tar(&typed, &mut tar)
-            .unwrap();
         let err = tract_nnef::nnef().model_for_read(&mut &*tar).unwrap_err();
         let reason = chain(&err);
         assert!(reason.contains(MISSING_ONNX_REGISTRY), "{reason}");

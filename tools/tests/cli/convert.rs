@@ -29,6 +29,16 @@ fn convert(dir: &Path, name: &str, file: &str) -> (PathBuf, Value) {
     (archive, json(&out))
 }
 
+/// Converts `source` into `dir` with the text report; returns the finished command.
+fn convert_text(dir: &Path, source: &Path) -> assert_cmd::assert::Assert {
+    perch()
+        .arg("convert")
+        .arg(source)
+        .arg("-o")
+        .arg(dir.join("text.nnef.tgz"))
+        .assert()
+}
+
 #[test]
 fn converted_reference_models_give_the_onnx_outputs_within_1e_5() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,12 +111,7 @@ fn the_report_shows_both_load_times_and_the_agreement_per_output() {
     assert!(report["outputs"][0]["relative_error"].as_f64().unwrap() <= 1e-4);
     assert_eq!(report["tolerance"].as_f64().unwrap() as f32, 1e-4);
 
-    perch()
-        .arg("convert")
-        .arg(models().join("kws-dscnn/model.onnx"))
-        .arg("-o")
-        .arg(dir.path().join("text.nnef.tgz"))
-        .assert()
+    convert_text(dir.path(), &models().join("kws-dscnn/model.onnx"))
         .success()
         .stdout(predicates::str::contains("ONNX"))
         .stdout(predicates::str::contains("NNEF"))
@@ -237,31 +242,18 @@ fn a_tolerance_the_conversion_cannot_meet_refuses_and_writes_nothing() {
 #[test]
 fn an_archive_that_needs_the_onnx_operator_extensions_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("lrn.nnef.tgz");
-    let out = perch()
-        .args(["convert", "--json"])
-        .arg(models().join("fixtures/onnx-extension-op.onnx"))
-        .arg("-o")
-        .arg(&archive)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let report = json(&out);
+    let (_, report) = convert(dir.path(), "fixtures", "onnx-extension-op.onnx");
     assert_eq!(report["needs_onnx_ops"], true, "{report}");
     assert!(report["registries"]
         .as_array()
         .unwrap()
         .contains(&serde_json::json!("tract_onnx")));
-    perch()
-        .arg("convert")
-        .arg(models().join("fixtures/onnx-extension-op.onnx"))
-        .arg("-o")
-        .arg(dir.path().join("again.nnef.tgz"))
-        .assert()
-        .success()
-        .stdout(predicates::str::contains("--features onnx-ops"));
+    convert_text(
+        dir.path(),
+        &models().join("fixtures/onnx-extension-op.onnx"),
+    )
+    .success()
+    .stdout(predicates::str::contains("--features onnx-ops"));
 }
 
 #[test]
