@@ -618,6 +618,22 @@ def vendor_op_fixture():
                              ir_version=IR_VERSION, producer_name=PRODUCER, producer_version="1")
 
 
+def dynamic_variant(folder, golden):
+    """R2 quantized by ONNX Runtime's own tool (`quantize_dynamic`: uint8 weights,
+    ConvInteger / MatMulInteger after DynamicQuantizeLinear), with its onnxruntime output:
+    a model the engine runs on integer kernels, made independently of `perch quantize`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = os.path.join(folder, "model.onnx")
+    dst = os.path.join(folder, "model.dyn.onnx")
+    quantize_dynamic(src, dst, weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    dyn = onnx.load(dst)
+    (out,) = run(dyn, {dyn.graph.input[0].name: golden})
+    save_npy(os.path.join(folder, "golden", "output_0.dyn.npy"), out.astype(np.float32))
+    print(f"  dyn (onnxruntime quantize_dynamic): {sorted({n.op_type for n in dyn.graph.node})}")
+
+
 def lrn_fixture():
     """One LRN node, an operator tract keeps in its ONNX extension registry (`tract_onnx`)
     when it writes NNEF: devices built without that registry cannot load the archive."""
@@ -724,6 +740,8 @@ def main():
         save_npy(os.path.join(gdir, "input_0.npy"), golden)
         save_npy(os.path.join(gdir, "output_0.npy"), out)
         save_npy(os.path.join(gdir, "output_0.w8.npy"), out_w8)
+        if name == "kws-dscnn":
+            dynamic_variant(folder, golden)
 
         params, trainable = count_params(model)
         macs = count_macs(model)

@@ -61,6 +61,21 @@ mod golden_outputs {
         }
     }
 
+    /// R2 quantized by ONNX Runtime's own `quantize_dynamic` (ConvInteger, MatMulInteger
+    /// on uint8, DynamicQuantizeLinear): tract runs it on its integer kernels, so this is
+    /// the golden test of those (on ARM under qemu too, by `.ci/arm`).
+    #[test]
+    fn a_dynamically_quantized_model_matches_onnx_runtime_on_integer_kernels() {
+        let model = load(&models().join("kws-dscnn/model.dyn.onnx"));
+        let golden = Golden::load_variant(models().join("kws-dscnn/golden"), Some("dyn")).unwrap();
+        let report = model
+            .session()
+            .unwrap()
+            .self_test(&golden, Tolerance::default())
+            .unwrap_or_else(|e| panic!("kws-dscnn dyn: {e}"));
+        assert!(report.outputs[0].relative_error <= 1e-4, "{report:?}");
+    }
+
     #[test]
     fn a_model_converted_to_nnef_loads_back_and_gives_the_same_outputs() {
         for name in ["kws-dscnn", "digits-mlp"] {
@@ -166,7 +181,8 @@ mod kernels {
     }
 
     /// tract picks its kernels at run time from the CPU it finds, so a test binary for an
-    /// ARM target run under qemu could silently fall back to slower code. `.ci/arm` sets
+    /// ARM target run under qemu could silently fall back to slower code. The float and
+    /// w8 reference models plan float kernels; R2 dynamically quantized plans integer ones. `.ci/arm` sets
     /// PERCH_EXPECT_KERNELS to the kernel family the emulated board must use (`arm64simd`,
     /// `armv7neon`); without it the kernels need only be written for this architecture.
     #[test]
@@ -177,8 +193,13 @@ mod kernels {
             std::env::consts::ARCH,
             tract_linalg::isa::native()
         );
-        for name in REFERENCE {
-            for file in ["model.onnx", "model.w8.onnx"] {
+        let mut cases: Vec<(&str, &str)> = REFERENCE
+            .iter()
+            .flat_map(|name| [(*name, "model.onnx"), (*name, "model.w8.onnx")])
+            .collect();
+        cases.push(("kws-dscnn", "model.dyn.onnx"));
+        for (name, file) in cases {
+            {
                 let kernels = planned_kernels(&load(&models().join(name).join(file)));
                 let names: Vec<&str> = kernels.iter().map(|(n, _)| n.as_str()).collect();
                 println!("{name}/{file}: {}", names.join(" "));
@@ -187,6 +208,13 @@ mod kernels {
                     kernels.iter().all(|(_, native)| *native),
                     "{name}/{file}: portable kernels planned: {names:?}"
                 );
+                if file == "model.dyn.onnx" {
+                    // ConvInteger / MatMulInteger: tract's integer kernels.
+                    assert!(
+                        names.iter().any(|n| n.contains("i32")),
+                        "{name}/{file}: no integer kernel planned: {names:?}"
+                    );
+                }
                 if let Some(prefix) = &expected {
                     assert!(
                         names.iter().all(|n| n.starts_with(prefix.as_str())),
