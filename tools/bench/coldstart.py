@@ -18,7 +18,7 @@ Only the standard library: run it with any python3 from the repository root, aft
 building the binaries (`cargo build --release -p perch-firmware -p perch-tools`):
 
     python3 tools/bench/coldstart.py [--perchd target/release/perchd]
-        [--perch target/release/perch] [--runs 5] [--out table.md]
+        [--perch target/release/perch] [--runs 5] [--models R1,R2,R3,R4] [--out table.md]
 """
 
 import argparse
@@ -160,6 +160,8 @@ def main():
     parser.add_argument("--perchd", default="target/release/perchd")
     parser.add_argument("--perch", default="target/release/perch")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--models", default="R1,R2,R3,R4",
+                        help="which reference models, by id (default: R1,R2,R3,R4)")
     parser.add_argument("--out", help="also write the Markdown table here")
     parser.add_argument("--mosquitto", action="store_true",
                         help="report to a mosquitto started here, not the embedded broker")
@@ -188,7 +190,8 @@ def main():
         subprocess.run([args.perch, "keygen", "-o", key], check=True, stdout=subprocess.DEVNULL)
         pubkey = os.path.join(work, "bench.pub")
         rows = []
-        for rid, name in MODELS:
+        chosen = args.models.split(",")
+        for rid, name in [m for m in MODELS if m[0] in chosen]:
             model_dir = os.path.join("models", name)
             nnef = os.path.join(work, f"{name}.nnef.tgz")
             subprocess.run(

@@ -36,6 +36,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    perch_firmware::use_one_malloc_arena();
     // rumqttd logs through `tracing`, which forwards every span to `log` (at levels up
     // to ERROR for routine packets): silenced unless RUST_LOG names it.
     env_logger::Builder::new()
