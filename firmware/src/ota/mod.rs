@@ -555,10 +555,10 @@ impl Updater {
             &self.settings,
             self.configured_sequence,
         );
-        if let Err(e) = std::fs::remove_file(&marker) {
+        if let Err(e) = self.set_marker(INSTALLING_FILE, false) {
             effects.push(Effect::Log {
                 level: log::Level::Warn,
-                message: format!("cannot remove {}: {e}", marker.display()),
+                message: e.to_string(),
             });
         }
         let installed = installed?;
@@ -623,31 +623,21 @@ impl Updater {
     /// A marker for another bundle, or for the bundle already activated (the stop came
     /// after the activation, which probation covers), is stale and goes.
     fn interrupted_install(&mut self) -> Result<Vec<Action>, OtaError> {
-        let path = self.config.dir.join(INSTALLING_FILE);
-        if !path.exists() {
-            return Ok(Vec::new());
-        }
         let bundle = self
             .machine
             .state()
             .document
             .as_ref()
             .map(|d| d.bundle.sha256.clone());
-        let activated = self
-            .slots
-            .active()
-            .map(|(_, content, _)| content.sha256.clone());
         let attempts = bundle.as_deref().map_or(0, |b| self.install_attempts(b));
-        if attempts > 0 && activated != bundle && attempts < MAX_INSTALL_ATTEMPTS {
+        let activated =
+            bundle.is_some() && self.slots.active().map(|(_, c, _)| &c.sha256) == bundle.as_ref();
+        if attempts > 0 && !activated && attempts < MAX_INSTALL_ATTEMPTS {
+            // Resuming installs again, and counts one more attempt.
             return Ok(Vec::new());
         }
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(OtaError::Io { path, cause: e })
-            }
-            _ => {}
-        }
-        if attempts == 0 || activated == bundle {
+        self.set_marker(INSTALLING_FILE, false)?;
+        if attempts == 0 || activated {
             return Ok(Vec::new());
         }
         Ok(self.machine.on_failed(format!(
@@ -876,7 +866,7 @@ mod tests {
 
     /// Leaves `dir` as an agent that stopped while loading and testing the bundle leaves
     /// it: the whole bundle in the part file, the `installing` marker with `attempts`.
-    fn stop_during_install(dir: &std::path::Path, bundle: &[u8], attempts: u32) -> RolloutDocument {
+    fn stop_during_install(dir: &std::path::Path, bundle: &[u8], attempts: u32) {
         let doc = document(bundle);
         let mut updater = open(dir);
         updater.boot().unwrap();
@@ -890,7 +880,6 @@ mod tests {
             format!("{} {attempts}\n", doc.bundle.sha256),
         )
         .unwrap();
-        doc
     }
 
     #[test]
