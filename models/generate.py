@@ -600,6 +600,7 @@ def write_fixtures(report):
 
     save_model(vendor_op_fixture(), os.path.join(d, "unsupported-op.onnx"))
     save_model(lrn_fixture(), os.path.join(d, "onnx-extension-op.onnx"))
+    write_depthwise_fixture(d)
 
 
 def vendor_op_fixture():
@@ -643,6 +644,53 @@ def lrn_fixture():
     graph = helper.make_graph([node], "lrn", [x], [y])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
                              ir_version=IR_VERSION, producer_name=PRODUCER, producer_version="1")
+
+
+DEPTHWISE_BRANCHES = [
+    # output, conv attributes, output channels, ReLU after it; what Perch's depthwise
+    # kernels do with it (runtime/src/kernels/f32_dwconv)
+    ("dilated", dict(kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 2, 2, 2], group=8), 8, False),
+    ("k7", dict(kernel_shape=[7, 7], pads=[3, 3, 3, 3], group=8), 8, False),
+    ("stride3", dict(kernel_shape=[3, 3], strides=[3, 3], pads=[1, 1, 1, 1], group=8), 8, False),
+    ("grouped", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2), 8, False),
+    ("multiplier2", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8), 16, False),
+    ("k5s2_asym_relu", dict(kernel_shape=[5, 5], strides=[2, 2], pads=[2, 1, 1, 2], group=8), 8, True),
+    ("k3s1_asym", dict(kernel_shape=[3, 3], pads=[0, 1, 1, 0], group=8), 8, False),
+]
+
+
+def write_depthwise_fixture(d):
+    """Depthwise and grouped convolutions on one [1, 8, 13, 11] input, one branch per
+    case Perch's depthwise kernels cover or decline (dilation, a 7x7 filter, stride 3,
+    groups of several channels, a channel multiplier), with ONNX Runtime's outputs."""
+    rng = np.random.default_rng(12)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 13, 11])
+    nodes, inits, outputs = [], [], []
+    for name, attrs, cout, relu in DEPTHWISE_BRANCHES:
+        cin_per_group = 8 // attrs["group"]
+        k = attrs["kernel_shape"]
+        w = f32(rng.normal(size=(cout, cin_per_group, k[0], k[1])) * 0.3)
+        b = f32(rng.normal(size=(cout,)) * 0.1)
+        inits += [numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(b, f"{name}.b")]
+        conv_out = f"{name}.conv" if relu else name
+        nodes.append(helper.make_node("Conv", ["x", f"{name}.w", f"{name}.b"], [conv_out], name=name, **attrs))
+        if relu:
+            nodes.append(helper.make_node("Relu", [conv_out], [name], name=f"{name}.relu"))
+        outputs.append(name)
+    graph = helper.make_graph(nodes, "depthwise_variants", [x], [], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION,
+                              producer_name=PRODUCER, producer_version="1")
+    # Output shapes as ONNX infers them.
+    inferred = onnx.shape_inference.infer_shapes(model)
+    by_name = {vi.name: vi for vi in inferred.graph.value_info}
+    model.graph.output.extend(by_name[name] for name in outputs)
+    check_model(model, "depthwise-variants")
+    save_model(model, os.path.join(d, "depthwise-variants.onnx"))
+    xs = f32(rng.normal(size=(1, 8, 13, 11)))
+    ys = run(model, {"x": xs})
+    save_npy(os.path.join(d, "depthwise-variants.input_0.npy"), xs)
+    for i, y in enumerate(ys):
+        save_npy(os.path.join(d, f"depthwise-variants.output_{i}.npy"), f32(y))
 
 
 # --------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ pub mod wire;
 pub mod engine;
 
 #[cfg(feature = "std")]
+pub mod kernels;
+
+#[cfg(feature = "std")]
 pub mod bundle;
 
 #[cfg(feature = "std")]

@@ -14,7 +14,6 @@ use std::time::Instant;
 use perch_runtime::engine::{compare, LoadOptions, Model, ModelFormat, Tolerance};
 use serde::Serialize;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
-use tract_onnx::WithOnnx;
 
 use crate::graph::{self, SampleSource};
 use crate::ToolError;
@@ -262,7 +261,14 @@ fn write_archive(source: &Path) -> Result<(Vec<u8>, Vec<String>), ToolError> {
             .model_for_path(source)?
             .into_typed()?
             .into_decluttered()?;
-        let nnef = tract_nnef::nnef().with_onnx();
+        // Perch's operators go into the archive as the engine would plan them, so a
+        // device loads them without rewriting (PERCH_KERNELS=off writes tract's own).
+        let typed = if LoadOptions::new().kernels_on() {
+            perch_runtime::engine::ops::rewrite(typed, perch_runtime::kernels::Cpu::detect())?.0
+        } else {
+            typed
+        };
+        let nnef = perch_runtime::engine::nnef_framework();
         let registries = tract_nnef::ser::to_proto_model(&nnef, &typed)?
             .doc
             .extension

@@ -177,8 +177,7 @@ pub fn typed_onnx(
 
 /// Parses an NNEF archive (tar, gzipped or not, or a folder) into the engine's typed model.
 pub fn typed_nnef(path: &Path) -> Result<TypedModel, String> {
-    use tract_onnx::WithOnnx;
-    let nnef = tract_nnef::nnef().with_onnx();
+    let nnef = perch_runtime::engine::nnef_framework();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| nnef.model_for_path(path))) {
         Ok(Ok(typed)) => Ok(typed),
         Ok(Err(e)) => Err(format!("{e:#}")),

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Instant;
 
-use perch_runtime::engine::{EngineError, Model, ModelFormat, TensorInfo};
+use perch_runtime::engine::{EngineError, KernelNode, Model, ModelFormat, TensorInfo};
 use serde::Serialize;
 
 use crate::graph::{self, Compute, Parameters, Quantization};
@@ -105,6 +105,9 @@ pub struct InspectReport {
     pub engine: EngineCheck,
     /// Nodes in the optimized plan the engine runs (when it loads).
     pub optimized_nodes: Option<usize>,
+    /// What Perch's kernel pass did with each node it considered: the kernel that runs
+    /// it, or why it stays on tract's operator (when the engine loads the model).
+    pub kernels: Option<Vec<KernelNode>>,
     /// Load, check and optimize time in milliseconds (informational; when it loads).
     pub load_ms: Option<f64>,
 }
@@ -154,6 +157,7 @@ fn inspect_onnx(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<InspectR
     let started = Instant::now();
     let loaded = Model::load(path, &load_options(shapes));
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let kernels = loaded.as_ref().ok().map(|m| m.metadata().kernels.clone());
     let (engine, optimized_nodes, load_ms) = match &loaded {
         Ok(model) => {
             inputs = model.metadata().inputs.iter().map(Tensor::from).collect();
@@ -187,6 +191,7 @@ fn inspect_onnx(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<InspectR
         quantization: Some(graph::quantization(&proto)),
         engine,
         optimized_nodes,
+        kernels,
         load_ms,
     })
 }
@@ -232,6 +237,7 @@ fn inspect_nnef(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<InspectR
             hint: None,
         },
         optimized_nodes: Some(model.optimized_model().nodes().len()),
+        kernels: Some(meta.kernels.clone()),
         load_ms: Some(load_ms),
     })
 }
@@ -375,6 +381,9 @@ impl fmt::Display for InspectReport {
         if let Some(q) = &self.quantization {
             writeln!(f, "  quantized  {}", q.summary)?;
         }
+        if let Some(kernels) = &self.kernels {
+            write_kernels(f, kernels)?;
+        }
         if self.engine.supported {
             write!(f, "  engine     supports every operator")?;
             if let Some(ms) = self.load_ms {
@@ -394,4 +403,40 @@ impl fmt::Display for InspectReport {
             }
         }
     }
+}
+
+/// The kernel pass's decisions: a count per kernel, then every node it left on tract's
+/// operator with the reason.
+fn write_kernels(f: &mut fmt::Formatter<'_>, kernels: &[KernelNode]) -> fmt::Result {
+    if kernels.is_empty() {
+        return Ok(());
+    }
+    let planned = kernels.iter().filter(|k| k.is_planned()).count();
+    writeln!(
+        f,
+        "  kernels    Perch runs {planned} of {} nodes it considered",
+        kernels.len()
+    )?;
+    let mut by_kernel: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for k in kernels {
+        if let Some(name) = &k.kernel {
+            let entry = by_kernel.entry(name).or_default();
+            entry.0 += 1;
+            entry.1 += k.fused.len();
+        }
+    }
+    for (name, (nodes, fused)) in by_kernel {
+        writeln!(f, "    {nodes:>5}  {name} ({fused} following nodes fused)")?;
+    }
+    for k in kernels.iter().filter(|k| !k.is_planned()) {
+        writeln!(
+            f,
+            "    tract  {} ({}, {}): {}",
+            k.node,
+            k.pattern,
+            k.detail,
+            k.reason.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
 }

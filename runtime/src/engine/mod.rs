@@ -24,12 +24,16 @@ mod golden;
 mod model;
 #[cfg(feature = "onnx")]
 pub mod onnx_check;
+pub mod ops;
 mod session;
 mod tensor;
 
 pub use error::{EngineError, Result};
 pub use golden::{compare, decode_npy, read_npy, Golden, OutputCheck, SelfTestReport, Tolerance};
-pub use model::{LoadOptions, Metadata, Model, ModelFormat, NonFinitePolicy};
+pub use model::{
+    nnef_framework, LoadOptions, Metadata, Model, ModelFormat, NonFinitePolicy, PERCH_KERNELS_ENV,
+};
+pub use ops::KernelNode;
 pub use session::{Outputs, Session};
 pub use tensor::{DType, Dim, Input, TensorData, TensorInfo};
 

@@ -79,7 +79,12 @@ pub enum NonFinitePolicy {
 pub struct LoadOptions {
     pub(crate) input_shapes: Vec<(String, Vec<usize>)>,
     pub(crate) non_finite: NonFinitePolicy,
+    pub(crate) perch_kernels: Option<bool>,
 }
+
+/// The environment variable that turns Perch's kernels off (`off`, `0` or `false`)
+/// when [`LoadOptions::perch_kernels`] does not decide.
+pub const PERCH_KERNELS_ENV: &str = "PERCH_KERNELS";
 
 impl LoadOptions {
     /// The defaults: shapes as the model declares them, non-finite inputs rejected.
@@ -101,6 +106,25 @@ impl LoadOptions {
         self.non_finite = policy;
         self
     }
+
+    /// Whether Perch's kernels replace tract's operators where they cover a node (see
+    /// [`crate::engine::ops`]). Unset, they do unless `PERCH_KERNELS` is `off`, `0` or
+    /// `false`. Off, the model runs on tract's operators only, for A/B measurement or
+    /// as an escape hatch; operators an NNEF archive already holds stay.
+    pub fn perch_kernels(mut self, on: bool) -> Self {
+        self.perch_kernels = Some(on);
+        self
+    }
+
+    /// Whether the kernel pass runs, from the option or the environment.
+    pub fn kernels_on(&self) -> bool {
+        self.perch_kernels.unwrap_or_else(|| {
+            !matches!(
+                std::env::var(PERCH_KERNELS_ENV).as_deref().map(str::trim),
+                Ok("off" | "0" | "false")
+            )
+        })
+    }
 }
 
 /// What a loaded model takes and returns, and what it is made of.
@@ -118,6 +142,12 @@ pub struct Metadata {
     pub op_histogram: BTreeMap<String, usize>,
     /// The tool that wrote the model, when recorded.
     pub producer: Option<String>,
+    /// The nodes Perch's kernel pass considered: the kernel that runs each, or why
+    /// it stays on tract's operator. Empty when the pass was off and the model holds
+    /// no Perch operators.
+    pub kernels: Vec<super::ops::KernelNode>,
+    /// Whether the kernel pass ran.
+    pub kernel_pass: bool,
 }
 
 /// A model loaded and optimized, ready to run.
@@ -146,14 +176,11 @@ impl Model {
             }
             ModelFormat::Nnef => {
                 let what = path.display().to_string();
-                let typed = contain("reading the NNEF archive", || nnef().model_for_path(path))
-                    .map_err(|e| malformed(&what, e))?;
-                Self::from_typed(
-                    typed,
-                    Source::nnef(),
-                    &options.input_shapes,
-                    options.non_finite,
-                )
+                let typed = contain("reading the NNEF archive", || {
+                    nnef_framework().model_for_path(path)
+                })
+                .map_err(|e| malformed(&what, e))?;
+                Self::from_typed(typed, Source::nnef(), &options.input_shapes, options)
             }
         }
     }
@@ -166,15 +193,10 @@ impl Model {
     /// Loads an NNEF archive (tar, optionally gzipped) from memory.
     pub fn from_nnef_bytes(bytes: &[u8], options: &LoadOptions) -> Result<Model> {
         let typed = contain("reading the NNEF archive", || {
-            nnef().model_for_read(&mut &*bytes)
+            nnef_framework().model_for_read(&mut &*bytes)
         })
         .map_err(|e| malformed("NNEF bytes", e))?;
-        Self::from_typed(
-            typed,
-            Source::nnef(),
-            &options.input_shapes,
-            options.non_finite,
-        )
+        Self::from_typed(typed, Source::nnef(), &options.input_shapes, options)
     }
 
     #[cfg(feature = "onnx")]
@@ -239,7 +261,7 @@ impl Model {
             op_histogram: Some(ops),
         };
         // The shapes were applied before typing, where ONNX allows changing any dimension.
-        Self::from_typed(typed, source, &[], options.non_finite)
+        Self::from_typed(typed, source, &[], options)
     }
 
     #[cfg(not(feature = "onnx"))]
@@ -257,8 +279,9 @@ impl Model {
         mut typed: TypedModel,
         source: Source,
         input_shapes: &[(String, Vec<usize>)],
-        non_finite: NonFinitePolicy,
+        options: &LoadOptions,
     ) -> Result<Model> {
+        let non_finite = options.non_finite;
         if !input_shapes.is_empty() {
             typed = concretize(typed, input_shapes)?;
         }
@@ -281,6 +304,15 @@ impl Model {
         let typed = contain("decluttering the graph", move || typed.into_decluttered())?;
         let inputs = describe(&typed, typed.input_outlets().map_err(prep)?)?;
         let outputs = describe(&typed, typed.output_outlets().map_err(prep)?)?;
+        let kernel_pass = options.kernels_on();
+        let (typed, kernels) = if kernel_pass {
+            contain("planning Perch's kernels", move || {
+                super::ops::rewrite(typed, crate::kernels::Cpu::detect())
+            })?
+        } else {
+            let kernels = super::ops::existing(&typed);
+            (typed, kernels)
+        };
         let optimized = contain("optimizing the graph", move || typed.into_optimized())?;
         let plan = contain("planning the execution", move || SimplePlan::new(optimized))?;
         let meta = Metadata {
@@ -290,6 +322,8 @@ impl Model {
             opset,
             op_histogram,
             producer,
+            kernels,
+            kernel_pass,
         };
         Ok(Model {
             plan,
@@ -340,19 +374,19 @@ impl Source {
     }
 }
 
-/// The NNEF framework with tract's core operators and, with the `onnx-ops` feature, its
-/// ONNX operator extensions, so archives converted from ONNX load without the ONNX
-/// parser.
-fn nnef() -> tract_nnef::internal::Nnef {
+/// The NNEF framework the engine reads archives with: tract's core operators, Perch's
+/// operators (registry `perch`) and, with the `onnx-ops` feature, tract's ONNX operator
+/// extensions, so archives converted from ONNX load without the ONNX parser. The host
+/// tools write archives with it.
+pub fn nnef_framework() -> tract_nnef::internal::Nnef {
+    let mut nnef = tract_nnef::nnef();
+    nnef.registries.push(super::ops::registry());
     #[cfg(feature = "onnx-ops")]
     {
         use tract_onnx_opl::WithOnnx;
-        tract_nnef::nnef().with_onnx()
+        nnef.enable_onnx();
     }
-    #[cfg(not(feature = "onnx-ops"))]
-    {
-        tract_nnef::nnef()
-    }
+    nnef
 }
 
 /// Binds symbolic input dimensions of a typed model to the requested sizes.

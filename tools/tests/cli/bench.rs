@@ -268,3 +268,13 @@ fn bad_arguments_and_bad_files_are_one_line_and_exit_2() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_profile_shows_the_layers_perch_kernels_run() {
+    let model = models().join("kws-dscnn/model.onnx");
+    let report = bench_json(&model, &["--runs", "3", "--profile"]);
+    let ops = report["profile"]["ops"].as_array().unwrap();
+    let dw = ops.iter().find(|o| o["op"] == "PerchDwConv").unwrap();
+    assert_eq!(dw["nodes"], 4);
+    assert_eq!(dw["macs"], 4 * 64 * 25 * 5 * 9);
+}

@@ -507,3 +507,42 @@ fn qdq_models_are_found_per_tensor_or_per_channel_by_their_weight_scales() {
         serde_json::json!(["qdq"])
     );
 }
+
+#[test]
+fn inspect_names_the_perch_kernel_of_every_depthwise_layer_and_why_others_stay_on_tract() {
+    let report = inspect_json(&models().join("mobilenetv2-035/model.onnx"), &[]);
+    let kernels = report["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len(), 17);
+    assert!(kernels.iter().all(|k| k["kernel"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("f32_dwconv_3x3s"))));
+    let text = perch()
+        .arg("inspect")
+        .arg(models().join("fixtures/depthwise-variants.onnx"))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("Perch runs 2 of 7 nodes it considered"),
+        "{text}"
+    );
+    assert!(text.contains("dilated (depthwise conv"), "{text}");
+    assert!(text.contains("dilation (the kernel has none)"), "{text}");
+}
+
+#[test]
+fn perch_kernels_off_in_the_environment_leaves_every_layer_on_tract() {
+    let out = perch()
+        .args(["inspect", "--json"])
+        .arg(models().join("kws-dscnn/model.onnx"))
+        .env("PERCH_KERNELS", "off")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json(&out)["kernels"], serde_json::json!([]));
+}

@@ -1,0 +1,91 @@
+//! Perch's operators inside tract, and the pass that puts them into a graph.
+//!
+//! [`rewrite`] runs on the decluttered graph, just before tract's own optimizer: it
+//! finds the patterns Perch's kernels ([`crate::kernels`]) run better than tract, and
+//! replaces each with a Perch operator (a tract `TypedOp` whose evaluation calls the
+//! kernel), fusing the element-wise nodes that follow where the kernel can apply them.
+//! tract's optimizer then leaves those nodes alone and optimizes the rest. Because the
+//! rewrite happens on the decluttered graph, the same graph serializes to NNEF: each
+//! operator has a fragment in Perch's registry (`perch`), so `perch convert` writes
+//! archives with Perch operators and a device build loads them (and plans the kernel
+//! for its own CPU when it does).
+//!
+//! Every node the pass considers is reported as a [`KernelNode`]: the kernel that runs
+//! it, or why it stays on tract's operator. A pattern the kernels do not cover is never
+//! an error.
+//!
+//! The pass is on by default; [`crate::engine::LoadOptions::perch_kernels`] or
+//! `PERCH_KERNELS=off` in the environment turn it off, for A/B measurement and as an
+//! escape hatch.
+
+mod dwconv;
+mod fuse;
+mod nnef;
+
+use serde::Serialize;
+use tract_core::internal::*;
+
+pub use dwconv::PerchDwConv;
+pub(crate) use nnef::registry;
+
+use crate::kernels::Cpu;
+
+/// What the kernel pass did with one node it considered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelNode {
+    /// The node's name in the model.
+    pub node: String,
+    /// The pattern it matched: `depthwise conv`, ...
+    pub pattern: &'static str,
+    /// Shape and parameters, for people: `48 ch 56x56 -> 28x28, 3x3 stride 2, pad 1,1,1,1`.
+    pub detail: String,
+    /// The kernel that runs it (`f32_dwconv_3x3s2_neon`), or `None` when it stays on
+    /// tract's operator.
+    pub kernel: Option<String>,
+    /// Why it stays on tract's operator, when it does.
+    pub reason: Option<String>,
+    /// Nodes fused into the Perch operator (a ReLU after a convolution, say).
+    pub fused: Vec<String>,
+}
+
+impl KernelNode {
+    /// Whether a Perch kernel runs this node.
+    pub fn is_planned(&self) -> bool {
+        self.kernel.is_some()
+    }
+}
+
+/// Rewrites `model` with Perch operators where a kernel covers a node, planning each
+/// kernel for `cpu`; returns the rewritten model and what was done with every node
+/// considered.
+///
+/// Nodes already holding Perch operators (from an NNEF archive) are reported as they
+/// are.
+pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<KernelNode>)> {
+    let mut report = vec![];
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if let Some(op) = node.op_as::<PerchDwConv>() {
+            report.push(op.report(&node.name, vec![]));
+            continue;
+        }
+        if let Some((patch, decision)) = dwconv::consider(&model, node, cpu)? {
+            if let Some(patch) = patch {
+                patch.apply(&mut model)?;
+            }
+            report.push(decision);
+        }
+    }
+    let model = model.into_compact()?;
+    Ok((model, report))
+}
+
+/// The Perch operators a model already holds (an NNEF archive written with them),
+/// reported as the pass would.
+pub(crate) fn existing(model: &TypedModel) -> Vec<KernelNode> {
+    model
+        .nodes()
+        .iter()
+        .filter_map(|node| Some(node.op_as::<PerchDwConv>()?.report(&node.name, vec![])))
+        .collect()
+}
