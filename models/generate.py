@@ -661,8 +661,10 @@ def ort_static_variants(folder, name, golden):
         fmt = {"qdq": "qdq", "qop": "qoperator"}[variant]
         dst = os.path.join(folder, f"model.{variant}.onnx")
         ort_quantize.quantize(src, dst, fmt, [{in_name: golden}])
-        out, report = ort_quantize.golden_and_report(dst, [{in_name: golden}])
+        out, fused, report = ort_quantize.golden_and_report(dst, [{in_name: golden}])
         save_npy(os.path.join(folder, "golden", f"output_0.{variant}.npy"), out)
+        if variant == "qdq":
+            save_npy(os.path.join(folder, "golden", "output_0.qdq.fused.npy"), fused)
         report["bytes"] = os.path.getsize(dst)
         reports[variant] = report
         steps = report.get("optimized_vs_golden_max_steps")
@@ -879,6 +881,8 @@ def write_readme(entries, fx):
         "                              the same in QOperator format (QLinearConv, QGemm,\n"
         "                              QLinearGlobalAveragePool, QLinearAdd: com.microsoft contrib ops)\n"
         "<name>/golden/output_0.qdq.npy, output_0.qop.npy  onnxruntime output of those on input_0\n"
+        "<name>/golden/output_0.qdq.fused.npy  the same for model.qdq.onnx with ORT_ENABLE_ALL: QDQ groups\n"
+        "                              fused into onnxruntime's int8 kernels (see below)\n"
         "digits-mlp/golden/labels_0.npy  int64 true labels of the 8 golden samples\n"
         "digits-mlp/heldout.npz          x: float32 [n, 64], y: int64 [n], the whole held-out split\n"
         "models.json                   machine-readable version of the table below\n"
@@ -928,7 +932,9 @@ def write_readme(entries, fx):
         "the graph as written (`ORT_DISABLE_ALL`: DequantizeLinear, the float op, QuantizeLinear). With\n"
         "its optimizations on, ONNX Runtime fuses the QDQ groups into its int8 kernels, whose rounding\n"
         "differs: the last column is that distance at the output, in quantization steps of the\n"
-        "output (onnxruntime on x86_64).\n"
+        "output (onnxruntime on x86_64). `output_0.qdq.fused.npy` is that fused result, which equals\n"
+        "the QOperator file's golden where there is one (R2, R4): the reference for an int8 kernel,\n"
+        "while `output_0.qdq.npy` is the reference for the graph's float semantics.\n"
     )
     L.append("| id | variant | operators | size | ORT optimized vs golden, max abs (output steps) |")
     L.append("|---|---|---|---:|---:|")

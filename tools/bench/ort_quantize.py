@@ -25,9 +25,12 @@ file is one calibration sample, which may be a batch).
 --golden-out FILE writes ONNX Runtime's output 0 of the quantized model on the first
 calibration sample, computed on one thread with graph optimizations off
 (ORT_DISABLE_ALL: the graph runs node by node as written, as models/generate.py does for
-every golden). --report FILE writes a JSON summary, including how far ONNX Runtime's
-optimized session (int8 kernels) is from that output, in quantization steps of the
-output when the output is quantized.
+every golden). --fused-out FILE writes the same with every optimization on
+(ORT_ENABLE_ALL), where ONNX Runtime fuses each DequantizeLinear -> op -> QuantizeLinear
+group into one int8 kernel (QLinearConv, QGemm, ...): integer accumulation and one
+requantization, whose rounding differs from the float path's. --report FILE writes a JSON
+summary, including how far the two are apart, in quantization steps of the output when
+the output is quantized.
 
 models/generate.py imports this module for the committed model.qdq.onnx /
 model.qop.onnx files, so both use one recipe. Needs numpy, onnx, onnxruntime and sympy
@@ -130,8 +133,9 @@ def output_quantization(model, index=0):
 
 
 def golden_and_report(dst, feeds):
-    """ONNX Runtime's output 0 of `dst` on feeds[0] with optimizations off, and how far
-    the optimized session's is from it."""
+    """ONNX Runtime's output 0 of `dst` on feeds[0] with optimizations off (the golden),
+    the same with every optimization on (QDQ groups fused into ONNX Runtime's int8
+    kernels), and a summary of how far apart they are."""
     data = open(dst, "rb").read()
     model = onnx.load_from_string(data)
     (literal,) = session(data, optimize=False).run([model.graph.output[0].name], feeds[0])
@@ -146,7 +150,7 @@ def golden_and_report(dst, feeds):
         scale, zp = q
         report["output_scale"], report["output_zero_point"] = scale, zp
         report["optimized_vs_golden_max_steps"] = int(np.rint(diff / scale).max())
-    return literal.astype(np.float32), report
+    return literal.astype(np.float32), fused.astype(np.float32), report
 
 
 def main():
@@ -157,6 +161,8 @@ def main():
     ap.add_argument("--calibration", nargs="+", metavar="NPY",
                     help="one .npy per model input (default: golden/input_*.npy beside the model)")
     ap.add_argument("--golden-out", metavar="NPY", help="write ONNX Runtime's output 0 (see above)")
+    ap.add_argument("--fused-out", metavar="NPY",
+                    help="write output 0 with ORT_ENABLE_ALL (ONNX Runtime's int8 kernels)")
     ap.add_argument("--report", metavar="JSON", help="write a JSON summary")
     args = ap.parse_args()
 
@@ -173,10 +179,12 @@ def main():
 
     opset = quantize(args.model, args.output, args.format, feeds)
     report = {"source": args.model, "format": args.format, "source_opset": opset}
-    if args.golden_out:
-        out, extra = golden_and_report(args.output, feeds)
-        os.makedirs(os.path.dirname(os.path.abspath(args.golden_out)), exist_ok=True)
-        np.save(args.golden_out, out, allow_pickle=False)
+    if args.golden_out or args.fused_out:
+        literal, fused, extra = golden_and_report(args.output, feeds)
+        for path, out in ((args.golden_out, literal), (args.fused_out, fused)):
+            if path:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                np.save(path, out, allow_pickle=False)
         report.update(extra)
     if args.report:
         with open(args.report, "w") as f:
