@@ -18,7 +18,9 @@ Formats (--format):
              makes kws-dscnn/model.dyn.onnx.
 
 Models below default-domain opset 13 are converted to opset 13 first
-(onnx.version_converter). Calibration uses the model's golden input(s): by default
+(onnx.version_converter). When onnxruntime's symbolic shape inference fails on a model
+(it asserts on some shape arithmetic), pre-processing is redone without it
+(skip_symbolic_shape=True), which is enough for models with static shapes. Calibration uses the model's golden input(s): by default
 `golden/input_*.npy` beside the model, one file per model input in input order (each
 file is one calibration sample, which may be a batch).
 
@@ -99,7 +101,15 @@ def quantize(src, dst, fmt, feeds):
                              op_types_to_quantize=["Conv", "MatMul", "Gemm"])
             return opset
         pre = os.path.join(tmp, "pre.onnx")
-        quant_pre_process(path, pre)
+        try:
+            quant_pre_process(path, pre)
+        except AssertionError:
+            # onnxruntime's symbolic shape inference asserts on some shape arithmetic
+            # (PaddleOCR's classifier: a Concat with axis=-1 of 1-D shapes). Without it,
+            # ONNX Runtime's optimizer folds such subgraphs when the shapes are static.
+            print(f"ort_quantize: symbolic shape inference failed on {src}; "
+                  "pre-processing without it (skip_symbolic_shape=True)", file=sys.stderr)
+            quant_pre_process(path, pre, skip_symbolic_shape=True)
         quantize_static(
             pre, dst, _Reader(feeds),
             quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
