@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The library is loaded at run time from `ORT_DYLIB_PATH` (the `ort` crate's
-//! `load-dynamic`). The session has one intra-op and one inter-op thread and every graph
+//! `load-dynamic`), with its telemetry off (`ORT_DISABLE_TELEMETRY=1` unless the variable
+//! is set). The session has one intra-op and one inter-op thread and every graph
 //! optimization (`ORT_ENABLE_ALL`). Inputs come from `--input FILE.npy` (one per model
 //! input, in order; float32, little-endian, C order), or are filled with 0.5 when none is
 //! given (symbolic dimensions become 1). With `--expect FILE.npy` the first output of the
@@ -65,7 +66,14 @@ fn run() -> Result<()> {
     let model = model.ok_or(USAGE)?;
     let lib = std::env::var_os("ORT_DYLIB_PATH").ok_or("ORT_DYLIB_PATH is not set")?;
 
-    let env = ort::init_from(&lib)?.build()?;
+    // Microsoft's builds (the npm package's among them) start a telemetry system with the
+    // environment: a thread, an SQLite store under ~/.cache/Microsoft/DeveloperTools and
+    // files in /tmp, driven by the clock, which makes the count vary from run to run and is
+    // no part of an inference. The variable keeps it from starting at all.
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
+    }
+    let env = ort::init_from(&lib)?.with_telemetry(false).build()?;
     let mut session = Session::builder(&env)?
         .with_intra_threads(1)?
         .with_inter_threads(1)?
