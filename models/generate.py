@@ -25,11 +25,15 @@ import os
 import sys
 import zipfile
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-import sklearn
-from onnx import TensorProto, helper, numpy_helper
+# Microsoft's onnxruntime builds start a telemetry system (a thread, an SQLite store under
+# ~/.cache/Microsoft, files in /tmp) unless told not to.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import sklearn  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPSET = 13

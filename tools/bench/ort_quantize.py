@@ -46,10 +46,14 @@ import os
 import sys
 import tempfile
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import version_converter
+# Microsoft's onnxruntime builds start a telemetry system (a thread, an SQLite store under
+# ~/.cache/Microsoft, files in /tmp) unless told not to.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import version_converter  # noqa: E402
 
 OPSET = 13
 FORMATS = ("qdq", "qoperator", "dynamic")
