@@ -1057,6 +1057,11 @@ def write_readme(entries, fx):
         "  node `vendor_add`) that the engine does not implement; loading it must name the op and node.\n"
         "- `fixtures/onnx-extension-op.onnx`: one `LRN` node ([1, 4, 3, 3] float), which tract writes to\n"
         "  NNEF with its ONNX extension registry (`tract_onnx`): `perch convert` must say so.\n"
+        "- `fixtures/depthwise-variants.onnx`: depthwise and grouped convolutions on one [1, 8, 13, 11]\n"
+        "  input, one output per case Perch's depthwise kernels cover (5x5 stride 2 and 3x3 stride 1 with\n"
+        "  asymmetric padding, a ReLU fused) or leave to tract with a reason (dilation, 7x7, stride 3,\n"
+        "  groups of 4 channels, a channel multiplier of 2), with ONNX Runtime's outputs\n"
+        "  (`depthwise-variants.input_0.npy`, `.output_N.npy`).\n"
     )
     with open(os.path.join(HERE, "README.md"), "w") as f:
         f.write("\n".join(L))
