@@ -257,10 +257,8 @@ pub fn default_output(source: &Path) -> PathBuf {
 fn write_archive(source: &Path) -> Result<(Vec<u8>, Vec<String>), ToolError> {
     let fail = |what: &str, e: String| ToolError::Usage(format!("{what}: {e}"));
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let typed = tract_onnx::onnx()
-            .model_for_path(source)?
-            .into_typed()?
-            .into_decluttered()?;
+        let typed = tract_onnx::onnx().model_for_path(source)?.into_typed()?;
+        let typed = perch_runtime::engine::ops::declutter(typed)?;
         // Perch's operators go into the archive as the engine would plan them, so a
         // device loads them without rewriting (PERCH_KERNELS=off writes tract's own).
         let typed = if LoadOptions::new().kernels_on() {

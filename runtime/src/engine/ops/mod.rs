@@ -20,15 +20,26 @@
 
 mod dwconv;
 mod fuse;
+mod guard;
 mod nnef;
 
 use serde::Serialize;
 use tract_core::internal::*;
 
 pub use dwconv::PerchDwConv;
+pub(crate) use guard::remove_barriers;
+pub use guard::PerchBarrier;
 pub(crate) use nnef::registry;
 
 use crate::kernels::Cpu;
+
+/// Declutters a typed model as the engine does: with the guard against tract's folding
+/// of non-element-wise ops into lookup tables (see `guard`), then tract's declutter.
+/// Host tools that write archives use it so that they write what the engine runs.
+pub fn declutter(mut model: TypedModel) -> TractResult<TypedModel> {
+    guard::guard(&mut model)?;
+    model.into_decluttered()
+}
 
 /// What the kernel pass did with one node it considered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

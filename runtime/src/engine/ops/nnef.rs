@@ -8,7 +8,8 @@ use tract_nnef::internal::*;
 use tract_nnef::ser::ints;
 
 use super::dwconv::PerchDwConv;
-use crate::kernels::f32_dwconv::DwGeometry;
+use super::guard::PerchBarrier;
+use crate::kernels::f32_dwconv::{DwGeometry, Layout};
 use crate::kernels::{Activation, Cpu};
 
 /// The registry's name in archives.
@@ -20,6 +21,13 @@ pub(crate) fn registry() -> Registry {
         .with_doc("Extension `perch`: Perch's kernel operators.")
         .with_doc("")
         .with_doc("Add `extension tract_registry perch` to `graph.nnef`");
+    registry.register_dumper(dump_barrier);
+    registry.register_primitive(
+        "perch_barrier",
+        &[TypeName::Scalar.tensor().named("input")],
+        &[("output", TypeName::Scalar.tensor())],
+        load_barrier,
+    );
     registry.register_dumper(dump_dwconv);
     registry.register_primitive(
         "perch_dwconv",
@@ -31,6 +39,7 @@ pub(crate) fn registry() -> Registry {
             TypeName::Integer.named("stride"),
             TypeName::Integer.array().named("padding"),
             TypeName::String.named("activation"),
+            TypeName::String.named("layout").default("chw"),
             TypeName::Scalar.named("lo").default(0.0),
             TypeName::Scalar.named("hi").default(0.0),
         ],
@@ -38,6 +47,20 @@ pub(crate) fn registry() -> Registry {
         load_dwconv,
     );
     registry
+}
+
+fn dump_barrier(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    _op: &PerchBarrier,
+) -> TractResult<Option<Arc<RValue>>> {
+    let input = ast.mapping[&node.inputs[0]].clone();
+    Ok(Some(invocation("perch_barrier", &[input], &[])))
+}
+
+fn load_barrier(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    let input: OutletId = invocation.named_arg_as(builder, "input")?;
+    builder.wire(PerchBarrier, &[input])
 }
 
 fn dump_dwconv(
@@ -60,6 +83,7 @@ fn dump_dwconv(
             ("stride", numeric(g.stride)),
             ("padding", ints(&g.padding)),
             ("activation", string(activation)),
+            ("layout", string(op.kernel().layout().name())),
             ("lo", numeric(lo)),
             ("hi", numeric(hi)),
         ],
@@ -74,6 +98,12 @@ fn load_dwconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
     let stride: usize = invocation.named_arg_as(builder, "stride")?;
     let padding: TVec<usize> = invocation.named_arg_as(builder, "padding")?;
     let activation: String = invocation.named_arg_as(builder, "activation")?;
+    let layout: String = invocation.named_arg_as(builder, "layout")?;
+    let layout = match &*layout {
+        "chw" => Layout::Chw,
+        "hwc" => Layout::Hwc,
+        other => bail!("perch_dwconv: unknown layout {other:?}"),
+    };
     let lo: f32 = invocation.named_arg_as(builder, "lo")?;
     let hi: f32 = invocation.named_arg_as(builder, "hi")?;
     let activation = match &*activation {
@@ -98,9 +128,13 @@ fn load_dwconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
         .map(|d| d.to_usize().ok())
         .collect::<Option<_>>()
         .context("perch_dwconv: channels, height and width must be known")?;
-    let geometry = DwGeometry::new(dims[0], [dims[1], dims[2]], [kh, kw], stride, [t, l, b, r])
+    let (c, hw) = match layout {
+        Layout::Chw => (dims[0], [dims[1], dims[2]]),
+        Layout::Hwc => (dims[2], [dims[0], dims[1]]),
+    };
+    let geometry = DwGeometry::new(c, hw, [kh, kw], stride, [t, l, b, r])
         .map_err(|e| format_err!("perch_dwconv: {e}"))?;
-    let op = PerchDwConv::plan(geometry, activation, Cpu::detect())
+    let op = PerchDwConv::plan(geometry, layout, activation, Cpu::detect())
         .map_err(|e| format_err!("perch_dwconv: {e}"))?;
     builder.wire(op, &[input, filter, bias])
 }
