@@ -37,6 +37,8 @@
 //! ```
 
 pub mod f32_dwconv;
+pub mod q8;
+pub mod requant;
 pub mod simd;
 
 mod cpu;

@@ -9,7 +9,10 @@ use tract_nnef::ser::ints;
 
 use super::dwconv::PerchDwConv;
 use super::guard::PerchBarrier;
+use super::qconv::{PerchQConv, QConvSpec};
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
+use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
+use crate::kernels::requant::Requant;
 use crate::kernels::{Activation, Cpu};
 
 /// The registry's name in archives.
@@ -27,6 +30,30 @@ pub(crate) fn registry() -> Registry {
         &[TypeName::Scalar.tensor().named("input")],
         &[("output", TypeName::Scalar.tensor())],
         load_barrier,
+    );
+    registry.register_dumper(dump_qconv);
+    registry.register_primitive(
+        "perch_qconv",
+        &[
+            TypeName::Integer.tensor().named("input"),
+            TypeName::Integer.tensor().named("weights"),
+            TypeName::Integer.tensor().named("bias"),
+            TypeName::Integer.tensor().named("multiplier"),
+            TypeName::Integer.tensor().named("exponent"),
+            TypeName::String.named("layout"),
+            TypeName::Integer.named("group"),
+            TypeName::Integer.array().named("kernel"),
+            TypeName::Integer.named("stride"),
+            TypeName::Integer.array().named("padding"),
+            TypeName::String.named("input_type"),
+            TypeName::Integer.named("input_zero_point"),
+            TypeName::String.named("output_type"),
+            TypeName::Integer.named("output_zero_point"),
+            TypeName::Integer.named("output_lo"),
+            TypeName::Integer.named("output_hi"),
+        ],
+        &[("output", TypeName::Integer.tensor())],
+        load_qconv,
     );
     registry.register_dumper(dump_dwconv);
     registry.register_primitive(
@@ -137,4 +164,168 @@ fn load_dwconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
     let op = PerchDwConv::plan(geometry, layout, activation, Cpu::detect())
         .map_err(|e| format_err!("perch_dwconv: {e}"))?;
     builder.wire(op, &[input, filter, bias])
+}
+
+fn dump_qconv(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    op: &PerchQConv,
+) -> TractResult<Option<Arc<RValue>>> {
+    let input = ast.mapping[&node.inputs[0]].clone();
+    let s = &op.spec;
+    let taps = s.kernel[0] * s.kernel[1];
+    let shape = [s.cout, s.cin / s.group, s.kernel[0], s.kernel[1]];
+    let weights = Tensor::from_shape(&shape, &s.weights)?;
+    debug_assert_eq!(weights.len(), s.cout * s.cin / s.group * taps);
+    let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> TractResult<Arc<Tensor>> {
+        let v: Vec<i32> = s.channels.iter().map(f).collect();
+        Ok(Arc::new(tensor1(&v)))
+    };
+    let name = &node.name;
+    let weights = ast.konst_variable(format!("{name}.weights"), &Arc::new(weights))?;
+    let bias = ast.konst_variable(format!("{name}.bias"), &per_channel(&|c| c.bias)?)?;
+    let multiplier = ast.konst_variable(
+        format!("{name}.multiplier"),
+        &per_channel(&|c| c.requant.multiplier)?,
+    )?;
+    let exponent = ast.konst_variable(
+        format!("{name}.exponent"),
+        &per_channel(&|c| c.requant.exponent)?,
+    )?;
+    Ok(Some(invocation(
+        "perch_qconv",
+        &[input, weights, bias, multiplier, exponent],
+        &[
+            ("layout", string(s.layout.name())),
+            ("group", numeric(s.group)),
+            ("kernel", ints(&s.kernel)),
+            ("stride", numeric(s.stride)),
+            ("padding", ints(&s.padding)),
+            ("input_type", string(s.input.name())),
+            ("input_zero_point", numeric(s.input_zero_point)),
+            ("output_type", string(s.output.dtype.name())),
+            ("output_zero_point", numeric(s.output.zero_point)),
+            ("output_lo", numeric(s.output.lo)),
+            ("output_hi", numeric(s.output.hi)),
+        ],
+    )))
+}
+
+fn qtype(name: &str) -> TractResult<QType> {
+    match name {
+        "u8" => Ok(QType::U8),
+        "i8" => Ok(QType::I8),
+        other => bail!("perch_qconv: unknown type {other:?}"),
+    }
+}
+
+fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    let input: OutletId = invocation.named_arg_as(builder, "input")?;
+    let weights: Arc<Tensor> = invocation.named_arg_as(builder, "weights")?;
+    let tensors: [Arc<Tensor>; 3] = [
+        invocation.named_arg_as(builder, "bias")?,
+        invocation.named_arg_as(builder, "multiplier")?,
+        invocation.named_arg_as(builder, "exponent")?,
+    ];
+    let layout: String = invocation.named_arg_as(builder, "layout")?;
+    let layout = match &*layout {
+        "chw" => Layout::Chw,
+        "hwc" => Layout::Hwc,
+        other => bail!("perch_qconv: unknown layout {other:?}"),
+    };
+    let group: usize = invocation.named_arg_as(builder, "group")?;
+    let kernel: TVec<usize> = invocation.named_arg_as(builder, "kernel")?;
+    let stride: usize = invocation.named_arg_as(builder, "stride")?;
+    let padding: TVec<usize> = invocation.named_arg_as(builder, "padding")?;
+    let input_type = qtype(&invocation.named_arg_as::<String>(builder, "input_type")?)?;
+    let input_zero_point: i64 = invocation.named_arg_as(builder, "input_zero_point")?;
+    let output_type = qtype(&invocation.named_arg_as::<String>(builder, "output_type")?)?;
+    let output_zero_point: i64 = invocation.named_arg_as(builder, "output_zero_point")?;
+    let output_lo: i64 = invocation.named_arg_as(builder, "output_lo")?;
+    let output_hi: i64 = invocation.named_arg_as(builder, "output_hi")?;
+    let (&[kh, kw], &[t, l, b, r]) = (&*kernel, &*padding) else {
+        bail!("perch_qconv: kernel {kernel:?} and padding {padding:?} must have 2 and 4 values");
+    };
+    ensure!(
+        weights.datum_type() == i8::datum_type() && weights.rank() == 4,
+        "perch_qconv: weights must be i8 [cout, cin/group, kh, kw], got {:?} {:?}",
+        weights.datum_type(),
+        weights.shape()
+    );
+    let cout = weights.shape()[0];
+    for t in &tensors {
+        ensure!(
+            t.datum_type() == i32::datum_type() && t.shape() == [cout],
+            "perch_qconv: per-channel constants must be i32 [{cout}], got {:?} {:?}",
+            t.datum_type(),
+            t.shape()
+        );
+    }
+    let [bias, multiplier, exponent] = tensors.each_ref().map(|t| {
+        t.try_as_plain_ram()
+            .and_then(|v| v.as_slice::<i32>().map(<[i32]>::to_vec))
+    });
+    let (bias, multiplier, exponent) = (bias?, multiplier?, exponent?);
+    let mut channels = vec![];
+    for c in 0..cout {
+        ensure!(
+            (-31..=30).contains(&exponent[c]),
+            "perch_qconv: channel {c}: exponent {} out of range",
+            exponent[c]
+        );
+        channels.push(ChannelOutput {
+            bias: bias[c],
+            requant: Requant {
+                multiplier: multiplier[c],
+                exponent: exponent[c],
+            },
+        });
+    }
+    let shape = builder.model.outlet_fact(input)?.shape.clone();
+    ensure!(
+        shape.rank() == 3 || shape.rank() == 4,
+        "perch_qconv: input of rank {}",
+        shape.rank()
+    );
+    let dims: Vec<usize> = shape
+        .iter()
+        .skip(shape.rank() - 3)
+        .map(|d| d.to_usize().ok())
+        .collect::<Option<_>>()
+        .context("perch_qconv: channels, height and width must be known")?;
+    let (cin, input_hw) = match layout {
+        Layout::Chw => (dims[0], [dims[1], dims[2]]),
+        Layout::Hwc => (dims[2], [dims[0], dims[1]]),
+    };
+    let small = |v: i64| i32::try_from(v).map_err(|_| format_err!("perch_qconv: {v} out of range"));
+    let (olo, ohi) = output_type.range();
+    let (lo, hi) = (small(output_lo)?, small(output_hi)?);
+    let zero_point = small(output_zero_point)?;
+    ensure!(
+        olo <= lo && lo <= hi && hi <= ohi && (olo..=ohi).contains(&zero_point),
+        "perch_qconv: output zero point {zero_point} or clamp [{lo}, {hi}] out of {} range",
+        output_type.name()
+    );
+    let spec = QConvSpec {
+        layout,
+        cin,
+        cout,
+        group,
+        input_hw,
+        kernel: [kh, kw],
+        stride,
+        padding: [t, l, b, r],
+        input: input_type,
+        input_zero_point: small(input_zero_point)?,
+        output: OutputQuant {
+            dtype: output_type,
+            zero_point,
+            lo,
+            hi,
+        },
+        weights: weights.try_as_plain_ram()?.as_slice::<i8>()?.to_vec(),
+        channels,
+    };
+    let op = PerchQConv::plan(spec, Cpu::detect()).map_err(|e| format_err!("perch_qconv: {e}"))?;
+    builder.wire(op, &[input])
 }
