@@ -29,7 +29,8 @@ use perch_runtime::wire::{Health, MetricsReport, ModelState};
 use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use serde_json::{json, Value};
 
-use crate::config::{BrokerConfig, DeviceId};
+use crate::config::BrokerConfig;
+use crate::device::DeviceId;
 use crate::service::{binary, Codec, InferenceService, ServiceError};
 use crate::spool::Spool;
 

@@ -172,7 +172,7 @@ fn every_commented_out_setting_in_the_example_is_accepted_too() {
 #[test]
 fn the_example_shows_every_key_the_config_module_documents() {
     let source =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config.rs"))
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/mod.rs"))
             .unwrap();
     let docs: String = source
         .lines()

@@ -16,7 +16,7 @@ use perch_runtime::fsio;
 use perch_runtime::rollout::BundleRef;
 use serde::{Deserialize, Serialize};
 
-use super::OtaError;
+use super::error::OtaError;
 
 /// The partial bundle's file name.
 pub const PART_FILE: &str = "download.part";

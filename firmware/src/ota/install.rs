@@ -11,8 +11,7 @@ use perch_runtime::rollout::BundleRef;
 use sha2::{Digest, Sha256};
 
 use super::machine::SloLimits;
-use crate::agent::{self, Loaded};
-use crate::config::ModelConfig;
+use crate::load::{self, LoadError, Loaded};
 use crate::slots::{SlotError, SlotId, Slots};
 
 /// A bundle installed and activated (on probation).
@@ -37,22 +36,13 @@ pub struct LoadSettings {
 
 impl LoadSettings {
     /// Loads, verifies, self-tests and warms up the bundle at `path` as the agent does
-    /// ([`agent::load_bundle_with_keys`]). Blocks.
+    /// ([`load::load_bundle`]). Blocks.
     ///
     /// # Errors
     ///
     /// The bundle does not read, verify or load.
-    pub fn load(&self, path: PathBuf) -> Result<Loaded, agent::AgentError> {
-        let config = ModelConfig {
-            path,
-            trusted_keys: Vec::new(),
-            golden: None,
-            variant: None,
-            name: None,
-            version: None,
-            warmup_runs: self.warmup_runs,
-        };
-        agent::load_bundle_with_keys(&config, &self.keys)
+    pub fn load(&self, path: PathBuf) -> Result<Loaded, LoadError> {
+        load::load_bundle(&path, &self.keys, self.warmup_runs)
     }
 }
 

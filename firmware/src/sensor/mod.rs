@@ -57,6 +57,7 @@
 //! full (the agent fell behind: samples may have been lost).
 
 pub mod adxl345;
+mod config;
 pub mod detector;
 pub mod features;
 pub mod sim;
@@ -72,9 +73,10 @@ use perch_runtime::engine::{DType, Dim, Metadata};
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
-use crate::config::{DeviceId, SensorConfig, SensorSource};
+use crate::device::DeviceId;
 use crate::service::{InferRequest, InferenceService, RequestTensor, TensorValues};
 use adxl345::{Adxl345, FIFO_DEPTH};
+pub use config::{SensorConfig, SensorSource};
 use detector::{DetectError, Detector, DetectorConfig, Phase, Verdict};
 use features::{SampleRing, FEATURES, RING_CAPACITY, WINDOW_SAMPLES};
 
