@@ -25,7 +25,10 @@ use perch_runtime::engine::{EngineError, Golden, LoadOptions, Model, SelfTestRep
 use perch_runtime::histogram::Histogram;
 use perch_runtime::wire::{self, Health, MetricsReport, ModelId, ModelState, Version};
 
-use crate::config::{ModelConfig, Slo};
+use perch_runtime::model_files;
+use perch_runtime::slo::Slo;
+
+use crate::config::ModelConfig;
 
 /// Why a model could not be loaded (a failed self-test is not one of them).
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +121,7 @@ pub struct Loaded {
 pub fn load(config: &ModelConfig) -> Result<Loaded, LoadError> {
     let started = Instant::now();
     let path = &config.path;
-    if looks_like_bundle(path) {
+    if model_files::is_bundle_file(path) {
         if config.trusted_keys.is_empty() {
             return Err(LoadError::NoTrustedKeys { path: path.clone() });
         }
@@ -150,13 +153,10 @@ pub fn load(config: &ModelConfig) -> Result<Loaded, LoadError> {
         .golden
         .clone()
         .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("golden"));
-    let variant = config.variant.clone().or_else(|| {
-        let file = path.file_name()?.to_str()?;
-        let stem = file
-            .strip_suffix(".onnx")
-            .or_else(|| file.strip_suffix(".nnef.tgz"))?;
-        stem.split_once('.').map(|(_, v)| v.to_string())
-    });
+    let variant = config
+        .variant
+        .clone()
+        .or_else(|| model_files::golden_variant(path));
     let checked = Golden::load_variant(&golden_dir, variant.as_deref()).and_then(|golden| {
         let mut session = model.session()?;
         let report = session.self_test(&golden, Tolerance::default());
@@ -215,19 +215,6 @@ pub fn read_trusted_keys(paths: &[PathBuf]) -> Result<Vec<VerifyingKey>, LoadErr
         .collect()
 }
 
-/// Whether `path` holds a bundle: its extension, or its first bytes.
-fn looks_like_bundle(path: &Path) -> bool {
-    if path.extension().is_some_and(|e| e == bundle::EXTENSION) {
-        return true;
-    }
-    let mut head = [0u8; 512];
-    let read = std::fs::File::open(path).and_then(|mut f| {
-        use std::io::Read;
-        f.read(&mut head)
-    });
-    read.is_ok_and(|n| bundle::is_bundle(&head[..n]))
-}
-
 fn load_verified_bundle(
     path: &Path,
     keys: &[VerifyingKey],
@@ -265,10 +252,7 @@ fn load_verified_bundle(
         model,
         id,
         boot,
-        slo: Slo {
-            p99_ms: manifest.slo.p99_ms,
-            max_error_rate: manifest.slo.max_error_rate,
-        },
+        slo: manifest.slo,
         source: format!(
             "bundle {} {} {} (sequence {}, signed by key {})",
             path.display(),

@@ -20,7 +20,7 @@
 //! ```
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -29,27 +29,10 @@ use perch_runtime::bundle::{
     Manifest, ModelKind, ShapeDim, SigningKey, Slo, TensorSignature, TensorSpec, VerifyingKey,
 };
 use perch_runtime::engine::{LoadOptions, Model, ModelFormat, SelfTestReport};
+use perch_runtime::model_files;
 use serde::Serialize;
 
 use crate::ToolError;
-
-/// Whether `path` is a bundle: a file named `*.perch`, or a file whose first tar header
-/// is `manifest.json` (NNEF archives are tars too, but never start with a manifest).
-pub fn is_bundle_file(path: &Path) -> bool {
-    if !path.is_file() {
-        return false;
-    }
-    let named = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case(bundle::EXTENSION));
-    if named {
-        return true;
-    }
-    let mut head = [0u8; 512];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok_and(|()| bundle::is_bundle(&head))
-}
 
 /// Loads a model file, or the model of a bundle (with the bundle's manifest).
 ///
@@ -59,7 +42,7 @@ pub fn load_model(
     path: &Path,
     options: &LoadOptions,
 ) -> Result<(Model, Option<Manifest>), ToolError> {
-    if is_bundle_file(path) {
+    if model_files::is_bundle_file(path) {
         let bundle = Bundle::read_file(path, &Limits::default())?;
         let model = bundle.load_model(options)?;
         return Ok((model, Some(bundle.manifest().clone())));
@@ -372,7 +355,7 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, ToolError> {
         golden_inputs,
         golden_outputs,
         tolerance: request.tolerance,
-        slo: request.slo.clone(),
+        slo: request.slo,
     };
     let bundle = bundle::pack(&contents, &key)?.verify(&[key.verifying_key()])?;
     let report = bundle.self_test(&model)?;
@@ -418,7 +401,7 @@ fn read_golden(dir: &Path, model: &Path, variant: Option<&str>) -> Result<Golden
         }
     };
     let inputs = numbered(&|i| format!("input_{i}.npy"))?;
-    let guessed = crate::run::guess_variant(model);
+    let guessed = model_files::golden_variant(model);
     let outputs = match (variant, guessed.as_deref()) {
         (Some(v), _) => numbered(&|i| format!("output_{i}.{v}.npy"))?,
         (None, Some(v)) => {

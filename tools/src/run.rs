@@ -1,6 +1,6 @@
 //! `perch run`: one inference on given or golden inputs, optionally checked.
 //!
-//! The model is a model file or a bundle ([`crate::bundle::is_bundle_file`]). Inputs are
+//! The model is a model file or a bundle ([`perch_runtime::model_files::is_bundle_file`]). Inputs are
 //! files in the model's input order:
 //!
 //! - `.npy`: one array;
@@ -22,6 +22,7 @@ use perch_runtime::bundle::{read_verifying_key, Bundle, Limits};
 use perch_runtime::engine::{
     read_npy, DType, Dim, Golden, Input, Metadata, Model, NonFinitePolicy, Tensor, Tolerance,
 };
+use perch_runtime::model_files;
 use serde::Serialize;
 
 use crate::{load_options, ToolError};
@@ -118,7 +119,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
     if request.allow_non_finite {
         options = options.non_finite(NonFinitePolicy::Allow);
     }
-    let is_bundle = crate::bundle::is_bundle_file(&request.model);
+    let is_bundle = model_files::is_bundle_file(&request.model);
     if !is_bundle && !request.pubkeys.is_empty() {
         return Err(ToolError::Usage(format!(
             "--pubkey checks bundle signatures, but {} is a model file",
@@ -139,7 +140,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
     let variant = request
         .variant
         .clone()
-        .or_else(|| guess_variant(&request.model));
+        .or_else(|| model_files::golden_variant(&request.model));
     let golden: Option<(Golden, Tolerance)> = match (&request.golden, bundle_golden) {
         (Some(dir), _) => Some((
             Golden::load_variant(dir, variant.as_deref())?,
@@ -597,16 +598,6 @@ fn flatten(value: &serde_json::Value, out: &mut Vec<serde_json::Number>) -> Resu
     Ok(())
 }
 
-/// `model.w8.onnx` → `w8`: the variant suffix its golden outputs carry.
-pub(crate) fn guess_variant(model: &Path) -> Option<String> {
-    let name = model.file_name()?.to_str()?;
-    let stem = name
-        .strip_suffix(".onnx")
-        .or_else(|| name.strip_suffix(".nnef.tgz"))?;
-    let (_, variant) = stem.split_once('.')?;
-    Some(variant.to_string())
-}
-
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.model)?;
@@ -673,9 +664,9 @@ mod tests {
     #[test]
     fn the_golden_variant_is_read_from_the_model_file_name() {
         assert_eq!(
-            guess_variant(Path::new("m/model.w8.onnx")).as_deref(),
+            model_files::golden_variant(Path::new("m/model.w8.onnx")).as_deref(),
             Some("w8")
         );
-        assert_eq!(guess_variant(Path::new("m/model.onnx")), None);
+        assert_eq!(model_files::golden_variant(Path::new("m/model.onnx")), None);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use perch_runtime::histogram::Histogram;
+use perch_runtime::slo::{Slo, Window};
 use perch_runtime::wire::{self, Health, MetricsReport, ModelState};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use super::ota_link::{OtaInput, OtaLink};
 use super::poller::Net;
 use super::sequence::SeqState;
-use crate::config::{ModelConfig, Slo};
+use crate::config::ModelConfig;
 use crate::device::DeviceId;
 use crate::load::Loaded;
 use crate::mqtt::{self, Outbox, Topics, TwinContext};
@@ -241,7 +242,7 @@ impl Agent {
         let ready = loaded.boot.ready();
         let old = self.service.replace(loaded.model, loaded.id.clone());
         self.service.set_ready(ready);
-        self.slo = effective_slo(&self.slo_override, &loaded.slo);
+        self.slo = self.slo_override.or(&loaded.slo);
         self.boot_failure = loaded.boot.failure.clone();
         self.health.model = Some(loaded.id.clone());
         self.health.state = if ready {
@@ -343,26 +344,18 @@ impl Agent {
         self.pump();
     }
 
+    /// The SLOs in force that the interval missed, as sentences.
     fn slo_violations(&self, latency: &Histogram, ok: u64, errors: u64) -> Vec<String> {
-        let mut violations = Vec::new();
-        if let (Some(limit), Some(p99)) = (self.slo.p99_ms, latency.quantile(0.99)) {
-            let p99_ms = p99.as_secs_f64() * 1e3;
-            if p99_ms > limit {
-                violations.push(format!("p99 {p99_ms:.2} ms over the SLO of {limit} ms"));
-            }
-        }
-        let total = ok + errors;
-        if let (Some(limit), true) = (self.slo.max_error_rate, total > 0) {
-            let rate = errors as f64 / total as f64;
-            if rate > limit {
-                violations.push(format!(
-                    "error rate {:.2}% over the SLO of {:.2}%",
-                    rate * 100.0,
-                    limit * 100.0
-                ));
-            }
-        }
-        violations
+        let window = Window {
+            p99_ms: latency.quantile(0.99).map(|d| d.as_secs_f64() * 1e3),
+            ok,
+            errors,
+            throughput: None,
+        };
+        self.slo
+            .violations(&window)
+            .map(|v| v.to_string())
+            .collect()
     }
 
     fn publish_health(&self) {
@@ -443,12 +436,4 @@ impl Agent {
 
 fn saturate(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// The SLOs in force: the configuration's, else the bundle's.
-pub(super) fn effective_slo(configured: &Slo, bundle: &Slo) -> Slo {
-    Slo {
-        p99_ms: configured.p99_ms.or(bundle.p99_ms),
-        max_error_rate: configured.max_error_rate.or(bundle.max_error_rate),
-    }
 }

@@ -53,7 +53,7 @@ use crate::mqtt::{self, Outbox, Topics};
 use crate::ota::{self, Effect, Updater};
 use crate::service::{InferenceService, ServiceLimits};
 use crate::spool::Spool;
-use event_loop::{effective_slo, Agent};
+use event_loop::Agent;
 use ota_link::OtaLink;
 use sequence::SeqState;
 
@@ -148,7 +148,7 @@ pub async fn run(
             loaded.source
         ),
     }
-    let slo = effective_slo(&config.slo, &loaded.slo);
+    let slo = config.slo.or(&loaded.slo);
     let service = InferenceService::new(
         loaded.model,
         loaded.id.clone(),

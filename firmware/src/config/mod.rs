@@ -80,6 +80,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use perch_runtime::slo::Slo;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -118,7 +119,9 @@ pub struct Config {
     pub model: ModelConfig,
     /// Time between metrics reports.
     pub report_interval: Duration,
-    /// The model's service-level objectives, checked per report interval.
+    /// The model's service-level objectives, checked per report interval (each one set
+    /// wins over the bundle's; a report interval that misses one marks the device
+    /// `Degraded` in its health message).
     pub slo: Slo,
     /// Address of the HTTP API; `None` turns it off.
     pub http_listen: Option<SocketAddr>,
@@ -130,17 +133,6 @@ pub struct Config {
     pub sensor: Option<SensorConfig>,
     /// Over-the-air updates; `None` when off.
     pub ota: Option<OtaSettings>,
-}
-
-/// Service-level objectives; an unset field is not checked. A report interval that
-/// misses one marks the device `Degraded` in its health message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Slo {
-    /// Largest acceptable p99 latency of an interval, in milliseconds.
-    pub p99_ms: Option<f64>,
-    /// Largest acceptable fraction of failed requests in an interval, in [0, 1].
-    pub max_error_rate: Option<f64>,
 }
 
 impl Config {
@@ -291,6 +283,7 @@ fn resolve_slo(file: SloFile, source: &Source<'_>) -> Result<Slo, ConfigError> {
     Ok(Slo {
         p99_ms: file.p99_ms.map(Spanned::into_inner),
         max_error_rate: max_error_rate.map(|r| r.value),
+        min_throughput: None,
     })
 }
 

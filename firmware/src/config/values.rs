@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use perch_runtime::units;
 use perch_runtime::wire::Version;
 use serde::Deserialize;
 
@@ -51,7 +52,8 @@ pub fn parse_version(text: &str) -> Result<Version, String> {
     }
 }
 
-/// A duration written with a unit: `250ms`, `10s`, `5m`, `1h` (decimals allowed).
+/// A duration written with a unit: `250ms`, `10s`, `5m`, `1h` (decimals allowed;
+/// [`perch_runtime::units::parse_duration`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct HumanDuration(pub Duration);
@@ -60,28 +62,9 @@ impl FromStr for HumanDuration {
     type Err = String;
 
     fn from_str(text: &str) -> Result<HumanDuration, String> {
-        let t = text.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (number, unit) = t.split_at(split);
-        let seconds = match unit.trim() {
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            _ => {
-                return Err(format!(
-                    "{text:?}: expected a number with a unit: ms, s, m or h (e.g. 10s)"
-                ))
-            }
-        };
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("{text:?}: {number:?} is not a number"))?;
-        Duration::try_from_secs_f64(value * seconds)
+        units::parse_duration(text)
             .map(HumanDuration)
-            .map_err(|_| format!("{text:?}: out of range"))
+            .map_err(|e| format!("{text:?}: {e}"))
     }
 }
 
@@ -126,7 +109,7 @@ impl TryFrom<String> for Listen {
 }
 
 /// A size in bytes: an integer, or a number with `KiB`, `MiB` or `GiB` (`kB`, `MB`,
-/// `GB` are powers of ten).
+/// `GB` are powers of ten; [`perch_runtime::units::parse_size`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
@@ -134,29 +117,9 @@ impl FromStr for ByteSize {
     type Err = String;
 
     fn from_str(text: &str) -> Result<ByteSize, String> {
-        let t = text.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (number, unit) = t.split_at(split);
-        let factor: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "kB" | "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            other => {
-                return Err(format!(
-                    "{text:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, kB, MB or GB"
-                ))
-            }
-        };
-        number
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(factor))
+        units::parse_size(text)
             .map(ByteSize)
-            .ok_or_else(|| format!("{text:?}: expected a whole number of bytes"))
+            .map_err(|e| format!("{text:?}: {e}"))
     }
 }
 

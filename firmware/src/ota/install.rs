@@ -10,7 +10,8 @@ use perch_runtime::bundle::{Bundle, Limits, VerifyingKey};
 use perch_runtime::rollout::BundleRef;
 use sha2::{Digest, Sha256};
 
-use super::machine::SloLimits;
+use perch_runtime::slo::{Slo, Window};
+
 use crate::load::{self, LoadError, Loaded};
 use crate::slots::{SlotError, SlotId, Slots};
 
@@ -22,7 +23,7 @@ pub struct Installed {
     /// The slot it serves from.
     pub slot: SlotId,
     /// Its SLO limits, for the soak.
-    pub slo: SloLimits,
+    pub slo: Slo,
 }
 
 /// How to load a bundle from a slot file.
@@ -115,17 +116,22 @@ pub fn install(
     if let Some(failure) = &loaded.boot.failure {
         return Err(format!("the bundle failed its self-test: {failure}"));
     }
-    let slo = SloLimits {
-        p99_ms: loaded.slo.p99_ms,
-        max_error_rate: loaded.slo.max_error_rate,
+    let slo = loaded.slo;
+    let warmup = Window {
+        p99_ms: loaded
+            .boot
+            .warmup
+            .latency
+            .quantile(0.99)
+            .map(|d| d.as_secs_f64() * 1000.0),
+        ..Window::default()
     };
-    if let (Some(limit), Some(p99)) = (slo.p99_ms, loaded.boot.warmup.latency.quantile(0.99)) {
-        let p99_ms = p99.as_secs_f64() * 1000.0;
-        if p99_ms > limit {
-            return Err(format!(
-                "warm-up p99 latency {p99_ms:.3} ms is over the bundle's SLO p99_ms {limit} ms"
-            ));
-        }
+    let latency_only = Slo {
+        p99_ms: slo.p99_ms,
+        ..Slo::default()
+    };
+    if let Some(violation) = latency_only.violations(&warmup).next() {
+        return Err(format!("warm-up {violation}"));
     }
     slots
         .activate(slot)

@@ -52,7 +52,7 @@ mod updater;
 
 pub use download::Download;
 pub use error::OtaError;
-pub use machine::{Action, Machine, MachineConfig, SloLimits, State};
+pub use machine::{Action, Machine, MachineConfig, State};
 pub use updater::{
     Boot, Effect, Event, OtaConfig, Updater, INSTALLING_FILE, MAX_BAD_CHUNKS, MAX_INSTALL_ATTEMPTS,
     PREVIOUS_CONFIGURED_FILE, SERVE_CONFIGURED_FILE, STATE_FILE,

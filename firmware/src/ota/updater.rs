@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use perch_runtime::bundle::VerifyingKey;
 use perch_runtime::fsio;
 use perch_runtime::rollout::{self, ChunkRequest};
+use perch_runtime::slo::Slo;
 
 use super::download::Download;
 use super::error::OtaError;
 use super::install::{self, LoadSettings};
-use super::machine::{self, Action, Machine, MachineConfig, SloLimits, State};
+use super::machine::{self, Action, Machine, MachineConfig, State};
 use crate::load::{LoadError, Loaded};
 use crate::slots::Slots;
 
@@ -421,7 +422,7 @@ impl Updater {
     }
 
     /// Reads the finished download and installs it; the loaded model goes to `effects`.
-    fn install(&mut self, effects: &mut Vec<Effect>) -> Result<SloLimits, String> {
+    fn install(&mut self, effects: &mut Vec<Effect>) -> Result<Slo, String> {
         let doc = self
             .machine
             .state()
@@ -435,10 +436,7 @@ impl Updater {
                     .settings
                     .load(path)
                     .map_err(|e| format!("the activated bundle does not load: {e}"))?;
-                let slo = SloLimits {
-                    p99_ms: loaded.slo.p99_ms,
-                    max_error_rate: loaded.slo.max_error_rate,
-                };
+                let slo = loaded.slo;
                 effects.push(Effect::Serve(Box::new(loaded)));
                 return Ok(slo);
             }

@@ -525,7 +525,7 @@ pub fn pack(contents: &BundleContents, key: &SigningKey) -> Result<Bundle, Bundl
                 .collect(),
             tolerance: contents.tolerance,
         },
-        slo: contents.slo.clone(),
+        slo: contents.slo,
     };
     manifest.validate().map_err(|e| BundleError::Pack {
         reason: e.to_string(),

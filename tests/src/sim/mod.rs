@@ -813,7 +813,7 @@ pub fn pack_bundle(
         golden_inputs,
         golden_outputs,
         tolerance: 1e-4,
-        slo: slo.clone(),
+        slo: *slo,
     };
     let packed = bundle::pack(&contents, key)
         .map_err(|e| SimError::Bundle(format!("cannot pack {}: {e}", model_dir.display())))?;

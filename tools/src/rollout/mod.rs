@@ -56,6 +56,7 @@ use std::fmt;
 use perch_runtime::canary;
 use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::BundleRef;
+use perch_runtime::units;
 use serde::{Deserialize, Serialize};
 
 pub use controller::{
@@ -173,62 +174,25 @@ fn check_stages(stages: &[u16]) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// Parses a duration: a number followed by `ms`, `s`, `m` or `h` (`10m`, `90s`).
+/// Parses a duration with its unit (`10m`, `90s`, `250ms`;
+/// [`perch_runtime::units::parse_duration`]) into milliseconds.
 ///
 /// # Errors
 ///
 /// A [`PlanError`] naming `flag` when the text is not such a duration.
 pub fn parse_duration_ms(flag: &str, text: &str) -> Result<u64, PlanError> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let scale = match unit.trim() {
-        "ms" => 1.0,
-        "s" | "" => 1_000.0,
-        "m" | "min" => 60_000.0,
-        "h" => 3_600_000.0,
-        other => {
-            return Err(PlanError(format!(
-                "{flag} {text:?}: unknown unit {other:?} (use ms, s, m or h)"
-            )))
-        }
-    };
-    let value: f64 = number.parse().map_err(|_| {
-        PlanError(format!(
-            "{flag} {text:?}: expected a duration such as 10m or 60s"
-        ))
-    })?;
-    Ok((value * scale).round() as u64)
+    let duration =
+        units::parse_duration(text).map_err(|e| PlanError(format!("{flag} {text:?}: {e}")))?;
+    Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Parses a byte size: a number with an optional `B`, `KiB`, `MiB`, `KB`, `MB` suffix.
+/// Parses a byte size (`64KiB`, `1MiB`, `4096`; [`perch_runtime::units::parse_size`]).
 ///
 /// # Errors
 ///
 /// A [`PlanError`] naming `flag` when the text is not such a size.
 pub fn parse_size(flag: &str, text: &str) -> Result<u64, PlanError> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1024,
-        "kb" => 1000,
-        "m" | "mib" => 1024 * 1024,
-        "mb" => 1_000_000,
-        other => {
-            return Err(PlanError(format!(
-                "{flag} {text:?}: unknown unit {other:?} (use B, KiB or MiB)"
-            )))
-        }
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(|| PlanError(format!("{flag} {text:?}: expected a size such as 64KiB")))
+    units::parse_size(text).map_err(|e| PlanError(format!("{flag} {text:?}: {e}")))
 }
 
 /// What a gate measures over a cohort.
