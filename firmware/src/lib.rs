@@ -21,7 +21,6 @@
 #![warn(missing_docs)]
 
 pub mod agent;
-pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod device;

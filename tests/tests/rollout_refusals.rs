@@ -23,11 +23,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use perch_mqtt::topics::{self, DeviceTopic};
 use perch_runtime::bundle::{SigningKey, Slo};
 use perch_runtime::canary;
 use perch_runtime::rollout::{
-    chunk_request_topic, chunk_topic, document_topic, encode_chunk, BundleRef, ChunkRequest,
-    DeviceState, DeviceStatus, Phase, RolloutDocument, FORMAT, MIN_CHUNK_SIZE,
+    encode_chunk, BundleRef, ChunkRequest, DeviceState, DeviceStatus, Phase, RolloutDocument,
+    FORMAT, MIN_CHUNK_SIZE,
 };
 use perch_tests::sim::{
     digits_slo, free_port, pack_bundle, write_file, BrokerSpec, Fleet, FleetConfig, FleetFixture,
@@ -505,7 +506,7 @@ impl Rogue {
                 subscribed.clone(),
             );
             std::thread::spawn(move || {
-                let requests = chunk_request_topic("+");
+                let requests = DeviceTopic::ChunkRequest.filter();
                 for event in connection.iter() {
                     if stop.load(Ordering::Relaxed) {
                         return;
@@ -550,7 +551,12 @@ impl Rogue {
                             tamper(request.index, copy, &mut data);
                             let frame = encode_chunk(&request.rollout_id, request.index, &data);
                             client
-                                .try_publish(chunk_topic(device), QoS::AtMostOnce, false, frame)
+                                .try_publish(
+                                    DeviceTopic::Chunk.of(device),
+                                    QoS::AtMostOnce,
+                                    false,
+                                    frame,
+                                )
                                 .unwrap();
                         }
                         _ => {}
@@ -574,7 +580,12 @@ impl Rogue {
     /// Publishes a signed document on `group`'s topic, retained, as the operator does.
     fn publish(&self, group: &str, signed: Vec<u8>) {
         self.client
-            .try_publish(document_topic(group), QoS::AtLeastOnce, true, signed)
+            .try_publish(
+                topics::rollout_document(group),
+                QoS::AtLeastOnce,
+                true,
+                signed,
+            )
             .unwrap();
     }
 

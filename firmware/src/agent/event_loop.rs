@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use perch_mqtt::NetEvent;
 use perch_runtime::histogram::Histogram;
 use perch_runtime::slo::{Slo, Window};
 use perch_runtime::wire::{self, Health, MetricsReport, ModelState};
@@ -13,7 +14,6 @@ use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::ota_link::{OtaInput, OtaLink};
-use super::poller::Net;
 use super::sequence::SeqState;
 use crate::config::ModelConfig;
 use crate::device::DeviceId;
@@ -63,7 +63,7 @@ impl Agent {
     /// Serves until `stop` says so, then shuts down (see [`Agent::shutdown`]).
     pub(super) async fn run(
         mut self,
-        mut net: mpsc::Receiver<Net>,
+        mut net: mpsc::Receiver<NetEvent>,
         mut effects: mpsc::UnboundedReceiver<Effect>,
         mut stop: watch::Receiver<bool>,
         report_interval: Duration,
@@ -91,9 +91,9 @@ impl Agent {
         self.shutdown(net, poller).await;
     }
 
-    fn on_net(&mut self, event: Net) {
+    fn on_net(&mut self, event: NetEvent) {
         match event {
-            Net::Connected => {
+            NetEvent::Connected => {
                 self.connected = true;
                 match self.disconnected_at.take() {
                     Some(at) if self.ever_connected => log::info!(
@@ -122,7 +122,7 @@ impl Agent {
                 self.publish_health();
                 self.pump();
             }
-            Net::Disconnected(reason) => {
+            NetEvent::Disconnected(reason) => {
                 if self.connected {
                     log::warn!(
                         "lost the MQTT broker {}: {reason}; reports go to the spool until it is back",
@@ -146,12 +146,13 @@ impl Agent {
                     log::error!("cannot spool reports: {e}");
                 }
             }
-            Net::Message(publish) => match &self.ota {
+            NetEvent::Message(publish) => match &self.ota {
                 Some(ota) if ota.wants(&publish.topic) => ota.deliver(publish),
                 _ => self.on_request(publish),
             },
-            Net::Sent(pkid) => self.outbox.on_sent(pkid),
-            Net::PubAck(pkid) => match self.outbox.on_puback(pkid) {
+            NetEvent::Sent(pkid) => self.outbox.on_sent(pkid),
+            NetEvent::Subscribed => {}
+            NetEvent::PubAck(pkid) => match self.outbox.on_puback(pkid) {
                 Ok(true) => self.pump(),
                 Ok(false) => {}
                 Err(e) => log::error!("cannot remove a delivered report from the spool: {e}"),
@@ -400,7 +401,11 @@ impl Agent {
         }
     }
 
-    async fn shutdown(mut self, mut net: mpsc::Receiver<Net>, poller: tokio::task::JoinHandle<()>) {
+    async fn shutdown(
+        mut self,
+        mut net: mpsc::Receiver<NetEvent>,
+        poller: tokio::task::JoinHandle<()>,
+    ) {
         log::info!("shutting down");
         self.report();
         if let Err(e) = self.outbox.flush() {

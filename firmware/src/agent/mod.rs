@@ -29,7 +29,6 @@
 
 mod event_loop;
 mod ota_link;
-mod poller;
 mod sequence;
 
 use std::future::Future;
@@ -40,11 +39,10 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
+use perch_mqtt::Backoff;
 use perch_runtime::wire::ModelId;
-use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::backoff::Backoff;
 use crate::broker;
 use crate::config::{Broker, BrokerConfig, Config, ModelConfig, OtaSettings};
 use crate::device::DeviceId;
@@ -232,15 +230,10 @@ pub async fn run(
         config.spool.dir.display(),
     );
 
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    // Replies are small writes answered by small writes: without TCP_NODELAY, Nagle's
-    // algorithm meets the peer's delayed ACK and adds up to 40 ms to a round trip.
-    let mut network = eventloop.network_options();
-    network.set_tcp_nodelay(true);
-    eventloop.set_network_options(network);
+    let (client, eventloop) = options.connect()?;
     let (net_tx, net_rx) = mpsc::channel(256);
     let backoff = Backoff::new(broker_config.reconnect_base, broker_config.reconnect_cap);
-    let poller = tokio::spawn(poller::poll(eventloop, net_tx, backoff));
+    let poller = tokio::spawn(perch_mqtt::pump(eventloop, backoff, net_tx));
     let sensor = match config.sensor.clone() {
         Some(sensor) => {
             let (device, service, client) =

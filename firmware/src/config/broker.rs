@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use perch_mqtt::TlsFiles;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -67,15 +68,6 @@ impl BrokerConfig {
             reconnect_cap: DEFAULT_RECONNECT_CAP,
         }
     }
-}
-
-/// The files of an `mqtts://` connection.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
-    /// PEM certificate authority for the broker's certificate.
-    pub ca: PathBuf,
-    /// PEM client certificate and private key, for brokers that ask for one.
-    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// The `[broker]` section as written.

@@ -138,7 +138,8 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A broker setting: `embedded`, `mqtt://host[:port]` or `mqtts://host[:port]`.
+/// A broker setting: `embedded`, or a [`perch_mqtt::BrokerUrl`]: `mqtt://host[:port]`
+/// or `mqtts://host[:port]` (an IPv6 host in brackets).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum BrokerUrl {
@@ -162,53 +163,16 @@ impl FromStr for BrokerUrl {
         if text == "embedded" {
             return Ok(BrokerUrl::Embedded);
         }
-        let (tls, rest) = if let Some(rest) = text.strip_prefix("mqtt://") {
-            (false, rest)
-        } else if let Some(rest) = text.strip_prefix("mqtts://") {
-            (true, rest)
-        } else {
+        if !(text.starts_with("mqtt://") || text.starts_with("mqtts://")) {
             return Err(format!(
                 "{text:?}: expected mqtt://host[:port], mqtts://host[:port] or embedded"
             ));
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('@') {
-            return Err(format!(
-                "{text:?}: put credentials in username/password, not in the URL"
-            ));
         }
-        if rest.contains('/') || rest.contains('?') {
-            return Err(format!("{text:?}: a broker URL has no path or query"));
-        }
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("{text:?}: unclosed '[' in the host"))?;
-            match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None if after.is_empty() => (host, None),
-                None => return Err(format!("{text:?}: unexpected {after:?} after the host")),
-            }
-        } else {
-            match rest.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{text:?}: no host"));
-        }
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| format!("{text:?}: port {p:?} is not a number from 0 to 65535"))?,
-            None => default_port,
-        };
+        let url: perch_mqtt::BrokerUrl = text.parse()?;
         Ok(BrokerUrl::Mqtt {
-            host: host.to_string(),
-            port,
-            tls,
+            host: url.host,
+            port: url.port,
+            tls: url.tls,
         })
     }
 }

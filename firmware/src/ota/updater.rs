@@ -6,6 +6,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use perch_mqtt::topics::{self, DeviceTopic};
 use perch_runtime::bundle::VerifyingKey;
 use perch_runtime::fsio;
 use perch_runtime::rollout::{self, ChunkRequest};
@@ -81,7 +82,7 @@ pub enum Effect {
         /// The payload.
         payload: Vec<u8>,
     },
-    /// Publish a rollout status on `topic` ([`perch_runtime::rollout::status_topic`]), QoS 1, through
+    /// Publish a rollout status on `topic` ([`DeviceTopic::Rollout`]), QoS 1, through
     /// the spool.
     Report {
         /// The topic.
@@ -254,8 +255,8 @@ impl Updater {
     /// device's chunks (QoS 0).
     pub fn subscriptions(&self) -> [String; 2] {
         [
-            rollout::document_topic(&self.config.group),
-            rollout::chunk_topic(&self.device),
+            topics::rollout_document(&self.config.group),
+            DeviceTopic::Chunk.of(&self.device),
         ]
     }
 
@@ -355,7 +356,7 @@ impl Updater {
             Action::RequestChunk { index } => {
                 let request = ChunkRequest { rollout_id, index };
                 effects.push(Effect::Publish {
-                    topic: rollout::chunk_request_topic(&self.device),
+                    topic: DeviceTopic::ChunkRequest.of(&self.device),
                     payload: serde_json::to_vec(&request).unwrap_or_default(),
                 });
                 Vec::new()
@@ -403,7 +404,7 @@ impl Updater {
             }
             Action::Report(status) => {
                 effects.push(Effect::Report {
-                    topic: rollout::status_topic(&self.device),
+                    topic: DeviceTopic::Rollout.of(&self.device),
                     payload: status.to_json(),
                 });
                 Vec::new()

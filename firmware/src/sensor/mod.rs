@@ -69,6 +69,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use embedded_hal::i2c::I2c;
+use perch_mqtt::topics::DeviceTopic;
 use perch_runtime::engine::{DType, Dim, Metadata};
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
@@ -82,7 +83,7 @@ use features::{SampleRing, FEATURES, RING_CAPACITY, WINDOW_SAMPLES};
 
 /// The topic of the sensor's verdicts for `device`.
 pub fn topic(device: &DeviceId) -> String {
-    format!("perch/{device}/sensor/anomaly")
+    DeviceTopic::SensorAnomaly.of(device.as_str())
 }
 
 /// Why the sensor could not start.

@@ -45,6 +45,7 @@ use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use perch_mqtt::BrokerUrl;
 use perch_runtime::bundle::{self, BundleContents, ModelKind, SigningKey, TensorSignature};
 use perch_runtime::engine::{LoadOptions, Model};
 use serde::Serialize;
@@ -119,7 +120,8 @@ pub enum BrokerSpec {
 impl FromStr for BrokerSpec {
     type Err = String;
 
-    /// `embedded`, `embedded:PORT` or `mqtt://host[:port]` (default port 1883).
+    /// `embedded`, `embedded:PORT` or `mqtt://host[:port]` (default port 1883; an IPv6
+    /// host in brackets).
     fn from_str(text: &str) -> Result<BrokerSpec, String> {
         if text == "embedded" {
             return Ok(BrokerSpec::Embedded { port: 0 });
@@ -130,27 +132,13 @@ impl FromStr for BrokerSpec {
                 .map_err(|_| format!("{text:?}: the port after embedded: is not a number"))?;
             return Ok(BrokerSpec::Embedded { port });
         }
-        let Some(rest) = text.strip_prefix("mqtt://") else {
+        if !text.starts_with("mqtt://") {
             return Err(format!(
                 "{text:?}: expected embedded, embedded:PORT or mqtt://host[:port]"
             ));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse()
-                    .map_err(|_| format!("{text:?}: the port is not a number"))?,
-            ),
-            None => (rest, 1883),
-        };
-        if host.is_empty() {
-            return Err(format!("{text:?}: no host"));
         }
-        Ok(BrokerSpec::External {
-            host: host.to_string(),
-            port,
-        })
+        let BrokerUrl { host, port, .. } = text.parse()?;
+        Ok(BrokerSpec::External { host, port })
     }
 }
 
@@ -307,15 +295,16 @@ impl Fleet {
         let ids: Vec<String> = (0..config.devices)
             .map(|i| format!("{}-{i:04}", config.prefix))
             .collect();
-        let observer = Observer::start(runtime.handle(), &host, port);
+        let url = BrokerUrl::plain(&host, port);
+        let observer = Observer::start(runtime.handle(), &url)?;
         let traffic = Traffic::start(
             runtime.handle(),
-            (&host, port),
+            &url,
             request,
             observer.clone(),
             ids.clone(),
             config.rate,
-        );
+        )?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !(observer.is_subscribed() && traffic.is_subscribed()) {
             if Instant::now() > deadline {
@@ -358,7 +347,7 @@ impl Fleet {
 
     /// The broker's URL, `mqtt://host:port` (for `perch rollout --broker`).
     pub fn broker_url(&self) -> String {
-        format!("mqtt://{}:{}", self.host, self.port)
+        BrokerUrl::plain(&self.host, self.port).to_string()
     }
 
     /// The broker's host and port.
