@@ -35,7 +35,7 @@ use crate::config::ModelConfig;
 #[non_exhaustive]
 pub enum LoadError {
     /// The model file could not be loaded.
-    #[error("cannot load {}: {source}", path.display())]
+    #[error("cannot load {}", path.display())]
     Model {
         /// The model file.
         path: PathBuf,
@@ -44,7 +44,7 @@ pub enum LoadError {
         source: EngineError,
     },
     /// The bundle, or a key to verify it, could not be read, verified or loaded.
-    #[error("cannot load bundle {}: {source}", path.display())]
+    #[error("cannot load bundle {}", path.display())]
     Bundle {
         /// The bundle or key file.
         path: PathBuf,
@@ -63,7 +63,7 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// The model's name or version does not fit a report.
-    #[error("the model's name or version does not fit a report: {0}")]
+    #[error("the model's name or version does not fit a report")]
     Wire(#[source] perch_runtime::Error),
 }
 
@@ -334,6 +334,8 @@ impl Warmup<'_> {
 
 #[cfg(test)]
 mod tests {
+    use perch_runtime::error::Chain;
+
     use super::*;
 
     fn models() -> PathBuf {
@@ -366,7 +368,7 @@ mod tests {
         let path = models().join("fixtures/per-axis-dq-opset11.onnx");
         let err = load(&model_config(path.clone())).unwrap_err();
         assert!(matches!(err, LoadError::Model { .. }), "{err}");
-        let text = err.to_string();
+        let text = Chain(&err).to_string();
         assert!(text.contains("per-axis-dq-opset11.onnx"), "{text}");
         assert!(text.contains("DequantizeLinear"), "{text}");
     }

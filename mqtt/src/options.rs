@@ -23,7 +23,7 @@ pub struct TlsFiles {
 #[non_exhaustive]
 pub enum SetupError {
     /// A TLS file could not be read.
-    #[error("cannot read {what} {}: {source}", path.display())]
+    #[error("cannot read {what} {}", path.display())]
     Read {
         /// Which file (`CA file`, `client certificate`, `client key`).
         what: &'static str,

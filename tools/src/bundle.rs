@@ -109,7 +109,7 @@ pub fn keygen(secret: &Path, force: bool) -> Result<KeygenReport, ToolError> {
     }
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)
-        .map_err(|e| ToolError::Usage(format!("no random source for the key: {e}")))?;
+        .map_err(|e| ToolError::Internal(format!("no random source for the key: {e}")))?;
     let key = SigningKey::from_bytes(&seed);
     // `SigningKey` wipes itself on drop; wipe the seed copy too (best effort).
     seed.fill(0);
@@ -142,7 +142,7 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// Writes `bytes` to a synced temporary file beside `path`, with permissions `mode`.
 fn staged(path: &Path, bytes: &[u8], mode: u32) -> Result<tempfile::NamedTempFile, ToolError> {
-    let io = |e: std::io::Error| ToolError::Usage(format!("cannot write {}: {e}", path.display()));
+    let io = |e: std::io::Error| ToolError::write(path, e);
     let mut tmp = tempfile::Builder::new()
         .prefix(".perch-key.")
         .suffix(".tmp")
@@ -177,12 +177,12 @@ fn commit(tmp: tempfile::NamedTempFile, path: &Path, force: bool) -> Result<(), 
                 path.display()
             ))
         } else {
-            ToolError::Usage(format!("cannot write {}: {}", path.display(), e.error))
+            ToolError::write(path, e.error)
         }
     })?;
     std::fs::File::open(parent_dir(path))
         .and_then(|d| d.sync_all())
-        .map_err(|e| ToolError::Usage(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| ToolError::write(path, e))
 }
 
 /// What `perch pack` packs.
@@ -360,7 +360,7 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, ToolError> {
     let bundle = bundle::pack(&contents, &key)?.verify(&[key.verifying_key()])?;
     let report = bundle.self_test(&model)?;
     crate::fsio::write_atomic(&request.out, bundle.as_bytes())
-        .map_err(|e| ToolError::Usage(format!("cannot write {}: {e}", request.out.display())))?;
+        .map_err(|e| ToolError::write(&request.out, e))?;
     Ok(PackReport {
         bundle: request.out.display().to_string(),
         bytes: bundle.as_bytes().len() as u64,
@@ -415,7 +415,7 @@ fn read_golden(dir: &Path, model: &Path, variant: Option<&str>) -> Result<Golden
         (None, None) => numbered(&|i| format!("output_{i}.npy"))?,
     };
     if inputs.is_empty() || outputs.is_empty() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Data(format!(
             "no golden data in {} (needs input_0.npy and output_0{}.npy): a bundle carries golden data so devices can self-test it; pass --golden DIR",
             dir.display(),
             variant.map(|v| format!(".{v}")).unwrap_or_default()

@@ -189,7 +189,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
         .zip(&sources)
         .map(|(t, src)| {
             Input::from_tensor(t).ok_or_else(|| {
-                ToolError::Usage(format!(
+                ToolError::Data(format!(
                     "{src}: element type {:?} is not supported",
                     t.datum_type()
                 ))
@@ -243,7 +243,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
             for (i, want) in g.outputs.iter().enumerate() {
                 let got = outputs.tensor(i)?;
                 let rel = perch_runtime::engine::compare(got, want)
-                    .map_err(|e| ToolError::Usage(format!("golden output {i}: {e}")))?
+                    .map_err(|e| ToolError::Data(format!("golden output {i}: {e}")))?
                     .1;
                 relative_error.push(rel);
             }
@@ -342,7 +342,7 @@ fn read_inputs(
         for item in &items {
             let name = item.name.as_deref().unwrap_or("(unnamed)");
             if !names.contains(&name) {
-                return Err(ToolError::Usage(format!(
+                return Err(ToolError::Data(format!(
                     "{}: {name:?} is not an input of the model (its inputs: {})",
                     item.source,
                     names.join(", ")
@@ -352,10 +352,10 @@ fn read_inputs(
         for name in &names {
             let mut matching = items.iter().filter(|i| i.name.as_deref() == Some(name));
             let found = matching.next().ok_or_else(|| {
-                ToolError::Usage(format!("no value given for the model's input {name:?}"))
+                ToolError::Data(format!("no value given for the model's input {name:?}"))
             })?;
             if let Some(again) = matching.next() {
-                return Err(ToolError::Usage(format!(
+                return Err(ToolError::Data(format!(
                     "input {name:?} is given twice ({} and {})",
                     found.source, again.source
                 )));
@@ -380,7 +380,7 @@ fn materialize(
             Value::Tensor(t) => t.clone(),
             Value::Json { shape, dtype, data } => {
                 let info = meta.inputs.get(index);
-                let usage = |m: String| ToolError::Usage(format!("{}: {m}", item.source));
+                let usage = |m: String| ToolError::Data(format!("{}: {m}", item.source));
                 let shape = match (shape, info) {
                     (Some(s), _) => s.clone(),
                     (None, Some(info)) => info
@@ -460,10 +460,13 @@ fn read_npz(path: &Path) -> Result<Vec<Item>, ToolError> {
     use ndarray_npy::{NpzReader, ReadNpyError, ReadNpzError};
     use tract_onnx::prelude::tract_ndarray::{IxDyn, OwnedRepr};
 
-    let fail = |e: String| ToolError::Usage(format!("{}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let mut npz = NpzReader::new(file).map_err(|e| fail(format!("not an .npz archive: {e}")))?;
-    let names = npz.names().map_err(|e| fail(e.to_string()))?;
+    let fail = |e: String| ToolError::Data(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| ToolError::read(path, e))?;
+    let mut npz =
+        NpzReader::new(file).map_err(|e| ToolError::decode(path, "an .npz archive", e))?;
+    let names = npz
+        .names()
+        .map_err(|e| ToolError::decode(path, "an .npz archive", e))?;
     if names.is_empty() {
         return Err(fail("the archive holds no arrays".into()));
     }
@@ -515,10 +518,10 @@ fn read_npz(path: &Path) -> Result<Vec<Item>, ToolError> {
 
 /// The tensors of a JSON request: `{"inputs": [{"name", "shape", "datatype", "data"}]}`.
 fn read_json(path: &Path) -> Result<Vec<Item>, ToolError> {
-    let fail = |e: String| ToolError::Usage(format!("{}: {e}", path.display()));
-    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let fail = |e: String| ToolError::Data(format!("{}: {e}", path.display()));
+    let text = std::fs::read(path).map_err(|e| ToolError::read(path, e))?;
     let json: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+        serde_json::from_slice(&text).map_err(|e| ToolError::decode(path, "valid JSON", e))?;
     let inputs = json
         .get("inputs")
         .and_then(|i| i.as_array())
@@ -534,7 +537,7 @@ fn read_json(path: &Path) -> Result<Vec<Item>, ToolError> {
             .map(str::to_string);
         let label = name.clone().unwrap_or_else(|| format!("#{i}"));
         let source = format!("{}:{label}", path.display());
-        let fail = |e: String| ToolError::Usage(format!("{source}: {e}"));
+        let fail = |e: String| ToolError::Data(format!("{source}: {e}"));
         let shape = match input.get("shape") {
             None => None,
             Some(s) => Some(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use perch_mqtt::NetEvent;
+use perch_runtime::error::Chain;
 use perch_runtime::histogram::Histogram;
 use perch_runtime::slo::{Slo, Window};
 use perch_runtime::wire::{self, Health, MetricsReport, ModelState};
@@ -227,7 +228,8 @@ impl Agent {
                         let _ = tx.send(Effect::Serve(Box::new(loaded)));
                     }
                     Err(e) => log::error!(
-                        "cannot load the configured model again: {e}; the current model keeps serving"
+                        "cannot load the configured model again: {}; the current model keeps serving",
+                        Chain(&e)
                     ),
                 }
                 });

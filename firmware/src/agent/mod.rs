@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use perch_mqtt::Backoff;
+use perch_runtime::error::Chain;
 use perch_runtime::wire::ModelId;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -68,7 +69,7 @@ pub enum AgentError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// The spool folder could not be opened.
-    #[error("cannot open the report spool {}: {source}", dir.display())]
+    #[error("cannot open the report spool {}", dir.display())]
     Spool {
         /// Its folder.
         dir: PathBuf,
@@ -83,9 +84,7 @@ pub enum AgentError {
     #[error(transparent)]
     Mqtt(#[from] mqtt::SetupError),
     /// The HTTP address could not be bound.
-    #[error(
-        "cannot listen for HTTP on {addr}: {source} (set http_listen or --http-listen, or `off`)"
-    )]
+    #[error("cannot listen for HTTP on {addr} (set http_listen or --http-listen, or `off`)")]
     Http {
         /// The address.
         addr: SocketAddr,
@@ -97,7 +96,7 @@ pub enum AgentError {
     #[error(transparent)]
     Sensor(#[from] crate::sensor::SensorError),
     /// Over-the-air updates could not start (their folder, state or keys).
-    #[error("over-the-air updates: {0}")]
+    #[error("over-the-air updates")]
     Ota(#[from] ota::OtaError),
     /// A task of the agent failed unexpectedly.
     #[error("internal error: {0}")]
@@ -337,8 +336,9 @@ fn boot(
             Ok(loaded) => loaded,
             Err(e) => {
                 log::error!(
-                    "the active model slot {} does not load ({e}); serving the configured model",
-                    path.display()
+                    "the active model slot {} does not load ({}); serving the configured model",
+                    path.display(),
+                    Chain(&e)
                 );
                 load::load(model)?
             }

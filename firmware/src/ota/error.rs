@@ -10,12 +10,13 @@ use crate::slots::SlotError;
 #[non_exhaustive]
 pub enum OtaError {
     /// A file could not be read or written.
-    #[error("{}: {cause}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// Why.
-        cause: io::Error,
+        #[source]
+        source: io::Error,
     },
     /// The state file exists but is not a state this agent reads.
     #[error("{} is not a valid OTA state: {reason}", path.display())]

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use perch_runtime::bundle::{Bundle, Limits, VerifyingKey};
+use perch_runtime::error::Chain;
 use perch_runtime::rollout::BundleRef;
 use sha2::{Digest, Sha256};
 
@@ -81,10 +82,10 @@ pub fn install(
         ));
     }
     let bundle = Bundle::from_vec(bytes, &Limits::default())
-        .map_err(|e| format!("the bundle is invalid: {e}"))?;
+        .map_err(|e| format!("the bundle is invalid: {}", Chain(&e)))?;
     let verified = bundle
         .verify(trusted)
-        .map_err(|e| format!("the bundle's signature is refused: {e}"))?;
+        .map_err(|e| format!("the bundle's signature is refused: {}", Chain(&e)))?;
     let manifest = verified.manifest();
     let says = format!(
         "{} {} (sequence {})",
@@ -107,12 +108,12 @@ pub fn install(
         ));
     }
     let slot = slots.stage(&verified).map_err(|e| match e {
-        SlotError::NotNewer { .. } => format!("older sequence: {e}"),
-        e => format!("cannot stage the bundle: {e}"),
+        SlotError::NotNewer { .. } => format!("older sequence: {}", Chain(&e)),
+        e => format!("cannot stage the bundle: {}", Chain(&e)),
     })?;
     let loaded = settings
         .load(slots.path(slot))
-        .map_err(|e| format!("the staged bundle does not load: {e}"))?;
+        .map_err(|e| format!("the staged bundle does not load: {}", Chain(&e)))?;
     if let Some(failure) = &loaded.boot.failure {
         return Err(format!("the bundle failed its self-test: {failure}"));
     }
@@ -135,7 +136,7 @@ pub fn install(
     }
     slots
         .activate(slot)
-        .map_err(|e| format!("cannot activate the bundle: {e}"))?;
+        .map_err(|e| format!("cannot activate the bundle: {}", Chain(&e)))?;
     Ok(Installed { loaded, slot, slo })
 }
 
@@ -150,11 +151,11 @@ pub fn roll_back(slots: &mut Slots, settings: &LoadSettings) -> Result<Option<Lo
     let slot = match slots.roll_back() {
         Ok(slot) => slot,
         Err(SlotError::NothingToRollBackTo) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(Chain(&e).to_string()),
     };
     let loaded = settings
         .load(slots.path(slot))
-        .map_err(|e| format!("the previous model does not load: {e}"))?;
+        .map_err(|e| format!("the previous model does not load: {}", Chain(&e)))?;
     Ok(Some(loaded))
 }
 

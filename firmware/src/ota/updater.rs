@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use perch_mqtt::topics::{self, DeviceTopic};
 use perch_runtime::bundle::VerifyingKey;
+use perch_runtime::error::Chain;
 use perch_runtime::fsio;
 use perch_runtime::rollout::{self, ChunkRequest};
 use perch_runtime::slo::Slo;
@@ -153,7 +154,7 @@ impl Updater {
                 let state: State =
                     serde_json::from_slice(&bytes).map_err(|e| OtaError::Corrupt {
                         path: path.clone(),
-                        reason: e.to_string(),
+                        reason: Chain(&e).to_string(),
                     })?;
                 if state.format != machine::STATE_FORMAT {
                     return Err(OtaError::Corrupt {
@@ -168,7 +169,7 @@ impl Updater {
                 state
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
-            Err(cause) => return Err(OtaError::Io { path, cause }),
+            Err(source) => return Err(OtaError::Io { path, source }),
         };
         let machine_config = MachineConfig {
             device: device.to_string(),
@@ -350,7 +351,7 @@ impl Updater {
                     }
                     Err(e) => self
                         .machine
-                        .on_failed(format!("cannot store the download: {e}")),
+                        .on_failed(format!("cannot store the download: {}", Chain(&e))),
                 }
             }
             Action::RequestChunk { index } => {
@@ -370,7 +371,7 @@ impl Updater {
                     Ok(()) => Vec::new(),
                     Err(e) => self
                         .machine
-                        .on_failed(format!("cannot store chunk {index}: {e}")),
+                        .on_failed(format!("cannot store chunk {index}: {}", Chain(&e))),
                 }
             }
             Action::Install => {
@@ -379,7 +380,10 @@ impl Updater {
             }
             Action::Confirm => {
                 if let Err(e) = self.slots.confirm() {
-                    effects.push(log(log::Level::Error, format!("cannot confirm: {e}")));
+                    effects.push(log(
+                        log::Level::Error,
+                        format!("cannot confirm: {}", Chain(&e)),
+                    ));
                 }
                 Vec::new()
             }
@@ -391,14 +395,14 @@ impl Updater {
                 match self.return_to_previous(true) {
                     Ok(Some(loaded)) => effects.push(Effect::Serve(Box::new(loaded))),
                     Ok(None) => effects.push(Effect::ServeConfigured),
-                    Err(e) => effects.push(log(log::Level::Error, e.to_string())),
+                    Err(e) => effects.push(log(log::Level::Error, Chain(&e).to_string())),
                 }
                 Vec::new()
             }
             Action::DiscardDownload => {
                 self.download = None;
                 if let Err(e) = Download::discard(&self.config.dir) {
-                    effects.push(log(log::Level::Warn, e.to_string()));
+                    effects.push(log(log::Level::Warn, Chain(&e).to_string()));
                 }
                 Vec::new()
             }
@@ -411,7 +415,7 @@ impl Updater {
             }
             Action::Persist => {
                 if let Err(e) = self.persist() {
-                    effects.push(log(log::Level::Error, e.to_string()));
+                    effects.push(log(log::Level::Error, Chain(&e).to_string()));
                 }
                 Vec::new()
             }
@@ -436,7 +440,7 @@ impl Updater {
                 let loaded = self
                     .settings
                     .load(path)
-                    .map_err(|e| format!("the activated bundle does not load: {e}"))?;
+                    .map_err(|e| format!("the activated bundle does not load: {}", Chain(&e)))?;
                 let slo = loaded.slo;
                 effects.push(Effect::Serve(Box::new(loaded)));
                 return Ok(slo);
@@ -446,17 +450,17 @@ impl Updater {
             Some(download) => download,
             None => self.download.insert(
                 Download::open(&self.config.dir, &doc.rollout_id, &doc.bundle)
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| Chain(&e).to_string())?,
             ),
         };
-        let bytes = download.finish().map_err(|e| e.to_string())?;
+        let bytes = download.finish().map_err(|e| Chain(&e).to_string())?;
         let previous_is_configured =
             self.slots.active().is_none() || self.marker(SERVE_CONFIGURED_FILE);
         if previous_is_configured {
             // Before the activation, so that a crash right after it still rolls back to
             // the configured model.
             self.set_marker(PREVIOUS_CONFIGURED_FILE, true)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Chain(&e).to_string())?;
         }
         let attempts = self.install_attempts(&doc.bundle.sha256) + 1;
         let marker = self.config.dir.join(INSTALLING_FILE);
@@ -476,13 +480,13 @@ impl Updater {
         if let Err(e) = self.set_marker(INSTALLING_FILE, false) {
             effects.push(Effect::Log {
                 level: log::Level::Warn,
-                message: e.to_string(),
+                message: Chain(&e).to_string(),
             });
         }
         let installed = installed?;
         self.set_marker(PREVIOUS_CONFIGURED_FILE, previous_is_configured)
             .and_then(|()| self.set_marker(SERVE_CONFIGURED_FILE, false))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Chain(&e).to_string())?;
         effects.push(Effect::Log {
             level: log::Level::Info,
             message: format!(
@@ -500,10 +504,10 @@ impl Updater {
         let mut bytes =
             serde_json::to_vec_pretty(self.machine.state()).map_err(|e| OtaError::Corrupt {
                 path: path.clone(),
-                reason: e.to_string(),
+                reason: Chain(&e).to_string(),
             })?;
         bytes.push(b'\n');
-        fsio::write_atomic(&path, &bytes).map_err(|cause| OtaError::Io { path, cause })
+        fsio::write_atomic(&path, &bytes).map_err(|source| OtaError::Io { path, source })
     }
 
     /// Leaves the active slot for the model that served before it: the other slot
@@ -578,7 +582,7 @@ impl Updater {
                 other => other,
             }
         };
-        result.map_err(|cause| OtaError::Io { path, cause })
+        result.map_err(|source| OtaError::Io { path, source })
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use perch_firmware::agent;
 use perch_firmware::config::{Broker, BrokerConfig, Config, DeviceId, OtaSettings};
+use perch_runtime::error::Chain;
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -156,7 +157,8 @@ impl Device {
                         let _ = stopped.await;
                     };
                     if let Err(e) = agent::run(agent_config, shutdown).await {
-                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Chain(&e).to_string());
                     }
                 });
                 Running::Task {

@@ -386,7 +386,22 @@ pub fn run(
     store: &Store,
     report: &mut dyn FnMut(&Controller, Progress<'_>),
 ) -> Result<Phase, OperatorError> {
-    block_on(operate(controller, bundle, key, broker, store, report))
+    block_on(operate(
+        controller,
+        Serving { bundle, key, store },
+        broker,
+        report,
+    ))
+}
+
+/// What the operator serves from and saves to.
+struct Serving<'a> {
+    /// The bundle's bytes, for chunks.
+    bundle: &'a [u8],
+    /// The key that signs the documents.
+    key: &'a SigningKey,
+    /// Where the state is saved.
+    store: &'a Store,
 }
 
 /// Publishes `doc` signed with `key`, retained, at QoS 1.
@@ -404,12 +419,11 @@ async fn publish_document(
 
 async fn operate(
     mut controller: Controller,
-    bundle: &[u8],
-    key: &SigningKey,
+    serving: Serving<'_>,
     broker: &BrokerAccess,
-    store: &Store,
     report: &mut dyn FnMut(&Controller, Progress<'_>),
 ) -> Result<Phase, OperatorError> {
+    let Serving { bundle, key, store } = serving;
     let group = controller.state().plan.group.clone();
     let rollout_id = controller.state().plan.rollout_id.clone();
     let (client, mut events) = connect(broker, format!("perch-rollout-{group}"))?;
