@@ -21,7 +21,7 @@ use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::SimError;
+use super::error::SimError;
 
 /// What the observer knows about one device.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -28,8 +28,9 @@ use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::error::SimError;
+use super::observer::Observer;
 use super::observer::{client_id, reconnect_backoff};
-use super::{Observer, SimError};
 
 /// Largest relative error of a reply's outputs against the golden ones still counted
 /// as right (replies go through JSON text).
