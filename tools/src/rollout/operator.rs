@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::controller::{Clock, Command, Controller, Effect, RolloutState};
-use super::PlanError;
+use super::plan::PlanError;
 
 /// How often the controller judges the rollout.
 pub const TICK: Duration = Duration::from_millis(250);
