@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::io;
 
 use perch_mqtt::topics::DeviceTopics;
-use perch_mqtt::{BrokerUrl, ClientOptions};
+use perch_mqtt::ClientOptions;
 use perch_runtime::histogram::{Histogram, BUCKETS};
 use perch_runtime::wire::{Health, MetricsReport, ModelState};
 use rumqttc::{LastWill, QoS};
@@ -102,11 +102,7 @@ pub fn options(
     broker: &BrokerConfig,
     max_payload: usize,
 ) -> Result<ClientOptions, SetupError> {
-    let url = BrokerUrl::plain(&broker.host, broker.port);
-    let mut options = ClientOptions::new(format!("perch-{device}"), &url);
-    options.tls = broker.tls.clone();
-    options.username = broker.username.clone();
-    options.password = broker.password.clone();
+    let mut options = ClientOptions::new(format!("perch-{device}"), broker.endpoint.clone());
     options.keep_alive = broker.keep_alive;
     options.last_will = Some(LastWill::new(
         Topics::new(device).status.clone(),
@@ -782,7 +778,7 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "not a certificate").unwrap();
         let mut broker = BrokerConfig::plain("localhost", 8883);
-        broker.tls = Some(crate::config::TlsFiles {
+        broker.endpoint.tls = Some(crate::config::TlsFiles {
             ca: ca.clone(),
             client: None,
         });

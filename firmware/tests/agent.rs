@@ -488,7 +488,7 @@ fn against_mosquitto_reports_spooled_during_a_broker_outage_arrive_in_order_with
         return;
     };
     let port = broker.port();
-    // A fast reconnect so the test is short; the backoff itself is tested in backoff.rs.
+    // A fast reconnect so the test is short; the backoff itself is tested in perch-mqtt.
     let config = dir.path().join("perchd.toml");
     std::fs::write(
         &config,

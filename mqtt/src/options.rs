@@ -51,23 +51,9 @@ pub enum SetupError {
     },
 }
 
-/// Everything about one client's connection. [`ClientOptions::new`] gives the
-/// defaults; set the fields that differ, then [`connect`](ClientOptions::connect).
-///
-/// ```
-/// use perch_mqtt::{BrokerUrl, ClientOptions};
-///
-/// let url: BrokerUrl = "mqtt://127.0.0.1:1883".parse()?;
-/// let mut options = ClientOptions::new("perch-gw-1", &url);
-/// options.max_incoming_packet = 64 << 10;
-/// let mqtt = options.mqtt_options().unwrap();
-/// assert_eq!(mqtt.broker_address(), ("127.0.0.1".to_string(), 1883));
-/// # Ok::<(), String>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// The client id (unique per broker).
-    pub client_id: String,
+/// Where a broker listens and how to authenticate to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
     /// Host name or address.
     pub host: String,
     /// TCP port.
@@ -78,6 +64,49 @@ pub struct ClientOptions {
     pub username: Option<String>,
     /// Password, with the user name.
     pub password: Option<String>,
+}
+
+impl Endpoint {
+    /// A plain-TCP broker at `host:port`, without credentials.
+    pub fn plain(host: impl Into<String>, port: u16) -> Endpoint {
+        Endpoint {
+            host: host.into(),
+            port,
+            tls: None,
+            username: None,
+            password: None,
+        }
+    }
+
+    /// Its URL (`mqtts://` when it has TLS files).
+    pub fn url(&self) -> BrokerUrl {
+        BrokerUrl {
+            host: self.host.clone(),
+            port: self.port,
+            tls: self.tls.is_some(),
+        }
+    }
+}
+
+/// Everything about one client's connection. [`ClientOptions::new`] gives the
+/// defaults; set the fields that differ, then [`connect`](ClientOptions::connect).
+///
+/// ```
+/// use perch_mqtt::{BrokerUrl, ClientOptions, Endpoint};
+///
+/// let url: BrokerUrl = "mqtt://127.0.0.1:1883".parse()?;
+/// let mut options = ClientOptions::new("perch-gw-1", Endpoint::plain(url.host, url.port));
+/// options.max_incoming_packet = 64 << 10;
+/// let mqtt = options.mqtt_options().unwrap();
+/// assert_eq!(mqtt.broker_address(), ("127.0.0.1".to_string(), 1883));
+/// # Ok::<(), String>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The client id (unique per broker).
+    pub client_id: String,
+    /// The broker.
+    pub endpoint: Endpoint,
     /// Interval of keep-alive pings; the broker declares the client gone (and
     /// publishes its last will) after 1.5 of them without a word.
     pub keep_alive: Duration,
@@ -96,17 +125,12 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// A client of the broker at `url` (plain TCP; set [`tls`](ClientOptions::tls)
-    /// for `mqtts://`): keep-alive 30 s, a clean session, no last will, 1 MiB packet
-    /// limits, 64 queued requests.
-    pub fn new(client_id: impl Into<String>, url: &BrokerUrl) -> ClientOptions {
+    /// A client of the broker at `endpoint`: keep-alive 30 s, a clean session, no last
+    /// will, 1 MiB packet limits, 64 queued requests.
+    pub fn new(client_id: impl Into<String>, endpoint: Endpoint) -> ClientOptions {
         ClientOptions {
             client_id: client_id.into(),
-            host: url.host.clone(),
-            port: url.port,
-            tls: None,
-            username: None,
-            password: None,
+            endpoint,
             keep_alive: Duration::from_secs(30),
             clean_session: true,
             last_will: None,
@@ -124,7 +148,8 @@ impl ClientOptions {
     ///
     /// A TLS file cannot be read or holds no PEM block of its kind.
     pub fn mqtt_options(&self) -> Result<MqttOptions, SetupError> {
-        let mut options = MqttOptions::new(&self.client_id, &self.host, self.port);
+        let broker = &self.endpoint;
+        let mut options = MqttOptions::new(&self.client_id, &broker.host, broker.port);
         options
             .set_keep_alive(self.keep_alive)
             .set_clean_session(self.clean_session)
@@ -136,10 +161,10 @@ impl ClientOptions {
         if let Some(inflight) = self.inflight.filter(|&n| n > 0) {
             options.set_inflight(inflight);
         }
-        if let Some(user) = &self.username {
-            options.set_credentials(user, self.password.as_deref().unwrap_or(""));
+        if let Some(user) = &broker.username {
+            options.set_credentials(user, broker.password.as_deref().unwrap_or(""));
         }
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &broker.tls {
             // rustls needs a process-wide crypto provider; ring is the one compiled in. A
             // second call finds it installed, which is fine.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -211,8 +236,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "not a certificate").unwrap();
-        let mut options = ClientOptions::new("c", &BrokerUrl::plain("localhost", 8883));
-        options.tls = Some(TlsFiles {
+        let mut options = ClientOptions::new("c", Endpoint::plain("localhost", 8883));
+        options.endpoint.tls = Some(TlsFiles {
             ca: ca.clone(),
             client: None,
         });
@@ -221,7 +246,7 @@ mod tests {
             err.to_string(),
             format!("CA file {} holds no PEM CERTIFICATE", ca.display())
         );
-        options.tls = Some(TlsFiles {
+        options.endpoint.tls = Some(TlsFiles {
             ca: dir.path().join("missing.pem"),
             client: None,
         });
@@ -235,9 +260,8 @@ mod tests {
 
     #[test]
     fn credentials_limits_and_the_last_will_reach_rumqttc() {
-        let url = BrokerUrl::plain("::1", 1884);
-        let mut options = ClientOptions::new("c", &url);
-        options.username = Some("gw".into());
+        let mut options = ClientOptions::new("c", Endpoint::plain("::1", 1884));
+        options.endpoint.username = Some("gw".into());
         options.max_incoming_packet = 4096;
         options.last_will = Some(LastWill::new("t", "bye", rumqttc::QoS::AtLeastOnce, true));
         let mqtt = options.mqtt_options().unwrap();

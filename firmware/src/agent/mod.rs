@@ -217,13 +217,13 @@ pub async fn run(
     log::info!(
         "device {}: MQTT {}{}:{}{}, reports every {:?}, spool {}",
         config.device_id,
-        if broker_config.tls.is_some() {
+        if broker_config.endpoint.tls.is_some() {
             "mqtts://"
         } else {
             "mqtt://"
         },
-        broker_config.host,
-        broker_config.port,
+        broker_config.endpoint.host,
+        broker_config.endpoint.port,
         if embedded { " (embedded broker)" } else { "" },
         config.report_interval,
         config.spool.dir.display(),
@@ -246,7 +246,7 @@ pub async fn run(
     let status = match &loaded.boot.failure {
         None => format!(
             "serving {} (MQTT {}:{})",
-            loaded.id, broker_config.host, broker_config.port
+            loaded.id, broker_config.endpoint.host, broker_config.endpoint.port
         ),
         Some(reason) => format!(
             "model {} failed its self-test, not serving: {reason}",
@@ -287,7 +287,10 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
-        broker_name: format!("{}:{}", broker_config.host, broker_config.port),
+        broker_name: format!(
+            "{}:{}",
+            broker_config.endpoint.host, broker_config.endpoint.port
+        ),
         ota,
         effects_tx,
         model_config: config.model.clone(),

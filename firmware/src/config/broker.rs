@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use perch_mqtt::TlsFiles;
+pub use perch_mqtt::{Endpoint, TlsFiles};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -35,16 +35,8 @@ pub enum Broker {
 /// How to reach and authenticate to an external broker; also used for the embedded one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// TLS settings; `None` for plain `mqtt://`.
-    pub tls: Option<TlsFiles>,
-    /// User name, if the broker wants one.
-    pub username: Option<String>,
-    /// Password, with the user name.
-    pub password: Option<String>,
+    /// Where it listens, TLS files and credentials.
+    pub endpoint: Endpoint,
     /// Interval of MQTT keep-alive pings; the broker declares the device gone (and
     /// publishes its last will) after 1.5 of them without a word.
     pub keep_alive: Duration,
@@ -58,11 +50,7 @@ impl BrokerConfig {
     /// A plain-TCP broker at `host:port`, without credentials, with default timings.
     pub fn plain(host: impl Into<String>, port: u16) -> BrokerConfig {
         BrokerConfig {
-            host: host.into(),
-            port,
-            tls: None,
-            username: None,
-            password: None,
+            endpoint: Endpoint::plain(host, port),
             keep_alive: DEFAULT_KEEP_ALIVE,
             reconnect_base: DEFAULT_RECONNECT_BASE,
             reconnect_cap: DEFAULT_RECONNECT_CAP,
@@ -192,11 +180,13 @@ pub(super) fn resolve(
         return Err(source.invalid(password, "a password needs a user name (username)"));
     }
     Ok(Broker::External(BrokerConfig {
-        host,
-        port,
-        tls,
-        username: username.map(|u| u.value),
-        password: password.map(|p| p.value),
+        endpoint: Endpoint {
+            host,
+            port,
+            tls,
+            username: username.map(|u| u.value),
+            password: password.map(|p| p.value),
+        },
         keep_alive: keep_alive.value,
         reconnect_base: reconnect_base.value,
         reconnect_cap: reconnect_cap.value,

@@ -354,14 +354,15 @@ max_bytes = 100000
         let Broker::External(b) = &config.broker else {
             panic!("{:?}", config.broker)
         };
-        assert_eq!((b.host.as_str(), b.port), ("broker.example.com", 8883));
-        let tls = b.tls.as_ref().unwrap();
+        let e = &b.endpoint;
+        assert_eq!((e.host.as_str(), e.port), ("broker.example.com", 8883));
+        let tls = e.tls.as_ref().unwrap();
         assert_eq!(tls.ca, Path::new("/etc/perch/ca.pem"));
         assert_eq!(
             tls.client,
             Some(("/etc/perch/dev.pem".into(), "/etc/perch/dev.key".into()))
         );
-        assert_eq!(b.username.as_deref(), Some("gw-1"));
+        assert_eq!(e.username.as_deref(), Some("gw-1"));
         assert_eq!(config.slo.p99_ms, Some(12.5));
         assert_eq!(config.spool.dir, Path::new("/etc/perch/spool"));
         assert_eq!(

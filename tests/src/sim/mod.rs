@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use perch_mqtt::BrokerUrl;
+use perch_mqtt::Endpoint;
 use perch_runtime::bundle::{self, BundleContents, ModelKind, SigningKey, TensorSignature};
 use perch_runtime::engine::{LoadOptions, Model};
 use perch_testkit::Port;
@@ -158,11 +158,11 @@ impl Fleet {
         let ids: Vec<String> = (0..config.devices)
             .map(|i| format!("{}-{i:04}", config.prefix))
             .collect();
-        let url = BrokerUrl::plain(&host, port);
-        let observer = Observer::start(runtime.handle(), &url)?;
+        let broker = Endpoint::plain(&host, port);
+        let observer = Observer::start(runtime.handle(), &broker)?;
         let traffic = Traffic::start(
             runtime.handle(),
-            &url,
+            &broker,
             request,
             observer.clone(),
             ids.clone(),
@@ -211,7 +211,7 @@ impl Fleet {
 
     /// The broker's URL, `mqtt://host:port` (for `perch rollout --broker`).
     pub fn broker_url(&self) -> String {
-        BrokerUrl::plain(&self.host, self.port).to_string()
+        Endpoint::plain(&self.host, self.port).url().to_string()
     }
 
     /// The broker's host and port.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use perch_mqtt::topics::DeviceTopic;
-use perch_mqtt::{Backoff, BrokerUrl, ClientOptions, EventSink, NetEvent};
+use perch_mqtt::{Backoff, ClientOptions, Endpoint, EventSink, NetEvent};
 use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{DeviceState, DeviceStatus};
 use perch_runtime::wire::MetricsReport;
@@ -264,9 +264,9 @@ impl Observer {
     /// reconnects (and subscribes again) by itself.
     pub(crate) fn start(
         runtime: &tokio::runtime::Handle,
-        broker: &BrokerUrl,
+        broker: &Endpoint,
     ) -> Result<Observer, SimError> {
-        let mut options = ClientOptions::new(client_id("observer"), broker);
+        let mut options = ClientOptions::new(client_id("observer"), broker.clone());
         options.inflight = Some(1000);
         options.request_capacity = 256;
         let (client, eventloop) = options

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use perch_mqtt::topics::{self, DeviceTopic};
-use perch_mqtt::{BrokerUrl, ClientOptions, EventSink, NetEvent};
+use perch_mqtt::{ClientOptions, Endpoint, EventSink, NetEvent};
 use perch_runtime::bundle::{Bundle, Limits};
 use perch_runtime::engine::{Input, Tensor, TensorData};
 use rumqttc::{AsyncClient, QoS};
@@ -307,14 +307,14 @@ impl Traffic {
     /// `observer` says the device serves.
     pub(crate) fn start(
         runtime: &tokio::runtime::Handle,
-        broker: &BrokerUrl,
+        broker: &Endpoint,
         request: Request,
         observer: Observer,
         targets: Vec<String>,
         rate: f64,
     ) -> Result<Traffic, SimError> {
         let id = client_id("traffic");
-        let mut options = ClientOptions::new(id.clone(), broker);
+        let mut options = ClientOptions::new(id.clone(), broker.clone());
         options.max_incoming_packet = 16 << 20;
         options.max_outgoing_packet = 16 << 20;
         options.request_capacity = 4096;

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use perch_mqtt::Endpoint;
 use perch_runtime::bundle::{read_signing_key, Bundle, Limits};
 use perch_runtime::rollout::{self as wire, BundleRef, DeviceState, Phase};
-use perch_tools::rollout::operator::{self, BrokerAccess, Progress, Store};
+use perch_tools::rollout::operator::{self, Progress, Store};
 use perch_tools::rollout::{
     parse_duration_ms, parse_gates, parse_size, parse_stages, Clock, Command, Controller, Effect,
     Plan, PlanError,
@@ -84,8 +85,8 @@ struct BrokerArgs {
 }
 
 impl BrokerArgs {
-    fn access(&self) -> Result<BrokerAccess, PlanError> {
-        BrokerAccess::from_flags(
+    fn endpoint(&self) -> Result<Endpoint, PlanError> {
+        operator::broker_endpoint(
             &self.broker,
             self.mqtt_ca.clone(),
             (self.mqtt_client_cert.clone(), self.mqtt_client_key.clone()),
@@ -251,7 +252,7 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
                 wire::MAX_CHUNK_SIZE
             )
         })?;
-    let broker = a.common.broker.access()?;
+    let broker = a.common.broker.endpoint()?;
     let key = read_signing_key(&a.key)
         .with_context(|| format!("cannot read the key {}", a.key.display()))?;
     let bundle = Bundle::read_file(&a.bundle, &Limits::default())
@@ -329,7 +330,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             controller.state().phase
         );
     }
-    let broker = a.common.broker.access()?;
+    let broker = a.common.broker.endpoint()?;
     let key = read_signing_key(&a.key)
         .with_context(|| format!("cannot read the key {}", a.key.display()))?;
     let bundle = store.load_bundle()?;
@@ -366,7 +367,7 @@ fn drive(
     bundle: &[u8],
     key: &ed25519_dalek::SigningKey,
     store: &Store,
-    broker: &BrokerAccess,
+    broker: &Endpoint,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let bar = if json {
@@ -396,12 +397,12 @@ fn drive(
                     bar.println(format!("{}: {message}", s.plan.group));
                 }
             }
-            Progress::Connection(Ok(())) => log::info!("connected to {}", broker.url),
+            Progress::Connection(Ok(())) => log::info!("connected to {}", broker.url()),
             Progress::Connection(Err(why)) => {
                 if !json {
-                    bar.set_message(format!("broker {} unreachable: {why}", broker.url));
+                    bar.set_message(format!("broker {} unreachable: {why}", broker.url()));
                 }
-                log::warn!("broker {}: {why}", broker.url);
+                log::warn!("broker {}: {why}", broker.url());
                 return;
             }
             Progress::Dropped(why) => bar.suspend(|| log::warn!("{why}")),
@@ -458,7 +459,7 @@ fn summary(c: &Controller) -> String {
 fn command(a: CommandArgs, command: Command) -> anyhow::Result<ExitCode> {
     let timeout = parse_duration_ms("--timeout", &a.timeout)?;
     let outcome = operator::send_command(
-        &a.broker.access()?,
+        &a.broker.endpoint()?,
         &a.group,
         command,
         a.reason,

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use perch_mqtt::topics::{self, DeviceTopic};
-use perch_mqtt::{pump, Backoff, BrokerUrl, ClientOptions, NetEvent, SetupError, TlsFiles};
+use perch_mqtt::{
+    pump, Backoff, BrokerUrl, ClientOptions, Endpoint, NetEvent, SetupError, TlsFiles,
+};
 use perch_runtime::rollout::{
     self as wire, ChunkRequest, DeviceStatus, Phase, RolloutDocument, SignedDocument,
 };
@@ -87,102 +89,75 @@ pub enum OperatorError {
     System(String),
 }
 
-/// How the operator reaches the broker: `--broker`, with `--mqtt-ca`,
-/// `--mqtt-client-cert`/`--mqtt-client-key` and `--mqtt-username`/password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAccess {
-    /// The broker.
-    pub url: BrokerUrl,
-    /// TLS files, for `mqtts://`.
-    pub tls: Option<TlsFiles>,
-    /// User name.
-    pub username: Option<String>,
-    /// Password, with the user name.
-    pub password: Option<String>,
+/// The broker from `--broker`, with `--mqtt-ca`, `--mqtt-client-cert`/
+/// `--mqtt-client-key` and `--mqtt-username`/password: TLS files exactly with
+/// `mqtts://` (a client certificate with its key), a password only with a user name.
+///
+/// # Errors
+///
+/// A [`PlanError`] naming the flag.
+pub fn broker_endpoint(
+    url: &str,
+    ca: Option<PathBuf>,
+    client: (Option<PathBuf>, Option<PathBuf>),
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<Endpoint, PlanError> {
+    let parsed: BrokerUrl = url
+        .parse()
+        .map_err(|e: String| PlanError(format!("--broker {e}")))?;
+    let client = match client {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(PlanError(
+                "--mqtt-client-cert needs its key (--mqtt-client-key)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(PlanError(
+                "--mqtt-client-key needs its certificate (--mqtt-client-cert)".into(),
+            ))
+        }
+    };
+    let tls = match (parsed.tls, ca) {
+        (true, Some(ca)) => Some(TlsFiles { ca, client }),
+        (true, None) => {
+            return Err(PlanError(format!(
+                "--broker {url:?}: mqtts:// needs the broker's CA file (--mqtt-ca)"
+            )))
+        }
+        (false, None) if client.is_none() => None,
+        (false, _) => {
+            return Err(PlanError(format!(
+                "--broker {url:?}: TLS files need an mqtts:// broker URL"
+            )))
+        }
+    };
+    if password.is_some() && username.is_none() {
+        return Err(PlanError(
+            "a password needs a user name (--mqtt-username)".into(),
+        ));
+    }
+    Ok(Endpoint {
+        host: parsed.host,
+        port: parsed.port,
+        tls,
+        username,
+        password,
+    })
 }
 
-impl BrokerAccess {
-    /// A plain `mqtt://` broker without credentials.
-    pub fn plain(url: BrokerUrl) -> BrokerAccess {
-        BrokerAccess {
-            url,
-            tls: None,
-            username: None,
-            password: None,
-        }
-    }
-
-    /// Checks the flags: a broker URL, TLS files exactly with `mqtts://` (a client
-    /// certificate with its key), a password only with a user name.
-    ///
-    /// # Errors
-    ///
-    /// A [`PlanError`] naming the flag.
-    pub fn from_flags(
-        url: &str,
-        ca: Option<PathBuf>,
-        client: (Option<PathBuf>, Option<PathBuf>),
-        username: Option<String>,
-        password: Option<String>,
-    ) -> Result<BrokerAccess, PlanError> {
-        let parsed: BrokerUrl = url
-            .parse()
-            .map_err(|e: String| PlanError(format!("--broker {e}")))?;
-        let client = match client {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(PlanError(
-                    "--mqtt-client-cert needs its key (--mqtt-client-key)".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(PlanError(
-                    "--mqtt-client-key needs its certificate (--mqtt-client-cert)".into(),
-                ))
-            }
-        };
-        let tls = match (parsed.tls, ca) {
-            (true, Some(ca)) => Some(TlsFiles { ca, client }),
-            (true, None) => {
-                return Err(PlanError(format!(
-                    "--broker {url:?}: mqtts:// needs the broker's CA file (--mqtt-ca)"
-                )))
-            }
-            (false, None) if client.is_none() => None,
-            (false, _) => {
-                return Err(PlanError(format!(
-                    "--broker {url:?}: TLS files need an mqtts:// broker URL"
-                )))
-            }
-        };
-        if password.is_some() && username.is_none() {
-            return Err(PlanError(
-                "a password needs a user name (--mqtt-username)".into(),
-            ));
-        }
-        Ok(BrokerAccess {
-            url: parsed,
-            tls,
-            username,
-            password,
-        })
-    }
-
-    /// The options of a client named `client_id`, with packets large enough for the
-    /// largest chunk.
-    fn client_options(&self, client_id: String) -> ClientOptions {
-        let mut options = ClientOptions::new(client_id, &self.url);
-        options.tls = self.tls.clone();
-        options.username = self.username.clone();
-        options.password = self.password.clone();
-        options.keep_alive = Duration::from_secs(10);
-        let max = wire::MAX_CHUNK_SIZE as usize + 4096;
-        options.max_incoming_packet = max;
-        options.max_outgoing_packet = max;
-        options.request_capacity = 256;
-        options
-    }
+/// The options of an operator client named `client_id`, with packets large enough for
+/// the largest chunk.
+fn client_options(broker: &Endpoint, client_id: String) -> ClientOptions {
+    let mut options = ClientOptions::new(client_id, broker.clone());
+    options.keep_alive = Duration::from_secs(10);
+    let max = wire::MAX_CHUNK_SIZE as usize + 4096;
+    options.max_incoming_packet = max;
+    options.max_outgoing_packet = max;
+    options.request_capacity = 256;
+    options
 }
 
 /// Where a group's rollout is kept: `{dir}/{group}.json` (the state) and
@@ -307,13 +282,13 @@ pub struct CommandMessage {
     pub reason: Option<String>,
 }
 
-/// A client of `access` named `client_id`, and the events of its connection, pumped
+/// A client of `broker` named `client_id`, and the events of its connection, pumped
 /// by a task of the current runtime (reconnecting with backoff).
 fn connect(
-    access: &BrokerAccess,
+    broker: &Endpoint,
     client_id: String,
 ) -> Result<(AsyncClient, mpsc::Receiver<NetEvent>), OperatorError> {
-    let (client, eventloop) = access.client_options(client_id).connect()?;
+    let (client, eventloop) = client_options(broker, client_id).connect()?;
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(pump(
         eventloop,
@@ -382,7 +357,7 @@ pub fn run(
     controller: Controller,
     bundle: &[u8],
     key: &SigningKey,
-    broker: &BrokerAccess,
+    broker: &Endpoint,
     store: &Store,
     report: &mut dyn FnMut(&Controller, Progress<'_>),
 ) -> Result<Phase, OperatorError> {
@@ -420,7 +395,7 @@ async fn publish_document(
 async fn operate(
     mut controller: Controller,
     serving: Serving<'_>,
-    broker: &BrokerAccess,
+    broker: &Endpoint,
     report: &mut dyn FnMut(&Controller, Progress<'_>),
 ) -> Result<Phase, OperatorError> {
     let Serving { bundle, key, store } = serving;
@@ -607,7 +582,7 @@ fn peek_document(payload: &[u8]) -> Option<RolloutDocument> {
 /// newer arrives in time; [`PlanError`] when the command does not apply in the
 /// rollout's phase; [`OperatorError::Unreachable`] when the broker cannot be reached.
 pub fn send_command(
-    broker: &BrokerAccess,
+    broker: &Endpoint,
     group: &str,
     command: Command,
     reason: Option<String>,
@@ -620,31 +595,41 @@ pub fn send_command(
     block_on(async {
         let (client, mut events) =
             connect(broker, format!("perch-rollout-cli-{}", hex::encode(id)))?;
-        let outcome = command_outcome(
-            &client,
-            &mut events,
+        let ask = Ask {
             broker,
             group,
             command,
             reason,
             timeout,
-        )
-        .await;
+        };
+        let outcome = command_outcome(&client, &mut events, ask).await;
         let _ = client.try_disconnect();
         outcome
     })
+}
+
+/// What [`send_command`] asks, of whom.
+struct Ask<'a> {
+    broker: &'a Endpoint,
+    group: &'a str,
+    command: Command,
+    reason: Option<String>,
+    timeout: Duration,
 }
 
 /// The loop of [`send_command`].
 async fn command_outcome(
     client: &AsyncClient,
     events: &mut mpsc::Receiver<NetEvent>,
-    broker: &BrokerAccess,
-    group: &str,
-    command: Command,
-    reason: Option<String>,
-    timeout: Duration,
+    ask: Ask<'_>,
 ) -> Result<CommandOutcome, OperatorError> {
+    let Ask {
+        broker,
+        group,
+        command,
+        reason,
+        timeout,
+    } = ask;
     let topic = topics::rollout_document(group);
     let deadline = Instant::now() + timeout;
     let mut before: Option<RolloutDocument> = None;
@@ -654,7 +639,7 @@ async fn command_outcome(
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             return Err(match (last_error, sent) {
                 (Some(reason), false) => OperatorError::Unreachable {
-                    broker: broker.url.clone(),
+                    broker: broker.url(),
                     reason,
                 },
                 _ => OperatorError::NoController {
@@ -733,18 +718,18 @@ fn check_applies(command: Command, phase: Phase, group: &str) -> Result<(), Plan
 mod tests {
     use super::*;
 
-    fn access(url: &str) -> Result<BrokerAccess, PlanError> {
-        BrokerAccess::from_flags(url, None, (None, None), None, None)
+    fn access(url: &str) -> Result<Endpoint, PlanError> {
+        broker_endpoint(url, None, (None, None), None, None)
     }
 
     #[test]
     fn broker_addresses_parse_and_mqtts_without_a_ca_is_refused_naming_the_flag() {
         assert_eq!(
-            access("mqtt://127.0.0.1:1884").unwrap().url,
+            access("mqtt://127.0.0.1:1884").unwrap().url(),
             BrokerUrl::plain("127.0.0.1", 1884)
         );
         assert_eq!(
-            access("mqtt://broker.local").unwrap().url,
+            access("mqtt://broker.local").unwrap().url(),
             BrokerUrl::plain("broker.local", 1883)
         );
         for bad in ["mqtts://h:8883", "h:1883", "mqtt://:1", "mqtt://h:x"] {
@@ -754,7 +739,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_broker_over_tls_with_a_client_certificate_is_accepted() {
-        let access = BrokerAccess::from_flags(
+        let broker = broker_endpoint(
             "mqtts://[fd00::1]",
             Some("ca.pem".into()),
             (Some("op.pem".into()), Some("op.key".into())),
@@ -762,17 +747,13 @@ mod tests {
             Some("secret".into()),
         )
         .unwrap();
-        assert_eq!(
-            (access.url.host.as_str(), access.url.port),
-            ("fd00::1", 8883)
-        );
-        let tls = access.tls.as_ref().unwrap();
+        assert_eq!((broker.host.as_str(), broker.port), ("fd00::1", 8883));
+        let tls = broker.tls.as_ref().unwrap();
         assert_eq!(tls.client, Some(("op.pem".into(), "op.key".into())));
-        let options = access.client_options("c".into());
-        assert_eq!(options.username.as_deref(), Some("operator"));
-        let err =
-            BrokerAccess::from_flags("mqtt://h", Some("ca.pem".into()), (None, None), None, None)
-                .unwrap_err();
+        let options = client_options(&broker, "c".into());
+        assert_eq!(options.endpoint.username.as_deref(), Some("operator"));
+        let err = broker_endpoint("mqtt://h", Some("ca.pem".into()), (None, None), None, None)
+            .unwrap_err();
         assert!(err.0.contains("mqtts://"), "{err}");
     }
 
