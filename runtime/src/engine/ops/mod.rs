@@ -23,6 +23,7 @@ mod fuse;
 mod guard;
 mod nnef;
 mod qconv;
+mod qmatmul;
 
 use serde::Serialize;
 use tract_core::internal::*;
@@ -32,6 +33,7 @@ pub(crate) use guard::remove_barriers;
 pub use guard::PerchBarrier;
 pub(crate) use nnef::registry;
 pub use qconv::PerchQConv;
+pub use qmatmul::PerchQMatMul;
 
 use crate::kernels::Cpu;
 
@@ -90,6 +92,13 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
                 patch.apply(&mut model)?;
                 continue;
             }
+        }
+        if let Some((patch, decision)) = qmatmul::consider(&model, node, cpu)? {
+            report.push(decision);
+            if let Some(patch) = patch {
+                patch.apply(&mut model)?;
+            }
+            continue;
         }
         let node = model.node(id);
         if let Some((patch, decision)) = dwconv::consider(&model, node, cpu)? {

@@ -238,7 +238,7 @@ thread_local! {
 }
 
 /// `rows × cols` bytes to `cols × rows`.
-fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
+pub(super) fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
     for r in 0..rows {
         for c in 0..cols {
             dst[c * rows + r] = src[r * cols + c];
@@ -392,7 +392,7 @@ impl TypedOp for PerchQConv {
 }
 
 /// A quantize node's parameters: `(type, scale, zero point)`.
-fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
+pub(super) fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
     let op = node.op_as::<ElementWiseOp>()?;
     if let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() {
         return Some((QType::U8, q.scale.recip(), q.zero_point as i32));
@@ -550,38 +550,19 @@ pub(super) fn consider(
         Ok(o) => o,
         Err(e) => return declined(e.0),
     };
-    // Per output channel: y = a·(sx·sw·acc + B) + b, so M = a·sx·sw/sy and the
-    // accumulator's bias is (a·B + b)/(a·sx·sw).
-    let mut channels = vec![];
-    for co in 0..cout {
-        let a = epilogue.scale[co] as f64;
-        let scale = a * sx as f64 * w_scales[co] as f64;
-        if scale == 0.0 || !scale.is_finite() {
-            return declined(format!("output channel {co} is scaled by {a}"));
-        }
-        let b = (a * bias[co] as f64 + epilogue.shift[co] as f64) / scale;
-        if !b.is_finite() || b.abs() > (1u64 << 30) as f64 {
-            return declined(format!(
-                "output channel {co}: bias {b} does not fit the accumulator"
-            ));
-        }
-        let sum: i64 = q_weights[co * per_channel..(co + 1) * per_channel]
-            .iter()
-            .map(|w| *w as i64)
-            .sum();
-        let correction = input.offset(zx) as i64 * sum;
-        let Some(requant) = Requant::new(scale / sy as f64) else {
-            return declined(format!(
-                "output channel {co}: requantization scale out of range"
-            ));
-        };
-        let Ok(bias) = i32::try_from(b.round() as i64 + correction) else {
-            return declined(format!(
-                "output channel {co}: bias does not fit the accumulator"
-            ));
-        };
-        channels.push(ChannelOutput { bias, requant });
-    }
+    let channels = match quantized_channels(
+        input,
+        zx,
+        sx,
+        &q_weights,
+        &w_scales,
+        Some(&bias),
+        &epilogue,
+        sy,
+    ) {
+        Ok(c) => c,
+        Err(reason) => return declined(reason),
+    };
     let spec = QConvSpec {
         layout,
         cin,
@@ -609,6 +590,51 @@ pub(super) fn consider(
     fused.extend(epilogue.fused);
     fused.push(q_node.name.clone());
     Ok(Some((Some(patch), op.report(&node.name, fused))))
+}
+
+/// The per-output-channel constants of an integer layer whose real output is
+/// `a[o] · (sx · sw[o] · acc + B[o]) + b[o]` (`a`, `b` from the epilogue, `B` the layer's
+/// own bias if any), quantized with scale `sy`: `M = a·sx·sw / sy`, and the accumulator's
+/// bias `(a·B + b) / (a·sx·sw)` rounded, plus the zero-point correction.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quantized_channels(
+    input: QType,
+    zx: i32,
+    sx: f32,
+    q_weights: &[i8],
+    w_scales: &[f32],
+    bias: Option<&[f32]>,
+    epilogue: &super::fuse::Epilogue,
+    sy: f32,
+) -> Result<Vec<ChannelOutput>, String> {
+    let outputs = w_scales.len();
+    let per_channel = q_weights.len() / outputs.max(1);
+    let mut channels = Vec::with_capacity(outputs);
+    for o in 0..outputs {
+        let a = epilogue.scale[o] as f64;
+        let scale = a * sx as f64 * w_scales[o] as f64;
+        if scale == 0.0 || !scale.is_finite() {
+            return Err(format!("output channel {o} is scaled by {a}"));
+        }
+        let own = bias.map_or(0.0, |b| b[o] as f64);
+        let b = (a * own + epilogue.shift[o] as f64) / scale;
+        if !b.is_finite() || b.abs() > (1u64 << 30) as f64 {
+            return Err(format!(
+                "output channel {o}: bias {b} does not fit the accumulator"
+            ));
+        }
+        let sum: i64 = q_weights[o * per_channel..(o + 1) * per_channel]
+            .iter()
+            .map(|w| *w as i64)
+            .sum();
+        let correction = input.offset(zx) as i64 * sum;
+        let requant = Requant::new(scale / sy as f64)
+            .ok_or_else(|| format!("output channel {o}: requantization scale out of range"))?;
+        let bias = i32::try_from(b.round() as i64 + correction)
+            .map_err(|_| format!("output channel {o}: bias does not fit the accumulator"))?;
+        channels.push(ChannelOutput { bias, requant });
+    }
+    Ok(channels)
 }
 
 /// Filters as f32 `[cout, cin_per_group, kh, kw]` values, whatever the format tract
