@@ -5,10 +5,13 @@
 //!
 //! The einsum must contract one axis `k` of the activations with a constant 2-D weight
 //! (`k` and an output axis `o`), every other axis of the activations passing to the
-//! output in order, with `o` where `k` was; axes of size 1 may appear or vanish
+//! output in order, with `o` anywhere among them; axes of size 1 may appear or vanish
 //! anywhere. With `k` innermost the activations are already rows of `k` bytes; otherwise
-//! (channels first) each `[k, inner]` block is transposed in scratch, and the output
-//! back.
+//! (channels first) each `[k, inner]` block is transposed in scratch. With `o`
+//! innermost the kernel writes the output's rows; otherwise each `[inner, m]` block of
+//! its rows is transposed into the output's `[m, inner]`. tract lays 1x1 convolutions
+//! out every way: channels first on x86, channels last on aarch64, and mixed where the
+//! layout changes (`NIHW,OI->HWO`).
 
 use std::cell::RefCell;
 
@@ -84,20 +87,13 @@ impl PerchQMatMul {
 
     fn detail(&self) -> String {
         let s = &self.spec;
+        let columns = |first: bool| if first { "channels first" } else { "rows" };
         format!(
-            "{} x {} -> {}{}, {} -> {}",
+            "{} -> {}, {} -> {}, {} -> {}",
             s.k,
-            if s.inner == 1 {
-                "rows".to_string()
-            } else {
-                format!("{} columns", s.inner)
-            },
             s.m,
-            if s.inner == 1 {
-                ""
-            } else {
-                " (channels first: transposed)"
-            },
+            columns(s.inner != 1),
+            columns(s.m_axis + 1 < s.output_axes.len()),
             s.input.name(),
             s.output.dtype.name()
         )
@@ -121,15 +117,22 @@ impl PerchQMatMul {
         }
     }
 
-    fn output_shape<D: DimLike>(&self, input: &[D]) -> TVec<D> {
+    /// The output's shape for an input's, or an error when the specification names an
+    /// axis the input does not have (an archive is untrusted input).
+    fn output_shape<D: DimLike>(&self, input: &[D]) -> TractResult<TVec<D>> {
         self.spec
             .output_axes
             .iter()
             .enumerate()
             .map(|(i, a)| match a {
-                Some(a) => input[*a].clone(),
-                None if i == self.spec.m_axis => D::from(self.spec.m),
-                None => D::one(),
+                Some(a) => input.get(*a).cloned().with_context(|| {
+                    format!(
+                        "PerchQMatMul: output axis {i} is input axis {a}, of {}",
+                        input.len()
+                    )
+                }),
+                None if i == self.spec.m_axis => Ok(D::from(self.spec.m)),
+                None => Ok(D::one()),
             })
             .collect()
     }
@@ -173,46 +176,63 @@ impl EvalOp for PerchQMatMul {
             x.shape()
         );
         let outer = len / (s.k * s.inner);
-        let shape = self.output_shape(x.shape());
+        let shape = self.output_shape(x.shape())?;
         let mut output = unsafe { Tensor::uninitialized_dt(Self::datum(s.output.dtype), &shape)? };
         ensure!(
             output.len() == outer * s.inner * s.m,
             "PerchQMatMul: output shape {shape:?}"
         );
+        // Elements of the output after its `m` axis: 1 when it is rows.
+        let out_inner = shape[s.m_axis + 1..].iter().product::<usize>();
         let x = x.try_as_plain_ram()?.as_bytes();
         let y = output.as_bytes_mut();
-        SCRATCH.with(|scratch| self.run(outer, x, y, &mut scratch.borrow_mut()))?;
+        SCRATCH.with(|scratch| self.run(outer, out_inner, x, y, &mut scratch.borrow_mut()))?;
         Ok(tvec!(output.into_tvalue()))
     }
 }
 
 impl PerchQMatMul {
-    fn run(&self, outer: usize, x: &[u8], y: &mut [u8], scratch: &mut Vec<u8>) -> TractResult<()> {
+    /// `outer` blocks of `[k, inner]` activations into blocks of `[m, out_inner]`
+    /// outputs, through rows of `k` and of `m` where either is not innermost.
+    fn run(
+        &self,
+        outer: usize,
+        out_inner: usize,
+        x: &[u8],
+        y: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> TractResult<()> {
         let s = &self.spec;
         let fail = |e: crate::kernels::q8::Unsupported| format_err!("PerchQMatMul: {}", e.0);
-        if s.inner == 1 {
-            let rows = outer;
-            if scratch.len() < self.gemm.scratch_len(rows) {
-                scratch.resize(self.gemm.scratch_len(rows), 0);
-            }
-            return self.gemm.run(rows, x, y, scratch).map_err(fail);
-        }
-        let (in_block, out_block) = (s.k * s.inner, s.m * s.inner);
-        let need = in_block + out_block + self.gemm.scratch_len(s.inner);
+        let rows = outer * s.inner;
+        ensure!(
+            out_inner > 0 && rows % out_inner == 0 && y.len() == rows * s.m,
+            "PerchQMatMul: {rows} rows do not make blocks of {out_inner} outputs"
+        );
+        let in_rows = if s.inner == 1 { 0 } else { x.len() };
+        let out_rows = if out_inner == 1 { 0 } else { y.len() };
+        let need = in_rows + out_rows + self.gemm.scratch_len(rows);
         if scratch.len() < need {
             scratch.resize(need, 0);
         }
-        let (rows, rest) = scratch.split_at_mut(in_block);
-        let (out_rows, rest) = rest.split_at_mut(out_block);
-        for o in 0..outer {
-            super::qconv::transpose(&x[o * in_block..(o + 1) * in_block], s.k, s.inner, rows);
-            self.gemm.run(s.inner, rows, out_rows, rest).map_err(fail)?;
-            super::qconv::transpose(
-                out_rows,
-                s.inner,
-                s.m,
-                &mut y[o * out_block..(o + 1) * out_block],
-            );
+        let (x_rows, rest) = scratch.split_at_mut(in_rows);
+        let (y_rows, rest) = rest.split_at_mut(out_rows);
+        let x: &[u8] = if s.inner == 1 {
+            x
+        } else {
+            let block = s.k * s.inner;
+            for (from, to) in x.chunks_exact(block).zip(x_rows.chunks_exact_mut(block)) {
+                super::qconv::transpose(from, s.k, s.inner, to);
+            }
+            x_rows
+        };
+        if out_inner == 1 {
+            return self.gemm.run(rows, x, y, rest).map_err(fail);
+        }
+        self.gemm.run(rows, x, y_rows, rest).map_err(fail)?;
+        let block = out_inner * s.m;
+        for (from, to) in y_rows.chunks_exact(block).zip(y.chunks_exact_mut(block)) {
+            super::qconv::transpose(from, out_inner, s.m, to);
         }
         Ok(())
     }
@@ -221,7 +241,7 @@ impl PerchQMatMul {
 impl TypedOp for PerchQMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs.len() == 1, "PerchQMatMul takes one input");
-        let shape = self.output_shape(&inputs[0].shape);
+        let shape = self.output_shape(&inputs[0].shape)?;
         Ok(tvec!(Self::datum(self.spec.output.dtype).fact(shape)))
     }
 
@@ -328,13 +348,10 @@ pub(super) fn consider(
             .collect()
     };
     let passing = non_trivial(passing);
-    let before: Vec<_> = passing.iter().filter(|(x, _)| *x < kx).collect();
-    let after: Vec<_> = passing.iter().filter(|(x, _)| *x > kx).collect();
     let ordered = passing
         .windows(2)
         .all(|w| (w[0].0 < w[1].0) == (w[0].1 < w[1].1));
-    let m_between = before.iter().all(|(_, o)| *o < mo) && after.iter().all(|(_, o)| *o > mo);
-    if !ordered || !m_between || kx >= x_rank {
+    if !ordered || kx >= x_rank {
         return declined(format!(
             "axes of {} not laid out as rows or channels-first columns",
             einsum.axes
