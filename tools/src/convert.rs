@@ -257,7 +257,7 @@ pub fn default_output(source: &Path) -> PathBuf {
 fn write_archive(source: &Path) -> Result<(Vec<u8>, Vec<String>), ToolError> {
     let fail = |what: &str, e: String| ToolError::Usage(format!("{what}: {e}"));
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let typed = tract_onnx::onnx()
+        let typed = perch_runtime::engine::onnx_contrib::onnx_framework()
             .model_for_path(source)?
             .into_typed()?
             .into_decluttered()?;
