@@ -606,6 +606,8 @@ def write_fixtures(report):
     save_model(vendor_op_fixture(), os.path.join(d, "unsupported-op.onnx"))
     save_model(lrn_fixture(), os.path.join(d, "onnx-extension-op.onnx"))
     write_depthwise_fixture(d)
+    write_depthwise_nhwc_fixture(d)
+    write_quantized_softmax_fixture(d)
     write_qlinear_contrib_fixture(d)
     write_exported_fixture(d)
 
@@ -914,6 +916,72 @@ def write_depthwise_fixture(d):
     save_npy(os.path.join(d, "depthwise-variants.input_0.npy"), xs)
     for i, y in enumerate(ys):
         save_npy(os.path.join(d, f"depthwise-variants.output_{i}.npy"), f32(y))
+
+
+def write_depthwise_nhwc_fixture(d):
+    """Two depthwise convolutions between transposes from and to channels last, as models
+    converted from TensorFlow have them: the engine runs them on channels-last data, the
+    layout tract also picks on aarch64 for ONNX models."""
+    rng = np.random.default_rng(13)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 13, 11, 24])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, 6, 24])
+    inits = []
+    for name in ("dw1", "dw2"):
+        inits += [numpy_helper.from_array(f32(rng.normal(size=(24, 1, 3, 3)) * 0.3), f"{name}.w"),
+                  numpy_helper.from_array(f32(rng.normal(size=(24,)) * 0.1), f"{name}.b")]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["x.nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["x.nchw", "dw1.w", "dw1.b"], ["dw1"], name="dw1",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=24),
+        helper.make_node("Relu", ["dw1"], ["dw1.relu"], name="dw1.relu"),
+        helper.make_node("Conv", ["dw1.relu", "dw2.w", "dw2.b"], ["dw2"], name="dw2",
+                         kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], group=24),
+        helper.make_node("Transpose", ["dw2"], ["y"], name="to_nhwc", perm=[0, 2, 3, 1]),
+    ]
+    graph = helper.make_graph(nodes, "depthwise_nhwc", [x], [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION,
+                              producer_name=PRODUCER, producer_version="1")
+    check_model(model, "depthwise-nhwc")
+    save_model(model, os.path.join(d, "depthwise-nhwc.onnx"))
+    xs = f32(rng.normal(size=(1, 13, 11, 24)))
+    (ys,) = run(model, {"x": xs})
+    save_npy(os.path.join(d, "depthwise-nhwc.input_0.npy"), xs)
+    save_npy(os.path.join(d, "depthwise-nhwc.output_0.npy"), f32(ys))
+
+
+def write_quantized_softmax_fixture(d):
+    """The end of every ONNX Runtime-quantized classifier: Q/DQ, Softmax, Q/DQ, as ORT's
+    quantize_static writes it for a real OCR classifier (its scales and zero points).
+    tract 0.23.9 turns the DQ -> Softmax -> Q chain into a 256-entry lookup table, as if
+    Softmax were element-wise, and answers [1.0, 1.0] where ONNX Runtime answers
+    [0.37647, 0.62353]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    inits = [
+        numpy_helper.from_array(np.array(0.00228438, np.float32), "x.scale"),
+        numpy_helper.from_array(np.array(109, np.uint8), "x.zero_point"),
+        numpy_helper.from_array(np.array(0.00392157, np.float32), "p.scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "p.zero_point"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x.scale", "x.zero_point"], ["x.q"], name="x.quantize"),
+        helper.make_node("DequantizeLinear", ["x.q", "x.scale", "x.zero_point"], ["x.dq"], name="x.dequantize"),
+        helper.make_node("Softmax", ["x.dq"], ["p"], name="softmax", axis=-1),
+        helper.make_node("QuantizeLinear", ["p", "p.scale", "p.zero_point"], ["p.q"], name="p.quantize"),
+        helper.make_node("DequantizeLinear", ["p.q", "p.scale", "p.zero_point"], ["y"], name="p.dequantize"),
+    ]
+    graph = helper.make_graph(nodes, "quantized_softmax", [x], [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION,
+                              producer_name=PRODUCER, producer_version="1")
+    check_model(model, "quantized-softmax")
+    save_model(model, os.path.join(d, "quantized-softmax.onnx"))
+    xs = np.array([[-0.17818187, 0.33123553]], np.float32)
+    (ys,) = run(model, {"x": xs})
+    # Node by node ONNX Runtime gives [0.37647, 0.62353]; its fused QLinearSoftmax one step
+    # less for the first class. Either way the probabilities sum to 1 within two steps.
+    assert abs(ys.sum() - 1.0) <= 2 * 0.00392157, ys
+    save_npy(os.path.join(d, "quantized-softmax.input_0.npy"), xs)
+    save_npy(os.path.join(d, "quantized-softmax.output_0.npy"), f32(ys))
 
 
 # --------------------------------------------------------------------------------------
@@ -1242,8 +1310,14 @@ def write_readme(entries, fx):
         "  asymmetric padding, a ReLU fused) or leave to tract with a reason (dilation, 7x7, stride 3,\n"
         "  groups of 4 channels, a channel multiplier of 2), with ONNX Runtime's outputs\n"
         "  (`depthwise-variants.input_0.npy`, `.output_N.npy`).\n"
+        "- `fixtures/depthwise-nhwc.onnx`: two depthwise convolutions between transposes from and to\n"
+        "  channels last (as TensorFlow conversions have them), which the engine runs channels last.\n"
+        "- `fixtures/quantized-softmax.onnx`: QuantizeLinear, DequantizeLinear, Softmax, QuantizeLinear,\n"
+        "  DequantizeLinear with the scales ONNX Runtime's quantizer gave a real OCR classifier, and ONNX\n"
+        "  Runtime's output: tract 0.23.9 runs the middle as a lookup table and answers [1.0, 1.0].\n"
         "- `fixtures/qlinear-contrib.onnx`: every quantized `com.microsoft` operator the engine runs, and\n"
-        "  the standard QLinearConv and QLinearMatMul (which tract implements), on one [1, 4, 6, 6] float input quantized to uint8 (and int8), each result a graph output,\n"
+        "  the standard QLinearConv and QLinearMatMul (which tract implements), on one [1, 4, 6, 6] float\n"
+        "  input quantized to uint8 (and int8), each result a graph output,\n"
         "  with ONNX Runtime's outputs (`qlinear-contrib.input_0.npy`, `.output_N.npy`), in order:\n"
         + "".join(f"  {i}. `{name}`: {what}\n" for i, (name, what) in enumerate(QLINEAR_CONTRIB_OUTPUTS))
         + "- `fixtures/exported-opset11.onnx`: a small CNN the way exporters write it, for `perch quantize`:\n"

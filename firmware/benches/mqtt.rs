@@ -20,7 +20,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -28,15 +27,8 @@ use perch_firmware::agent;
 use perch_firmware::config::{Broker, BrokerConfig, Config};
 use perch_firmware::service::{binary, InferRequest, RequestTensor, TensorValues};
 use perch_runtime::engine::{Golden, Input, LoadOptions, Model, TensorData};
+use perch_testkit::{Mosquitto, Port};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A client that sends a request and blocks until the reply on `reply_topic` arrives.
 struct Rpc {
@@ -114,26 +106,6 @@ fn start_agent(
     stop
 }
 
-fn mosquitto(port: u16) -> Option<Child> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let binary = std::env::split_paths(&path)
-        .chain([Path::new("/usr/sbin").to_path_buf()])
-        .map(|d| d.join("mosquitto"))
-        .find(|p| p.is_file())?;
-    let child = Command::new(binary)
-        .args(["-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(child)
-}
-
 fn main() {
     let samples: usize = std::env::args()
         .skip(1)
@@ -166,7 +138,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let embedded_port = free_port();
+    let reserved = Port::reserve();
+    let embedded_port = reserved.get();
     let stop_embedded = start_agent(
         &runtime,
         "bench-embedded",
@@ -192,8 +165,9 @@ fn main() {
         ],
     );
 
-    let mosquitto_port = free_port();
-    let mut broker = mosquitto(mosquitto_port);
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start("the mosquitto stage", broker_dir.path());
+    let mosquitto_port = broker.as_ref().map_or(0, Mosquitto::port);
     let external = broker.as_ref().map(|_| {
         let stop = start_agent(
             &runtime,
@@ -260,8 +234,7 @@ fn main() {
         let _ = stop.send(());
     }
     runtime.shutdown_timeout(Duration::from_secs(3));
-    if let Some(child) = &mut broker {
-        let _ = child.kill();
-        let _ = child.wait();
+    if let Some(broker) = &mut broker {
+        broker.stop();
     }
 }

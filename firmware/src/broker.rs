@@ -34,19 +34,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum BrokerError {
     /// Something else listens on the port already.
     #[error(
-        "cannot start the embedded MQTT broker on {addr}: {reason}. If a broker already runs \
-         there, use it (broker.url = \"mqtt://{addr}\" or --broker mqtt://{addr}); otherwise \
-         choose another port (broker.embedded_port, --embedded-port)"
+        "cannot start the embedded MQTT broker on {addr}. If a broker already runs there, \
+         use it (broker.url = \"mqtt://{addr}\" or --broker mqtt://{addr}); otherwise choose \
+         another port (broker.embedded_port, --embedded-port)"
     )]
     Bind {
         /// The address it tried.
         addr: SocketAddr,
         /// Why binding failed.
-        reason: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
     /// The broker's thread could not be started.
-    #[error("cannot start the embedded MQTT broker's thread: {0}")]
-    Thread(std::io::Error),
+    #[error("cannot start the embedded MQTT broker's thread")]
+    Thread(#[source] std::io::Error),
     /// The broker stopped, or did not accept connections in time.
     #[error("the embedded MQTT broker on {addr} did not come up: {reason}")]
     NotUp {
@@ -121,7 +122,7 @@ pub fn start(port: u16, max_payload: usize) -> Result<EmbeddedBroker, BrokerErro
     // rumqttd binds on its own thread and only logs a failure; try first so a taken
     // port is an error that says so. (Another process could take it in between; the
     // wait below catches that.)
-    drop(TcpListener::bind(addr).map_err(|reason| BrokerError::Bind { addr, reason })?);
+    drop(TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?);
     let config = config(addr, max_payload);
     let thread = std::thread::Builder::new()
         .name("perch-broker".into())

@@ -358,7 +358,7 @@ fn postcard(status: StatusCode, body: Vec<u8>) -> Response {
 
 async fn metrics(State(service): State<InferenceService>) -> Response {
     let totals = service.totals();
-    let rss_bytes = crate::rss_kib().map_or(f64::NAN, |kib| f64::from(kib) * 1024.0);
+    let rss_bytes = crate::process::rss_kib().map_or(f64::NAN, |kib| f64::from(kib) * 1024.0);
     let extra = [
         ("perch_model_ready", f64::from(u8::from(service.ready()))),
         ("perch_uptime_seconds", service.uptime().as_secs_f64()),

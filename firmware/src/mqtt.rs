@@ -6,7 +6,8 @@
 //! separate ports and its MQTT 5 support is incomplete, and `mosquitto_pub` speaks 3.1.1
 //! unless told otherwise. So the correlation id travels in the payload: the Open
 //! Inference Protocol's `"id"` in JSON, the request's `id` field in postcard. Every
-//! topic and payload is specified in `docs/protocol.md`.
+//! topic and payload is specified in `docs/protocol.md`; the names are spelled in
+//! [`perch_mqtt::topics`], the connection is set up and driven by `perch_mqtt`.
 //!
 //! | topic | direction | QoS | retained | payload |
 //! |---|---|---|---|---|
@@ -23,13 +24,17 @@
 use std::collections::VecDeque;
 use std::io;
 
+use perch_mqtt::topics::DeviceTopics;
+use perch_mqtt::ClientOptions;
 use perch_runtime::histogram::{Histogram, BUCKETS};
-use perch_runtime::rollout;
 use perch_runtime::wire::{Health, MetricsReport, ModelState};
-use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{LastWill, QoS};
 use serde_json::{json, Value};
 
-use crate::config::{BrokerConfig, DeviceId};
+pub use perch_mqtt::SetupError;
+
+use crate::config::BrokerConfig;
+use crate::device::DeviceId;
 use crate::service::{binary, Codec, InferenceService, ServiceError};
 use crate::spool::Spool;
 
@@ -42,53 +47,23 @@ pub const MAX_OUTGOING_PACKET: usize = 16 << 20;
 /// with a reason.
 pub const INCOMING_HEADROOM: usize = 64 << 10;
 
-/// Every topic of one device.
+/// Every topic of one device ([`DeviceTopics`], which it dereferences to), with the
+/// agent's routing of requests and spooled records.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    /// Inference requests in JSON (Open Inference Protocol v2 body with `"id"`).
-    pub infer_req: String,
-    /// Replies to JSON requests.
-    pub infer_res: String,
-    /// Inference requests in postcard.
-    pub infer_req_bin: String,
-    /// Replies to postcard requests.
-    pub infer_res_bin: String,
-    /// Postcard metrics reports, QoS 1, spooled while the broker is unreachable.
-    pub metrics: String,
-    /// The JSON twin of each interval's report.
-    pub metrics_json: String,
-    /// Postcard health, retained.
-    pub health: String,
-    /// JSON twin of the health, retained.
-    pub health_json: String,
-    /// Online/offline status, retained; the last will.
-    pub status: String,
-    /// Rollout state changes (JSON), QoS 1, spooled like the metrics reports.
-    pub rollout: String,
-    /// Bundle chunk requests this device sends to the operator.
-    pub ota_req: String,
-    /// Bundle chunks the operator sends this device.
-    pub ota_chunk: String,
+pub struct Topics(DeviceTopics);
+
+impl std::ops::Deref for Topics {
+    type Target = DeviceTopics;
+
+    fn deref(&self) -> &DeviceTopics {
+        &self.0
+    }
 }
 
 impl Topics {
     /// The topics of `device`, all under `perch/{device}/`.
     pub fn new(device: &DeviceId) -> Topics {
-        let base = format!("perch/{device}");
-        Topics {
-            infer_req: format!("{base}/infer/req"),
-            infer_res: format!("{base}/infer/res"),
-            infer_req_bin: format!("{base}/infer/req/bin"),
-            infer_res_bin: format!("{base}/infer/res/bin"),
-            metrics: format!("{base}/metrics"),
-            metrics_json: format!("{base}/metrics/json"),
-            health: format!("{base}/health"),
-            health_json: format!("{base}/health/json"),
-            status: format!("{base}/status"),
-            rollout: rollout::status_topic(device.as_str()),
-            ota_req: rollout::chunk_request_topic(device.as_str()),
-            ota_chunk: rollout::chunk_topic(device.as_str()),
-        }
+        Topics(DeviceTopics::new(device.as_str()))
     }
 
     /// The topic an [`Outbox`] record goes to: rollout state changes are JSON objects
@@ -115,32 +90,6 @@ impl Topics {
     }
 }
 
-/// Why the connection options could not be built.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SetupError {
-    /// A TLS file could not be read.
-    #[error("cannot read {what} {path}: {reason}")]
-    Read {
-        /// Which file (`CA file`, `client certificate`, `client key`).
-        what: &'static str,
-        /// Its path.
-        path: std::path::PathBuf,
-        /// Why.
-        reason: io::Error,
-    },
-    /// A TLS file holds no PEM block of the expected kind.
-    #[error("{what} {path} holds no PEM {kind}")]
-    NotPem {
-        /// Which file.
-        what: &'static str,
-        /// Its path.
-        path: std::path::PathBuf,
-        /// What was expected (`CERTIFICATE`, `PRIVATE KEY`).
-        kind: &'static str,
-    },
-}
-
 /// Connection options for `device` at `broker`: client id `perch-{device}`, a clean
 /// session, the retained `offline` status as last will, packet limits sized from
 /// `max_payload`, and TLS and credentials when configured.
@@ -152,77 +101,19 @@ pub fn options(
     device: &DeviceId,
     broker: &BrokerConfig,
     max_payload: usize,
-) -> Result<MqttOptions, SetupError> {
-    let topics = Topics::new(device);
-    let mut options = MqttOptions::new(format!("perch-{device}"), &broker.host, broker.port);
-    options
-        .set_keep_alive(broker.keep_alive)
-        .set_clean_session(true)
-        .set_last_will(LastWill::new(
-            topics.status,
-            offline_status(device),
-            QoS::AtLeastOnce,
-            true,
-        ))
-        .set_max_packet_size(
-            max_payload.saturating_add(INCOMING_HEADROOM),
-            MAX_OUTGOING_PACKET,
-        )
-        .set_request_channel_capacity(64);
-    if let (Some(user), Some(password)) = (&broker.username, &broker.password) {
-        options.set_credentials(user, password);
-    } else if let Some(user) = &broker.username {
-        options.set_credentials(user, "");
-    }
-    if let Some(tls) = &broker.tls {
-        // rustls needs a process-wide crypto provider; ring is the one compiled in. A
-        // second call finds it installed, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = read_pem("CA file", &tls.ca, "CERTIFICATE")?;
-        let client_auth = match &tls.client {
-            Some((cert, key)) => Some((
-                read_pem("client certificate", cert, "CERTIFICATE")?,
-                read_pem("client key", key, "PRIVATE KEY")?,
-            )),
-            None => None,
-        };
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        }));
-    }
+) -> Result<ClientOptions, SetupError> {
+    let mut options = ClientOptions::new(format!("perch-{device}"), broker.endpoint.clone());
+    options.keep_alive = broker.keep_alive;
+    options.last_will = Some(LastWill::new(
+        Topics::new(device).status.clone(),
+        offline_status(device),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    options.max_incoming_packet = max_payload.saturating_add(INCOMING_HEADROOM);
+    options.max_outgoing_packet = MAX_OUTGOING_PACKET;
+    options.mqtt_options()?;
     Ok(options)
-}
-
-/// Reads a PEM file and checks it holds a block whose label ends with `kind`
-/// (`BEGIN CERTIFICATE`, `BEGIN EC PRIVATE KEY`, ...), so a wrong file fails at start-up
-/// with its name rather than at every connection attempt.
-fn read_pem(
-    what: &'static str,
-    path: &std::path::Path,
-    kind: &'static str,
-) -> Result<Vec<u8>, SetupError> {
-    let bytes = std::fs::read(path).map_err(|reason| SetupError::Read {
-        what,
-        path: path.to_path_buf(),
-        reason,
-    })?;
-    let text = String::from_utf8_lossy(&bytes);
-    let has_block = text.lines().any(|l| {
-        l.trim()
-            .strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-            .is_some_and(|label| label.ends_with(kind))
-    });
-    if !has_block {
-        return Err(SetupError::NotPem {
-            what,
-            path: path.to_path_buf(),
-            kind,
-        });
-    }
-    Ok(bytes)
 }
 
 /// A reply to publish: its payload and whether it carries outputs (`false` for an
@@ -670,6 +561,8 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use perch_runtime::rollout;
+
     use super::*;
     use crate::service::InferRequest;
 
@@ -885,7 +778,7 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "not a certificate").unwrap();
         let mut broker = BrokerConfig::plain("localhost", 8883);
-        broker.tls = Some(crate::config::TlsFiles {
+        broker.endpoint.tls = Some(crate::config::TlsFiles {
             ca: ca.clone(),
             client: None,
         });

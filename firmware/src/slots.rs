@@ -123,12 +123,13 @@ impl Default for SlotState {
 #[non_exhaustive]
 pub enum SlotError {
     /// A file could not be read or written.
-    #[error("{}: {cause}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// Why.
-        cause: io::Error,
+        #[source]
+        source: io::Error,
     },
     /// `slots.json` exists but is not a state this agent understands.
     #[error("{} is not a valid slot state: {reason}", path.display())]
@@ -181,7 +182,7 @@ impl Slots {
         let dir = dir.into();
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |cause| SlotError::Io { path, cause }
+            move |source| SlotError::Io { path, source }
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
@@ -220,7 +221,7 @@ impl Slots {
                 state
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => SlotState::default(),
-            Err(cause) => return Err(SlotError::Io { path, cause }),
+            Err(source) => return Err(SlotError::Io { path, source }),
         };
         Ok(Slots { dir, state })
     }
@@ -272,7 +273,7 @@ impl Slots {
         let slot = self.state.active.map_or(SlotId::A, SlotId::other);
         let bytes = bundle.as_bytes();
         let path = self.path(slot);
-        fsio::write_atomic(&path, bytes).map_err(|cause| SlotError::Io { path, cause })?;
+        fsio::write_atomic(&path, bytes).map_err(|source| SlotError::Io { path, source })?;
         let mut next = self.state.clone();
         next.slots[slot.index()] = Some(SlotContent {
             name: manifest.name.clone(),
@@ -367,7 +368,7 @@ impl Slots {
             reason: e.to_string(),
         })?;
         bytes.push(b'\n');
-        fsio::write_atomic(&path, &bytes).map_err(|cause| SlotError::Io { path, cause })?;
+        fsio::write_atomic(&path, &bytes).map_err(|source| SlotError::Io { path, source })?;
         self.state = next;
         Ok(())
     }

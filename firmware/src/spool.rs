@@ -423,30 +423,9 @@ fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     fsio::write_atomic(&dir.join(name), contents)
 }
 
-/// CRC-32 (IEEE 802.3, as zlib and PNG), bytewise with a table built at compile time.
+/// CRC-32 (IEEE 802.3, as zlib and PNG).
 fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut bit = 0;
-            while bit < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                bit += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    !bytes.iter().fold(!0u32, |crc, &b| {
-        TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8)
-    })
+    crc32fast::hash(bytes)
 }
 
 #[cfg(test)]

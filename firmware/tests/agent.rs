@@ -7,8 +7,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use perch_firmware::service::{binary, InferRequest, RequestTensor, TensorValues};
@@ -16,7 +17,8 @@ use perch_runtime::engine::read_npy;
 use perch_runtime::wire::MetricsReport;
 use serde_json::{json, Value};
 
-use common::{floats, free_port, models, relative_error, Mqtt, Process, PATIENCE};
+use common::{floats, models, relative_error, spooled_records, Mqtt};
+use perch_testkit::{wait_until, Mosquitto, Port, Process, PATIENCE};
 
 const DEVICE: &str = "test-gw";
 
@@ -46,56 +48,19 @@ fn perchd(dir: &Path, args: &[&str]) -> Process {
     if !args.contains(&"--http-listen") {
         command.args(["--http-listen", "off"]);
     }
-    let log = dir.join(format!("perchd-{}.log", free_port()));
-    Process::spawn("perchd", command, log)
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, Ordering::Relaxed);
+    Process::spawn("perchd", command, dir.join(format!("perchd-{n}.log")))
 }
 
-/// The path of the mosquitto binary; fails the test when it is not installed.
-fn mosquitto_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("mosquitto"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "mosquitto is not installed: these tests run perchd against a real mosquitto \
-                 broker. Install it (Debian/Ubuntu: apt-get install mosquitto) and run again."
-            )
-        })
-}
-
-/// Starts mosquitto on 127.0.0.1:`port`, persisting sessions and queued messages in
-/// `dir` so a subscriber's queue survives a broker restart.
-fn mosquitto(dir: &Path, port: u16) -> Process {
-    let config = dir.join("mosquitto.conf");
-    let data = dir.join("mosquitto-data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nuser root\nlog_dest stderr\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    let mut command = Command::new(mosquitto_binary());
-    command.arg("-c").arg(&config);
-    let log = dir.join(format!("mosquitto-{}.log", free_port()));
-    let process = Process::spawn("mosquitto", command, log);
-    wait_until("mosquitto to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    process
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The address `perchd` reports it serves HTTP on (it was given port 0 to bind).
+fn http_address(agent: &mut Process) -> String {
+    let line = agent.wait_for_line("/metrics) on http://", PATIENCE);
+    line.rsplit("http://")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// R2's golden input and output, flat.
@@ -180,8 +145,8 @@ fn collect_reports(
 #[test]
 fn with_the_embedded_broker_inference_over_mqtt_returns_the_golden_outputs_and_metrics_follow() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let http = format!("127.0.0.1:{}", free_port());
+    let reserved = Port::reserve();
+    let port = reserved.get();
     let mut agent = perchd(
         dir.path(),
         &[
@@ -190,9 +155,10 @@ fn with_the_embedded_broker_inference_over_mqtt_returns_the_golden_outputs_and_m
             "--embedded-port",
             &port.to_string(),
             "--http-listen",
-            &http,
+            "127.0.0.1:0",
         ],
     );
+    let http = http_address(&mut agent);
     let g = golden();
     let mqtt = Mqtt::connect(
         port,
@@ -320,7 +286,8 @@ fn with_the_embedded_broker_inference_over_mqtt_returns_the_golden_outputs_and_m
 #[test]
 fn with_the_embedded_broker_bad_requests_get_error_replies_and_the_agent_keeps_answering() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let reserved = Port::reserve();
+    let port = reserved.get();
     // An error-rate SLO the bad requests break.
     let config = dir.path().join("perchd.toml");
     std::fs::write(&config, "[slo]\nmax_error_rate = 0.05\n").unwrap();
@@ -477,8 +444,11 @@ fn with_the_embedded_broker_bad_requests_get_error_replies_and_the_agent_keeps_a
 #[test]
 fn against_mosquitto_the_agent_answers_and_its_last_will_says_offline_when_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _broker = mosquitto(dir.path(), port);
+    let test = "against_mosquitto_the_agent_answers_and_its_last_will_says_offline_when_killed";
+    let Some(broker) = Mosquitto::start(test, dir.path()) else {
+        return;
+    };
+    let port = broker.port();
     let url = format!("mqtt://127.0.0.1:{port}");
     let mut agent = perchd(dir.path(), &["--broker", &url]);
     let g = golden();
@@ -512,9 +482,13 @@ fn against_mosquitto_the_agent_answers_and_its_last_will_says_offline_when_kille
 #[test]
 fn against_mosquitto_reports_spooled_during_a_broker_outage_arrive_in_order_without_gaps() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut broker = mosquitto(dir.path(), port);
-    // A fast reconnect so the test is short; the backoff itself is tested in backoff.rs.
+    let test =
+        "against_mosquitto_reports_spooled_during_a_broker_outage_arrive_in_order_without_gaps";
+    let Some(mut broker) = Mosquitto::start(test, dir.path()) else {
+        return;
+    };
+    let port = broker.port();
+    // A fast reconnect so the test is short; the backoff itself is tested in perch-mqtt.
     let config = dir.path().join("perchd.toml");
     std::fs::write(
         &config,
@@ -530,9 +504,13 @@ fn against_mosquitto_reports_spooled_during_a_broker_outage_arrive_in_order_with
     wait_online(&mqtt, &mut agent);
     let before = collect_reports(&mqtt, |r| r.len() >= 3);
 
-    broker.terminate();
-    std::thread::sleep(Duration::from_millis(1500)); // about 7 intervals offline
-    let _broker = mosquitto(dir.path(), port);
+    broker.stop();
+    // Several intervals offline: reports pile up in the spool.
+    let spool = dir.path().join("spool");
+    wait_until("7 reports spooled", PATIENCE, || {
+        spooled_records(&spool) >= 7
+    });
+    broker.restart();
 
     let last_before = before.last().unwrap().seq;
     let after = collect_reports(&mqtt, |r| {
@@ -551,8 +529,12 @@ fn against_mosquitto_reports_spooled_during_a_broker_outage_arrive_in_order_with
 #[test]
 fn against_mosquitto_a_clean_shutdown_says_offline_and_the_next_start_delivers_the_spool() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut broker = mosquitto(dir.path(), port);
+    let test =
+        "against_mosquitto_a_clean_shutdown_says_offline_and_the_next_start_delivers_the_spool";
+    let Some(mut broker) = Mosquitto::start(test, dir.path()) else {
+        return;
+    };
+    let port = broker.port();
     let url = format!("mqtt://127.0.0.1:{port}");
     let mqtt = Mqtt::connect(port, "restart", &[topic("metrics"), topic("status")], true);
     let mut agent = perchd(dir.path(), &["--broker", &url]);
@@ -560,22 +542,16 @@ fn against_mosquitto_a_clean_shutdown_says_offline_and_the_next_start_delivers_t
     let first = collect_reports(&mqtt, |r| r.len() >= 2);
 
     // The broker goes away, reports spool, and the agent is stopped while it is gone.
-    broker.terminate();
-    std::thread::sleep(Duration::from_millis(1000));
+    broker.stop();
+    let spool = dir.path().join("spool");
+    wait_until("3 reports spooled", PATIENCE, || {
+        spooled_records(&spool) >= 3
+    });
     agent.terminate();
-    let spooled = std::fs::read_dir(dir.path().join("spool"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "rec")
-        })
-        .count();
+    let spooled = spooled_records(&spool);
     assert!(spooled >= 3, "{spooled} reports spooled");
 
-    let _broker = mosquitto(dir.path(), port);
+    broker.restart();
     let mut agent = perchd(dir.path(), &["--broker", &url]);
     let last_first = first.last().unwrap().seq;
     let rest = collect_reports(&mqtt, |r| r.len() >= spooled + 2);
@@ -620,28 +596,25 @@ fn against_mosquitto_over_mqtts_with_a_client_certificate_the_agent_connects_and
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     certificates(d);
-    let (tls_port, plain_port) = (free_port(), free_port());
-    // A TLS listener that wants a client certificate signed by the CA, for the agent,
-    // and a plain one for this test's client.
-    let config = d.join("mosquitto-tls.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
-             require_certificate true\nlistener {plain_port} 127.0.0.1\nallow_anonymous true\n\
-             user root\nlog_dest stderr\n",
-            ca = d.join("ca.pem").display(),
-            cert = d.join("server.pem").display(),
-            key = d.join("server.key").display(),
-        ),
-    )
-    .unwrap();
-    let mut command = Command::new(mosquitto_binary());
-    command.arg("-c").arg(&config);
-    let _broker = Process::spawn("mosquitto", command, d.join("mosquitto-tls.log"));
-    wait_until("mosquitto to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", plain_port)).is_ok()
-    });
+    let (tls, plain) = (Port::reserve(), Port::reserve());
+    let (tls_port, plain_port) = (tls.get(), plain.get());
+    // A plain listener for this test's client (first: the broker is up once it
+    // accepts), and a TLS one that wants a client certificate signed by the CA, for
+    // the agent.
+    let listeners = format!(
+        "listener {plain_port} 127.0.0.1\nallow_anonymous true\n\
+         listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+         require_certificate true\n",
+        ca = d.join("ca.pem").display(),
+        cert = d.join("server.pem").display(),
+        key = d.join("server.key").display(),
+    );
+    let test =
+        "against_mosquitto_over_mqtts_with_a_client_certificate_the_agent_connects_and_answers";
+    let Some(_broker) = Mosquitto::start_with(test, d, vec![plain, tls], &listeners, "SKIPPED")
+    else {
+        return;
+    };
 
     let g = golden();
     let mqtt = Mqtt::connect(

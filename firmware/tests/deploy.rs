@@ -121,10 +121,14 @@ fn the_example_configuration_is_accepted_as_written() {
         )
     };
     assert_eq!(
-        (broker.host.as_str(), broker.port),
+        (broker.endpoint.host.as_str(), broker.endpoint.port),
         ("broker.example.com", 8883)
     );
-    let tls = broker.tls.as_ref().expect("the example uses mqtts://");
+    let tls = broker
+        .endpoint
+        .tls
+        .as_ref()
+        .expect("the example uses mqtts://");
     assert_eq!(tls.ca, Path::new("/etc/perch/ca.pem"));
     let (cert, key) = tls.client.as_ref().expect("a client certificate");
     assert!(cert.starts_with("/etc/perch") && key.starts_with("/etc/perch"));
@@ -166,13 +170,13 @@ fn every_commented_out_setting_in_the_example_is_accepted_too() {
     let Broker::External(broker) = &config.broker else {
         panic!("{:?}", config.broker)
     };
-    assert!(broker.username.is_some() && broker.password.is_some());
+    assert!(broker.endpoint.username.is_some() && broker.endpoint.password.is_some());
 }
 
 #[test]
 fn the_example_shows_every_key_the_config_module_documents() {
     let source =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config.rs"))
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/mod.rs"))
             .unwrap();
     let docs: String = source
         .lines()

@@ -22,7 +22,8 @@ use perch_firmware::sensor::sim::{Clock, SimulatedAdxl345};
 use perch_firmware::sensor::{Pipeline, Step};
 use serde_json::Value;
 
-use common::{free_port, models, Mqtt, Process};
+use common::{models, Mqtt};
+use perch_testkit::{wait_until, Port, Process};
 
 const DEVICE: &str = "sensor-gw";
 /// The longest wait for anything; generous, so a slow CI machine does not fail it.
@@ -65,7 +66,8 @@ fn json(payload: &[u8]) -> Value {
 #[test]
 fn simulated_sensor_verdicts_flip_from_normal_to_anomalous_after_the_fault_begins() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let reserved = Port::reserve();
+    let port = reserved.get();
     let mut perchd = start_perchd(
         dir.path(),
         port,
@@ -170,20 +172,19 @@ fn simulated_sensor_verdicts_flip_from_normal_to_anomalous_after_the_fault_begin
 #[test]
 fn a_sensor_with_a_model_of_another_shape_stops_perchd_at_start_naming_the_input() {
     let dir = tempfile::tempdir().unwrap();
+    let port = Port::reserve();
     let mut perchd = start_perchd(
         dir.path(),
-        free_port(),
+        port.get(),
         "kws-dscnn/model.onnx",
         &["--sensor", "simulated"],
     );
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = perchd.try_wait() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "perchd did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    wait_until("perchd to stop", PATIENCE, || {
+        status = perchd.try_wait();
+        status.is_some()
+    });
+    let status = status.unwrap();
     assert!(!status.success());
     let log = perchd.log();
     assert!(log.contains("the sensor feeds the served model"), "{log}");

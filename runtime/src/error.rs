@@ -128,3 +128,43 @@ mod tests {
         );
     }
 }
+
+/// An error and every error below it (its [`source`](core::error::Error::source)
+/// chain), written on one line separated by `": "`, as `anyhow` prints `{:#}`.
+///
+/// Perch's errors keep the error they wrap as their source instead of repeating its
+/// text, so callers can walk the chain; write `Chain(&e)` wherever an error becomes a
+/// log line or a message for someone else.
+///
+/// ```
+/// use perch_runtime::error::Chain;
+///
+/// #[derive(Debug)]
+/// struct Outer(std::io::Error);
+/// impl std::fmt::Display for Outer {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("cannot read perchd.toml")
+///     }
+/// }
+/// impl std::error::Error for Outer {
+///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+///         Some(&self.0)
+///     }
+/// }
+/// let e = Outer(std::io::Error::other("permission denied"));
+/// assert_eq!(Chain(&e).to_string(), "cannot read perchd.toml: permission denied");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn core::error::Error + 'a));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}

@@ -26,6 +26,8 @@
 pub mod canary;
 pub mod error;
 pub mod histogram;
+pub mod slo;
+pub mod units;
 pub mod wire;
 
 #[cfg(feature = "std")]
@@ -39,6 +41,9 @@ pub mod bundle;
 
 #[cfg(feature = "std")]
 pub mod fsio;
+
+#[cfg(feature = "std")]
+pub mod model_files;
 
 #[cfg(feature = "std")]
 pub mod rollout;

@@ -4,6 +4,9 @@
 //!
 //! # Topics
 //!
+//! The messages travel on these topics (their names are spelled in `perch-mqtt`'s
+//! `topics` module, with every other topic of Perch):
+//!
 //! | topic                               | from → to         | QoS | retained | payload |
 //! |-------------------------------------|-------------------|-----|----------|---------|
 //! | `perch/fleet/{group}/rollout`       | operator → group  | 1   | yes      | [`SignedDocument`] JSON |
@@ -565,26 +568,6 @@ impl DeviceStatus {
             reason: e.to_string(),
         })
     }
-}
-
-/// The retained topic of a group's rollout document.
-pub fn document_topic(group: &str) -> String {
-    format!("perch/fleet/{group}/rollout")
-}
-
-/// The topic a device requests chunks on.
-pub fn chunk_request_topic(device: &str) -> String {
-    format!("perch/{device}/ota/req")
-}
-
-/// The topic a device receives chunks on.
-pub fn chunk_topic(device: &str) -> String {
-    format!("perch/{device}/ota/chunk")
-}
-
-/// The topic a device reports its rollout states on.
-pub fn status_topic(device: &str) -> String {
-    format!("perch/{device}/rollout")
 }
 
 /// Whether `s` is 64 lowercase hex digits.

@@ -76,6 +76,35 @@ mod golden_outputs {
         assert!(report.outputs[0].relative_error <= 1e-4, "{report:?}");
     }
 
+    /// Issue 13: tract 0.23.9 folds `DequantizeLinear → Softmax → QuantizeLinear` into a
+    /// lookup table as if Softmax were element-wise, and answers 1.0 for every class of
+    /// an ONNX Runtime-quantized classifier. The engine's guard (engine::ops::guard)
+    /// keeps Softmax out of the table. Both the five-node fixture and R1 quantized by
+    /// ONNX Runtime end that way; each must give ONNX Runtime's probabilities within one
+    /// output step (1/255).
+    #[test]
+    fn a_quantized_softmax_gives_onnx_runtimes_probabilities_not_all_ones() {
+        let step = 1.0 / 255.0 + 1e-6;
+        let fixtures = models().join("fixtures");
+        let model = load(&fixtures.join("quantized-softmax.onnx"));
+        let x = perch_runtime::engine::read_npy(fixtures.join("quantized-softmax.input_0.npy"))
+            .unwrap();
+        let want = perch_runtime::engine::read_npy(fixtures.join("quantized-softmax.output_0.npy"))
+            .unwrap();
+        let got = model.run(&[Input::from_tensor(&x).unwrap()]).unwrap();
+        let (max_abs, _) = perch_runtime::engine::compare(got.tensor(0).unwrap(), &want).unwrap();
+        assert!(max_abs <= step, "{:?} vs {want:?}", got.f32(0).unwrap());
+        let sum: f32 = got.f32(0).unwrap().iter().sum();
+        assert!((sum - 1.0).abs() <= 2.0 * step, "{sum}");
+
+        let model = load(&models().join("digits-mlp/model.qdq.onnx"));
+        let golden = Golden::load_variant(models().join("digits-mlp/golden"), Some("qdq")).unwrap();
+        let got = model.run(&golden.input_refs().unwrap()).unwrap();
+        let (max_abs, _) =
+            perch_runtime::engine::compare(got.tensor(0).unwrap(), &golden.outputs[0]).unwrap();
+        assert!(max_abs <= step, "R1 QDQ: {max_abs}");
+    }
+
     #[test]
     fn a_model_converted_to_nnef_loads_back_and_gives_the_same_outputs() {
         for name in ["kws-dscnn", "digits-mlp"] {

@@ -263,3 +263,31 @@ fn a_tampered_perch_operator_in_an_archive_is_refused_with_the_reason_not_a_pani
         assert!(err.contains(reason), "{to}: {err}");
     }
 }
+
+/// models/fixtures/depthwise-nhwc.onnx: transposes from and to channels last around two
+/// depthwise convolutions, which tract's declutter turns into channels-last convolutions
+/// on every platform (on aarch64 it does so for R2 and R4 too).
+#[test]
+fn a_channels_last_model_runs_on_the_channels_last_kernels_and_matches_onnx_runtime() {
+    let dir = models().join("fixtures");
+    let model = load(&dir.join("depthwise-nhwc.onnx"), &LoadOptions::new());
+    let kernels = &model.metadata().kernels;
+    assert_eq!(kernels.len(), 2, "{kernels:?}");
+    for k in kernels {
+        let name = k.kernel.as_deref().unwrap_or_else(|| panic!("{k:?}"));
+        assert!(name.starts_with("f32_dwconv_hwc_3x3s"), "{name}");
+        assert!(k.detail.starts_with("HWC 24 ch"), "{k:?}");
+    }
+    let input = read_npy(dir.join("depthwise-nhwc.input_0.npy")).unwrap();
+    let want = read_npy(dir.join("depthwise-nhwc.output_0.npy")).unwrap();
+    for options in [LoadOptions::new(), LoadOptions::new().perch_kernels(false)] {
+        let model = load(&dir.join("depthwise-nhwc.onnx"), &options);
+        let out = model
+            .session()
+            .unwrap()
+            .run(&[Input::from_tensor(&input).unwrap()])
+            .unwrap();
+        let (_, relative) = compare(out.tensor(0).unwrap(), &want).unwrap();
+        assert!(relative <= 1e-5, "{relative:e}");
+    }
+}

@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use perch_runtime::canary;
 use perch_runtime::rollout::DeviceState;
+use perch_testkit::{wait_until, Mosquitto};
 use perch_tests::sim::{
-    digits_slo, free_port, pack_bundle, write_file, BrokerSpec, Faults, Fleet, FleetConfig,
-    FleetFixture, Mosquitto, Request,
+    digits_slo, pack_bundle, write_file, BrokerSpec, Faults, Fleet, FleetConfig, FleetFixture,
+    Request,
 };
 
 /// Long enough for a slow, shared CI machine; waits end as soon as their condition
@@ -312,27 +313,12 @@ fn canaries_breaching_the_error_rate_gate_abort_the_rollout_and_return_to_the_ol
 
 #[test]
 fn on_mosquitto_too_an_error_rate_breach_aborts_and_every_canary_returns() {
-    if require_mosquitto().is_none() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().unwrap();
-    let _broker = Mosquitto::start(&dir.path().join("mosquitto"), port).unwrap();
-    error_rate_abort(Some(port));
-}
-
-/// mosquitto's binary; `None` (the test is skipped, saying so) when it is not
-/// installed and `PERCH_REQUIRE_MOSQUITTO` is not set, a failure when it is.
-fn require_mosquitto() -> Option<std::path::PathBuf> {
-    let binary = Mosquitto::binary();
-    if binary.is_none() {
-        assert!(
-            std::env::var_os("PERCH_REQUIRE_MOSQUITTO").is_none(),
-            "mosquitto is not installed and PERCH_REQUIRE_MOSQUITTO is set"
-        );
-        eprintln!("mosquitto is not installed: skipping (apt-get install mosquitto)");
-    }
-    binary
+    let test = "on_mosquitto_too_an_error_rate_breach_aborts_and_every_canary_returns";
+    let Some(broker) = Mosquitto::start(test, &dir.path().join("mosquitto")) else {
+        return;
+    };
+    error_rate_abort(Some(broker.port()));
 }
 
 /// A release failing a third of its requests, on the embedded broker or on the
@@ -499,13 +485,13 @@ fn canaries_breaching_the_p99_gate_with_a_slower_model_abort_before_the_next_sta
 
 #[test]
 fn a_rollout_paused_by_hand_survives_mosquitto_restarting_and_completes_once_resumed() {
-    if require_mosquitto().is_none() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
+    let test = "a_rollout_paused_by_hand_survives_mosquitto_restarting_and_completes_once_resumed";
+    let Some(mut broker) = Mosquitto::start(test, &dir.path().join("mosquitto")) else {
+        return;
+    };
+    let port = broker.port();
     let fixture = FleetFixture::digits(dir.path()).unwrap();
-    let port = free_port().unwrap();
-    let mut broker = Mosquitto::start(&dir.path().join("mosquitto"), port).unwrap();
     let fleet = small_fleet(
         dir.path(),
         &fixture,
@@ -554,9 +540,21 @@ fn a_rollout_paused_by_hand_survives_mosquitto_restarting_and_completes_once_res
         "{}",
         String::from_utf8_lossy(&paused.stderr)
     );
-    assert_eq!(operator.status().unwrap()["phase"], "paused");
-    broker.restart().unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    let soaked = |status: &serde_json::Value| status["soaked_ms"].as_u64().unwrap_or(0);
+    let before = operator.status().unwrap();
+    assert_eq!(before["phase"], "paused");
+    broker.restart();
+    // Longer than a soak (3 s) of the controller's own time passes after the restart,
+    // as its saved state says, and it stays paused.
+    wait_until(
+        "a soak of controller time after the restart",
+        PATIENCE,
+        || {
+            let status = operator.status().unwrap();
+            assert_eq!(status["phase"], "paused", "{status:#}");
+            soaked(&status) > soaked(&before) + 3_000
+        },
+    );
     let view = fleet.view();
     for id in ids.iter().filter(|id| !canaries.contains(*id)) {
         assert_eq!(

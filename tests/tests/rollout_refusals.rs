@@ -23,15 +23,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use perch_mqtt::topics::{self, DeviceTopic};
 use perch_runtime::bundle::{SigningKey, Slo};
 use perch_runtime::canary;
 use perch_runtime::rollout::{
-    chunk_request_topic, chunk_topic, document_topic, encode_chunk, BundleRef, ChunkRequest,
-    DeviceState, DeviceStatus, Phase, RolloutDocument, FORMAT, MIN_CHUNK_SIZE,
+    encode_chunk, BundleRef, ChunkRequest, DeviceState, DeviceStatus, Phase, RolloutDocument,
+    FORMAT, MIN_CHUNK_SIZE,
 };
+use perch_testkit::{Mosquitto, Port};
 use perch_tests::sim::{
-    digits_slo, free_port, pack_bundle, write_file, BrokerSpec, Fleet, FleetConfig, FleetFixture,
-    FleetKey, Mosquitto, Request,
+    digits_slo, pack_bundle, write_file, BrokerSpec, Fleet, FleetConfig, FleetFixture, FleetKey,
+    Request,
 };
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -191,28 +193,24 @@ fn states_of(fleet: &Fleet, device: &str, rollout_id: &str) -> Vec<DeviceState> 
         .unwrap_or_default()
 }
 
-/// mosquitto on a free port when it is installed (or when CI requires it:
+/// mosquitto on a reserved port when it is installed (or when CI requires it:
 /// `PERCH_REQUIRE_MOSQUITTO=1`), else `None` for the embedded broker.
 ///
 /// The kill test runs on mosquitto where it is installed, so the embedded broker and
 /// mosquitto are both exercised by this file.
-fn mosquitto_if_installed(dir: &Path) -> Option<Mosquitto> {
-    if Mosquitto::binary().is_none() {
-        assert!(
-            std::env::var("PERCH_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-            "mosquitto is not installed and PERCH_REQUIRE_MOSQUITTO=1: apt-get install mosquitto"
-        );
-        eprintln!("mosquitto is not installed: using the embedded broker");
-        return None;
-    }
-    Some(Mosquitto::start(&dir.join("mosquitto"), free_port().unwrap()).unwrap())
+fn mosquitto_if_installed(test: &str, dir: &Path) -> Option<Mosquitto> {
+    let port = Port::reserve();
+    let listener = format!("listener {} 127.0.0.1\nallow_anonymous true\n", port.get());
+    let without = "runs on the embedded broker instead";
+    Mosquitto::start_with(test, &dir.join("mosquitto"), vec![port], &listener, without)
 }
 
 #[test]
 fn a_device_killed_mid_download_resumes_from_its_last_good_chunk_and_completes_while_the_old_model_serves(
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = mosquitto_if_installed(dir.path());
+    let test = "a_device_killed_mid_download_resumes_from_its_last_good_chunk_and_completes_while_the_old_model_serves";
+    let mosquitto = mosquitto_if_installed(test, dir.path());
     let (fixture, fleet) = small_fleet_on(dir.path(), 1, 1, mosquitto.as_ref());
     fleet.traffic().set_rate(20.0);
     let device = fleet.devices().remove(0);
@@ -505,7 +503,7 @@ impl Rogue {
                 subscribed.clone(),
             );
             std::thread::spawn(move || {
-                let requests = chunk_request_topic("+");
+                let requests = DeviceTopic::ChunkRequest.filter();
                 for event in connection.iter() {
                     if stop.load(Ordering::Relaxed) {
                         return;
@@ -550,7 +548,12 @@ impl Rogue {
                             tamper(request.index, copy, &mut data);
                             let frame = encode_chunk(&request.rollout_id, request.index, &data);
                             client
-                                .try_publish(chunk_topic(device), QoS::AtMostOnce, false, frame)
+                                .try_publish(
+                                    DeviceTopic::Chunk.of(device),
+                                    QoS::AtMostOnce,
+                                    false,
+                                    frame,
+                                )
                                 .unwrap();
                         }
                         _ => {}
@@ -574,7 +577,12 @@ impl Rogue {
     /// Publishes a signed document on `group`'s topic, retained, as the operator does.
     fn publish(&self, group: &str, signed: Vec<u8>) {
         self.client
-            .try_publish(document_topic(group), QoS::AtLeastOnce, true, signed)
+            .try_publish(
+                topics::rollout_document(group),
+                QoS::AtLeastOnce,
+                true,
+                signed,
+            )
             .unwrap();
     }
 

@@ -1,18 +1,19 @@
 //! The fleet simulator with the real agent: in-process fleets on the embedded broker,
-//! `perchd` processes killed with SIGKILL, and a 1,000-device fleet.
+//! and `perchd` processes killed with SIGKILL (the 1,000-device fleet has a file of its
+//! own, `thousand.rs`, so that it measures a process of its own).
 //!
-//! The process tests need `perchd` built beside this test (`cargo test --workspace`
-//! builds it). The mosquitto test is skipped, saying so, when mosquitto is not
-//! installed, unless `PERCH_REQUIRE_MOSQUITTO=1` (CI), which makes that a failure.
+//! The process tests build `perchd` when it is missing or stale
+//! (`perch_testkit::workspace_binary`). The mosquitto test is skipped, saying so, when
+//! mosquitto is not installed, unless `PERCH_REQUIRE_MOSQUITTO=1` (CI), which makes
+//! that a failure.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use perch_firmware::spool::Spool;
 use perch_runtime::wire::MetricsReport;
-use perch_tests::sim::{
-    cpu_time, free_port, BrokerSpec, Faults, Fleet, FleetConfig, FleetFixture, Mosquitto, SeqSet,
-};
+use perch_testkit::{wait_until, Mosquitto};
+use perch_tests::sim::{BrokerSpec, Faults, Fleet, FleetConfig, FleetFixture, SeqSet};
 
 /// Long enough for a slow, shared CI machine; waits end as soon as their condition
 /// holds.
@@ -166,20 +167,6 @@ fn a_process_device_killed_with_sigkill_restarts_with_its_folder_and_its_report_
     assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
 }
 
-/// Whether mosquitto can be used; panics when CI requires it and it is missing.
-fn mosquitto_installed() -> bool {
-    if Mosquitto::binary().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("PERCH_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
-        "mosquitto is not installed and PERCH_REQUIRE_MOSQUITTO=1: \
-         apt-get install mosquitto"
-    );
-    eprintln!("skipped: mosquitto is not installed (apt-get install mosquitto)");
-    false
-}
-
 /// The sequence numbers of the reports in a spool folder, read from a copy of it (a
 /// spool is drained as it is read).
 fn spooled_seqs(spool: &Path, scratch: &Path) -> Vec<u32> {
@@ -199,11 +186,11 @@ fn spooled_seqs(spool: &Path, scratch: &Path) -> Vec<u32> {
 
 #[test]
 fn against_mosquitto_reports_spooled_before_a_sigkill_are_delivered_after_the_restart() {
-    if !mosquitto_installed() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(&dir.path().join("mosquitto"), free_port().unwrap()).unwrap();
+    let test = "against_mosquitto_reports_spooled_before_a_sigkill_are_delivered_after_the_restart";
+    let Some(mut broker) = Mosquitto::start(test, &dir.path().join("mosquitto")) else {
+        return;
+    };
     let fixture = FleetFixture::digits(dir.path()).unwrap();
     let mut config = FleetConfig::new(1, &fixture.bundle, &fixture.key.public_path, dir.path());
     config.processes = 1;
@@ -223,7 +210,6 @@ fn against_mosquitto_reports_spooled_before_a_sigkill_are_delivered_after_the_re
             !fleet.observer().is_subscribed()
         })
         .unwrap();
-    let deadline = Instant::now() + PATIENCE;
     let records = || {
         std::fs::read_dir(&device.spool_dir)
             .unwrap()
@@ -233,10 +219,7 @@ fn against_mosquitto_reports_spooled_before_a_sigkill_are_delivered_after_the_re
             })
             .count()
     };
-    while records() < 5 {
-        assert!(Instant::now() < deadline, "no reports spooled");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("reports spooled", PATIENCE, || records() >= 5);
     fleet.kill_9(0).unwrap();
     let spooled = spooled_seqs(&device.spool_dir, &dir.path().join("spool-copy"));
     assert!(spooled.len() >= 5, "{spooled:?}");
@@ -250,7 +233,7 @@ fn against_mosquitto_reports_spooled_before_a_sigkill_are_delivered_after_the_re
         .iter()
         .all(|&s| !delivered_before.contains(s) || s == spooled[0]));
 
-    broker.restart().unwrap();
+    broker.restart();
     fleet
         .wait_until("the observer to subscribe again", PATIENCE, |_| {
             fleet.observer().is_subscribed()
@@ -274,60 +257,6 @@ fn against_mosquitto_reports_spooled_before_a_sigkill_are_delivered_after_the_re
         Some(2)
     );
     assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
-}
-
-#[test]
-fn a_thousand_in_process_devices_start_connect_and_report_within_seconds() {
-    let dir = tempfile::tempdir().unwrap();
-    let fixture = FleetFixture::digits(dir.path()).unwrap();
-    let mut config = FleetConfig::new(1000, &fixture.bundle, &fixture.key.public_path, dir.path());
-    config.report_interval = Duration::from_secs(1);
-    config.warmup_runs = 1;
-    let started = Instant::now();
-    let fleet = Fleet::start(config).unwrap();
-    fleet
-        .wait_all_reporting("1.0.0", Duration::from_secs(300))
-        .unwrap();
-    let start_time = started.elapsed();
-    let (rss, baseline) = fleet.rss_kib();
-    let per_device_kib = rss
-        .zip(baseline)
-        .map(|(rss, base)| f64::from(rss.saturating_sub(base)) / 1000.0);
-
-    // Steady state with one request per device per second: CPU per device.
-    fleet.traffic().set_rate(1.0);
-    let (cpu0, t0) = (cpu_time(), Instant::now());
-    let sent0 = fleet.traffic().total().ok;
-    fleet
-        .wait_until("3000 more answered requests", PATIENCE, |_| {
-            fleet.traffic().total().ok >= sent0 + 3000
-        })
-        .unwrap();
-    let (cpu1, wall) = (cpu_time(), t0.elapsed());
-    let cores = cpu0
-        .zip(cpu1)
-        .map(|(a, b)| (b - a).as_secs_f64() / wall.as_secs_f64());
-    eprintln!(
-        "1000 devices: all reporting {:.1}s after start; RSS {} MiB ({} MiB before the devices, \
-         {} KiB per device); at 1 request/device/s and 1 report/device/s: {} cores busy, \
-         {} devices per core",
-        start_time.as_secs_f64(),
-        rss.map_or("?".into(), |r| format!("{:.0}", f64::from(r) / 1024.0)),
-        baseline.map_or("?".into(), |r| format!("{:.0}", f64::from(r) / 1024.0)),
-        per_device_kib.map_or("?".into(), |k| format!("{k:.0}")),
-        cores.map_or("?".into(), |c| format!("{c:.2}")),
-        cores.map_or("?".into(), |c| format!("{:.0}", 1000.0 / c.max(1e-3))),
-    );
-    let view = fleet.view();
-    assert_eq!(view.online(), 1000);
-    assert_eq!(view.versions().get("1.0.0"), Some(&1000));
-    let total = fleet.traffic().total();
-    assert_eq!((total.errors, total.wrong), (0, 0), "{total:?}");
-    assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
-    // Comfortably: well under 1 MiB each is the aim; 4 MiB is the line.
-    if let Some(kib) = per_device_kib {
-        assert!(kib < 4096.0, "{kib:.0} KiB per device");
-    }
 }
 
 #[test]

@@ -305,15 +305,17 @@ struct Unpacked {
 
 fn unpack(path: &Path, model_name: &str) -> Result<Unpacked, ToolError> {
     let bundle = Bundle::read_file(path, &Limits::default())?;
-    let dir = tempfile::tempdir()
-        .map_err(|e| ToolError::Usage(format!("cannot create a temporary folder: {e}")))?;
+    let dir = tempfile::tempdir().map_err(|e| ToolError::Io {
+        op: crate::IoOp::Create,
+        path: std::env::temp_dir(),
+        source: e,
+    })?;
     let name = Path::new(model_name)
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_else(|| "model".into());
     let model = dir.path().join(name);
-    std::fs::write(&model, bundle.model_bytes())
-        .map_err(|e| ToolError::Usage(format!("cannot write {}: {e}", model.display())))?;
+    std::fs::write(&model, bundle.model_bytes()).map_err(|e| ToolError::write(&model, e))?;
     Ok(Unpacked {
         _dir: dir,
         model,
@@ -370,11 +372,11 @@ fn timed_runs(
     for result in joined {
         match result {
             Ok(times) => all.extend(times?),
-            Err(_) => return Err(ToolError::Usage("a benchmark thread panicked".into())),
+            Err(_) => return Err(ToolError::Internal("a benchmark thread panicked".into())),
         }
     }
     let latency =
-        Latency::from_samples(&all).ok_or_else(|| ToolError::Usage("no timed runs".into()))?;
+        Latency::from_samples(&all).ok_or_else(|| ToolError::Internal("no timed runs".into()))?;
     let throughput = all.len() as f64 / wall.as_secs_f64().max(f64::MIN_POSITIVE);
     Ok((latency, throughput))
 }
@@ -401,8 +403,9 @@ pub fn profile(
     runs: usize,
 ) -> Result<Profile, ToolError> {
     let shapes: Vec<Vec<usize>> = samples.iter().map(|t| t.shape().to_vec()).collect();
-    let engine =
-        |e: tract_onnx::prelude::TractError| ToolError::Usage(format!("profiling failed: {e:#}"));
+    let engine = |e: tract_onnx::prelude::TractError| {
+        ToolError::Internal(format!("profiling failed: {e:#}"))
+    };
     let optimized = model.optimized_model().clone();
     let plan = SimplePlan::new(optimized).map_err(engine)?;
     let mut state = plan.spawn().map_err(engine)?;

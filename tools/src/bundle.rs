@@ -20,7 +20,7 @@
 //! ```
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -29,27 +29,10 @@ use perch_runtime::bundle::{
     Manifest, ModelKind, ShapeDim, SigningKey, Slo, TensorSignature, TensorSpec, VerifyingKey,
 };
 use perch_runtime::engine::{LoadOptions, Model, ModelFormat, SelfTestReport};
+use perch_runtime::model_files;
 use serde::Serialize;
 
 use crate::ToolError;
-
-/// Whether `path` is a bundle: a file named `*.perch`, or a file whose first tar header
-/// is `manifest.json` (NNEF archives are tars too, but never start with a manifest).
-pub fn is_bundle_file(path: &Path) -> bool {
-    if !path.is_file() {
-        return false;
-    }
-    let named = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case(bundle::EXTENSION));
-    if named {
-        return true;
-    }
-    let mut head = [0u8; 512];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok_and(|()| bundle::is_bundle(&head))
-}
 
 /// Loads a model file, or the model of a bundle (with the bundle's manifest).
 ///
@@ -59,7 +42,7 @@ pub fn load_model(
     path: &Path,
     options: &LoadOptions,
 ) -> Result<(Model, Option<Manifest>), ToolError> {
-    if is_bundle_file(path) {
+    if model_files::is_bundle_file(path) {
         let bundle = Bundle::read_file(path, &Limits::default())?;
         let model = bundle.load_model(options)?;
         return Ok((model, Some(bundle.manifest().clone())));
@@ -126,7 +109,7 @@ pub fn keygen(secret: &Path, force: bool) -> Result<KeygenReport, ToolError> {
     }
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)
-        .map_err(|e| ToolError::Usage(format!("no random source for the key: {e}")))?;
+        .map_err(|e| ToolError::Internal(format!("no random source for the key: {e}")))?;
     let key = SigningKey::from_bytes(&seed);
     // `SigningKey` wipes itself on drop; wipe the seed copy too (best effort).
     seed.fill(0);
@@ -159,7 +142,7 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// Writes `bytes` to a synced temporary file beside `path`, with permissions `mode`.
 fn staged(path: &Path, bytes: &[u8], mode: u32) -> Result<tempfile::NamedTempFile, ToolError> {
-    let io = |e: std::io::Error| ToolError::Usage(format!("cannot write {}: {e}", path.display()));
+    let io = |e: std::io::Error| ToolError::write(path, e);
     let mut tmp = tempfile::Builder::new()
         .prefix(".perch-key.")
         .suffix(".tmp")
@@ -194,12 +177,12 @@ fn commit(tmp: tempfile::NamedTempFile, path: &Path, force: bool) -> Result<(), 
                 path.display()
             ))
         } else {
-            ToolError::Usage(format!("cannot write {}: {}", path.display(), e.error))
+            ToolError::write(path, e.error)
         }
     })?;
     std::fs::File::open(parent_dir(path))
         .and_then(|d| d.sync_all())
-        .map_err(|e| ToolError::Usage(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| ToolError::write(path, e))
 }
 
 /// What `perch pack` packs.
@@ -372,12 +355,12 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, ToolError> {
         golden_inputs,
         golden_outputs,
         tolerance: request.tolerance,
-        slo: request.slo.clone(),
+        slo: request.slo,
     };
     let bundle = bundle::pack(&contents, &key)?.verify(&[key.verifying_key()])?;
     let report = bundle.self_test(&model)?;
     crate::fsio::write_atomic(&request.out, bundle.as_bytes())
-        .map_err(|e| ToolError::Usage(format!("cannot write {}: {e}", request.out.display())))?;
+        .map_err(|e| ToolError::write(&request.out, e))?;
     Ok(PackReport {
         bundle: request.out.display().to_string(),
         bytes: bundle.as_bytes().len() as u64,
@@ -418,7 +401,7 @@ fn read_golden(dir: &Path, model: &Path, variant: Option<&str>) -> Result<Golden
         }
     };
     let inputs = numbered(&|i| format!("input_{i}.npy"))?;
-    let guessed = crate::run::guess_variant(model);
+    let guessed = model_files::golden_variant(model);
     let outputs = match (variant, guessed.as_deref()) {
         (Some(v), _) => numbered(&|i| format!("output_{i}.{v}.npy"))?,
         (None, Some(v)) => {
@@ -432,7 +415,7 @@ fn read_golden(dir: &Path, model: &Path, variant: Option<&str>) -> Result<Golden
         (None, None) => numbered(&|i| format!("output_{i}.npy"))?,
     };
     if inputs.is_empty() || outputs.is_empty() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Data(format!(
             "no golden data in {} (needs input_0.npy and output_0{}.npy): a bundle carries golden data so devices can self-test it; pass --golden DIR",
             dir.display(),
             variant.map(|v| format!(".{v}")).unwrap_or_default()

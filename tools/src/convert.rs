@@ -16,6 +16,8 @@ use serde::Serialize;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
 
 use crate::graph::{self, SampleSource};
+use perch_runtime::error::Chain;
+
 use crate::ToolError;
 
 /// What to convert.
@@ -101,7 +103,7 @@ pub struct ConvertReport {
 pub fn convert(request: &ConvertRequest) -> Result<ConvertReport, ToolError> {
     let source = &request.model;
     if ModelFormat::detect(source)? != ModelFormat::Onnx {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Model(format!(
             "{} is already an NNEF archive; convert takes an ONNX model",
             source.display()
         )));
@@ -124,10 +126,12 @@ pub fn convert(request: &ConvertRequest) -> Result<ConvertReport, ToolError> {
     // selection), so the timed loads of both forms below start on an equal footing.
     Model::load(source, &LoadOptions::new())?;
     let (bytes, registries) = write_archive(source)?;
-    let check = check_archive(source, &bytes, request.tolerance)
-        .map_err(|e| ToolError::Usage(format!("refusing to write {}: {e}", output.display())))?;
-    crate::fsio::write_atomic(&output, &bytes)
-        .map_err(|e| ToolError::Usage(format!("cannot write {}: {e}", output.display())))?;
+    let check =
+        check_archive(source, &bytes, request.tolerance).map_err(|e| ToolError::Refused {
+            path: output.clone(),
+            reason: Chain(&e).to_string(),
+        })?;
+    crate::fsio::write_atomic(&output, &bytes).map_err(|e| ToolError::write(&output, e))?;
     Ok(ConvertReport {
         source: source.display().to_string(),
         output: output.display().to_string(),
@@ -172,7 +176,7 @@ pub fn check_archive(
     let inputs = crate::input_refs(&samples, "sample input")?;
     let started = Instant::now();
     let onnx_out = onnx_model.session()?.run(&inputs).map_err(|e| {
-        ToolError::Usage(format!(
+        ToolError::Model(format!(
             "the ONNX model itself does not run on the {} input: {e}",
             sample.kind
         ))
@@ -181,7 +185,7 @@ pub fn check_archive(
 
     let started = Instant::now();
     let nnef_model = Model::from_nnef_bytes(archive, &LoadOptions::new()).map_err(|e| {
-        ToolError::Usage(format!(
+        ToolError::Model(format!(
             "the engine cannot load the NNEF archive back ({e})"
         ))
     })?;
@@ -191,7 +195,7 @@ pub fn check_archive(
         .session()
         .and_then(|mut s| s.run(&inputs))
         .map_err(|e| {
-            ToolError::Usage(format!(
+            ToolError::Model(format!(
                 "the NNEF archive loads but does not run on the {} input ({e})",
                 sample.kind
             ))
@@ -199,7 +203,7 @@ pub fn check_archive(
     let nnef_first_ms = ms(started);
 
     if nnef_out.len() != onnx_out.len() {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Model(format!(
             "the NNEF archive has {} outputs, the ONNX model {}",
             nnef_out.len(),
             onnx_out.len()
@@ -210,12 +214,12 @@ pub fn check_archive(
         let name = onnx_out.info(i).map(|t| t.name.clone()).unwrap_or_default();
         let (max_abs_error, relative_error) = compare(nnef_out.tensor(i)?, onnx_out.tensor(i)?)
             .map_err(|why| {
-                ToolError::Usage(format!(
+                ToolError::Model(format!(
                     "output {i} ({name:?}) of the NNEF archive cannot be compared with the ONNX model's: {why}"
                 ))
             })?;
         if relative_error.is_nan() || relative_error > tolerance {
-            return Err(ToolError::Usage(format!(
+            return Err(ToolError::Model(format!(
                 "output {i} ({name:?}) of the NNEF archive differs from the ONNX model's by {relative_error:.3e} relative (max abs {max_abs_error:.3e}), more than {tolerance:.1e}, on the {} input",
                 sample.kind
             )));
@@ -255,12 +259,12 @@ pub fn default_output(source: &Path) -> PathBuf {
 /// The decluttered typed model as a gzipped NNEF tar, in memory, and the operator
 /// registries it declares.
 fn write_archive(source: &Path) -> Result<(Vec<u8>, Vec<String>), ToolError> {
-    let fail = |what: &str, e: String| ToolError::Usage(format!("{what}: {e}"));
+    let fail = |what: &str, e: String| ToolError::Model(format!("{what}: {e}"));
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let typed = perch_runtime::engine::onnx_contrib::onnx_framework()
             .model_for_path(source)?
-            .into_typed()?
-            .into_decluttered()?;
+            .into_typed()?;
+        let typed = perch_runtime::engine::ops::declutter(typed)?;
         // Perch's operators go into the archive as the engine would plan them, so a
         // device loads them without rewriting (PERCH_KERNELS=off writes tract's own).
         let typed = if LoadOptions::new().kernels_on() {
@@ -289,7 +293,7 @@ fn write_archive(source: &Path) -> Result<(Vec<u8>, Vec<String>), ToolError> {
             ))
         }
         Err(_) => {
-            return Err(ToolError::Usage(
+            return Err(ToolError::Model(
                 "the engine's NNEF writer panicked on this model".into(),
             ))
         }

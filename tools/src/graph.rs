@@ -10,7 +10,7 @@
 //! use perch_tools::{graph, onnx};
 //! let path = std::path::Path::new("models/kws-dscnn/model.onnx");
 //! let proto = onnx::read_model(path)?;
-//! let typed = graph::typed_onnx(&proto, path, &[]).map_err(perch_tools::ToolError::Usage)?;
+//! let typed = graph::typed_onnx(&proto, path, &[]).map_err(perch_tools::ToolError::Model)?;
 //! let compute = graph::onnx_compute(&proto, &typed);
 //! println!("{} MACs, {}", compute.macs, graph::quantization(&proto).summary);
 //! # Ok::<(), perch_tools::ToolError>(())

@@ -22,21 +22,121 @@ pub mod quantize;
 pub mod rollout;
 pub mod run;
 
+use std::path::PathBuf;
+
 use perch_runtime::engine::EngineError;
 
 /// What can go wrong in a `perch` command.
+///
+/// Errors that wrap another keep it as their [`source`](std::error::Error::source)
+/// rather than repeating its text: print them with their chain (`perch` does, as
+/// `anyhow`'s `{:#}`; [`perch_runtime::error::Chain`] does in a library).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ToolError {
     /// The engine refused the model or the inputs.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// A command-line value is not usable.
-    #[error("{0}")]
-    Usage(String),
     /// A bundle or key file is unreadable, malformed or fails verification.
     #[error(transparent)]
     Bundle(#[from] perch_runtime::bundle::BundleError),
+    /// A command-line value, or a combination of them, is not usable.
+    #[error("{0}")]
+    Usage(String),
+    /// A file or folder could not be read, written or created.
+    #[error("cannot {op} {}", path.display())]
+    Io {
+        /// What was being done.
+        op: IoOp,
+        /// The file or folder.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not in the format it should be in.
+    #[error("{} is not {what}", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// What it should be (`an ONNX model`, `an .npz archive`).
+        what: &'static str,
+        /// Why it does not decode.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The model does not allow what was asked of it (it is already quantized, holds
+    /// nothing to quantize, declares too old an opset...).
+    #[error("{0}")]
+    Model(String),
+    /// Input, golden or calibration data does not fit the model.
+    #[error("{0}")]
+    Data(String),
+    /// An output was not written: checked before writing, it would not serve.
+    #[error("refusing to write {}: {reason}", path.display())]
+    Refused {
+        /// The output that was not written.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Something failed inside the tool itself (a worker thread, the random source).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What a failed [`ToolError::Io`] was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Reading a file or folder.
+    Read,
+    /// Writing a file.
+    Write,
+    /// Creating a file or folder.
+    Create,
+}
+
+impl std::fmt::Display for IoOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::Create => "create",
+        })
+    }
+}
+
+impl ToolError {
+    /// Reading `path` failed.
+    pub fn read(path: impl Into<PathBuf>, source: std::io::Error) -> ToolError {
+        ToolError::Io {
+            op: IoOp::Read,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Writing `path` failed.
+    pub fn write(path: impl Into<PathBuf>, source: std::io::Error) -> ToolError {
+        ToolError::Io {
+            op: IoOp::Write,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// `path` is not `what`, because of `source`.
+    pub fn decode(
+        path: impl Into<PathBuf>,
+        what: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ToolError {
+        ToolError::Decode {
+            path: path.into(),
+            what,
+            source: source.into(),
+        }
+    }
 }
 
 /// Borrows tensors (read from files) as engine inputs, in order; an element type the
@@ -50,7 +150,7 @@ pub fn input_refs<'t>(
         .enumerate()
         .map(|(i, t)| {
             perch_runtime::engine::Input::from_tensor(t).ok_or_else(|| {
-                ToolError::Usage(format!(
+                ToolError::Data(format!(
                     "{what} {i}: element type {:?} cannot be a model input",
                     t.datum_type()
                 ))

@@ -12,11 +12,8 @@ use crate::ToolError;
 
 /// Reads and decodes an ONNX model file; the error names the file and the reason.
 pub fn read_model(path: &Path) -> Result<pb::ModelProto, ToolError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| ToolError::Usage(format!("cannot read {}: {e}", path.display())))?;
-    decode_model(&bytes).map_err(|reason| {
-        ToolError::Usage(format!("{} is not an ONNX model: {reason}", path.display()))
-    })
+    let bytes = std::fs::read(path).map_err(|e| ToolError::read(path, e))?;
+    decode_model(&bytes).map_err(|reason| ToolError::decode(path, "an ONNX model", reason))
 }
 
 /// Decodes ONNX bytes; refuses bytes that decode to a model without a graph.
@@ -35,8 +32,7 @@ pub fn encode_model(model: &pb::ModelProto) -> Vec<u8> {
 
 /// Writes a model atomically (see [`crate::fsio::write_atomic`]).
 pub fn write_model(path: &Path, model: &pb::ModelProto) -> Result<(), ToolError> {
-    crate::fsio::write_atomic(path, &encode_model(model))
-        .map_err(|e| ToolError::Usage(format!("cannot write {}: {e}", path.display())))
+    crate::fsio::write_atomic(path, &encode_model(model)).map_err(|e| ToolError::write(path, e))
 }
 
 #[cfg(test)]

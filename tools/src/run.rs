@@ -1,6 +1,6 @@
 //! `perch run`: one inference on given or golden inputs, optionally checked.
 //!
-//! The model is a model file or a bundle ([`crate::bundle::is_bundle_file`]). Inputs are
+//! The model is a model file or a bundle ([`perch_runtime::model_files::is_bundle_file`]). Inputs are
 //! files in the model's input order:
 //!
 //! - `.npy`: one array;
@@ -22,6 +22,7 @@ use perch_runtime::bundle::{read_verifying_key, Bundle, Limits};
 use perch_runtime::engine::{
     read_npy, DType, Dim, Golden, Input, Metadata, Model, NonFinitePolicy, Tensor, Tolerance,
 };
+use perch_runtime::model_files;
 use serde::Serialize;
 
 use crate::{load_options, ToolError};
@@ -118,7 +119,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
     if request.allow_non_finite {
         options = options.non_finite(NonFinitePolicy::Allow);
     }
-    let is_bundle = crate::bundle::is_bundle_file(&request.model);
+    let is_bundle = model_files::is_bundle_file(&request.model);
     if !is_bundle && !request.pubkeys.is_empty() {
         return Err(ToolError::Usage(format!(
             "--pubkey checks bundle signatures, but {} is a model file",
@@ -139,7 +140,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
     let variant = request
         .variant
         .clone()
-        .or_else(|| guess_variant(&request.model));
+        .or_else(|| model_files::golden_variant(&request.model));
     let golden: Option<(Golden, Tolerance)> = match (&request.golden, bundle_golden) {
         (Some(dir), _) => Some((
             Golden::load_variant(dir, variant.as_deref())?,
@@ -188,7 +189,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
         .zip(&sources)
         .map(|(t, src)| {
             Input::from_tensor(t).ok_or_else(|| {
-                ToolError::Usage(format!(
+                ToolError::Data(format!(
                     "{src}: element type {:?} is not supported",
                     t.datum_type()
                 ))
@@ -242,7 +243,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
             for (i, want) in g.outputs.iter().enumerate() {
                 let got = outputs.tensor(i)?;
                 let rel = perch_runtime::engine::compare(got, want)
-                    .map_err(|e| ToolError::Usage(format!("golden output {i}: {e}")))?
+                    .map_err(|e| ToolError::Data(format!("golden output {i}: {e}")))?
                     .1;
                 relative_error.push(rel);
             }
@@ -341,7 +342,7 @@ fn read_inputs(
         for item in &items {
             let name = item.name.as_deref().unwrap_or("(unnamed)");
             if !names.contains(&name) {
-                return Err(ToolError::Usage(format!(
+                return Err(ToolError::Data(format!(
                     "{}: {name:?} is not an input of the model (its inputs: {})",
                     item.source,
                     names.join(", ")
@@ -351,10 +352,10 @@ fn read_inputs(
         for name in &names {
             let mut matching = items.iter().filter(|i| i.name.as_deref() == Some(name));
             let found = matching.next().ok_or_else(|| {
-                ToolError::Usage(format!("no value given for the model's input {name:?}"))
+                ToolError::Data(format!("no value given for the model's input {name:?}"))
             })?;
             if let Some(again) = matching.next() {
-                return Err(ToolError::Usage(format!(
+                return Err(ToolError::Data(format!(
                     "input {name:?} is given twice ({} and {})",
                     found.source, again.source
                 )));
@@ -379,7 +380,7 @@ fn materialize(
             Value::Tensor(t) => t.clone(),
             Value::Json { shape, dtype, data } => {
                 let info = meta.inputs.get(index);
-                let usage = |m: String| ToolError::Usage(format!("{}: {m}", item.source));
+                let usage = |m: String| ToolError::Data(format!("{}: {m}", item.source));
                 let shape = match (shape, info) {
                     (Some(s), _) => s.clone(),
                     (None, Some(info)) => info
@@ -459,10 +460,13 @@ fn read_npz(path: &Path) -> Result<Vec<Item>, ToolError> {
     use ndarray_npy::{NpzReader, ReadNpyError, ReadNpzError};
     use tract_onnx::prelude::tract_ndarray::{IxDyn, OwnedRepr};
 
-    let fail = |e: String| ToolError::Usage(format!("{}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let mut npz = NpzReader::new(file).map_err(|e| fail(format!("not an .npz archive: {e}")))?;
-    let names = npz.names().map_err(|e| fail(e.to_string()))?;
+    let fail = |e: String| ToolError::Data(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| ToolError::read(path, e))?;
+    let mut npz =
+        NpzReader::new(file).map_err(|e| ToolError::decode(path, "an .npz archive", e))?;
+    let names = npz
+        .names()
+        .map_err(|e| ToolError::decode(path, "an .npz archive", e))?;
     if names.is_empty() {
         return Err(fail("the archive holds no arrays".into()));
     }
@@ -514,10 +518,10 @@ fn read_npz(path: &Path) -> Result<Vec<Item>, ToolError> {
 
 /// The tensors of a JSON request: `{"inputs": [{"name", "shape", "datatype", "data"}]}`.
 fn read_json(path: &Path) -> Result<Vec<Item>, ToolError> {
-    let fail = |e: String| ToolError::Usage(format!("{}: {e}", path.display()));
-    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let fail = |e: String| ToolError::Data(format!("{}: {e}", path.display()));
+    let text = std::fs::read(path).map_err(|e| ToolError::read(path, e))?;
     let json: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+        serde_json::from_slice(&text).map_err(|e| ToolError::decode(path, "valid JSON", e))?;
     let inputs = json
         .get("inputs")
         .and_then(|i| i.as_array())
@@ -533,7 +537,7 @@ fn read_json(path: &Path) -> Result<Vec<Item>, ToolError> {
             .map(str::to_string);
         let label = name.clone().unwrap_or_else(|| format!("#{i}"));
         let source = format!("{}:{label}", path.display());
-        let fail = |e: String| ToolError::Usage(format!("{source}: {e}"));
+        let fail = |e: String| ToolError::Data(format!("{source}: {e}"));
         let shape = match input.get("shape") {
             None => None,
             Some(s) => Some(
@@ -595,16 +599,6 @@ fn flatten(value: &serde_json::Value, out: &mut Vec<serde_json::Number>) -> Resu
         other => return Err(format!("data holds {other}, not a number")),
     }
     Ok(())
-}
-
-/// `model.w8.onnx` → `w8`: the variant suffix its golden outputs carry.
-pub(crate) fn guess_variant(model: &Path) -> Option<String> {
-    let name = model.file_name()?.to_str()?;
-    let stem = name
-        .strip_suffix(".onnx")
-        .or_else(|| name.strip_suffix(".nnef.tgz"))?;
-    let (_, variant) = stem.split_once('.')?;
-    Some(variant.to_string())
 }
 
 impl fmt::Display for RunReport {
@@ -673,9 +667,9 @@ mod tests {
     #[test]
     fn the_golden_variant_is_read_from_the_model_file_name() {
         assert_eq!(
-            guess_variant(Path::new("m/model.w8.onnx")).as_deref(),
+            model_files::golden_variant(Path::new("m/model.w8.onnx")).as_deref(),
             Some("w8")
         );
-        assert_eq!(guess_variant(Path::new("m/model.onnx")), None);
+        assert_eq!(model_files::golden_variant(Path::new("m/model.onnx")), None);
     }
 }

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use perch_firmware::agent;
 use perch_firmware::config::{self, Config};
 use perch_firmware::BootReport;
+use perch_firmware::{agent, load};
 use perch_runtime::wire::{Health, MetricsReport};
 
 /// Perch's device agent: serves a model over MQTT and HTTP (Open Inference Protocol v2)
@@ -99,7 +99,7 @@ async fn shutdown_signal() {
 }
 
 fn check(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let loaded = agent::load(&config.model)?;
+    let loaded = load::load(&config.model)?;
     let report = &loaded.boot;
     let text = if json {
         serde_json::to_string_pretty(&to_json(report)?)?

@@ -16,7 +16,7 @@ use perch_runtime::fsio;
 use perch_runtime::rollout::BundleRef;
 use serde::{Deserialize, Serialize};
 
-use super::OtaError;
+use super::error::OtaError;
 
 /// The partial bundle's file name.
 pub const PART_FILE: &str = "download.part";
@@ -52,7 +52,7 @@ impl Download {
     pub fn open(dir: &Path, rollout_id: &str, bundle: &BundleRef) -> Result<Download, OtaError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |cause| OtaError::Io { path, cause }
+            move |source| OtaError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let part = dir.join(PART_FILE);
@@ -88,7 +88,7 @@ impl Download {
         if !same {
             let bytes = serde_json::to_vec(&meta).map_err(|e| OtaError::Io {
                 path: meta_path.clone(),
-                cause: std::io::Error::other(e),
+                source: std::io::Error::other(e),
             })?;
             fsio::write_atomic(&meta_path, &bytes).map_err(io(&meta_path))?;
         }
@@ -143,9 +143,9 @@ impl Download {
             )));
         }
         let path = self.dir.join(PART_FILE);
-        let io = |cause| OtaError::Io {
+        let io = |source| OtaError::Io {
             path: path.clone(),
-            cause,
+            source,
         };
         self.file.seek(SeekFrom::Start(range.start)).map_err(io)?;
         self.file.write_all(data).map_err(io)?;
@@ -170,9 +170,9 @@ impl Download {
             )));
         }
         let path = self.dir.join(PART_FILE);
-        let io = |cause| OtaError::Io {
+        let io = |source| OtaError::Io {
             path: path.clone(),
-            cause,
+            source,
         };
         let mut bytes = Vec::with_capacity(usize::try_from(self.bundle.size).unwrap_or(0));
         self.file.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -201,7 +201,7 @@ impl Download {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(cause) => return Err(OtaError::Io { path, cause }),
+                Err(source) => return Err(OtaError::Io { path, source }),
             }
         }
         Ok(())

@@ -7,12 +7,13 @@
 use std::path::PathBuf;
 
 use perch_runtime::bundle::{Bundle, Limits, VerifyingKey};
+use perch_runtime::error::Chain;
 use perch_runtime::rollout::BundleRef;
 use sha2::{Digest, Sha256};
 
-use super::machine::SloLimits;
-use crate::agent::{self, Loaded};
-use crate::config::ModelConfig;
+use perch_runtime::slo::{Slo, Window};
+
+use crate::load::{self, LoadError, Loaded};
 use crate::slots::{SlotError, SlotId, Slots};
 
 /// A bundle installed and activated (on probation).
@@ -23,7 +24,7 @@ pub struct Installed {
     /// The slot it serves from.
     pub slot: SlotId,
     /// Its SLO limits, for the soak.
-    pub slo: SloLimits,
+    pub slo: Slo,
 }
 
 /// How to load a bundle from a slot file.
@@ -37,22 +38,13 @@ pub struct LoadSettings {
 
 impl LoadSettings {
     /// Loads, verifies, self-tests and warms up the bundle at `path` as the agent does
-    /// ([`agent::load_bundle_with_keys`]). Blocks.
+    /// ([`load::load_bundle`]). Blocks.
     ///
     /// # Errors
     ///
     /// The bundle does not read, verify or load.
-    pub fn load(&self, path: PathBuf) -> Result<Loaded, agent::AgentError> {
-        let config = ModelConfig {
-            path,
-            trusted_keys: Vec::new(),
-            golden: None,
-            variant: None,
-            name: None,
-            version: None,
-            warmup_runs: self.warmup_runs,
-        };
-        agent::load_bundle_with_keys(&config, &self.keys)
+    pub fn load(&self, path: PathBuf) -> Result<Loaded, LoadError> {
+        load::load_bundle(&path, &self.keys, self.warmup_runs)
     }
 }
 
@@ -90,10 +82,10 @@ pub fn install(
         ));
     }
     let bundle = Bundle::from_vec(bytes, &Limits::default())
-        .map_err(|e| format!("the bundle is invalid: {e}"))?;
+        .map_err(|e| format!("the bundle is invalid: {}", Chain(&e)))?;
     let verified = bundle
         .verify(trusted)
-        .map_err(|e| format!("the bundle's signature is refused: {e}"))?;
+        .map_err(|e| format!("the bundle's signature is refused: {}", Chain(&e)))?;
     let manifest = verified.manifest();
     let says = format!(
         "{} {} (sequence {})",
@@ -116,30 +108,35 @@ pub fn install(
         ));
     }
     let slot = slots.stage(&verified).map_err(|e| match e {
-        SlotError::NotNewer { .. } => format!("older sequence: {e}"),
-        e => format!("cannot stage the bundle: {e}"),
+        SlotError::NotNewer { .. } => format!("older sequence: {}", Chain(&e)),
+        e => format!("cannot stage the bundle: {}", Chain(&e)),
     })?;
     let loaded = settings
         .load(slots.path(slot))
-        .map_err(|e| format!("the staged bundle does not load: {e}"))?;
+        .map_err(|e| format!("the staged bundle does not load: {}", Chain(&e)))?;
     if let Some(failure) = &loaded.boot.failure {
         return Err(format!("the bundle failed its self-test: {failure}"));
     }
-    let slo = SloLimits {
-        p99_ms: loaded.slo.p99_ms,
-        max_error_rate: loaded.slo.max_error_rate,
+    let slo = loaded.slo;
+    let warmup = Window {
+        p99_ms: loaded
+            .boot
+            .warmup
+            .latency
+            .quantile(0.99)
+            .map(|d| d.as_secs_f64() * 1000.0),
+        ..Window::default()
     };
-    if let (Some(limit), Some(p99)) = (slo.p99_ms, loaded.boot.warmup.latency.quantile(0.99)) {
-        let p99_ms = p99.as_secs_f64() * 1000.0;
-        if p99_ms > limit {
-            return Err(format!(
-                "warm-up p99 latency {p99_ms:.3} ms is over the bundle's SLO p99_ms {limit} ms"
-            ));
-        }
+    let latency_only = Slo {
+        p99_ms: slo.p99_ms,
+        ..Slo::default()
+    };
+    if let Some(violation) = latency_only.violations(&warmup).next() {
+        return Err(format!("warm-up {violation}"));
     }
     slots
         .activate(slot)
-        .map_err(|e| format!("cannot activate the bundle: {e}"))?;
+        .map_err(|e| format!("cannot activate the bundle: {}", Chain(&e)))?;
     Ok(Installed { loaded, slot, slo })
 }
 
@@ -154,11 +151,11 @@ pub fn roll_back(slots: &mut Slots, settings: &LoadSettings) -> Result<Option<Lo
     let slot = match slots.roll_back() {
         Ok(slot) => slot,
         Err(SlotError::NothingToRollBackTo) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(Chain(&e).to_string()),
     };
     let loaded = settings
         .load(slots.path(slot))
-        .map_err(|e| format!("the previous model does not load: {e}"))?;
+        .map_err(|e| format!("the previous model does not load: {}", Chain(&e)))?;
     Ok(Some(loaded))
 }
 

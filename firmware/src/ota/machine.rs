@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use perch_runtime::bundle::VerifyingKey;
 use perch_runtime::rollout::{self, DeviceState, DeviceStatus, Phase, RolloutDocument};
+use perch_runtime::slo::{Slo, Window};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -34,16 +35,6 @@ pub struct MachineConfig {
     pub max_bad_chunks: u32,
     /// Starts on probation above which the agent is crash-looping and rolls back.
     pub max_probation_boots: u32,
-}
-
-/// The limits a soak checks, from the activated bundle's manifest; an unset one is not
-/// checked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct SloLimits {
-    /// Largest acceptable p99 latency of a report interval, ms.
-    pub p99_ms: Option<f64>,
-    /// Largest acceptable fraction of failed requests in a report interval, `[0, 1]`.
-    pub max_error_rate: Option<f64>,
 }
 
 /// What the machine keeps across restarts (written by the executor as JSON).
@@ -69,7 +60,7 @@ pub struct State {
     /// The model that served before the current rollout's activation.
     pub previous_serving: String,
     /// The activated bundle's limits while on probation.
-    pub slo: SloLimits,
+    pub slo: Slo,
     /// Probation time counted so far, ms (survives restarts; time while the agent was
     /// down does not count).
     pub soaked_ms: u64,
@@ -87,7 +78,7 @@ impl Default for State {
             reason: None,
             serving: String::new(),
             previous_serving: String::new(),
-            slo: SloLimits::default(),
+            slo: Slo::default(),
             soaked_ms: 0,
         }
     }
@@ -419,7 +410,7 @@ impl Machine {
     /// The executor finished [`Action::Install`]: `Ok` with the activated bundle's SLO
     /// limits (the bundle serves, on probation), or `Err` with the reason it was refused
     /// (the old model still serves).
-    pub fn on_installed(&mut self, result: Result<SloLimits, String>, now_ms: u64) -> Vec<Action> {
+    pub fn on_installed(&mut self, result: Result<Slo, String>, now_ms: u64) -> Vec<Action> {
         if self.state.state != Some(DeviceState::Verifying) {
             return Vec::new();
         }
@@ -492,30 +483,16 @@ impl Machine {
                 .saturating_add(now_ms.saturating_sub(mark));
         }
         self.soak_mark_ms = Some(now_ms);
-        let slo = self.state.slo;
+        let window = Window {
+            p99_ms,
+            ok,
+            errors,
+            throughput: None,
+        };
         let mut actions = Vec::new();
-        if let (Some(limit), Some(p99)) = (slo.p99_ms, p99_ms) {
-            if p99 > limit {
-                let reason = format!(
-                    "p99 latency {p99:.2} ms over the bundle's SLO p99_ms {limit} ms during soak"
-                );
-                self.roll_back(reason, &mut actions);
-                return actions;
-            }
-        }
-        let total = ok.saturating_add(errors);
-        if let (Some(limit), true) = (slo.max_error_rate, total > 0) {
-            let rate = errors as f64 / total as f64;
-            if rate > limit {
-                let reason = format!(
-                    "error rate {:.2} % ({errors} of {total}) over the bundle's SLO \
-                     max_error_rate {:.2} % during soak",
-                    rate * 100.0,
-                    limit * 100.0
-                );
-                self.roll_back(reason, &mut actions);
-                return actions;
-            }
+        if let Some(violation) = self.state.slo.violations(&window).next() {
+            self.roll_back(format!("{violation} during soak"), &mut actions);
+            return actions;
         }
         let soak_ms = self
             .state
@@ -761,10 +738,11 @@ mod tests {
             .collect()
     }
 
-    fn slo() -> SloLimits {
-        SloLimits {
+    fn slo() -> Slo {
+        Slo {
             p99_ms: Some(25.0),
             max_error_rate: Some(0.01),
+            ..Slo::default()
         }
     }
 

@@ -57,6 +57,7 @@
 //! full (the agent fell behind: samples may have been lost).
 
 pub mod adxl345;
+mod config;
 pub mod detector;
 pub mod features;
 pub mod sim;
@@ -68,19 +69,21 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use embedded_hal::i2c::I2c;
+use perch_mqtt::topics::DeviceTopic;
 use perch_runtime::engine::{DType, Dim, Metadata};
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
-use crate::config::{DeviceId, SensorConfig, SensorSource};
+use crate::device::DeviceId;
 use crate::service::{InferRequest, InferenceService, RequestTensor, TensorValues};
 use adxl345::{Adxl345, FIFO_DEPTH};
+pub use config::{SensorConfig, SensorSource};
 use detector::{DetectError, Detector, DetectorConfig, Phase, Verdict};
 use features::{SampleRing, FEATURES, RING_CAPACITY, WINDOW_SAMPLES};
 
 /// The topic of the sensor's verdicts for `device`.
 pub fn topic(device: &DeviceId) -> String {
-    format!("perch/{device}/sensor/anomaly")
+    DeviceTopic::SensorAnomaly.of(device.as_str())
 }
 
 /// Why the sensor could not start.

@@ -32,7 +32,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{InferRequest, InferResponse, ServiceError};
+use super::message::{InferRequest, InferResponse, ServiceError};
 
 /// The format byte every binary payload starts with.
 pub const FORMAT: u8 = 1;

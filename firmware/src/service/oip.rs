@@ -31,34 +31,18 @@
 
 use std::fmt;
 
-use perch_runtime::engine::{DType, Dim, Metadata, TensorInfo};
+use perch_runtime::engine::{Dim, Metadata, TensorInfo};
 use perch_runtime::wire::ModelId;
 use serde::de::{self, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::json;
 
-use super::{InferRequest, InferResponse, RequestTensor, ServiceError, TensorValues};
+pub use super::message::datatype_name;
+use super::message::{InferRequest, InferResponse, RequestTensor, ServiceError, TensorValues};
 
 /// The engine types a request may carry, as the protocol names them.
 const SUPPORTED: &str = "FP32, INT64, INT32, UINT8 or INT8";
-
-/// The Open Inference Protocol name of an engine element type (`BYTES` for types the
-/// protocol has no name for).
-pub fn datatype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "FP32",
-        DType::F16 => "FP16",
-        DType::F64 => "FP64",
-        DType::I8 => "INT8",
-        DType::U8 => "UINT8",
-        DType::I16 => "INT16",
-        DType::I32 => "INT32",
-        DType::I64 => "INT64",
-        DType::Bool => "BOOL",
-        _ => "BYTES",
-    }
-}
 
 /// Decodes a JSON request body. Malformed JSON, a wrong structure, an unknown or
 /// unsupported datatype, and values that do not fit the datatype are

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests that run `perchd` as a process: the model
-//! folder, free ports, a child process killed on drop (its log printed when the test
-//! fails) and an MQTT subscriber on a thread.
+//! folder, an MQTT subscriber on a thread, and what `perch_testkit` offers every test
+//! (reserved ports, child processes, mosquitto).
 //!
 //! Each test binary compiles this module on its own (`mod common;`) and uses a part of
 //! it, hence the module-wide `allow(dead_code)`.
@@ -8,123 +8,27 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
-/// How long a helper waits for something that should happen within a few report
-/// intervals; generous, so a slow CI machine does not fail them.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+use perch_testkit::PATIENCE;
 
 /// The workspace's `models/` folder.
 pub fn models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped; its stdout and stderr go to a file that is
-/// printed if the test is failing.
-pub struct Process {
-    name: &'static str,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Process {
-    /// Starts `command` with its output in `log`; fails the test if it cannot start.
-    pub fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Process {
-        let file = std::fs::File::create(&log).unwrap();
-        command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Process {
-            name,
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if self.try_wait().is_some() {
-                self.child = None;
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{} did not exit after SIGTERM", self.name);
-    }
-
-    /// The exit status if the process has exited, without waiting.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().unwrap().try_wait().unwrap()
-    }
-
-    /// Fails the test if the process has exited.
-    pub fn assert_running(&mut self) {
-        if let Some(status) = self.try_wait() {
-            panic!("{} exited ({status}):\n{}", self.name, self.log());
-        }
-    }
-
-    /// Sends SIGKILL and waits.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// What the process has written so far.
-    pub fn log(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} log ({}) ---\n{}",
-                self.name,
-                self.log.display(),
-                self.log()
-            );
-        }
-    }
+/// The report records waiting in a spool folder (its `.rec` files).
+pub fn spooled_records(spool: &Path) -> usize {
+    std::fs::read_dir(spool).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "rec"))
+            .count()
+    })
 }
 
 /// A test's MQTT client: subscribes to `topics` on every (re)connection, retrying until

@@ -7,7 +7,7 @@
 //! anything is sliced, and entries are borrowed from the input, never copied.
 
 use super::error::BundleError;
-use super::Limits;
+use super::limits::Limits;
 
 /// The tar block size.
 pub(crate) const BLOCK: usize = 512;

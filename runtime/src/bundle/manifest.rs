@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::slo::Slo;
+
 use super::archive::check_path;
 use super::error::BundleError;
 use crate::engine::{Dim, Metadata, TensorInfo};
@@ -155,21 +157,6 @@ pub struct GoldenFiles {
     pub outputs: Vec<String>,
     /// The largest accepted relative error, `max |got - want| / max |want|` per output.
     pub tolerance: f64,
-}
-
-/// Service-level objectives for the model; each is optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Slo {
-    /// The 99th-percentile latency budget of one inference, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub p99_ms: Option<f64>,
-    /// The largest acceptable fraction of failed requests, in `[0, 1]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_error_rate: Option<f64>,
-    /// The smallest acceptable throughput, in inferences per second.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_throughput: Option<f64>,
 }
 
 impl Manifest {

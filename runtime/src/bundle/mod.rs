@@ -82,6 +82,7 @@
 mod archive;
 mod error;
 mod keys;
+mod limits;
 mod manifest;
 
 use std::io::Read;
@@ -99,6 +100,7 @@ pub use keys::{
     key_id, parse_signing_key, parse_verifying_key, read_signing_key, read_verifying_key,
     signing_key_file, verifying_key_file,
 };
+pub use limits::Limits;
 pub use manifest::{
     rfc3339, GoldenFiles, Manifest, ModelKind, ModelPart, Part, ShapeDim, Slo, TensorSignature,
     TensorSpec, FORMAT, MANIFEST_PATH, SIGNATURE_PATH,
@@ -106,54 +108,6 @@ pub use manifest::{
 
 /// The file extension of bundles, without the dot.
 pub const EXTENSION: &str = "perch";
-
-/// Bounds on what [`Bundle::parse`] accepts, so a hostile or broken bundle cannot
-/// exhaust a device's memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Limits {
-    /// The largest bundle, in bytes (default 256 MiB).
-    pub max_bundle_bytes: u64,
-    /// The largest `manifest.json`, in bytes (default 1 MiB).
-    pub max_manifest_bytes: u64,
-    /// The most entries in the archive (default 1024).
-    pub max_entries: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_bundle_bytes: 256 << 20,
-            max_manifest_bytes: 1 << 20,
-            max_entries: 1024,
-        }
-    }
-}
-
-impl Limits {
-    /// The defaults: 256 MiB, a 1 MiB manifest, 1024 entries.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets the largest bundle size in bytes.
-    pub fn max_bundle_bytes(mut self, bytes: u64) -> Self {
-        self.max_bundle_bytes = bytes;
-        self
-    }
-
-    /// Sets the largest `manifest.json` size in bytes.
-    pub fn max_manifest_bytes(mut self, bytes: u64) -> Self {
-        self.max_manifest_bytes = bytes;
-        self
-    }
-
-    /// Sets the largest number of archive entries.
-    pub fn max_entries(mut self, entries: u64) -> Self {
-        self.max_entries = entries;
-        self
-    }
-}
 
 /// Whether `head` (the first bytes of a file, at least 512) starts like a bundle: a
 /// ustar header for `manifest.json`. A cheap probe to tell bundles from models, not
@@ -525,7 +479,7 @@ pub fn pack(contents: &BundleContents, key: &SigningKey) -> Result<Bundle, Bundl
                 .collect(),
             tolerance: contents.tolerance,
         },
-        slo: contents.slo.clone(),
+        slo: contents.slo,
     };
     manifest.validate().map_err(|e| BundleError::Pack {
         reason: e.to_string(),

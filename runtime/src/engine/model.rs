@@ -301,7 +301,9 @@ impl Model {
             }
             ops
         });
-        let typed = contain("decluttering the graph", move || typed.into_decluttered())?;
+        let typed = contain("decluttering the graph", move || {
+            super::ops::declutter(typed)
+        })?;
         let inputs = describe(&typed, typed.input_outlets().map_err(prep)?)?;
         let outputs = describe(&typed, typed.output_outlets().map_err(prep)?)?;
         let kernel_pass = options.kernels_on();
@@ -313,7 +315,9 @@ impl Model {
             let kernels = super::ops::existing(&typed);
             (typed, kernels)
         };
-        let optimized = contain("optimizing the graph", move || typed.into_optimized())?;
+        let optimized = contain("optimizing the graph", move || {
+            super::ops::remove_barriers(typed.into_optimized()?)
+        })?;
         let plan = contain("planning the execution", move || SimplePlan::new(optimized))?;
         let meta = Metadata {
             format,

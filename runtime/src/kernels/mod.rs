@@ -20,11 +20,11 @@
 //! `avx2`, `neon`), to measure a slower machine's path on a faster one.
 //!
 //! ```
-//! use perch_runtime::kernels::{f32_dwconv::{DwConv, DwGeometry}, Activation, Cpu};
+//! use perch_runtime::kernels::{f32_dwconv::{DwConv, DwGeometry, Layout}, Activation, Cpu};
 //!
 //! // A 3x3 depthwise convolution over 2 channels of 4x4, stride 1, "same" padding.
 //! let geo = DwGeometry::new(2, [4, 4], [3, 3], 1, [1, 1, 1, 1]).unwrap();
-//! let conv = DwConv::plan(geo, Activation::Relu, Cpu::detect()).unwrap();
+//! let conv = DwConv::plan(geo, Layout::Chw, Activation::Relu, Cpu::detect()).unwrap();
 //! let input = vec![1.0f32; 2 * 16];
 //! let weights = vec![0.5f32; 2 * 9];
 //! let bias = [0.0f32, -100.0];
@@ -37,6 +37,8 @@
 //! ```
 
 pub mod f32_dwconv;
+pub mod q8;
+pub mod requant;
 pub mod simd;
 
 mod cpu;

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ModelId, U32_MAX_LEN};
+use super::codec::{self, U32_MAX_LEN};
+use super::model::ModelId;
 use crate::Error;
 
 /// Capacity of [`Health::last_error`], in bytes of UTF-8.
@@ -31,7 +32,7 @@ pub enum ModelState {
 /// Encoded as its fields in order, at most [`Health::MAX_ENCODED_LEN`] (126) bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
-    /// Format version, [`FORMAT_VERSION`](super::FORMAT_VERSION); always the first byte.
+    /// Format version, [`FORMAT_VERSION`](super::codec::FORMAT_VERSION); always the first byte.
     pub format: u8,
     /// Seconds since the device booted.
     pub uptime_s: u32,
@@ -43,7 +44,7 @@ pub struct Health {
     pub boot_count: u32,
     /// Resident memory of the runtime process, in KiB.
     pub rss_kib: u32,
-    /// The most recent error, at most 64 bytes; [`truncated`](super::truncated) cuts a
+    /// The most recent error, at most 64 bytes; [`truncated`](super::codec::truncated) cuts a
     /// longer message to fit.
     pub last_error: Option<heapless::String<MAX_ERROR_LEN>>,
 }
@@ -60,10 +61,10 @@ impl Health {
     ///
     /// # Errors
     ///
-    /// - [`Error::UnsupportedFormat`] if `format` is not [`FORMAT_VERSION`](super::FORMAT_VERSION);
+    /// - [`Error::UnsupportedFormat`] if `format` is not [`FORMAT_VERSION`](super::codec::FORMAT_VERSION);
     /// - [`Error::Encode`] if `buf` is too small.
     pub fn encode<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], Error> {
-        super::encode(self.format, self, buf)
+        codec::encode(self.format, self, buf)
     }
 
     /// Decodes a message that is exactly `bytes`.
@@ -71,10 +72,10 @@ impl Health {
     /// # Errors
     ///
     /// - [`Error::UnsupportedFormat`] if the first byte is not
-    ///   [`FORMAT_VERSION`](super::FORMAT_VERSION);
+    ///   [`FORMAT_VERSION`](super::codec::FORMAT_VERSION);
     /// - [`Error::Decode`] if the bytes are malformed, truncated or followed by more.
     pub fn decode(bytes: &[u8]) -> Result<Health, Error> {
-        super::decode(bytes)
+        codec::decode(bytes)
     }
 }
 

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ModelId, U32_MAX_LEN};
+use super::codec::{self, U32_MAX_LEN};
+use super::model::ModelId;
 use crate::histogram::{self, Histogram, REPORT_BUCKET_LIMIT};
 use crate::Error;
 
@@ -13,7 +14,7 @@ use crate::Error;
 /// see [`Histogram::take_report_chunk`] for busier intervals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsReport {
-    /// Format version, [`FORMAT_VERSION`](super::FORMAT_VERSION); always the first byte.
+    /// Format version, [`FORMAT_VERSION`](super::codec::FORMAT_VERSION); always the first byte.
     pub format: u8,
     /// Sequence number, incremented by the device per report, so the receiver can spot
     /// gaps and duplicates.
@@ -43,13 +44,13 @@ impl MetricsReport {
     ///
     /// # Errors
     ///
-    /// - [`Error::UnsupportedFormat`] if `format` is not [`FORMAT_VERSION`](super::FORMAT_VERSION);
+    /// - [`Error::UnsupportedFormat`] if `format` is not [`FORMAT_VERSION`](super::codec::FORMAT_VERSION);
     /// - [`Error::BucketOverLimit`] if a latency bucket holds more than
     ///   [`REPORT_BUCKET_LIMIT`] samples;
     /// - [`Error::Encode`] if `buf` is too small.
     pub fn encode<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], Error> {
         check_report_limit(&self.latency)?;
-        super::encode(self.format, self, buf)
+        codec::encode(self.format, self, buf)
     }
 
     /// Decodes a report that is exactly `bytes`.
@@ -57,12 +58,12 @@ impl MetricsReport {
     /// # Errors
     ///
     /// - [`Error::UnsupportedFormat`] if the first byte is not
-    ///   [`FORMAT_VERSION`](super::FORMAT_VERSION);
+    ///   [`FORMAT_VERSION`](super::codec::FORMAT_VERSION);
     /// - [`Error::Decode`] if the bytes are malformed, truncated or followed by more;
     /// - [`Error::BucketOverLimit`] if a latency bucket holds more than
     ///   [`REPORT_BUCKET_LIMIT`] samples, which `encode` never writes.
     pub fn decode(bytes: &[u8]) -> Result<MetricsReport, Error> {
-        let report: MetricsReport = super::decode(bytes)?;
+        let report: MetricsReport = codec::decode(bytes)?;
         check_report_limit(&report.latency)?;
         Ok(report)
     }

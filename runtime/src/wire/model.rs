@@ -4,7 +4,7 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::U16_MAX_LEN;
+use super::codec::U16_MAX_LEN;
 use crate::Error;
 
 /// Capacity of [`ModelId::name`], in bytes of UTF-8.

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use perch_firmware::agent;
 use perch_firmware::config::{Broker, BrokerConfig, Config, DeviceId, OtaSettings};
+use perch_runtime::error::Chain;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::{FleetConfig, SimError};
+use super::config::FleetConfig;
+use super::error::SimError;
 
 /// How a device runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +158,8 @@ impl Device {
                         let _ = stopped.await;
                     };
                     if let Err(e) = agent::run(agent_config, shutdown).await {
-                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Chain(&e).to_string());
                     }
                 });
                 Running::Task {
@@ -331,40 +334,19 @@ fn absolute(path: &Path) -> Result<PathBuf, SimError> {
     std::path::absolute(path).map_err(SimError::Io)
 }
 
-/// The `perchd` binary process devices run: `$PERCH_PERCHD` if set, else `perchd`
-/// beside the running executable (for a test, in the folder above its `deps/`), which
-/// is where `cargo build` and `cargo test --workspace` put it.
+/// The `perchd` binary process devices run: `$PERCH_PERCHD` if set, else the one in
+/// this build's target folder, built first if it is missing or older than its sources
+/// ([`perch_testkit::workspace_binary`]).
 ///
 /// # Errors
 ///
-/// [`SimError::NoPerchd`] naming where it looked and how to build it.
+/// [`SimError::NoPerchd`] with cargo's output when it could not be built.
 pub fn perchd_path() -> Result<PathBuf, SimError> {
-    find_binary("perchd", "PERCH_PERCHD").map_err(SimError::NoPerchd)
-}
-
-/// A workspace binary: the file `$env_var` names if set, else `name` beside the running
-/// executable (for a test or an example, in the folder above its `deps/` or
-/// `examples/`). `Err` carries the path that was looked at.
-pub(crate) fn find_binary(name: &str, env_var: &str) -> Result<PathBuf, PathBuf> {
-    if let Some(path) = std::env::var_os(env_var) {
-        let path = PathBuf::from(path);
-        return if path.is_file() { Ok(path) } else { Err(path) };
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    if dir
-        .file_name()
-        .is_some_and(|n| n == "deps" || n == "examples")
-    {
-        dir.pop();
-    }
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(path)
-    }
+    perch_testkit::workspace_binary(
+        "perch-firmware",
+        "perchd",
+        &["firmware", "mqtt", "runtime"],
+        "PERCH_PERCHD",
+    )
+    .map_err(SimError::NoPerchd)
 }

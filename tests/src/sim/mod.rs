@@ -33,7 +33,9 @@
 //! ```
 
 mod broker;
+mod config;
 mod device;
+mod error;
 mod observer;
 mod operator;
 mod traffic;
@@ -41,186 +43,24 @@ mod traffic;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use perch_mqtt::Endpoint;
 use perch_runtime::bundle::{self, BundleContents, ModelKind, SigningKey, TensorSignature};
 use perch_runtime::engine::{LoadOptions, Model};
+use perch_testkit::Port;
 use serde::Serialize;
 
-pub use broker::{free_port, start_embedded, Mosquitto};
+pub use broker::start_embedded;
+pub use config::{BrokerSpec, FleetConfig};
 pub use device::{perchd_path, DeviceMode};
+pub use error::SimError;
 pub use observer::{DeviceView, FleetView, Observer, SeqSet};
 pub use operator::{perch_path, Operator};
 pub use traffic::{Faults, Request, Traffic, TrafficCounts};
 
 use device::Device;
-
-/// What went wrong in the simulator.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SimError {
-    /// A file or folder could not be read or written.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// A setting is invalid.
-    #[error("{0}")]
-    Config(String),
-    /// A model folder or bundle could not be packed or read.
-    #[error("{0}")]
-    Bundle(String),
-    /// The broker did not start.
-    #[error("MQTT broker: {0}")]
-    Broker(String),
-    /// `perchd` is not where process devices look for it.
-    #[error(
-        "perchd not found at {}: build it first (cargo build -p perch-firmware --bin perchd; \
-         cargo test --workspace builds it too) or set PERCH_PERCHD to its path",
-        .0.display()
-    )]
-    NoPerchd(PathBuf),
-    /// A `perchd` process could not be started.
-    #[error("{0}")]
-    Process(String),
-    /// A device's agent stopped on its own.
-    #[error("a device failed: {0}")]
-    DeviceFailed(String),
-    /// A condition did not hold in time.
-    #[error("timed out after {}s waiting for {what}; seen: {seen}", timeout.as_secs())]
-    Timeout {
-        /// The condition.
-        what: String,
-        /// How long it waited.
-        timeout: Duration,
-        /// What the observer saw at the end.
-        seen: String,
-    },
-}
-
-/// The broker the fleet uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BrokerSpec {
-    /// The agent's embedded rumqttd, started in this process on 127.0.0.1:`port`
-    /// (0: a free port).
-    Embedded {
-        /// Its port; 0 picks a free one.
-        port: u16,
-    },
-    /// A broker already running.
-    External {
-        /// Host name or address.
-        host: String,
-        /// TCP port.
-        port: u16,
-    },
-}
-
-impl FromStr for BrokerSpec {
-    type Err = String;
-
-    /// `embedded`, `embedded:PORT` or `mqtt://host[:port]` (default port 1883).
-    fn from_str(text: &str) -> Result<BrokerSpec, String> {
-        if text == "embedded" {
-            return Ok(BrokerSpec::Embedded { port: 0 });
-        }
-        if let Some(port) = text.strip_prefix("embedded:") {
-            let port = port
-                .parse()
-                .map_err(|_| format!("{text:?}: the port after embedded: is not a number"))?;
-            return Ok(BrokerSpec::Embedded { port });
-        }
-        let Some(rest) = text.strip_prefix("mqtt://") else {
-            return Err(format!(
-                "{text:?}: expected embedded, embedded:PORT or mqtt://host[:port]"
-            ));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse()
-                    .map_err(|_| format!("{text:?}: the port is not a number"))?,
-            ),
-            None => (rest, 1883),
-        };
-        if host.is_empty() {
-            return Err(format!("{text:?}: no host"));
-        }
-        Ok(BrokerSpec::External {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-/// How to run a fleet. [`FleetConfig::new`] fills in defaults for a quick in-process
-/// fleet.
-#[derive(Debug, Clone)]
-pub struct FleetConfig {
-    /// Number of devices.
-    pub devices: usize,
-    /// How many of them (the first ones) run as `perchd` processes; the rest run
-    /// in-process.
-    pub processes: usize,
-    /// Device id prefix: ids are `{prefix}-{i:04}`.
-    pub prefix: String,
-    /// The OTA group every device follows.
-    pub group: String,
-    /// The signed bundle every device starts on.
-    pub bundle: PathBuf,
-    /// The public key file (`fleet.pub`) every device trusts.
-    pub trusted_key: PathBuf,
-    /// The broker.
-    pub broker: BrokerSpec,
-    /// Time between the devices' metrics reports.
-    pub report_interval: Duration,
-    /// Warm-up inferences of each device at start.
-    pub warmup_runs: u32,
-    /// Inference requests per device per second from the traffic driver.
-    pub rate: f64,
-    /// The folder holding one folder per device (`{work_dir}/devices/{id}`).
-    pub work_dir: PathBuf,
-    /// Whether over-the-air updates are on.
-    pub ota: bool,
-    /// OTA: starts on a new model before it is confirmed.
-    pub max_probation_boots: u32,
-    /// OTA: a chunk not received within this is requested again.
-    pub chunk_timeout: Duration,
-    /// Worker threads of the fleet's runtime (default: one per core).
-    pub worker_threads: Option<usize>,
-}
-
-impl FleetConfig {
-    /// `devices` in-process devices serving `bundle` signed by `trusted_key`, with
-    /// their folders under `work_dir`: prefix `sim`, group `default`, the embedded
-    /// broker on a free port, reports every second, 2 warm-up runs, no traffic, OTA on
-    /// with the agent's defaults.
-    pub fn new(
-        devices: usize,
-        bundle: impl Into<PathBuf>,
-        trusted_key: impl Into<PathBuf>,
-        work_dir: impl Into<PathBuf>,
-    ) -> FleetConfig {
-        FleetConfig {
-            devices,
-            processes: 0,
-            prefix: "sim".into(),
-            group: perch_firmware::config::DEFAULT_GROUP.into(),
-            bundle: bundle.into(),
-            trusted_key: trusted_key.into(),
-            broker: BrokerSpec::Embedded { port: 0 },
-            report_interval: Duration::from_secs(1),
-            warmup_runs: 2,
-            rate: 0.0,
-            work_dir: work_dir.into(),
-            ota: true,
-            max_probation_boots: perch_firmware::config::DEFAULT_MAX_PROBATION_BOOTS,
-            chunk_timeout: perch_firmware::config::DEFAULT_CHUNK_TIMEOUT,
-            worker_threads: None,
-        }
-    }
-}
 
 /// Where a device is, for tests and tools.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -252,6 +92,8 @@ pub struct Fleet {
     runtime: Option<tokio::runtime::Runtime>,
     started: Instant,
     rss_baseline_kib: Option<u32>,
+    /// The embedded broker's reserved port, held while the fleet lives.
+    _embedded_port: Option<Port>,
 }
 
 impl Fleet {
@@ -276,12 +118,13 @@ impl Fleet {
             perchd_path()?;
         }
         // In-process devices and an embedded broker hold both ends of every connection,
-        // plus spool files: about four descriptors per device.
+        // plus spool files: about four descriptors per device. The soft limit is raised
+        // to the hard one first; only a hard limit that is too low stops the fleet.
         let needed = 4 * config.devices as u64 + 256;
-        if let Some(limit) = open_files_limit().filter(|&limit| limit < needed) {
+        if let Some(limit) = perch_testkit::raise_open_files().filter(|&limit| limit < needed) {
             return Err(SimError::Config(format!(
                 "{} devices need about {needed} open files; this process may open {limit} \
-                 (raise it with `ulimit -n {needed}`)",
+                 (raise its hard limit: `ulimit -Hn {needed}` as root, or LimitNOFILE)",
                 config.devices
             )));
         }
@@ -296,26 +139,35 @@ impl Fleet {
             builder.worker_threads(n.max(1));
         }
         let runtime = builder.build()?;
+        let mut embedded_port = None;
         let (host, port) = match &config.broker {
-            BrokerSpec::Embedded { port } => {
-                let port = if *port == 0 { free_port()? } else { *port };
+            BrokerSpec::Embedded { port: 0 } => {
+                // rumqttd binds the port it is given and cannot report one it chose.
+                let reserved = Port::reserve();
+                let port = reserved.get();
+                embedded_port = Some(reserved);
                 start_embedded(port, config.devices + 64)?;
                 ("127.0.0.1".to_string(), port)
+            }
+            BrokerSpec::Embedded { port } => {
+                start_embedded(*port, config.devices + 64)?;
+                ("127.0.0.1".to_string(), *port)
             }
             BrokerSpec::External { host, port } => (host.clone(), *port),
         };
         let ids: Vec<String> = (0..config.devices)
             .map(|i| format!("{}-{i:04}", config.prefix))
             .collect();
-        let observer = Observer::start(runtime.handle(), &host, port);
+        let broker = Endpoint::plain(&host, port);
+        let observer = Observer::start(runtime.handle(), &broker)?;
         let traffic = Traffic::start(
             runtime.handle(),
-            (&host, port),
+            &broker,
             request,
             observer.clone(),
             ids.clone(),
             config.rate,
-        );
+        )?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !(observer.is_subscribed() && traffic.is_subscribed()) {
             if Instant::now() > deadline {
@@ -348,6 +200,7 @@ impl Fleet {
             runtime: Some(runtime),
             started: Instant::now(),
             rss_baseline_kib,
+            _embedded_port: embedded_port,
         })
     }
 
@@ -358,7 +211,7 @@ impl Fleet {
 
     /// The broker's URL, `mqtt://host:port` (for `perch rollout --broker`).
     pub fn broker_url(&self) -> String {
-        format!("mqtt://{}:{}", self.host, self.port)
+        Endpoint::plain(&self.host, self.port).url().to_string()
     }
 
     /// The broker's host and port.
@@ -813,7 +666,7 @@ pub fn pack_bundle(
         golden_inputs,
         golden_outputs,
         tolerance: 1e-4,
-        slo: slo.clone(),
+        slo: *slo,
     };
     let packed = bundle::pack(&contents, key)
         .map_err(|e| SimError::Bundle(format!("cannot pack {}: {e}", model_dir.display())))?;
@@ -832,13 +685,6 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SimError> {
             format!("cannot write {}: {e}", path.display()),
         ))
     })
-}
-
-/// The soft limit on open files of this process, from `/proc/self/limits` (Linux).
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// CPU time (user + system) this process has used, from `/proc/self/stat` (Linux),

@@ -12,14 +12,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use perch_mqtt::topics::DeviceTopic;
+use perch_mqtt::{Backoff, ClientOptions, Endpoint, EventSink, NetEvent};
 use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{DeviceState, DeviceStatus};
 use perch_runtime::wire::MetricsReport;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::SimError;
+use super::error::SimError;
 
 /// What the observer knows about one device.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -217,50 +219,66 @@ pub struct Observer {
     client: AsyncClient,
 }
 
-/// The filters the observer subscribes to.
-const FILTERS: [&str; 3] = ["perch/+/metrics", "perch/+/rollout", "perch/+/status"];
+/// The topics the observer subscribes to, of every device.
+const FILTERS: [DeviceTopic; 3] = [
+    DeviceTopic::Metrics,
+    DeviceTopic::Rollout,
+    DeviceTopic::Status,
+];
+
+/// The observer's end of its connection: subscribes on every connection and records
+/// what arrives.
+struct ObserverSink {
+    shared: Arc<Shared>,
+    client: AsyncClient,
+}
+
+impl EventSink for ObserverSink {
+    async fn deliver(&mut self, event: NetEvent) -> bool {
+        match event {
+            NetEvent::Connected => {
+                self.shared.subscribed.store(0, Ordering::Relaxed);
+                for filter in FILTERS {
+                    let filter = filter.filter();
+                    if let Err(e) = self.client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                        log::error!("observer: cannot subscribe to {filter}: {e}");
+                    }
+                }
+            }
+            NetEvent::Message(p) => self.shared.record(&p.topic, &p.payload),
+            NetEvent::Subscribed => {
+                self.shared.subscribed.fetch_add(1, Ordering::Relaxed);
+            }
+            NetEvent::Disconnected(e) => {
+                self.shared.subscribed.store(0, Ordering::Relaxed);
+                log::debug!("observer: {e}; reconnecting");
+            }
+            NetEvent::Sent(_) | NetEvent::PubAck(_) => {}
+        }
+        true
+    }
+}
 
 impl Observer {
     /// Connects to the broker at `host:port` on `runtime` and starts recording; it
     /// reconnects (and subscribes again) by itself.
-    pub(crate) fn start(runtime: &tokio::runtime::Handle, host: &str, port: u16) -> Observer {
-        let mut options = MqttOptions::new(client_id("observer"), host, port);
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(true)
-            .set_max_packet_size(1 << 20, 1 << 20)
-            .set_inflight(1000);
-        let (client, mut eventloop) = AsyncClient::new(options, 256);
+    pub(crate) fn start(
+        runtime: &tokio::runtime::Handle,
+        broker: &Endpoint,
+    ) -> Result<Observer, SimError> {
+        let mut options = ClientOptions::new(client_id("observer"), broker.clone());
+        options.inflight = Some(1000);
+        options.request_capacity = 256;
+        let (client, eventloop) = options
+            .connect()
+            .map_err(|e| SimError::Broker(e.to_string()))?;
         let shared = Arc::new(Shared::default());
-        let (task_shared, subscriber) = (shared.clone(), client.clone());
-        runtime.spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        task_shared.subscribed.store(0, Ordering::Relaxed);
-                        for filter in FILTERS {
-                            if let Err(e) = subscriber.try_subscribe(filter, QoS::AtLeastOnce) {
-                                log::error!("observer: cannot subscribe to {filter}: {e}");
-                            }
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        task_shared.record(&p.topic, &p.payload);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        task_shared.subscribed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(rumqttc::ConnectionError::RequestsDone) => return,
-                    Err(e) => {
-                        task_shared.subscribed.store(0, Ordering::Relaxed);
-                        log::debug!("observer: {e}; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
-        Observer { shared, client }
+        let sink = ObserverSink {
+            shared: shared.clone(),
+            client: client.clone(),
+        };
+        runtime.spawn(perch_mqtt::pump(eventloop, reconnect_backoff(), sink));
+        Ok(Observer { shared, client })
     }
 
     /// Whether the broker has acknowledged every subscription of the current connection.
@@ -473,6 +491,13 @@ pub(crate) fn summary_line(view: &FleetView) -> String {
 }
 
 /// A client id unique to this process and call.
+/// How the simulator's clients reconnect: within 100 ms (a simulated fleet's broker
+/// is local; waiting longer would only slow the tests down).
+pub(crate) fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_millis(100))
+}
+
+/// A client id unique in this process and among the processes on the broker.
 pub(crate) fn client_id(role: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);

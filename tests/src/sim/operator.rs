@@ -7,22 +7,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::SimError;
+use super::error::SimError;
 
-/// The `perch` binary: `$PERCH_PERCH`, else beside the test executable (`cargo test
-/// --workspace` builds it).
+/// The `perch` binary: `$PERCH_PERCH` if set, else the one in this build's target
+/// folder, built first if it is missing or older than its sources
+/// ([`perch_testkit::workspace_binary`]).
 ///
 /// # Errors
 ///
-/// [`SimError::Process`] naming where it looked and how to build it.
+/// [`SimError::Process`] with cargo's output when it could not be built.
 pub fn perch_path() -> Result<PathBuf, SimError> {
-    super::device::find_binary("perch", "PERCH_PERCH").map_err(|path| {
-        SimError::Process(format!(
-            "no perch binary at {}: build it with `cargo build -p perch-tools --bin perch` \
-             (or set PERCH_PERCH)",
-            path.display()
-        ))
-    })
+    perch_testkit::workspace_binary(
+        "perch-tools",
+        "perch",
+        &["tools", "mqtt", "runtime"],
+        "PERCH_PERCH",
+    )
+    .map_err(|e| SimError::Process(format!("no perch binary: {e}")))
 }
 
 /// A rollout operator: `perch rollout start` (or `run`, after a restart) as a child

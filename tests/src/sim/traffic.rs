@@ -20,14 +20,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use perch_mqtt::topics::{self, DeviceTopic};
+use perch_mqtt::{ClientOptions, Endpoint, EventSink, NetEvent};
 use perch_runtime::bundle::{Bundle, Limits};
 use perch_runtime::engine::{Input, Tensor, TensorData};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::observer::client_id;
-use super::{Observer, SimError};
+use super::error::SimError;
+use super::observer::Observer;
+use super::observer::{client_id, reconnect_backoff};
 
 /// Largest relative error of a reply's outputs against the golden ones still counted
 /// as right (replies go through JSON text).
@@ -222,10 +225,7 @@ impl Shared {
     }
 
     fn on_reply(&self, topic: &str, payload: &[u8]) {
-        let Some(device) = topic
-            .strip_prefix("perch/")
-            .and_then(|t| t.strip_suffix("/infer/res"))
-        else {
+        let Some(device) = topics::device_of(topic, DeviceTopic::InferReply) else {
             return;
         };
         let Ok(reply) = serde_json::from_slice::<Value>(payload) else {
@@ -265,6 +265,34 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The driver's end of its connection: subscribes to replies on every connection and
+/// counts what comes back.
+struct TrafficSink {
+    shared: Arc<Shared>,
+    client: AsyncClient,
+}
+
+impl EventSink for TrafficSink {
+    async fn deliver(&mut self, event: NetEvent) -> bool {
+        match event {
+            NetEvent::Connected => {
+                let replies = DeviceTopic::InferReply.filter();
+                if let Err(e) = self.client.try_subscribe(replies, QoS::AtMostOnce) {
+                    log::error!("traffic: cannot subscribe to replies: {e}");
+                }
+            }
+            NetEvent::Message(p) => self.shared.on_reply(&p.topic, &p.payload),
+            NetEvent::Subscribed => self.shared.subscribed.store(true, Ordering::Relaxed),
+            NetEvent::Disconnected(e) => {
+                self.shared.subscribed.store(false, Ordering::Relaxed);
+                log::debug!("traffic: {e}; reconnecting");
+            }
+            NetEvent::Sent(_) | NetEvent::PubAck(_) => {}
+        }
+        true
+    }
+}
+
 /// The traffic driver's handle. Cloning shares the same driver.
 #[derive(Debug, Clone)]
 pub struct Traffic {
@@ -279,19 +307,20 @@ impl Traffic {
     /// `observer` says the device serves.
     pub(crate) fn start(
         runtime: &tokio::runtime::Handle,
-        (host, port): (&str, u16),
+        broker: &Endpoint,
         request: Request,
         observer: Observer,
         targets: Vec<String>,
         rate: f64,
-    ) -> Traffic {
+    ) -> Result<Traffic, SimError> {
         let id = client_id("traffic");
-        let mut options = MqttOptions::new(id.clone(), host, port);
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(true)
-            .set_max_packet_size(16 << 20, 16 << 20);
-        let (client, mut eventloop) = AsyncClient::new(options, 4096);
+        let mut options = ClientOptions::new(id.clone(), broker.clone());
+        options.max_incoming_packet = 16 << 20;
+        options.max_outgoing_packet = 16 << 20;
+        options.request_capacity = 4096;
+        let (client, eventloop) = options
+            .connect()
+            .map_err(|e| SimError::Broker(e.to_string()))?;
         let shared = Arc::new(Shared {
             rate_milli: AtomicU64::new(0),
             targets: Mutex::new(targets),
@@ -309,35 +338,13 @@ impl Traffic {
             client: client.clone(),
         };
         traffic.set_rate(rate);
-        let (replies, subscriber) = (shared.clone(), client.clone());
-        runtime.spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if let Err(e) =
-                            subscriber.try_subscribe("perch/+/infer/res", QoS::AtMostOnce)
-                        {
-                            log::error!("traffic: cannot subscribe to replies: {e}");
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        replies.on_reply(&p.topic, &p.payload)
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        replies.subscribed.store(true, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(rumqttc::ConnectionError::RequestsDone) => return,
-                    Err(e) => {
-                        replies.subscribed.store(false, Ordering::Relaxed);
-                        log::debug!("traffic: {e}; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
+        let sink = TrafficSink {
+            shared: shared.clone(),
+            client: client.clone(),
+        };
+        runtime.spawn(perch_mqtt::pump(eventloop, reconnect_backoff(), sink));
         runtime.spawn(drive(shared, client));
-        traffic
+        Ok(traffic)
     }
 
     /// Whether the broker has acknowledged the subscription to replies.
@@ -463,7 +470,7 @@ async fn drive(shared: Arc<Shared>, client: AsyncClient) {
                     .unwrap_or(&shared.default_request)
                     .payload(&id)
             };
-            let topic = format!("perch/{device}/infer/req");
+            let topic = DeviceTopic::InferRequest.of(device);
             if client
                 .try_publish(topic, QoS::AtMostOnce, false, payload)
                 .is_ok()

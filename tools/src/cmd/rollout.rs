@@ -5,12 +5,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use perch_mqtt::Endpoint;
 use perch_runtime::bundle::{read_signing_key, Bundle, Limits};
 use perch_runtime::rollout::{self as wire, BundleRef, DeviceState, Phase};
 use perch_tools::rollout::operator::{self, Progress, Store};
 use perch_tools::rollout::{
     parse_duration_ms, parse_gates, parse_size, parse_stages, Clock, Command, Controller, Effect,
-    Plan,
+    Plan, PlanError,
 };
 
 /// Roll a signed bundle out to a device group in canary stages, gated on the fleet's
@@ -27,7 +28,8 @@ use perch_tools::rollout::{
 ///
 /// `promote`, `pause`, `resume` and `abort` steer the running controller through the
 /// broker (perch/fleet/GROUP/rollout/command): the broker's ACLs must allow only
-/// operators to publish on perch/fleet/#. Only plain mqtt:// is supported for now.
+/// operators to publish on perch/fleet/#. The broker may be mqtt:// or mqtts:// (with
+/// --mqtt-ca, and a client certificate if it asks for one).
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -52,15 +54,56 @@ enum Sub {
     Abort(CommandArgs),
 }
 
+/// How to reach the broker.
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// The MQTT broker: mqtt://HOST[:PORT] (default port 1883) or mqtts://HOST[:PORT]
+    /// (TLS, default port 8883, with --mqtt-ca); an IPv6 host in brackets.
+    #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// mqtts: PEM file of the certificate authority that signed the broker's certificate.
+    #[arg(long, env = "PERCH_MQTT_CA", value_name = "PEM")]
+    mqtt_ca: Option<PathBuf>,
+    /// mqtts: PEM client certificate, for brokers that authenticate clients by
+    /// certificate; needs --mqtt-client-key.
+    #[arg(long, env = "PERCH_MQTT_CLIENT_CERT", value_name = "PEM")]
+    mqtt_client_cert: Option<PathBuf>,
+    /// mqtts: PEM private key of the client certificate.
+    #[arg(long, env = "PERCH_MQTT_CLIENT_KEY", value_name = "PEM")]
+    mqtt_client_key: Option<PathBuf>,
+    /// MQTT user name.
+    #[arg(long, env = "PERCH_MQTT_USERNAME", value_name = "NAME")]
+    mqtt_username: Option<String>,
+    /// MQTT password (from the environment: other users see flags in the process list).
+    #[arg(
+        long,
+        env = "PERCH_MQTT_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    mqtt_password: Option<String>,
+}
+
+impl BrokerArgs {
+    fn endpoint(&self) -> Result<Endpoint, PlanError> {
+        operator::broker_endpoint(
+            &self.broker,
+            self.mqtt_ca.clone(),
+            (self.mqtt_client_cert.clone(), self.mqtt_client_key.clone()),
+            self.mqtt_username.clone(),
+            self.mqtt_password.clone(),
+        )
+    }
+}
+
 /// Where the controller connects and keeps its state.
 #[derive(clap::Args)]
 struct Common {
     /// The device group (the devices' `group` setting).
     #[arg(long, value_name = "GROUP")]
     group: String,
-    /// The MQTT broker, mqtt://HOST:PORT (port 1883 when left out; plain MQTT only).
-    #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
-    broker: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// Where rollout states are kept: GROUP.json (the state) and GROUP.perch (the
     /// bundle served).
     #[arg(long, value_name = "DIR", default_value = "rollouts")]
@@ -150,9 +193,8 @@ struct CommandArgs {
     /// The device group.
     #[arg(long, value_name = "GROUP")]
     group: String,
-    /// The MQTT broker, mqtt://HOST:PORT (port 1883 when left out; plain MQTT only).
-    #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
-    broker: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// Why (kept in the decision log).
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
@@ -210,7 +252,7 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
                 wire::MAX_CHUNK_SIZE
             )
         })?;
-    operator::parse_broker(&a.common.broker)?;
+    let broker = a.common.broker.endpoint()?;
     let key = read_signing_key(&a.key)
         .with_context(|| format!("cannot read the key {}", a.key.display()))?;
     let bundle = Bundle::read_file(&a.bundle, &Limits::default())
@@ -272,7 +314,8 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         bundle.as_bytes(),
         &key,
         &store,
-        &a.common,
+        &broker,
+        a.common.json,
     )
 }
 
@@ -287,7 +330,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             controller.state().phase
         );
     }
-    operator::parse_broker(&a.common.broker)?;
+    let broker = a.common.broker.endpoint()?;
     let key = read_signing_key(&a.key)
         .with_context(|| format!("cannot read the key {}", a.key.display()))?;
     let bundle = store.load_bundle()?;
@@ -305,7 +348,15 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             store.bundle_path().display()
         );
     }
-    drive(controller, None, &bundle, &key, &store, &a.common)
+    drive(
+        controller,
+        None,
+        &bundle,
+        &key,
+        &store,
+        &broker,
+        a.common.json,
+    )
 }
 
 /// Runs the loop with a progress display (or JSON lines) and maps the end to an exit
@@ -316,9 +367,9 @@ fn drive(
     bundle: &[u8],
     key: &ed25519_dalek::SigningKey,
     store: &Store,
-    common: &Common,
+    broker: &Endpoint,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let json = common.json;
     let bar = if json {
         indicatif::ProgressBar::hidden()
     } else {
@@ -346,12 +397,12 @@ fn drive(
                     bar.println(format!("{}: {message}", s.plan.group));
                 }
             }
-            Progress::Connection(Ok(())) => log::info!("connected to {}", common.broker),
+            Progress::Connection(Ok(())) => log::info!("connected to {}", broker.url()),
             Progress::Connection(Err(why)) => {
                 if !json {
-                    bar.set_message(format!("broker {} unreachable: {why}", common.broker));
+                    bar.set_message(format!("broker {} unreachable: {why}", broker.url()));
                 }
-                log::warn!("broker {}: {why}", common.broker);
+                log::warn!("broker {}: {why}", broker.url());
                 return;
             }
             Progress::Dropped(why) => bar.suspend(|| log::warn!("{why}")),
@@ -365,7 +416,7 @@ fn drive(
     if let Some(line) = first {
         report(&controller, Progress::Decision(&line));
     }
-    let phase = operator::run(controller, bundle, key, &common.broker, store, &mut report)?;
+    let phase = operator::run(controller, bundle, key, broker, store, &mut report)?;
     bar.finish_and_clear();
     if !json {
         let final_state = Controller::from_state(store.load_existing()?)?;
@@ -408,7 +459,7 @@ fn summary(c: &Controller) -> String {
 fn command(a: CommandArgs, command: Command) -> anyhow::Result<ExitCode> {
     let timeout = parse_duration_ms("--timeout", &a.timeout)?;
     let outcome = operator::send_command(
-        &a.broker,
+        &a.broker.endpoint()?,
         &a.group,
         command,
         a.reason,

@@ -425,12 +425,12 @@ pub(crate) fn choose(
         reverted.push(layers[worst].node.clone());
     };
     if trial.quantized() == 0 {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Model(format!(
             "auto: no layer can be quantized within the budget ({budget_text})"
         )));
     }
     if let Err(e) = &measured.model {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Model(format!(
             "refusing to write: the engine cannot run the model auto mode chose: {e}"
         )));
     }

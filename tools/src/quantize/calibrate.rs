@@ -79,7 +79,7 @@ pub(crate) fn ranges(
         }
     }
     let engine = Model::from_onnx_bytes(&encode_model(&probe), &LoadOptions::new())
-        .map_err(|e| ToolError::Usage(format!("cannot run the model to calibrate it: {e}")))?;
+        .map_err(|e| ToolError::Model(format!("cannot run the model to calibrate it: {e}")))?;
     let mut session = engine.session()?;
     let passes = if method == Method::Minmax { 1 } else { 2 };
     let bar = progress((data.len() * passes) as u64);

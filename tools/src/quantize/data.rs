@@ -144,7 +144,7 @@ pub(crate) fn load(path: &Path, input: &TensorInfo, what: &str) -> Result<Datase
 }
 
 fn usage(message: String) -> ToolError {
-    ToolError::Usage(message)
+    ToolError::Data(message)
 }
 
 /// How the found shape maps to runs of the model: (shape of one sample, batchable).

@@ -262,35 +262,36 @@ pub struct QuantizeReport {
 /// to write an output the engine cannot load and run.
 pub fn quantize(request: &QuantizeRequest) -> Result<QuantizeReport, ToolError> {
     validate(request)?;
-    let bytes = std::fs::read(&request.model)
-        .map_err(|e| ToolError::Usage(format!("cannot read it: {e}")))?;
+    let bytes = std::fs::read(&request.model).map_err(|e| ToolError::read(&request.model, e))?;
     if bytes.is_empty() {
-        return Err(ToolError::Usage(
-            "the file is empty (0 bytes), not an ONNX model".into(),
+        return Err(ToolError::decode(
+            &request.model,
+            "an ONNX model",
+            "the file is empty (0 bytes)",
         ));
     }
     let float_model = Model::load(&request.model, &LoadOptions::new())?;
     let source = decode_model(&bytes)
-        .map_err(|reason| ToolError::Usage(format!("it is not an ONNX model: {reason}")))?;
+        .map_err(|reason| ToolError::decode(&request.model, "an ONNX model", reason))?;
     let source_graph = source
         .graph
         .as_ref()
-        .ok_or_else(|| ToolError::Usage("it holds no graph".into()))?;
+        .ok_or_else(|| ToolError::decode(&request.model, "an ONNX model", "it holds no graph"))?;
     if let Some(format) = quantization_format(source_graph) {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Model(format!(
             "the model is already quantized ({format}); quantize the float model it was made from"
         )));
     }
     let opset = graph::default_opset(&source);
     let mut notes = vec![];
     if opset < 10 {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Model(format!(
             "the model declares opset {opset}, older than DequantizeLinear (opset 10); re-export \
              it with opset 13 or later"
         )));
     }
     if request.mode == Mode::Dynamic && opset < 11 {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Model(format!(
             "--mode dynamic needs DynamicQuantizeLinear (opset 11); the model declares opset \
              {opset}. Re-export it with opset 13 or later, or use --mode weights"
         )));
@@ -354,7 +355,7 @@ pub fn quantize(request: &QuantizeRequest) -> Result<QuantizeReport, ToolError> 
             .iter()
             .filter_map(|l| l.keep_float.as_ref().map(|w| format!("{}: {w}", l.name)))
             .collect();
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Model(format!(
             "nothing to quantize: no Conv, Gemm or MatMul with a constant float weight{}",
             if why.is_empty() {
                 String::new()
@@ -368,7 +369,7 @@ pub fn quantize(request: &QuantizeRequest) -> Result<QuantizeReport, ToolError> 
         _ => None,
     };
     let needs_data = |what: &str| {
-        ToolError::Usage(format!(
+        ToolError::Model(format!(
             "{what} supports models with one float input; this one has {}",
             float_model.metadata().inputs.len()
         ))
@@ -484,16 +485,16 @@ pub fn quantize(request: &QuantizeRequest) -> Result<QuantizeReport, ToolError> 
             let trial = bench.build(mode, &vec![precision; layers.len()]);
             let candidate = bench.measure(&trial)?;
             if let Some(e) = &candidate.engine_error {
-                return Err(ToolError::Usage(format!(
-                    "refusing to write {}: the engine cannot run the {mode}-quantized model: {e}",
-                    request.output.display()
-                )));
+                return Err(ToolError::Refused {
+                    path: request.output.clone(),
+                    reason: format!("the engine cannot run the {mode}-quantized model: {e}"),
+                });
             }
             (trial, vec![candidate], None)
         }
     };
     if chosen.quantized() == 0 {
-        return Err(ToolError::Usage(format!(
+        return Err(ToolError::Model(format!(
             "nothing was quantized ({}), so no output was written",
             chosen
                 .applied
@@ -505,7 +506,7 @@ pub fn quantize(request: &QuantizeRequest) -> Result<QuantizeReport, ToolError> 
         )));
     }
     crate::fsio::write_atomic(&request.output, &chosen.bytes)
-        .map_err(|e| ToolError::Usage(format!("cannot write {}: {e}", request.output.display())))?;
+        .map_err(|e| ToolError::write(&request.output, e))?;
 
     let mut candidates = candidates;
     for c in candidates.iter_mut() {
@@ -620,7 +621,7 @@ fn zero_input(inputs: &[TensorInfo]) -> Result<(Vec<usize>, Vec<f32>), ToolError
             let n = shape.iter().product();
             Ok((shape, vec![0.0; n]))
         }
-        _ => Err(ToolError::Usage(
+        _ => Err(ToolError::Model(
             "only models with one float input can be checked on the engine before writing".into(),
         )),
     }

@@ -9,7 +9,7 @@ use perch_runtime::rollout::{DeviceState, DeviceStatus, Phase, RolloutDocument, 
 use perch_runtime::wire::MetricsReport;
 use serde::{Deserialize, Serialize};
 
-use super::{Metric, Plan, PlanError};
+use super::plan::{trim_float, Gate, Metric, Plan, PlanError};
 
 /// The version of the state file's layout.
 pub const STATE_FORMAT: u32 = 1;
@@ -709,5 +709,19 @@ fn by_hand(reason: Option<&str>) -> String {
 
 /// A share in basis points as a percent (`1250` → `12.5 %`).
 pub(super) fn percent(bp: u16) -> String {
-    format!("{} %", super::trim_float(f64::from(bp) / 100.0))
+    format!("{} %", trim_float(f64::from(bp) / 100.0))
+}
+
+impl Gate {
+    /// The gate's metric measured over `figures`; `None` when there is nothing to
+    /// measure (no requests).
+    pub fn measure(&self, figures: &CohortFigures, histogram: &Histogram) -> Option<f64> {
+        match self.metric {
+            Metric::Latency { quantile } => {
+                histogram.quantile(quantile).map(|d| d.as_secs_f64() * 1e3)
+            }
+            Metric::ErrorRate => figures.error_rate,
+            Metric::Throughput => figures.throughput,
+        }
+    }
 }

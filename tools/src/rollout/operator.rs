@@ -2,24 +2,31 @@
 //! publishes documents, serves chunks and feeds reports in, and the commands
 //! `perch rollout promote|pause|resume|abort` send to a running loop.
 //!
-//! Only plain `mqtt://` is supported for now (no TLS). Anyone who can publish on
+//! The connection goes through `perch_mqtt` like the devices': `mqtt://` or `mqtts://`
+//! (with the broker's CA, and a client certificate if the broker asks for one), IPv6
+//! hosts in brackets, credentials, reconnection with backoff. Anyone who can publish on
 //! `perch/fleet/{group}/rollout/command` can steer a running rollout, and anyone who
 //! can publish on `perch/+/rollout` or `perch/+/metrics` feeds its gates: the broker's
 //! ACLs must restrict `perch/fleet/#` to operators and each device to its own topics.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
+use perch_mqtt::topics::{self, DeviceTopic};
+use perch_mqtt::{
+    pump, Backoff, BrokerUrl, ClientOptions, Endpoint, NetEvent, SetupError, TlsFiles,
+};
 use perch_runtime::rollout::{
     self as wire, ChunkRequest, DeviceStatus, Phase, RolloutDocument, SignedDocument,
 };
 use perch_runtime::wire::MetricsReport;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
-use super::{Clock, Command, Controller, Effect, PlanError, RolloutState};
+use super::controller::{Clock, Command, Controller, Effect, RolloutState};
+use super::plan::PlanError;
 
 /// How often the controller judges the rollout.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -28,6 +35,9 @@ const SAVE_EVERY: Duration = Duration::from_secs(5);
 /// How long a finished rollout's operator waits for the devices to report where they
 /// ended up (confirmed, rolled back) before it exits.
 pub const SETTLE: Duration = Duration::from_secs(30);
+/// The longest wait between two connection attempts (the backoff's cap; its windows
+/// start at a tenth of it).
+const RECONNECT_CAP: Duration = Duration::from_secs(1);
 
 /// Why the operator loop or a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,22 +47,117 @@ pub enum OperatorError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     /// A state or bundle file could not be read or written.
-    #[error("{path}: {error}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// What failed.
-        error: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
-    /// The broker refused a request or could not be reached.
+    /// A state file is not a rollout state.
+    #[error("{} is not a rollout state: {source}", path.display())]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not decode.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The MQTT client could not be set up (its TLS files).
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The client refused a request (its connection task stopped).
     #[error("MQTT: {0}")]
-    Mqtt(String),
+    Client(#[from] rumqttc::ClientError),
+    /// The broker could not be reached before the command's time-out.
+    #[error("cannot reach {broker}: {reason}")]
+    Unreachable {
+        /// The broker's URL.
+        broker: BrokerUrl,
+        /// The last connection error.
+        reason: String,
+    },
     /// Nothing answered a command.
     #[error("no controller is running for group {group}: start it with `perch rollout run --group {group}`")]
     NoController {
         /// The group.
         group: String,
     },
+    /// The async runtime or the random source is unavailable.
+    #[error("{0}")]
+    System(String),
+}
+
+/// The broker from `--broker`, with `--mqtt-ca`, `--mqtt-client-cert`/
+/// `--mqtt-client-key` and `--mqtt-username`/password: TLS files exactly with
+/// `mqtts://` (a client certificate with its key), a password only with a user name.
+///
+/// # Errors
+///
+/// A [`PlanError`] naming the flag.
+pub fn broker_endpoint(
+    url: &str,
+    ca: Option<PathBuf>,
+    client: (Option<PathBuf>, Option<PathBuf>),
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<Endpoint, PlanError> {
+    let parsed: BrokerUrl = url
+        .parse()
+        .map_err(|e: String| PlanError(format!("--broker {e}")))?;
+    let client = match client {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(PlanError(
+                "--mqtt-client-cert needs its key (--mqtt-client-key)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(PlanError(
+                "--mqtt-client-key needs its certificate (--mqtt-client-cert)".into(),
+            ))
+        }
+    };
+    let tls = match (parsed.tls, ca) {
+        (true, Some(ca)) => Some(TlsFiles { ca, client }),
+        (true, None) => {
+            return Err(PlanError(format!(
+                "--broker {url:?}: mqtts:// needs the broker's CA file (--mqtt-ca)"
+            )))
+        }
+        (false, None) if client.is_none() => None,
+        (false, _) => {
+            return Err(PlanError(format!(
+                "--broker {url:?}: TLS files need an mqtts:// broker URL"
+            )))
+        }
+    };
+    if password.is_some() && username.is_none() {
+        return Err(PlanError(
+            "a password needs a user name (--mqtt-username)".into(),
+        ));
+    }
+    Ok(Endpoint {
+        host: parsed.host,
+        port: parsed.port,
+        tls,
+        username,
+        password,
+    })
+}
+
+/// The options of an operator client named `client_id`, with packets large enough for
+/// the largest chunk.
+fn client_options(broker: &Endpoint, client_id: String) -> ClientOptions {
+    let mut options = ClientOptions::new(client_id, broker.clone());
+    options.keep_alive = Duration::from_secs(10);
+    let max = wire::MAX_CHUNK_SIZE as usize + 4096;
+    options.max_incoming_packet = max;
+    options.max_outgoing_packet = max;
+    options.request_capacity = 256;
+    options
 }
 
 /// Where a group's rollout is kept: `{dir}/{group}.json` (the state) and
@@ -99,14 +204,11 @@ impl Store {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(OperatorError::Io { path, error }),
+            Err(source) => return Err(OperatorError::Io { path, source }),
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            OperatorError::Plan(PlanError(format!(
-                "{} is not a rollout state: {e}",
-                path.display()
-            )))
-        })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| OperatorError::State { path, source })
     }
 
     /// The saved state.
@@ -131,9 +233,9 @@ impl Store {
     /// The file cannot be written.
     pub fn save(&self, state: &RolloutState) -> Result<(), OperatorError> {
         let path = self.state_path();
-        let bytes = serde_json::to_vec(state).map_err(|e| OperatorError::Io {
+        let bytes = serde_json::to_vec(state).map_err(|source| OperatorError::State {
             path: path.clone(),
-            error: std::io::Error::other(e),
+            source,
         })?;
         self.write(&path, &bytes)
     }
@@ -154,50 +256,19 @@ impl Store {
     /// The file cannot be read.
     pub fn load_bundle(&self) -> Result<Vec<u8>, OperatorError> {
         let path = self.bundle_path();
-        std::fs::read(&path).map_err(|error| OperatorError::Io { path, error })
+        std::fs::read(&path).map_err(|source| OperatorError::Io { path, source })
     }
 
     fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), OperatorError> {
-        std::fs::create_dir_all(&self.dir).map_err(|error| OperatorError::Io {
+        std::fs::create_dir_all(&self.dir).map_err(|source| OperatorError::Io {
             path: self.dir.clone(),
-            error,
+            source,
         })?;
-        perch_runtime::fsio::write_atomic(path, bytes).map_err(|error| OperatorError::Io {
+        perch_runtime::fsio::write_atomic(path, bytes).map_err(|source| OperatorError::Io {
             path: path.to_path_buf(),
-            error,
+            source,
         })
     }
-}
-
-/// The broker's host and port from `mqtt://host[:port]` (port 1883 by default).
-///
-/// # Errors
-///
-/// Another scheme (`mqtts://` is not supported yet) or a malformed address.
-pub fn parse_broker(url: &str) -> Result<(String, u16), PlanError> {
-    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
-        PlanError(format!(
-            "--broker {url:?}: expected mqtt://HOST[:PORT] (TLS is not supported by perch rollout yet)"
-        ))
-    })?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| PlanError(format!("--broker {url:?}: {p:?} is not a port")))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        return Err(PlanError(format!("--broker {url:?}: no host")));
-    }
-    Ok((host.to_string(), port))
-}
-
-/// The topic commands for `group` travel on.
-pub fn command_topic(group: &str) -> String {
-    format!("perch/fleet/{group}/rollout/command")
 }
 
 /// A command on the wire: `{"command":"pause","reason":"..."}`.
@@ -211,58 +282,45 @@ pub struct CommandMessage {
     pub reason: Option<String>,
 }
 
-/// What the network thread hands the loop.
-enum Net {
-    Connected,
-    Message(String, Vec<u8>),
-    PubAck,
-    Down(String),
+/// A client of `broker` named `client_id`, and the events of its connection, pumped
+/// by a task of the current runtime (reconnecting with backoff).
+fn connect(
+    broker: &Endpoint,
+    client_id: String,
+) -> Result<(AsyncClient, mpsc::Receiver<NetEvent>), OperatorError> {
+    let (client, eventloop) = client_options(broker, client_id).connect()?;
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(pump(
+        eventloop,
+        Backoff::new(RECONNECT_CAP / 10, RECONNECT_CAP),
+        tx,
+    ));
+    Ok((client, rx))
 }
 
-/// A client and a thread driving its connection (reconnecting after a pause on errors).
-fn connect(
-    broker: &str,
-    client_id: String,
-) -> Result<(Client, mpsc::Receiver<Net>), OperatorError> {
-    let (host, port) = parse_broker(broker)?;
-    let mut options = MqttOptions::new(client_id, host, port);
-    options.set_keep_alive(Duration::from_secs(10));
-    let max = wire::MAX_CHUNK_SIZE as usize + 4096;
-    options.set_max_packet_size(max, max);
-    let (client, mut connection) = Client::new(options, 256);
-    // Chunk requests and chunks are small writes answered by small writes: without
-    // TCP_NODELAY, Nagle's algorithm meets the broker's delayed ACK and each chunk
-    // round trip waits ~40 ms.
-    let mut network = connection.eventloop.network_options();
-    network.set_tcp_nodelay(true);
-    connection.eventloop.set_network_options(network);
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("perch-rollout-mqtt".into())
-        .spawn(move || {
-            for event in connection.iter() {
-                let net = match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => Net::Connected,
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        Net::Message(p.topic, p.payload.to_vec())
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => Net::PubAck,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        if tx.send(Net::Down(e.to_string())).is_err() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_secs(1));
-                        continue;
-                    }
-                };
-                if tx.send(net).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| OperatorError::Mqtt(format!("cannot start the network thread: {e}")))?;
-    Ok((client, rx))
+/// Runs `work` to completion on a runtime of its own on this thread.
+fn block_on<T>(
+    work: impl std::future::Future<Output = Result<T, OperatorError>>,
+) -> Result<T, OperatorError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OperatorError::System(format!("cannot start the async runtime: {e}")))?
+        .block_on(work)
+}
+
+/// The next event within `wait`: `Ok(None)` when none came.
+async fn next_event(
+    events: &mut mpsc::Receiver<NetEvent>,
+    wait: Duration,
+) -> Result<Option<NetEvent>, OperatorError> {
+    match tokio::time::timeout(wait, events.recv()).await {
+        Ok(Some(event)) => Ok(Some(event)),
+        Ok(None) => Err(OperatorError::System(
+            "the MQTT connection task stopped".into(),
+        )),
+        Err(_) => Ok(None),
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -296,65 +354,90 @@ pub enum Progress<'a> {
 ///
 /// The broker address is unusable or the state cannot be saved.
 pub fn run(
-    mut controller: Controller,
+    controller: Controller,
     bundle: &[u8],
     key: &SigningKey,
-    broker: &str,
+    broker: &Endpoint,
     store: &Store,
     report: &mut dyn FnMut(&Controller, Progress<'_>),
 ) -> Result<Phase, OperatorError> {
+    block_on(operate(
+        controller,
+        Serving { bundle, key, store },
+        broker,
+        report,
+    ))
+}
+
+/// What the operator serves from and saves to.
+struct Serving<'a> {
+    /// The bundle's bytes, for chunks.
+    bundle: &'a [u8],
+    /// The key that signs the documents.
+    key: &'a SigningKey,
+    /// Where the state is saved.
+    store: &'a Store,
+}
+
+/// Publishes `doc` signed with `key`, retained, at QoS 1.
+async fn publish_document(
+    client: &AsyncClient,
+    key: &SigningKey,
+    doc: &RolloutDocument,
+) -> Result<(), OperatorError> {
+    let topic = topics::rollout_document(&doc.group);
+    client
+        .publish(topic, QoS::AtLeastOnce, true, doc.sign(key))
+        .await?;
+    Ok(())
+}
+
+async fn operate(
+    mut controller: Controller,
+    serving: Serving<'_>,
+    broker: &Endpoint,
+    report: &mut dyn FnMut(&Controller, Progress<'_>),
+) -> Result<Phase, OperatorError> {
+    let Serving { bundle, key, store } = serving;
     let group = controller.state().plan.group.clone();
     let rollout_id = controller.state().plan.rollout_id.clone();
-    let (client, events) = connect(broker, format!("perch-rollout-{group}"))?;
+    let (client, mut events) = connect(broker, format!("perch-rollout-{group}"))?;
     let base = controller.state().clock_ms;
     let started = Instant::now();
     let now = || Clock::new(base + started.elapsed().as_millis() as u64, unix_ms());
-    let publish_document = |doc: &RolloutDocument| {
-        let payload = doc.sign(key);
-        client
-            .publish(
-                wire::document_topic(&doc.group),
-                QoS::AtLeastOnce,
-                true,
-                payload,
-            )
-            .map_err(|e| OperatorError::Mqtt(e.to_string()))
-    };
     store.save(controller.state())?;
-    publish_document(&controller.document())?;
+    publish_document(&client, key, &controller.document()).await?;
     let mut dirty = false;
     let mut last_save = Instant::now();
     let mut last_tick = Instant::now();
-    let command_topic = command_topic(&group);
+    let command_topic = topics::rollout_command(&group);
     let mut settle_by: Option<Instant> = None;
     loop {
         let wait = TICK.saturating_sub(last_tick.elapsed());
         let mut effects = Vec::new();
-        match events.recv_timeout(wait) {
-            Ok(Net::Connected) => {
+        match next_event(&mut events, wait).await? {
+            Some(NetEvent::Connected) => {
                 // Chunk requests at QoS 0, as devices send them (a lost one is asked
-                // again); state reports and metrics at QoS 1.
-                let topics = [
-                    ("perch/+/ota/req", QoS::AtMostOnce),
-                    ("perch/+/rollout", QoS::AtLeastOnce),
-                    ("perch/+/metrics", QoS::AtLeastOnce),
+                // again); state reports, metrics and commands at QoS 1.
+                let subscriptions = [
+                    (DeviceTopic::ChunkRequest.filter(), QoS::AtMostOnce),
+                    (DeviceTopic::Rollout.filter(), QoS::AtLeastOnce),
+                    (DeviceTopic::Metrics.filter(), QoS::AtLeastOnce),
+                    (command_topic.clone(), QoS::AtLeastOnce),
                 ];
-                for (topic, qos) in topics {
-                    client
-                        .subscribe(topic, qos)
-                        .map_err(|e| OperatorError::Mqtt(e.to_string()))?;
+                for (topic, qos) in subscriptions {
+                    client.subscribe(topic, qos).await?;
                 }
-                client
-                    .subscribe(command_topic.as_str(), QoS::AtLeastOnce)
-                    .map_err(|e| OperatorError::Mqtt(e.to_string()))?;
-                publish_document(&controller.document())?;
+                publish_document(&client, key, &controller.document()).await?;
                 report(&controller, Progress::Connection(Ok(())));
             }
-            Ok(Net::Down(why)) => report(&controller, Progress::Connection(Err(why))),
-            Ok(Net::PubAck) => {}
-            Ok(Net::Message(topic, payload)) => {
+            Some(NetEvent::Disconnected(why)) => {
+                report(&controller, Progress::Connection(Err(why)))
+            }
+            Some(NetEvent::Message(message)) => {
+                let (topic, payload) = (message.topic.as_str(), &message.payload[..]);
                 if topic == command_topic {
-                    match serde_json::from_slice::<CommandMessage>(&payload) {
+                    match serde_json::from_slice::<CommandMessage>(payload) {
                         Ok(m) => {
                             effects = controller.command(m.command, m.reason.as_deref(), now())
                         }
@@ -363,8 +446,8 @@ pub fn run(
                             Progress::Dropped(format!("malformed command on {topic}: {e}")),
                         ),
                     }
-                } else if let Some(device) = device_of(&topic, "ota/req") {
-                    match serde_json::from_slice::<ChunkRequest>(&payload) {
+                } else if let Some(device) = topics::device_of(topic, DeviceTopic::ChunkRequest) {
+                    match serde_json::from_slice::<ChunkRequest>(payload) {
                         Ok(req) if req.rollout_id == rollout_id => {
                             let doc_allows = controller.state().phase != Phase::Aborted
                                 && controller.in_cohort(device);
@@ -377,7 +460,7 @@ pub fn run(
                                 // QoS 0 and dropped when the queue is full: the
                                 // device asks again.
                                 let _ = client.try_publish(
-                                    wire::chunk_topic(device),
+                                    DeviceTopic::Chunk.of(device),
                                     QoS::AtMostOnce,
                                     false,
                                     frame,
@@ -392,8 +475,8 @@ pub fn run(
                             )),
                         ),
                     }
-                } else if let Some(device) = device_of(&topic, "rollout") {
-                    match DeviceStatus::from_json(&payload) {
+                } else if let Some(device) = topics::device_of(topic, DeviceTopic::Rollout) {
+                    match DeviceStatus::from_json(payload) {
                         Ok(status) if status.device == device => {
                             dirty |= controller.on_status(status, now());
                         }
@@ -406,8 +489,8 @@ pub fn run(
                         ),
                         Err(e) => report(&controller, Progress::Dropped(format!("{device}: {e}"))),
                     }
-                } else if let Some(device) = device_of(&topic, "metrics") {
-                    match MetricsReport::decode(&payload) {
+                } else if let Some(device) = topics::device_of(topic, DeviceTopic::Metrics) {
+                    match MetricsReport::decode(payload) {
                         Ok(m) => dirty |= controller.on_metrics(device, &m, now()),
                         Err(e) => report(
                             &controller,
@@ -416,10 +499,7 @@ pub fn run(
                     }
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(OperatorError::Mqtt("the network thread stopped".into()))
-            }
+            Some(NetEvent::Subscribed | NetEvent::Sent(_) | NetEvent::PubAck(_)) | None => {}
         }
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
@@ -429,7 +509,7 @@ pub fn run(
         let changed = !effects.is_empty();
         for effect in effects {
             match effect {
-                Effect::PublishDocument(doc) => publish_document(&doc)?,
+                Effect::PublishDocument(doc) => publish_document(&client, key, &doc).await?,
                 Effect::Log(line) => report(&controller, Progress::Decision(&line)),
             }
         }
@@ -447,20 +527,11 @@ pub fn run(
                 if dirty {
                     store.save(controller.state())?;
                 }
-                let _ = client.disconnect();
+                let _ = client.try_disconnect();
                 return Ok(controller.state().phase);
             }
         }
     }
-}
-
-/// The device id of `perch/{device}/{suffix}`.
-fn device_of<'t>(topic: &'t str, suffix: &str) -> Option<&'t str> {
-    let device = topic
-        .strip_prefix("perch/")?
-        .strip_suffix(suffix)?
-        .strip_suffix('/')?;
-    (!device.is_empty() && !device.contains('/')).then_some(device)
 }
 
 /// The document a running controller published after a command.
@@ -509,9 +580,9 @@ fn peek_document(payload: &[u8]) -> Option<RolloutDocument> {
 ///
 /// [`OperatorError::NoController`] when no document for the group is retained or none
 /// newer arrives in time; [`PlanError`] when the command does not apply in the
-/// rollout's phase; [`OperatorError::Mqtt`] when the broker cannot be used.
+/// rollout's phase; [`OperatorError::Unreachable`] when the broker cannot be reached.
 pub fn send_command(
-    broker: &str,
+    broker: &Endpoint,
     group: &str,
     command: Command,
     reason: Option<String>,
@@ -519,21 +590,61 @@ pub fn send_command(
 ) -> Result<CommandOutcome, OperatorError> {
     wire::check_id("group", group).map_err(PlanError)?;
     let mut id = [0u8; 4];
-    getrandom::fill(&mut id).map_err(|e| OperatorError::Mqtt(format!("no random source: {e}")))?;
-    let (client, events) = connect(broker, format!("perch-rollout-cli-{}", hex::encode(id)))?;
-    let topic = wire::document_topic(group);
+    getrandom::fill(&mut id)
+        .map_err(|e| OperatorError::System(format!("no random source: {e}")))?;
+    block_on(async {
+        let (client, mut events) =
+            connect(broker, format!("perch-rollout-cli-{}", hex::encode(id)))?;
+        let ask = Ask {
+            broker,
+            group,
+            command,
+            reason,
+            timeout,
+        };
+        let outcome = command_outcome(&client, &mut events, ask).await;
+        let _ = client.try_disconnect();
+        outcome
+    })
+}
+
+/// What [`send_command`] asks, of whom.
+struct Ask<'a> {
+    broker: &'a Endpoint,
+    group: &'a str,
+    command: Command,
+    reason: Option<String>,
+    timeout: Duration,
+}
+
+/// The loop of [`send_command`].
+async fn command_outcome(
+    client: &AsyncClient,
+    events: &mut mpsc::Receiver<NetEvent>,
+    ask: Ask<'_>,
+) -> Result<CommandOutcome, OperatorError> {
+    let Ask {
+        broker,
+        group,
+        command,
+        reason,
+        timeout,
+    } = ask;
+    let topic = topics::rollout_document(group);
     let deadline = Instant::now() + timeout;
-    let no_controller = || OperatorError::NoController {
-        group: group.to_string(),
-    };
     let mut before: Option<RolloutDocument> = None;
     let mut sent = false;
     let mut last_error = None;
-    let outcome = loop {
+    loop {
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            break Err(match (last_error, sent) {
-                (Some(e), false) => OperatorError::Mqtt(format!("cannot reach {broker}: {e}")),
-                _ => no_controller(),
+            return Err(match (last_error, sent) {
+                (Some(reason), false) => OperatorError::Unreachable {
+                    broker: broker.url(),
+                    reason,
+                },
+                _ => OperatorError::NoController {
+                    group: group.to_string(),
+                },
             });
         };
         // The retained document arrives right after subscribing; without one within a
@@ -543,33 +654,31 @@ pub fn send_command(
         } else {
             left.min(Duration::from_millis(500))
         };
-        match events.recv_timeout(step) {
-            Ok(Net::Connected) => {
-                client
-                    .subscribe(topic.as_str(), QoS::AtLeastOnce)
-                    .map_err(|e| OperatorError::Mqtt(e.to_string()))?;
+        match next_event(events, step).await? {
+            Some(NetEvent::Connected) => {
+                client.subscribe(topic.as_str(), QoS::AtLeastOnce).await?;
             }
-            Ok(Net::Message(t, payload)) if t == topic => {
-                let Some(doc) = peek_document(&payload) else {
+            Some(NetEvent::Message(message)) if message.topic == topic => {
+                let Some(doc) = peek_document(&message.payload) else {
                     continue;
                 };
                 match &before {
                     None => {
                         check_applies(command, doc.phase, group)?;
-                        let message = CommandMessage {
+                        let body = CommandMessage {
                             command,
                             reason: reason.clone(),
                         };
-                        let body = serde_json::to_vec(&message)
-                            .map_err(|e| OperatorError::Mqtt(e.to_string()))?;
-                        client
-                            .publish(command_topic(group), QoS::AtLeastOnce, false, body)
-                            .map_err(|e| OperatorError::Mqtt(e.to_string()))?;
+                        let body = serde_json::to_vec(&body).map_err(|e| {
+                            OperatorError::System(format!("cannot encode the command: {e}"))
+                        })?;
+                        let to = topics::rollout_command(group);
+                        client.publish(to, QoS::AtLeastOnce, false, body).await?;
                         sent = true;
                         before = Some(doc);
                     }
                     Some(old) if doc.revision > old.revision => {
-                        break Ok(CommandOutcome {
+                        return Ok(CommandOutcome {
                             group: group.to_string(),
                             command,
                             rollout_id: doc.rollout_id.clone(),
@@ -581,19 +690,11 @@ pub fn send_command(
                     Some(_) => {}
                 }
             }
-            Ok(Net::Down(e)) => last_error = Some(e),
-            Ok(_) => {}
-            Err(RecvTimeoutError::Timeout) if !sent && before.is_none() => {
-                // Connected but nothing retained yet: keep waiting until the deadline.
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                break Err(OperatorError::Mqtt("the network thread stopped".into()))
-            }
+            Some(NetEvent::Disconnected(e)) => last_error = Some(e),
+            // Connected but nothing retained yet: keep waiting until the deadline.
+            Some(_) | None => {}
         }
-    };
-    let _ = client.disconnect();
-    outcome
+    }
 }
 
 /// Refuses a command the rollout's phase makes pointless, before sending it.
@@ -617,31 +718,43 @@ fn check_applies(command: Command, phase: Phase, group: &str) -> Result<(), Plan
 mod tests {
     use super::*;
 
+    fn access(url: &str) -> Result<Endpoint, PlanError> {
+        broker_endpoint(url, None, (None, None), None, None)
+    }
+
     #[test]
-    fn broker_addresses_parse_and_tls_is_refused_naming_the_flag() {
+    fn broker_addresses_parse_and_mqtts_without_a_ca_is_refused_naming_the_flag() {
         assert_eq!(
-            parse_broker("mqtt://127.0.0.1:1884").unwrap(),
-            ("127.0.0.1".to_string(), 1884)
+            access("mqtt://127.0.0.1:1884").unwrap().url(),
+            BrokerUrl::plain("127.0.0.1", 1884)
         );
         assert_eq!(
-            parse_broker("mqtt://broker.local").unwrap(),
-            ("broker.local".to_string(), 1883)
+            access("mqtt://broker.local").unwrap().url(),
+            BrokerUrl::plain("broker.local", 1883)
         );
         for bad in ["mqtts://h:8883", "h:1883", "mqtt://:1", "mqtt://h:x"] {
-            assert!(
-                parse_broker(bad).unwrap_err().0.contains("--broker"),
-                "{bad}"
-            );
+            assert!(access(bad).unwrap_err().0.contains("--broker"), "{bad}");
         }
     }
 
     #[test]
-    fn device_topics_yield_the_device_id_only_for_one_segment() {
-        assert_eq!(device_of("perch/pi-1/ota/req", "ota/req"), Some("pi-1"));
-        assert_eq!(device_of("perch/pi-1/metrics", "metrics"), Some("pi-1"));
-        assert_eq!(device_of("perch/pi-1/metrics/json", "metrics"), None);
-        assert_eq!(device_of("perch/a/b/rollout", "rollout"), None);
-        assert_eq!(device_of("perch//rollout", "rollout"), None);
+    fn an_ipv6_broker_over_tls_with_a_client_certificate_is_accepted() {
+        let broker = broker_endpoint(
+            "mqtts://[fd00::1]",
+            Some("ca.pem".into()),
+            (Some("op.pem".into()), Some("op.key".into())),
+            Some("operator".into()),
+            Some("secret".into()),
+        )
+        .unwrap();
+        assert_eq!((broker.host.as_str(), broker.port), ("fd00::1", 8883));
+        let tls = broker.tls.as_ref().unwrap();
+        assert_eq!(tls.client, Some(("op.pem".into(), "op.key".into())));
+        let options = client_options(&broker, "c".into());
+        assert_eq!(options.endpoint.username.as_deref(), Some("operator"));
+        let err = broker_endpoint("mqtt://h", Some("ca.pem".into()), (None, None), None, None)
+            .unwrap_err();
+        assert!(err.0.contains("mqtts://"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! real histograms, real documents.
 
 use super::*;
+use perch_runtime::histogram::Histogram;
+use perch_runtime::rollout::BundleRef;
 use perch_runtime::rollout::{DeviceState, DeviceStatus, Phase, RolloutDocument, FORMAT};
 use perch_runtime::wire::{MetricsReport, ModelId, Version, FORMAT_VERSION};
 

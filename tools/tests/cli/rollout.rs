@@ -279,14 +279,11 @@ fn status_of_a_group_without_a_rollout_says_how_to_start_one() {
 
 #[test]
 fn a_command_without_a_reachable_broker_fails_in_one_line() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Reserved, so nothing else listens there while this test runs.
+    let port = perch_testkit::Port::reserve();
     let output = perch()
         .args(["rollout", "pause", "--group", "kitchen", "--timeout", "1s"])
-        .args(["--broker", &format!("mqtt://127.0.0.1:{port}")])
+        .args(["--broker", &format!("mqtt://127.0.0.1:{}", port.get())])
         .output()
         .unwrap();
     fails_in_one_line(output, "cannot reach");

@@ -8,15 +8,14 @@ use tract_core::ops::nn::DataFormat;
 
 use super::fuse::epilogue_after;
 use super::KernelNode;
-use crate::kernels::f32_dwconv::{DwConv, DwGeometry};
+use crate::kernels::f32_dwconv::{DwConv, DwGeometry, Layout};
 use crate::kernels::{Activation, Cpu};
 
-/// A depthwise convolution of an `f32` NCHW or CHW tensor, with bias and a clamp
-/// fused.
+/// A depthwise convolution of an `f32` tensor, channels first (`[N, C, H, W]` or
+/// `[C, H, W]`) or last (`[N, H, W, C]` or `[H, W, C]`), with bias and a clamp fused.
 ///
-/// Inputs: the data `[N, C, H, W]` (`N` may be symbolic) or `[C, H, W]`, the filters
-/// `[C, 1, kh, kw]` and the bias `[C]`. The kernel variant is planned for the CPU the
-/// model is loaded on.
+/// Inputs: the data (a leading `N` may be symbolic), the filters `[C, 1, kh, kw]` and
+/// the bias `[C]`. The kernel variant is planned for the CPU the model is loaded on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PerchDwConv {
     pub(super) conv: DwConv,
@@ -26,10 +25,11 @@ impl PerchDwConv {
     /// Plans the operator for a geometry and activation on `cpu`.
     pub(super) fn plan(
         geometry: DwGeometry,
+        layout: Layout,
         activation: Activation,
         cpu: Cpu,
     ) -> Result<PerchDwConv, String> {
-        DwConv::plan(geometry, activation, cpu)
+        DwConv::plan(geometry, layout, activation, cpu)
             .map(|conv| PerchDwConv { conv })
             .map_err(|e| e.0)
     }
@@ -39,11 +39,24 @@ impl PerchDwConv {
         &self.conv
     }
 
+    /// An image's shape in the planned layout, for a height and width.
+    fn image_shape(&self, [h, w]: [usize; 2]) -> [usize; 3] {
+        let c = self.conv.geometry().channels;
+        match self.conv.layout() {
+            Layout::Chw => [c, h, w],
+            Layout::Hwc => [h, w, c],
+        }
+    }
+
     pub(super) fn report(&self, node: &str, fused: Vec<String>) -> KernelNode {
         KernelNode {
             node: node.into(),
             pattern: PATTERN,
-            detail: detail(self.conv.geometry(), self.conv.activation()),
+            detail: detail(
+                self.conv.geometry(),
+                self.conv.layout(),
+                self.conv.activation(),
+            ),
             kernel: Some(self.conv.variant().name.into()),
             reason: None,
             fused,
@@ -53,10 +66,11 @@ impl PerchDwConv {
 
 const PATTERN: &str = "depthwise conv";
 
-fn detail(g: &DwGeometry, activation: Activation) -> String {
+fn detail(g: &DwGeometry, layout: Layout, activation: Activation) -> String {
     let [t, l, b, r] = g.padding;
     format!(
-        "{} ch {}x{} -> {}x{}, {}x{} stride {}, pad {t},{l},{b},{r}, {}",
+        "{} {} ch {}x{} -> {}x{}, {}x{} stride {}, pad {t},{l},{b},{r}, {}",
+        layout.name().to_uppercase(),
         g.channels,
         g.input[0],
         g.input[1],
@@ -77,7 +91,11 @@ impl Op for PerchDwConv {
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![
             self.conv.variant().name.to_string(),
-            detail(self.conv.geometry(), self.conv.activation()),
+            detail(
+                self.conv.geometry(),
+                self.conv.layout(),
+                self.conv.activation(),
+            ),
         ])
     }
 
@@ -101,26 +119,23 @@ impl EvalOp for PerchDwConv {
         let (x, w, b) = args_3!(inputs);
         let g = self.conv.geometry();
         let shape = x.shape();
-        let (images, chw) = match shape {
-            [n, chw @ ..] if chw.len() == 3 => (*n, chw),
-            chw => (1, chw),
+        let (images, image) = match shape {
+            [n, image @ ..] if image.len() == 3 => (*n, image),
+            image => (1, image),
         };
+        let expected = self.image_shape(g.input);
         ensure!(
-            chw == [g.channels, g.input[0], g.input[1]],
-            "PerchDwConv planned for {}x{}x{} inputs, got {:?}",
-            g.channels,
-            g.input[0],
-            g.input[1],
-            shape
+            image == expected,
+            "PerchDwConv planned for {expected:?} images, got {shape:?}"
         );
         let x = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let w = w.try_as_plain_ram()?.as_slice::<f32>()?;
         let b = b.try_as_plain_ram()?.as_slice::<f32>()?;
-        let chw = [g.channels, g.output[0], g.output[1]];
+        let out = self.image_shape(g.output);
         let mut output = if shape.len() == 4 {
-            unsafe { Tensor::uninitialized::<f32>(&[images, chw[0], chw[1], chw[2]])? }
+            unsafe { Tensor::uninitialized::<f32>(&[images, out[0], out[1], out[2]])? }
         } else {
-            unsafe { Tensor::uninitialized::<f32>(&chw)? }
+            unsafe { Tensor::uninitialized::<f32>(&out)? }
         };
         {
             let mut view = output.try_as_plain_ram_mut()?;
@@ -148,7 +163,10 @@ impl TypedOp for PerchDwConv {
         );
         ensure!(inputs[0].datum_type == f32::datum_type());
         let rank = inputs[0].rank();
-        ensure!(rank == 3 || rank == 4, "PerchDwConv takes NCHW or CHW data");
+        ensure!(
+            rank == 3 || rank == 4,
+            "PerchDwConv takes images with an optional batch"
+        );
         ensure!(
             inputs[1].shape.volume() == g.weights_len().to_dim()
                 && inputs[2].shape.volume() == g.channels.to_dim(),
@@ -161,7 +179,7 @@ impl TypedOp for PerchDwConv {
             inputs[2].shape
         );
         let mut shape: TVec<TDim> = inputs[0].shape.iter().take(rank - 3).cloned().collect();
-        shape.extend([g.channels, g.output[0], g.output[1]].map(|d| d.to_dim()));
+        shape.extend(self.image_shape(g.output).map(|d| d.to_dim()));
         Ok(tvec!(f32::fact(shape)))
     }
 
@@ -220,22 +238,19 @@ pub(super) fn consider(
             x_fact.datum_type
         ));
     }
-    if !matches!(ps.data_format, DataFormat::NCHW | DataFormat::CHW) {
-        return refuse(&format!(
-            "{:?} layout (the kernel takes NCHW or CHW)",
-            ps.data_format
-        ));
-    }
-    if conv.kernel_fmt != KernelFormat::OIHW {
-        return refuse(&format!(
-            "{:?} filters (the kernel takes OIHW)",
-            conv.kernel_fmt
-        ));
-    }
+    let layout = match ps.data_format {
+        DataFormat::NCHW | DataFormat::CHW => Layout::Chw,
+        DataFormat::NHWC | DataFormat::HWC => Layout::Hwc,
+    };
     let rank = shape.len();
     if ps.rank() != 2 || rank != ps.data_format.has_n() as usize + 3 {
         return refuse(&format!("{}-D convolution (the kernel is 2-D)", ps.rank()));
     }
+    // Where the channels and the rows are.
+    let (c_axis, h_axis) = match layout {
+        Layout::Chw => (rank - 3, rank - 2),
+        Layout::Hwc => (rank - 1, rank - 3),
+    };
     if ps.dilations().iter().any(|d| *d != 1) {
         return refuse("dilation (the kernel has none)");
     }
@@ -246,23 +261,23 @@ pub(super) fn consider(
             strides[0], strides[1]
         ));
     }
-    let (Some(h), Some(w)) = (shape[rank - 2], shape[rank - 1]) else {
+    let (Some(h), Some(w)) = (shape[h_axis], shape[h_axis + 1]) else {
         return refuse("symbolic height or width");
     };
     let kernel = [ps.kernel_shape[0], ps.kernel_shape[1]];
     let Some(weights) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
         return refuse("filters computed at run time");
     };
-    if weights.datum_type() != f32::datum_type() || weights.shape() != [c, 1, kernel[0], kernel[1]]
-    {
+    let Some(weights) = filters_per_channel(&weights, conv.kernel_fmt, c, kernel) else {
         return refuse(&format!(
-            "filters of {:?} {:?} (expected f32 [{c}, 1, {}, {}])",
+            "filters of {:?} {:?} in {:?} (expected f32, one {}x{} filter per channel)",
             weights.datum_type(),
             weights.shape(),
+            conv.kernel_fmt,
             kernel[0],
             kernel[1]
         ));
-    }
+    };
     let Some(mut bias) = bias_values(model, node.inputs[2], c)? else {
         return refuse("bias computed at run time, or not one per channel");
     };
@@ -283,18 +298,18 @@ pub(super) fn consider(
             geometry.output[0], geometry.output[1], pads[0].convoluted, pads[1].convoluted
         ));
     }
-    let epilogue = epilogue_after(model, OutletId::new(node.id, 0), c, rank - 3)?;
-    let op = match PerchDwConv::plan(geometry, epilogue.activation, cpu) {
+    let epilogue = epilogue_after(model, OutletId::new(node.id, 0), c, c_axis)?;
+    let op = match PerchDwConv::plan(geometry, layout, epilogue.activation, cpu) {
         Ok(op) => op,
         Err(reason) => {
             return Ok(Some((
                 None,
-                declined(detail(&geometry, epilogue.activation), reason),
+                declined(detail(&geometry, layout, epilogue.activation), reason),
             )))
         }
     };
     // The slopes of a batch normalization scale the filters and the bias.
-    let mut weights = weights.into_tensor();
+    let mut weights = weights;
     let taps = kernel[0] * kernel[1];
     scale_channels(&mut weights, taps, |ch, v| v * epilogue.scale[ch])?;
     scale_channels(&mut bias, 1, |ch, b| {
@@ -307,6 +322,42 @@ pub(super) fn consider(
     let out = patch.wire_node(&node.name, op.clone(), &[x, w, b])?[0];
     patch.shunt_outside(model, epilogue.end, out)?;
     Ok(Some((Some(patch), op.report(&node.name, epilogue.fused))))
+}
+
+/// The depthwise filters as an f32 `[c, 1, kh, kw]` tensor, whatever the format tract
+/// holds them in; `None` when they are not one `kh × kw` filter per channel.
+fn filters_per_channel(
+    weights: &Tensor,
+    format: KernelFormat,
+    c: usize,
+    [kh, kw]: [usize; 2],
+) -> Option<Tensor> {
+    if weights.datum_type() != f32::datum_type() {
+        return None;
+    }
+    let values = weights.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
+    // Index of channel ch, tap (y, x) in each format.
+    let index: Box<dyn Fn(usize, usize, usize) -> usize> = match (format, weights.shape()) {
+        (KernelFormat::OIHW, s) if s == [c, 1, kh, kw] => {
+            Box::new(|ch, y, x| (ch * kh + y) * kw + x)
+        }
+        (KernelFormat::HWIO, s) if s == [kh, kw, 1, c] => {
+            Box::new(|ch, y, x| (y * kw + x) * c + ch)
+        }
+        (KernelFormat::OHWI, s) if s == [c, kh, kw, 1] => {
+            Box::new(|ch, y, x| (ch * kh + y) * kw + x)
+        }
+        _ => return None,
+    };
+    let mut out = vec![0f32; c * kh * kw];
+    for ch in 0..c {
+        for y in 0..kh {
+            for x in 0..kw {
+                out[(ch * kh + y) * kw + x] = values[index(ch, y, x)];
+            }
+        }
+    }
+    Tensor::from_shape(&[c, 1, kh, kw], &out).ok()
 }
 
 /// Applies `f(channel, value)` to every value of an f32 tensor holding `per` values per

@@ -20,15 +20,30 @@
 
 mod dwconv;
 mod fuse;
+mod guard;
 mod nnef;
+mod qconv;
+mod qmatmul;
 
 use serde::Serialize;
 use tract_core::internal::*;
 
 pub use dwconv::PerchDwConv;
+pub(crate) use guard::remove_barriers;
+pub use guard::PerchBarrier;
 pub(crate) use nnef::registry;
+pub use qconv::PerchQConv;
+pub use qmatmul::PerchQMatMul;
 
 use crate::kernels::Cpu;
+
+/// Declutters a typed model as the engine does: with the guard against tract's folding
+/// of non-element-wise ops into lookup tables (see `guard`), then tract's declutter.
+/// Host tools that write archives use it so that they write what the engine runs.
+pub fn declutter(mut model: TypedModel) -> TractResult<TypedModel> {
+    guard::guard(&mut model)?;
+    model.into_decluttered()
+}
 
 /// What the kernel pass did with one node it considered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -65,10 +80,27 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
     let mut report = vec![];
     for id in model.eval_order()? {
         let node = model.node(id);
-        if let Some(op) = node.op_as::<PerchDwConv>() {
-            report.push(op.report(&node.name, vec![]));
+        if let Some(existing) = report_existing(node) {
+            report.push(existing);
             continue;
         }
+        // A quantized convolution first; if it stays float, the float kernels may
+        // still take it.
+        if let Some((patch, decision)) = qconv::consider(&model, node, cpu)? {
+            report.push(decision);
+            if let Some(patch) = patch {
+                patch.apply(&mut model)?;
+                continue;
+            }
+        }
+        if let Some((patch, decision)) = qmatmul::consider(&model, node, cpu)? {
+            report.push(decision);
+            if let Some(patch) = patch {
+                patch.apply(&mut model)?;
+            }
+            continue;
+        }
+        let node = model.node(id);
         if let Some((patch, decision)) = dwconv::consider(&model, node, cpu)? {
             if let Some(patch) = patch {
                 patch.apply(&mut model)?;
@@ -83,9 +115,14 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
 /// The Perch operators a model already holds (an NNEF archive written with them),
 /// reported as the pass would.
 pub(crate) fn existing(model: &TypedModel) -> Vec<KernelNode> {
-    model
-        .nodes()
-        .iter()
-        .filter_map(|node| Some(node.op_as::<PerchDwConv>()?.report(&node.name, vec![])))
-        .collect()
+    model.nodes().iter().filter_map(report_existing).collect()
+}
+
+/// The report of a node that already holds a Perch operator.
+fn report_existing(node: &TypedNode) -> Option<KernelNode> {
+    if let Some(op) = node.op_as::<PerchDwConv>() {
+        return Some(op.report(&node.name, vec![]));
+    }
+    node.op_as::<PerchQConv>()
+        .map(|op| op.report(&node.name, vec![]))
 }

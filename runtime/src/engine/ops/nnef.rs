@@ -5,10 +5,15 @@
 //! that loads it.
 
 use tract_nnef::internal::*;
-use tract_nnef::ser::ints;
+use tract_nnef::ser::{array, ints};
 
 use super::dwconv::PerchDwConv;
-use crate::kernels::f32_dwconv::DwGeometry;
+use super::guard::PerchBarrier;
+use super::qconv::{PerchQConv, QConvSpec};
+use super::qmatmul::{PerchQMatMul, QMatMulSpec};
+use crate::kernels::f32_dwconv::{DwGeometry, Layout};
+use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
+use crate::kernels::requant::Requant;
 use crate::kernels::{Activation, Cpu};
 
 /// The registry's name in archives.
@@ -20,6 +25,59 @@ pub(crate) fn registry() -> Registry {
         .with_doc("Extension `perch`: Perch's kernel operators.")
         .with_doc("")
         .with_doc("Add `extension tract_registry perch` to `graph.nnef`");
+    registry.register_dumper(dump_barrier);
+    registry.register_primitive(
+        "perch_barrier",
+        &[TypeName::Scalar.tensor().named("input")],
+        &[("output", TypeName::Scalar.tensor())],
+        load_barrier,
+    );
+    registry.register_dumper(dump_qconv);
+    registry.register_primitive(
+        "perch_qconv",
+        &[
+            TypeName::Integer.tensor().named("input"),
+            TypeName::Integer.tensor().named("weights"),
+            TypeName::Integer.tensor().named("bias"),
+            TypeName::Integer.tensor().named("multiplier"),
+            TypeName::Integer.tensor().named("exponent"),
+            TypeName::String.named("layout"),
+            TypeName::Integer.named("group"),
+            TypeName::Integer.array().named("kernel"),
+            TypeName::Integer.named("stride"),
+            TypeName::Integer.array().named("padding"),
+            TypeName::String.named("input_type"),
+            TypeName::Integer.named("input_zero_point"),
+            TypeName::String.named("output_type"),
+            TypeName::Integer.named("output_zero_point"),
+            TypeName::Integer.named("output_lo"),
+            TypeName::Integer.named("output_hi"),
+        ],
+        &[("output", TypeName::Integer.tensor())],
+        load_qconv,
+    );
+    registry.register_dumper(dump_qmatmul);
+    registry.register_primitive(
+        "perch_qmatmul",
+        &[
+            TypeName::Integer.tensor().named("input"),
+            TypeName::Integer.tensor().named("weights"),
+            TypeName::Integer.tensor().named("bias"),
+            TypeName::Integer.tensor().named("multiplier"),
+            TypeName::Integer.tensor().named("exponent"),
+            TypeName::Integer.named("inner"),
+            TypeName::Integer.array().named("output_axes"),
+            TypeName::Integer.named("m_axis"),
+            TypeName::String.named("input_type"),
+            TypeName::Integer.named("input_zero_point"),
+            TypeName::String.named("output_type"),
+            TypeName::Integer.named("output_zero_point"),
+            TypeName::Integer.named("output_lo"),
+            TypeName::Integer.named("output_hi"),
+        ],
+        &[("output", TypeName::Integer.tensor())],
+        load_qmatmul,
+    );
     registry.register_dumper(dump_dwconv);
     registry.register_primitive(
         "perch_dwconv",
@@ -31,6 +89,7 @@ pub(crate) fn registry() -> Registry {
             TypeName::Integer.named("stride"),
             TypeName::Integer.array().named("padding"),
             TypeName::String.named("activation"),
+            TypeName::String.named("layout").default("chw"),
             TypeName::Scalar.named("lo").default(0.0),
             TypeName::Scalar.named("hi").default(0.0),
         ],
@@ -38,6 +97,20 @@ pub(crate) fn registry() -> Registry {
         load_dwconv,
     );
     registry
+}
+
+fn dump_barrier(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    _op: &PerchBarrier,
+) -> TractResult<Option<Arc<RValue>>> {
+    let input = ast.mapping[&node.inputs[0]].clone();
+    Ok(Some(invocation("perch_barrier", &[input], &[])))
+}
+
+fn load_barrier(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    let input: OutletId = invocation.named_arg_as(builder, "input")?;
+    builder.wire(PerchBarrier, &[input])
 }
 
 fn dump_dwconv(
@@ -60,6 +133,7 @@ fn dump_dwconv(
             ("stride", numeric(g.stride)),
             ("padding", ints(&g.padding)),
             ("activation", string(activation)),
+            ("layout", string(op.kernel().layout().name())),
             ("lo", numeric(lo)),
             ("hi", numeric(hi)),
         ],
@@ -74,6 +148,12 @@ fn load_dwconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
     let stride: usize = invocation.named_arg_as(builder, "stride")?;
     let padding: TVec<usize> = invocation.named_arg_as(builder, "padding")?;
     let activation: String = invocation.named_arg_as(builder, "activation")?;
+    let layout: String = invocation.named_arg_as(builder, "layout")?;
+    let layout = match &*layout {
+        "chw" => Layout::Chw,
+        "hwc" => Layout::Hwc,
+        other => bail!("perch_dwconv: unknown layout {other:?}"),
+    };
     let lo: f32 = invocation.named_arg_as(builder, "lo")?;
     let hi: f32 = invocation.named_arg_as(builder, "hi")?;
     let activation = match &*activation {
@@ -98,9 +178,307 @@ fn load_dwconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
         .map(|d| d.to_usize().ok())
         .collect::<Option<_>>()
         .context("perch_dwconv: channels, height and width must be known")?;
-    let geometry = DwGeometry::new(dims[0], [dims[1], dims[2]], [kh, kw], stride, [t, l, b, r])
+    let (c, hw) = match layout {
+        Layout::Chw => (dims[0], [dims[1], dims[2]]),
+        Layout::Hwc => (dims[2], [dims[0], dims[1]]),
+    };
+    let geometry = DwGeometry::new(c, hw, [kh, kw], stride, [t, l, b, r])
         .map_err(|e| format_err!("perch_dwconv: {e}"))?;
-    let op = PerchDwConv::plan(geometry, activation, Cpu::detect())
+    let op = PerchDwConv::plan(geometry, layout, activation, Cpu::detect())
         .map_err(|e| format_err!("perch_dwconv: {e}"))?;
     builder.wire(op, &[input, filter, bias])
+}
+
+fn dump_qconv(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    op: &PerchQConv,
+) -> TractResult<Option<Arc<RValue>>> {
+    let input = ast.mapping[&node.inputs[0]].clone();
+    let s = &op.spec;
+    let taps = s.kernel[0] * s.kernel[1];
+    let shape = [s.cout, s.cin / s.group, s.kernel[0], s.kernel[1]];
+    let weights = Tensor::from_shape(&shape, &s.weights)?;
+    debug_assert_eq!(weights.len(), s.cout * s.cin / s.group * taps);
+    let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> TractResult<Arc<Tensor>> {
+        let v: Vec<i32> = s.channels.iter().map(f).collect();
+        Ok(Arc::new(tensor1(&v)))
+    };
+    let name = &node.name;
+    let weights = ast.konst_variable(format!("{name}.weights"), &Arc::new(weights))?;
+    let bias = ast.konst_variable(format!("{name}.bias"), &per_channel(&|c| c.bias)?)?;
+    let multiplier = ast.konst_variable(
+        format!("{name}.multiplier"),
+        &per_channel(&|c| c.requant.multiplier)?,
+    )?;
+    let exponent = ast.konst_variable(
+        format!("{name}.exponent"),
+        &per_channel(&|c| c.requant.exponent)?,
+    )?;
+    Ok(Some(invocation(
+        "perch_qconv",
+        &[input, weights, bias, multiplier, exponent],
+        &[
+            ("layout", string(s.layout.name())),
+            ("group", numeric(s.group)),
+            ("kernel", ints(&s.kernel)),
+            ("stride", numeric(s.stride)),
+            ("padding", ints(&s.padding)),
+            ("input_type", string(s.input.name())),
+            ("input_zero_point", numeric(s.input_zero_point)),
+            ("output_type", string(s.output.dtype.name())),
+            ("output_zero_point", numeric(s.output.zero_point)),
+            ("output_lo", numeric(s.output.lo)),
+            ("output_hi", numeric(s.output.hi)),
+        ],
+    )))
+}
+
+/// Weights, biases, multipliers and exponents as variables of the archive.
+fn dump_constants(
+    ast: &mut IntoAst,
+    name: &str,
+    weights: Tensor,
+    channels: &[ChannelOutput],
+) -> TractResult<[Arc<RValue>; 4]> {
+    let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> Arc<Tensor> {
+        let v: Vec<i32> = channels.iter().map(f).collect();
+        Arc::new(tensor1(&v))
+    };
+    Ok([
+        ast.konst_variable(format!("{name}.weights"), &Arc::new(weights))?,
+        ast.konst_variable(format!("{name}.bias"), &per_channel(&|c| c.bias))?,
+        ast.konst_variable(
+            format!("{name}.multiplier"),
+            &per_channel(&|c| c.requant.multiplier),
+        )?,
+        ast.konst_variable(
+            format!("{name}.exponent"),
+            &per_channel(&|c| c.requant.exponent),
+        )?,
+    ])
+}
+
+/// Weights and per-channel constants read back: `(weights, channels)`, checked.
+fn load_constants(
+    builder: &mut ModelBuilder,
+    invocation: &ResolvedInvocation,
+    op: &str,
+) -> TractResult<(Arc<Tensor>, Vec<ChannelOutput>)> {
+    let weights: Arc<Tensor> = invocation.named_arg_as(builder, "weights")?;
+    let tensors: [Arc<Tensor>; 3] = [
+        invocation.named_arg_as(builder, "bias")?,
+        invocation.named_arg_as(builder, "multiplier")?,
+        invocation.named_arg_as(builder, "exponent")?,
+    ];
+    ensure!(
+        weights.datum_type() == i8::datum_type() && weights.rank() >= 2,
+        "{op}: weights must be i8, got {:?} {:?}",
+        weights.datum_type(),
+        weights.shape()
+    );
+    let outputs = weights.shape()[0];
+    for t in &tensors {
+        ensure!(
+            t.datum_type() == i32::datum_type() && t.shape() == [outputs],
+            "{op}: per-channel constants must be i32 [{outputs}], got {:?} {:?}",
+            t.datum_type(),
+            t.shape()
+        );
+    }
+    let [bias, multiplier, exponent] = tensors.each_ref().map(|t| {
+        t.try_as_plain_ram()
+            .and_then(|v| v.as_slice::<i32>().map(<[i32]>::to_vec))
+    });
+    let (bias, multiplier, exponent) = (bias?, multiplier?, exponent?);
+    let mut channels = vec![];
+    for c in 0..outputs {
+        ensure!(
+            (-31..=30).contains(&exponent[c]),
+            "{op}: channel {c}: exponent {} out of range",
+            exponent[c]
+        );
+        channels.push(ChannelOutput {
+            bias: bias[c],
+            requant: Requant {
+                multiplier: multiplier[c],
+                exponent: exponent[c],
+            },
+        });
+    }
+    Ok((weights, channels))
+}
+
+/// The output quantization from its arguments, checked.
+fn load_output(
+    builder: &mut ModelBuilder,
+    invocation: &ResolvedInvocation,
+    op: &str,
+) -> TractResult<OutputQuant> {
+    let dtype = qtype(&invocation.named_arg_as::<String>(builder, "output_type")?)?;
+    let small = |v: i64| i32::try_from(v).map_err(|_| format_err!("{op}: {v} out of range"));
+    let zero_point = small(invocation.named_arg_as(builder, "output_zero_point")?)?;
+    let lo = small(invocation.named_arg_as(builder, "output_lo")?)?;
+    let hi = small(invocation.named_arg_as(builder, "output_hi")?)?;
+    let (tlo, thi) = dtype.range();
+    ensure!(
+        tlo <= lo && lo <= hi && hi <= thi && (tlo..=thi).contains(&zero_point),
+        "{op}: output zero point {zero_point} or clamp [{lo}, {hi}] out of {} range",
+        dtype.name()
+    );
+    Ok(OutputQuant {
+        dtype,
+        zero_point,
+        lo,
+        hi,
+    })
+}
+
+fn dump_qmatmul(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    op: &PerchQMatMul,
+) -> TractResult<Option<Arc<RValue>>> {
+    let input = ast.mapping[&node.inputs[0]].clone();
+    let s = &op.spec;
+    let weights = Tensor::from_shape(&[s.m, s.k], &s.weights)?;
+    let constants = dump_constants(ast, &node.name, weights, &s.channels)?;
+    let axes: Vec<i64> = s
+        .output_axes
+        .iter()
+        .map(|a| a.map_or(-1, |a| a as i64))
+        .collect();
+    Ok(Some(invocation(
+        "perch_qmatmul",
+        &[[input].as_slice(), &constants].concat(),
+        &[
+            ("inner", numeric(s.inner)),
+            (
+                "output_axes",
+                array(axes.iter().map(|a| numeric(*a)).collect::<Vec<_>>()),
+            ),
+            ("m_axis", numeric(s.m_axis)),
+            ("input_type", string(s.input.name())),
+            ("input_zero_point", numeric(s.input_zero_point)),
+            ("output_type", string(s.output.dtype.name())),
+            ("output_zero_point", numeric(s.output.zero_point)),
+            ("output_lo", numeric(s.output.lo)),
+            ("output_hi", numeric(s.output.hi)),
+        ],
+    )))
+}
+
+fn load_qmatmul(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    const OP: &str = "perch_qmatmul";
+    let input: OutletId = invocation.named_arg_as(builder, "input")?;
+    let (weights, channels) = load_constants(builder, invocation, OP)?;
+    ensure!(
+        weights.rank() == 2,
+        "{OP}: weights must be [m, k], got {:?}",
+        weights.shape()
+    );
+    let (m, k) = (weights.shape()[0], weights.shape()[1]);
+    let inner: usize = invocation.named_arg_as(builder, "inner")?;
+    let axes: TVec<i64> = invocation.named_arg_as(builder, "output_axes")?;
+    let m_axis: usize = invocation.named_arg_as(builder, "m_axis")?;
+    let input_type = qtype(&invocation.named_arg_as::<String>(builder, "input_type")?)?;
+    let input_zero_point: i64 = invocation.named_arg_as(builder, "input_zero_point")?;
+    let output = load_output(builder, invocation, OP)?;
+    let rank = builder.model.outlet_fact(input)?.rank();
+    let output_axes = axes
+        .iter()
+        .map(|a| match *a {
+            -1 => Ok(None),
+            a if a >= 0 && (a as usize) < rank => Ok(Some(a as usize)),
+            a => bail!("{OP}: output axis {a} is not an input axis"),
+        })
+        .collect::<TractResult<Vec<_>>>()?;
+    ensure!(
+        m_axis < output_axes.len(),
+        "{OP}: m_axis {m_axis} out of range"
+    );
+    let spec = QMatMulSpec {
+        k,
+        m,
+        inner,
+        output_axes,
+        m_axis,
+        input: input_type,
+        input_zero_point: i32::try_from(input_zero_point)
+            .map_err(|_| format_err!("{OP}: input zero point out of range"))?,
+        output,
+        weights: weights.try_as_plain_ram()?.as_slice::<i8>()?.to_vec(),
+        channels,
+    };
+    let op = PerchQMatMul::plan(spec, Cpu::detect()).map_err(|e| format_err!("{OP}: {e}"))?;
+    builder.wire(op, &[input])
+}
+
+fn qtype(name: &str) -> TractResult<QType> {
+    match name {
+        "u8" => Ok(QType::U8),
+        "i8" => Ok(QType::I8),
+        other => bail!("perch_qconv: unknown type {other:?}"),
+    }
+}
+
+fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    const OP: &str = "perch_qconv";
+    let input: OutletId = invocation.named_arg_as(builder, "input")?;
+    let (weights, channels) = load_constants(builder, invocation, OP)?;
+    ensure!(
+        weights.rank() == 4,
+        "{OP}: weights must be [cout, cin/group, kh, kw], got {:?}",
+        weights.shape()
+    );
+    let layout: String = invocation.named_arg_as(builder, "layout")?;
+    let layout = match &*layout {
+        "chw" => Layout::Chw,
+        "hwc" => Layout::Hwc,
+        other => bail!("{OP}: unknown layout {other:?}"),
+    };
+    let group: usize = invocation.named_arg_as(builder, "group")?;
+    let kernel: TVec<usize> = invocation.named_arg_as(builder, "kernel")?;
+    let stride: usize = invocation.named_arg_as(builder, "stride")?;
+    let padding: TVec<usize> = invocation.named_arg_as(builder, "padding")?;
+    let input_type = qtype(&invocation.named_arg_as::<String>(builder, "input_type")?)?;
+    let input_zero_point: i64 = invocation.named_arg_as(builder, "input_zero_point")?;
+    let output = load_output(builder, invocation, OP)?;
+    let (&[kh, kw], &[t, l, b, r]) = (&*kernel, &*padding) else {
+        bail!("{OP}: kernel {kernel:?} and padding {padding:?} must have 2 and 4 values");
+    };
+    let shape = builder.model.outlet_fact(input)?.shape.clone();
+    ensure!(
+        shape.rank() == 3 || shape.rank() == 4,
+        "{OP}: input of rank {}",
+        shape.rank()
+    );
+    let dims: Vec<usize> = shape
+        .iter()
+        .skip(shape.rank() - 3)
+        .map(|d| d.to_usize().ok())
+        .collect::<Option<_>>()
+        .with_context(|| format!("{OP}: channels, height and width must be known"))?;
+    let (cin, input_hw) = match layout {
+        Layout::Chw => (dims[0], [dims[1], dims[2]]),
+        Layout::Hwc => (dims[2], [dims[0], dims[1]]),
+    };
+    let spec = QConvSpec {
+        layout,
+        cin,
+        cout: weights.shape()[0],
+        group,
+        input_hw,
+        kernel: [kh, kw],
+        stride,
+        padding: [t, l, b, r],
+        input: input_type,
+        input_zero_point: i32::try_from(input_zero_point)
+            .map_err(|_| format_err!("{OP}: input zero point out of range"))?,
+        output,
+        weights: weights.try_as_plain_ram()?.as_slice::<i8>()?.to_vec(),
+        channels,
+    };
+    let op = PerchQConv::plan(spec, Cpu::detect()).map_err(|e| format_err!("{OP}: {e}"))?;
+    builder.wire(op, &[input])
 }

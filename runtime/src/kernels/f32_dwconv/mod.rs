@@ -1,26 +1,31 @@
-//! Depthwise 2-D convolution of `f32` planes (NCHW, one filter per channel), with bias
-//! and a clamp fused.
+//! Depthwise 2-D convolution of `f32` images (one filter per channel), with bias and a
+//! clamp fused, in both layouts tract gives a model: channels first (CHW) and channels
+//! last (HWC). tract's declutter picks the layout per platform: on x86-64 it keeps
+//! ONNX's NCHW, on aarch64 it moves channels last around the matrix products.
 //!
-//! # Algorithm
-//! Each channel's input plane is copied once into zero-padded scratch, split by stride
-//! phase: with stride `s`, plane `(a, b)` holds the padded input's rows `s·r + a` and
-//! columns `s·c + b`. On those planes every tap of the filter reads a contiguous run,
-//! whatever the stride and padding, so one microkernel shape serves stride 1 and 2 and
-//! any padding: for each output row it loads a vector of input per tap and
-//! multiply-accumulates it. Two output rows are computed together, sharing the loads of
-//! the input rows they both read (with a 3x3 filter at stride 1: 12 loads for 18
-//! multiply-adds). The copy costs one pass over the input and keeps borders out of the
-//! inner loop, which matters on the small maps of keyword-spotting and MobileNet models
-//! (5 to 14 columns), where edge cases would otherwise be most of the work.
+//! # Algorithms
+//! - **CHW** (`chw`): each channel's plane is copied into zero-padded scratch, split by
+//!   stride phase (plane `(a, b)` holds the padded input's rows `s·r + a`, columns
+//!   `s·c + b`), so that every tap reads a contiguous run whatever the stride and
+//!   padding. The microkernel vectorizes along output rows and computes two rows at a
+//!   time, sharing the loads of the input rows both read (3x3 at stride 1: 12 loads for
+//!   18 multiply-adds). Borders never reach the inner loop, which matters on the small
+//!   maps of keyword-spotting and MobileNet models (5 to 14 columns).
+//! - **HWC** (`hwc`): the image is copied into zero-padded scratch once; the
+//!   microkernel vectorizes along channels (as XNNPACK's does), keeps a block of
+//!   channels' filter taps in registers and computes four adjacent output pixels at a
+//!   time, so that at stride 1 each input vector loaded serves several taps.
 //!
 //! # Variants
-//! [`VARIANTS`] lists every microkernel with the filter size, stride and instruction set
-//! it needs; [`DwConv::plan`] picks the best one the CPU has. Filters other than 3x3 and
-//! 5x5, strides other than 1 and 2, dilation and unequal strides are not covered: the
-//! caller keeps its own implementation for them ([`DwConv::plan`] says why).
+//! [`VARIANTS`] lists every microkernel with the layout, filter size, stride and
+//! instruction set it needs; [`DwConv::plan`] picks the best one the CPU has. Filters
+//! other than 3x3 and 5x5, strides other than 1 and 2, dilation and unequal strides are
+//! not covered: the caller keeps its own implementation for them ([`DwConv::plan`]
+//! says why).
 
+mod chw;
+mod hwc;
 mod reference;
-mod template;
 
 pub use reference::reference;
 
@@ -39,7 +44,26 @@ impl std::fmt::Display for Unsupported {
 
 impl std::error::Error for Unsupported {}
 
-/// The shape of one depthwise convolution: per image, `channels` planes of
+/// Where the channels are in an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Channels first: `C × H × W` (ONNX's NCHW without the batch).
+    Chw,
+    /// Channels last: `H × W × C`.
+    Hwc,
+}
+
+impl Layout {
+    /// `chw` or `hwc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Chw => "chw",
+            Layout::Hwc => "hwc",
+        }
+    }
+}
+
+/// The shape of one depthwise convolution: per image, `channels` channels of
 /// `input[0] x input[1]`, one `kernel[0] x kernel[1]` filter per channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DwGeometry {
@@ -86,11 +110,14 @@ impl DwGeometry {
             )));
         }
         let output = [(ph - kernel[0]) / stride + 1, (pw - kernel[1]) / stride + 1];
-        // Every buffer this geometry implies must be addressable.
-        let fits = [input, output].iter().all(|hw| {
+        // Every buffer this geometry implies, padded scratch included, must be
+        // addressable.
+        let fits = [[ph, pw], input, output].iter().all(|hw| {
             channels
-                .checked_mul(hw[0])
-                .and_then(|v| v.checked_mul(hw[1]))
+                .checked_add(SLACK)
+                .and_then(|c| c.checked_mul(hw[0] + SLACK))
+                .and_then(|v| v.checked_mul(hw[1] + SLACK))
+                .and_then(|v| v.checked_mul(4))
                 .is_some()
         });
         if !fits {
@@ -125,67 +152,24 @@ impl DwGeometry {
     pub fn macs(&self) -> u64 {
         (self.output_len() * self.kernel[0] * self.kernel[1]) as u64
     }
-
-    /// Rows and columns of each stride-phase plane in scratch.
-    fn plane_shape(&self) -> [usize; 2] {
-        let s = self.stride;
-        [
-            self.output[0] + self.kernel[0].div_ceil(s) - 1,
-            self.output[1] + self.kernel[1].div_ceil(s) - 1,
-        ]
-    }
-
-    /// Elements of one plane in scratch, with room for a vector read past its end.
-    fn plane_len(&self) -> usize {
-        let [hq, wq] = self.plane_shape();
-        hq * wq + SLACK
-    }
 }
 
-/// Elements after each scratch plane that a vector may read past the last column
-/// (the widest vector has 16 lanes; its extra lanes are never stored).
+/// Elements past a scratch buffer that a vector may read (the widest vector has 16
+/// lanes; the lanes read past the data are never stored).
 const SLACK: usize = 16;
 
-/// Everything a microkernel needs for one channel (`repr(C)`: the 32-bit ARM kernels are
-/// C, `neon32.c`, which declares the same struct).
-#[repr(C)]
-pub(crate) struct Job {
-    /// The channel's input plane, `h × w`, row-major.
-    pub input: *const f32,
-    pub h: usize,
-    pub w: usize,
-    /// Padding above and left of the input.
-    pub top: usize,
-    pub left: usize,
-    /// Scratch for the stride-phase planes: plane `(a, b)` starts at
-    /// `(a·s + b) · plane_len`, is `hq × wq`, and only its cells that hold input are
-    /// written (the rest stay zero).
-    pub planes: *mut f32,
-    pub plane_len: usize,
-    pub hq: usize,
-    pub wq: usize,
-    /// Output rows and columns.
-    pub ho: usize,
-    pub wo: usize,
-    /// The channel's output plane, `ho × wo`, row-major.
-    pub out: *mut f32,
-    /// Elements of the output buffer after this plane. A row's last vector is stored
-    /// whole, spilling past the row into memory written afterwards (the next row, the
-    /// next planes), as long as it stays within the buffer; otherwise lane by lane.
-    pub room: usize,
-    /// The channel's filter, `kh × kw`, row-major.
-    pub weights: *const f32,
-    pub bias: f32,
-    pub lo: f32,
-    pub hi: f32,
+/// A microkernel of one layout.
+#[derive(Clone, Copy)]
+pub(crate) enum Microkernel {
+    /// Fills one channel's stride-phase planes and computes its output plane.
+    Chw(unsafe fn(&chw::Job)),
+    /// Computes one image from its padded copy.
+    Hwc(unsafe fn(&hwc::Job)),
 }
 
-/// A microkernel: fills one channel's stride-phase planes and computes its output plane.
-pub(crate) type Microkernel = unsafe fn(&Job);
-
-/// One implementation of the microkernel for a filter size and stride.
+/// One implementation of the microkernel for a layout, filter size and stride.
 pub struct Variant {
-    /// Kernel name, as reports show it: `f32_dwconv_3x3s1_avx2`.
+    /// Kernel name, as reports show it: `f32_dwconv_3x3s1_avx2`, `f32_dwconv_hwc_3x3s2_neon`.
     pub name: &'static str,
     /// The instruction set it needs.
     pub isa: Isa,
@@ -196,6 +180,16 @@ pub struct Variant {
     run: Microkernel,
 }
 
+impl Variant {
+    /// The layout it computes.
+    pub fn layout(&self) -> Layout {
+        match self.run {
+            Microkernel::Chw(_) => Layout::Chw,
+            Microkernel::Hwc(_) => Layout::Hwc,
+        }
+    }
+}
+
 impl std::fmt::Debug for Variant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name)
@@ -203,112 +197,184 @@ impl std::fmt::Debug for Variant {
 }
 
 /// Defines one variant: a function compiled for the instruction set that instantiates
-/// the template, and its table entry.
-macro_rules! paste_variant {
-    ($isa:expr, $lanes:ty, $suffix:literal, $kh:literal, $kw:literal, $s:literal $(, $feature:literal)?) => {
+/// a layout's template, and its table entry.
+macro_rules! variant {
+    (chw, $isa:expr, $lanes:ty, $suffix:literal, $k:literal, $s:literal $(, $feature:literal)?) => {
         Variant {
-            name: concat!("f32_dwconv_", $kh, "x", $kw, "s", $s, "_", $suffix),
+            name: concat!("f32_dwconv_", $k, "x", $k, "s", $s, "_", $suffix),
             isa: $isa,
-            kernel: [$kh, $kw],
+            kernel: [$k, $k],
             stride: $s,
-            run: {
+            run: Microkernel::Chw({
                 $(#[target_feature(enable = $feature)])?
-                unsafe fn run(job: &Job) {
-                    template::fill::<$s>(job);
-                    template::plane::<$lanes, $kh, $kw, $s>(job)
+                unsafe fn run(job: &chw::Job) {
+                    chw::fill::<$s>(job);
+                    chw::plane::<$lanes, $k, $k, $s>(job)
                 }
                 run
-            },
+            }),
+        }
+    };
+    (hwc, $isa:expr, $lanes:ty, $suffix:literal, $k:literal, $s:literal $(, $feature:literal)?) => {
+        Variant {
+            name: concat!("f32_dwconv_hwc_", $k, "x", $k, "s", $s, "_", $suffix),
+            isa: $isa,
+            kernel: [$k, $k],
+            stride: $s,
+            run: Microkernel::Hwc({
+                $(#[target_feature(enable = $feature)])?
+                unsafe fn run(job: &hwc::Job) {
+                    hwc::image::<$lanes, $k, $k, $s>(job)
+                }
+                run
+            }),
         }
     };
 }
 
-/// Every variant this build has, best first within an architecture. Planning takes the
-/// first one the CPU can run for the filter size and stride.
-pub static VARIANTS: &[Variant] = &[
+/// The eight variants (two layouts, 3x3 and 5x5, stride 1 and 2) of one instruction set.
+macro_rules! variants {
+    ($isa:expr, $lanes:ty, $suffix:literal $(, $feature:literal)?) => {
+        [
+            variant!(chw, $isa, $lanes, $suffix, 3, 1 $(, $feature)?),
+            variant!(chw, $isa, $lanes, $suffix, 3, 2 $(, $feature)?),
+            variant!(chw, $isa, $lanes, $suffix, 5, 1 $(, $feature)?),
+            variant!(chw, $isa, $lanes, $suffix, 5, 2 $(, $feature)?),
+            variant!(hwc, $isa, $lanes, $suffix, 3, 1 $(, $feature)?),
+            variant!(hwc, $isa, $lanes, $suffix, 3, 2 $(, $feature)?),
+            variant!(hwc, $isa, $lanes, $suffix, 5, 1 $(, $feature)?),
+            variant!(hwc, $isa, $lanes, $suffix, 5, 2 $(, $feature)?),
+        ]
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+static AVX2: [Variant; 8] = variants!(Isa::Avx2Fma, super::simd::Avx2, "avx2", "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+static SSE41: [Variant; 8] = variants!(Isa::Sse41, super::simd::Sse41, "sse41", "sse4.1");
+#[cfg(target_arch = "aarch64")]
+static NEON: [Variant; 8] = variants!(Isa::Aarch64Neon, super::simd::Neon, "neon");
+static PORTABLE: [Variant; 8] = variants!(Isa::Portable, super::simd::Portable4, "portable");
+
+/// Every variant this build has, best instruction set first. Planning takes the first
+/// one the CPU can run for the layout, filter size and stride.
+pub static VARIANTS: &[&[Variant]] = &[
     #[cfg(target_arch = "x86_64")]
-    paste_variant!(Isa::Avx2Fma, super::simd::Avx2, "avx2", 3, 3, 1, "avx2,fma"),
+    &AVX2,
     #[cfg(target_arch = "x86_64")]
-    paste_variant!(Isa::Avx2Fma, super::simd::Avx2, "avx2", 3, 3, 2, "avx2,fma"),
-    #[cfg(target_arch = "x86_64")]
-    paste_variant!(Isa::Avx2Fma, super::simd::Avx2, "avx2", 5, 5, 1, "avx2,fma"),
-    #[cfg(target_arch = "x86_64")]
-    paste_variant!(Isa::Avx2Fma, super::simd::Avx2, "avx2", 5, 5, 2, "avx2,fma"),
-    #[cfg(target_arch = "x86_64")]
-    paste_variant!(Isa::Sse41, super::simd::Sse41, "sse41", 3, 3, 1, "sse4.1"),
-    #[cfg(target_arch = "x86_64")]
-    paste_variant!(Isa::Sse41, super::simd::Sse41, "sse41", 3, 3, 2, "sse4.1"),
-    #[cfg(target_arch = "x86_64")]
-    paste_variant!(Isa::Sse41, super::simd::Sse41, "sse41", 5, 5, 1, "sse4.1"),
-    #[cfg(target_arch = "x86_64")]
-    paste_variant!(Isa::Sse41, super::simd::Sse41, "sse41", 5, 5, 2, "sse4.1"),
+    &SSE41,
     #[cfg(target_arch = "aarch64")]
-    paste_variant!(Isa::Aarch64Neon, super::simd::Neon, "neon", 3, 3, 1),
-    #[cfg(target_arch = "aarch64")]
-    paste_variant!(Isa::Aarch64Neon, super::simd::Neon, "neon", 3, 3, 2),
-    #[cfg(target_arch = "aarch64")]
-    paste_variant!(Isa::Aarch64Neon, super::simd::Neon, "neon", 5, 5, 1),
-    #[cfg(target_arch = "aarch64")]
-    paste_variant!(Isa::Aarch64Neon, super::simd::Neon, "neon", 5, 5, 2),
+    &NEON,
     #[cfg(all(target_arch = "arm", target_os = "linux"))]
-    neon32::variant(neon32::K3S1),
-    #[cfg(all(target_arch = "arm", target_os = "linux"))]
-    neon32::variant(neon32::K3S2),
-    #[cfg(all(target_arch = "arm", target_os = "linux"))]
-    neon32::variant(neon32::K5S1),
-    #[cfg(all(target_arch = "arm", target_os = "linux"))]
-    neon32::variant(neon32::K5S2),
-    paste_variant!(Isa::Portable, super::simd::Portable4, "portable", 3, 3, 1),
-    paste_variant!(Isa::Portable, super::simd::Portable4, "portable", 3, 3, 2),
-    paste_variant!(Isa::Portable, super::simd::Portable4, "portable", 5, 5, 1),
-    paste_variant!(Isa::Portable, super::simd::Portable4, "portable", 5, 5, 2),
+    &neon32::VARIANTS,
+    &PORTABLE,
 ];
 
-/// The C microkernels for 32-bit ARM NEON (`neon32.c`, built by `build.rs`).
+/// Every variant, flattened.
+pub fn variants() -> impl Iterator<Item = &'static Variant> {
+    VARIANTS.iter().flat_map(|set| set.iter())
+}
+
+/// The C microkernels for 32-bit ARM NEON (`neon32.c`, built by `build.rs`): Rust's
+/// 32-bit NEON intrinsics are not stable.
 #[cfg(all(target_arch = "arm", target_os = "linux"))]
 mod neon32 {
-    use super::{Isa, Job, Microkernel, Variant};
+    use super::{chw, hwc, Isa, Microkernel, Variant};
 
-    extern "C" {
-        fn perch_f32_dwconv_3x3s1_neon32(job: &Job);
-        fn perch_f32_dwconv_3x3s2_neon32(job: &Job);
-        fn perch_f32_dwconv_5x5s1_neon32(job: &Job);
-        fn perch_f32_dwconv_5x5s2_neon32(job: &Job);
+    macro_rules! c_variants {
+        ($([$layout:ident, $k:literal, $s:literal, $name:literal, $symbol:ident]),* $(,)?) => {
+            extern "C" {
+                $(fn $symbol(job: &c_variants!(@job $layout));)*
+            }
+            pub(super) static VARIANTS: [Variant; 8] = [$(
+                Variant {
+                    name: $name,
+                    isa: Isa::ArmNeon,
+                    kernel: [$k, $k],
+                    stride: $s,
+                    run: c_variants!(@run $layout, $s, $symbol),
+                },
+            )*];
+        };
+        (@job chw) => { chw::Job };
+        (@job hwc) => { hwc::Job };
+        (@run chw, $s:literal, $symbol:ident) => {
+            Microkernel::Chw({
+                unsafe fn run(job: &chw::Job) {
+                    chw::fill::<$s>(job);
+                    $symbol(job)
+                }
+                run
+            })
+        };
+        (@run hwc, $s:literal, $symbol:ident) => {
+            Microkernel::Hwc({
+                unsafe fn run(job: &hwc::Job) {
+                    $symbol(job)
+                }
+                run
+            })
+        };
     }
 
-    pub(super) type Entry = (&'static str, usize, usize, Microkernel);
-
-    pub(super) const K3S1: Entry = ("f32_dwconv_3x3s1_neon32", 3, 1, call_3x3s1);
-    pub(super) const K3S2: Entry = ("f32_dwconv_3x3s2_neon32", 3, 2, call_3x3s2);
-    pub(super) const K5S1: Entry = ("f32_dwconv_5x5s1_neon32", 5, 1, call_5x5s1);
-    pub(super) const K5S2: Entry = ("f32_dwconv_5x5s2_neon32", 5, 2, call_5x5s2);
-
-    unsafe fn call_3x3s1(job: &Job) {
-        super::template::fill::<1>(job);
-        perch_f32_dwconv_3x3s1_neon32(job)
-    }
-    unsafe fn call_3x3s2(job: &Job) {
-        super::template::fill::<2>(job);
-        perch_f32_dwconv_3x3s2_neon32(job)
-    }
-    unsafe fn call_5x5s1(job: &Job) {
-        super::template::fill::<1>(job);
-        perch_f32_dwconv_5x5s1_neon32(job)
-    }
-    unsafe fn call_5x5s2(job: &Job) {
-        super::template::fill::<2>(job);
-        perch_f32_dwconv_5x5s2_neon32(job)
-    }
-
-    pub(super) const fn variant((name, k, stride, run): Entry) -> Variant {
-        Variant {
-            name,
-            isa: Isa::ArmNeon,
-            kernel: [k, k],
-            stride,
-            run,
-        }
-    }
+    c_variants!(
+        [
+            chw,
+            3,
+            1,
+            "f32_dwconv_3x3s1_neon32",
+            perch_f32_dwconv_3x3s1_neon32
+        ],
+        [
+            chw,
+            3,
+            2,
+            "f32_dwconv_3x3s2_neon32",
+            perch_f32_dwconv_3x3s2_neon32
+        ],
+        [
+            chw,
+            5,
+            1,
+            "f32_dwconv_5x5s1_neon32",
+            perch_f32_dwconv_5x5s1_neon32
+        ],
+        [
+            chw,
+            5,
+            2,
+            "f32_dwconv_5x5s2_neon32",
+            perch_f32_dwconv_5x5s2_neon32
+        ],
+        [
+            hwc,
+            3,
+            1,
+            "f32_dwconv_hwc_3x3s1_neon32",
+            perch_f32_dwconv_hwc_3x3s1_neon32
+        ],
+        [
+            hwc,
+            3,
+            2,
+            "f32_dwconv_hwc_3x3s2_neon32",
+            perch_f32_dwconv_hwc_3x3s2_neon32
+        ],
+        [
+            hwc,
+            5,
+            1,
+            "f32_dwconv_hwc_5x5s1_neon32",
+            perch_f32_dwconv_hwc_5x5s1_neon32
+        ],
+        [
+            hwc,
+            5,
+            2,
+            "f32_dwconv_hwc_5x5s2_neon32",
+            perch_f32_dwconv_hwc_5x5s2_neon32
+        ],
+    );
 }
 
 /// A depthwise convolution planned on one of [`VARIANTS`].
@@ -338,16 +404,19 @@ impl std::hash::Hash for DwConv {
 }
 
 impl DwConv {
-    /// Picks the best variant `cpu` runs for this geometry, or says why none covers it.
+    /// Picks the best variant `cpu` runs for this geometry and layout, or says why none
+    /// covers it.
     pub fn plan(
         geometry: DwGeometry,
+        layout: Layout,
         activation: Activation,
         cpu: Cpu,
     ) -> Result<DwConv, Unsupported> {
         Self::plan_among(
             geometry,
+            layout,
             activation,
-            VARIANTS.iter().filter(|v| cpu.has(v.isa)),
+            variants().filter(|v| cpu.has(v.isa)),
         )
     }
 
@@ -357,11 +426,17 @@ impl DwConv {
         activation: Activation,
         variant: &'static Variant,
     ) -> Result<DwConv, Unsupported> {
-        Self::plan_among(geometry, activation, std::iter::once(variant))
+        Self::plan_among(
+            geometry,
+            variant.layout(),
+            activation,
+            std::iter::once(variant),
+        )
     }
 
     fn plan_among(
         geometry: DwGeometry,
+        layout: Layout,
         activation: Activation,
         mut candidates: impl Iterator<Item = &'static Variant>,
     ) -> Result<DwConv, Unsupported> {
@@ -378,8 +453,13 @@ impl DwConv {
             )));
         }
         let variant = candidates
-            .find(|v| v.kernel == geometry.kernel && v.stride == s)
-            .ok_or_else(|| Unsupported(format!("no {kh}x{kw} stride-{s} kernel for this CPU")))?;
+            .find(|v| v.kernel == geometry.kernel && v.stride == s && v.layout() == layout)
+            .ok_or_else(|| {
+                Unsupported(format!(
+                    "no {} {kh}x{kw} stride-{s} kernel for this CPU",
+                    layout.name()
+                ))
+            })?;
         Ok(DwConv {
             geometry,
             activation,
@@ -390,6 +470,11 @@ impl DwConv {
     /// The geometry it computes.
     pub fn geometry(&self) -> &DwGeometry {
         &self.geometry
+    }
+
+    /// The layout of its images.
+    pub fn layout(&self) -> Layout {
+        self.variant.layout()
     }
 
     /// The fused activation.
@@ -404,12 +489,16 @@ impl DwConv {
 
     /// Scratch elements [`DwConv::run`] needs.
     pub fn scratch_len(&self) -> usize {
-        self.geometry.stride * self.geometry.stride * self.geometry.plane_len()
+        match self.layout() {
+            Layout::Chw => chw::scratch_len(&self.geometry),
+            Layout::Hwc => hwc::scratch_len(&self.geometry),
+        }
     }
 
-    /// Convolves `images` images: `input` is `images × channels × H × W`, `weights`
-    /// `channels × kh × kw`, `bias` one per channel (zero when absent), `output`
-    /// `images × channels × Ho × Wo`.
+    /// Convolves `images` images in the planned layout: `input` is `images` images of
+    /// `channels × H × W` values, `weights` is `channels × kh × kw` (one filter per
+    /// channel, whatever the layout), `bias` one per channel (zero when absent),
+    /// `output` `images` images of `channels × Ho × Wo` values.
     ///
     /// Fails, touching nothing, when a slice has the wrong length.
     pub fn run(
@@ -448,43 +537,14 @@ impl DwConv {
             )));
         }
         let scratch = &mut scratch[..self.scratch_len()];
-        // Padding and slack stay zero: every channel writes the same interior cells.
-        scratch.fill(0.0);
-        let [h, w] = g.input;
-        let [ho, wo] = g.output;
-        let [hq, wq] = g.plane_shape();
-        let taps = g.kernel[0] * g.kernel[1];
         let (lo, hi) = self.activation.bounds();
-        let planes = images * g.channels;
-        for p in 0..planes {
-            let c = p % g.channels;
-            let job = Job {
-                input: input[p * h * w..].as_ptr(),
-                h,
-                w,
-                top: g.padding[0],
-                left: g.padding[1],
-                planes: scratch.as_mut_ptr(),
-                plane_len: g.plane_len(),
-                hq,
-                wq,
-                ho,
-                wo,
-                out: output[p * ho * wo..].as_mut_ptr(),
-                room: (planes - p - 1) * ho * wo,
-                weights: weights[c * taps..].as_ptr(),
-                bias: bias.map_or(0.0, |b| b[c]),
-                lo,
-                hi,
-            };
-            // SAFETY: the variant's instruction set was checked when it was planned.
-            // Reads: the input plane (h × w, checked above), and the stride-phase
-            // planes, which hold hq × wq cells plus SLACK each: that covers every read
-            // of the template (see `template::plane`). Writes: the planes' input
-            // cells, and the output from this plane's start to the buffer's end (a
-            // row spills past its end only into memory written afterwards; the last
-            // plane's last row never does).
-            unsafe { (self.variant.run)(&job) };
+        match self.variant.run {
+            Microkernel::Chw(kernel) => chw::run(
+                kernel, g, images, input, weights, bias, output, scratch, lo, hi,
+            ),
+            Microkernel::Hwc(kernel) => hwc::run(
+                kernel, g, images, input, weights, bias, output, scratch, lo, hi,
+            ),
         }
         Ok(())
     }

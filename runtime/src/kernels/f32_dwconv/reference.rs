@@ -1,14 +1,16 @@
 //! The reference: the definition of a depthwise convolution, written for clarity.
 
-use super::DwGeometry;
+use super::{DwGeometry, Layout};
 use crate::kernels::Activation;
 
 /// Convolves one image by the definition: for every output point, the sum over the
 /// filter's taps that fall inside the input (padding is zero), plus the bias, clamped.
 ///
-/// Slices are laid out as for [`super::DwConv::run`]. Panics if they are too short.
+/// Slices are laid out as for [`super::DwConv::run`], images in `layout`. Panics if
+/// they are too short.
 pub fn reference(
     g: &DwGeometry,
+    layout: Layout,
     activation: Activation,
     input: &[f32],
     weights: &[f32],
@@ -19,7 +21,13 @@ pub fn reference(
     let [kh, kw] = g.kernel;
     let [ho, wo] = g.output;
     let [top, left, ..] = g.padding;
-    for c in 0..g.channels {
+    let channels = g.channels;
+    // Where channel c of pixel (y, x) is in an image of `rows × cols`.
+    let at = |rows: usize, cols: usize, c: usize, y: usize, x: usize| match layout {
+        Layout::Chw => (c * rows + y) * cols + x,
+        Layout::Hwc => (y * cols + x) * channels + c,
+    };
+    for c in 0..channels {
         for oy in 0..ho {
             for ox in 0..wo {
                 let mut sum = bias.map_or(0.0, |b| b[c]);
@@ -30,11 +38,11 @@ pub fn reference(
                         if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                             continue;
                         }
-                        let x = input[c * h * w + iy as usize * w + ix as usize];
+                        let x = input[at(h, w, c, iy as usize, ix as usize)];
                         sum += weights[(c * kh + ky) * kw + kx] * x;
                     }
                 }
-                output[(c * ho + oy) * wo + ox] = activation.apply(sum);
+                output[at(ho, wo, c, oy, ox)] = activation.apply(sum);
             }
         }
     }

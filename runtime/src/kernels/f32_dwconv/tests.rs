@@ -7,7 +7,7 @@ use super::*;
 /// Variants this CPU can run.
 fn runnable() -> Vec<&'static Variant> {
     let cpu = Cpu::detect();
-    VARIANTS.iter().filter(|v| cpu.has(v.isa)).collect()
+    variants().filter(|v| cpu.has(v.isa)).collect()
 }
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -48,7 +48,7 @@ fn compare(
         .chunks(g.input_len())
         .zip(want.chunks_mut(g.output_len()))
     {
-        reference(&g, activation, x, &weights, bias, y);
+        reference(&g, variant.layout(), activation, x, &weights, bias, y);
     }
     // NaN-filled, so a point the kernel forgets to write is caught, and followed by a
     // guard that no write may reach.
@@ -176,40 +176,42 @@ fn the_shapes_of_the_reference_models_match_the_reference() {
 }
 
 #[test]
-fn every_filter_size_and_stride_has_a_portable_variant_and_plans_the_best_one_this_cpu_runs() {
-    for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
-        let matching = || {
-            runnable()
-                .into_iter()
-                .filter(move |v| v.kernel == [k, k] && v.stride == s)
-        };
-        assert!(
-            matching().any(|v| v.isa == Isa::Portable),
-            "{k}x{k}s{s}: no portable variant"
-        );
-        let best = matching().map(|v| v.isa).max().unwrap();
-        let g = DwGeometry::new(1, [8, 8], [k, k], s, [1; 4]).unwrap();
-        let planned = DwConv::plan(g, Activation::None, Cpu::detect()).unwrap();
-        assert_eq!(
-            planned.variant().isa,
-            best,
-            "{k}x{k}s{s}: planned {}",
-            planned.variant().name
-        );
-        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
-            && Cpu::detect().best() != Isa::Portable
-        {
-            assert_ne!(
-                best,
-                Isa::Portable,
-                "{k}x{k}s{s}: no SIMD variant for this CPU"
+fn every_layout_filter_size_and_stride_has_a_portable_variant_and_plans_the_best_one_this_cpu_runs()
+{
+    for layout in [Layout::Chw, Layout::Hwc] {
+        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            let matching = || {
+                runnable()
+                    .into_iter()
+                    .filter(move |v| v.kernel == [k, k] && v.stride == s && v.layout() == layout)
+            };
+            let case = format!("{layout:?} {k}x{k}s{s}");
+            assert!(
+                matching().any(|v| v.isa == Isa::Portable),
+                "{case}: no portable variant"
             );
+            let best = matching().map(|v| v.isa).max().unwrap();
+            let g = DwGeometry::new(1, [8, 8], [k, k], s, [1; 4]).unwrap();
+            let planned = DwConv::plan(g, layout, Activation::None, Cpu::detect()).unwrap();
+            assert_eq!(
+                planned.variant().isa,
+                best,
+                "{case}: planned {}",
+                planned.variant().name
+            );
+            assert_eq!(planned.layout(), layout, "{case}");
+            if cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+                && Cpu::detect().best() != Isa::Portable
+            {
+                assert_ne!(best, Isa::Portable, "{case}: no SIMD variant for this CPU");
+            }
         }
     }
 }
 
 #[test]
 fn a_nan_input_gives_nan_outputs_where_it_is_read_whatever_the_activation() {
+    // One channel: both layouts have the same memory order.
     let g = DwGeometry::new(1, [6, 6], [3, 3], 1, [1, 1, 1, 1]).unwrap();
     for variant in runnable()
         .into_iter()
@@ -247,6 +249,7 @@ fn planning_says_why_a_convolution_is_not_covered() {
     let plan = |k: usize, s: usize| {
         DwConv::plan(
             DwGeometry::new(4, [16, 16], [k, k], s, [1; 4]).unwrap(),
+            Layout::Chw,
             Activation::None,
             cpu,
         )
@@ -264,7 +267,7 @@ fn planning_says_why_a_convolution_is_not_covered() {
 #[test]
 fn slices_of_the_wrong_length_are_refused_before_anything_is_written() {
     let g = DwGeometry::new(2, [4, 4], [3, 3], 1, [1; 4]).unwrap();
-    let conv = DwConv::plan(g, Activation::None, Cpu::detect()).unwrap();
+    let conv = DwConv::plan(g, Layout::Chw, Activation::None, Cpu::detect()).unwrap();
     let mut out = vec![9.0; 32];
     let mut scratch = vec![0.0; conv.scratch_len()];
     let err = conv

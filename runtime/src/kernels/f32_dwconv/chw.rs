@@ -1,7 +1,115 @@
-//! The microkernel template, instantiated per instruction set by `VARIANTS`.
+//! Channels first: each channel's plane through stride-phase planes (see the module
+//! documentation of `f32_dwconv`). The template is instantiated per instruction set by
+//! `VARIANTS`.
 
-use super::Job;
+use super::{DwGeometry, SLACK};
 use crate::kernels::simd::F32Lanes;
+
+/// Everything a microkernel needs for one channel (`repr(C)`: the 32-bit ARM kernels are
+/// C, `neon32.c`, which declares the same struct).
+#[repr(C)]
+pub(crate) struct Job {
+    /// The channel's input plane, `h × w`, row-major.
+    pub input: *const f32,
+    pub h: usize,
+    pub w: usize,
+    /// Padding above and left of the input.
+    pub top: usize,
+    pub left: usize,
+    /// Scratch for the stride-phase planes: plane `(a, b)` starts at
+    /// `(a·s + b) · plane_len`, is `hq × wq`, and only its cells that hold input are
+    /// written (the rest stay zero).
+    pub planes: *mut f32,
+    pub plane_len: usize,
+    pub hq: usize,
+    pub wq: usize,
+    /// Output rows and columns.
+    pub ho: usize,
+    pub wo: usize,
+    /// The channel's output plane, `ho × wo`, row-major.
+    pub out: *mut f32,
+    /// Elements of the output buffer after this plane. A row's last vector is stored
+    /// whole, spilling past the row into memory written afterwards (the next row, the
+    /// next planes), as long as it stays within the buffer; otherwise lane by lane.
+    pub room: usize,
+    /// The channel's filter, `kh × kw`, row-major.
+    pub weights: *const f32,
+    pub bias: f32,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+/// Rows and columns of each stride-phase plane.
+fn plane_shape(g: &DwGeometry) -> [usize; 2] {
+    let s = g.stride;
+    [
+        g.output[0] + g.kernel[0].div_ceil(s) - 1,
+        g.output[1] + g.kernel[1].div_ceil(s) - 1,
+    ]
+}
+
+/// Elements of one plane in scratch, with room for a vector read past its end.
+fn plane_len(g: &DwGeometry) -> usize {
+    let [hq, wq] = plane_shape(g);
+    hq * wq + SLACK
+}
+
+/// Scratch elements: `s²` planes.
+pub(super) fn scratch_len(g: &DwGeometry) -> usize {
+    g.stride * g.stride * plane_len(g)
+}
+
+/// Runs `kernel` on every channel of every image (lengths checked by the caller).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    kernel: unsafe fn(&Job),
+    g: &DwGeometry,
+    images: usize,
+    input: &[f32],
+    weights: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    scratch: &mut [f32],
+    lo: f32,
+    hi: f32,
+) {
+    // Padding and slack stay zero: every channel writes the same interior cells.
+    scratch.fill(0.0);
+    let [h, w] = g.input;
+    let [ho, wo] = g.output;
+    let [hq, wq] = plane_shape(g);
+    let taps = g.kernel[0] * g.kernel[1];
+    let planes = images * g.channels;
+    for p in 0..planes {
+        let c = p % g.channels;
+        let job = Job {
+            input: input[p * h * w..].as_ptr(),
+            h,
+            w,
+            top: g.padding[0],
+            left: g.padding[1],
+            planes: scratch.as_mut_ptr(),
+            plane_len: plane_len(g),
+            hq,
+            wq,
+            ho,
+            wo,
+            out: output[p * ho * wo..].as_mut_ptr(),
+            room: (planes - p - 1) * ho * wo,
+            weights: weights[c * taps..].as_ptr(),
+            bias: bias.map_or(0.0, |b| b[c]),
+            lo,
+            hi,
+        };
+        // SAFETY: the variant's instruction set was checked when it was planned.
+        // Reads: the input plane (h × w, checked by the caller), and the stride-phase
+        // planes, which hold hq × wq cells plus SLACK each: that covers every read of
+        // `plane`. Writes: the planes' input cells, and the output from this plane's
+        // start to the buffer's end (a row spills past its end only into memory
+        // written afterwards, never past the buffer).
+        unsafe { kernel(&job) };
+    }
+}
 
 /// Copies one channel's input into its stride-phase planes: plane `(a, b)` cell
 /// `(r, c)` is input `(S·r + a − top, S·c + b − left)` where that is inside the input.

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use perch_firmware::backoff::Backoff;
+//! use perch_mqtt::backoff::Backoff;
 //!
 //! let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
 //! // A random u64 of u64::MAX picks the top of the window: 100 ms, 200 ms, 400 ms, ...

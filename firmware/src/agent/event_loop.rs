@@ -1,0 +1,446 @@
+//! The agent's event loop: one task owns the [`Agent`] and reacts to the network, the
+//! updater's effects and the report timer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use perch_mqtt::NetEvent;
+use perch_runtime::error::Chain;
+use perch_runtime::histogram::Histogram;
+use perch_runtime::slo::{Slo, Window};
+use perch_runtime::wire::{self, Health, MetricsReport, ModelState};
+use rumqttc::{AsyncClient, Publish, QoS};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::ota_link::{OtaInput, OtaLink};
+use super::sequence::SeqState;
+use crate::config::ModelConfig;
+use crate::device::DeviceId;
+use crate::load::Loaded;
+use crate::mqtt::{self, Outbox, Topics, TwinContext};
+use crate::ota::Effect;
+use crate::service::InferenceService;
+
+/// Inference requests queued or running at once; more are answered "busy" at once.
+const MAX_QUEUED_REQUESTS: usize = 64;
+/// How long a clean shutdown waits for the broker to take the goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The agent's running state, owned by its one task.
+pub(super) struct Agent {
+    pub(super) device: DeviceId,
+    pub(super) topics: Topics,
+    pub(super) service: InferenceService,
+    pub(super) client: AsyncClient,
+    pub(super) outbox: Outbox,
+    pub(super) seq: SeqState,
+    pub(super) started: Instant,
+    pub(super) slo: Slo,
+    /// The latest health message.
+    pub(super) health: Health,
+    pub(super) boot_failure: Option<String>,
+    pub(super) http_addr: Option<SocketAddr>,
+    pub(super) connected: bool,
+    pub(super) ever_connected: bool,
+    pub(super) disconnected_at: Option<Instant>,
+    /// Inference requests queued or running.
+    pub(super) queued: Arc<AtomicUsize>,
+    /// One per inference allowed to run at once.
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) broker_name: String,
+    /// Over-the-air updates, when on.
+    pub(super) ota: Option<OtaLink>,
+    /// Where the updater's effects (and models loaded for it) come back.
+    pub(super) effects_tx: mpsc::UnboundedSender<Effect>,
+    /// The configured model, served again after a roll-back with no previous slot.
+    pub(super) model_config: ModelConfig,
+    /// SLOs of the configuration, which win over a bundle's.
+    pub(super) slo_override: Slo,
+}
+
+impl Agent {
+    /// Serves until `stop` says so, then shuts down (see [`Agent::shutdown`]).
+    pub(super) async fn run(
+        mut self,
+        mut net: mpsc::Receiver<NetEvent>,
+        mut effects: mpsc::UnboundedReceiver<Effect>,
+        mut stop: watch::Receiver<bool>,
+        report_interval: Duration,
+        poller: tokio::task::JoinHandle<()>,
+    ) {
+        let mut ticker = tokio::time::interval(report_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate
+        let _ = self.service.take_interval(); // warm-up and start-up are not traffic
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                event = net.recv() => match event {
+                    Some(event) => self.on_net(event),
+                    None => {
+                        log::error!("the MQTT connection task ended; stopping");
+                        break;
+                    }
+                },
+                Some(effect) = effects.recv() => self.on_effect(effect),
+                _ = ticker.tick() => self.report(),
+            }
+        }
+        self.shutdown(net, poller).await;
+    }
+
+    fn on_net(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Connected => {
+                self.connected = true;
+                match self.disconnected_at.take() {
+                    Some(at) if self.ever_connected => log::info!(
+                        "reconnected to the MQTT broker {} after {:.1} s; {} reports to deliver",
+                        self.broker_name,
+                        at.elapsed().as_secs_f64(),
+                        self.outbox.pending()
+                    ),
+                    _ => log::info!("connected to the MQTT broker {}", self.broker_name),
+                }
+                self.ever_connected = true;
+                self.outbox.on_connected();
+                // Requests and rollout documents at QoS 1; bundle chunks at QoS 0 (as
+                // the operator sends them: a lost chunk is asked for again).
+                let requests = [&self.topics.infer_req, &self.topics.infer_req_bin]
+                    .into_iter()
+                    .map(|t| (t.as_str(), QoS::AtLeastOnce));
+                let ota = self.ota.iter().flat_map(|o| o.subscriptions());
+                for (topic, qos) in requests.chain(ota) {
+                    if let Err(e) = self.client.try_subscribe(topic, qos) {
+                        log::error!("cannot subscribe to {topic}: {e}");
+                    }
+                }
+                let status = mqtt::online_status(&self.device, &self.health, self.http_addr);
+                self.publish(&self.topics.status, true, status);
+                self.publish_health();
+                self.pump();
+            }
+            NetEvent::Disconnected(reason) => {
+                if self.connected {
+                    log::warn!(
+                        "lost the MQTT broker {}: {reason}; reports go to the spool until it is back",
+                        self.broker_name
+                    );
+                    self.disconnected_at = Some(Instant::now());
+                } else if !self.ever_connected && self.disconnected_at.is_none() {
+                    log::warn!(
+                        "cannot reach the MQTT broker {}: {reason}; retrying with backoff",
+                        self.broker_name
+                    );
+                    self.disconnected_at = Some(Instant::now());
+                } else {
+                    log::debug!(
+                        "MQTT broker {} still unreachable: {reason}",
+                        self.broker_name
+                    );
+                }
+                self.connected = false;
+                if let Err(e) = self.outbox.on_disconnected() {
+                    log::error!("cannot spool reports: {e}");
+                }
+            }
+            NetEvent::Message(publish) => match &self.ota {
+                Some(ota) if ota.wants(&publish.topic) => ota.deliver(publish),
+                _ => self.on_request(publish),
+            },
+            NetEvent::Sent(pkid) => self.outbox.on_sent(pkid),
+            NetEvent::Subscribed => {}
+            NetEvent::PubAck(pkid) => match self.outbox.on_puback(pkid) {
+                Ok(true) => self.pump(),
+                Ok(false) => {}
+                Err(e) => log::error!("cannot remove a delivered report from the spool: {e}"),
+            },
+        }
+    }
+
+    /// Answers an inference request on a blocking thread; the reply is published by
+    /// the task that ran it.
+    fn on_request(&mut self, publish: Publish) {
+        let Some((codec, reply_topic)) = self.topics.route(&publish.topic) else {
+            return;
+        };
+        let reply_topic = reply_topic.to_string();
+        let queued = self.queued.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_QUEUED_REQUESTS {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.service.count_error();
+            let reply = mqtt::busy_reply(codec, &publish.payload, queued);
+            self.publish(&reply_topic, false, reply);
+            return;
+        }
+        let (service, client, queued, permits) = (
+            self.service.clone(),
+            self.client.clone(),
+            self.queued.clone(),
+            self.permits.clone(),
+        );
+        tokio::spawn(async move {
+            let permit = permits.acquire_owned().await;
+            let payload = publish.payload.clone();
+            let work_service = service.clone();
+            let reply =
+                tokio::task::spawn_blocking(move || mqtt::answer(&work_service, codec, &payload))
+                    .await;
+            drop(permit);
+            let payload = match reply {
+                Ok(reply) => reply.payload,
+                Err(e) => {
+                    log::error!("an inference failed: {e}");
+                    service.count_error();
+                    let id = mqtt::request_id(codec, &publish.payload);
+                    mqtt::error_reply(codec, id, 500, "the inference failed inside the agent")
+                }
+            };
+            if let Err(e) = client
+                .publish(reply_topic, QoS::AtMostOnce, false, payload)
+                .await
+            {
+                log::warn!("cannot publish an inference reply: {e}");
+            }
+            queued.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Carries out what the updater asks.
+    fn on_effect(&mut self, effect: Effect) {
+        match effect {
+            Effect::Publish { topic, payload } => self.publish(&topic, false, payload),
+            Effect::Report { payload, .. } => {
+                if let Err(e) = self.outbox.push(payload) {
+                    log::error!("a rollout report is lost: cannot spool it: {e}");
+                }
+                self.pump();
+            }
+            Effect::Serve(loaded) => self.serve(*loaded),
+            Effect::ServeConfigured => {
+                let (config, tx) = (self.model_config.clone(), self.effects_tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    match crate::load::load(&config) {
+                    Ok(loaded) => {
+                        let _ = tx.send(Effect::Serve(Box::new(loaded)));
+                    }
+                    Err(e) => log::error!(
+                        "cannot load the configured model again: {}; the current model keeps serving",
+                        Chain(&e)
+                    ),
+                }
+                });
+            }
+            Effect::Log { level, message } => log::log!(level, "{message}"),
+        }
+    }
+
+    /// Serves `loaded` from now on. The interval so far is reported first, under the
+    /// model that served it; requests in flight finish on the old model.
+    fn serve(&mut self, loaded: Loaded) {
+        self.report();
+        let ready = loaded.boot.ready();
+        let old = self.service.replace(loaded.model, loaded.id.clone());
+        self.service.set_ready(ready);
+        self.slo = self.slo_override.or(&loaded.slo);
+        self.boot_failure = loaded.boot.failure.clone();
+        self.health.model = Some(loaded.id.clone());
+        self.health.state = if ready {
+            ModelState::Ready
+        } else {
+            ModelState::SelfTestFailed
+        };
+        log::info!(
+            "now serving {} from {} (was {})",
+            loaded.id,
+            loaded.source,
+            old.id()
+        );
+        if self.connected {
+            let status = mqtt::online_status(&self.device, &self.health, self.http_addr);
+            self.publish(&self.topics.status, true, status);
+            self.publish_health();
+        }
+    }
+
+    /// Closes the interval: its reports go to the outbox, its JSON twin and the health
+    /// message out at once when connected.
+    fn report(&mut self) {
+        let interval = self.service.take_interval();
+        let uptime_s = u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX);
+        let interval_ms = u32::try_from(interval.elapsed.as_millis()).unwrap_or(u32::MAX);
+        let mut pending = interval.latency.clone();
+        let mut reports = Vec::new();
+        loop {
+            let first = reports.is_empty();
+            let report = MetricsReport {
+                format: wire::FORMAT_VERSION,
+                seq: self.seq.next(),
+                uptime_s,
+                interval_ms: if first { interval_ms } else { 0 },
+                model: self.service.model_id().clone(),
+                ok: if first { saturate(interval.ok) } else { 0 },
+                errors: if first { saturate(interval.errors) } else { 0 },
+                latency: pending.take_report_chunk(),
+            };
+            reports.push(report);
+            if pending.is_empty() {
+                break;
+            }
+        }
+        for report in &reports {
+            let mut buf = [0u8; MetricsReport::MAX_ENCODED_LEN];
+            match report.encode(&mut buf) {
+                Ok(bytes) => {
+                    if let Err(e) = self.outbox.push(bytes.to_vec()) {
+                        log::error!("report {} lost: cannot spool it: {e}", report.seq);
+                    }
+                }
+                Err(e) => log::error!("report {} lost: cannot encode it: {e}", report.seq),
+            }
+        }
+
+        if let Some(ota) = &self.ota {
+            ota.send(OtaInput::Interval {
+                ok: interval.ok,
+                errors: interval.errors,
+                p99_ms: interval
+                    .latency
+                    .quantile(0.99)
+                    .map(|d| d.as_secs_f64() * 1e3),
+            });
+        }
+        let violations = self.slo_violations(&interval.latency, interval.ok, interval.errors);
+        self.health.uptime_s = uptime_s;
+        self.health.rss_kib = crate::process::rss_kib().unwrap_or(0);
+        self.health.state = if !self.service.ready() {
+            ModelState::SelfTestFailed
+        } else if violations.is_empty() {
+            ModelState::Ready
+        } else {
+            ModelState::Degraded
+        };
+        self.health.last_error = violations
+            .first()
+            .or(self.boot_failure.as_ref())
+            .map(|e| wire::truncated(e));
+        if self.connected {
+            let seqs: Vec<u32> = reports.iter().map(|r| r.seq).collect();
+            let twin = mqtt::metrics_twin(
+                &reports[0],
+                &seqs,
+                &interval.latency,
+                &TwinContext {
+                    device: &self.device,
+                    health: &self.health,
+                    backlog: self.outbox.pending().saturating_sub(reports.len()),
+                    dropped: self.outbox.dropped(),
+                    violations: &violations,
+                },
+            );
+            self.publish(&self.topics.metrics_json, false, twin);
+            self.publish_health();
+        }
+        self.pump();
+    }
+
+    /// The SLOs in force that the interval missed, as sentences.
+    fn slo_violations(&self, latency: &Histogram, ok: u64, errors: u64) -> Vec<String> {
+        let window = Window {
+            p99_ms: latency.quantile(0.99).map(|d| d.as_secs_f64() * 1e3),
+            ok,
+            errors,
+            throughput: None,
+        };
+        self.slo
+            .violations(&window)
+            .map(|v| v.to_string())
+            .collect()
+    }
+
+    fn publish_health(&self) {
+        let mut buf = [0u8; Health::MAX_ENCODED_LEN];
+        match self.health.encode(&mut buf) {
+            Ok(bytes) => self.publish(&self.topics.health, true, bytes.to_vec()),
+            Err(e) => log::error!("cannot encode the health message: {e}"),
+        }
+        self.publish(
+            &self.topics.health_json,
+            true,
+            mqtt::health_twin(&self.device, &self.health),
+        );
+    }
+
+    /// Publishes at QoS 0 if the client's queue has room (only reports use QoS 1, see
+    /// [`Outbox`]).
+    fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) {
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtMostOnce, retain, payload)
+        {
+            log::debug!("dropped a message to {topic}: {e}");
+        }
+    }
+
+    /// Publishes the next report if one is waiting and none is in flight.
+    fn pump(&mut self) {
+        match self.outbox.next_publish() {
+            Ok(Some(report)) => {
+                let topic = self.topics.record_topic(&report).to_string();
+                if let Err(e) = self
+                    .client
+                    .try_publish(topic, QoS::AtLeastOnce, false, report)
+                {
+                    log::debug!("report publish deferred: {e}");
+                    self.outbox.publish_failed();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("cannot read the report spool: {e}"),
+        }
+    }
+
+    async fn shutdown(
+        mut self,
+        mut net: mpsc::Receiver<NetEvent>,
+        poller: tokio::task::JoinHandle<()>,
+    ) {
+        log::info!("shutting down");
+        self.report();
+        if let Err(e) = self.outbox.flush() {
+            log::error!("cannot spool the last reports: {e}");
+        }
+        if let Err(e) = self.seq.save() {
+            log::warn!("cannot save the report sequence number: {e}");
+        }
+        if self.outbox.pending() > 0 {
+            log::info!(
+                "{} reports wait in the spool for the next start",
+                self.outbox.pending()
+            );
+        }
+        if self.connected {
+            self.publish(
+                &self.topics.status,
+                true,
+                mqtt::offline_status(&self.device),
+            );
+        }
+        if !self.connected {
+            poller.abort();
+            return;
+        }
+        let _ = self.client.try_disconnect();
+        let drain = async { while net.recv().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            poller.abort();
+        }
+    }
+}
+
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

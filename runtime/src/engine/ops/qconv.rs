@@ -1,0 +1,676 @@
+//! `PerchQConv`: a quantized convolution (pointwise, depthwise or general) on
+//! [`crate::kernels::q8`], replacing `DequantizeLinear → Conv → … → QuantizeLinear`.
+//!
+//! # The pattern
+//! ONNX Runtime's `quantize_static` (QDQ) and `perch quantize --mode static` write a
+//! quantized convolution as float operators between quantize/dequantize pairs; after
+//! tract's declutter it reads
+//! `u8 → DequantizeLinear(sx, zx) → Conv(W, B) → [per-channel mul/add] → [max/min] →
+//! QuantizeLinear(sy, zy) → u8`, where tract has already folded the weights' and the
+//! bias's DequantizeLinear into float constants. The weights are recovered as integers:
+//! per output channel `sw = max|W| / 127` and `w = W / sw`, which must be integers in
+//! `−127 ..= 127` (as both quantizers write them: symmetric, per channel) or the node
+//! stays float. The bias becomes `round(B / (sx · sw))`, ONNX Runtime's own int32 bias.
+//!
+//! # Execution
+//! The kernels are channels last. On channels-first tensors (tract's layout on x86-64)
+//! the operator transposes the input into scratch and the output back; general
+//! convolutions read either layout directly into im2col rows.
+
+use std::cell::RefCell;
+
+use tract_core::internal::*;
+use tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::nn::DataFormat;
+use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
+
+use super::fuse::epilogue_after;
+use super::KernelNode;
+use crate::kernels::f32_dwconv::{DwGeometry, Layout};
+use crate::kernels::q8::dwconv::QDwConv;
+use crate::kernels::q8::gemm::Gemm;
+use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
+use crate::kernels::requant::Requant;
+use crate::kernels::Cpu;
+
+/// Everything a quantized convolution is, as written to an NNEF archive: the integers
+/// and fixed-point constants, not the float scales they came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QConvSpec {
+    /// Channels first or last.
+    pub layout: Layout,
+    /// Input channels, output channels, groups (1, or the channels for depthwise).
+    pub cin: usize,
+    /// See `cin`.
+    pub cout: usize,
+    /// See `cin`.
+    pub group: usize,
+    /// Input height and width.
+    pub input_hw: [usize; 2],
+    /// Filter height and width.
+    pub kernel: [usize; 2],
+    /// Stride (equal along both axes).
+    pub stride: usize,
+    /// Padding: top, left, bottom, right.
+    pub padding: [usize; 4],
+    /// The input's type and zero point.
+    pub input: QType,
+    /// See `input`.
+    pub input_zero_point: i32,
+    /// The output's type, zero point and clamp.
+    pub output: OutputQuant,
+    /// Filters, `cout × cin/group × kh × kw`.
+    pub weights: Vec<i8>,
+    /// Per output channel: the quantized bias with the zero-point correction, and the
+    /// requantization.
+    pub channels: Vec<ChannelOutput>,
+}
+
+/// How a planned convolution runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Plan {
+    /// 1x1, stride 1, no padding: one matrix product over the pixels.
+    Pointwise(Gemm),
+    /// One filter per channel.
+    Depthwise(QDwConv),
+    /// Anything else with one group: im2col rows, then a matrix product.
+    General(Gemm, DwGeometry),
+}
+
+/// A quantized 2-D convolution of 8-bit tensors, with bias, requantization and clamp.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PerchQConv {
+    pub(super) spec: QConvSpec,
+    geometry: DwGeometry,
+    plan: Plan,
+}
+
+impl PerchQConv {
+    /// Plans a specification on `cpu`, or says why no kernel covers it.
+    pub(super) fn plan(spec: QConvSpec, cpu: Cpu) -> Result<PerchQConv, String> {
+        let s = &spec;
+        let geometry =
+            DwGeometry::new(s.cout, s.input_hw, s.kernel, s.stride, s.padding).map_err(|e| e.0)?;
+        let taps = s.kernel[0] * s.kernel[1];
+        if s.channels.len() != s.cout
+            || s.weights.len() != s.cout * (s.cin / s.group.max(1)) * taps
+            || s.group == 0
+        {
+            return Err(format!(
+                "{} weights and {} channel constants for {} x {} / {} filters of {}x{}",
+                s.weights.len(),
+                s.channels.len(),
+                s.cout,
+                s.cin,
+                s.group,
+                s.kernel[0],
+                s.kernel[1]
+            ));
+        }
+        let plan = if s.group == s.cin && s.cin == s.cout && s.group > 1 {
+            Plan::Depthwise(
+                QDwConv::plan(
+                    geometry,
+                    s.input,
+                    s.input_zero_point,
+                    &s.weights,
+                    &s.channels,
+                    s.output,
+                    cpu,
+                )
+                .map_err(|e| e.0)?,
+            )
+        } else if s.group == 1 {
+            let pointwise = s.kernel == [1, 1] && s.stride == 1 && s.padding == [0; 4];
+            // Filters as rows of (ky, kx, ci): the order of channels-last im2col rows.
+            let mut rows = vec![0i8; s.weights.len()];
+            for co in 0..s.cout {
+                for ci in 0..s.cin {
+                    for t in 0..taps {
+                        rows[(co * taps + t) * s.cin + ci] =
+                            s.weights[(co * s.cin + ci) * taps + t];
+                    }
+                }
+            }
+            let k = s.cin * taps;
+            let gemm = Gemm::plan(s.cout, k, &rows, s.input, &s.channels, s.output, cpu)
+                .map_err(|e| e.0)?;
+            if pointwise {
+                Plan::Pointwise(gemm)
+            } else {
+                let im2col = DwGeometry::new(s.cin, s.input_hw, s.kernel, s.stride, s.padding)
+                    .map_err(|e| e.0)?;
+                Plan::General(gemm, im2col)
+            }
+        } else {
+            return Err(format!(
+                "{} groups of {} input and {} output channels (the kernels take one group, or one channel per group)",
+                s.group,
+                s.cin / s.group,
+                s.cout / s.group
+            ));
+        };
+        Ok(PerchQConv {
+            spec,
+            geometry,
+            plan,
+        })
+    }
+
+    /// The kernel that runs it.
+    pub fn kernel_name(&self) -> &'static str {
+        match &self.plan {
+            Plan::Pointwise(g) | Plan::General(g, _) => g.variant().name,
+            Plan::Depthwise(d) => d.variant().name,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.plan {
+            Plan::Pointwise(_) => "pointwise",
+            Plan::Depthwise(_) => "depthwise",
+            Plan::General(..) => "im2col",
+        }
+    }
+
+    pub(super) fn report(&self, node: &str, fused: Vec<String>) -> KernelNode {
+        KernelNode {
+            node: node.into(),
+            pattern: PATTERN,
+            detail: self.detail(),
+            kernel: Some(self.kernel_name().into()),
+            reason: None,
+            fused,
+        }
+    }
+
+    fn detail(&self) -> String {
+        let s = &self.spec;
+        format!(
+            "{} {} {}x{}x{} -> {} ch, {}x{} stride {}, {} -> {}",
+            self.kind(),
+            s.layout.name().to_uppercase(),
+            s.cin,
+            s.input_hw[0],
+            s.input_hw[1],
+            s.cout,
+            s.kernel[0],
+            s.kernel[1],
+            s.stride,
+            s.input.name(),
+            s.output.dtype.name()
+        )
+    }
+
+    fn image(&self, channels: usize, [h, w]: [usize; 2]) -> [usize; 3] {
+        match self.spec.layout {
+            Layout::Chw => [channels, h, w],
+            Layout::Hwc => [h, w, channels],
+        }
+    }
+
+    fn datum(q: QType) -> DatumType {
+        match q {
+            QType::U8 => u8::datum_type(),
+            QType::I8 => i8::datum_type(),
+        }
+    }
+}
+
+const PATTERN: &str = "quantized conv";
+
+impl Op for PerchQConv {
+    fn name(&self) -> StaticName {
+        "PerchQConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![self.kernel_name().into(), self.detail()])
+    }
+
+    op_as_typed_op!();
+}
+
+thread_local! {
+    /// Transposes, im2col rows and padded copies, reused across runs and nodes.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `rows × cols` bytes to `cols × rows`.
+pub(super) fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
+    for r in 0..rows {
+        for c in 0..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+impl EvalOp for PerchQConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let s = &self.spec;
+        let expected = self.image(s.cin, s.input_hw);
+        let shape = x.shape();
+        let (images, image) = match shape {
+            [n, image @ ..] if image.len() == 3 => (*n, image),
+            image => (1, image),
+        };
+        ensure!(
+            image == expected,
+            "PerchQConv planned for {expected:?} images, got {shape:?}"
+        );
+        ensure!(
+            x.datum_type().unquantized() == Self::datum(s.input).unquantized(),
+            "PerchQConv planned for {} input, got {:?}",
+            s.input.name(),
+            x.datum_type()
+        );
+        let out_image = self.image(s.cout, self.geometry.output);
+        let mut out_shape: TVec<usize> = shape[..shape.len() - 3].into();
+        out_shape.extend(out_image);
+        let mut output =
+            unsafe { Tensor::uninitialized_dt(Self::datum(s.output.dtype), &out_shape)? };
+        let x = x.try_as_plain_ram()?.as_bytes();
+        let y = output.as_bytes_mut();
+        SCRATCH.with(|scratch| self.run(images, x, y, &mut scratch.borrow_mut()))?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl PerchQConv {
+    /// Runs every image, transposing channels-first tensors to and from channels last.
+    fn run(&self, images: usize, x: &[u8], y: &mut [u8], scratch: &mut Vec<u8>) -> TractResult<()> {
+        let s = &self.spec;
+        let [h, w] = s.input_hw;
+        let [ho, wo] = self.geometry.output;
+        let (in_len, out_len) = (s.cin * h * w, s.cout * ho * wo);
+        let chw = s.layout == Layout::Chw;
+        let fail = |e: crate::kernels::q8::Unsupported| format_err!("PerchQConv: {}", e.0);
+        for i in 0..images {
+            let x = &x[i * in_len..(i + 1) * in_len];
+            let y = &mut y[i * out_len..(i + 1) * out_len];
+            // Scratch: [channels-last input | channels-last output | kernel scratch].
+            let kernel_scratch = match &self.plan {
+                Plan::Pointwise(g) => g.scratch_len(h * w),
+                Plan::Depthwise(d) => d.scratch_len(),
+                Plan::General(g, _) => ho * wo * g.padded_k(),
+            };
+            let need = if chw { in_len + out_len } else { 0 } + kernel_scratch;
+            if scratch.len() < need {
+                scratch.resize(need, 0);
+            }
+            let (hwc_in, rest) = scratch.split_at_mut(if chw { in_len } else { 0 });
+            let (hwc_out, rest) = rest.split_at_mut(if chw { out_len } else { 0 });
+            let x_hwc: &[u8] = if chw && !matches!(self.plan, Plan::General(..)) {
+                transpose(x, s.cin, h * w, hwc_in);
+                hwc_in
+            } else {
+                x
+            };
+            let out: &mut [u8] = if chw { hwc_out } else { &mut *y };
+            match &self.plan {
+                Plan::Pointwise(g) => g.run(h * w, x_hwc, out, rest).map_err(fail)?,
+                Plan::Depthwise(d) => d.run(1, x_hwc, out, rest).map_err(fail)?,
+                Plan::General(g, im2col) => {
+                    let kp = g.padded_k();
+                    let rows = &mut rest[..ho * wo * kp];
+                    self.im2col(im2col, x, rows, kp);
+                    g.run_padded(ho * wo, rows, kp, out).map_err(fail)?
+                }
+            }
+            if chw {
+                transpose(hwc_out, ho * wo, s.cout, y);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows of `kp` bytes, one per output pixel, holding its taps' input channels in
+    /// (ky, kx, ci) order, the input's zero point where a tap falls in the padding, and
+    /// zeros after the `kh · kw · cin` values.
+    fn im2col(&self, g: &DwGeometry, x: &[u8], rows: &mut [u8], kp: usize) {
+        let s = &self.spec;
+        let [h, w] = g.input;
+        let [kh, kw] = g.kernel;
+        let [top, left, ..] = g.padding;
+        let cin = s.cin;
+        let pad = s.input_zero_point as u8;
+        let at = |ci: usize, iy: usize, ix: usize| match s.layout {
+            Layout::Chw => (ci * h + iy) * w + ix,
+            Layout::Hwc => (iy * w + ix) * cin + ci,
+        };
+        for (p, row) in rows.chunks_exact_mut(kp).enumerate() {
+            let (oy, ox) = (p / g.output[1], p % g.output[1]);
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let iy = (oy * g.stride + ky).checked_sub(top).filter(|v| *v < h);
+                    let ix = (ox * g.stride + kx).checked_sub(left).filter(|v| *v < w);
+                    let dst = &mut row[(ky * kw + kx) * cin..(ky * kw + kx + 1) * cin];
+                    match (iy, ix) {
+                        (Some(iy), Some(ix)) => {
+                            for (ci, d) in dst.iter_mut().enumerate() {
+                                *d = x[at(ci, iy, ix)];
+                            }
+                        }
+                        _ => dst.fill(pad),
+                    }
+                }
+            }
+            row[kh * kw * cin..].fill(0);
+        }
+    }
+}
+
+impl TypedOp for PerchQConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 1, "PerchQConv takes one input");
+        let rank = inputs[0].rank();
+        ensure!(
+            rank == 3 || rank == 4,
+            "PerchQConv takes images with an optional batch"
+        );
+        let mut shape: TVec<TDim> = inputs[0].shape.iter().take(rank - 3).cloned().collect();
+        shape.extend(
+            self.image(self.spec.cout, self.geometry.output)
+                .map(|d| d.to_dim()),
+        );
+        Ok(tvec!(Self::datum(self.spec.output.dtype).fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let s = &self.spec;
+        let per_image = (s.cout * self.geometry.output[0] * self.geometry.output[1]) as i64
+            * (s.cin / s.group * s.kernel[0] * s.kernel[1]) as i64;
+        let images: TDim = inputs[0].shape.iter().take(inputs[0].rank() - 3).product();
+        Ok(tvec!((Cost::FMA(i32::datum_type()), images * per_image)))
+    }
+
+    as_op!();
+}
+
+/// A quantize node's parameters: `(type, scale, zero point)`.
+pub(super) fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
+    let op = node.op_as::<ElementWiseOp>()?;
+    if let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() {
+        return Some((QType::U8, q.scale.recip(), q.zero_point as i32));
+    }
+    op.0.downcast_ref::<QuantizeLinearI8>()
+        .map(|q| (QType::I8, q.scale.recip(), q.zero_point as i32))
+}
+
+/// Integer filters and their per-output-channel scales from the float constants tract
+/// folded them into: `sw = max|W| / 127`, `W / sw` integers within one part in 2^16.
+/// `None` when they are not (a float layer, or another quantization scheme).
+pub(super) fn integer_weights(values: &[f32], per_channel: usize) -> Option<(Vec<i8>, Vec<f32>)> {
+    let mut q = Vec::with_capacity(values.len());
+    let mut scales = vec![];
+    for row in values.chunks(per_channel) {
+        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if !amax.is_finite() {
+            return None;
+        }
+        let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+        for v in row {
+            let r = v / scale;
+            let i = r.round();
+            if (r - i).abs() > 1.0 / 65536.0 || !(-127.0..=127.0).contains(&i) {
+                return None;
+            }
+            q.push(i as i8);
+        }
+        scales.push(scale);
+    }
+    Some((q, scales))
+}
+
+/// Whether `node` is a convolution between quantize/dequantize pairs; if it is, the
+/// patch that runs it on integer kernels, or the reason it stays float.
+pub(super) fn consider(
+    model: &TypedModel,
+    node: &TypedNode,
+    cpu: Cpu,
+) -> TractResult<Option<(Option<TypedModelPatch>, KernelNode)>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let dq_node = model.node(node.inputs[0].node);
+    let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else {
+        return Ok(None);
+    };
+    let x_fact = model.outlet_fact(dq_node.inputs[0])?;
+    let input = if x_fact.datum_type.unquantized() == u8::datum_type() {
+        QType::U8
+    } else if x_fact.datum_type.unquantized() == i8::datum_type() {
+        QType::I8
+    } else {
+        return Ok(None);
+    };
+    let ps = &conv.pool_spec;
+    let declined = |reason: String| {
+        Ok(Some((
+            None,
+            KernelNode {
+                node: node.name.clone(),
+                pattern: PATTERN,
+                detail: format!(
+                    "{} -> {} ch, {:?} filter, group {}",
+                    conv.input_channels(),
+                    conv.output_channels(),
+                    ps.kernel_shape.as_slice(),
+                    conv.group
+                ),
+                kernel: None,
+                reason: Some(reason),
+                fused: vec![],
+            },
+        )))
+    };
+    // Where the chain ends: the single quantize after the epilogue.
+    let (cin, cout, group) = (conv.input_channels(), conv.output_channels(), conv.group);
+    let layout = match ps.data_format {
+        DataFormat::NCHW | DataFormat::CHW => Layout::Chw,
+        DataFormat::NHWC | DataFormat::HWC => Layout::Hwc,
+    };
+    let shape: Vec<Option<usize>> = x_fact.shape.iter().map(|d| d.to_usize().ok()).collect();
+    let rank = shape.len();
+    if ps.rank() != 2 || rank != ps.data_format.has_n() as usize + 3 {
+        return declined(format!("{}-D convolution (the kernels are 2-D)", ps.rank()));
+    }
+    let (c_axis, h_axis) = match layout {
+        Layout::Chw => (rank - 3, rank - 2),
+        Layout::Hwc => (rank - 1, rank - 3),
+    };
+    let epilogue = epilogue_after(model, OutletId::new(node.id, 0), cout, c_axis)?;
+    let q_node = match model.outlet_successors(epilogue.end) {
+        [only] if !model.output_outlets()?.contains(&epilogue.end) => model.node(only.node),
+        _ => {
+            return declined(
+                "its output is not quantized (no single QuantizeLinear after it)".into(),
+            )
+        }
+    };
+    let Some((output_type, sy, zy)) = quantize_params(q_node) else {
+        return declined("its output is not quantized (no single QuantizeLinear after it)".into());
+    };
+    let (sx, zx) = (dq.scale, dq.zero_point);
+    let (tlo, thi) = input.range();
+    if !(sx.is_finite() && sx > 0.0 && (tlo..=thi).contains(&zx)) {
+        return declined(format!("input scale {sx} or zero point {zx} unusable"));
+    }
+    if ps.dilations().iter().any(|d| *d != 1) {
+        return declined("dilation (the kernels have none)".into());
+    }
+    let strides = ps.strides();
+    if strides[0] != strides[1] {
+        return declined(format!(
+            "strides {}x{} (the kernels take equal strides)",
+            strides[0], strides[1]
+        ));
+    }
+    let (Some(h), Some(w)) = (shape[h_axis], shape[h_axis + 1]) else {
+        return declined("symbolic height or width".into());
+    };
+    let kernel = [ps.kernel_shape[0], ps.kernel_shape[1]];
+    let Some(weights) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
+        return declined("filters computed at run time".into());
+    };
+    let Some(weights) = oihw(&weights, conv.kernel_fmt, cout, cin / group.max(1), kernel) else {
+        return declined(format!(
+            "filters {:?} in {:?} unexpected",
+            weights.shape(),
+            conv.kernel_fmt
+        ));
+    };
+    let per_channel = weights.len() / cout;
+    let Some((q_weights, w_scales)) = integer_weights(&weights, per_channel) else {
+        return declined(
+            "its filters are not int8 values with one scale per output channel".into(),
+        );
+    };
+    let Some(bias) = model.outlet_fact(node.inputs[2])?.konst.clone() else {
+        return declined("bias computed at run time".into());
+    };
+    let bias: Vec<f32> = match bias.try_as_plain_ram()?.as_slice::<f32>() {
+        Ok(b) if b.len() == cout => b.to_vec(),
+        Ok(b) if b.len() == 1 => vec![b[0]; cout],
+        _ => return declined("bias not one f32 per output channel".into()),
+    };
+    let pads = ps.computed_padding(&[h, w]);
+    let padding = [
+        pads[0].pad_before,
+        pads[1].pad_before,
+        pads[0].pad_after,
+        pads[1].pad_after,
+    ];
+    let (lo, hi) = epilogue.activation.bounds();
+    let output = match OutputQuant::new(output_type, sy, zy, lo, hi) {
+        Ok(o) => o,
+        Err(e) => return declined(e.0),
+    };
+    let channels = match quantized_channels(
+        input,
+        zx,
+        sx,
+        &q_weights,
+        &w_scales,
+        Some(&bias),
+        &epilogue,
+        sy,
+    ) {
+        Ok(c) => c,
+        Err(reason) => return declined(reason),
+    };
+    let spec = QConvSpec {
+        layout,
+        cin,
+        cout,
+        group,
+        input_hw: [h, w],
+        kernel,
+        stride: strides[0],
+        padding,
+        input,
+        input_zero_point: zx,
+        output,
+        weights: q_weights,
+        channels,
+    };
+    let op = match PerchQConv::plan(spec, cpu) {
+        Ok(op) => op,
+        Err(reason) => return declined(reason),
+    };
+    let mut patch = TypedModelPatch::new(format!("perch qconv {}", node.name));
+    let x = patch.tap_model(model, dq_node.inputs[0])?;
+    let out = patch.wire_node(&node.name, op.clone(), &[x])?[0];
+    patch.shunt_outside(model, OutletId::new(q_node.id, 0), out)?;
+    let mut fused = vec![dq_node.name.clone()];
+    fused.extend(epilogue.fused);
+    fused.push(q_node.name.clone());
+    Ok(Some((Some(patch), op.report(&node.name, fused))))
+}
+
+/// The per-output-channel constants of an integer layer whose real output is
+/// `a[o] · (sx · sw[o] · acc + B[o]) + b[o]` (`a`, `b` from the epilogue, `B` the layer's
+/// own bias if any), quantized with scale `sy`: `M = a·sx·sw / sy`, and the accumulator's
+/// bias `(a·B + b) / (a·sx·sw)` rounded, plus the zero-point correction.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quantized_channels(
+    input: QType,
+    zx: i32,
+    sx: f32,
+    q_weights: &[i8],
+    w_scales: &[f32],
+    bias: Option<&[f32]>,
+    epilogue: &super::fuse::Epilogue,
+    sy: f32,
+) -> Result<Vec<ChannelOutput>, String> {
+    let outputs = w_scales.len();
+    let per_channel = q_weights.len() / outputs.max(1);
+    let mut channels = Vec::with_capacity(outputs);
+    for o in 0..outputs {
+        let a = epilogue.scale[o] as f64;
+        let scale = a * sx as f64 * w_scales[o] as f64;
+        if scale == 0.0 || !scale.is_finite() {
+            return Err(format!("output channel {o} is scaled by {a}"));
+        }
+        let own = bias.map_or(0.0, |b| b[o] as f64);
+        let b = (a * own + epilogue.shift[o] as f64) / scale;
+        if !b.is_finite() || b.abs() > (1u64 << 30) as f64 {
+            return Err(format!(
+                "output channel {o}: bias {b} does not fit the accumulator"
+            ));
+        }
+        let sum: i64 = q_weights[o * per_channel..(o + 1) * per_channel]
+            .iter()
+            .map(|w| *w as i64)
+            .sum();
+        let correction = input.offset(zx) as i64 * sum;
+        let requant = Requant::new(scale / sy as f64)
+            .ok_or_else(|| format!("output channel {o}: requantization scale out of range"))?;
+        let bias = i32::try_from(b.round() as i64 + correction)
+            .map_err(|_| format!("output channel {o}: bias does not fit the accumulator"))?;
+        channels.push(ChannelOutput { bias, requant });
+    }
+    Ok(channels)
+}
+
+/// Filters as f32 `[cout, cin_per_group, kh, kw]` values, whatever the format tract
+/// holds them in.
+fn oihw(
+    weights: &Tensor,
+    format: KernelFormat,
+    cout: usize,
+    cin: usize,
+    [kh, kw]: [usize; 2],
+) -> Option<Vec<f32>> {
+    if weights.datum_type() != f32::datum_type() {
+        return None;
+    }
+    let values = weights.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
+    let index: Box<dyn Fn(usize, usize, usize, usize) -> usize> = match (format, weights.shape()) {
+        (KernelFormat::OIHW, s) if s == [cout, cin, kh, kw] => {
+            Box::new(|o, i, y, x| ((o * cin + i) * kh + y) * kw + x)
+        }
+        (KernelFormat::HWIO, s) if s == [kh, kw, cin, cout] => {
+            Box::new(|o, i, y, x| ((y * kw + x) * cin + i) * cout + o)
+        }
+        (KernelFormat::OHWI, s) if s == [cout, kh, kw, cin] => {
+            Box::new(|o, i, y, x| ((o * kh + y) * kw + x) * cin + i)
+        }
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(cout * cin * kh * kw);
+    for o in 0..cout {
+        for i in 0..cin {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out.push(values[index(o, i, y, x)]);
+                }
+            }
+        }
+    }
+    Some(out)
+}

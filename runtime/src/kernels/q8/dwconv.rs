@@ -1,0 +1,407 @@
+//! Depthwise 8-bit convolution, channels last, 3x3 and 5x5 at stride 1 and 2, any
+//! padding.
+//!
+//! Each image is copied once into scratch, padded with the input's zero point and with
+//! every byte already in the signed form the kernels multiply (see the module
+//! documentation of `q8`); the microkernel then vectorizes along channels with no
+//! border cases, like the float channels-last kernel (`f32_dwconv::hwc`).
+
+use super::{ChannelOutput, OutputQuant, QType, Unsupported};
+use crate::kernels::f32_dwconv::DwGeometry;
+use crate::kernels::{Cpu, Isa};
+
+/// Channels are padded to a multiple of this in the packed filters and constants.
+const C_BLOCK: usize = 16;
+/// Bytes a vector may read past the padded image.
+const SLACK: usize = 16;
+
+/// What a microkernel computes: one image from its padded signed copy.
+#[repr(C)]
+pub(crate) struct Job {
+    /// The padded image, `hp × wp × c` signed bytes, then [`SLACK`] more.
+    pub padded: *const i8,
+    pub wp: usize,
+    pub c: usize,
+    pub ho: usize,
+    pub wo: usize,
+    /// `ho × wo × c` output bytes, and `room` more that may be written before they are
+    /// (later images).
+    pub out: *mut u8,
+    pub room: usize,
+    /// Filters tap-major, `kh × kw × cp` (`cp` = `c` rounded up to 16, zero-padded).
+    pub weights: *const i8,
+    pub cp: usize,
+    /// Per padded channel: bias, Q31 multiplier, and the negated right shift after the
+    /// 64-bit product (see `kernels::requant`).
+    pub bias: *const i32,
+    pub multiplier: *const i32,
+    pub shift: *const i64,
+    pub zero_point: i32,
+    pub lo: i32,
+    pub hi: i32,
+}
+
+/// One implementation for a filter size and stride.
+pub struct Variant {
+    /// Kernel name, as reports show it: `q8_dwconv_3x3s1_neon`.
+    pub name: &'static str,
+    /// The instruction set it needs.
+    pub isa: Isa,
+    /// Filter height and width.
+    pub kernel: [usize; 2],
+    /// Stride.
+    pub stride: usize,
+    /// Whether it takes weights of −128.
+    pub any_weight: bool,
+    run: unsafe fn(&Job),
+}
+
+impl std::fmt::Debug for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+macro_rules! variant {
+    ($isa:expr, $suffix:literal, $any:expr, $($kernel:ident)::+, $k:literal, $s:literal) => {
+        Variant {
+            name: concat!("q8_dwconv_", $k, "x", $k, "s", $s, "_", $suffix),
+            isa: $isa,
+            kernel: [$k, $k],
+            stride: $s,
+            any_weight: $any,
+            run: {
+                unsafe fn run(job: &Job) {
+                    $($kernel)::+::<$k, $k, $s>(job)
+                }
+                run
+            },
+        }
+    };
+}
+
+/// Every variant this build has, best first.
+pub static VARIANTS: &[Variant] = &[
+    #[cfg(target_arch = "aarch64")]
+    variant!(Isa::Aarch64Neon, "neon", false, neon::image, 3, 1),
+    #[cfg(target_arch = "aarch64")]
+    variant!(Isa::Aarch64Neon, "neon", false, neon::image, 3, 2),
+    #[cfg(target_arch = "aarch64")]
+    variant!(Isa::Aarch64Neon, "neon", false, neon::image, 5, 1),
+    #[cfg(target_arch = "aarch64")]
+    variant!(Isa::Aarch64Neon, "neon", false, neon::image, 5, 2),
+    variant!(Isa::Portable, "portable", true, portable, 3, 1),
+    variant!(Isa::Portable, "portable", true, portable, 3, 2),
+    variant!(Isa::Portable, "portable", true, portable, 5, 1),
+    variant!(Isa::Portable, "portable", true, portable, 5, 2),
+];
+
+/// A planned depthwise 8-bit convolution.
+#[derive(Debug, Clone)]
+pub struct QDwConv {
+    geometry: DwGeometry,
+    input: QType,
+    input_zero_point: i32,
+    output: OutputQuant,
+    cp: usize,
+    weights: Vec<i8>,
+    bias: Vec<i32>,
+    multiplier: Vec<i32>,
+    shift: Vec<i64>,
+    variant: &'static Variant,
+}
+
+impl PartialEq for QDwConv {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            self.geometry,
+            self.input,
+            self.input_zero_point,
+            self.output,
+        ) == (o.geometry, o.input, o.input_zero_point, o.output)
+            && (&self.weights, &self.bias, &self.multiplier, &self.shift)
+                == (&o.weights, &o.bias, &o.multiplier, &o.shift)
+            && self.variant.name == o.variant.name
+    }
+}
+
+impl Eq for QDwConv {}
+
+impl std::hash::Hash for QDwConv {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (
+            self.geometry,
+            self.input,
+            self.input_zero_point,
+            self.output,
+        )
+            .hash(state);
+        (&self.weights, &self.bias, &self.multiplier).hash(state);
+        self.variant.name.hash(state);
+    }
+}
+
+impl QDwConv {
+    /// Plans a depthwise convolution of `input`-typed images with zero point
+    /// `input_zero_point`, filters `weights` (`channels × kh × kw`), each channel's
+    /// output by `channels[c]`, on the best variant `cpu` runs.
+    pub fn plan(
+        geometry: DwGeometry,
+        input: QType,
+        input_zero_point: i32,
+        weights: &[i8],
+        channels: &[ChannelOutput],
+        output: OutputQuant,
+        cpu: Cpu,
+    ) -> Result<QDwConv, Unsupported> {
+        let has_min = weights.contains(&i8::MIN);
+        let candidates = VARIANTS
+            .iter()
+            .filter(|v| cpu.has(v.isa) && (v.any_weight || !has_min));
+        Self::plan_among(
+            geometry,
+            input,
+            input_zero_point,
+            weights,
+            channels,
+            output,
+            candidates,
+        )
+    }
+
+    /// Plans on one given variant (tests compare them).
+    pub fn plan_on(
+        geometry: DwGeometry,
+        input: QType,
+        input_zero_point: i32,
+        weights: &[i8],
+        channels: &[ChannelOutput],
+        output: OutputQuant,
+        variant: &'static Variant,
+    ) -> Result<QDwConv, Unsupported> {
+        if !variant.any_weight && weights.contains(&i8::MIN) {
+            return Err(Unsupported(format!(
+                "{} takes no weight of -128",
+                variant.name
+            )));
+        }
+        let candidates = std::iter::once(variant);
+        Self::plan_among(
+            geometry,
+            input,
+            input_zero_point,
+            weights,
+            channels,
+            output,
+            candidates,
+        )
+    }
+
+    fn plan_among(
+        g: DwGeometry,
+        input: QType,
+        input_zero_point: i32,
+        weights: &[i8],
+        channels: &[ChannelOutput],
+        output: OutputQuant,
+        mut candidates: impl Iterator<Item = &'static Variant>,
+    ) -> Result<QDwConv, Unsupported> {
+        let [kh, kw] = g.kernel;
+        if !matches!((kh, kw), (3, 3) | (5, 5)) {
+            return Err(Unsupported(format!(
+                "{kh}x{kw} filter (the kernels cover 3x3 and 5x5)"
+            )));
+        }
+        if !matches!(g.stride, 1 | 2) {
+            return Err(Unsupported(format!(
+                "stride {} (the kernels cover 1 and 2)",
+                g.stride
+            )));
+        }
+        let (tlo, thi) = input.range();
+        if !(tlo..=thi).contains(&input_zero_point) {
+            return Err(Unsupported(format!(
+                "input zero point {input_zero_point} out of {} range",
+                input.name()
+            )));
+        }
+        if weights.len() != g.weights_len() || channels.len() != g.channels {
+            return Err(Unsupported(format!(
+                "{} weights and {} channels for {} filters of {kh}x{kw}",
+                weights.len(),
+                channels.len(),
+                g.channels
+            )));
+        }
+        let variant = candidates
+            .find(|v| v.kernel == g.kernel && v.stride == g.stride)
+            .ok_or_else(|| {
+                Unsupported(format!(
+                    "no {kh}x{kw} stride-{} kernel for this CPU",
+                    g.stride
+                ))
+            })?;
+        let c = g.channels;
+        let cp = c.div_ceil(C_BLOCK) * C_BLOCK;
+        let taps = kh * kw;
+        let mut packed = vec![0i8; taps * cp];
+        for (ch, filter) in weights.chunks_exact(taps).enumerate() {
+            for (t, w) in filter.iter().enumerate() {
+                packed[t * cp + ch] = *w;
+            }
+        }
+        let mut shift: Vec<i64> = channels
+            .iter()
+            .map(|c| -(c.requant.shift() as i64))
+            .collect();
+        shift.resize(cp, -1);
+        let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> Vec<i32> {
+            let mut v: Vec<i32> = channels.iter().map(f).collect();
+            v.resize(cp, 0);
+            v
+        };
+        Ok(QDwConv {
+            geometry: g,
+            input,
+            input_zero_point,
+            output,
+            cp,
+            weights: packed,
+            bias: per_channel(&|c| c.bias),
+            multiplier: per_channel(&|c| c.requant.multiplier),
+            shift,
+            variant,
+        })
+    }
+
+    /// The geometry it computes.
+    pub fn geometry(&self) -> &DwGeometry {
+        &self.geometry
+    }
+
+    /// The variant that runs it.
+    pub fn variant(&self) -> &'static Variant {
+        self.variant
+    }
+
+    fn padded_shape(&self) -> [usize; 2] {
+        let g = &self.geometry;
+        [
+            (g.output[0] - 1) * g.stride + g.kernel[0],
+            (g.output[1] - 1) * g.stride + g.kernel[1],
+        ]
+    }
+
+    /// Scratch bytes [`QDwConv::run`] needs.
+    pub fn scratch_len(&self) -> usize {
+        let [hp, wp] = self.padded_shape();
+        hp * wp * self.geometry.channels + SLACK
+    }
+
+    /// Convolves `images` channels-last images (`H × W × C` bytes each) into `Ho × Wo
+    /// × C` bytes each. Fails, touching nothing, on wrong lengths.
+    pub fn run(
+        &self,
+        images: usize,
+        x: &[u8],
+        y: &mut [u8],
+        scratch: &mut [u8],
+    ) -> Result<(), Unsupported> {
+        let g = &self.geometry;
+        if Some(x.len()) != images.checked_mul(g.input_len())
+            || Some(y.len()) != images.checked_mul(g.output_len())
+            || scratch.len() < self.scratch_len()
+        {
+            return Err(Unsupported(format!(
+                "{} input, {} output and {} scratch bytes for {images} image(s)",
+                x.len(),
+                y.len(),
+                scratch.len()
+            )));
+        }
+        let c = g.channels;
+        let [h, w] = g.input;
+        let [hp, wp] = self.padded_shape();
+        let [top, left, ..] = g.padding;
+        let scratch = &mut scratch[..self.scratch_len()];
+        // The padding holds the zero point, in the kernels' signed form; interior cells
+        // are overwritten per image.
+        let pad = self.input.to_signed(self.input_zero_point as u8) as u8;
+        scratch.fill(pad);
+        let rows = h.min(hp.saturating_sub(top));
+        let cols = w.min(wp.saturating_sub(left));
+        let flip = if self.input == QType::U8 { 0x80 } else { 0 };
+        for i in 0..images {
+            let image = &x[i * g.input_len()..(i + 1) * g.input_len()];
+            for r in 0..rows {
+                let src = &image[r * w * c..(r * w + cols) * c];
+                let at = ((r + top) * wp + left) * c;
+                for (d, s) in scratch[at..at + cols * c].iter_mut().zip(src) {
+                    *d = s ^ flip;
+                }
+            }
+            let job = Job {
+                padded: scratch.as_ptr() as *const i8,
+                wp,
+                c,
+                ho: g.output[0],
+                wo: g.output[1],
+                out: y[i * g.output_len()..].as_mut_ptr(),
+                room: (images - i - 1) * g.output_len(),
+                weights: self.weights.as_ptr(),
+                cp: self.cp,
+                bias: self.bias.as_ptr(),
+                multiplier: self.multiplier.as_ptr(),
+                shift: self.shift.as_ptr(),
+                zero_point: self.output.zero_point,
+                lo: self.output.lo,
+                hi: self.output.hi,
+            };
+            // SAFETY: lengths checked above; the padded image covers every tap of every
+            // output pixel, with SLACK after it for vector reads past the last channel;
+            // packed filters and constants hold cp (a multiple of 16) channels; writes
+            // stay within this image's output and the `room` after it.
+            unsafe { (self.variant.run)(&job) };
+        }
+        Ok(())
+    }
+}
+
+/// The reference, in plain Rust: every variant matches it bit for bit.
+///
+/// # Safety
+/// `job` must describe valid buffers.
+unsafe fn portable<const KH: usize, const KW: usize, const S: usize>(job: &Job) {
+    let c = job.c;
+    for y in 0..job.ho {
+        for x in 0..job.wo {
+            for ch in 0..c {
+                let mut acc = *job.bias.add(ch);
+                for ky in 0..KH {
+                    for kx in 0..KW {
+                        let v = *job
+                            .padded
+                            .add(((y * S + ky) * job.wp + x * S + kx) * c + ch);
+                        let w = *job.weights.add((ky * KW + kx) * job.cp + ch);
+                        acc = acc.wrapping_add(v as i32 * w as i32);
+                    }
+                }
+                let requant = crate::kernels::requant::Requant {
+                    multiplier: *job.multiplier.add(ch),
+                    exponent: 31 + *job.shift.add(ch) as i32,
+                };
+                let v = requant
+                    .apply(acc)
+                    .saturating_add(job.zero_point)
+                    .clamp(job.lo, job.hi);
+                *job.out.add((y * job.wo + x) * c + ch) = v as u8;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+#[cfg(test)]
+mod tests;

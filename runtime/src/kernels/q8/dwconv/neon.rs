@@ -1,0 +1,126 @@
+//! aarch64 Advanced SIMD: sixteen channels per vector, two output pixels at a time.
+//!
+//! Taps go in pairs: `SMULL`/`SMULL2` multiply a tap's sixteen byte pairs into 16-bit
+//! lanes, `SMLAL`/`SMLAL2` add the next tap's products (two products of at most
+//! 128 · 127 fit 16 bits: planning refuses weights of −128 here), and `SADDW`/`SADDW2`
+//! widen the sums into four 32-bit accumulators. The pair's filter taps are loaded once
+//! for both pixels.
+
+use std::arch::aarch64::*;
+
+use super::Job;
+use crate::kernels::q8::gemm::neon::requantize;
+
+/// Pixels computed together (sharing the filter taps loaded for a channel block).
+const PIXELS: usize = 2;
+
+/// # Safety
+/// As for `Job`; weights in `−127 ..= 127`.
+#[inline(always)]
+pub(super) unsafe fn image<const KH: usize, const KW: usize, const S: usize>(job: &Job) {
+    for y in 0..job.ho {
+        let mut x = 0;
+        while x + PIXELS <= job.wo {
+            pixels::<KH, KW, S, PIXELS>(job, y, x);
+            x += PIXELS;
+        }
+        while x < job.wo {
+            pixels::<KH, KW, S, 1>(job, y, x);
+            x += 1;
+        }
+    }
+}
+
+/// Pixels `x .. x + P` of output row `y`, every channel; channel blocks from the last
+/// down (a block stored whole past the last channel spills into later pixels' first
+/// block, stored afterwards).
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usize>(
+    job: &Job,
+    y: usize,
+    x: usize,
+) {
+    let c = job.c;
+    let end = job.ho * job.wo * c + job.room;
+    let zero_point = vdupq_n_s32(job.zero_point);
+    let lo = vdupq_n_s32(job.lo);
+    let hi = vdupq_n_s32(job.hi);
+    let mut c0 = (c - 1) / 16 * 16;
+    loop {
+        let mut acc = [[vdupq_n_s32(0); 4]; P];
+        for (q, slot) in acc[0].iter_mut().enumerate() {
+            *slot = vld1q_s32(job.bias.add(c0 + 4 * q));
+        }
+        for j in 1..P {
+            acc[j] = acc[0];
+        }
+        // Input vector of pixel j at tap t = (ky, kx).
+        let input = |j: usize, t: usize| {
+            let (ky, kx) = (t / KW, t % KW);
+            vld1q_s8(
+                job.padded
+                    .add(((y * S + ky) * job.wp + (x + j) * S + kx) * c + c0),
+            )
+        };
+        let weight = |t: usize| vld1q_s8(job.weights.add(t * job.cp + c0));
+        let taps = KH * KW;
+        let mut t = 0;
+        while t < taps {
+            let w0 = weight(t);
+            let w1 = if t + 1 < taps {
+                Some(weight(t + 1))
+            } else {
+                None
+            };
+            for j in 0..P {
+                let x0 = input(j, t);
+                let mut lo16 = vmull_s8(vget_low_s8(x0), vget_low_s8(w0));
+                let mut hi16 = vmull_high_s8(x0, w0);
+                if let Some(w1) = w1 {
+                    let x1 = input(j, t + 1);
+                    lo16 = vmlal_s8(lo16, vget_low_s8(x1), vget_low_s8(w1));
+                    hi16 = vmlal_high_s8(hi16, x1, w1);
+                }
+                acc[j][0] = vaddw_s16(acc[j][0], vget_low_s16(lo16));
+                acc[j][1] = vaddw_high_s16(acc[j][1], lo16);
+                acc[j][2] = vaddw_s16(acc[j][2], vget_low_s16(hi16));
+                acc[j][3] = vaddw_high_s16(acc[j][3], hi16);
+            }
+            t += 2;
+        }
+        let mut multiplier = [vdupq_n_s32(0); 4];
+        let mut shift = [[vdupq_n_s64(0); 2]; 4];
+        for q in 0..4 {
+            multiplier[q] = vld1q_s32(job.multiplier.add(c0 + 4 * q));
+            shift[q] = [
+                vld1q_s64(job.shift.add(c0 + 4 * q)),
+                vld1q_s64(job.shift.add(c0 + 4 * q + 2)),
+            ];
+        }
+        for j in 0..P {
+            let mut v = [vdupq_n_s32(0); 4];
+            for q in 0..4 {
+                let r = requantize(acc[j][q], multiplier[q], shift[q]);
+                v[q] = vmaxq_s32(vminq_s32(vqaddq_s32(r, zero_point), hi), lo);
+            }
+            // In [lo, hi], a byte's range: narrowing keeps each value's byte.
+            let h0 = vcombine_s16(vmovn_s32(v[0]), vmovn_s32(v[1]));
+            let h1 = vcombine_s16(vmovn_s32(v[2]), vmovn_s32(v[3]));
+            let bytes = vreinterpretq_u8_s8(vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
+            let at = (y * job.wo + x + j) * c + c0;
+            if at + 16 <= end {
+                vst1q_u8(job.out.add(at), bytes);
+            } else {
+                let mut lanes = [0u8; 16];
+                vst1q_u8(lanes.as_mut_ptr(), bytes);
+                let n = (c - c0).min(16);
+                std::ptr::copy_nonoverlapping(lanes.as_ptr(), job.out.add(at), n);
+            }
+        }
+        if c0 == 0 {
+            break;
+        }
+        c0 -= 16;
+    }
+}

@@ -1,0 +1,429 @@
+//! `out[n][m] = requantize(Σ_k x[n][k] · w[m][k] + bias[m])`: 8-bit matrix products with
+//! the activations' rows (pixels) contiguous along `k`, as channels-last convolutions
+//! and row-major matrix products have them.
+//!
+//! Variants ([`VARIANTS`]) differ in how they multiply; they share the planning, the
+//! per-channel constants and the packing of the weights in `k` blocks of 16 bytes.
+
+use super::{ChannelOutput, OutputQuant, QType, Unsupported};
+use crate::kernels::{Cpu, Isa};
+
+/// `k` is padded to a multiple of this in packed weights and in the activations the
+/// SIMD kernels read.
+pub const K_BLOCK: usize = 16;
+/// Output channels are padded to a multiple of this in packed weights and constants.
+pub const M_BLOCK: usize = 16;
+
+/// The largest `k`: `k · 128 · 127` plus any bias must fit an `i32` accumulator.
+pub const MAX_K: usize = 1 << 16;
+
+/// What a microkernel computes: `n` rows of output from `n` rows of input.
+#[repr(C)]
+pub(crate) struct Job {
+    /// `n` rows of `kp` bytes (`k` padded to [`K_BLOCK`]; the padding is ignored, its
+    /// weights being zero), `x_stride` apart.
+    pub x: *const u8,
+    pub x_stride: usize,
+    pub n: usize,
+    /// Weights as the variant packed them (`Variant::layout`).
+    pub w: *const i8,
+    pub kp: usize,
+    /// Output channels (`m`) and the padded count (`mp`).
+    pub m: usize,
+    pub mp: usize,
+    /// `n` rows of `m` bytes, `y_stride` apart.
+    pub y: *mut u8,
+    pub y_stride: usize,
+    /// Per padded channel: bias (adjusted for the variant's reading of the activations),
+    /// Q31 multiplier, and the negated right shift after the 64-bit product (see
+    /// `kernels::requant`).
+    pub bias: *const i32,
+    pub multiplier: *const i32,
+    pub shift: *const i64,
+    /// The output's zero point and clamp.
+    pub zero_point: i32,
+    pub lo: i32,
+    pub hi: i32,
+    /// Whether the input is `u8` (its top bit flipped before multiplying).
+    pub unsigned_input: bool,
+    /// Whether the output is `u8`.
+    pub unsigned_output: bool,
+}
+
+/// One implementation.
+pub struct Variant {
+    /// Kernel name, as reports show it: `q8_gemm_neon`.
+    pub name: &'static str,
+    /// The instruction set it needs.
+    pub isa: Isa,
+    /// Whether it takes weights of −128 (kernels that add two products in 16 bits
+    /// before widening do not).
+    pub any_weight: bool,
+    /// How it wants the weights packed.
+    pub layout: WeightLayout,
+    /// Whether it multiplies the activations as unsigned bytes (`x + 128` for `i8`, `x`
+    /// for `u8`) rather than signed ones: its bias is adjusted by `−128 · Σ w`.
+    pub unsigned_activations: bool,
+    run: unsafe fn(&Job),
+}
+
+/// How a variant wants the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Each output channel's `kp` bytes in a row (`mp × kp`).
+    Rows,
+    /// Blocks of 8 output channels, in each 4 consecutive `k` of each channel: `mp / 8`
+    /// blocks of `kp / 4` groups of 32 bytes (`vpdpbusd`'s operand).
+    Quads8,
+}
+
+impl WeightLayout {
+    fn pack(self, weights: &[i8], m: usize, k: usize, mp: usize, kp: usize) -> Vec<i8> {
+        let mut packed = vec![0i8; mp * kp];
+        for (row, w) in weights.chunks_exact(k).enumerate().take(m) {
+            for (i, v) in w.iter().enumerate() {
+                let at = match self {
+                    WeightLayout::Rows => row * kp + i,
+                    WeightLayout::Quads8 => {
+                        (row / 8) * 8 * kp + (i / 4) * 32 + (row % 8) * 4 + i % 4
+                    }
+                };
+                packed[at] = *v;
+            }
+        }
+        packed
+    }
+}
+
+impl std::fmt::Debug for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Every variant this build has, best first.
+pub static VARIANTS: &[Variant] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "q8_gemm_avxvnni",
+        isa: Isa::AvxVnni,
+        any_weight: true,
+        layout: WeightLayout::Quads8,
+        unsigned_activations: true,
+        run: vnni::run,
+    },
+    #[cfg(target_arch = "aarch64")]
+    Variant {
+        name: "q8_gemm_neon",
+        isa: Isa::Aarch64Neon,
+        any_weight: false,
+        layout: WeightLayout::Rows,
+        unsigned_activations: false,
+        run: neon::run,
+    },
+    Variant {
+        name: "q8_gemm_portable",
+        isa: Isa::Portable,
+        any_weight: true,
+        layout: WeightLayout::Rows,
+        unsigned_activations: false,
+        run: portable,
+    },
+];
+
+/// A planned 8-bit matrix product: `m` output channels, `k` inputs each.
+#[derive(Debug, Clone)]
+pub struct Gemm {
+    m: usize,
+    k: usize,
+    kp: usize,
+    mp: usize,
+    input: QType,
+    output: OutputQuant,
+    packed: Vec<i8>,
+    bias: Vec<i32>,
+    multiplier: Vec<i32>,
+    shift: Vec<i64>,
+    variant: &'static Variant,
+}
+
+impl PartialEq for Gemm {
+    fn eq(&self, other: &Self) -> bool {
+        (self.m, self.k, self.input, self.output) == (other.m, other.k, other.input, other.output)
+            && self.packed == other.packed
+            && self.bias == other.bias
+            && self.multiplier == other.multiplier
+            && self.shift == other.shift
+            && self.variant.name == other.variant.name
+    }
+}
+
+impl Eq for Gemm {}
+
+impl std::hash::Hash for Gemm {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.m, self.k, self.input, self.output).hash(state);
+        self.packed.hash(state);
+        self.bias.hash(state);
+        self.multiplier.hash(state);
+        self.variant.name.hash(state);
+    }
+}
+
+impl Gemm {
+    /// Plans the product of `weights` (`m × k`, row-major) with activations of type
+    /// `input`, each output channel turned into `output` by `channels[m]` (see
+    /// [`super::channel_outputs`]), on the best variant `cpu` runs.
+    pub fn plan(
+        m: usize,
+        k: usize,
+        weights: &[i8],
+        input: QType,
+        channels: &[ChannelOutput],
+        output: OutputQuant,
+        cpu: Cpu,
+    ) -> Result<Gemm, Unsupported> {
+        let has_min = weights.contains(&i8::MIN);
+        let variant = VARIANTS
+            .iter()
+            .find(|v| cpu.has(v.isa) && (v.any_weight || !has_min))
+            .expect("a portable variant");
+        Self::plan_on(m, k, weights, input, channels, output, variant)
+    }
+
+    /// Plans on one given variant (tests and benchmarks compare them).
+    pub fn plan_on(
+        m: usize,
+        k: usize,
+        weights: &[i8],
+        input: QType,
+        channels: &[ChannelOutput],
+        output: OutputQuant,
+        variant: &'static Variant,
+    ) -> Result<Gemm, Unsupported> {
+        if m == 0 || k == 0 {
+            return Err(Unsupported(format!("empty product ({m} x {k})")));
+        }
+        if k > MAX_K {
+            return Err(Unsupported(format!(
+                "{k} inputs per output (at most {MAX_K} fit an i32 accumulator)"
+            )));
+        }
+        if !variant.any_weight && weights.contains(&i8::MIN) {
+            return Err(Unsupported(format!(
+                "{} takes no weight of -128",
+                variant.name
+            )));
+        }
+        if Some(weights.len()) != m.checked_mul(k) || channels.len() != m {
+            return Err(Unsupported(format!(
+                "{} weights and {} channels for {m} x {k}",
+                weights.len(),
+                channels.len()
+            )));
+        }
+        let kp = k.div_ceil(K_BLOCK) * K_BLOCK;
+        let mp = m.div_ceil(M_BLOCK) * M_BLOCK;
+        let packed = variant.layout.pack(weights, m, k, mp, kp);
+        // A variant reading activations unsigned sums (x_s + 128)·w: 128·Σw more.
+        let unsigned_offset = |row: usize| -> i64 {
+            if variant.unsigned_activations {
+                -128 * weights[row * k..(row + 1) * k]
+                    .iter()
+                    .map(|w| *w as i64)
+                    .sum::<i64>()
+            } else {
+                0
+            }
+        };
+        let mut bias = vec![0i32; mp];
+        for (row, c) in channels.iter().enumerate() {
+            bias[row] = i32::try_from(c.bias as i64 + unsigned_offset(row))
+                .map_err(|_| Unsupported(format!("channel {row}: bias overflows i32")))?;
+        }
+        let mut shift: Vec<i64> = channels
+            .iter()
+            .map(|c| -(c.requant.shift() as i64))
+            .collect();
+        shift.resize(mp, -1);
+        let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> Vec<i32> {
+            let mut v: Vec<i32> = channels.iter().map(f).collect();
+            v.resize(mp, 0);
+            v
+        };
+        Ok(Gemm {
+            m,
+            k,
+            kp,
+            mp,
+            input,
+            output,
+            packed,
+            bias,
+            multiplier: per_channel(&|c| c.requant.multiplier),
+            shift,
+            variant,
+        })
+    }
+
+    /// The variant that runs it.
+    pub fn variant(&self) -> &'static Variant {
+        self.variant
+    }
+
+    /// Output channels.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Inputs per output.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The row stride the activations need for [`Gemm::run_padded`]: `k` rounded up to
+    /// [`K_BLOCK`].
+    pub fn padded_k(&self) -> usize {
+        self.kp
+    }
+
+    /// Scratch bytes [`Gemm::run`] needs for `n` rows whose length is not a multiple of
+    /// [`K_BLOCK`].
+    pub fn scratch_len(&self, n: usize) -> usize {
+        if self.k == self.kp {
+            0
+        } else {
+            n * self.kp
+        }
+    }
+
+    /// `n` rows of `k` activation bytes, contiguous, into `n` rows of `m` output bytes.
+    /// Rows not a multiple of [`K_BLOCK`] long are first copied into `scratch`, padded.
+    pub fn run(
+        &self,
+        n: usize,
+        x: &[u8],
+        y: &mut [u8],
+        scratch: &mut [u8],
+    ) -> Result<(), Unsupported> {
+        if Some(x.len()) != n.checked_mul(self.k) || Some(y.len()) != n.checked_mul(self.m) {
+            return Err(Unsupported(format!(
+                "{} input and {} output bytes for {n} rows of {} x {}",
+                x.len(),
+                y.len(),
+                self.k,
+                self.m
+            )));
+        }
+        if self.k == self.kp {
+            // SAFETY: lengths checked; rows are kp = k bytes long.
+            unsafe { self.call(n, x.as_ptr(), self.k, y) };
+            return Ok(());
+        }
+        let have = scratch.len();
+        let padded = scratch.get_mut(..n * self.kp).ok_or_else(|| {
+            Unsupported(format!("scratch has {have} bytes, {} needed", n * self.kp))
+        })?;
+        for (dst, src) in padded.chunks_exact_mut(self.kp).zip(x.chunks_exact(self.k)) {
+            dst[..self.k].copy_from_slice(src);
+        }
+        // SAFETY: `padded` holds n rows of kp bytes.
+        unsafe { self.call(n, padded.as_ptr(), self.kp, y) };
+        Ok(())
+    }
+
+    /// [`Gemm::run`] on rows already padded to [`Gemm::padded_k`] bytes (im2col writes
+    /// them so), `x_stride` apart.
+    pub fn run_padded(
+        &self,
+        n: usize,
+        x: &[u8],
+        x_stride: usize,
+        y: &mut [u8],
+    ) -> Result<(), Unsupported> {
+        let need = n
+            .checked_sub(1)
+            .map(|r| r * x_stride + self.kp)
+            .unwrap_or(0);
+        if x_stride < self.kp || x.len() < need || Some(y.len()) != n.checked_mul(self.m) {
+            return Err(Unsupported(format!(
+                "{} input bytes (stride {x_stride}) and {} output bytes for {n} rows of {} x {}",
+                x.len(),
+                y.len(),
+                self.kp,
+                self.m
+            )));
+        }
+        // SAFETY: lengths checked.
+        unsafe { self.call(n, x.as_ptr(), x_stride, y) };
+        Ok(())
+    }
+
+    /// # Safety
+    /// `x` must hold `n` rows of `kp` bytes `x_stride` apart; `y` `n × m` bytes.
+    unsafe fn call(&self, n: usize, x: *const u8, x_stride: usize, y: &mut [u8]) {
+        if n == 0 {
+            return;
+        }
+        let job = Job {
+            x,
+            x_stride,
+            n,
+            w: self.packed.as_ptr(),
+            kp: self.kp,
+            m: self.m,
+            mp: self.mp,
+            y: y.as_mut_ptr(),
+            y_stride: self.m,
+            bias: self.bias.as_ptr(),
+            multiplier: self.multiplier.as_ptr(),
+            shift: self.shift.as_ptr(),
+            zero_point: self.output.zero_point,
+            lo: self.output.lo,
+            hi: self.output.hi,
+            unsigned_input: self.input == QType::U8,
+            unsigned_output: self.output.dtype == QType::U8,
+        };
+        (self.variant.run)(&job)
+    }
+}
+
+/// The reference, in plain Rust: every variant matches it bit for bit.
+///
+/// # Safety
+/// `job` must describe valid buffers.
+unsafe fn portable(job: &Job) {
+    for n in 0..job.n {
+        let x = std::slice::from_raw_parts(job.x.add(n * job.x_stride), job.kp);
+        for m in 0..job.m {
+            let w = std::slice::from_raw_parts(job.w.add(m * job.kp), job.kp);
+            let mut acc = *job.bias.add(m);
+            for (x, w) in x.iter().zip(w) {
+                let x = if job.unsigned_input {
+                    (x ^ 0x80) as i8
+                } else {
+                    *x as i8
+                };
+                acc = acc.wrapping_add(x as i32 * *w as i32);
+            }
+            let requant = crate::kernels::requant::Requant {
+                multiplier: *job.multiplier.add(m),
+                exponent: 31 + *job.shift.add(m) as i32,
+            };
+            let v = requant
+                .apply(acc)
+                .saturating_add(job.zero_point)
+                .clamp(job.lo, job.hi);
+            *job.y.add(n * job.y_stride + m) = v as u8;
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+
+#[cfg(target_arch = "x86_64")]
+mod vnni;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! Integer (8-bit) convolutions and matrix products, channels last, with requantization,
+//! bias and the activation's clamp fused.
+//!
+//! # Arithmetic
+//! Activations are `u8` or `i8` with a zero point, weights `i8` with zero point 0 (one
+//! scale per output channel: ONNX Runtime's and Perch's quantizers write them so), and
+//! the accumulator is `i32`. The kernels multiply signed bytes: a `u8` activation `x` is
+//! read as `x − 128` (its top bit flipped), and the difference to `x − zx` is a constant
+//! per output channel, `(128 − zx) · Σ w`, folded into the bias when the operation is
+//! planned; for `i8` activations the constant is `−zx · Σ w`. Padding holds the input's
+//! zero point, so every tap of a padded convolution contributes `(x − zx) · w`
+//! uniformly. The output is `zy + requantize(acc)` ([`super::requant`]), clamped to the
+//! output type and to the activation's bounds in that type.
+//!
+//! # Layout
+//! Channels last: pixel after pixel, the channels of each contiguous, as tract lays out
+//! a model on aarch64. The engine's operators transpose channels-first tensors in and
+//! out (`engine::ops`).
+//!
+//! # Kernels
+//! - [`gemm`]: `out[n][m] = Σ_k x[n][k] · w[m][k]`, the pointwise (1x1) convolution and
+//!   the matrix product, and general convolutions after im2col;
+//! - [`dwconv`]: the depthwise convolution.
+
+pub mod dwconv;
+pub mod gemm;
+
+use super::requant::Requant;
+
+/// The 8-bit type of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QType {
+    /// Unsigned, 0 ..= 255.
+    U8,
+    /// Signed, −128 ..= 127.
+    I8,
+}
+
+impl QType {
+    /// The smallest and largest value.
+    pub fn range(self) -> (i32, i32) {
+        match self {
+            QType::U8 => (0, 255),
+            QType::I8 => (-128, 127),
+        }
+    }
+
+    /// `u8` or `i8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            QType::U8 => "u8",
+            QType::I8 => "i8",
+        }
+    }
+
+    /// The byte a kernel multiplies for a stored byte: `u8` values have their top bit
+    /// flipped (`x − 128`), `i8` values are used as they are.
+    pub fn to_signed(self, byte: u8) -> i8 {
+        match self {
+            QType::U8 => (byte ^ 0x80) as i8,
+            QType::I8 => byte as i8,
+        }
+    }
+
+    /// What the kernels' signed reading of a value is off by: `x − zx` is the signed
+    /// byte plus this.
+    pub fn offset(self, zero_point: i32) -> i32 {
+        match self {
+            QType::U8 => 128 - zero_point,
+            QType::I8 => -zero_point,
+        }
+    }
+}
+
+/// Why an integer operation cannot be planned: shown to users as the reason a node
+/// stayed on the engine's own operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+/// How the accumulators of one output channel become output values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChannelOutput {
+    /// Added to the accumulator first: the quantized bias and the zero-point correction.
+    pub bias: i32,
+    /// The multiplier `sx · sw / sy` (and any per-channel scale folded in).
+    pub requant: Requant,
+}
+
+/// The quantization of the output and the clamp of the fused activation, in the output
+/// type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutputQuant {
+    /// The output type.
+    pub dtype: QType,
+    /// Its zero point.
+    pub zero_point: i32,
+    /// The smallest and largest value stored: the type's range narrowed by the
+    /// activation (ReLU's 0 becomes the zero point).
+    pub lo: i32,
+    /// See `lo`.
+    pub hi: i32,
+}
+
+impl OutputQuant {
+    /// The output of an operation whose real result `r` is clamped to `[lo, hi]` (`±∞`
+    /// for none) and quantized with `scale` and `zero_point` into `dtype`. Fails when the
+    /// parameters are unusable: a scale that is not positive and finite, a zero point
+    /// out of the type's range, or bounds that leave nothing.
+    pub fn new(
+        dtype: QType,
+        scale: f32,
+        zero_point: i32,
+        lo: f32,
+        hi: f32,
+    ) -> Result<OutputQuant, Unsupported> {
+        let (tlo, thi) = dtype.range();
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Unsupported(format!(
+                "output scale {scale} (must be positive and finite)"
+            )));
+        }
+        if !(tlo..=thi).contains(&zero_point) {
+            return Err(Unsupported(format!(
+                "output zero point {zero_point} out of {} range",
+                dtype.name()
+            )));
+        }
+        // The clamp in the output's steps; quantizing lo and hi as ONNX would round them
+        // (any value below lo quantizes to at most q(lo), and q is monotonic).
+        let q =
+            |v: f32| -> f64 { ((v as f64) / scale as f64).round_ties_even() + zero_point as f64 };
+        let qlo = if lo.is_finite() {
+            q(lo).max(tlo as f64) as i32
+        } else {
+            tlo
+        };
+        let qhi = if hi.is_finite() {
+            q(hi).min(thi as f64) as i32
+        } else {
+            thi
+        };
+        if qlo > qhi {
+            return Err(Unsupported(format!(
+                "the activation bounds [{lo}, {hi}] leave no output value"
+            )));
+        }
+        Ok(OutputQuant {
+            dtype,
+            zero_point,
+            lo: qlo.max(tlo),
+            hi: qhi.min(thi),
+        })
+    }
+
+    /// The stored byte for an accumulator of a channel.
+    pub fn store(&self, acc: i32, channel: &ChannelOutput) -> u8 {
+        let v = channel
+            .requant
+            .apply(acc.saturating_add(channel.bias))
+            .saturating_add(self.zero_point)
+            .clamp(self.lo, self.hi);
+        v as u8
+    }
+}
+
+/// Per-output-channel constants of a quantized convolution or matrix product: its
+/// bias with the zero-point correction folded in, and its requantization.
+///
+/// `weight_sums[m]` is `Σ_k w[m][k]`; `bias[m]` the quantized bias (`round(B / (sx ·
+/// sw[m]))`); `multipliers[m]` is `sx · sw[m] / sy`.
+pub fn channel_outputs(
+    input: QType,
+    input_zero_point: i32,
+    weight_sums: &[i32],
+    bias: &[i32],
+    multipliers: &[f64],
+) -> Result<Vec<ChannelOutput>, Unsupported> {
+    let offset = input.offset(input_zero_point) as i64;
+    weight_sums
+        .iter()
+        .zip(bias)
+        .zip(multipliers)
+        .enumerate()
+        .map(|(m, ((sum, b), mul))| {
+            let bias = *b as i64 + offset * *sum as i64;
+            let bias = i32::try_from(bias)
+                .map_err(|_| Unsupported(format!("channel {m}: bias {bias} overflows i32")))?;
+            let requant = Requant::new(*mul).ok_or_else(|| {
+                Unsupported(format!(
+                    "channel {m}: requantization multiplier {mul} out of range"
+                ))
+            })?;
+            Ok(ChannelOutput { bias, requant })
+        })
+        .collect()
+}
