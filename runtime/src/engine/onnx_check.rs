@@ -31,8 +31,32 @@ pub fn check(proto: &pb::ModelProto, ops: &OnnxOpRegister) -> Result<()> {
         what: "ONNX model".into(),
         reason: "it holds no graph".into(),
     })?;
+    check_outputs(graph)?;
     let opset = default_opset(proto).unwrap_or(0);
     check_graph(graph, opset, ops)
+}
+
+/// Every graph output must be a value of the graph: the engine's parser indexes its table
+/// of values by output name and would panic on one that nothing produces.
+fn check_outputs(graph: &pb::GraphProto) -> Result<()> {
+    let produced = |name: &str| {
+        graph.input.iter().any(|i| i.name == name)
+            || graph.initializer.iter().any(|t| t.name == name)
+            || graph
+                .node
+                .iter()
+                .any(|n| n.output.iter().any(|o| o == name))
+    };
+    match graph.output.iter().find(|o| !produced(&o.name)) {
+        Some(output) => Err(EngineError::Malformed {
+            what: "ONNX model".into(),
+            reason: format!(
+                "graph output {:?} is not produced by any node, input or initializer",
+                output.name
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn check_graph(graph: &pb::GraphProto, opset: i64, ops: &OnnxOpRegister) -> Result<()> {
