@@ -114,10 +114,7 @@ pub(crate) fn fold_batch_norms(model: &mut pb::ModelProto) -> Vec<String> {
     };
     let mut folded = vec![];
     let mut names = Names::of(graph);
-    loop {
-        let Some(plan) = next_fold(graph, ir_version) else {
-            break;
-        };
+    while let Some(plan) = next_fold(graph, ir_version) {
         folded.push(graph::display_name(&graph.node[plan.bn]));
         apply_fold(graph, plan, &mut names);
     }
@@ -168,14 +165,16 @@ fn next_fold(graph: &pb::GraphProto, ir_version: i64) -> Option<Fold> {
         .enumerate()
         .flat_map(|(ix, n)| n.output.iter().map(move |o| (o.as_str(), ix)))
         .collect();
-    // A value only `reader` reads (at one slot), that nobody outside the graph sees.
+    // A value only `reader` reads (at one slot), that nobody outside the graph sees or
+    // overrides (from IR 4 on, an initializer that is also a graph input can be fed; before
+    // IR 4 every initializer is listed as an input).
     let private = |name: &str, reader: usize| {
         consumers
             .get(name)
             .is_some_and(|c| c.len() == 1 && c[0].0 == reader)
             && !outputs.contains(name)
             && !sub_reads.contains(name)
-            && !(inputs.contains(name) && ir_version >= 4)
+            && (ir_version < 4 || !inputs.contains(name))
     };
     let floats = |name: &str| {
         inits
@@ -187,7 +186,8 @@ fn next_fold(graph: &pb::GraphProto, ir_version: i64) -> Option<Fold> {
         if !standard(bn) || bn.op_type != "BatchNormalization" || bn.input.len() != 5 {
             return None;
         }
-        if bn.output.iter().skip(1).any(|o| !o.is_empty())
+        if bn.output.first().is_none_or(String::is_empty)
+            || bn.output.iter().skip(1).any(|o| !o.is_empty())
             || graph::attr_i(bn, "spatial", 1) != 1
             || graph::attr_i(bn, "training_mode", 0) != 0
         {
@@ -203,7 +203,10 @@ fn next_fold(graph: &pb::GraphProto, ir_version: i64) -> Option<Fold> {
         if dims.len() < 3 || !private(&conv.input[1], conv_ix) {
             return None;
         }
-        let channels = usize::try_from(dims[0]).ok()?;
+        let channels = usize::try_from(dims[0]).ok().filter(|c| *c > 0)?;
+        if weight.is_empty() || weight.len() % channels != 0 {
+            return None;
+        }
         let bias = match conv.input.get(2).filter(|b| !b.is_empty()) {
             Some(b) => {
                 let (values, _) = floats(b)?;
@@ -331,6 +334,11 @@ fn convert_graph(
             }
         }
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+            nodes.push(node);
+            continue;
+        }
+        if node.input.is_empty() || node.output.is_empty() {
+            // Malformed; the engine's own checks name it.
             nodes.push(node);
             continue;
         }
