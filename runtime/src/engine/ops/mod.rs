@@ -22,6 +22,7 @@ mod dwconv;
 mod fuse;
 mod guard;
 mod nnef;
+mod nnef_quant;
 mod qconv;
 mod qmatmul;
 
@@ -123,6 +124,9 @@ fn report_existing(node: &TypedNode) -> Option<KernelNode> {
     if let Some(op) = node.op_as::<PerchDwConv>() {
         return Some(op.report(&node.name, vec![]));
     }
-    node.op_as::<PerchQConv>()
+    if let Some(op) = node.op_as::<PerchQConv>() {
+        return Some(op.report(&node.name, vec![]));
+    }
+    node.op_as::<PerchQMatMul>()
         .map(|op| op.report(&node.name, vec![]))
 }

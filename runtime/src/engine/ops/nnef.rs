@@ -96,6 +96,7 @@ pub(crate) fn registry() -> Registry {
         &[("output", TypeName::Scalar.tensor())],
         load_dwconv,
     );
+    super::nnef_quant::register(&mut registry);
     registry
 }
 

@@ -402,8 +402,13 @@ pub(super) fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
 }
 
 /// Integer filters and their per-output-channel scales from the float constants tract
-/// folded them into: `sw = max|W| / 127`, `W / sw` integers within one part in 2^16.
-/// `None` when they are not (a float layer, or another quantization scheme).
+/// folded them into: for each output channel, the scale `sw = max|W| / a`, `a <= 127`,
+/// such that every `W / sw` is an integer within one part in 2^16. Symmetric quantizers
+/// give `a = 127`, tried first. A channel whose scale the quantizer floored has a smaller
+/// `a` (ONNX Runtime leaves a nearly dead unit of R1's fc2 at `a = 9`, with a bias near
+/// the int32 limit); there the smallest `a` that fits is the quantizer's own grid (any
+/// multiple of it fits too, and would scale the bias out of the accumulator). `None`
+/// when a channel fits no grid (a float layer, or another quantization scheme).
 pub(super) fn integer_weights(values: &[f32], per_channel: usize) -> Option<(Vec<i8>, Vec<f32>)> {
     let mut q = Vec::with_capacity(values.len());
     let mut scales = vec![];
@@ -412,18 +417,25 @@ pub(super) fn integer_weights(values: &[f32], per_channel: usize) -> Option<(Vec
         if !amax.is_finite() {
             return None;
         }
-        let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-        for v in row {
-            let r = v / scale;
-            let i = r.round();
-            if (r - i).abs() > 1.0 / 65536.0 || !(-127.0..=127.0).contains(&i) {
-                return None;
-            }
-            q.push(i as i8);
+        if amax == 0.0 {
+            q.extend(std::iter::repeat_n(0i8, row.len()));
+            scales.push(1.0);
+            continue;
         }
+        let scale = std::iter::once(127u8)
+            .chain(1..127)
+            .map(|a| amax / f32::from(a))
+            .find(|&scale| row.iter().all(|v| on_grid(v / scale)))?;
+        q.extend(row.iter().map(|v| (v / scale).round() as i8));
         scales.push(scale);
     }
     Some((q, scales))
+}
+
+/// Whether `r` is an integer in `-127..=127` within one part in 2^16.
+fn on_grid(r: f32) -> bool {
+    let i = r.round();
+    (r - i).abs() <= 1.0 / 65536.0 && (-127.0..=127.0).contains(&i)
 }
 
 /// Whether `node` is a convolution between quantize/dequantize pairs; if it is, the
@@ -618,15 +630,17 @@ pub(super) fn quantized_channels(
         }
         let own = bias.map_or(0.0, |b| b[o] as f64);
         let b = (a * own + epilogue.shift[o] as f64) / scale;
-        if !b.is_finite() || b.abs() > (1u64 << 30) as f64 {
+        let row = &q_weights[o * per_channel..(o + 1) * per_channel];
+        let sum: i64 = row.iter().map(|w| *w as i64).sum();
+        // Every partial sum of a kernel stays within |bias| + Σ|w| · 255 (plus 128 · |Σw|
+        // for kernels that shift signed activations to unsigned ones): that must fit
+        // 32 bits. ONNX Runtime's biases can sit near the limit (a dead unit of R1).
+        let reach = row.iter().map(|w| (*w as i64).abs()).sum::<i64>() * 255 + 128 * sum.abs();
+        if !b.is_finite() || b.abs() + reach as f64 >= i32::MAX as f64 {
             return Err(format!(
                 "output channel {o}: bias {b} does not fit the accumulator"
             ));
         }
-        let sum: i64 = q_weights[o * per_channel..(o + 1) * per_channel]
-            .iter()
-            .map(|w| *w as i64)
-            .sum();
         let correction = input.offset(zx) as i64 * sum;
         let requant = Requant::new(scale / sy as f64)
             .ok_or_else(|| format!("output channel {o}: requantization scale out of range"))?;
