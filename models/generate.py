@@ -12,7 +12,7 @@ Everything under models/ except this script and requirements.txt is produced her
     models/<name>/model.w8.onnx         weight-only int8 (per-output-channel DequantizeLinear)
     models/<name>/model.{dyn,qdq,qop}.onnx  quantized by onnxruntime's own tools (some workloads)
     models/<name>/golden/*.npy          golden input/outputs computed by onnxruntime
-    models/fixtures/*                   guard fixtures (invalid per-axis DQ at opset 11)
+    models/fixtures/*                   fixtures (invalid per-axis DQ at opset 11, contrib ops, an export)
     models/README.md, models/models.json
 
 The script is deterministic: fixed seeds, single-threaded onnxruntime, no timestamps in
@@ -608,22 +608,201 @@ def write_fixtures(report):
     write_depthwise_fixture(d)
     write_depthwise_nhwc_fixture(d)
     write_quantized_softmax_fixture(d)
+    write_qlinear_contrib_fixture(d)
+    write_exported_fixture(d)
 
 
 def vendor_op_fixture():
-    """A graph made of one ONNX Runtime contrib op (com.microsoft QLinearAdd), which the
-    engine does not implement: the engine must name the op and its node, not fail later."""
-    a = helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 4])
-    c = helper.make_tensor_value_info("c", TensorProto.UINT8, [1, 4])
-    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [0.1]) for n in ("sa", "sb", "sc")]
-    inits += [helper.make_tensor(n, TensorProto.UINT8, [], [128]) for n in ("za", "zb", "zc")]
-    inits += [helper.make_tensor("b", TensorProto.UINT8, [1, 4], [1, 2, 3, 4])]
-    node = helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["c"],
-                            name="vendor_add", domain="com.microsoft")
-    graph = helper.make_graph([node], "unsupported", [a], [c], inits)
+    """A graph made of one ONNX Runtime contrib op that the engine does not implement
+    (com.microsoft FusedConv, which ONNX Runtime's optimizer writes): the engine must name
+    the op and its node, not fail later."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])
+    w = numpy_helper.from_array(f32([[[[1.0]], [[-0.5]]], [[[0.25]], [[2.0]]]]), "w")
+    node = helper.make_node("FusedConv", ["x", "w"], ["y"], name="vendor_conv", domain="com.microsoft",
+                            kernel_shape=[1, 1], activation="Relu")
+    graph = helper.make_graph([node], "unsupported", [x], [y], [w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
                                                    helper.make_opsetid("com.microsoft", 1)],
                              ir_version=IR_VERSION, producer_name=PRODUCER, producer_version="1")
+
+
+# The quantized contrib ops of qlinear-contrib.onnx, in output order: what each output is.
+QLINEAR_CONTRIB_OUTPUTS = [
+    ("sigmoid", "QLinearSigmoid of x (uint8)"),
+    ("leaky_relu", "QLinearLeakyRelu, alpha 0.1"),
+    ("mul", "QLinearMul of the two"),
+    ("avg_pool", "QLinearAveragePool 3x3, stride 2, pads 1, count_include_pad 0"),
+    ("concat", "QLinearConcat of sigmoid and leaky_relu on the channel axis"),
+    ("add", "QLinearAdd of concat and a [1, 8, 1, 1] constant (broadcast)"),
+    ("pool", "QLinearGlobalAveragePool of add"),
+    ("gemm_q", "QGemm, transB=1, alpha 0.5, per-column int8 weights, int32 bias, uint8 output"),
+    ("gemm_f", "QGemm, transB=0, per-tensor uint8 weights, no bias, float output"),
+    ("add_i8", "QLinearAdd on int8 tensors (x quantized to int8, plus itself)"),
+    ("conv", "standard QLinearConv 3x3, pads 1, per-tensor int8 weights, int32 bias (tract's own)"),
+    ("matmul", "standard QLinearMatMul of the pooled features, per-column int8 weights (tract's own)"),
+]
+
+
+def qlinear_contrib_fixture():
+    """Every quantized com.microsoft operator the engine runs, and the standard QLinearConv and
+    QLinearMatMul, on one [1, 4, 6, 6] float input quantized to uint8 (and int8), each result a
+    graph output, for ONNX Runtime's own numbers."""
+    rng = np.random.default_rng(31)
+    inits = []
+
+    def const(name, value, dtype):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def qparams(name, scale, zero_point, dtype=np.uint8):
+        return [const(f"{name}.scale", scale, np.float32), const(f"{name}.zero_point", zero_point, dtype)]
+
+    ms = "com.microsoft"
+    x = qparams("x", 0.02, 128)
+    sig = qparams("sigmoid", 1.0 / 256, 0)
+    lrelu = qparams("leaky_relu", 0.015, 100)
+    mul = qparams("mul", 0.006, 80)
+    pool3 = qparams("avg_pool", 0.005, 70)
+    cat = qparams("concat", 0.015, 100)
+    bias = qparams("bias", 0.01, 128)
+    add = qparams("add", 0.02, 90)
+    gap = qparams("pool", 0.012, 80)
+    gemm = qparams("gemm_q", 0.03, 120)
+    x8 = qparams("x8", 0.03, 3, np.int8)
+    add8 = qparams("add_i8", 0.05, -2, np.int8)
+    w1 = np.clip(np.rint(rng.normal(0, 40, size=(5, 8))), -127, 127).astype(np.int8)
+    w1_scale = f32(rng.uniform(0.002, 0.02, size=5))
+    w2 = rng.integers(0, 256, size=(8, 3)).astype(np.uint8)
+    w3 = np.clip(np.rint(rng.normal(0, 30, size=(6, 4, 3, 3))), -127, 127).astype(np.int8)
+    w4 = np.clip(np.rint(rng.normal(0, 50, size=(8, 4))), -127, 127).astype(np.int8)
+    conv = qparams("conv", 0.05, 120)
+    matmul = qparams("matmul", 0.02, 110)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", *x], ["xq"], name="x.quantize"),
+        helper.make_node("QLinearSigmoid", ["xq", *x, *sig], ["sigmoid"], name="sigmoid", domain=ms),
+        helper.make_node("QLinearLeakyRelu", ["xq", *x, *lrelu], ["leaky_relu"], name="leaky_relu",
+                         domain=ms, alpha=0.1),
+        helper.make_node("QLinearMul", ["sigmoid", *sig, "leaky_relu", *lrelu, *mul], ["mul"], name="mul",
+                         domain=ms),
+        helper.make_node("QLinearAveragePool", ["mul", *mul, *pool3], ["avg_pool"], name="avg_pool", domain=ms,
+                         kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0),
+        helper.make_node("QLinearConcat", [*cat, "sigmoid", *sig, "leaky_relu", *lrelu], ["concat"],
+                         name="concat", domain=ms, axis=1),
+        helper.make_node("QLinearAdd", ["concat", *cat, const("bias", rng.integers(60, 200, size=(1, 8, 1, 1)),
+                                                               np.uint8), *bias, *add],
+                         ["add"], name="add", domain=ms),
+        helper.make_node("QLinearGlobalAveragePool", ["add", *add, *gap], ["pool"], name="pool", domain=ms,
+                         channels_last=0),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten", axis=1),
+        helper.make_node("QGemm", ["flat", *gap, const("w1", w1, np.int8), const("w1.scale", w1_scale, np.float32),
+                                   const("w1.zero_point", np.zeros(5), np.int8),
+                                   const("b1", rng.integers(-2000, 2000, size=5), np.int32), *gemm],
+                         ["gemm_q"], name="gemm_q", domain=ms, transB=1, alpha=0.5),
+        helper.make_node("QGemm", ["flat", *gap, const("w2", w2, np.uint8), const("w2.scale", 0.004, np.float32),
+                                   const("w2.zero_point", 128, np.uint8)],
+                         ["gemm_f"], name="gemm_f", domain=ms),
+        helper.make_node("QuantizeLinear", ["x", *x8], ["xq8"], name="x.quantize_i8"),
+        helper.make_node("QLinearAdd", ["xq8", *x8, "xq8", *x8, *add8], ["add_i8"], name="add_i8", domain=ms),
+        helper.make_node("QLinearConv", ["xq", *x, const("w3", w3, np.int8), const("w3.scale", 0.004, np.float32),
+                                         const("w3.zero_point", 0, np.int8), *conv,
+                                         const("b3", rng.integers(-500, 500, size=6), np.int32)],
+                         ["conv"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("QLinearMatMul", ["flat", *gap, const("w4", w4, np.int8),
+                                           const("w4.scale", rng.uniform(0.002, 0.01, size=4), np.float32),
+                                           const("w4.zero_point", np.zeros(4), np.int8), *matmul],
+                         ["matmul"], name="matmul"),
+    ]
+    shapes = {"sigmoid": [1, 4, 6, 6], "leaky_relu": [1, 4, 6, 6], "mul": [1, 4, 6, 6], "avg_pool": [1, 4, 3, 3],
+              "concat": [1, 8, 6, 6], "add": [1, 8, 6, 6], "pool": [1, 8, 1, 1], "gemm_q": [1, 5],
+              "gemm_f": [1, 3], "add_i8": [1, 4, 6, 6], "conv": [1, 6, 6, 6], "matmul": [1, 4]}
+    types = {"gemm_f": TensorProto.FLOAT, "add_i8": TensorProto.INT8}
+    outputs = [helper.make_tensor_value_info(n, types.get(n, TensorProto.UINT8), shapes[n])
+               for n, _ in QLINEAR_CONTRIB_OUTPUTS]
+    graph = helper.make_graph(nodes, "qlinear_contrib", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                         [1, 4, 6, 6])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(ms, 1)],
+                             ir_version=IR_VERSION, producer_name=PRODUCER, producer_version="1")
+
+
+def write_qlinear_contrib_fixture(d):
+    model = qlinear_contrib_fixture()
+    onnx.checker.check_model(model)
+    save_model(model, os.path.join(d, "qlinear-contrib.onnx"))
+    x = f32(np.random.default_rng(32).normal(0, 1.0, size=(1, 4, 6, 6)))
+    ys = run(model, {"x": x})
+    save_npy(os.path.join(d, "qlinear-contrib.input_0.npy"), x)
+    for i, y in enumerate(ys):
+        save_npy(os.path.join(d, f"qlinear-contrib.output_{i}.npy"), y)
+    spread = {name: (int(y.min()), int(y.max())) if y.dtype != np.float32 else
+              (round(float(y.min()), 3), round(float(y.max()), 3))
+              for (name, _), y in zip(QLINEAR_CONTRIB_OUTPUTS, ys)}
+    print(f"  qlinear-contrib: output ranges (min, max) {spread}")
+
+
+# Weights, BatchNormalization parameters and other constants of exported-opset11.onnx are
+# Constant nodes, as paddle2onnx writes them (and PyTorch's exporter with
+# do_constant_folding=False).
+def exported_opset11_fixture():
+    """A small CNN the way exporters write it, for `perch quantize`: every weight a Constant
+    node (no initializers), each Conv followed by an unfolded BatchNormalization, default-domain
+    opset 11 with an opset-11-only form (Squeeze with an `axes` attribute), a depthwise conv,
+    a Gemm classifier and a Softmax."""
+    rng = np.random.default_rng(41)
+    b = Builder("exported_opset11", rng, bn_eps=1e-5)
+    h = b.conv("x", "conv1", 3, 8, (3, 3), stride=2, pads=[1, 1, 1, 1], bias=False)
+    h = b.relu(b.bn(h, "conv1.bn", 8, 2), "conv1.relu")
+    h = b.conv(h, "dw", 8, 8, (3, 3), pads=[1, 1, 1, 1], group=8, bias=False)
+    h = b.relu6(b.bn(h, "dw.bn", 8, 2), "dw.relu6")
+    h = b.conv(h, "pw", 8, 16, (1, 1), pads=[0, 0, 0, 0])
+    h = b.relu(b.bn(h, "pw.bn", 16, 2), "pw.relu")
+    h = b.conv(h, "conv2", 16, 16, (3, 3), stride=2, pads=[1, 1, 1, 1], bias=False)
+    h = b.relu(b.bn(h, "conv2.bn", 16, 2), "conv2.relu")
+    h = b.node("GlobalAveragePool", [h], ["pool.out"], "pool")
+    h = b.node("Flatten", [h], ["flatten.out"], "flatten", axis=1)
+    h = b.gemm(h, "fc", 16, 6)
+    b.node("Softmax", [h], ["probabilities"], "softmax", axis=1)
+
+    def make(extra=(), batch=1):
+        return b.model(
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 32])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, 6])],
+            "", extra_outputs=extra,
+        )
+
+    calib = f32(np.random.default_rng(42).normal(size=(16, 3, 16, 32)))
+    calibrate_bn(b, make, calib, "x")
+    float13 = make()
+    # The export form: constants as Constant nodes, Squeeze(axes) for Flatten, opset 11.
+    nodes = []
+    for name, value in b.inits.items():
+        nodes.append(helper.make_node("Constant", [], [name], name=f"{name}.constant",
+                                      value=numpy_helper.from_array(value, name)))
+    for n in float13.graph.node:
+        if n.op_type == "Flatten":
+            n = helper.make_node("Squeeze", list(n.input), list(n.output), name="squeeze", axes=[2, 3])
+        nodes.append(n)
+    graph = helper.make_graph(nodes, "exported_opset11", list(float13.graph.input), list(float13.graph.output))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=6,
+                              producer_name=PRODUCER, producer_version="1",
+                              doc_string="A small CNN as exporters write it: Constant-node weights, "
+                                         "unfolded BatchNormalization, opset 11.")
+    onnx.checker.check_model(model, full_check=True)
+    golden = f32(np.random.default_rng(43).normal(size=(1, 3, 16, 32)))
+    (out13,) = run(float13, {"x": golden})
+    (out,) = run(model, {"x": golden})
+    assert np.array_equal(out, out13), "the export form must compute what the opset-13 model does"
+    return model, golden, out
+
+
+def write_exported_fixture(d):
+    model, golden, out = exported_opset11_fixture()
+    save_model(model, os.path.join(d, "exported-opset11.onnx"))
+    save_npy(os.path.join(d, "exported-opset11.input_0.npy"), golden)
+    save_npy(os.path.join(d, "exported-opset11.output_0.npy"), out)
+    print(f"  exported-opset11: {sum(n.op_type == 'Constant' for n in model.graph.node)} Constant nodes, "
+          f"output {np.round(out.ravel(), 4).tolist()}")
 
 
 def dynamic_variant(folder, golden):
@@ -1105,8 +1284,9 @@ def write_readme(entries, fx):
     )
     L.append("## Fixtures\n")
     L.append(
-        "`fixtures/` holds models for tests of the engine's guard against a known tract silent failure:\n"
-        "tract accepts a per-axis (per-channel) DequantizeLinear under an opset where it is not defined.\n"
+        "`fixtures/` holds models for tests of the engine's guards (tract accepts a per-axis\n"
+        "DequantizeLinear under an opset where it is not defined, and vendor operators by name alone),\n"
+        "of the operators and kernels it adds, and of `perch quantize` on exported graphs.\n"
     )
     L.append(
         "- `fixtures/per-axis-dq-opset11.onnx`: **invalid on purpose**. Default-domain opset 11, int8 weight\n"
@@ -1121,8 +1301,8 @@ def write_readme(entries, fx):
         "  DequantizeLinear->MatMul into `com.microsoft.MatMulNBits` and its output moves by\n"
         f"  {fx['opset13_ort_optimized_max_rel_diff']:.1e} relative; the golden is the unoptimized (literal) result.\n"
         "  (The w8 workloads use Gemm/Conv, which onnxruntime does not rewrite that way.)\n"
-        "- `fixtures/unsupported-op.onnx`: one ONNX Runtime contrib op (`com.microsoft` QLinearAdd,\n"
-        "  node `vendor_add`) that the engine does not implement; loading it must name the op and node.\n"
+        "- `fixtures/unsupported-op.onnx`: one ONNX Runtime contrib op that the engine does not implement\n"
+        "  (`com.microsoft` FusedConv, node `vendor_conv`); loading it must name the op and node.\n"
         "- `fixtures/onnx-extension-op.onnx`: one `LRN` node ([1, 4, 3, 3] float), which tract writes to\n"
         "  NNEF with its ONNX extension registry (`tract_onnx`): `perch convert` must say so.\n"
         "- `fixtures/depthwise-variants.onnx`: depthwise and grouped convolutions on one [1, 8, 13, 11]\n"
@@ -1135,6 +1315,16 @@ def write_readme(entries, fx):
         "- `fixtures/quantized-softmax.onnx`: QuantizeLinear, DequantizeLinear, Softmax, QuantizeLinear,\n"
         "  DequantizeLinear with the scales ONNX Runtime's quantizer gave a real OCR classifier, and ONNX\n"
         "  Runtime's output: tract 0.23.9 runs the middle as a lookup table and answers [1.0, 1.0].\n"
+        "- `fixtures/qlinear-contrib.onnx`: every quantized `com.microsoft` operator the engine runs, and\n"
+        "  the standard QLinearConv and QLinearMatMul (which tract implements), on one [1, 4, 6, 6] float\n"
+        "  input quantized to uint8 (and int8), each result a graph output,\n"
+        "  with ONNX Runtime's outputs (`qlinear-contrib.input_0.npy`, `.output_N.npy`), in order:\n"
+        + "".join(f"  {i}. `{name}`: {what}\n" for i, (name, what) in enumerate(QLINEAR_CONTRIB_OUTPUTS))
+        + "- `fixtures/exported-opset11.onnx`: a small CNN the way exporters write it, for `perch quantize`:\n"
+        "  every weight and BatchNormalization parameter a `Constant` node (no initializer), each of its\n"
+        "  4 Conv (one depthwise) followed by an unfolded BatchNormalization, a Gemm, a Squeeze with the\n"
+        "  opset-11 `axes` attribute and a Softmax, default-domain opset 11, IR 6; input [1, 3, 16, 32],\n"
+        "  6 probabilities, with ONNX Runtime's output (`exported-opset11.input_0.npy`, `.output_0.npy`).\n"
     )
     with open(os.path.join(HERE, "README.md"), "w") as f:
         f.write("\n".join(L))

@@ -526,7 +526,9 @@ fn analyse(
                 .map(|typed| graph::onnx_compute(&proto, &typed));
 
             let started = Instant::now();
-            let inference = tract_onnx::onnx().model_for_path(path).ok()?;
+            let inference = perch_runtime::engine::onnx_contrib::onnx_framework()
+                .model_for_path(path)
+                .ok()?;
             let read_ms = ms(started.elapsed());
             let started = Instant::now();
             let typed = inference.into_typed().ok()?;

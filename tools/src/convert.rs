@@ -261,7 +261,9 @@ pub fn default_output(source: &Path) -> PathBuf {
 fn write_archive(source: &Path) -> Result<(Vec<u8>, Vec<String>), ToolError> {
     let fail = |what: &str, e: String| ToolError::Model(format!("{what}: {e}"));
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let typed = tract_onnx::onnx().model_for_path(source)?.into_typed()?;
+        let typed = perch_runtime::engine::onnx_contrib::onnx_framework()
+            .model_for_path(source)?
+            .into_typed()?;
         let typed = perch_runtime::engine::ops::declutter(typed)?;
         // Perch's operators go into the archive as the engine would plan them, so a
         // device loads them without rewriting (PERCH_KERNELS=off writes tract's own).

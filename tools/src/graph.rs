@@ -151,7 +151,7 @@ pub fn typed_onnx(
     shapes: &[(String, Vec<usize>)],
 ) -> Result<TypedModel, String> {
     let dir = path.parent().and_then(Path::to_str);
-    let onnx = tract_onnx::onnx();
+    let onnx = perch_runtime::engine::onnx_contrib::onnx_framework();
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut model = onnx.parse(proto, dir)?.model;
         for (name, shape) in shapes {
@@ -197,7 +197,7 @@ fn dim_as_one(d: &TDim) -> Option<u64> {
 }
 
 /// Counts the multiply-accumulates of Conv, ConvTranspose, Gemm, MatMul and their
-/// integer forms (ConvInteger, QLinearConv, MatMulInteger, QLinearMatMul) in an ONNX
+/// integer forms (ConvInteger, QLinearConv, MatMulInteger, QLinearMatMul, QGemm) in an ONNX
 /// graph, reading tensor shapes from the engine's typed model.
 ///
 /// Per node: a convolution costs `output elements × C/group × kernel surface`; a
@@ -279,7 +279,7 @@ pub fn onnx_compute(proto: &pb::ModelProto, typed: &TypedModel) -> Compute {
                 }
                 _ => None,
             },
-            "Gemm" => match (shape_of(input(0)), shape_of(output)) {
+            "Gemm" | "QGemm" => match (shape_of(input(0)), shape_of(output)) {
                 (Some(a), Some(out)) if a.len() == 2 => {
                     let k = if int_attr("transA", 0) != 0 {
                         a[0]
@@ -550,8 +550,8 @@ pub fn quantization(proto: &pb::ModelProto) -> Quantization {
             }
             _ if op.starts_with("QLinear") || op == "QGemm" => {
                 q.qoperator_nodes += 1;
-                // QLinearConv/QLinearMatMul: x, x_scale, x_zp, w, w_scale, ...
-                if op == "QLinearConv" || op == "QLinearMatMul" {
+                // QLinearConv/QLinearMatMul/QGemm: x, x_scale, x_zp, w, w_scale, ...
+                if matches!(op, "QLinearConv" | "QLinearMatMul" | "QGemm") {
                     let pc = per_channel(&input(node, 4));
                     tally(&mut all, pc);
                     if let Some((_, dt)) = constants.get(input(node, 3).as_str()) {
@@ -569,9 +569,34 @@ pub fn quantization(proto: &pb::ModelProto) -> Quantization {
     if q.dynamic_nodes > 0 {
         q.formats.push(QuantFormat::Dynamic);
     }
-    if q.quantize_nodes > 0 || q.dequantize_nodes > q.dequantized_constants {
+    // A QOperator graph quantizes its float inputs and dequantizes its outputs: Q/DQ at
+    // the graph's edges only are part of that format, not QDQ islands.
+    let graph_inputs: std::collections::HashSet<&str> = graph
+        .iter()
+        .flat_map(|g| g.input.iter().map(|i| i.name.as_str()))
+        .collect();
+    let graph_outputs: std::collections::HashSet<&str> = graph
+        .iter()
+        .flat_map(|g| g.output.iter().map(|o| o.name.as_str()))
+        .collect();
+    let read: std::collections::HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    let at_edges = nodes.iter().all(|n| match n.op_type.as_str() {
+        "QuantizeLinear" => graph_inputs.contains(input(n, 0).as_str()),
+        "DequantizeLinear" => {
+            constants.contains_key(input(n, 0).as_str())
+                || n.output
+                    .iter()
+                    .all(|o| graph_outputs.contains(o.as_str()) && !read.contains(o.as_str()))
+        }
+        _ => true,
+    });
+    let qdq = q.quantize_nodes > 0 || q.dequantize_nodes > q.dequantized_constants;
+    if qdq && !(q.qoperator_nodes > 0 && at_edges) {
         q.formats.push(QuantFormat::Qdq);
-    } else if q.dequantize_nodes > 0 {
+    } else if !qdq && q.dequantize_nodes > 0 {
         q.formats.push(QuantFormat::WeightOnly);
     }
     let (per_tensor, per_channel) = if weights != (0, 0) { weights } else { all };

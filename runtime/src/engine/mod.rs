@@ -24,6 +24,8 @@ mod golden;
 mod model;
 #[cfg(feature = "onnx")]
 pub mod onnx_check;
+#[cfg(feature = "onnx")]
+pub mod onnx_contrib;
 pub mod ops;
 mod session;
 mod tensor;

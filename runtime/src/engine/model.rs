@@ -211,7 +211,7 @@ impl Model {
         use tract_hir::prelude::{InferenceFact, InferenceModelExt};
         use tract_onnx::tract_hir;
 
-        let onnx = tract_onnx::onnx();
+        let onnx = super::onnx_contrib::onnx_framework();
         let proto =
             onnx.proto_model_for_read(&mut &*bytes)
                 .map_err(|e| EngineError::Malformed {

@@ -20,6 +20,11 @@ use perch_tools::quantize::{self, Method, Mode, QuantizeRequest};
 /// accuracy and its drop when labels are present, file size, and median latency of
 /// float and quantized measured in the same interleaved runs.
 ///
+/// Graphs as exporters write them are prepared first, as ONNX Runtime's
+/// `quant_pre_process` does: weights in `Constant` nodes become initializers,
+/// BatchNormalization after a Conv is folded into it (static, dynamic, auto), and opsets 11
+/// and 12 are converted to 13 for per-channel scales; the report lists what was done.
+///
 /// Refused with exit code 2 and nothing written: models the engine refuses (vendor
 /// operators, per-axis quantization below opset 13), already-quantized models, corrupt
 /// or empty files, data of the wrong shape, and outputs the engine cannot run.
@@ -50,7 +55,8 @@ pub struct Args {
     /// Percentile of activation values kept by --method percentile.
     #[arg(long, default_value_t = 99.99, value_name = "P")]
     percentile: f64,
-    /// One weight scale per output channel (the default; needs opset >= 13, else per tensor).
+    /// One weight scale per output channel (the default; converts opsets 11 and 12 to 13,
+    /// where per-channel DequantizeLinear is defined; per tensor below 11).
     #[arg(long, overrides_with = "per_tensor")]
     per_channel: bool,
     /// One weight scale per tensor.

@@ -13,6 +13,10 @@
 //! - [`Mode::Auto`]: measure the candidates on this machine's engine and choose per
 //!   layer (see [`auto`](self#auto-mode)).
 //!
+//! Graphs as exporters write them are first prepared as ONNX Runtime's `quant_pre_process`
+//! does (`prepare.rs`): `Constant` weights become initializers, batch norms are folded into
+//! their Conv for the integer modes, and opsets 11 and 12 become 13 for per-channel scales.
+//!
 //! Every output is loaded and run by the engine before it is written, and written
 //! atomically. Inputs the engine refuses, already-quantized models and unreadable
 //! files are refused before anything is written.
@@ -52,6 +56,7 @@ mod data;
 mod evaluate;
 mod graph;
 mod math;
+mod prepare;
 mod rewrite;
 
 use std::collections::BTreeMap;
@@ -115,7 +120,8 @@ pub struct QuantizeRequest {
     pub method: Method,
     /// The percentile for [`Method::Percentile`] (99.99 by default).
     pub percentile: f64,
-    /// Per-output-channel weight scales (needs opset >= 13; per tensor otherwise).
+    /// Per-output-channel weight scales (opsets 11 and 12 are converted to 13 for them;
+    /// per tensor below 11).
     pub per_channel: bool,
     /// Auto mode's budget: accuracy drop in points (or top-1 disagreement without labels).
     pub max_accuracy_drop: f64,
@@ -218,8 +224,15 @@ pub struct QuantizeReport {
     pub output: String,
     /// The requested mode.
     pub mode: Mode,
-    /// The default-domain opset (kept as it was).
+    /// The default-domain opset of the written model.
     pub opset: i64,
+    /// The default-domain opset of the source model (11 and 12 are converted to 13 for
+    /// per-channel scales).
+    pub source_opset: i64,
+    /// What was done to an exported graph before quantizing it (Constant nodes made
+    /// initializers, batch norms folded, the opset converted), as ONNX Runtime's
+    /// `quant_pre_process` does.
+    pub preparation: Vec<String>,
     /// Whether weight scales are per output channel.
     pub per_channel: bool,
     /// Calibration method, for static quantization.
@@ -260,11 +273,11 @@ pub fn quantize(request: &QuantizeRequest) -> Result<QuantizeReport, ToolError> 
     let float_model = Model::load(&request.model, &LoadOptions::new())?;
     let source = decode_model(&bytes)
         .map_err(|reason| ToolError::decode(&request.model, "an ONNX model", reason))?;
-    let graph = source
+    let source_graph = source
         .graph
         .as_ref()
         .ok_or_else(|| ToolError::decode(&request.model, "an ONNX model", "it holds no graph"))?;
-    if let Some(format) = quantization_format(graph) {
+    if let Some(format) = quantization_format(source_graph) {
         return Err(ToolError::Model(format!(
             "the model is already quantized ({format}); quantize the float model it was made from"
         )));
@@ -283,14 +296,59 @@ pub fn quantize(request: &QuantizeRequest) -> Result<QuantizeReport, ToolError> 
              {opset}. Re-export it with opset 13 or later, or use --mode weights"
         )));
     }
-    let per_channel = request.per_channel && opset >= 13;
-    if request.per_channel && !per_channel {
-        notes.push(format!(
-            "per-tensor weight scales: the model declares opset {opset}, and per-channel \
-             DequantizeLinear (axis, non-scalar scale) needs opset 13. The opset was not raised, \
-             since other operators (Softmax, ...) change meaning at 13"
+    // An exported graph as the quantizer needs it (prepare.rs): weights as initializers,
+    // batch norms folded for the integer modes, opset 13 for per-channel scales.
+    let source_opset = opset;
+    let mut source = source;
+    let mut preparation = vec![];
+    let constants = prepare::constants_to_initializers(&mut source);
+    if constants > 0 {
+        preparation.push(format!(
+            "{constants} Constant node{} became initializers",
+            if constants == 1 { "" } else { "s" }
         ));
     }
+    if request.mode != Mode::Weights {
+        let folded = prepare::fold_batch_norms(&mut source);
+        if !folded.is_empty() {
+            let named = match folded.len() {
+                n if n <= 4 => folded.join(", "),
+                n => format!("{}, ... ({} more)", folded[..3].join(", "), n - 3),
+            };
+            preparation.push(format!(
+                "{} BatchNormalization node{} folded into the Conv before {}: {named}",
+                folded.len(),
+                if folded.len() == 1 { "" } else { "s" },
+                if folded.len() == 1 { "it" } else { "each" },
+            ));
+        }
+    }
+    let mut per_channel = request.per_channel && opset >= 13;
+    if request.per_channel && opset < 13 {
+        let ranks = crate::graph::typed_onnx(&source, &request.model, &[])
+            .map(|typed| prepare::ranks(&typed))
+            .unwrap_or_default();
+        let mut converted = source.clone();
+        match prepare::to_opset_13(&mut converted, &ranks) {
+            Ok(changes) => {
+                source = converted;
+                per_channel = true;
+                preparation.push(format!(
+                    "opset {opset} converted to 13, where per-channel DequantizeLinear is defined{}",
+                    if changes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", changes.join("; "))
+                    }
+                ));
+            }
+            Err(why) => notes.push(format!(
+                "per-tensor weight scales: per-channel DequantizeLinear (axis, non-scalar \
+                 scale) needs opset 13, and {why}"
+            )),
+        }
+    }
+    let opset = graph::default_opset(&source);
     let layers = rewrite::find_layers(&source);
     if !layers.iter().any(|l| l.keep_float.is_none()) {
         let why: Vec<String> = layers
@@ -387,7 +445,7 @@ pub fn quantize(request: &QuantizeRequest) -> Result<QuantizeReport, ToolError> 
     let ranges = match &calibration {
         Some(c) => {
             let mut tensors: Vec<String> = vec![];
-            let nodes = &graph.node;
+            let nodes = source.graph.as_ref().map_or(&[][..], |g| g.node.as_slice());
             for l in layers.iter().filter(|l| l.keep_float.is_none()) {
                 let x = &nodes[l.node].input[0];
                 if !tensors.contains(x) {
@@ -477,6 +535,8 @@ pub fn quantize(request: &QuantizeRequest) -> Result<QuantizeReport, ToolError> 
         output: request.output.display().to_string(),
         mode: request.mode,
         opset,
+        source_opset,
+        preparation,
         per_channel,
         method: calibration.as_ref().map(|_| request.method),
         calibration_samples: calibration.as_ref().map(Dataset::len),
@@ -761,8 +821,15 @@ impl fmt::Display for QuantizeReport {
             } else {
                 "per-tensor"
             },
-            self.opset
+            if self.source_opset == self.opset {
+                self.opset.to_string()
+            } else {
+                format!("{} -> {}", self.source_opset, self.opset)
+            }
         )?;
+        for step in &self.preparation {
+            writeln!(f, "prepared: {step}")?;
+        }
         if let (Some(m), Some(n)) = (self.method, self.calibration_samples) {
             writeln!(f, "calibration: {n} samples, method {m}")?;
         }

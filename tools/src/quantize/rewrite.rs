@@ -645,7 +645,7 @@ impl Rewriter<'_> {
 }
 
 /// A graph input declaring an initializer (needed before IR version 4).
-fn value_info(t: &pb::TensorProto) -> pb::ValueInfoProto {
+pub(crate) fn value_info(t: &pb::TensorProto) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     let dim = t
         .dims

@@ -258,7 +258,7 @@ fn bad_arguments_and_bad_files_are_one_line_and_exit_2() {
                 .join("fixtures/unsupported-op.onnx")
                 .display()
                 .to_string()],
-            "vendor_add",
+            "vendor_conv",
         ),
     ];
     for (args, needle) in cases {

@@ -341,7 +341,7 @@ mod pack_refusals {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2));
-        assert!(stderr(&out).contains("QLinearAdd"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("FusedConv"), "{}", stderr(&out));
         assert_eq!(files_in(dir.path()), ["fleet.key", "fleet.pub"]);
     }
 

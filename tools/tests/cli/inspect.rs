@@ -170,19 +170,65 @@ fn a_refused_model_is_still_described_and_the_refusal_names_node_and_hint() {
 }
 
 #[test]
-fn a_vendor_operator_is_refused_with_its_domain_and_still_shows_the_quantization() {
+fn a_vendor_operator_the_engine_lacks_is_refused_with_its_domain() {
     let assert = perch()
         .arg("inspect")
         .arg(models().join("fixtures/unsupported-op.onnx"))
         .assert()
         .code(2)
-        .stderr(predicates::str::contains("vendor_add"));
+        .stderr(predicates::str::contains("vendor_conv"));
     let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
-    assert!(stdout.contains("REFUSES node \"vendor_add\""), "{stdout}");
-    assert!(stdout.contains("com.microsoft:QLinearAdd"), "{stdout}");
-    assert!(stdout.contains("QOperator"), "{stdout}");
+    assert!(stdout.contains("REFUSES node \"vendor_conv\""), "{stdout}");
+    assert!(stdout.contains("com.microsoft:FusedConv"), "{stdout}");
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn onnx_runtime_qoperator_files_with_contrib_operators_are_accepted_and_show_their_format() {
+    for folder in ["kws-dscnn", "mobilenetv2-035"] {
+        let report = inspect_json(&models().join(folder).join("model.qop.onnx"), &[]);
+        assert_eq!(report["engine"]["supported"], true, "{folder}: {report}");
+        let q = &report["quantization"];
+        // The QuantizeLinear of the input and the DequantizeLinear of the output belong to
+        // the QOperator format: no QDQ island.
+        assert_eq!(
+            q["formats"],
+            serde_json::json!(["q-operator"]),
+            "{folder}: {q}"
+        );
+        assert_eq!(q["granularity"], "per-channel", "{folder}: {q}");
+        assert_eq!(
+            q["weight_dtypes"],
+            serde_json::json!(["i8"]),
+            "{folder}: {q}"
+        );
+        // QLinearConv, QGemm and the com.microsoft QLinear* nodes.
+        let ops = report["ops"].as_object().unwrap();
+        let quantized: u64 = ops
+            .iter()
+            .filter(|(op, _)| op.starts_with("QLinear") || *op == "QGemm")
+            .map(|(_, n)| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(q["qoperator_nodes"].as_u64(), Some(quantized), "{folder}");
+        // Every multiply-accumulate of the float model is found in the quantized one.
+        let float = inspect_json(&models().join(folder).join("model.onnx"), &[]);
+        assert_eq!(
+            report["compute"]["macs"], float["compute"]["macs"],
+            "{folder}: {}",
+            report["compute"]
+        );
+    }
+    let text = perch()
+        .arg("inspect")
+        .arg(models().join("mobilenetv2-035/model.qop.onnx"))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&text).to_string();
+    assert!(text.contains("QOperator i8, per-channel"), "{text}");
 }
 
 #[test]
