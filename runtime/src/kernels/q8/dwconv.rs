@@ -39,6 +39,8 @@ pub(crate) struct Job {
     pub zero_point: i32,
     pub lo: i32,
     pub hi: i32,
+    /// Whether the output bytes are `u8` (else `i8`).
+    pub unsigned_output: bool,
 }
 
 /// One implementation for a filter size and stride.
@@ -90,6 +92,14 @@ pub static VARIANTS: &[Variant] = &[
     variant!(Isa::Aarch64Neon, "neon", false, neon::image, 5, 1),
     #[cfg(target_arch = "aarch64")]
     variant!(Isa::Aarch64Neon, "neon", false, neon::image, 5, 2),
+    #[cfg(target_arch = "x86_64")]
+    variant!(Isa::Avx2Fma, "avx2", true, avx2::image, 3, 1),
+    #[cfg(target_arch = "x86_64")]
+    variant!(Isa::Avx2Fma, "avx2", true, avx2::image, 3, 2),
+    #[cfg(target_arch = "x86_64")]
+    variant!(Isa::Avx2Fma, "avx2", true, avx2::image, 5, 1),
+    #[cfg(target_arch = "x86_64")]
+    variant!(Isa::Avx2Fma, "avx2", true, avx2::image, 5, 2),
     variant!(Isa::Portable, "portable", true, portable, 3, 1),
     variant!(Isa::Portable, "portable", true, portable, 3, 2),
     variant!(Isa::Portable, "portable", true, portable, 5, 1),
@@ -356,6 +366,7 @@ impl QDwConv {
                 zero_point: self.output.zero_point,
                 lo: self.output.lo,
                 hi: self.output.hi,
+                unsigned_output: self.output.dtype == QType::U8,
             };
             // SAFETY: lengths checked above; the padded image covers every tap of every
             // output pixel, with SLACK after it for vector reads past the last channel;
@@ -402,6 +413,9 @@ unsafe fn portable<const KH: usize, const KW: usize, const S: usize>(job: &Job) 
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 #[cfg(test)]
 mod tests;

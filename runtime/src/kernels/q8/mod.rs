@@ -24,6 +24,8 @@
 
 pub mod dwconv;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use super::requant::Requant;
 
