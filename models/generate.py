@@ -873,7 +873,7 @@ def lrn_fixture():
 
 DEPTHWISE_BRANCHES = [
     # output, conv attributes, output channels, ReLU after it; what Perch's depthwise
-    # kernels do with it (runtime/src/kernels/f32_dwconv)
+    # kernels do with it (kernels/src/f32_dwconv)
     ("dilated", dict(kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 2, 2, 2], group=8), 8, False),
     ("k7", dict(kernel_shape=[7, 7], pads=[3, 3, 3, 3], group=8), 8, False),
     ("stride3", dict(kernel_shape=[3, 3], strides=[3, 3], pads=[1, 1, 1, 1], group=8), 8, False),

@@ -1,5 +1,5 @@
 //! Perch's kernels alone, every variant this machine runs, on the shapes of the
-//! reference models: the shared harness for the kernel layer (`runtime/src/kernels`).
+//! reference models: the shared harness for the kernel layer (the `perch-kernels` crate, `kernels/`).
 //!
 //! ```sh
 //! cargo bench -p perch-runtime --bench kernels                 # every case

@@ -33,8 +33,10 @@ pub mod wire;
 #[cfg(feature = "std")]
 pub mod engine;
 
+/// Perch's compute kernels (the `perch-kernels` crate), which the engine's operators
+/// run.
 #[cfg(feature = "std")]
-pub mod kernels;
+pub use perch_kernels as kernels;
 
 #[cfg(feature = "std")]
 pub mod bundle;

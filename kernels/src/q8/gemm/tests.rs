@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::kernels::q8::channel_outputs;
+use crate::q8::channel_outputs;
 
 fn runnable() -> Vec<&'static Variant> {
     let cpu = Cpu::detect();

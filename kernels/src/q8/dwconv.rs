@@ -7,8 +7,8 @@
 //! border cases, like the float channels-last kernel (`f32_dwconv::hwc`).
 
 use super::{ChannelOutput, OutputQuant, QType, Unsupported};
-use crate::kernels::f32_dwconv::DwGeometry;
-use crate::kernels::{Cpu, Isa};
+use crate::f32_dwconv::DwGeometry;
+use crate::{Cpu, Isa};
 
 /// Channels are padded to a multiple of this in the packed filters and constants.
 const C_BLOCK: usize = 16;
@@ -397,7 +397,7 @@ unsafe fn portable<const KH: usize, const KW: usize, const S: usize>(job: &Job) 
                         acc = acc.wrapping_add(v as i32 * w as i32);
                     }
                 }
-                let requant = crate::kernels::requant::Requant {
+                let requant = crate::requant::Requant {
                     multiplier: *job.multiplier.add(ch),
                     exponent: 31 + *job.shift.add(ch) as i32,
                 };

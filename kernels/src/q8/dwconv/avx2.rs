@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::Job;
-use crate::kernels::q8::x86::Requant8;
+use crate::q8::x86::Requant8;
 
 /// Pixels computed together (sharing the filter taps loaded for a channel block).
 const PIXELS: usize = 2;

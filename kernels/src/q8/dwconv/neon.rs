@@ -9,7 +9,7 @@
 use std::arch::aarch64::*;
 
 use super::Job;
-use crate::kernels::q8::gemm::neon::requantize;
+use crate::q8::gemm::neon::requantize;
 
 /// Pixels computed together (sharing the filter taps loaded for a channel block).
 const PIXELS: usize = 2;

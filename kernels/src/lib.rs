@@ -20,7 +20,7 @@
 //! `avx2`, `avxvnni`, `neon`, ...: [`Isa::ALL`]), to measure a slower machine's path on a faster one.
 //!
 //! ```
-//! use perch_runtime::kernels::{f32_dwconv::{DwConv, DwGeometry, Layout}, Activation, Cpu};
+//! use perch_kernels::{f32_dwconv::{DwConv, DwGeometry, Layout}, Activation, Cpu};
 //!
 //! // A 3x3 depthwise convolution over 2 channels of 4x4, stride 1, "same" padding.
 //! let geo = DwGeometry::new(2, [4, 4], [3, 3], 1, [1, 1, 1, 1]).unwrap();

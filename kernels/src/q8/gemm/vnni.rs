@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::Job;
-use crate::kernels::q8::x86::Requant8;
+use crate::q8::x86::Requant8;
 
 /// Pixels per tile.
 const PIXELS: usize = 4;

@@ -3,7 +3,7 @@
 //! instruction set by `VARIANTS`.
 
 use super::{DwGeometry, SLACK};
-use crate::kernels::simd::F32Lanes;
+use crate::simd::F32Lanes;
 
 /// Everything a microkernel needs for one image (`repr(C)`: the 32-bit ARM kernels are
 /// C, `neon32.c`, which declares the same struct).

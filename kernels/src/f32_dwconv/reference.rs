@@ -1,7 +1,7 @@
 //! The reference: the definition of a depthwise convolution, written for clarity.
 
 use super::{DwGeometry, Layout};
-use crate::kernels::Activation;
+use crate::Activation;
 
 /// Convolves one image by the definition: for every output point, the sum over the
 /// filter's taps that fall inside the input (padding is zero), plus the bias, clamped.

@@ -6,7 +6,7 @@
 //! per-channel constants and the packing of the weights in `k` blocks of 16 bytes.
 
 use super::{ChannelOutput, OutputQuant, QType, Unsupported};
-use crate::kernels::{Cpu, Isa};
+use crate::{Cpu, Isa};
 
 /// `k` is padded to a multiple of this in packed weights and in the activations the
 /// SIMD kernels read.
@@ -406,7 +406,7 @@ unsafe fn portable(job: &Job) {
                 };
                 acc = acc.wrapping_add(x as i32 * *w as i32);
             }
-            let requant = crate::kernels::requant::Requant {
+            let requant = crate::requant::Requant {
                 multiplier: *job.multiplier.add(m),
                 exponent: 31 + *job.shift.add(m) as i32,
             };

@@ -1,16 +1,16 @@
 //! Builds the C kernels of targets whose SIMD intrinsics Rust does not offer on stable:
-//! 32-bit ARM NEON (`src/kernels/**/neon32.c`). Other targets build nothing here.
+//! 32-bit ARM NEON (`src/**/neon32.c`). Other targets build nothing here.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    // The kernels are part of the engine (feature `std`); the no_std core built for a
-    // Cortex-M is also `arm` but has neither.
-    if arch != "arm" || os != "linux" || std::env::var_os("CARGO_FEATURE_STD").is_none() {
+    // 32-bit ARM Linux only (a Cortex-M build of perch-runtime's no_std core does not
+    // depend on this crate at all).
+    if arch != "arm" || os != "linux" {
         return;
     }
-    let sources = ["src/kernels/f32_dwconv/neon32.c"];
+    let sources = ["src/f32_dwconv/neon32.c"];
     for source in sources {
         println!("cargo:rerun-if-changed={source}");
     }
