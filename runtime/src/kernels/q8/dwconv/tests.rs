@@ -31,7 +31,11 @@ struct Case {
 }
 
 fn case(g: DwGeometry, images: usize, seed: u64, any_weight: bool) -> Case {
-    let input = if seed.is_multiple_of(2) { QType::U8 } else { QType::I8 };
+    let input = if seed.is_multiple_of(2) {
+        QType::U8
+    } else {
+        QType::I8
+    };
     let (lo, hi) = input.range();
     let zx = lo + ((seed % 1000) as i32 * 37).rem_euclid(hi - lo + 1);
     let weights: Vec<i8> = bytes(g.weights_len(), seed + 1)
@@ -52,7 +56,11 @@ fn case(g: DwGeometry, images: usize, seed: u64, any_weight: bool) -> Case {
         .iter()
         .map(|b| (1.0 + *b as f64) * 2e-5)
         .collect();
-    let out_type = if seed.is_multiple_of(3) { QType::I8 } else { QType::U8 };
+    let out_type = if seed.is_multiple_of(3) {
+        QType::I8
+    } else {
+        QType::U8
+    };
     let (olo, ohi) = out_type.range();
     let zy = olo + ((seed % 1000) as i32 * 11).rem_euclid(ohi - olo + 1);
     let clamp = if seed.is_multiple_of(5) {
