@@ -14,7 +14,7 @@ use perch_runtime::wire::{self, Health, MetricsReport, ModelState};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::ota_link::{OtaInput, OtaLink};
+use super::ota_link::{IntervalCounts, OtaLink};
 use super::sequence::SeqState;
 use crate::config::ModelConfig;
 use crate::device::DeviceId;
@@ -34,6 +34,8 @@ pub(super) struct Agent {
     pub(super) topics: Topics,
     pub(super) service: InferenceService,
     pub(super) client: AsyncClient,
+    /// The connection's inbound guard (oversize messages dropped); keeps its relay up.
+    pub(super) guard: perch_mqtt::Guard,
     pub(super) outbox: Outbox,
     pub(super) seq: SeqState,
     pub(super) started: Instant,
@@ -183,22 +185,11 @@ impl Agent {
             self.permits.clone(),
         );
         tokio::spawn(async move {
+            // Given back when the answer comes, or at the deadline.
             let permit = permits.acquire_owned().await;
-            let payload = publish.payload.clone();
-            let work_service = service.clone();
-            let reply =
-                tokio::task::spawn_blocking(move || mqtt::answer(&work_service, codec, &payload))
-                    .await;
+            let reply = mqtt::answer(&service, codec, publish.payload).await;
             drop(permit);
-            let payload = match reply {
-                Ok(reply) => reply.payload,
-                Err(e) => {
-                    log::error!("an inference failed: {e}");
-                    service.count_error();
-                    let id = mqtt::request_id(codec, &publish.payload);
-                    mqtt::error_reply(codec, id, 500, "the inference failed inside the agent")
-                }
-            };
+            let payload = reply.payload;
             if let Err(e) = client
                 .publish(reply_topic, QoS::AtMostOnce, false, payload)
                 .await
@@ -304,7 +295,7 @@ impl Agent {
         }
 
         if let Some(ota) = &self.ota {
-            ota.send(OtaInput::Interval {
+            ota.interval(IntervalCounts {
                 ok: interval.ok,
                 errors: interval.errors,
                 p99_ms: interval
@@ -338,6 +329,10 @@ impl Agent {
                     health: &self.health,
                     backlog: self.outbox.pending().saturating_sub(reports.len()),
                     dropped: self.outbox.dropped(),
+                    incoming_dropped: mqtt::IncomingDropped {
+                        oversize: self.guard.dropped(),
+                        ota_chunks: self.ota.as_ref().map_or(0, OtaLink::dropped),
+                    },
                     violations: &violations,
                 },
             );

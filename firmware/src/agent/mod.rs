@@ -151,6 +151,7 @@ pub async fn run(
         loaded.id.clone(),
         ServiceLimits {
             max_payload_bytes: config.max_payload_bytes,
+            deadline: config.inference_timeout,
             ..ServiceLimits::DEFAULT
         },
     );
@@ -229,7 +230,9 @@ pub async fn run(
         config.spool.dir.display(),
     );
 
-    let (client, eventloop) = options.connect()?;
+    // Through the guard: a message over the limit (a retained one, say) is dropped and
+    // counted instead of ending the connection at every reconnection.
+    let (client, eventloop, guard) = options.connect_guarded(&tokio::runtime::Handle::current())?;
     let (net_tx, net_rx) = mpsc::channel(256);
     let backoff = Backoff::new(broker_config.reconnect_base, broker_config.reconnect_cap);
     let poller = tokio::spawn(perch_mqtt::pump(eventloop, backoff, net_tx));
@@ -256,7 +259,13 @@ pub async fn run(
     if let Err(e) = notifier.ready(&status) {
         log::warn!("{e}");
     }
-    notifier.spawn_watchdog(stop_rx.clone());
+    // The watchdog is fed only while inference works: nothing hung past its deadline,
+    // and a probe inference returns in time.
+    let probed = service.clone();
+    notifier.spawn_watchdog(stop_rx.clone(), move || {
+        let service = probed.clone();
+        async move { service.probe().await }
+    });
     let mut health = loaded.boot.health.clone();
     health.boot_count = seq.boot_count;
     let (effects_tx, effects_rx) = mpsc::unbounded_channel();
@@ -273,6 +282,7 @@ pub async fn run(
         device: config.device_id.clone(),
         service,
         client,
+        guard,
         outbox: Outbox::new(spool, MEMORY_REPORTS),
         seq,
         started,
@@ -328,6 +338,7 @@ fn boot(
         dir: settings.dir.clone(),
         group: settings.group.clone(),
         chunk_timeout: settings.chunk_timeout,
+        stall_timeout: settings.stall_timeout,
         max_probation_boots: settings.max_probation_boots,
         warmup_runs: model.warmup_runs,
     };
