@@ -41,6 +41,8 @@ fn expected_suffix() -> Option<&'static str> {
             perch_runtime::kernels::Isa::Portable => None,
             isa => Some(match isa.name() {
                 "neon" | "dotprod" => "_neon",
+                // The float kernels' widest x86 variant; VNNI is for 8-bit ones.
+                "avxvnni" => "_avx2",
                 "neon32" => "_neon32",
                 other => Box::leak(format!("_{other}").into_boxed_str()),
             }),

@@ -13,6 +13,9 @@ pub enum Isa {
     Sse41,
     /// x86-64 with AVX2 and FMA.
     Avx2Fma,
+    /// x86-64 with AVX2 and the VEX-encoded vector neural network instructions
+    /// (AVX-VNNI: Alder Lake, Zen 4 and later).
+    AvxVnni,
     /// 32-bit ARM with NEON (Raspberry Pi 2 and later running a 32-bit OS).
     ArmNeon,
     /// 64-bit ARM Advanced SIMD (every aarch64 CPU).
@@ -23,10 +26,11 @@ pub enum Isa {
 
 impl Isa {
     /// Every instruction set, for listing.
-    pub const ALL: [Isa; 6] = [
+    pub const ALL: [Isa; 7] = [
         Isa::Portable,
         Isa::Sse41,
         Isa::Avx2Fma,
+        Isa::AvxVnni,
         Isa::ArmNeon,
         Isa::Aarch64Neon,
         Isa::Aarch64DotProd,
@@ -38,6 +42,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Sse41 => "sse41",
             Isa::Avx2Fma => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::ArmNeon => "neon32",
             Isa::Aarch64Neon => "neon",
             Isa::Aarch64DotProd => "dotprod",
@@ -122,6 +127,8 @@ impl Cpu {
             cpu.has[Isa::Sse41 as usize] = std::arch::is_x86_feature_detected!("sse4.1");
             cpu.has[Isa::Avx2Fma as usize] = std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma");
+            cpu.has[Isa::AvxVnni as usize] =
+                cpu.has[Isa::Avx2Fma as usize] && std::arch::is_x86_feature_detected!("avxvnni");
         }
         #[cfg(target_arch = "aarch64")]
         {

@@ -17,7 +17,7 @@
 //!   layer names an operation and a shape; the table decides which code runs it.
 //!
 //! `PERCH_KERNEL_ISA` caps the instruction set planning may use (`portable`, `sse41`,
-//! `avx2`, `neon`), to measure a slower machine's path on a faster one.
+//! `avx2`, `avxvnni`, `neon`, ...: [`Isa::ALL`]), to measure a slower machine's path on a faster one.
 //!
 //! ```
 //! use perch_runtime::kernels::{f32_dwconv::{DwConv, DwGeometry, Layout}, Activation, Cpu};

@@ -22,7 +22,9 @@ mod dwconv;
 mod fuse;
 mod guard;
 mod nnef;
+mod nnef_quant;
 mod qconv;
+mod qmatmul;
 
 use serde::Serialize;
 use tract_core::internal::*;
@@ -32,6 +34,7 @@ pub(crate) use guard::remove_barriers;
 pub use guard::PerchBarrier;
 pub(crate) use nnef::registry;
 pub use qconv::PerchQConv;
+pub use qmatmul::PerchQMatMul;
 
 use crate::kernels::Cpu;
 
@@ -91,6 +94,13 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
                 continue;
             }
         }
+        if let Some((patch, decision)) = qmatmul::consider(&model, node, cpu)? {
+            report.push(decision);
+            if let Some(patch) = patch {
+                patch.apply(&mut model)?;
+            }
+            continue;
+        }
         let node = model.node(id);
         if let Some((patch, decision)) = dwconv::consider(&model, node, cpu)? {
             if let Some(patch) = patch {
@@ -114,6 +124,9 @@ fn report_existing(node: &TypedNode) -> Option<KernelNode> {
     if let Some(op) = node.op_as::<PerchDwConv>() {
         return Some(op.report(&node.name, vec![]));
     }
-    node.op_as::<PerchQConv>()
+    if let Some(op) = node.op_as::<PerchQConv>() {
+        return Some(op.report(&node.name, vec![]));
+    }
+    node.op_as::<PerchQMatMul>()
         .map(|op| op.report(&node.name, vec![]))
 }

@@ -5,11 +5,12 @@
 //! that loads it.
 
 use tract_nnef::internal::*;
-use tract_nnef::ser::ints;
+use tract_nnef::ser::{array, ints};
 
 use super::dwconv::PerchDwConv;
 use super::guard::PerchBarrier;
 use super::qconv::{PerchQConv, QConvSpec};
+use super::qmatmul::{PerchQMatMul, QMatMulSpec};
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::requant::Requant;
@@ -55,6 +56,28 @@ pub(crate) fn registry() -> Registry {
         &[("output", TypeName::Integer.tensor())],
         load_qconv,
     );
+    registry.register_dumper(dump_qmatmul);
+    registry.register_primitive(
+        "perch_qmatmul",
+        &[
+            TypeName::Integer.tensor().named("input"),
+            TypeName::Integer.tensor().named("weights"),
+            TypeName::Integer.tensor().named("bias"),
+            TypeName::Integer.tensor().named("multiplier"),
+            TypeName::Integer.tensor().named("exponent"),
+            TypeName::Integer.named("inner"),
+            TypeName::Integer.array().named("output_axes"),
+            TypeName::Integer.named("m_axis"),
+            TypeName::String.named("input_type"),
+            TypeName::Integer.named("input_zero_point"),
+            TypeName::String.named("output_type"),
+            TypeName::Integer.named("output_zero_point"),
+            TypeName::Integer.named("output_lo"),
+            TypeName::Integer.named("output_hi"),
+        ],
+        &[("output", TypeName::Integer.tensor())],
+        load_qmatmul,
+    );
     registry.register_dumper(dump_dwconv);
     registry.register_primitive(
         "perch_dwconv",
@@ -73,6 +96,7 @@ pub(crate) fn registry() -> Registry {
         &[("output", TypeName::Scalar.tensor())],
         load_dwconv,
     );
+    super::nnef_quant::register(&mut registry);
     registry
 }
 
@@ -211,52 +235,54 @@ fn dump_qconv(
     )))
 }
 
-fn qtype(name: &str) -> TractResult<QType> {
-    match name {
-        "u8" => Ok(QType::U8),
-        "i8" => Ok(QType::I8),
-        other => bail!("perch_qconv: unknown type {other:?}"),
-    }
+/// Weights, biases, multipliers and exponents as variables of the archive.
+fn dump_constants(
+    ast: &mut IntoAst,
+    name: &str,
+    weights: Tensor,
+    channels: &[ChannelOutput],
+) -> TractResult<[Arc<RValue>; 4]> {
+    let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> Arc<Tensor> {
+        let v: Vec<i32> = channels.iter().map(f).collect();
+        Arc::new(tensor1(&v))
+    };
+    Ok([
+        ast.konst_variable(format!("{name}.weights"), &Arc::new(weights))?,
+        ast.konst_variable(format!("{name}.bias"), &per_channel(&|c| c.bias))?,
+        ast.konst_variable(
+            format!("{name}.multiplier"),
+            &per_channel(&|c| c.requant.multiplier),
+        )?,
+        ast.konst_variable(
+            format!("{name}.exponent"),
+            &per_channel(&|c| c.requant.exponent),
+        )?,
+    ])
 }
 
-fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
-    let input: OutletId = invocation.named_arg_as(builder, "input")?;
+/// Weights and per-channel constants read back: `(weights, channels)`, checked.
+fn load_constants(
+    builder: &mut ModelBuilder,
+    invocation: &ResolvedInvocation,
+    op: &str,
+) -> TractResult<(Arc<Tensor>, Vec<ChannelOutput>)> {
     let weights: Arc<Tensor> = invocation.named_arg_as(builder, "weights")?;
     let tensors: [Arc<Tensor>; 3] = [
         invocation.named_arg_as(builder, "bias")?,
         invocation.named_arg_as(builder, "multiplier")?,
         invocation.named_arg_as(builder, "exponent")?,
     ];
-    let layout: String = invocation.named_arg_as(builder, "layout")?;
-    let layout = match &*layout {
-        "chw" => Layout::Chw,
-        "hwc" => Layout::Hwc,
-        other => bail!("perch_qconv: unknown layout {other:?}"),
-    };
-    let group: usize = invocation.named_arg_as(builder, "group")?;
-    let kernel: TVec<usize> = invocation.named_arg_as(builder, "kernel")?;
-    let stride: usize = invocation.named_arg_as(builder, "stride")?;
-    let padding: TVec<usize> = invocation.named_arg_as(builder, "padding")?;
-    let input_type = qtype(&invocation.named_arg_as::<String>(builder, "input_type")?)?;
-    let input_zero_point: i64 = invocation.named_arg_as(builder, "input_zero_point")?;
-    let output_type = qtype(&invocation.named_arg_as::<String>(builder, "output_type")?)?;
-    let output_zero_point: i64 = invocation.named_arg_as(builder, "output_zero_point")?;
-    let output_lo: i64 = invocation.named_arg_as(builder, "output_lo")?;
-    let output_hi: i64 = invocation.named_arg_as(builder, "output_hi")?;
-    let (&[kh, kw], &[t, l, b, r]) = (&*kernel, &*padding) else {
-        bail!("perch_qconv: kernel {kernel:?} and padding {padding:?} must have 2 and 4 values");
-    };
     ensure!(
-        weights.datum_type() == i8::datum_type() && weights.rank() == 4,
-        "perch_qconv: weights must be i8 [cout, cin/group, kh, kw], got {:?} {:?}",
+        weights.datum_type() == i8::datum_type() && weights.rank() >= 2,
+        "{op}: weights must be i8, got {:?} {:?}",
         weights.datum_type(),
         weights.shape()
     );
-    let cout = weights.shape()[0];
+    let outputs = weights.shape()[0];
     for t in &tensors {
         ensure!(
-            t.datum_type() == i32::datum_type() && t.shape() == [cout],
-            "perch_qconv: per-channel constants must be i32 [{cout}], got {:?} {:?}",
+            t.datum_type() == i32::datum_type() && t.shape() == [outputs],
+            "{op}: per-channel constants must be i32 [{outputs}], got {:?} {:?}",
             t.datum_type(),
             t.shape()
         );
@@ -267,10 +293,10 @@ fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tr
     });
     let (bias, multiplier, exponent) = (bias?, multiplier?, exponent?);
     let mut channels = vec![];
-    for c in 0..cout {
+    for c in 0..outputs {
         ensure!(
             (-31..=30).contains(&exponent[c]),
-            "perch_qconv: channel {c}: exponent {} out of range",
+            "{op}: channel {c}: exponent {} out of range",
             exponent[c]
         );
         channels.push(ChannelOutput {
@@ -281,10 +307,151 @@ fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tr
             },
         });
     }
+    Ok((weights, channels))
+}
+
+/// The output quantization from its arguments, checked.
+fn load_output(
+    builder: &mut ModelBuilder,
+    invocation: &ResolvedInvocation,
+    op: &str,
+) -> TractResult<OutputQuant> {
+    let dtype = qtype(&invocation.named_arg_as::<String>(builder, "output_type")?)?;
+    let small = |v: i64| i32::try_from(v).map_err(|_| format_err!("{op}: {v} out of range"));
+    let zero_point = small(invocation.named_arg_as(builder, "output_zero_point")?)?;
+    let lo = small(invocation.named_arg_as(builder, "output_lo")?)?;
+    let hi = small(invocation.named_arg_as(builder, "output_hi")?)?;
+    let (tlo, thi) = dtype.range();
+    ensure!(
+        tlo <= lo && lo <= hi && hi <= thi && (tlo..=thi).contains(&zero_point),
+        "{op}: output zero point {zero_point} or clamp [{lo}, {hi}] out of {} range",
+        dtype.name()
+    );
+    Ok(OutputQuant {
+        dtype,
+        zero_point,
+        lo,
+        hi,
+    })
+}
+
+fn dump_qmatmul(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    op: &PerchQMatMul,
+) -> TractResult<Option<Arc<RValue>>> {
+    let input = ast.mapping[&node.inputs[0]].clone();
+    let s = &op.spec;
+    let weights = Tensor::from_shape(&[s.m, s.k], &s.weights)?;
+    let constants = dump_constants(ast, &node.name, weights, &s.channels)?;
+    let axes: Vec<i64> = s
+        .output_axes
+        .iter()
+        .map(|a| a.map_or(-1, |a| a as i64))
+        .collect();
+    Ok(Some(invocation(
+        "perch_qmatmul",
+        &[[input].as_slice(), &constants].concat(),
+        &[
+            ("inner", numeric(s.inner)),
+            (
+                "output_axes",
+                array(axes.iter().map(|a| numeric(*a)).collect::<Vec<_>>()),
+            ),
+            ("m_axis", numeric(s.m_axis)),
+            ("input_type", string(s.input.name())),
+            ("input_zero_point", numeric(s.input_zero_point)),
+            ("output_type", string(s.output.dtype.name())),
+            ("output_zero_point", numeric(s.output.zero_point)),
+            ("output_lo", numeric(s.output.lo)),
+            ("output_hi", numeric(s.output.hi)),
+        ],
+    )))
+}
+
+fn load_qmatmul(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    const OP: &str = "perch_qmatmul";
+    let input: OutletId = invocation.named_arg_as(builder, "input")?;
+    let (weights, channels) = load_constants(builder, invocation, OP)?;
+    ensure!(
+        weights.rank() == 2,
+        "{OP}: weights must be [m, k], got {:?}",
+        weights.shape()
+    );
+    let (m, k) = (weights.shape()[0], weights.shape()[1]);
+    let inner: usize = invocation.named_arg_as(builder, "inner")?;
+    let axes: TVec<i64> = invocation.named_arg_as(builder, "output_axes")?;
+    let m_axis: usize = invocation.named_arg_as(builder, "m_axis")?;
+    let input_type = qtype(&invocation.named_arg_as::<String>(builder, "input_type")?)?;
+    let input_zero_point: i64 = invocation.named_arg_as(builder, "input_zero_point")?;
+    let output = load_output(builder, invocation, OP)?;
+    let rank = builder.model.outlet_fact(input)?.rank();
+    let output_axes = axes
+        .iter()
+        .map(|a| match *a {
+            -1 => Ok(None),
+            a if a >= 0 && (a as usize) < rank => Ok(Some(a as usize)),
+            a => bail!("{OP}: output axis {a} is not an input axis"),
+        })
+        .collect::<TractResult<Vec<_>>>()?;
+    ensure!(
+        m_axis < output_axes.len(),
+        "{OP}: m_axis {m_axis} out of range"
+    );
+    let spec = QMatMulSpec {
+        k,
+        m,
+        inner,
+        output_axes,
+        m_axis,
+        input: input_type,
+        input_zero_point: i32::try_from(input_zero_point)
+            .map_err(|_| format_err!("{OP}: input zero point out of range"))?,
+        output,
+        weights: weights.try_as_plain_ram()?.as_slice::<i8>()?.to_vec(),
+        channels,
+    };
+    let op = PerchQMatMul::plan(spec, Cpu::detect()).map_err(|e| format_err!("{OP}: {e}"))?;
+    builder.wire(op, &[input])
+}
+
+fn qtype(name: &str) -> TractResult<QType> {
+    match name {
+        "u8" => Ok(QType::U8),
+        "i8" => Ok(QType::I8),
+        other => bail!("perch_qconv: unknown type {other:?}"),
+    }
+}
+
+fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    const OP: &str = "perch_qconv";
+    let input: OutletId = invocation.named_arg_as(builder, "input")?;
+    let (weights, channels) = load_constants(builder, invocation, OP)?;
+    ensure!(
+        weights.rank() == 4,
+        "{OP}: weights must be [cout, cin/group, kh, kw], got {:?}",
+        weights.shape()
+    );
+    let layout: String = invocation.named_arg_as(builder, "layout")?;
+    let layout = match &*layout {
+        "chw" => Layout::Chw,
+        "hwc" => Layout::Hwc,
+        other => bail!("{OP}: unknown layout {other:?}"),
+    };
+    let group: usize = invocation.named_arg_as(builder, "group")?;
+    let kernel: TVec<usize> = invocation.named_arg_as(builder, "kernel")?;
+    let stride: usize = invocation.named_arg_as(builder, "stride")?;
+    let padding: TVec<usize> = invocation.named_arg_as(builder, "padding")?;
+    let input_type = qtype(&invocation.named_arg_as::<String>(builder, "input_type")?)?;
+    let input_zero_point: i64 = invocation.named_arg_as(builder, "input_zero_point")?;
+    let output = load_output(builder, invocation, OP)?;
+    let (&[kh, kw], &[t, l, b, r]) = (&*kernel, &*padding) else {
+        bail!("{OP}: kernel {kernel:?} and padding {padding:?} must have 2 and 4 values");
+    };
     let shape = builder.model.outlet_fact(input)?.shape.clone();
     ensure!(
         shape.rank() == 3 || shape.rank() == 4,
-        "perch_qconv: input of rank {}",
+        "{OP}: input of rank {}",
         shape.rank()
     );
     let dims: Vec<usize> = shape
@@ -292,40 +459,27 @@ fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tr
         .skip(shape.rank() - 3)
         .map(|d| d.to_usize().ok())
         .collect::<Option<_>>()
-        .context("perch_qconv: channels, height and width must be known")?;
+        .with_context(|| format!("{OP}: channels, height and width must be known"))?;
     let (cin, input_hw) = match layout {
         Layout::Chw => (dims[0], [dims[1], dims[2]]),
         Layout::Hwc => (dims[2], [dims[0], dims[1]]),
     };
-    let small = |v: i64| i32::try_from(v).map_err(|_| format_err!("perch_qconv: {v} out of range"));
-    let (olo, ohi) = output_type.range();
-    let (lo, hi) = (small(output_lo)?, small(output_hi)?);
-    let zero_point = small(output_zero_point)?;
-    ensure!(
-        olo <= lo && lo <= hi && hi <= ohi && (olo..=ohi).contains(&zero_point),
-        "perch_qconv: output zero point {zero_point} or clamp [{lo}, {hi}] out of {} range",
-        output_type.name()
-    );
     let spec = QConvSpec {
         layout,
         cin,
-        cout,
+        cout: weights.shape()[0],
         group,
         input_hw,
         kernel: [kh, kw],
         stride,
         padding: [t, l, b, r],
         input: input_type,
-        input_zero_point: small(input_zero_point)?,
-        output: OutputQuant {
-            dtype: output_type,
-            zero_point,
-            lo,
-            hi,
-        },
+        input_zero_point: i32::try_from(input_zero_point)
+            .map_err(|_| format_err!("{OP}: input zero point out of range"))?,
+        output,
         weights: weights.try_as_plain_ram()?.as_slice::<i8>()?.to_vec(),
         channels,
     };
-    let op = PerchQConv::plan(spec, Cpu::detect()).map_err(|e| format_err!("perch_qconv: {e}"))?;
+    let op = PerchQConv::plan(spec, Cpu::detect()).map_err(|e| format_err!("{OP}: {e}"))?;
     builder.wire(op, &[input])
 }

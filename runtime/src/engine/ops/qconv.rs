@@ -238,7 +238,7 @@ thread_local! {
 }
 
 /// `rows × cols` bytes to `cols × rows`.
-fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
+pub(super) fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
     for r in 0..rows {
         for c in 0..cols {
             dst[c * rows + r] = src[r * cols + c];
@@ -392,7 +392,7 @@ impl TypedOp for PerchQConv {
 }
 
 /// A quantize node's parameters: `(type, scale, zero point)`.
-fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
+pub(super) fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
     let op = node.op_as::<ElementWiseOp>()?;
     if let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() {
         return Some((QType::U8, q.scale.recip(), q.zero_point as i32));
@@ -402,8 +402,13 @@ fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
 }
 
 /// Integer filters and their per-output-channel scales from the float constants tract
-/// folded them into: `sw = max|W| / 127`, `W / sw` integers within one part in 2^16.
-/// `None` when they are not (a float layer, or another quantization scheme).
+/// folded them into: for each output channel, the scale `sw = max|W| / a`, `a <= 127`,
+/// such that every `W / sw` is an integer within one part in 2^16. Symmetric quantizers
+/// give `a = 127`, tried first. A channel whose scale the quantizer floored has a smaller
+/// `a` (ONNX Runtime leaves a nearly dead unit of R1's fc2 at `a = 9`, with a bias near
+/// the int32 limit); there the smallest `a` that fits is the quantizer's own grid (any
+/// multiple of it fits too, and would scale the bias out of the accumulator). `None`
+/// when a channel fits no grid (a float layer, or another quantization scheme).
 pub(super) fn integer_weights(values: &[f32], per_channel: usize) -> Option<(Vec<i8>, Vec<f32>)> {
     let mut q = Vec::with_capacity(values.len());
     let mut scales = vec![];
@@ -412,18 +417,25 @@ pub(super) fn integer_weights(values: &[f32], per_channel: usize) -> Option<(Vec
         if !amax.is_finite() {
             return None;
         }
-        let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-        for v in row {
-            let r = v / scale;
-            let i = r.round();
-            if (r - i).abs() > 1.0 / 65536.0 || !(-127.0..=127.0).contains(&i) {
-                return None;
-            }
-            q.push(i as i8);
+        if amax == 0.0 {
+            q.extend(std::iter::repeat_n(0i8, row.len()));
+            scales.push(1.0);
+            continue;
         }
+        let scale = std::iter::once(127u8)
+            .chain(1..127)
+            .map(|a| amax / f32::from(a))
+            .find(|&scale| row.iter().all(|v| on_grid(v / scale)))?;
+        q.extend(row.iter().map(|v| (v / scale).round() as i8));
         scales.push(scale);
     }
     Some((q, scales))
+}
+
+/// Whether `r` is an integer in `-127..=127` within one part in 2^16.
+fn on_grid(r: f32) -> bool {
+    let i = r.round();
+    (r - i).abs() <= 1.0 / 65536.0 && (-127.0..=127.0).contains(&i)
 }
 
 /// Whether `node` is a convolution between quantize/dequantize pairs; if it is, the
@@ -550,38 +562,19 @@ pub(super) fn consider(
         Ok(o) => o,
         Err(e) => return declined(e.0),
     };
-    // Per output channel: y = a·(sx·sw·acc + B) + b, so M = a·sx·sw/sy and the
-    // accumulator's bias is (a·B + b)/(a·sx·sw).
-    let mut channels = vec![];
-    for co in 0..cout {
-        let a = epilogue.scale[co] as f64;
-        let scale = a * sx as f64 * w_scales[co] as f64;
-        if scale == 0.0 || !scale.is_finite() {
-            return declined(format!("output channel {co} is scaled by {a}"));
-        }
-        let b = (a * bias[co] as f64 + epilogue.shift[co] as f64) / scale;
-        if !b.is_finite() || b.abs() > (1u64 << 30) as f64 {
-            return declined(format!(
-                "output channel {co}: bias {b} does not fit the accumulator"
-            ));
-        }
-        let sum: i64 = q_weights[co * per_channel..(co + 1) * per_channel]
-            .iter()
-            .map(|w| *w as i64)
-            .sum();
-        let correction = input.offset(zx) as i64 * sum;
-        let Some(requant) = Requant::new(scale / sy as f64) else {
-            return declined(format!(
-                "output channel {co}: requantization scale out of range"
-            ));
-        };
-        let Ok(bias) = i32::try_from(b.round() as i64 + correction) else {
-            return declined(format!(
-                "output channel {co}: bias does not fit the accumulator"
-            ));
-        };
-        channels.push(ChannelOutput { bias, requant });
-    }
+    let channels = match quantized_channels(
+        input,
+        zx,
+        sx,
+        &q_weights,
+        &w_scales,
+        Some(&bias),
+        &epilogue,
+        sy,
+    ) {
+        Ok(c) => c,
+        Err(reason) => return declined(reason),
+    };
     let spec = QConvSpec {
         layout,
         cin,
@@ -609,6 +602,53 @@ pub(super) fn consider(
     fused.extend(epilogue.fused);
     fused.push(q_node.name.clone());
     Ok(Some((Some(patch), op.report(&node.name, fused))))
+}
+
+/// The per-output-channel constants of an integer layer whose real output is
+/// `a[o] · (sx · sw[o] · acc + B[o]) + b[o]` (`a`, `b` from the epilogue, `B` the layer's
+/// own bias if any), quantized with scale `sy`: `M = a·sx·sw / sy`, and the accumulator's
+/// bias `(a·B + b) / (a·sx·sw)` rounded, plus the zero-point correction.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quantized_channels(
+    input: QType,
+    zx: i32,
+    sx: f32,
+    q_weights: &[i8],
+    w_scales: &[f32],
+    bias: Option<&[f32]>,
+    epilogue: &super::fuse::Epilogue,
+    sy: f32,
+) -> Result<Vec<ChannelOutput>, String> {
+    let outputs = w_scales.len();
+    let per_channel = q_weights.len() / outputs.max(1);
+    let mut channels = Vec::with_capacity(outputs);
+    for o in 0..outputs {
+        let a = epilogue.scale[o] as f64;
+        let scale = a * sx as f64 * w_scales[o] as f64;
+        if scale == 0.0 || !scale.is_finite() {
+            return Err(format!("output channel {o} is scaled by {a}"));
+        }
+        let own = bias.map_or(0.0, |b| b[o] as f64);
+        let b = (a * own + epilogue.shift[o] as f64) / scale;
+        let row = &q_weights[o * per_channel..(o + 1) * per_channel];
+        let sum: i64 = row.iter().map(|w| *w as i64).sum();
+        // Every partial sum of a kernel stays within |bias| + Σ|w| · 255 (plus 128 · |Σw|
+        // for kernels that shift signed activations to unsigned ones): that must fit
+        // 32 bits. ONNX Runtime's biases can sit near the limit (a dead unit of R1).
+        let reach = row.iter().map(|w| (*w as i64).abs()).sum::<i64>() * 255 + 128 * sum.abs();
+        if !b.is_finite() || b.abs() + reach as f64 >= i32::MAX as f64 {
+            return Err(format!(
+                "output channel {o}: bias {b} does not fit the accumulator"
+            ));
+        }
+        let correction = input.offset(zx) as i64 * sum;
+        let requant = Requant::new(scale / sy as f64)
+            .ok_or_else(|| format!("output channel {o}: requantization scale out of range"))?;
+        let bias = i32::try_from(b.round() as i64 + correction)
+            .map_err(|_| format!("output channel {o}: bias does not fit the accumulator"))?;
+        channels.push(ChannelOutput { bias, requant });
+    }
+    Ok(channels)
 }
 
 /// Filters as f32 `[cout, cin_per_group, kh, kw]` values, whatever the format tract

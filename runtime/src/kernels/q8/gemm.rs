@@ -11,8 +11,8 @@ use crate::kernels::{Cpu, Isa};
 /// `k` is padded to a multiple of this in packed weights and in the activations the
 /// SIMD kernels read.
 pub const K_BLOCK: usize = 16;
-/// Output channels are padded to a multiple of this in packed weights.
-pub const M_BLOCK: usize = 4;
+/// Output channels are padded to a multiple of this in packed weights and constants.
+pub const M_BLOCK: usize = 16;
 
 /// The largest `k`: `k · 128 · 127` plus any bias must fit an `i32` accumulator.
 pub const MAX_K: usize = 1 << 16;
@@ -25,7 +25,7 @@ pub(crate) struct Job {
     pub x: *const u8,
     pub x_stride: usize,
     pub n: usize,
-    /// Weights packed by [`pack`]: `mp / 4` blocks of 4 rows of `kp` bytes.
+    /// Weights as the variant packed them (`Variant::layout`).
     pub w: *const i8,
     pub kp: usize,
     /// Output channels (`m`) and the padded count (`mp`).
@@ -34,8 +34,9 @@ pub(crate) struct Job {
     /// `n` rows of `m` bytes, `y_stride` apart.
     pub y: *mut u8,
     pub y_stride: usize,
-    /// Per padded channel: bias, Q31 multiplier, and the negated right shift after the
-    /// 64-bit product (see `kernels::requant`).
+    /// Per padded channel: bias (adjusted for the variant's reading of the activations),
+    /// Q31 multiplier, and the negated right shift after the 64-bit product (see
+    /// `kernels::requant`).
     pub bias: *const i32,
     pub multiplier: *const i32,
     pub shift: *const i64,
@@ -58,7 +59,40 @@ pub struct Variant {
     /// Whether it takes weights of −128 (kernels that add two products in 16 bits
     /// before widening do not).
     pub any_weight: bool,
+    /// How it wants the weights packed.
+    pub layout: WeightLayout,
+    /// Whether it multiplies the activations as unsigned bytes (`x + 128` for `i8`, `x`
+    /// for `u8`) rather than signed ones: its bias is adjusted by `−128 · Σ w`.
+    pub unsigned_activations: bool,
     run: unsafe fn(&Job),
+}
+
+/// How a variant wants the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Each output channel's `kp` bytes in a row (`mp × kp`).
+    Rows,
+    /// Blocks of 8 output channels, in each 4 consecutive `k` of each channel: `mp / 8`
+    /// blocks of `kp / 4` groups of 32 bytes (`vpdpbusd`'s operand).
+    Quads8,
+}
+
+impl WeightLayout {
+    fn pack(self, weights: &[i8], m: usize, k: usize, mp: usize, kp: usize) -> Vec<i8> {
+        let mut packed = vec![0i8; mp * kp];
+        for (row, w) in weights.chunks_exact(k).enumerate().take(m) {
+            for (i, v) in w.iter().enumerate() {
+                let at = match self {
+                    WeightLayout::Rows => row * kp + i,
+                    WeightLayout::Quads8 => {
+                        (row / 8) * 8 * kp + (i / 4) * 32 + (row % 8) * 4 + i % 4
+                    }
+                };
+                packed[at] = *v;
+            }
+        }
+        packed
+    }
 }
 
 impl std::fmt::Debug for Variant {
@@ -69,17 +103,30 @@ impl std::fmt::Debug for Variant {
 
 /// Every variant this build has, best first.
 pub static VARIANTS: &[Variant] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "q8_gemm_avxvnni",
+        isa: Isa::AvxVnni,
+        any_weight: true,
+        layout: WeightLayout::Quads8,
+        unsigned_activations: true,
+        run: vnni::run,
+    },
     #[cfg(target_arch = "aarch64")]
     Variant {
         name: "q8_gemm_neon",
         isa: Isa::Aarch64Neon,
         any_weight: false,
+        layout: WeightLayout::Rows,
+        unsigned_activations: false,
         run: neon::run,
     },
     Variant {
         name: "q8_gemm_portable",
         isa: Isa::Portable,
         any_weight: true,
+        layout: WeightLayout::Rows,
+        unsigned_activations: false,
         run: portable,
     },
 ];
@@ -177,9 +224,22 @@ impl Gemm {
         }
         let kp = k.div_ceil(K_BLOCK) * K_BLOCK;
         let mp = m.div_ceil(M_BLOCK) * M_BLOCK;
-        let mut packed = vec![0i8; mp * kp];
-        for (row, w) in weights.chunks_exact(k).enumerate() {
-            packed[row * kp..row * kp + k].copy_from_slice(w);
+        let packed = variant.layout.pack(weights, m, k, mp, kp);
+        // A variant reading activations unsigned sums (x_s + 128)·w: 128·Σw more.
+        let unsigned_offset = |row: usize| -> i64 {
+            if variant.unsigned_activations {
+                -128 * weights[row * k..(row + 1) * k]
+                    .iter()
+                    .map(|w| *w as i64)
+                    .sum::<i64>()
+            } else {
+                0
+            }
+        };
+        let mut bias = vec![0i32; mp];
+        for (row, c) in channels.iter().enumerate() {
+            bias[row] = i32::try_from(c.bias as i64 + unsigned_offset(row))
+                .map_err(|_| Unsupported(format!("channel {row}: bias overflows i32")))?;
         }
         let mut shift: Vec<i64> = channels
             .iter()
@@ -199,7 +259,7 @@ impl Gemm {
             input,
             output,
             packed,
-            bias: per_channel(&|c| c.bias),
+            bias,
             multiplier: per_channel(&|c| c.requant.multiplier),
             shift,
             variant,
@@ -361,6 +421,9 @@ unsafe fn portable(job: &Job) {
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
+
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 #[cfg(test)]
 mod tests;

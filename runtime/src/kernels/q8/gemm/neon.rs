@@ -44,7 +44,8 @@ unsafe fn tile<const P: usize>(job: &Job, n0: usize) {
     let lo = vdupq_n_s32(job.lo);
     let hi = vdupq_n_s32(job.hi);
     let end = job.n * job.y_stride;
-    let mut block = job.mp / 4;
+    // Blocks of four that hold a real channel: `mp` is padded for wider kernels.
+    let mut block = job.m.div_ceil(4);
     while block > 0 {
         block -= 1;
         let m0 = block * 4;
