@@ -322,6 +322,8 @@ pub struct TwinContext<'a> {
     pub incoming_dropped: IncomingDropped,
     /// SLO checks that failed in the interval, as sentences.
     pub violations: &'a [String],
+    /// Why over-the-air updates are off although configured (damaged update state).
+    pub ota_off: Option<&'a str>,
 }
 
 /// The JSON twin of one interval: `first` is the interval's first report (which holds
@@ -374,6 +376,7 @@ pub fn metrics_twin(
             "ota_chunks": context.incoming_dropped.ota_chunks,
         },
         "slo": { "ok": context.violations.is_empty(), "violations": context.violations },
+        "ota_off": context.ota_off,
     })
     .to_string()
     .into_bytes()

@@ -43,6 +43,8 @@ pub(super) struct Agent {
     /// The latest health message.
     pub(super) health: Health,
     pub(super) boot_failure: Option<String>,
+    /// Why over-the-air updates are off although configured (damaged update state).
+    pub(super) ota_off: Option<String>,
     pub(super) http_addr: Option<SocketAddr>,
     pub(super) connected: bool,
     pub(super) ever_connected: bool,
@@ -317,6 +319,7 @@ impl Agent {
         self.health.last_error = violations
             .first()
             .or(self.boot_failure.as_ref())
+            .or(self.ota_off.as_ref())
             .map(|e| wire::truncated(e));
         if self.connected {
             let seqs: Vec<u32> = reports.iter().map(|r| r.seq).collect();
@@ -334,6 +337,7 @@ impl Agent {
                         ota_chunks: self.ota.as_ref().map_or(0, OtaLink::dropped),
                     },
                     violations: &violations,
+                    ota_off: self.ota_off.as_deref(),
                 },
             );
             self.publish(&self.topics.metrics_json, false, twin);
