@@ -1420,3 +1420,52 @@ mod tests {
         assert!(err.to_string().contains("65 tensors"), "{err}");
     }
 }
+
+/// Issue 15: the request decoders take bytes from anyone who can publish on a device's
+/// request topics or reach its HTTP port; random and JSON-shaped input must be answered
+/// with an error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::{binary, oip};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn request_decoders_never_panic_on_random_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let _ = binary::decode_request(&bytes);
+            let _ = oip::decode_request(&bytes);
+        }
+
+        #[test]
+        fn the_json_decoder_never_panics_on_request_shaped_text(
+            text in r#"\{"inputs": ?\[(\{"name": ?"[a-z]{0,4}", ?"shape": ?\[(-?[0-9]{1,20}, ?){0,4}\], ?"datatype": ?"(FP32|INT64|INT8|UINT8|BOOL|FP64|X)", ?"data": ?\[([-0-9.e]{0,8}, ?){0,6}\]\}, ?){0,3}\]\}"#,
+        ) {
+            let _ = oip::decode_request(text.as_bytes());
+        }
+
+        #[test]
+        fn the_postcard_decoder_never_panics_on_mutated_requests(
+            edits in proptest::collection::vec((0usize..64, any::<u8>()), 1..6),
+        ) {
+            let request = super::InferRequest {
+                id: Some("r".into()),
+                inputs: vec![super::RequestTensor {
+                    name: "x".into(),
+                    shape: vec![2, 3],
+                    data: super::TensorValues::F32(vec![0.5; 6]),
+                }],
+            };
+            let mut bytes = binary::encode_request(&request);
+            for (at, b) in edits {
+                let len = bytes.len();
+                bytes[at % len] = b;
+            }
+            let _ = binary::decode_request(&bytes);
+        }
+    }
+}

@@ -340,10 +340,13 @@ async fn downstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         }
                     }
                     if let Some(held) = pubrel.take() {
-                        let id = u16::from_be_bytes([held[2], held[3]]);
+                        // The packet id is the body, the last two bytes (the length
+                        // may have been sent in more bytes than needed).
+                        let [hi, lo] = [held[held.len() - 2], held[held.len() - 1]];
+                        let id = u16::from_be_bytes([hi, lo]);
                         if swallowed.remove(&id) {
                             // PUBCOMP for a message the client never saw.
-                            let _ = acks.send(vec![0x70, 2, held[2], held[3]]);
+                            let _ = acks.send(vec![0x70, 2, hi, lo]);
                         } else {
                             out.extend_from_slice(&held);
                         }
@@ -576,6 +579,44 @@ mod tests {
             "the PUBACK lands between packets, not at byte {ack_at}"
         );
         assert_eq!(seen.len(), packet.len() + 4 + 2);
+    }
+
+    /// Issue 15 (fuzzing): whatever a broker sends, the relay passes it on, drops it
+    /// or ends the session with an error; it never panics.
+    #[test]
+    fn random_broker_streams_never_panic_the_relay() {
+        use proptest::prelude::*;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        proptest!(ProptestConfig::with_cases(256), |(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            piece in 1usize..64,
+            limit in 2usize..512,
+        )| {
+            runtime.block_on(async {
+                let (mut feed, broker) = tokio::io::duplex(1 << 16);
+                let (client, mut seen) = tokio::io::duplex(1 << 16);
+                let stats = Stats::default();
+                let (tx, _rx) = mpsc::unbounded_channel();
+                let writer = async move {
+                    for chunk in bytes.chunks(piece) {
+                        // The relay may end the session on malformed framing.
+                        if feed.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let reader = async move {
+                    let mut out = Vec::new();
+                    let _ = seen.read_to_end(&mut out).await;
+                };
+                let relay = async move {
+                    let _ = downstream(broker, client, limit, &stats, tx).await;
+                };
+                tokio::join!(writer, reader, relay);
+            });
+        });
     }
 
     #[test]
