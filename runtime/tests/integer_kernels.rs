@@ -74,7 +74,12 @@ fn every_layer_of_onnx_runtimes_int8_files_runs_on_integer_kernels_with_its_answ
             .collect();
         println!("{name}: {}", integer.join(" "));
         for k in kernels {
-            println!("  {}: {} [{}]", k.node, k.kernel.as_deref().unwrap_or("-"), k.detail);
+            println!(
+                "  {}: {} [{}]",
+                k.node,
+                k.kernel.as_deref().unwrap_or("-"),
+                k.detail
+            );
         }
         assert_eq!(integer.len(), layers, "{name}: {kernels:#?}");
         // Depthwise layers run on the depthwise kernels; everything else on the GEMM.
