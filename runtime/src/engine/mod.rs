@@ -21,9 +21,7 @@
 
 mod error;
 mod golden;
-pub mod guards;
 mod model;
-pub mod npy;
 #[cfg(feature = "onnx")]
 pub mod onnx_check;
 #[cfg(feature = "onnx")]
