@@ -206,7 +206,7 @@ impl PerchQMatMul {
         let fail = |e: crate::kernels::q8::Unsupported| format_err!("PerchQMatMul: {}", e.0);
         let rows = outer * s.inner;
         ensure!(
-            out_inner > 0 && rows % out_inner == 0 && y.len() == rows * s.m,
+            out_inner > 0 && rows.is_multiple_of(out_inner) && y.len() == rows * s.m,
             "PerchQMatMul: {rows} rows do not make blocks of {out_inner} outputs"
         );
         let in_rows = if s.inner == 1 { 0 } else { x.len() };
