@@ -401,6 +401,36 @@ pub(super) fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
         .map(|q| (QType::I8, q.scale.recip(), q.zero_point as i32))
 }
 
+/// A quantize node and its parameters: `(node, type, scale, zero point)`.
+pub(super) type OutputQuantize<'m> = (&'m TypedNode, QType, f32, i32);
+
+/// The single QuantizeLinear after a layer's epilogue (ending at `end`) and its
+/// parameters, or why the layer's output is not quantized.
+pub(super) fn output_quantize(
+    model: &TypedModel,
+    end: OutletId,
+) -> TractResult<Result<OutputQuantize<'_>, String>> {
+    let why = || "its output is not quantized (no single QuantizeLinear after it)".to_string();
+    let q_node = match model.outlet_successors(end) {
+        [only] if !model.output_outlets()?.contains(&end) => model.node(only.node),
+        _ => return Ok(Err(why())),
+    };
+    Ok(quantize_params(q_node)
+        .map(|(dtype, scale, zero_point)| (q_node, dtype, scale, zero_point))
+        .ok_or_else(why))
+}
+
+/// Whether an input's scale and zero point can be run on: a finite positive scale and a
+/// zero point within the type's range.
+pub(super) fn usable_input(input: QType, sx: f32, zx: i32) -> Result<(), String> {
+    let (tlo, thi) = input.range();
+    if sx.is_finite() && sx > 0.0 && (tlo..=thi).contains(&zx) {
+        Ok(())
+    } else {
+        Err(format!("input scale {sx} or zero point {zx} unusable"))
+    }
+}
+
 /// Integer filters and their per-output-channel scales from the float constants tract
 /// folded them into: for each output channel, the scale `sw = max|W| / a`, `a <= 127`,
 /// such that every `W / sw` is an integer within one part in 2^16. Symmetric quantizers
@@ -496,21 +526,13 @@ pub(super) fn consider(
         Layout::Hwc => (rank - 1, rank - 3),
     };
     let epilogue = epilogue_after(model, OutletId::new(node.id, 0), cout, c_axis)?;
-    let q_node = match model.outlet_successors(epilogue.end) {
-        [only] if !model.output_outlets()?.contains(&epilogue.end) => model.node(only.node),
-        _ => {
-            return declined(
-                "its output is not quantized (no single QuantizeLinear after it)".into(),
-            )
-        }
-    };
-    let Some((output_type, sy, zy)) = quantize_params(q_node) else {
-        return declined("its output is not quantized (no single QuantizeLinear after it)".into());
+    let (q_node, output_type, sy, zy) = match output_quantize(model, epilogue.end)? {
+        Ok(q) => q,
+        Err(reason) => return declined(reason),
     };
     let (sx, zx) = (dq.scale, dq.zero_point);
-    let (tlo, thi) = input.range();
-    if !(sx.is_finite() && sx > 0.0 && (tlo..=thi).contains(&zx)) {
-        return declined(format!("input scale {sx} or zero point {zx} unusable"));
+    if let Err(reason) = usable_input(input, sx, zx) {
+        return declined(reason);
     }
     if ps.dilations().iter().any(|d| *d != 1) {
         return declined("dilation (the kernels have none)".into());

@@ -20,7 +20,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::quant::DequantizeLinearF32;
 
 use super::fuse::epilogue_after;
-use super::qconv::{integer_weights, quantize_params, quantized_channels};
+use super::qconv::{integer_weights, output_quantize, quantized_channels, usable_input};
 use super::KernelNode;
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
@@ -382,21 +382,13 @@ pub(super) fn consider(
         return declined("its weights are not int8 values with one scale per output".into());
     };
     let epilogue = epilogue_after(model, OutletId::new(node.id, 0), m, mo)?;
-    let q_node = match model.outlet_successors(epilogue.end) {
-        [only] if !model.output_outlets()?.contains(&epilogue.end) => model.node(only.node),
-        _ => {
-            return declined(
-                "its output is not quantized (no single QuantizeLinear after it)".into(),
-            )
-        }
-    };
-    let Some((output_type, sy, zy)) = quantize_params(q_node) else {
-        return declined("its output is not quantized (no single QuantizeLinear after it)".into());
+    let (q_node, output_type, sy, zy) = match output_quantize(model, epilogue.end)? {
+        Ok(q) => q,
+        Err(reason) => return declined(reason),
     };
     let (sx, zx) = (dq.scale, dq.zero_point);
-    let (tlo, thi) = input.range();
-    if !(sx.is_finite() && sx > 0.0 && (tlo..=thi).contains(&zx)) {
-        return declined(format!("input scale {sx} or zero point {zx} unusable"));
+    if let Err(reason) = usable_input(input, sx, zx) {
+        return declined(reason);
     }
     let (lo, hi) = epilogue.activation.bounds();
     let output = match OutputQuant::new(output_type, sy, zy, lo, hi) {
