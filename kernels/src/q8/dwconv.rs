@@ -397,15 +397,12 @@ unsafe fn portable<const KH: usize, const KW: usize, const S: usize>(job: &Job) 
                         acc = acc.wrapping_add(v as i32 * w as i32);
                     }
                 }
-                let requant = crate::requant::Requant {
-                    multiplier: *job.multiplier.add(ch),
-                    exponent: 31 + *job.shift.add(ch) as i32,
-                };
-                let v = requant
-                    .apply(acc)
-                    .saturating_add(job.zero_point)
-                    .clamp(job.lo, job.hi);
-                *job.out.add((y * job.wo + x) * c + ch) = v as u8;
+                *job.out.add((y * job.wo + x) * c + ch) = super::reference_output(
+                    acc,
+                    *job.multiplier.add(ch),
+                    *job.shift.add(ch),
+                    [job.zero_point, job.lo, job.hi],
+                );
             }
         }
     }

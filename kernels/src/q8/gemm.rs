@@ -406,15 +406,12 @@ unsafe fn portable(job: &Job) {
                 };
                 acc = acc.wrapping_add(x as i32 * *w as i32);
             }
-            let requant = crate::requant::Requant {
-                multiplier: *job.multiplier.add(m),
-                exponent: 31 + *job.shift.add(m) as i32,
-            };
-            let v = requant
-                .apply(acc)
-                .saturating_add(job.zero_point)
-                .clamp(job.lo, job.hi);
-            *job.y.add(n * job.y_stride + m) = v as u8;
+            *job.y.add(n * job.y_stride + m) = super::reference_output(
+                acc,
+                *job.multiplier.add(m),
+                *job.shift.add(m),
+                [job.zero_point, job.lo, job.hi],
+            );
         }
     }
 }

@@ -204,3 +204,19 @@ pub fn channel_outputs(
         })
         .collect()
 }
+
+/// The portable references' output byte: `acc` requantized with a kernel table's
+/// multiplier and negated shift (see `requant`), the zero point added with saturation,
+/// clamped to `[lo, hi]`, and narrowed (the byte of a `u8` or of an `i8` alike).
+pub(crate) fn reference_output(
+    acc: i32,
+    multiplier: i32,
+    shift: i64,
+    [zero_point, lo, hi]: [i32; 3],
+) -> u8 {
+    let requant = crate::requant::Requant {
+        multiplier,
+        exponent: 31 + shift as i32,
+    };
+    requant.apply(acc).saturating_add(zero_point).clamp(lo, hi) as u8
+}
