@@ -40,6 +40,7 @@ pub mod f32_dwconv;
 pub mod q8;
 pub mod requant;
 pub mod simd;
+pub mod transpose;
 
 mod cpu;
 

@@ -14,8 +14,9 @@
 //!
 //! # Execution
 //! The kernels are channels last. On channels-first tensors (tract's layout on x86-64)
-//! the operator transposes the input into scratch and the output back; general
-//! convolutions read either layout directly into im2col rows.
+//! the operator transposes the input into scratch and the output back (the kernels'
+//! tiled transpose); general convolutions then copy whole kernel rows of the
+//! channels-last image into im2col rows.
 
 use std::cell::RefCell;
 
@@ -32,6 +33,7 @@ use crate::kernels::q8::dwconv::QDwConv;
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::requant::Requant;
+use crate::kernels::transpose::transpose;
 use crate::kernels::Cpu;
 
 /// Everything a quantized convolution is, as written to an NNEF archive: the integers
@@ -237,15 +239,6 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `rows × cols` bytes to `cols × rows`.
-pub(super) fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
-    for r in 0..rows {
-        for c in 0..cols {
-            dst[c * rows + r] = src[r * cols + c];
-        }
-    }
-}
-
 impl EvalOp for PerchQConv {
     op_out_of_plan!();
 
@@ -304,7 +297,7 @@ impl PerchQConv {
             }
             let (hwc_in, rest) = scratch.split_at_mut(if chw { in_len } else { 0 });
             let (hwc_out, rest) = rest.split_at_mut(if chw { out_len } else { 0 });
-            let x_hwc: &[u8] = if chw && !matches!(self.plan, Plan::General(..)) {
+            let x_hwc: &[u8] = if chw {
                 transpose(x, s.cin, h * w, hwc_in);
                 hwc_in
             } else {
@@ -317,7 +310,7 @@ impl PerchQConv {
                 Plan::General(g, im2col) => {
                     let kp = g.padded_k();
                     let rows = &mut rest[..ho * wo * kp];
-                    self.im2col(im2col, x, rows, kp);
+                    self.im2col(im2col, x_hwc, rows, kp);
                     g.run_padded(ho * wo, rows, kp, out).map_err(fail)?
                 }
             }
@@ -330,36 +323,38 @@ impl PerchQConv {
 
     /// Rows of `kp` bytes, one per output pixel, holding its taps' input channels in
     /// (ky, kx, ci) order, the input's zero point where a tap falls in the padding, and
-    /// zeros after the `kh · kw · cin` values.
+    /// zeros after the `kh · kw · cin` values. `x` is channels last, so a kernel row
+    /// that lies inside the image is one contiguous copy of `kw · cin` bytes.
     fn im2col(&self, g: &DwGeometry, x: &[u8], rows: &mut [u8], kp: usize) {
-        let s = &self.spec;
+        let cin = self.spec.cin;
         let [h, w] = g.input;
         let [kh, kw] = g.kernel;
         let [top, left, ..] = g.padding;
-        let cin = s.cin;
-        let pad = s.input_zero_point as u8;
-        let at = |ci: usize, iy: usize, ix: usize| match s.layout {
-            Layout::Chw => (ci * h + iy) * w + ix,
-            Layout::Hwc => (iy * w + ix) * cin + ci,
-        };
+        let pad = self.spec.input_zero_point as u8;
+        let span = kw * cin;
         for (p, row) in rows.chunks_exact_mut(kp).enumerate() {
             let (oy, ox) = (p / g.output[1], p % g.output[1]);
+            // The first tap's column, when the whole kernel row is inside the image.
+            let inside = (ox * g.stride).checked_sub(left).filter(|x0| x0 + kw <= w);
             for ky in 0..kh {
-                for kx in 0..kw {
-                    let iy = (oy * g.stride + ky).checked_sub(top).filter(|v| *v < h);
-                    let ix = (ox * g.stride + kx).checked_sub(left).filter(|v| *v < w);
-                    let dst = &mut row[(ky * kw + kx) * cin..(ky * kw + kx + 1) * cin];
-                    match (iy, ix) {
-                        (Some(iy), Some(ix)) => {
-                            for (ci, d) in dst.iter_mut().enumerate() {
-                                *d = x[at(ci, iy, ix)];
-                            }
-                        }
-                        _ => dst.fill(pad),
+                let dst = &mut row[ky * span..(ky + 1) * span];
+                let Some(iy) = (oy * g.stride + ky).checked_sub(top).filter(|v| *v < h) else {
+                    dst.fill(pad);
+                    continue;
+                };
+                let line = &x[iy * w * cin..(iy + 1) * w * cin];
+                if let Some(x0) = inside {
+                    dst.copy_from_slice(&line[x0 * cin..(x0 + kw) * cin]);
+                    continue;
+                }
+                for (kx, d) in dst.chunks_exact_mut(cin).enumerate() {
+                    match (ox * g.stride + kx).checked_sub(left).filter(|v| *v < w) {
+                        Some(ix) => d.copy_from_slice(&line[ix * cin..(ix + 1) * cin]),
+                        None => d.fill(pad),
                     }
                 }
             }
-            row[kh * kw * cin..].fill(0);
+            row[kh * span..].fill(0);
         }
     }
 }

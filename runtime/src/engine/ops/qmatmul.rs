@@ -24,6 +24,7 @@ use super::qconv::{integer_weights, output_quantize, quantized_channels, usable_
 use super::KernelNode;
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
+use crate::kernels::transpose::transpose;
 use crate::kernels::Cpu;
 
 /// Everything a quantized matrix product is, as written to an NNEF archive.
@@ -222,7 +223,7 @@ impl PerchQMatMul {
         } else {
             let block = s.k * s.inner;
             for (from, to) in x.chunks_exact(block).zip(x_rows.chunks_exact_mut(block)) {
-                super::qconv::transpose(from, s.k, s.inner, to);
+                transpose(from, s.k, s.inner, to);
             }
             x_rows
         };
@@ -232,7 +233,7 @@ impl PerchQMatMul {
         self.gemm.run(rows, x, y_rows, rest).map_err(fail)?;
         let block = out_inner * s.m;
         for (from, to) in y_rows.chunks_exact(block).zip(y.chunks_exact_mut(block)) {
-            super::qconv::transpose(from, out_inner, s.m, to);
+            transpose(from, out_inner, s.m, to);
         }
         Ok(())
     }
