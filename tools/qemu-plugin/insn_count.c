@@ -30,6 +30,12 @@
  *                 guests (the plugin warns when it saw more than one vCPU).
  *   mode=tb-inline  an inline add per executed block into one shared counter: the
  *                 cheapest, with the limits of both above.
+ *   symbols=PATH  (mode=tb only) also count per guest symbol: each translation block
+ *                 is charged to the symbol of its first instruction (QEMU's lookup in
+ *                 the guest binary's symbol table, so the binary must not be stripped;
+ *                 "?" where it has none), and PATH gets one "COUNT SYMBOL" line per
+ *                 symbol that ran, most first. A profile in instructions rather than
+ *                 time: tools/bench/qemu-profile.
  *
  * Every mode counts an instruction when it starts executing; a block left midway by
  * a fault counts whole in the tb modes. A user-mode program makes no such exits on
@@ -68,6 +74,22 @@ static uint64_t overflow_vcpus;    /* vCPU index >= MAX_VCPUS, added atomically 
 static uint64_t shared_count;      /* the inline modes' counter */
 static uint64_t vcpus_seen;        /* vCPUs initialised (guest threads in user mode) */
 static enum mode mode = MODE_TB;
+static char *symbols_file;
+
+/* Per symbol: its executed instructions (symbols=PATH). */
+typedef struct {
+    const char *name;
+    uint64_t insns;
+} symbol_count;
+
+/* What a translation block charges per execution, and to which symbol. */
+typedef struct {
+    symbol_count *symbol;
+    uint64_t n;
+} tb_charge;
+
+static GHashTable *symbols; /* name -> symbol_count*, under symbols_lock */
+static GMutex symbols_lock;
 static const char *mode_name = "tb";
 static char *outfile;
 
@@ -88,10 +110,43 @@ static void tb_exec(unsigned int vcpu_index, void *udata)
     }
 }
 
+static void tb_exec_symbol(unsigned int vcpu_index, void *udata)
+{
+    tb_charge *charge = udata;
+    tb_exec(vcpu_index, (void *)(uintptr_t)charge->n);
+    __atomic_fetch_add(&charge->symbol->insns, charge->n, __ATOMIC_RELAXED);
+}
+
+/* The charge of a block starting at `first` (never freed: blocks live as long). */
+static tb_charge *charge_for(struct qemu_plugin_insn *first, size_t n)
+{
+    const char *name = qemu_plugin_insn_symbol(first);
+    if (name == NULL) {
+        name = "?";
+    }
+    g_mutex_lock(&symbols_lock);
+    symbol_count *symbol = g_hash_table_lookup(symbols, name);
+    if (symbol == NULL) {
+        symbol = g_new0(symbol_count, 1);
+        symbol->name = g_strdup(name);
+        g_hash_table_insert(symbols, (gpointer)symbol->name, symbol);
+    }
+    g_mutex_unlock(&symbols_lock);
+    tb_charge *charge = g_new0(tb_charge, 1);
+    charge->symbol = symbol;
+    charge->n = n;
+    return charge;
+}
+
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     (void)id;
     size_t n = qemu_plugin_tb_n_insns(tb);
+    if (symbols_file != NULL && n > 0) {
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec_symbol, QEMU_PLUGIN_CB_NO_REGS,
+                                             charge_for(qemu_plugin_tb_get_insn(tb, 0), n));
+        return;
+    }
     switch (mode) {
     case MODE_TB:
         qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS,
@@ -135,6 +190,40 @@ static bool write_total(uint64_t total)
     return ok;
 }
 
+static gint by_count(gconstpointer a, gconstpointer b)
+{
+    const symbol_count *x = *(symbol_count *const *)a;
+    const symbol_count *y = *(symbol_count *const *)b;
+    return x->insns < y->insns ? 1 : x->insns > y->insns ? -1 : strcmp(x->name, y->name);
+}
+
+/* Writes the per-symbol counts, most first. */
+static void write_symbols(void)
+{
+    GPtrArray *all = g_ptr_array_new();
+    GHashTableIter it;
+    gpointer key, value;
+    g_hash_table_iter_init(&it, symbols);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        g_ptr_array_add(all, value);
+    }
+    g_ptr_array_sort(all, by_count);
+    FILE *f = fopen(symbols_file, "w");
+    if (f == NULL) {
+        char *msg = g_strdup_printf("insn_count: cannot write %s: %s\n", symbols_file,
+                                    strerror(errno));
+        qemu_plugin_outs(msg);
+        g_free(msg);
+    } else {
+        for (guint i = 0; i < all->len; i++) {
+            const symbol_count *c = g_ptr_array_index(all, i);
+            fprintf(f, "%" PRIu64 " %s\n", c->insns, c->name);
+        }
+        fclose(f);
+    }
+    g_ptr_array_free(all, TRUE);
+}
+
 static void plugin_exit(qemu_plugin_id_t id, void *udata)
 {
     (void)id;
@@ -156,6 +245,9 @@ static void plugin_exit(qemu_plugin_id_t id, void *udata)
     if (outfile != NULL) {
         write_total(total);
     }
+    if (symbols_file != NULL) {
+        write_symbols();
+    }
 }
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
@@ -166,6 +258,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         const char *arg = argv[i];
         if (g_str_has_prefix(arg, "outfile=") && arg[8] != '\0') {
             outfile = g_strdup(arg + 8);
+        } else if (g_str_has_prefix(arg, "symbols=") && arg[8] != '\0') {
+            symbols_file = g_strdup(arg + 8);
         } else if (strcmp(arg, "mode=tb") == 0) {
             mode = MODE_TB;
             mode_name = "tb";
@@ -177,10 +271,15 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             mode_name = "tb-inline";
         } else {
             fprintf(stderr, "insn_count: unknown argument \"%s\" (expected outfile=PATH "
-                            "or mode=tb|insn|tb-inline)\n", arg);
+                            "symbols=PATH or mode=tb|insn|tb-inline)\n", arg);
             return -1;
         }
     }
+    if (symbols_file != NULL && mode != MODE_TB) {
+        fprintf(stderr, "insn_count: symbols=PATH needs mode=tb\n");
+        return -1;
+    }
+    symbols = g_hash_table_new(g_str_hash, g_str_equal);
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_vcpu_tb_trans_cb(id, tb_trans);
     qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);
