@@ -8,8 +8,14 @@
 //! | GET | `/v2` | server metadata: `{"name":"perchd","version":..,"extensions":[]}` |
 //! | GET | `/v2/models/{name}` (also `/versions/{v}`) | model metadata: name, versions, platform `perch-tract`, inputs and outputs (name, datatype, shape with -1 for symbolic dimensions) |
 //! | GET | `/v2/models/{name}/ready` (also `/versions/{v}/ready`) | as `/v2/health/ready`, for that model |
-//! | POST | `/v2/models/{name}/infer` (also `/versions/{v}/infer`) | an inference ([`crate::service::oip`] JSON; [`crate::service::binary`] postcard when the `Content-Type` is [`POSTCARD_CONTENT_TYPE`]) |
-//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, and gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes` |
+//! | POST | `/v2/models/{name}/infer` (also `/versions/{v}/infer`) | an inference ([`crate::service::oip`] JSON, with the binary tensor data extension of [`crate::service::oip_binary`] when the request has an `Inference-Header-Content-Length`; [`crate::service::binary`] postcard when the `Content-Type` is [`POSTCARD_CONTENT_TYPE`]) |
+//! | GET | `/v2/models/{name}/config`, `/v2/models/stats`, `/v2/models/{name}/stats`; POST `/v2/repository/index` | Triton's extensions ([`triton`]) |
+//! | GET, POST | `/v1/models`, `/v1/models/{name}`, `/v1/models/{name}:predict`, `/health` | KServe V1 and the health check ([`kserve_v1`]) |
+//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, and gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, each with `# HELP` and `# TYPE` |
+//!
+//! A binary infer response (some output asked for with `binary_data`, or
+//! `binary_data_output`) has `Content-Type: application/octet-stream` and its JSON
+//! header's length in `Inference-Header-Content-Length`.
 //!
 //! Errors are `{"error": "<reason>"}` (JSON) with status 400 (malformed or does not fit
 //! the model), 404 (unknown model, version or path), 413 (body over
@@ -48,7 +54,10 @@ use axum::Router;
 use perch_runtime::engine::EngineError;
 use tokio::sync::Semaphore;
 
-use crate::service::{binary, oip, Codec, InferenceService, ServiceError};
+use crate::service::{binary, oip, oip_binary, Codec, InferenceService, OipReply, ServiceError};
+
+mod kserve_v1;
+mod triton;
 
 /// The `Content-Type` of a postcard request body (see [`crate::service::binary`]); its
 /// reply has the same type. Any other request type is read as JSON.
@@ -99,6 +108,8 @@ pub fn router(service: InferenceService) -> Router {
             post(versioned_infer),
         )
         .route("/metrics", get(metrics))
+        .merge(triton::routes())
+        .merge(kserve_v1::routes())
         .fallback(no_route)
         .with_state(shared)
 }
@@ -281,18 +292,34 @@ async fn infer_for(
         Ok(body) => body,
         Err(e) => return refuse(e),
     };
+    let header_length = headers
+        .get(oip_binary::HEADER_LENGTH)
+        .map(|v| v.to_str().unwrap_or("(not text)").to_string());
     // The semaphore is never closed, so this waits for a permit and never fails.
+    let waiting = std::time::Instant::now();
     let permit = gate.0.acquire_owned().await.ok();
+    service.record_queue(waiting.elapsed());
     let worker = service.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let reply = worker.handle_request(&body, codec);
+        let reply = match codec {
+            Codec::Json => worker.handle_oip(&body, header_length.as_deref()),
+            Codec::Binary => {
+                let reply = worker.handle_request(&body, codec);
+                OipReply {
+                    status: reply.status,
+                    body: reply.body,
+                    header_length: None,
+                }
+            }
+        };
         drop(permit);
         reply
     });
     match task.await {
-        Ok(reply) => match codec {
-            Codec::Json => json(status(reply.status), reply.body),
-            Codec::Binary => postcard(status(reply.status), reply.body),
+        Ok(reply) => match (codec, reply.header_length) {
+            (Codec::Json, None) => json(status(reply.status), reply.body),
+            (Codec::Json, Some(length)) => binary_tensors(status(reply.status), reply.body, length),
+            (Codec::Binary, _) => postcard(status(reply.status), reply.body),
         },
         // The task panicked or was cancelled before answering, so nothing counted it yet.
         Err(e) => refuse(ServiceError::Engine(EngineError::Run {
@@ -344,6 +371,25 @@ async fn read_body(
     Ok(bytes)
 }
 
+/// A response in the binary tensor data extension: JSON header, then the tensors.
+fn binary_tensors(status: StatusCode, body: Vec<u8>, header_length: usize) -> Response {
+    (
+        status,
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                axum::http::HeaderName::from_static("inference-header-content-length"),
+                HeaderValue::from(header_length),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 fn postcard(status: StatusCode, body: Vec<u8>) -> Response {
     (
         status,
@@ -360,9 +406,21 @@ async fn metrics(State(service): State<InferenceService>) -> Response {
     let totals = service.totals();
     let rss_bytes = crate::process::rss_kib().map_or(f64::NAN, |kib| f64::from(kib) * 1024.0);
     let extra = [
-        ("perch_model_ready", f64::from(u8::from(service.ready()))),
-        ("perch_uptime_seconds", service.uptime().as_secs_f64()),
-        ("process_resident_memory_bytes", rss_bytes),
+        (
+            "perch_model_ready",
+            "Whether the served model is ready (1) or not (0).",
+            f64::from(u8::from(service.ready())),
+        ),
+        (
+            "perch_uptime_seconds",
+            "Seconds since the agent started.",
+            service.uptime().as_secs_f64(),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            rss_bytes,
+        ),
     ];
     let text = crate::prometheus::render(
         service.model_id().name.as_str(),
@@ -385,7 +443,7 @@ async fn metrics(State(service): State<InferenceService>) -> Response {
 async fn no_route() -> Response {
     json(
         StatusCode::NOT_FOUND,
-        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /metrics"}"#
+        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /v2/models/{name}/config, /v2/models/{name}/stats, /v1/models/{name}:predict, /health, /metrics"}"#
             .to_vec(),
     )
 }
