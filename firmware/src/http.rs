@@ -9,8 +9,12 @@
 //! | GET | `/v2/models/{name}` (also `/versions/{v}`) | model metadata: name, versions, platform `perch-tract`, inputs and outputs (name, datatype, shape with -1 for symbolic dimensions) |
 //! | GET | `/v2/models/{name}/ready` (also `/versions/{v}/ready`) | as `/v2/health/ready`, for that model |
 //! | POST | `/v2/models/{name}/infer` (also `/versions/{v}/infer`) | an inference ([`crate::service::oip`] JSON, with the binary tensor data extension of [`crate::service::oip_binary`] when the request has an `Inference-Header-Content-Length`; [`crate::service::binary`] postcard when the `Content-Type` is [`POSTCARD_CONTENT_TYPE`]) |
-//! | GET | `/v2/models/{name}/config`, `/v2/models/stats`, `/v2/models/{name}/stats`; POST `/v2/repository/index` | Triton's extensions ([`triton`]) |
-//! | GET, POST | `/v1/models`, `/v1/models/{name}`, `/v1/models/{name}:predict`, `/health` | KServe V1 and the health check ([`kserve_v1`]) |
+//! | GET | `/v2/models/{name}/config` (also `/versions/{v}/config`) | Triton's model configuration ([`crate::service::model_config`]) |
+//! | GET | `/v2/models/stats`, `/v2/models/{name}/stats` (also `/versions/{v}/stats`) | Triton's statistics ([`crate::service::stats`]) |
+//! | POST | `/v2/repository/index` | `[{"name", "version", "state"}]` ([`crate::service::describe`]) |
+//! | GET | `/v1/models`, `/v1/models/{name}` | KServe V1 model list and status |
+//! | POST | `/v1/models/{name}:predict` | KServe V1 `instances` → `predictions` ([`crate::service::kserve_v1`]) |
+//! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}`, 503 while not ready |
 //! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, and gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, each with `# HELP` and `# TYPE` |
 //!
 //! A binary infer response (some output asked for with `binary_data`, or
@@ -54,10 +58,10 @@ use axum::Router;
 use perch_runtime::engine::EngineError;
 use tokio::sync::Semaphore;
 
-use crate::service::{binary, oip, oip_binary, Codec, InferenceService, OipReply, ServiceError};
-
-mod kserve_v1;
-mod triton;
+use crate::service::oip_serve::OipReply;
+use crate::service::{
+    binary, describe, oip, oip_binary, Codec, InferenceService, Reply, ServiceError,
+};
 
 /// The `Content-Type` of a postcard request body (see [`crate::service::binary`]); its
 /// reply has the same type. Any other request type is read as JSON.
@@ -107,9 +111,22 @@ pub fn router(service: InferenceService) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(versioned_infer),
         )
+        .route("/v2/models/{name}/config", get(config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(versioned_config),
+        )
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(versioned_stats),
+        )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v1/models", get(v1_models))
+        .route("/v1/models/{target}", get(v1_model).post(v1_predict))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .merge(triton::routes())
-        .merge(kserve_v1::routes())
         .fallback(no_route)
         .with_state(shared)
 }
@@ -250,7 +267,7 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_for(service, gate, &name, None, &headers, body).await
+    infer_for(service, gate, &name, None, Protocol::V2, &headers, body).await
 }
 
 async fn versioned_infer(
@@ -260,7 +277,40 @@ async fn versioned_infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_for(service, gate, &name, Some(&version), &headers, body).await
+    infer_for(
+        service,
+        gate,
+        &name,
+        Some(&version),
+        Protocol::V2,
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// `POST /v1/models/{name}:predict` (the path's last segment is `{name}:predict`).
+async fn v1_predict(
+    State(service): State<InferenceService>,
+    State(gate): State<Gate>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(name) = target.strip_suffix(":predict") else {
+        return no_route().await;
+    };
+    infer_for(service, gate, name, None, Protocol::V1, &headers, body).await
+}
+
+/// Which protocol an inference request speaks.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// Open Inference Protocol v2: JSON with the binary tensor data extension, or
+    /// postcard.
+    V2,
+    /// KServe V1 `instances`.
+    V1,
 }
 
 async fn infer_for(
@@ -268,11 +318,14 @@ async fn infer_for(
     gate: Gate,
     name: &str,
     version: Option<&str>,
+    protocol: Protocol,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
     let codec = match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        Some(t) if t.starts_with(POSTCARD_CONTENT_TYPE) => Codec::Binary,
+        Some(t) if t.starts_with(POSTCARD_CONTENT_TYPE) && matches!(protocol, Protocol::V2) => {
+            Codec::Binary
+        }
         _ => Codec::Json,
     };
     let refuse = |e: ServiceError| {
@@ -301,9 +354,17 @@ async fn infer_for(
     service.record_queue(waiting.elapsed());
     let worker = service.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let reply = match codec {
-            Codec::Json => worker.handle_oip(&body, header_length.as_deref()),
-            Codec::Binary => {
+        let reply = match (protocol, codec) {
+            (Protocol::V1, _) => {
+                let reply = worker.handle_v1(&body);
+                OipReply {
+                    status: reply.status,
+                    body: reply.body,
+                    header_length: None,
+                }
+            }
+            (Protocol::V2, Codec::Json) => worker.handle_oip(&body, header_length.as_deref()),
+            (Protocol::V2, Codec::Binary) => {
                 let reply = worker.handle_request(&body, codec);
                 OipReply {
                     status: reply.status,
@@ -438,6 +499,68 @@ async fn metrics(State(service): State<InferenceService>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// Answers `document` of the served model once the path's name and version check out.
+fn described(
+    service: &InferenceService,
+    name: Option<&str>,
+    version: Option<&str>,
+    document: fn(&InferenceService) -> Reply,
+) -> Response {
+    if let Some(name) = name {
+        if let Err(e) = find(service, name, version) {
+            return error(&e);
+        }
+    }
+    let reply = document(service);
+    json(status(reply.status), reply.body)
+}
+
+async fn config(State(service): State<InferenceService>, Path(name): Path<String>) -> Response {
+    described(&service, Some(&name), None, describe::config)
+}
+
+async fn versioned_config(
+    State(service): State<InferenceService>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    described(&service, Some(&name), Some(&version), describe::config)
+}
+
+async fn all_stats(State(service): State<InferenceService>) -> Response {
+    described(&service, None, None, describe::statistics)
+}
+
+async fn model_stats(
+    State(service): State<InferenceService>,
+    Path(name): Path<String>,
+) -> Response {
+    described(&service, Some(&name), None, describe::statistics)
+}
+
+async fn versioned_stats(
+    State(service): State<InferenceService>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    described(&service, Some(&name), Some(&version), describe::statistics)
+}
+
+/// The body (`{"ready": bool}` or empty) is not needed to answer and is not read.
+async fn repository_index(State(service): State<InferenceService>) -> Response {
+    described(&service, None, None, describe::repository_index)
+}
+
+async fn v1_models(State(service): State<InferenceService>) -> Response {
+    described(&service, None, None, describe::v1_models)
+}
+
+async fn v1_model(State(service): State<InferenceService>, Path(name): Path<String>) -> Response {
+    described(&service, Some(&name), None, describe::v1_model)
+}
+
+async fn health(State(service): State<InferenceService>) -> Response {
+    described(&service, None, None, describe::health)
 }
 
 async fn no_route() -> Response {

@@ -31,12 +31,13 @@
 //! ```
 
 pub mod binary;
+pub mod describe;
 pub mod kserve_v1;
 mod message;
 pub mod model_config;
 pub mod oip;
 pub mod oip_binary;
-mod oip_serve;
+pub mod oip_serve;
 pub mod stats;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,7 +53,6 @@ use perch_runtime::wire::ModelId;
 pub use message::{
     InferRequest, InferResponse, RequestTensor, ResponseTensor, ServiceError, TensorValues,
 };
-pub use oip_serve::OipReply;
 pub use stats::Statistics;
 
 /// Bounds on what one request may ask of the service.
