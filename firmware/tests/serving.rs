@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{floats, models, relative_error};
 use perch_firmware::http::serve;
 use perch_firmware::service::{InferenceService, ServiceLimits};
-use perch_runtime::engine::{Golden, LoadOptions, Model};
+use perch_runtime::engine::{read_npy, DType, Golden, Input, LoadOptions, Model};
 use perch_runtime::wire::{ModelId, Version};
 use serde_json::{json, Value};
 
@@ -48,8 +48,11 @@ impl Answer {
 
 impl Server {
     fn start(model: &str) -> Server {
-        let loaded =
-            Model::load(models().join(model).join("model.onnx"), &LoadOptions::new()).unwrap();
+        Server::start_file(&models().join(model).join("model.onnx"), model)
+    }
+
+    fn start_file(path: &std::path::Path, model: &str) -> Server {
+        let loaded = Model::load(path, &LoadOptions::new()).unwrap();
         let id = ModelId::new(model, Version::new(1, 0, 0)).unwrap();
         let service = InferenceService::new(loaded, id, ServiceLimits::default());
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -224,6 +227,59 @@ fn requested_outputs_come_back_in_the_form_asked_and_an_unknown_one_is_refused()
         2,
         "refused before running"
     );
+}
+
+/// The quantized fixture has twelve outputs, integer and float: the ones asked for come
+/// back in the order asked, each in the form asked, with the engine's own values.
+#[test]
+fn integer_and_float_outputs_of_a_many_output_model_come_back_as_asked() {
+    let path = models().join("fixtures/qlinear-contrib.onnx");
+    let server = Server::start_file(&path, "qlinear");
+    let model = Model::load(&path, &LoadOptions::new()).unwrap();
+    let input = read_npy(models().join("fixtures/qlinear-contrib.input_0.npy")).unwrap();
+    let outputs = model.run(&[Input::from_tensor(&input).unwrap()]).unwrap();
+    let infos = &model.metadata().outputs;
+    let integer = infos
+        .iter()
+        .position(|i| matches!(i.dtype, DType::U8 | DType::I8))
+        .expect("an integer output");
+    let float = infos
+        .iter()
+        .position(|i| i.dtype == DType::F32)
+        .expect("a float output");
+    let (integer_name, float_name) = (&infos[integer].name, &infos[float].name);
+
+    let data = le_bytes(&floats(&input));
+    let mut body = serde_json::to_vec(&json!({
+        "inputs": [{"name": model.metadata().inputs[0].name, "shape": input.shape(),
+                    "datatype": "FP32", "parameters": {"binary_data_size": data.len()}}],
+        "outputs": [{"name": float_name, "parameters": {"binary_data": false}},
+                    {"name": integer_name, "parameters": {"binary_data": true}}],
+    }))
+    .unwrap();
+    let length = body.len().to_string();
+    body.extend_from_slice(&data);
+    let answer = server.post("/v2/models/qlinear/infer", &body, Some(&length));
+    assert_eq!(answer.status, 200, "{}", answer.error());
+    let header = answer.json();
+    let names: Vec<&str> = header["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [float_name.as_str(), integer_name.as_str()]);
+    let datatype = if infos[integer].dtype == DType::U8 {
+        "UINT8"
+    } else {
+        "INT8"
+    };
+    assert_eq!(header["outputs"][1]["datatype"], datatype);
+    let want = outputs.tensor(integer).unwrap();
+    let want = want.try_as_plain_ram().unwrap().as_bytes().to_vec();
+    assert_eq!(&answer.body[answer.header_length.unwrap()..], &want[..]);
+    let got: Vec<f32> = serde_json::from_value(header["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(got, floats(outputs.tensor(float).unwrap()));
 }
 
 #[test]

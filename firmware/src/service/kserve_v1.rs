@@ -326,7 +326,10 @@ impl super::InferenceService {
         }
         let served = self.served();
         let batched = is_batched(served.metadata());
-        let requests = decode_instances(body, &served.metadata().inputs, batched)?;
+        let decoding = std::time::Instant::now();
+        let requests = decode_instances(body, &served.metadata().inputs, batched);
+        self.inner.stats.decoded(decoding.elapsed());
+        let requests = requests?;
         let elements = requests
             .iter()
             .flat_map(|r| &r.inputs)

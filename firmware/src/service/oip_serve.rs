@@ -55,9 +55,12 @@ impl InferenceService {
                 limit,
             });
         }
-        let (header, binary) = super::oip_binary::split(body, header_length)?;
-        let request = oip::decode_parts(header, binary)?;
-        let wanted = self.wanted_outputs(&request)?;
+        let decoding = Instant::now();
+        let decoded = super::oip_binary::split(body, header_length)
+            .and_then(|(header, binary)| oip::decode_parts(header, binary))
+            .and_then(|request| Ok((self.wanted_outputs(&request)?, request)));
+        self.inner.stats.decoded(decoding.elapsed());
+        let (wanted, request) = decoded?;
         let response = self.run(&request.request)?;
         let encoding = Instant::now();
         let (response, binary) = select(response, &wanted);

@@ -94,6 +94,12 @@ impl Stats {
         self.last_inference_ms.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// Decoding time, added to the input phase of the run that follows (or of none, for
+    /// a request refused before it ran).
+    pub(crate) fn decoded(&self, took: Duration) {
+        self.compute_input.add(0, took);
+    }
+
     /// Encoding time, added to the output phase of the run already counted.
     pub(crate) fn encoded(&self, took: Duration) {
         self.compute_output.add(0, took);
