@@ -8,8 +8,18 @@
 //! | GET | `/v2` | server metadata: `{"name":"perchd","version":..,"extensions":[]}` |
 //! | GET | `/v2/models/{name}` (also `/versions/{v}`) | model metadata: name, versions, platform `perch-tract`, inputs and outputs (name, datatype, shape with -1 for symbolic dimensions) |
 //! | GET | `/v2/models/{name}/ready` (also `/versions/{v}/ready`) | as `/v2/health/ready`, for that model |
-//! | POST | `/v2/models/{name}/infer` (also `/versions/{v}/infer`) | an inference ([`crate::service::oip`] JSON; [`crate::service::binary`] postcard when the `Content-Type` is [`POSTCARD_CONTENT_TYPE`]) |
-//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, and gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes` |
+//! | POST | `/v2/models/{name}/infer` (also `/versions/{v}/infer`) | an inference ([`crate::service::oip`] JSON, with the binary tensor data extension of [`crate::service::oip_binary`] when the request has an `Inference-Header-Content-Length`; [`crate::service::binary`] postcard when the `Content-Type` is [`POSTCARD_CONTENT_TYPE`]) |
+//! | GET | `/v2/models/{name}/config` (also `/versions/{v}/config`) | Triton's model configuration ([`crate::service::model_config`]) |
+//! | GET | `/v2/models/stats`, `/v2/models/{name}/stats` (also `/versions/{v}/stats`) | Triton's statistics ([`crate::service::stats`]) |
+//! | POST | `/v2/repository/index` | `[{"name", "version", "state"}]` ([`crate::service::describe`]) |
+//! | GET | `/v1/models`, `/v1/models/{name}` | KServe V1 model list and status |
+//! | POST | `/v1/models/{name}:predict` | KServe V1 `instances` → `predictions` ([`crate::service::kserve_v1`]) |
+//! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}`, 503 while not ready |
+//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, and gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, each with `# HELP` and `# TYPE` |
+//!
+//! A binary infer response (some output asked for with `binary_data`, or
+//! `binary_data_output`) has `Content-Type: application/octet-stream` and its JSON
+//! header's length in `Inference-Header-Content-Length`.
 //!
 //! Errors are `{"error": "<reason>"}` (JSON) with status 400 (malformed or does not fit
 //! the model), 404 (unknown model, version or path), 413 (body over
@@ -48,7 +58,10 @@ use axum::Router;
 use perch_runtime::engine::EngineError;
 use tokio::sync::Semaphore;
 
-use crate::service::{binary, oip, Codec, InferenceService, ServiceError};
+use crate::service::oip_serve::OipReply;
+use crate::service::{
+    binary, describe, oip, oip_binary, Codec, InferenceService, Reply, ServiceError,
+};
 
 /// The `Content-Type` of a postcard request body (see [`crate::service::binary`]); its
 /// reply has the same type. Any other request type is read as JSON.
@@ -98,6 +111,21 @@ pub fn router(service: InferenceService) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(versioned_infer),
         )
+        .route("/v2/models/{name}/config", get(config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(versioned_config),
+        )
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(versioned_stats),
+        )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v1/models", get(v1_models))
+        .route("/v1/models/{target}", get(v1_model).post(v1_predict))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .with_state(shared)
@@ -239,7 +267,7 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_for(service, gate, &name, None, &headers, body).await
+    infer_for(service, gate, &name, None, Protocol::V2, &headers, body).await
 }
 
 async fn versioned_infer(
@@ -249,7 +277,40 @@ async fn versioned_infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_for(service, gate, &name, Some(&version), &headers, body).await
+    infer_for(
+        service,
+        gate,
+        &name,
+        Some(&version),
+        Protocol::V2,
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// `POST /v1/models/{name}:predict` (the path's last segment is `{name}:predict`).
+async fn v1_predict(
+    State(service): State<InferenceService>,
+    State(gate): State<Gate>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(name) = target.strip_suffix(":predict") else {
+        return no_route().await;
+    };
+    infer_for(service, gate, name, None, Protocol::V1, &headers, body).await
+}
+
+/// Which protocol an inference request speaks.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// Open Inference Protocol v2: JSON with the binary tensor data extension, or
+    /// postcard.
+    V2,
+    /// KServe V1 `instances`.
+    V1,
 }
 
 async fn infer_for(
@@ -257,11 +318,14 @@ async fn infer_for(
     gate: Gate,
     name: &str,
     version: Option<&str>,
+    protocol: Protocol,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
     let codec = match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        Some(t) if t.starts_with(POSTCARD_CONTENT_TYPE) => Codec::Binary,
+        Some(t) if t.starts_with(POSTCARD_CONTENT_TYPE) && matches!(protocol, Protocol::V2) => {
+            Codec::Binary
+        }
         _ => Codec::Json,
     };
     let refuse = |e: ServiceError| {
@@ -281,18 +345,42 @@ async fn infer_for(
         Ok(body) => body,
         Err(e) => return refuse(e),
     };
+    let header_length = headers
+        .get(oip_binary::HEADER_LENGTH)
+        .map(|v| v.to_str().unwrap_or("(not text)").to_string());
     // The semaphore is never closed, so this waits for a permit and never fails.
+    let waiting = std::time::Instant::now();
     let permit = gate.0.acquire_owned().await.ok();
+    service.record_queue(waiting.elapsed());
     let worker = service.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let reply = worker.handle_request(&body, codec);
+        let reply = match (protocol, codec) {
+            (Protocol::V1, _) => {
+                let reply = worker.handle_v1(&body);
+                OipReply {
+                    status: reply.status,
+                    body: reply.body,
+                    header_length: None,
+                }
+            }
+            (Protocol::V2, Codec::Json) => worker.handle_oip(&body, header_length.as_deref()),
+            (Protocol::V2, Codec::Binary) => {
+                let reply = worker.handle_request(&body, codec);
+                OipReply {
+                    status: reply.status,
+                    body: reply.body,
+                    header_length: None,
+                }
+            }
+        };
         drop(permit);
         reply
     });
     match task.await {
-        Ok(reply) => match codec {
-            Codec::Json => json(status(reply.status), reply.body),
-            Codec::Binary => postcard(status(reply.status), reply.body),
+        Ok(reply) => match (codec, reply.header_length) {
+            (Codec::Json, None) => json(status(reply.status), reply.body),
+            (Codec::Json, Some(length)) => binary_tensors(status(reply.status), reply.body, length),
+            (Codec::Binary, _) => postcard(status(reply.status), reply.body),
         },
         // The task panicked or was cancelled before answering, so nothing counted it yet.
         Err(e) => refuse(ServiceError::Engine(EngineError::Run {
@@ -344,6 +432,25 @@ async fn read_body(
     Ok(bytes)
 }
 
+/// A response in the binary tensor data extension: JSON header, then the tensors.
+fn binary_tensors(status: StatusCode, body: Vec<u8>, header_length: usize) -> Response {
+    (
+        status,
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                axum::http::HeaderName::from_static("inference-header-content-length"),
+                HeaderValue::from(header_length),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 fn postcard(status: StatusCode, body: Vec<u8>) -> Response {
     (
         status,
@@ -360,9 +467,21 @@ async fn metrics(State(service): State<InferenceService>) -> Response {
     let totals = service.totals();
     let rss_bytes = crate::process::rss_kib().map_or(f64::NAN, |kib| f64::from(kib) * 1024.0);
     let extra = [
-        ("perch_model_ready", f64::from(u8::from(service.ready()))),
-        ("perch_uptime_seconds", service.uptime().as_secs_f64()),
-        ("process_resident_memory_bytes", rss_bytes),
+        (
+            "perch_model_ready",
+            "Whether the served model is ready (1) or not (0).",
+            f64::from(u8::from(service.ready())),
+        ),
+        (
+            "perch_uptime_seconds",
+            "Seconds since the agent started.",
+            service.uptime().as_secs_f64(),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            rss_bytes,
+        ),
     ];
     let text = crate::prometheus::render(
         service.model_id().name.as_str(),
@@ -382,10 +501,72 @@ async fn metrics(State(service): State<InferenceService>) -> Response {
         .into_response()
 }
 
+/// Answers `document` of the served model once the path's name and version check out.
+fn described(
+    service: &InferenceService,
+    name: Option<&str>,
+    version: Option<&str>,
+    document: fn(&InferenceService) -> Reply,
+) -> Response {
+    if let Some(name) = name {
+        if let Err(e) = find(service, name, version) {
+            return error(&e);
+        }
+    }
+    let reply = document(service);
+    json(status(reply.status), reply.body)
+}
+
+async fn config(State(service): State<InferenceService>, Path(name): Path<String>) -> Response {
+    described(&service, Some(&name), None, describe::config)
+}
+
+async fn versioned_config(
+    State(service): State<InferenceService>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    described(&service, Some(&name), Some(&version), describe::config)
+}
+
+async fn all_stats(State(service): State<InferenceService>) -> Response {
+    described(&service, None, None, describe::statistics)
+}
+
+async fn model_stats(
+    State(service): State<InferenceService>,
+    Path(name): Path<String>,
+) -> Response {
+    described(&service, Some(&name), None, describe::statistics)
+}
+
+async fn versioned_stats(
+    State(service): State<InferenceService>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    described(&service, Some(&name), Some(&version), describe::statistics)
+}
+
+/// The body (`{"ready": bool}` or empty) is not needed to answer and is not read.
+async fn repository_index(State(service): State<InferenceService>) -> Response {
+    described(&service, None, None, describe::repository_index)
+}
+
+async fn v1_models(State(service): State<InferenceService>) -> Response {
+    described(&service, None, None, describe::v1_models)
+}
+
+async fn v1_model(State(service): State<InferenceService>, Path(name): Path<String>) -> Response {
+    described(&service, Some(&name), None, describe::v1_model)
+}
+
+async fn health(State(service): State<InferenceService>) -> Response {
+    described(&service, None, None, describe::health)
+}
+
 async fn no_route() -> Response {
     json(
         StatusCode::NOT_FOUND,
-        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /metrics"}"#
+        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /v2/models/{name}/config, /v2/models/{name}/stats, /v1/models/{name}:predict, /health, /metrics"}"#
             .to_vec(),
     )
 }

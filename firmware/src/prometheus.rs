@@ -15,6 +15,7 @@
 //! # TYPE prediction_total counter
 //! prediction_total{model_name="kws-dscnn",status="ok"} 1198
 //! prediction_total{model_name="kws-dscnn",status="error"} 2
+//! # HELP perch_uptime_seconds Seconds since the agent started.
 //! # TYPE perch_uptime_seconds gauge
 //! perch_uptime_seconds 3600
 //! ```
@@ -44,7 +45,8 @@
 //! let mut latency = Histogram::new();
 //! latency.record(Duration::from_micros(850));
 //! let text = perch_firmware::prometheus::render(
-//!     "kws-dscnn", &latency, 1, 0, &[("perch_uptime_seconds", 12.0)],
+//!     "kws-dscnn", &latency, 1, 0,
+//!     &[("perch_uptime_seconds", "Seconds since the agent started.", 12.0)],
 //! );
 //! assert!(text.contains("prediction_latency_seconds_count{model_name=\"kws-dscnn\"} 1\n"));
 //! assert!(text.contains("perch_uptime_seconds 12\n"));
@@ -65,8 +67,10 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// - `latency_cumulative` is every latency since the agent started (not one interval):
 ///   Prometheus histograms are cumulative counters.
 /// - `ok_total` and `error_total` become `prediction_total{status="ok"|"error"}`.
-/// - `extra` are gauges without labels, in the given order, such as
-///   `("process_resident_memory_bytes", rss)` or `("perch_uptime_seconds", uptime)`.
+/// - `extra` are gauges without labels, in the given order, each with its help text,
+///   such as `("perch_uptime_seconds", "Seconds since the agent started.", uptime)`:
+///   `promtool check metrics` wants a `# HELP` on every family. Help text is escaped
+///   (`\\`, `\n`).
 ///   An entry whose name is not a valid metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`) or
 ///   repeats an earlier one is left out, since one bad line would make Prometheus
 ///   reject the whole scrape. Values print as Prometheus floats (`NaN`, `+Inf`, `-Inf`).
@@ -77,7 +81,7 @@ pub fn render(
     latency_cumulative: &Histogram,
     ok_total: u64,
     error_total: u64,
-    extra: &[(&str, f64)],
+    extra: &[(&str, &str, f64)],
 ) -> String {
     let label = escape_label_value(model_name);
     let counts = latency_cumulative.counts();
@@ -120,32 +124,18 @@ pub fn render(
     }
 
     let reserved = ["prediction_latency_seconds", "prediction_total"];
-    for (i, &(name, value)) in extra.iter().enumerate() {
-        let repeated = extra[..i].iter().any(|&(earlier, _)| earlier == name);
+    for (i, &(name, help, value)) in extra.iter().enumerate() {
+        let repeated = extra[..i].iter().any(|&(earlier, _, _)| earlier == name);
         let clashes = reserved.iter().any(|r| name.starts_with(r));
         if !is_metric_name(name) || repeated || clashes {
             continue;
         }
-        if let Some(help) = known_help(name) {
-            let _ = writeln!(out, "# HELP {name} {help}");
-        }
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
         let _ = writeln!(out, "{name} {}", float(value));
     }
     out
-}
-
-/// Help text for the gauges the agent is expected to pass, named as the Prometheus
-/// client libraries name them.
-fn known_help(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "process_resident_memory_bytes" => "Resident memory size in bytes.",
-        "process_virtual_memory_bytes" => "Virtual memory size in bytes.",
-        "process_start_time_seconds" => "Start time of the process since unix epoch in seconds.",
-        "process_open_fds" => "Number of open file descriptors.",
-        "perch_uptime_seconds" => "Seconds since the agent started.",
-        _ => return None,
-    })
 }
 
 /// Escapes a label value: backslash, double quote and line feed are the only characters
@@ -478,15 +468,19 @@ mod tests {
     #[test]
     fn extra_gauges_are_typed_and_valued_and_bad_names_are_left_out() {
         let extra = [
-            ("process_resident_memory_bytes", 123_456_789.0),
-            ("perch_uptime_seconds", 3_600.5),
-            ("perch_spool_dropped", f64::NAN),
-            ("perch_odd", f64::NEG_INFINITY),
-            ("bad name", 1.0),
-            ("1starts_with_digit", 1.0),
-            ("", 1.0),
-            ("prediction_total", 5.0),
-            ("perch_uptime_seconds", 9.0),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory.",
+                123_456_789.0,
+            ),
+            ("perch_uptime_seconds", "Uptime.", 3_600.5),
+            ("perch_spool_dropped", "Dropped.", f64::NAN),
+            ("perch_odd", "Odd \\ help\ntext.", f64::NEG_INFINITY),
+            ("bad name", "", 1.0),
+            ("1starts_with_digit", "", 1.0),
+            ("", "", 1.0),
+            ("prediction_total", "", 5.0),
+            ("perch_uptime_seconds", "", 9.0),
         ];
         let (samples, types) = parse(&render("m", &Histogram::new(), 0, 0, &extra));
         assert_eq!(
@@ -505,6 +499,11 @@ mod tests {
             assert_eq!(types[gauge], "gauge");
         }
         assert_eq!(types.len(), 6, "{types:?}");
+        let text = render("m", &Histogram::new(), 0, 0, &extra);
+        assert!(
+            text.contains("# HELP perch_odd Odd \\\\ help\\ntext.\n"),
+            "{text}"
+        );
         assert_eq!(
             value_of(&samples, "prediction_total", &[("status", "ok")]),
             0.0

@@ -31,15 +31,21 @@
 //! ```
 
 pub mod binary;
+pub mod describe;
+pub mod kserve_v1;
 mod message;
+pub mod model_config;
 pub mod oip;
+pub mod oip_binary;
+pub mod oip_serve;
+pub mod stats;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use perch_runtime::engine::{
-    DType, EngineError, Input, Metadata, Model, Outputs, Session, TensorInfo,
+    DType, Dim, EngineError, Input, Metadata, Model, Outputs, Session, TensorInfo,
 };
 use perch_runtime::histogram::{AtomicHistogram, Histogram};
 use perch_runtime::wire::ModelId;
@@ -47,6 +53,7 @@ use perch_runtime::wire::ModelId;
 pub use message::{
     InferRequest, InferResponse, RequestTensor, ResponseTensor, ServiceError, TensorValues,
 };
+pub use stats::Statistics;
 
 /// Bounds on what one request may ask of the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +154,7 @@ struct Inner {
     interval_latency: AtomicHistogram,
     interval_start: Mutex<Instant>,
     started: Instant,
+    stats: stats::Stats,
 }
 
 /// A model being served, with its identity and its idle sessions.
@@ -197,6 +205,7 @@ impl InferenceService {
                 interval_latency: AtomicHistogram::new(),
                 interval_start: Mutex::new(Instant::now()),
                 started: Instant::now(),
+                stats: stats::Stats::default(),
             }),
         }
     }
@@ -256,15 +265,35 @@ impl InferenceService {
     /// Counts the request as ok or error and, on success, records the engine's run
     /// time in the cumulative and interval latency histograms (lock-free).
     pub fn infer(&self, request: &InferRequest) -> Result<InferResponse, ServiceError> {
+        let started = Instant::now();
         let result = self.run(request);
-        match &result {
-            Ok(_) => {
-                self.inner.ok.fetch_add(1, Ordering::Relaxed);
-                self.inner.interval_ok.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => self.count_error(),
-        }
+        self.count(result.is_ok(), started.elapsed());
         result
+    }
+
+    /// Counts one request that reached the service, as ok or error, with its time.
+    fn count(&self, ok: bool, took: Duration) {
+        if ok {
+            self.inner.ok.fetch_add(1, Ordering::Relaxed);
+            self.inner.interval_ok.fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.succeeded(took);
+        } else {
+            self.count_error();
+            self.inner.stats.failed(took);
+        }
+    }
+
+    /// The statistics extension's counts and times since the service started.
+    pub fn statistics(&self) -> Statistics {
+        self.inner.stats.snapshot(
+            self.inner.ok.load(Ordering::Relaxed),
+            self.inner.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Records a request's wait for an inference slot (the HTTP front end's gate).
+    pub fn record_queue(&self, waited: Duration) {
+        self.inner.stats.queued(waited);
     }
 
     /// Counts one request answered with an error that [`infer`](Self::infer) never saw
@@ -299,14 +328,9 @@ impl InferenceService {
         codec: Codec,
         max_reply: usize,
     ) -> Result<Vec<u8>, ServiceError> {
+        let started = Instant::now();
         let result = self.decode_run_encode(body, codec, max_reply);
-        match &result {
-            Ok(_) => {
-                self.inner.ok.fetch_add(1, Ordering::Relaxed);
-                self.inner.interval_ok.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => self.count_error(),
-        }
+        self.count(result.is_ok(), started.elapsed());
         result
     }
 
@@ -374,6 +398,7 @@ impl InferenceService {
     }
 
     fn run(&self, request: &InferRequest) -> Result<InferResponse, ServiceError> {
+        let begun = Instant::now();
         if !self.ready() {
             return Err(ServiceError::NotReady);
         }
@@ -411,6 +436,18 @@ impl InferenceService {
         let outputs = read_outputs(&outputs)?;
         self.inner.latency.record(took);
         self.inner.interval_latency.record(took);
+        let batch = match (meta.inputs.first(), ordered.first()) {
+            (Some(info), Some(t)) if matches!(info.shape.first(), Some(Dim::Symbolic(_))) => {
+                t.shape.first().copied().unwrap_or(1)
+            }
+            _ => 1,
+        };
+        self.inner.stats.executed(
+            u64::try_from(batch).unwrap_or(u64::MAX),
+            started.saturating_duration_since(begun),
+            took,
+            started.elapsed().saturating_sub(took),
+        );
         Ok(InferResponse {
             id: request.id.clone(),
             model_name: served.id.name.to_string(),

@@ -371,7 +371,7 @@ fn health_readiness_and_metadata_describe_the_served_model() {
     assert!(text.contains("no model named \\\"kws\\\""), "{text}");
     assert_eq!(server.get("/v2/models/digits-mlp/versions/9.9.9").0, 404);
     assert_eq!(server.get("/v2/models/kws/ready").0, 404);
-    assert_eq!(server.get("/v1/models").0, 404);
+    assert_eq!(server.get("/v3/models").0, 404);
 
     server.service.set_ready(false);
     assert_eq!(

@@ -17,7 +17,13 @@
 //!   `"Infinity"` and `"-Infinity"` for them (models reject them by default, with a
 //!   reason naming the element). A bare `NaN` token is malformed JSON, and the reason
 //!   says so.
-//! - `outputs` and `parameters` are accepted and ignored: every output is returned.
+//! - A tensor may carry its elements in the binary tensor data extension instead of
+//!   `data`: `"parameters": {"binary_data_size": <bytes>}`, the bytes following the
+//!   JSON header in the body ([`super::oip_binary`]). [`decode_parts`] reads both.
+//! - `outputs` (`[{"name": ..., "parameters": {"binary_data": true}}]`) picks the
+//!   outputs returned, and which of them travel as binary data; without it every
+//!   output is returned, as binary data when `parameters.binary_data_output` is true.
+//!   [`decode_request`] (MQTT) ignores both and returns every output as JSON.
 //!
 //! A response:
 //!
@@ -27,7 +33,9 @@
 //! ```
 //!
 //! `id` is left out when the request had none; `data` is flat; non-finite `FP32`
-//! outputs are written as the strings above. An error is `{"error": "<reason>"}`.
+//! outputs are written as the strings above. An output sent as binary data has
+//! `"parameters": {"binary_data_size": <bytes>}` instead of `data`
+//! ([`encode_response_parts`]). An error is `{"error": "<reason>"}`.
 
 use std::fmt;
 
@@ -44,40 +52,156 @@ use super::message::{InferRequest, InferResponse, RequestTensor, ServiceError, T
 /// The engine types a request may carry, as the protocol names them.
 const SUPPORTED: &str = "FP32, INT64, INT32, UINT8 or INT8";
 
-/// Decodes a JSON request body. Malformed JSON, a wrong structure, an unknown or
-/// unsupported datatype, and values that do not fit the datatype are
-/// [`ServiceError::Malformed`] with the reason; whether the tensors fit the model is
-/// checked later, by the service.
+/// Decodes a JSON request body that carries every tensor in `data`. Malformed JSON, a
+/// wrong structure, an unknown or unsupported datatype, and values that do not fit the
+/// datatype are [`ServiceError::Malformed`] with the reason; whether the tensors fit
+/// the model is checked later, by the service. The requested `outputs` are ignored.
 pub fn decode_request(body: &[u8]) -> Result<InferRequest, ServiceError> {
-    let request: JsonRequest = serde_json::from_slice(body).map_err(|e| json_error(body, &e))?;
-    let inputs = request
-        .inputs
-        .into_iter()
-        .map(|t| {
-            let data = convert(&t.name, &t.datatype, t.data.0)?;
-            Ok(RequestTensor {
-                name: t.name,
-                shape: t.shape,
-                data,
-            })
-        })
-        .collect::<Result<Vec<_>, ServiceError>>()?;
-    Ok(InferRequest {
-        id: request.id,
-        inputs,
+    decode_parts(body, &[]).map(|r| r.request)
+}
+
+/// An inference request as the HTTP endpoint takes it: the tensors, and what the
+/// client asked of the outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OipRequest {
+    /// The inputs and the request id.
+    pub request: InferRequest,
+    /// The outputs asked for, in the order asked; `None` for every output.
+    pub outputs: Option<Vec<RequestedOutput>>,
+    /// `parameters.binary_data_output`: whether outputs not listed in `outputs` (all of
+    /// them when it is `None`) travel as binary data.
+    pub binary_data_output: bool,
+}
+
+/// One entry of a request's `outputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedOutput {
+    /// The model output's name.
+    pub name: String,
+    /// Its `parameters.binary_data`, if given.
+    pub binary_data: Option<bool>,
+}
+
+/// Decodes the JSON header of a request and the binary tensor data that followed it
+/// (empty without the extension). A tensor with `parameters.binary_data_size` takes
+/// its bytes from `binary`, in the order of the inputs; every byte of `binary` must be
+/// claimed. Errors are [`ServiceError::Malformed`], naming the tensor and the sizes.
+pub fn decode_parts(header: &[u8], binary: &[u8]) -> Result<OipRequest, ServiceError> {
+    let request: JsonRequest =
+        serde_json::from_slice(header).map_err(|e| json_error(header, &e))?;
+    let mut cursor = super::oip_binary::Cursor::new(binary);
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for t in request.inputs {
+        let parameters = t.parameters.unwrap_or_default();
+        if parameters.shared_memory_region.is_some() {
+            return Err(ServiceError::Malformed(format!(
+                "input {:?} names a shared memory region; this server takes tensors in \
+                 the body only",
+                t.name
+            )));
+        }
+        let data = match (t.data, parameters.binary_data_size) {
+            (Some(data), None) => convert(&t.name, &t.datatype, data.0)?,
+            (None, Some(size)) => {
+                let bytes = cursor.take(&t.name, size)?;
+                super::oip_binary::read_tensor(&t.name, &t.datatype, &t.shape, bytes)?
+            }
+            (Some(_), Some(_)) => {
+                return Err(ServiceError::Malformed(format!(
+                    "input {:?} has both data and parameters.binary_data_size; give one",
+                    t.name
+                )))
+            }
+            (None, None) => {
+                return Err(ServiceError::Malformed(format!(
+                    "input {:?} has neither data nor parameters.binary_data_size",
+                    t.name
+                )))
+            }
+        };
+        inputs.push(RequestTensor {
+            name: t.name,
+            shape: t.shape,
+            data,
+        });
+    }
+    cursor.finish()?;
+    let outputs = match request.outputs {
+        None => None,
+        Some(list) => Some(
+            list.into_iter()
+                .map(|o| {
+                    let parameters = o.parameters.unwrap_or_default();
+                    if parameters.shared_memory_region.is_some() {
+                        return Err(ServiceError::Malformed(format!(
+                            "output {:?} names a shared memory region; this server \
+                             answers in the body only",
+                            o.name
+                        )));
+                    }
+                    if parameters.classification.is_some() {
+                        return Err(ServiceError::Malformed(format!(
+                            "output {:?} asks for classification, which this server \
+                             does not do; ask for the output itself",
+                            o.name
+                        )));
+                    }
+                    Ok(RequestedOutput {
+                        name: o.name,
+                        binary_data: parameters.binary_data,
+                    })
+                })
+                .collect::<Result<Vec<_>, ServiceError>>()?,
+        ),
+    };
+    let binary_data_output = request
+        .parameters
+        .and_then(|p| p.binary_data_output)
+        .unwrap_or(false);
+    Ok(OipRequest {
+        request: InferRequest {
+            id: request.id,
+            inputs,
+        },
+        outputs,
+        binary_data_output,
     })
 }
 
-/// Encodes a response body.
+/// Encodes a response body with every output in JSON `data`.
 pub fn encode_response(response: &InferResponse) -> Vec<u8> {
+    encode_response_parts(response, &vec![false; response.outputs.len()]).0
+}
+
+/// Encodes a response, writing output `i` as binary data when `binary[i]` (missing
+/// entries are JSON). Returns the body and, when any output is binary, the length of
+/// its JSON header (the `Inference-Header-Content-Length`); the binary outputs follow
+/// the header in order, little-endian, one byte per `UINT8`/`INT8` element.
+pub fn encode_response_parts(
+    response: &InferResponse,
+    binary: &[bool],
+) -> (Vec<u8>, Option<usize>) {
+    let mut tail = Vec::new();
     let outputs: Vec<OutTensor<'_>> = response
         .outputs
         .iter()
-        .map(|t| OutTensor {
-            name: &t.name,
-            shape: &t.shape,
-            datatype: t.data.datatype(),
-            data: &t.data,
+        .enumerate()
+        .map(|(i, t)| {
+            let as_binary = binary.get(i).copied().unwrap_or(false);
+            let parameters = as_binary.then(|| {
+                let before = tail.len();
+                super::oip_binary::write_tensor(&t.data, &mut tail);
+                OutParameters {
+                    binary_data_size: tail.len() - before,
+                }
+            });
+            OutTensor {
+                name: &t.name,
+                shape: &t.shape,
+                datatype: t.data.datatype(),
+                data: (!as_binary).then_some(&t.data),
+                parameters,
+            }
         })
         .collect();
     let body = OutResponse {
@@ -86,7 +210,14 @@ pub fn encode_response(response: &InferResponse) -> Vec<u8> {
         id: response.id.as_deref(),
         outputs,
     };
-    to_vec(&body)
+    let mut encoded = to_vec(&body);
+    if binary.iter().any(|b| *b) {
+        let header = encoded.len();
+        encoded.extend_from_slice(&tail);
+        (encoded, Some(header))
+    } else {
+        (encoded, None)
+    }
 }
 
 /// Encodes an error body, `{"error": "<reason>"}`.
@@ -127,13 +258,14 @@ pub fn encode_model_metadata(id: &ModelId, metadata: &Metadata) -> Vec<u8> {
     }))
 }
 
-/// The server metadata document (`GET /v2`): name, version and protocol extensions
-/// (none).
+/// The server metadata document (`GET /v2`): name, version and the protocol
+/// extensions served (`binary_tensor_data`, `statistics`, `model_configuration`,
+/// `model_repository` for the index only).
 pub fn encode_server_metadata() -> Vec<u8> {
     to_vec(&json!({
         "name": "perchd",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data", "statistics", "model_configuration", "model_repository"],
     }))
 }
 
@@ -243,18 +375,35 @@ struct JsonRequest {
     #[serde(default)]
     id: Option<String>,
     inputs: Vec<JsonTensor>,
-    #[serde(default, rename = "outputs")]
-    _outputs: Option<Vec<JsonOutputRequest>>,
-    #[serde(default, rename = "parameters")]
-    _parameters: Option<IgnoredAny>,
+    #[serde(default)]
+    outputs: Option<Vec<JsonOutputRequest>>,
+    #[serde(default)]
+    parameters: Option<RequestParameters>,
+}
+
+/// The request-level `parameters` this server reads; others are ignored.
+#[derive(Deserialize)]
+struct RequestParameters {
+    #[serde(default)]
+    binary_data_output: Option<bool>,
 }
 
 #[derive(Deserialize)]
 struct JsonOutputRequest {
-    #[serde(rename = "name")]
-    _name: String,
-    #[serde(default, rename = "parameters")]
-    _parameters: Option<IgnoredAny>,
+    name: String,
+    #[serde(default)]
+    parameters: Option<OutputParameters>,
+}
+
+/// The output `parameters` this server reads; others are ignored.
+#[derive(Deserialize, Default)]
+struct OutputParameters {
+    #[serde(default)]
+    binary_data: Option<bool>,
+    #[serde(default)]
+    classification: Option<IgnoredAny>,
+    #[serde(default)]
+    shared_memory_region: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -262,9 +411,19 @@ struct JsonTensor {
     name: String,
     shape: Vec<usize>,
     datatype: String,
-    data: Flat,
-    #[serde(default, rename = "parameters")]
-    _parameters: Option<IgnoredAny>,
+    #[serde(default)]
+    data: Option<Flat>,
+    #[serde(default)]
+    parameters: Option<TensorParameters>,
+}
+
+/// The input `parameters` this server reads; others are ignored.
+#[derive(Deserialize, Default)]
+struct TensorParameters {
+    #[serde(default)]
+    binary_data_size: Option<u64>,
+    #[serde(default)]
+    shared_memory_region: Option<IgnoredAny>,
 }
 
 /// One JSON number (or non-finite string), kept as parsed until the datatype is known.
@@ -372,11 +531,21 @@ struct OutTensor<'a> {
     name: &'a str,
     shape: &'a [usize],
     datatype: &'static str,
-    #[serde(serialize_with = "flat_data")]
-    data: &'a TensorValues,
+    #[serde(serialize_with = "flat_data", skip_serializing_if = "Option::is_none")]
+    data: Option<&'a TensorValues>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<OutParameters>,
 }
 
-fn flat_data<S: Serializer>(data: &&TensorValues, s: S) -> Result<S::Ok, S::Error> {
+#[derive(Serialize)]
+struct OutParameters {
+    binary_data_size: usize,
+}
+
+fn flat_data<S: Serializer>(data: &Option<&TensorValues>, s: S) -> Result<S::Ok, S::Error> {
+    let Some(data) = data else {
+        return s.serialize_none();
+    };
     match data {
         TensorValues::F32(v) => {
             let mut seq = s.serialize_seq(Some(v.len()))?;
@@ -527,7 +696,7 @@ mod tests {
             ),
             (
                 r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
-                "missing field `data`",
+                "input \"x\" has neither data nor parameters.binary_data_size",
             ),
             (
                 r#"{"id": 5, "inputs": []}"#,
