@@ -28,6 +28,8 @@ pub(crate) struct Job {
     /// Weights as the variant packed them (`Variant::layout`).
     pub w: *const i8,
     pub kp: usize,
+    /// Inputs per output before padding (`k ≤ kp`).
+    pub k: usize,
     /// Output channels (`m`) and the padded count (`mp`).
     pub m: usize,
     pub mp: usize,
@@ -61,6 +63,9 @@ pub struct Variant {
     pub any_weight: bool,
     /// How it wants the weights packed.
     pub layout: WeightLayout,
+    /// The most inputs per output for which planning picks it (a kernel for short rows
+    /// gives way to a later one); `usize::MAX` for no limit.
+    pub max_k: usize,
     /// Whether it multiplies the activations as unsigned bytes (`x + 128` for `i8`, `x`
     /// for `u8`) rather than signed ones: its bias is adjusted by `−128 · Σ w`.
     pub unsigned_activations: bool,
@@ -75,6 +80,9 @@ pub enum WeightLayout {
     /// Blocks of 8 output channels, in each 4 consecutive `k` of each channel: `mp / 8`
     /// blocks of `kp / 4` groups of 32 bytes (`vpdpbusd`'s operand).
     Quads8,
+    /// Blocks of 8 output channels, in each one `k` of the 8 channels after another:
+    /// `mp / 8` blocks of `kp` groups of 8 bytes (one widening load per `k`).
+    Octets,
 }
 
 impl WeightLayout {
@@ -87,6 +95,7 @@ impl WeightLayout {
                     WeightLayout::Quads8 => {
                         (row / 8) * 8 * kp + (i / 4) * 32 + (row % 8) * 4 + i % 4
                     }
+                    WeightLayout::Octets => (row / 8) * 8 * kp + i * 8 + row % 8,
                 };
                 packed[at] = *v;
             }
@@ -109,8 +118,19 @@ pub static VARIANTS: &[Variant] = &[
         isa: Isa::AvxVnni,
         any_weight: true,
         layout: WeightLayout::Quads8,
+        max_k: usize::MAX,
         unsigned_activations: true,
         run: vnni::run,
+    },
+    #[cfg(target_arch = "aarch64")]
+    Variant {
+        name: "q8_gemm_neon_lane",
+        isa: Isa::Aarch64Neon,
+        any_weight: true,
+        layout: WeightLayout::Octets,
+        max_k: neon_lane::LANE_MAX_K,
+        unsigned_activations: false,
+        run: neon_lane::run,
     },
     #[cfg(target_arch = "aarch64")]
     Variant {
@@ -118,6 +138,7 @@ pub static VARIANTS: &[Variant] = &[
         isa: Isa::Aarch64Neon,
         any_weight: false,
         layout: WeightLayout::Rows,
+        max_k: usize::MAX,
         unsigned_activations: false,
         run: neon::run,
     },
@@ -126,6 +147,7 @@ pub static VARIANTS: &[Variant] = &[
         isa: Isa::Portable,
         any_weight: true,
         layout: WeightLayout::Rows,
+        max_k: usize::MAX,
         unsigned_activations: false,
         run: portable,
     },
@@ -186,7 +208,7 @@ impl Gemm {
         let has_min = weights.contains(&i8::MIN);
         let variant = VARIANTS
             .iter()
-            .find(|v| cpu.has(v.isa) && (v.any_weight || !has_min))
+            .find(|v| cpu.has(v.isa) && (v.any_weight || !has_min) && k <= v.max_k)
             .expect("a portable variant");
         Self::plan_on(m, k, weights, input, channels, output, variant)
     }
@@ -371,6 +393,7 @@ impl Gemm {
             n,
             w: self.packed.as_ptr(),
             kp: self.kp,
+            k: self.k,
             m: self.m,
             mp: self.mp,
             y: y.as_mut_ptr(),
@@ -418,6 +441,8 @@ unsafe fn portable(job: &Job) {
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_lane;
 
 #[cfg(target_arch = "x86_64")]
 mod vnni;

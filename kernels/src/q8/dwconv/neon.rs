@@ -43,9 +43,10 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
 ) {
     let c = job.c;
     let end = job.ho * job.wo * c + job.room;
-    let zero_point = vdupq_n_s32(job.zero_point);
-    let lo = vdupq_n_s32(job.lo);
-    let hi = vdupq_n_s32(job.hi);
+    let zero_point16 = vdupq_n_s16(job.zero_point as i16);
+    // The bounds as the output type's bytes.
+    let lo8 = vdupq_n_u8(job.lo as u8);
+    let hi8 = vdupq_n_u8(job.hi as u8);
     let mut c0 = (c - 1) / 16 * 16;
     loop {
         let mut acc = [[vdupq_n_s32(0); 4]; P];
@@ -99,15 +100,22 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
             ];
         }
         for j in 0..P {
-            let mut v = [vdupq_n_s32(0); 4];
+            let mut r = [vdupq_n_s32(0); 4];
             for q in 0..4 {
-                let r = requantize(acc[j][q], multiplier[q], shift[q]);
-                v[q] = vmaxq_s32(vminq_s32(vqaddq_s32(r, zero_point), hi), lo);
+                r[q] = requantize(acc[j][q], multiplier[q], shift[q]);
             }
-            // In [lo, hi], a byte's range: narrowing keeps each value's byte.
-            let h0 = vcombine_s16(vmovn_s32(v[0]), vmovn_s32(v[1]));
-            let h1 = vcombine_s16(vmovn_s32(v[2]), vmovn_s32(v[3]));
-            let bytes = vreinterpretq_u8_s8(vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
+            // Saturated to 16 bits, the zero point added with saturation, saturated to
+            // the output type and clamped there: what adding in 32 bits and clamping
+            // gives (see the GEMM's epilogue), sixteen lanes at a time.
+            let h0 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r[0]), r[1]), zero_point16);
+            let h1 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r[2]), r[3]), zero_point16);
+            let bytes = if job.unsigned_output {
+                vminq_u8(vmaxq_u8(vqmovun_high_s16(vqmovun_s16(h0), h1), lo8), hi8)
+            } else {
+                let (lo, hi) = (vreinterpretq_s8_u8(lo8), vreinterpretq_s8_u8(hi8));
+                let v = vqmovn_high_s16(vqmovn_s16(h0), h1);
+                vreinterpretq_u8_s8(vminq_s8(vmaxq_s8(v, lo), hi))
+            };
             let at = (y * job.wo + x + j) * c + c0;
             if at + 16 <= end {
                 vst1q_u8(job.out.add(at), bytes);

@@ -175,3 +175,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn values_far_outside_the_sixteen_bit_range_saturate_as_the_reference_does() {
+    // Multipliers up to 64 put requantized sums of nine taps far past ±32767, where the
+    // NEON kernel narrows to 16 bits before adding the zero point and clamping.
+    let cpu = Cpu::detect();
+    for (seed, kernel) in (0..24u64).zip([3usize, 5].into_iter().cycle()) {
+        let g =
+            DwGeometry::new(37, [6, 7], [kernel, kernel], 1 + seed as usize % 2, [1; 4]).unwrap();
+        let mut c = case(g, 1, seed, false);
+        for (i, mult) in c.multipliers.iter_mut().enumerate() {
+            *mult = [64.0, 0.5, 1e-3][i % 3];
+        }
+        let same = |v: &&Variant| v.kernel == g.kernel && v.stride == g.stride;
+        let portable = VARIANTS
+            .iter()
+            .filter(same)
+            .find(|v| v.isa == Isa::Portable)
+            .unwrap();
+        let want = run(&c, portable);
+        let bounds = [c.output.lo as u8, c.output.hi as u8];
+        let extremes = want.iter().filter(|b| bounds.contains(b)).count();
+        assert!(extremes > want.len() / 3, "seed {seed}: the case saturates");
+        for variant in VARIANTS.iter().filter(same).filter(|v| cpu.has(v.isa)) {
+            assert_eq!(run(&c, variant), want, "{} seed {seed}", variant.name);
+        }
+    }
+}

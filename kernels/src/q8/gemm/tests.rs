@@ -204,3 +204,25 @@ fn bad_sizes_are_refused_before_anything_runs() {
     )
     .is_err());
 }
+
+#[test]
+fn values_far_outside_the_sixteen_bit_range_saturate_as_the_reference_does() {
+    // Multipliers up to 4 put requantized accumulators of up to ~1.5 M far past ±32767,
+    // where the NEON kernel narrows to 16 bits before adding the zero point and clamping.
+    let portable = VARIANTS.iter().find(|v| v.isa == Isa::Portable).unwrap();
+    for seed in 0..30u64 {
+        let (m, k, n) = (9, 67, 7);
+        let mut c = case(m, k, n, seed, false);
+        for (i, mult) in c.multipliers.iter_mut().enumerate() {
+            *mult = [4.0, 0.5, 1e-3][i % 3];
+        }
+        let want = run(&c, portable);
+        // The output's bounds as bytes (the type's, or a fused clamp's).
+        let bounds = [c.output.lo as u8, c.output.hi as u8];
+        let extremes = want.iter().filter(|b| bounds.contains(b)).count();
+        assert!(extremes > want.len() / 3, "seed {seed}: the case saturates");
+        for variant in runnable() {
+            assert_eq!(run(&c, variant), want, "{} seed {seed}", variant.name);
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! aarch64 Advanced SIMD for short rows (small `k`): four pixels by eight output channels
+//! per tile, one `k` at a time, as XNNPACK's `neon-mlal-lane` kernels do.
+//!
+//! For each `k` the eight channels' weights are widened to 16 bits (`SXTL`) and
+//! `SMLAL`/`SMLAL2` by element multiply them by one pixel's activation (a lane of its
+//! widened row) into the eight channels' 32-bit accumulators: 32 multiply-accumulates in
+//! ten instructions. [`super::neon`] does 16 per three instructions but pads `k` to 16
+//! (half its work is zeros when `k` = 8), adds its partial sums across at the end and
+//! starts each tile from zero; here `k` is padded to 8 only, the accumulators start at
+//! the bias and each holds four outputs, so an output's fixed cost is about a third. On
+//! the Cortex-A72 this is the cheaper of the two up to [`LANE_MAX_K`] inputs per output.
+//!
+//! The weights are packed in blocks of eight channels, each `k`'s eight bytes together
+//! (`WeightLayout::Octets`). Products are 16 × 16 bits into 32, so any weight is taken.
+
+use std::arch::aarch64::*;
+
+use super::neon::requantize;
+use super::Job;
+
+/// Up to this many inputs per output, planning prefers this kernel to [`super::neon`]
+/// (the crossover counted under qemu on MobileNetV2's and DS-CNN's layers).
+pub const LANE_MAX_K: usize = 48;
+
+/// Pixels per tile.
+const PIXELS: usize = 4;
+/// Output channels per tile.
+const CHANNELS: usize = 8;
+
+/// # Safety
+/// `job` must describe valid buffers (see `Job`), weights packed as `Octets`.
+pub(super) unsafe fn run(job: &Job) {
+    let mut n0 = 0;
+    while n0 + PIXELS <= job.n {
+        tile::<PIXELS>(job, n0);
+        n0 += PIXELS;
+    }
+    while n0 < job.n {
+        tile::<1>(job, n0);
+        n0 += 1;
+    }
+}
+
+/// Pixels `n0 .. n0 + P`, every output channel, channel blocks from the last down (a
+/// block stored whole past the last channel spills only into later pixels' first
+/// channels, stored afterwards; a store that would pass the output's end is cut).
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn tile<const P: usize>(job: &Job, n0: usize) {
+    let flip = vdup_n_u8(if job.unsigned_input { 0x80 } else { 0 });
+    let zero_point = vdupq_n_s16(job.zero_point as i16);
+    let lo = vdup_n_u8(job.lo as u8);
+    let hi = vdup_n_u8(job.hi as u8);
+    let end = job.n * job.y_stride;
+    // Rows are read to `k` rounded up to 8 (within the `kp` bytes a row has).
+    let k8 = job.k.div_ceil(8) * 8;
+    let mut block = job.m.div_ceil(CHANNELS);
+    while block > 0 {
+        block -= 1;
+        let m0 = block * CHANNELS;
+        let w = job.w.add(m0 * job.kp);
+        let bias = [vld1q_s32(job.bias.add(m0)), vld1q_s32(job.bias.add(m0 + 4))];
+        let mut acc = [bias; P];
+        let mut k = 0;
+        while k < k8 {
+            let mut xs = [vdupq_n_s16(0); P];
+            for j in 0..P {
+                let x = vld1_u8(job.x.add((n0 + j) * job.x_stride + k));
+                xs[j] = vmovl_s8(vreinterpret_s8_u8(veor_u8(x, flip)));
+            }
+            let w = w.add(k * CHANNELS);
+            step::<0, P>(&mut acc, w, &xs);
+            step::<1, P>(&mut acc, w, &xs);
+            step::<2, P>(&mut acc, w, &xs);
+            step::<3, P>(&mut acc, w, &xs);
+            step::<4, P>(&mut acc, w, &xs);
+            step::<5, P>(&mut acc, w, &xs);
+            step::<6, P>(&mut acc, w, &xs);
+            step::<7, P>(&mut acc, w, &xs);
+            k += 8;
+        }
+        let multiplier = [
+            vld1q_s32(job.multiplier.add(m0)),
+            vld1q_s32(job.multiplier.add(m0 + 4)),
+        ];
+        let shift = [
+            [
+                vld1q_s64(job.shift.add(m0)),
+                vld1q_s64(job.shift.add(m0 + 2)),
+            ],
+            [
+                vld1q_s64(job.shift.add(m0 + 4)),
+                vld1q_s64(job.shift.add(m0 + 6)),
+            ],
+        ];
+        for j in 0..P {
+            let r0 = requantize(acc[j][0], multiplier[0], shift[0]);
+            let r1 = requantize(acc[j][1], multiplier[1], shift[1]);
+            // As in the other kernel's epilogue: saturating to 16 bits, adding the zero
+            // point and saturating to the output type before clamping there equals
+            // adding in 32 bits and clamping.
+            let wide = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r0), r1), zero_point);
+            let bytes = if job.unsigned_output {
+                vmin_u8(vmax_u8(vqmovun_s16(wide), lo), hi)
+            } else {
+                let (lo, hi) = (vreinterpret_s8_u8(lo), vreinterpret_s8_u8(hi));
+                vreinterpret_u8_s8(vmin_s8(vmax_s8(vqmovn_s16(wide), lo), hi))
+            };
+            let at = (n0 + j) * job.y_stride + m0;
+            let out = job.y.add(at);
+            if at + CHANNELS <= end {
+                vst1_u8(out, bytes);
+            } else {
+                let mut lanes = [0u8; CHANNELS];
+                vst1_u8(lanes.as_mut_ptr(), bytes);
+                std::ptr::copy_nonoverlapping(lanes.as_ptr(), out, end - at);
+            }
+        }
+    }
+}
+
+/// Adds `k + L`'s products: its eight weights (at `w + 8·L`) times lane `L` of each
+/// pixel's widened activations.
+#[inline(always)]
+unsafe fn step<const L: i32, const P: usize>(
+    acc: &mut [[int32x4_t; 2]; P],
+    w: *const i8,
+    xs: &[int16x8_t; P],
+) {
+    let wv = vmovl_s8(vld1_s8(w.add(L as usize * CHANNELS)));
+    let (w_lo, w_hi) = (vget_low_s16(wv), wv);
+    for j in 0..P {
+        acc[j][0] = vmlal_laneq_s16::<L>(acc[j][0], w_lo, xs[j]);
+        acc[j][1] = vmlal_high_laneq_s16::<L>(acc[j][1], w_hi, xs[j]);
+    }
+}
