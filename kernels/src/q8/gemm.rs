@@ -8,8 +8,8 @@
 use super::{ChannelOutput, OutputQuant, QType, Unsupported};
 use crate::{Cpu, Isa};
 
-/// `k` is padded to a multiple of this in packed weights and in the activations the
-/// SIMD kernels read.
+/// `k` is padded to a multiple of this in packed weights; activation rows are padded to
+/// a variant's `row_align` (at most this).
 pub const K_BLOCK: usize = 16;
 /// Output channels are padded to a multiple of this in packed weights and constants.
 pub const M_BLOCK: usize = 16;
@@ -20,8 +20,8 @@ pub const MAX_K: usize = 1 << 16;
 /// What a microkernel computes: `n` rows of output from `n` rows of input.
 #[repr(C)]
 pub(crate) struct Job {
-    /// `n` rows of `kp` bytes (`k` padded to [`K_BLOCK`]; the padding is ignored, its
-    /// weights being zero), `x_stride` apart.
+    /// `n` rows of at least `k` bytes rounded up to the variant's `row_align` (the
+    /// padding is ignored, its weights being zero), `x_stride` apart.
     pub x: *const u8,
     pub x_stride: usize,
     pub n: usize,
@@ -66,6 +66,9 @@ pub struct Variant {
     /// The most inputs per output for which planning picks it (a kernel for short rows
     /// gives way to a later one); `usize::MAX` for no limit.
     pub max_k: usize,
+    /// It reads each activation row to `k` rounded up to a multiple of this: rows of
+    /// such a length are used in place, others are first copied, padded.
+    pub row_align: usize,
     /// Whether it multiplies the activations as unsigned bytes (`x + 128` for `i8`, `x`
     /// for `u8`) rather than signed ones: its bias is adjusted by `−128 · Σ w`.
     pub unsigned_activations: bool,
@@ -119,6 +122,7 @@ pub static VARIANTS: &[Variant] = &[
         any_weight: true,
         layout: WeightLayout::Quads8,
         max_k: usize::MAX,
+        row_align: 4,
         unsigned_activations: true,
         run: vnni::run,
     },
@@ -129,6 +133,7 @@ pub static VARIANTS: &[Variant] = &[
         any_weight: true,
         layout: WeightLayout::Octets,
         max_k: neon_lane::LANE_MAX_K,
+        row_align: 8,
         unsigned_activations: false,
         run: neon_lane::run,
     },
@@ -139,6 +144,7 @@ pub static VARIANTS: &[Variant] = &[
         any_weight: false,
         layout: WeightLayout::Rows,
         max_k: usize::MAX,
+        row_align: K_BLOCK,
         unsigned_activations: false,
         run: neon::run,
     },
@@ -148,6 +154,7 @@ pub static VARIANTS: &[Variant] = &[
         any_weight: true,
         layout: WeightLayout::Rows,
         max_k: usize::MAX,
+        row_align: 1,
         unsigned_activations: false,
         run: portable,
     },
@@ -159,6 +166,8 @@ pub struct Gemm {
     m: usize,
     k: usize,
     kp: usize,
+    /// The activation row length the variant reads (`k` rounded up to its `row_align`).
+    row: usize,
     mp: usize,
     input: QType,
     output: OutputQuant,
@@ -277,6 +286,7 @@ impl Gemm {
             m,
             k,
             kp,
+            row: k.div_ceil(variant.row_align) * variant.row_align,
             mp,
             input,
             output,
@@ -303,24 +313,24 @@ impl Gemm {
         self.k
     }
 
-    /// The row stride the activations need for [`Gemm::run_padded`]: `k` rounded up to
-    /// [`K_BLOCK`].
+    /// The row length the activations need for [`Gemm::run_padded`]: `k` rounded up to
+    /// what the variant reads (at most [`K_BLOCK`] more).
     pub fn padded_k(&self) -> usize {
-        self.kp
+        self.row
     }
 
-    /// Scratch bytes [`Gemm::run`] needs for `n` rows whose length is not a multiple of
-    /// [`K_BLOCK`].
+    /// Scratch bytes [`Gemm::run`] needs for `n` rows (none when rows of `k` bytes can
+    /// be read in place).
     pub fn scratch_len(&self, n: usize) -> usize {
-        if self.k == self.kp {
+        if self.k == self.row {
             0
         } else {
-            n * self.kp
+            n * self.row
         }
     }
 
     /// `n` rows of `k` activation bytes, contiguous, into `n` rows of `m` output bytes.
-    /// Rows not a multiple of [`K_BLOCK`] long are first copied into `scratch`, padded.
+    /// Rows shorter than [`Gemm::padded_k`] are first copied into `scratch`, padded.
     pub fn run(
         &self,
         n: usize,
@@ -337,20 +347,23 @@ impl Gemm {
                 self.m
             )));
         }
-        if self.k == self.kp {
-            // SAFETY: lengths checked; rows are kp = k bytes long.
+        if self.k == self.row {
+            // SAFETY: lengths checked; rows are row = k bytes long.
             unsafe { self.call(n, x.as_ptr(), self.k, y) };
             return Ok(());
         }
         let have = scratch.len();
-        let padded = scratch.get_mut(..n * self.kp).ok_or_else(|| {
-            Unsupported(format!("scratch has {have} bytes, {} needed", n * self.kp))
+        let padded = scratch.get_mut(..n * self.row).ok_or_else(|| {
+            Unsupported(format!("scratch has {have} bytes, {} needed", n * self.row))
         })?;
-        for (dst, src) in padded.chunks_exact_mut(self.kp).zip(x.chunks_exact(self.k)) {
+        for (dst, src) in padded
+            .chunks_exact_mut(self.row)
+            .zip(x.chunks_exact(self.k))
+        {
             dst[..self.k].copy_from_slice(src);
         }
-        // SAFETY: `padded` holds n rows of kp bytes.
-        unsafe { self.call(n, padded.as_ptr(), self.kp, y) };
+        // SAFETY: `padded` holds n rows of `row` bytes.
+        unsafe { self.call(n, padded.as_ptr(), self.row, y) };
         Ok(())
     }
 
@@ -365,14 +378,14 @@ impl Gemm {
     ) -> Result<(), Unsupported> {
         let need = n
             .checked_sub(1)
-            .map(|r| r * x_stride + self.kp)
+            .map(|r| r * x_stride + self.row)
             .unwrap_or(0);
-        if x_stride < self.kp || x.len() < need || Some(y.len()) != n.checked_mul(self.m) {
+        if x_stride < self.row || x.len() < need || Some(y.len()) != n.checked_mul(self.m) {
             return Err(Unsupported(format!(
                 "{} input bytes (stride {x_stride}) and {} output bytes for {n} rows of {} x {}",
                 x.len(),
                 y.len(),
-                self.kp,
+                self.row,
                 self.m
             )));
         }
@@ -382,7 +395,7 @@ impl Gemm {
     }
 
     /// # Safety
-    /// `x` must hold `n` rows of `kp` bytes `x_stride` apart; `y` `n × m` bytes.
+    /// `x` must hold `n` rows of `row` bytes `x_stride` apart; `y` `n × m` bytes.
     unsafe fn call(&self, n: usize, x: *const u8, x_stride: usize, y: &mut [u8]) {
         if n == 0 {
             return;
@@ -417,7 +430,7 @@ impl Gemm {
 /// `job` must describe valid buffers.
 unsafe fn portable(job: &Job) {
     for n in 0..job.n {
-        let x = std::slice::from_raw_parts(job.x.add(n * job.x_stride), job.kp);
+        let x = std::slice::from_raw_parts(job.x.add(n * job.x_stride), job.k);
         for m in 0..job.m {
             let w = std::slice::from_raw_parts(job.w.add(m * job.kp), job.kp);
             let mut acc = *job.bias.add(m);

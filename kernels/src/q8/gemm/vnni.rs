@@ -47,7 +47,8 @@ unsafe fn tile<const P: usize>(job: &Job, n0: usize) {
         0x8080_8080u32 as i32
     });
     let end = job.n * job.y_stride;
-    let quads = job.kp / 4;
+    // Rows are read to `k` rounded up to 4 (the variant's `row_align`).
+    let quads = job.k.div_ceil(4);
     let mut tile16 = job.mp / 16;
     while tile16 > 0 {
         tile16 -= 1;
