@@ -762,3 +762,36 @@ fn a_signed_bundle_scores_with_its_manifest_version_and_a_wrong_key_is_refused()
     assert!(err.contains("digits.perch"), "{err}");
     assert!(!other.exists());
 }
+
+#[test]
+fn resuming_reads_parquet_and_npy_inputs_from_the_checkpointed_row() {
+    let dir = TempDir::new().unwrap();
+    let inputs = rows("digits-mlp", 120);
+    let columns: Vec<String> = (0..64).map(|j| format!("f{j}")).collect();
+    let columns = columns.join(",");
+    for ext in ["parquet", "npy"] {
+        let input = dir.path().join(format!("rows.{ext}"));
+        let mut extra = vec![];
+        if ext == "parquet" {
+            write_parquet(&input, &inputs);
+            extra = vec!["--columns", columns.as_str()];
+        } else {
+            write_npy(&input, &inputs);
+        }
+        let output = dir.path().join(format!("scores-{ext}.csv"));
+        // 50 rows in chunks of 16: the last read takes 2 rows of a 16-row batch.
+        batch_cmd(&digits(), &input, &output)
+            .args(["--chunk", "16", "--max-rows", "50"])
+            .args(&extra)
+            .assert()
+            .success();
+        assert_eq!(checkpoint_rows(&output), 50, "{ext}");
+        batch_cmd(&digits(), &input, &output)
+            .args(["--chunk", "16"])
+            .args(&extra)
+            .assert()
+            .success();
+        let (_, rows) = read_csv(&output);
+        assert_scores(&rows, &inputs, &digits(), true);
+    }
+}
