@@ -11,6 +11,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod bench;
 pub mod bundle;
 pub mod convert;

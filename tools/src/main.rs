@@ -25,6 +25,7 @@ enum Command {
     Verify(cmd::verify::Args),
     Run(cmd::run::Args),
     Bench(cmd::bench::Args),
+    Batch(cmd::batch::Args),
     Rollout(cmd::rollout::Args),
 }
 
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::verify::execute(args),
         Command::Run(args) => cmd::run::execute(args),
         Command::Bench(args) => cmd::bench::execute(args),
+        Command::Batch(args) => cmd::batch::execute(args),
         Command::Rollout(args) => cmd::rollout::execute(args),
     };
     match result {

@@ -271,7 +271,10 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
 }
 
 /// Reads a bundle, checking its signature when public keys are given.
-fn open_bundle(path: &Path, pubkeys: &[PathBuf]) -> Result<(Bundle, BundleSource), ToolError> {
+pub(crate) fn open_bundle(
+    path: &Path,
+    pubkeys: &[PathBuf],
+) -> Result<(Bundle, BundleSource), ToolError> {
     let bundle = Bundle::read_file(path, &Limits::default())?;
     let (bundle, signature_checked) = if pubkeys.is_empty() {
         (bundle, false)

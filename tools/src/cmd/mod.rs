@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 a check ran and failed (golden mismatch, verification
 //! failure), 2 an error (bad arguments, unreadable or refused input).
 
+pub mod batch;
 pub mod bench;
 pub mod convert;
 pub mod inspect;

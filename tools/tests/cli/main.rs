@@ -1,6 +1,7 @@
 //! The `perch` binary as a user runs it: one module per command, in one test binary
 //! (a binary per file would link the engine once per file).
 
+mod batch;
 mod bench;
 mod bundle;
 mod convert;
