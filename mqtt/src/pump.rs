@@ -8,7 +8,7 @@
 //! owner's own (the simulator's clients record what they see in place).
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{ConnectionError, Event, EventLoop, Outgoing, Packet, Publish};
 use tokio::sync::mpsc;
@@ -51,36 +51,76 @@ impl EventSink for mpsc::Sender<NetEvent> {
 }
 
 /// Drives `eventloop` until the client disconnects (its own disconnect went out), every
-/// client handle is dropped, or `sink` refuses an event. After a connection error it
-/// waits `backoff`'s next delay (at least [`MIN_RECONNECT_DELAY`]) before the next
-/// attempt; a successful connection resets it.
+/// client handle is dropped, or `sink` refuses an event.
+///
+/// - After a connection error it waits `backoff`'s next delay (at least
+///   [`MIN_RECONNECT_DELAY`]) before the next attempt. A connection resets the backoff
+///   only if it stayed up for the backoff's `stable_after`
+///   ([`Backoff::connection_ended`]): a broker that accepts and then drops every
+///   connection is retried ever more slowly, not twice a second.
+/// - A connection that hears nothing from the broker for 1.5 × the keep-alive (the
+///   broker answers every ping, so a live link is never that quiet) is dropped as dead
+///   and retried: a half-open TCP connection or a broker that froze is noticed within
+///   1.5 × keep-alive, as the broker notices a silent client.
 pub async fn pump(mut eventloop: EventLoop, mut backoff: Backoff, mut sink: impl EventSink) {
+    let keep_alive = eventloop.mqtt_options.keep_alive();
+    let silence_limit = (!keep_alive.is_zero()).then(|| keep_alive * 3 / 2);
+    let mut up_since: Option<Instant> = None;
+    let mut last_heard = Instant::now();
     loop {
-        let event = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
-                NetEvent::Connected
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => NetEvent::Message(publish),
-            Ok(Event::Incoming(Packet::SubAck(_))) => NetEvent::Subscribed,
-            Ok(Event::Incoming(Packet::PubAck(ack))) => NetEvent::PubAck(ack.pkid),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => NetEvent::Sent(pkid),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-            Ok(_) => continue,
-            Err(ConnectionError::RequestsDone) => return,
-            Err(e) => {
-                if !sink.deliver(NetEvent::Disconnected(e.to_string())).await {
+        let polled = match (up_since, silence_limit) {
+            (Some(_), Some(limit)) => tokio::select! {
+                polled = eventloop.poll() => Some(polled),
+                _ = tokio::time::sleep_until((last_heard + limit).into()) => None,
+            },
+            _ => Some(eventloop.poll().await),
+        };
+        let lost = match polled {
+            Some(Ok(Event::Incoming(packet))) => {
+                last_heard = Instant::now();
+                let event = match packet {
+                    Packet::ConnAck(_) => {
+                        up_since = Some(last_heard);
+                        NetEvent::Connected
+                    }
+                    Packet::Publish(publish) => NetEvent::Message(publish),
+                    Packet::SubAck(_) => NetEvent::Subscribed,
+                    Packet::PubAck(ack) => NetEvent::PubAck(ack.pkid),
+                    _ => continue,
+                };
+                if !sink.deliver(event).await {
                     return;
                 }
-                let delay = backoff.next_delay(random()).max(MIN_RECONNECT_DELAY);
-                log::debug!("next connection attempt in {delay:?}");
-                tokio::time::sleep(delay).await;
                 continue;
             }
+            Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                if !sink.deliver(NetEvent::Sent(pkid)).await {
+                    return;
+                }
+                continue;
+            }
+            Some(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
+            Some(Ok(_)) => continue,
+            Some(Err(ConnectionError::RequestsDone)) => return,
+            Some(Err(e)) => e.to_string(),
+            None => {
+                // rumqttc would only notice at the second unanswered ping.
+                eventloop.clean();
+                format!(
+                    "nothing heard from the broker for {:.1} s (1.5 × keep-alive): the link is dead",
+                    silence_limit.unwrap_or_default().as_secs_f64()
+                )
+            }
         };
-        if !sink.deliver(event).await {
+        if let Some(since) = up_since.take() {
+            backoff.connection_ended(since.elapsed());
+        }
+        if !sink.deliver(NetEvent::Disconnected(lost)).await {
             return;
         }
+        let delay = backoff.next_delay(random()).max(MIN_RECONNECT_DELAY);
+        log::debug!("next connection attempt in {delay:?}");
+        tokio::time::sleep(delay).await;
     }
 }
 
