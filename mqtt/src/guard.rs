@@ -162,39 +162,112 @@ fn remove(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The most a client may send before the broker connection is up, bytes: rumqttc sends
+/// its CONNECT and waits for the CONNACK, so this is one CONNECT with room to spare.
+const MAX_EARLY_BYTES: usize = 64 * 1024;
+
 /// One connection: connects upstream, then relays until either side closes.
+///
+/// A client that gives up while the broker connection is being set up (rumqttc's
+/// connection timeout) is not connected for: nothing it sent reaches the broker. Its
+/// CONNECT, delivered late, would otherwise open a second session under the client's
+/// id after the client has moved on to a newer connection, and a broker ends (or, in
+/// rumqttd's case, stops serving) the older session of a client id that connects again:
+/// the client's live connection.
 async fn session(
-    client: UnixStream,
+    mut client: UnixStream,
     upstream: &Upstream,
     limit: usize,
     stats: &Stats,
 ) -> io::Result<()> {
     let addr = (upstream.host.as_str(), upstream.port);
+    let mut early = Vec::new();
     let connect = async {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         Ok::<_, io::Error>(tcp)
     };
-    let tcp = tokio::time::timeout(upstream.connect_timeout, connect)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting to the broker"))??;
+    let connect = tokio::time::timeout(upstream.connect_timeout, connect);
+    let Some(tcp) = while_client_waits(&mut client, &mut early, connect).await? else {
+        return Ok(());
+    };
+    let tcp =
+        tcp.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting to the broker"))??;
     match &upstream.tls {
-        None => relay(client, tcp, limit, stats).await,
+        None => {
+            if client_gone(&client, &mut early)? {
+                return Ok(());
+            }
+            relay(client, tcp, early, limit, stats).await
+        }
         Some((connector, name)) => {
-            let tls = tokio::time::timeout(
+            let handshake = tokio::time::timeout(
                 upstream.connect_timeout,
                 connector.connect(name.clone(), tcp),
-            )
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake"))??;
-            relay(client, tls, limit, stats).await
+            );
+            let Some(tls) = while_client_waits(&mut client, &mut early, handshake).await? else {
+                return Ok(());
+            };
+            let tls =
+                tls.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake"))??;
+            if client_gone(&client, &mut early)? {
+                return Ok(());
+            }
+            relay(client, tls, early, limit, stats).await
         }
     }
+}
+
+/// Runs `setup` (a step of connecting to the broker) while reading what the client
+/// sends meanwhile into `early`; `None` when the client closed first.
+async fn while_client_waits<T>(
+    client: &mut UnixStream,
+    early: &mut Vec<u8>,
+    setup: impl std::future::Future<Output = T>,
+) -> io::Result<Option<T>> {
+    tokio::pin!(setup);
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            done = &mut setup => return Ok(Some(done)),
+            read = client.read(&mut buf) => match read? {
+                0 => {
+                    log::debug!("MQTT relay: the client left before the broker answered");
+                    return Ok(None);
+                }
+                n => keep_early(early, &buf[..n])?,
+            },
+        }
+    }
+}
+
+/// Whether the client has closed its end, reading without waiting (anything it sent
+/// goes to `early`): checked once the broker connection is up, just before the first
+/// bytes go to the broker.
+fn client_gone(client: &UnixStream, early: &mut Vec<u8>) -> io::Result<bool> {
+    let mut buf = [0u8; 1024];
+    loop {
+        match client.try_read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => keep_early(early, &buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn keep_early(early: &mut Vec<u8>, bytes: &[u8]) -> io::Result<()> {
+    if early.len() + bytes.len() > MAX_EARLY_BYTES {
+        return Err(malformed("more than a CONNECT before the broker answered"));
+    }
+    early.extend_from_slice(bytes);
+    Ok(())
 }
 
 async fn relay<B: AsyncRead + AsyncWrite + Unpin>(
     client: UnixStream,
     broker: B,
+    early: Vec<u8>,
     limit: usize,
     stats: &Stats,
 ) -> io::Result<()> {
@@ -202,7 +275,7 @@ async fn relay<B: AsyncRead + AsyncWrite + Unpin>(
     let (broker_read, broker_write) = tokio::io::split(broker);
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let down = downstream(broker_read, client_write, limit, stats, acks_tx);
-    let up = upstream(client_read, broker_write, acks_rx);
+    let up = upstream(early.as_slice().chain(client_read), broker_write, acks_rx);
     // Whichever direction ends first ends the session; dropping the other closes it.
     tokio::select! {
         r = down => r,
@@ -526,6 +599,74 @@ mod tests {
             assert_eq!(last.topic, "perch/fleet/g/rollout");
             assert!(last.bytes > 300_000);
         }
+    }
+
+    /// Regression (issue 15, flaky fleet rollouts): rumqttc gave up on a connection
+    /// (its connection timeout) while the relay was still connecting to the broker; the
+    /// relay then delivered the abandoned CONNECT, which took the client id over from
+    /// the device's next, live connection, and the broker stopped serving that one.
+    #[tokio::test]
+    async fn a_client_that_left_before_the_broker_connection_was_up_never_reaches_the_broker() {
+        let broker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Upstream {
+            host: "127.0.0.1".into(),
+            port: broker.local_addr().unwrap().port(),
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let relay = start(&tokio::runtime::Handle::current(), upstream, 1 << 20).unwrap();
+        let mut client = UnixStream::connect(&relay.socket).await.unwrap();
+        // A CONNECT (protocol name "MQTT", level 4, clean session, keep-alive 30 s,
+        // client id "d"), then the client is gone before the relay got to it.
+        let connect = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'd',
+        ];
+        client.write_all(&connect).await.unwrap();
+        drop(client);
+        match tokio::time::timeout(Duration::from_millis(500), broker.accept()).await {
+            // Never connected: fine.
+            Err(_) => {}
+            Ok(accepted) => {
+                let (mut stream, _) = accepted.unwrap();
+                let mut seen = Vec::new();
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut seen))
+                    .await
+                    .expect("the relay closes the connection")
+                    .unwrap();
+                assert!(
+                    seen.is_empty(),
+                    "the broker got {seen:?} from a client that had left"
+                );
+            }
+        }
+        drop(relay);
+    }
+
+    #[tokio::test]
+    async fn a_live_clients_connect_waits_for_the_broker_connection_and_passes_first() {
+        let broker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Upstream {
+            host: "127.0.0.1".into(),
+            port: broker.local_addr().unwrap().port(),
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let relay = start(&tokio::runtime::Handle::current(), upstream, 1 << 20).unwrap();
+        let mut client = UnixStream::connect(&relay.socket).await.unwrap();
+        let connect = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'd',
+        ];
+        client.write_all(&connect).await.unwrap();
+        let (mut stream, _) = broker.accept().await.unwrap();
+        let mut seen = vec![0u8; connect.len()];
+        stream.read_exact(&mut seen).await.unwrap();
+        assert_eq!(seen, connect);
+        // And the broker's answer comes back.
+        stream.write_all(&[0x20, 2, 0, 0]).await.unwrap();
+        let mut connack = [0u8; 4];
+        client.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        drop(relay);
     }
 
     #[tokio::test]
