@@ -33,7 +33,15 @@
 //!
 //! Inference runs on tokio's blocking pool, so a slow model never stalls the event
 //! loop; health and metrics answer while inferences run. At most one inference per
-//! core runs at a time; further requests wait their turn without holding a thread.
+//! core runs at a time; further requests wait their turn without holding a thread. An
+//! inference past [`ServiceLimits::deadline`](crate::service::ServiceLimits) is answered
+//! 504 and gives its turn up (the model counts as hung until it returns).
+//!
+//! Connections are bounded ([`HttpLimits`]): at most `max_connections` at once (more
+//! are closed as soon as they are accepted), request headers must arrive within
+//! `header_timeout` and a body within `body_timeout` (408), so clients that open
+//! connections and say nothing, or send a byte a minute, cannot hold the agent's file
+//! descriptors (which the spool and over-the-air updates need too).
 //!
 //! ```no_run
 //! # async fn example(service: perch_firmware::service::InferenceService) -> std::io::Result<()> {
@@ -46,6 +54,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
 use axum::extract::{FromRef, Path, State};
@@ -55,8 +64,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use perch_runtime::engine::EngineError;
-use tokio::sync::Semaphore;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{watch, Semaphore};
 
 use crate::service::oip_serve::OipReply;
 use crate::service::{
@@ -70,27 +80,111 @@ pub const POSTCARD_CONTENT_TYPE: &str = "application/x-perch-postcard";
 /// The `Content-Type` of `/metrics`.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Bounds on the connections the server keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive, idle keep-alive time included.
+    pub header_timeout: Duration,
+    /// How long a request's body may take to arrive (408 past it).
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    /// 64 connections, 10 s for headers, 30 s for a body.
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Serves the Open Inference Protocol v2 and `/metrics` for `service` on `listener`
-/// until `shutdown` completes, then lets requests in flight finish and returns.
+/// with the default [`HttpLimits`] until `shutdown` completes, then lets requests in
+/// flight finish and returns.
 ///
-/// Errors accepting one connection are retried by the server; this returns an error
-/// only if the listener itself fails.
+/// Errors accepting one connection (too many open files, say) are retried after a
+/// pause; this returns an error only if the listener itself fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: InferenceService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, service, HttpLimits::default(), shutdown).await
 }
 
-/// The routes of [`serve`], for embedding in another server.
+/// [`serve`] with explicit limits.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    service: InferenceService,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router_with(service, limits.body_timeout);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (closing, closed) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    log::warn!("HTTP: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next() => continue,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            log::debug!(
+                "HTTP: {} connections open, closing a new one",
+                limits.max_connections
+            );
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut closed = closed.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { closed.wait_for(|c| *c).await.is_ok() } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The routes of [`serve`], for embedding in another server (bodies must arrive within
+/// [`HttpLimits::default`]'s body timeout).
 pub fn router(service: InferenceService) -> Router {
+    router_with(service, HttpLimits::default().body_timeout)
+}
+
+fn router_with(service: InferenceService, body_timeout: Duration) -> Router {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shared = Shared {
         service,
         gate: Gate(Arc::new(Semaphore::new(cores))),
+        body_timeout,
     };
     Router::new()
         .route("/v2", get(server_metadata))
@@ -136,6 +230,17 @@ pub fn router(service: InferenceService) -> Router {
 struct Shared {
     service: InferenceService,
     gate: Gate,
+    body_timeout: Duration,
+}
+
+/// How long a request body may take to arrive.
+#[derive(Clone, Copy)]
+struct BodyTimeout(Duration);
+
+impl FromRef<Shared> for BodyTimeout {
+    fn from_ref(shared: &Shared) -> BodyTimeout {
+        BodyTimeout(shared.body_timeout)
+    }
 }
 
 /// One permit per inference allowed to run at once (one per core): more would only
@@ -194,7 +299,7 @@ async fn live() -> Response {
 }
 
 fn readiness(service: &InferenceService) -> Response {
-    if service.ready() {
+    if service.ready() && service.hung() == 0 {
         json(StatusCode::OK, br#"{"ready":true}"#.to_vec())
     } else {
         json(
@@ -263,23 +368,34 @@ async fn versioned_ready(
 async fn infer(
     State(service): State<InferenceService>,
     State(gate): State<Gate>,
+    State(timeout): State<BodyTimeout>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_for(service, gate, &name, None, Protocol::V2, &headers, body).await
+    infer_for(
+        service,
+        (gate, timeout),
+        &name,
+        None,
+        Protocol::V2,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn versioned_infer(
     State(service): State<InferenceService>,
     State(gate): State<Gate>,
+    State(timeout): State<BodyTimeout>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     infer_for(
         service,
-        gate,
+        (gate, timeout),
         &name,
         Some(&version),
         Protocol::V2,
@@ -293,6 +409,7 @@ async fn versioned_infer(
 async fn v1_predict(
     State(service): State<InferenceService>,
     State(gate): State<Gate>,
+    State(timeout): State<BodyTimeout>,
     Path(target): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -300,7 +417,16 @@ async fn v1_predict(
     let Some(name) = target.strip_suffix(":predict") else {
         return no_route().await;
     };
-    infer_for(service, gate, name, None, Protocol::V1, &headers, body).await
+    infer_for(
+        service,
+        (gate, timeout),
+        name,
+        None,
+        Protocol::V1,
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// Which protocol an inference request speaks.
@@ -315,7 +441,7 @@ enum Protocol {
 
 async fn infer_for(
     service: InferenceService,
-    gate: Gate,
+    (gate, BodyTimeout(body_timeout)): (Gate, BodyTimeout),
     name: &str,
     version: Option<&str>,
     protocol: Protocol,
@@ -341,51 +467,73 @@ async fn infer_for(
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let body = match read_body(body, service.limits().max_payload_bytes, declared).await {
-        Ok(body) => body,
-        Err(e) => return refuse(e),
+    let limit = service.limits().max_payload_bytes;
+    let body = match tokio::time::timeout(body_timeout, read_body(body, limit, declared)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return refuse(e),
+        Err(_) => {
+            return refuse(ServiceError::BodyTimeout {
+                limit: body_timeout,
+            })
+        }
     };
     let header_length = headers
         .get(oip_binary::HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("(not text)").to_string());
-    // The semaphore is never closed, so this waits for a permit and never fails.
+    // The semaphore is never closed, so this waits for a permit and never fails. The
+    // permit is given back when the answer comes, or at the deadline.
     let waiting = std::time::Instant::now();
     let permit = gate.0.acquire_owned().await.ok();
     service.record_queue(waiting.elapsed());
-    let worker = service.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        let reply = match (protocol, codec) {
-            (Protocol::V1, _) => {
-                let reply = worker.handle_v1(&body);
-                OipReply {
-                    status: reply.status,
-                    body: reply.body,
-                    header_length: None,
-                }
+    // Every path runs on the blocking pool within the service's deadline.
+    let reply = match (protocol, codec) {
+        (Protocol::V1, _) => {
+            let reply = service
+                .reply_within(
+                    move |s| s.handle_v1(&body),
+                    |e| Reply {
+                        status: e.http_status(),
+                        body: oip::encode_error(&e),
+                    },
+                )
+                .await;
+            OipReply {
+                status: reply.status,
+                body: reply.body,
+                header_length: None,
             }
-            (Protocol::V2, Codec::Json) => worker.handle_oip(&body, header_length.as_deref()),
-            (Protocol::V2, Codec::Binary) => {
-                let reply = worker.handle_request(&body, codec);
-                OipReply {
-                    status: reply.status,
-                    body: reply.body,
-                    header_length: None,
-                }
-            }
-        };
-        drop(permit);
-        reply
-    });
-    match task.await {
-        Ok(reply) => match (codec, reply.header_length) {
-            (Codec::Json, None) => json(status(reply.status), reply.body),
-            (Codec::Json, Some(length)) => binary_tensors(status(reply.status), reply.body, length),
-            (Codec::Binary, _) => postcard(status(reply.status), reply.body),
+        }
+        (Protocol::V2, Codec::Json) => {
+            service
+                .reply_within(
+                    move |s| s.handle_oip(&body, header_length.as_deref()),
+                    |e| OipReply {
+                        status: e.http_status(),
+                        body: oip::encode_error(&e),
+                        header_length: None,
+                    },
+                )
+                .await
+        }
+        (Protocol::V2, Codec::Binary) => match service.answer_within(body, codec, usize::MAX).await
+        {
+            Ok(body) => OipReply {
+                status: 200,
+                body,
+                header_length: None,
+            },
+            Err(e) => OipReply {
+                status: e.http_status(),
+                body: binary::encode_error(&e),
+                header_length: None,
+            },
         },
-        // The task panicked or was cancelled before answering, so nothing counted it yet.
-        Err(e) => refuse(ServiceError::Engine(EngineError::Run {
-            reason: format!("the inference task failed: {e}"),
-        })),
+    };
+    drop(permit);
+    match (codec, reply.header_length) {
+        (Codec::Json, None) => json(status(reply.status), reply.body),
+        (Codec::Json, Some(length)) => binary_tensors(status(reply.status), reply.body, length),
+        (Codec::Binary, _) => postcard(status(reply.status), reply.body),
     }
 }
 

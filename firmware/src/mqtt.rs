@@ -24,6 +24,8 @@
 use std::collections::VecDeque;
 use std::io;
 
+use bytes::Bytes;
+
 use perch_mqtt::topics::DeviceTopics;
 use perch_mqtt::ClientOptions;
 use perch_runtime::histogram::{Histogram, BUCKETS};
@@ -126,14 +128,16 @@ pub struct Reply {
     pub ok: bool,
 }
 
-/// Decodes `payload` in `codec`, runs it through `service` and encodes the reply in the
-/// same codec. Every failure is counted once as an error by the service and answered
-/// with a reason and the request's id when one can be read from the payload. Blocks
-/// for the inference: call it on a blocking thread.
-pub fn answer(service: &InferenceService, codec: Codec, payload: &[u8]) -> Reply {
-    match service.answer(payload, codec, MAX_OUTGOING_PACKET - INCOMING_HEADROOM) {
+/// Decodes `payload` in `codec`, runs it through `service` on the blocking pool within
+/// the service's deadline ([`InferenceService::answer_within`]) and encodes the reply
+/// in the same codec. Every failure is counted once as an error by the service and
+/// answered with a reason and the request's id when one can be read from the payload.
+pub async fn answer(service: &InferenceService, codec: Codec, payload: Bytes) -> Reply {
+    let limit = MAX_OUTGOING_PACKET - INCOMING_HEADROOM;
+    match service.answer_within(payload.clone(), codec, limit).await {
         Ok(payload) => Reply { payload, ok: true },
         Err(e) => {
+            let payload = &payload[..];
             // Over the limit, only look for the id where it is cheap to find.
             let id = match codec {
                 Codec::Json if matches!(e, ServiceError::PayloadTooLarge { .. }) => {
@@ -293,7 +297,16 @@ fn micros_as_ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// Everything the JSON twin of an interval's report says beyond the reports themselves.
+/// Incoming messages the agent dropped without losing its connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IncomingDropped {
+    /// Messages over the client's packet limit.
+    pub oversize: u64,
+    /// Bundle chunks dropped from the updater's full queue.
+    pub ota_chunks: u64,
+}
+
+/// What the JSON twin says besides the report.
 #[derive(Debug, Clone)]
 pub struct TwinContext<'a> {
     /// The device.
@@ -304,8 +317,13 @@ pub struct TwinContext<'a> {
     pub backlog: usize,
     /// Reports dropped from a full spool, ever.
     pub dropped: u64,
+    /// Incoming messages dropped since the start: over the packet limit (by the guard,
+    /// [`perch_mqtt::Guard`]), and bundle chunks the busy updater had no room for.
+    pub incoming_dropped: IncomingDropped,
     /// SLO checks that failed in the interval, as sentences.
     pub violations: &'a [String],
+    /// Why over-the-air updates are off although configured (damaged update state).
+    pub ota_off: Option<&'a str>,
 }
 
 /// The JSON twin of one interval: `first` is the interval's first report (which holds
@@ -353,7 +371,12 @@ pub fn metrics_twin(
         "histogram_ms": buckets,
         "rss_kib": context.health.rss_kib,
         "spool": { "backlog": context.backlog, "dropped": context.dropped },
+        "dropped": {
+            "oversize": context.incoming_dropped.oversize,
+            "ota_chunks": context.incoming_dropped.ota_chunks,
+        },
         "slo": { "ok": context.violations.is_empty(), "violations": context.violations },
+        "ota_off": context.ota_off,
     })
     .to_string()
     .into_bytes()

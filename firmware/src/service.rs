@@ -40,7 +40,7 @@ pub mod oip_binary;
 pub mod oip_serve;
 pub mod stats;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -65,13 +65,22 @@ pub struct ServiceLimits {
     /// [`ServiceError::TooManyElements`] (HTTP 413). It bounds the memory a request
     /// can make the engine use, batch dimension included.
     pub max_batch_elements: usize,
+    /// The most tensors one request may hold; more is [`ServiceError::TooManyTensors`]
+    /// (HTTP 413).
+    pub max_tensors: usize,
+    /// How long one inference may take through [`InferenceService::answer_within`]:
+    /// past it the request is answered [`ServiceError::DeadlineExceeded`] (HTTP 504),
+    /// and until the run ends the model counts as hung ([`InferenceService::hung`]).
+    pub deadline: Duration,
 }
 
 impl ServiceLimits {
-    /// 4 MiB of payload and 2^20 elements (4 MiB of `f32`).
+    /// 4 MiB of payload, 2^20 elements (4 MiB of `f32`), 64 tensors, a 10 s deadline.
     pub const DEFAULT: ServiceLimits = ServiceLimits {
         max_payload_bytes: 4 << 20,
         max_batch_elements: 1 << 20,
+        max_tensors: 64,
+        deadline: Duration::from_secs(10),
     };
 }
 
@@ -155,6 +164,10 @@ struct Inner {
     interval_start: Mutex<Instant>,
     started: Instant,
     stats: stats::Stats,
+    /// Whether the model may answer with NaN or infinite values (its bundle says so).
+    allow_non_finite: AtomicBool,
+    /// Inferences past their deadline that have not returned yet.
+    hung: AtomicUsize,
 }
 
 /// A model being served, with its identity and its idle sessions.
@@ -206,6 +219,8 @@ impl InferenceService {
                 interval_start: Mutex::new(Instant::now()),
                 started: Instant::now(),
                 stats: stats::Stats::default(),
+                allow_non_finite: AtomicBool::new(false),
+                hung: AtomicUsize::new(0),
             }),
         }
     }
@@ -260,6 +275,211 @@ impl InferenceService {
         self.inner.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Whether the served model may answer with NaN or infinite values; by default
+    /// such outputs fail the request ([`ServiceError::NonFiniteOutput`]): a model that
+    /// produces them is broken, and a NaN is not a prediction. Set it again after each
+    /// [`replace`](Self::replace).
+    pub fn set_allow_non_finite_outputs(&self, allow: bool) {
+        self.inner.allow_non_finite.store(allow, Ordering::Relaxed);
+    }
+
+    /// Inferences that ran past their deadline and have not returned: while there is
+    /// one, the model is hung, and the agent stops telling systemd's watchdog it is
+    /// alive.
+    pub fn hung(&self) -> usize {
+        self.inner.hung.load(Ordering::Relaxed)
+    }
+
+    /// Decodes, runs and encodes `body` on tokio's blocking pool, answering within
+    /// [`ServiceLimits::deadline`]: a run still going then is answered
+    /// [`ServiceError::DeadlineExceeded`] and counts as hung ([`hung`](Self::hung))
+    /// until it returns (tract cannot be interrupted; the thread is left to it).
+    /// Counts the request exactly once, like [`answer`](Self::answer).
+    pub async fn answer_within(
+        &self,
+        body: impl AsRef<[u8]> + Send + 'static,
+        codec: Codec,
+        max_reply: usize,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let started = Instant::now();
+        let result = match self
+            .within(move |service| service.decode_run_encode(body.as_ref(), codec, max_reply))
+            .await
+        {
+            Ok(result) => result,
+            Err(missed) => Err(self.missed(missed)),
+        };
+        self.count(&result, started.elapsed());
+        result.map(|(bytes, took)| {
+            if let Some(took) = took {
+                self.record(took);
+            }
+            bytes
+        })
+    }
+
+    /// Whether inference works, for the systemd watchdog: no inference is hung, and a
+    /// probe (zeros of the model's input shapes, symbolic dimensions 1; neither counted
+    /// nor recorded) returns within the deadline. A model that failed its self-test is
+    /// served as not ready and is not probed.
+    ///
+    /// # Errors
+    ///
+    /// Why inference does not work, one line.
+    pub async fn probe(&self) -> Result<(), String> {
+        let hung = self.hung();
+        if hung > 0 {
+            return Err(format!(
+                "{hung} inference(s) ran past the deadline of {} ms and have not returned",
+                self.inner.limits.deadline.as_millis()
+            ));
+        }
+        if !self.ready() {
+            return Ok(());
+        }
+        match self.within(|service| service.probe_run()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) | Err(Missed::Task(e)) => Err(format!("the probe inference failed: {e}")),
+            Err(Missed::Deadline) => Err(format!(
+                "the probe inference did not return within {} ms",
+                self.inner.limits.deadline.as_millis()
+            )),
+        }
+    }
+
+    /// One run on zeros; an engine that returns, even with an error about the values,
+    /// works.
+    fn probe_run(&self) -> Result<(), String> {
+        let served = self.served();
+        let inputs: Vec<(Vec<usize>, DType)> = served
+            .metadata()
+            .inputs
+            .iter()
+            .map(|info| {
+                let shape = info
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        perch_runtime::engine::Dim::Fixed(n) => *n,
+                        _ => 1,
+                    })
+                    .collect();
+                (shape, info.dtype)
+            })
+            .collect();
+        let elements = inputs.iter().fold(0usize, |acc, (shape, _)| {
+            acc.saturating_add(shape.iter().fold(1usize, |a, n| a.saturating_mul(*n)))
+        });
+        if elements > self.inner.limits.max_batch_elements {
+            return Ok(());
+        }
+        let buffers: Vec<(Vec<usize>, TensorValues)> = inputs
+            .into_iter()
+            .map(|(shape, dtype)| {
+                let n = shape.iter().product();
+                let data = match dtype {
+                    DType::I64 => TensorValues::I64(vec![0; n]),
+                    DType::I32 => TensorValues::I32(vec![0; n]),
+                    DType::U8 => TensorValues::U8(vec![0; n]),
+                    DType::I8 => TensorValues::I8(vec![0; n]),
+                    _ => TensorValues::F32(vec![0.0; n]),
+                };
+                (shape, data)
+            })
+            .collect();
+        let refs: Vec<Input<'_>> = buffers
+            .iter()
+            .map(|(shape, data)| Input {
+                shape,
+                data: data.as_data(),
+            })
+            .collect();
+        let mut session = checkout(&served).map_err(|e| e.to_string())?;
+        let outcome = session.run(&refs);
+        checkin(&served, session);
+        match outcome {
+            Err(EngineError::Run { reason }) => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `work` on the blocking pool and waits for it up to the deadline;
+    /// [`Missed::Deadline`] when it did not return in time, the run then counting as
+    /// hung until it does.
+    async fn within<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&InferenceService) -> T + Send + 'static,
+    ) -> Result<T, Missed> {
+        const RUNNING: u8 = 0;
+        const DONE: u8 = 1;
+        const OVERDUE: u8 = 2;
+        let fate = Arc::new(AtomicU8::new(RUNNING));
+        let (service, task_fate) = (self.clone(), fate.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let result = work(&service);
+            let late = task_fate
+                .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err();
+            if late {
+                service.inner.hung.fetch_sub(1, Ordering::Relaxed);
+                log::warn!("an inference that ran past its deadline returned after all");
+            }
+            result
+        });
+        let deadline = self.inner.limits.deadline;
+        tokio::pin!(task);
+        let joined = match tokio::time::timeout(deadline, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                let overdue = fate
+                    .compare_exchange(RUNNING, OVERDUE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if overdue {
+                    self.inner.hung.fetch_add(1, Ordering::Relaxed);
+                    log::error!(
+                        "an inference ran past its deadline of {} ms: the model is hung",
+                        deadline.as_millis()
+                    );
+                    return Err(Missed::Deadline);
+                }
+                // It returned just as the deadline passed.
+                task.await
+            }
+        };
+        // A join error: the blocking pool shuts down, or `work` panicked outside the
+        // engine (whose own panics are contained).
+        joined.map_err(|e| Missed::Task(format!("the inference task failed: {e}")))
+    }
+
+    /// The error a request gets when its work missed the deadline or its task failed.
+    fn missed(&self, missed: Missed) -> ServiceError {
+        match missed {
+            Missed::Deadline => ServiceError::DeadlineExceeded {
+                limit: self.inner.limits.deadline,
+            },
+            Missed::Task(reason) => ServiceError::Engine(EngineError::Run { reason }),
+        }
+    }
+
+    /// Runs a whole request handler that counts its own request (the OIP v2 JSON and
+    /// KServe V1 front ends) on the blocking pool within [`ServiceLimits::deadline`], as
+    /// [`answer_within`](Self::answer_within) does; a request that misses the deadline,
+    /// or whose task fails, is counted here and answered by `refused`.
+    pub async fn reply_within<R: Send + 'static>(
+        &self,
+        handler: impl FnOnce(&InferenceService) -> R + Send + 'static,
+        refused: impl FnOnce(ServiceError) -> R,
+    ) -> R {
+        let started = Instant::now();
+        match self.within(handler).await {
+            Ok(reply) => reply,
+            Err(missed) => {
+                self.count_failed(started.elapsed());
+                refused(self.missed(missed))
+            }
+        }
+    }
+
     /// Checks `request` against the model, runs it and returns every output.
     ///
     /// Counts the request as ok or error and, on success, records the engine's run
@@ -267,20 +487,29 @@ impl InferenceService {
     pub fn infer(&self, request: &InferRequest) -> Result<InferResponse, ServiceError> {
         let started = Instant::now();
         let result = self.run(request);
-        self.count(result.is_ok(), started.elapsed());
-        result
+        self.count(&result, started.elapsed());
+        result.map(|(response, took)| {
+            self.record(took);
+            response
+        })
     }
 
     /// Counts one request that reached the service, as ok or error, with its time.
-    fn count(&self, ok: bool, took: Duration) {
-        if ok {
-            self.inner.ok.fetch_add(1, Ordering::Relaxed);
-            self.inner.interval_ok.fetch_add(1, Ordering::Relaxed);
-            self.inner.stats.succeeded(took);
-        } else {
-            self.count_error();
-            self.inner.stats.failed(took);
+    fn count<T>(&self, result: &Result<T, ServiceError>, took: Duration) {
+        match result {
+            Ok(_) => {
+                self.inner.ok.fetch_add(1, Ordering::Relaxed);
+                self.inner.interval_ok.fetch_add(1, Ordering::Relaxed);
+                self.inner.stats.succeeded(took);
+            }
+            Err(_) => self.count_failed(took),
         }
+    }
+
+    /// Counts one request that reached the service and failed, with its time.
+    fn count_failed(&self, took: Duration) {
+        self.count_error();
+        self.inner.stats.failed(took);
     }
 
     /// The statistics extension's counts and times since the service started.
@@ -294,6 +523,12 @@ impl InferenceService {
     /// Records a request's wait for an inference slot (the HTTP front end's gate).
     pub fn record_queue(&self, waited: Duration) {
         self.inner.stats.queued(waited);
+    }
+
+    /// Records a successful run's engine time in both histograms (lock-free).
+    fn record(&self, took: Duration) {
+        self.inner.latency.record(took);
+        self.inner.interval_latency.record(took);
     }
 
     /// Counts one request answered with an error that [`infer`](Self::infer) never saw
@@ -330,16 +565,23 @@ impl InferenceService {
     ) -> Result<Vec<u8>, ServiceError> {
         let started = Instant::now();
         let result = self.decode_run_encode(body, codec, max_reply);
-        self.count(result.is_ok(), started.elapsed());
-        result
+        self.count(&result, started.elapsed());
+        result.map(|(bytes, took)| {
+            if let Some(took) = took {
+                self.record(took);
+            }
+            bytes
+        })
     }
 
+    /// The encoded response and the engine time of the run (`None` when it did not
+    /// run), counting and recording nothing.
     fn decode_run_encode(
         &self,
         body: &[u8],
         codec: Codec,
         max_reply: usize,
-    ) -> Result<Vec<u8>, ServiceError> {
+    ) -> Result<(Vec<u8>, Option<Duration>), ServiceError> {
         let limit = self.inner.limits.max_payload_bytes;
         if body.len() > limit {
             return Err(ServiceError::PayloadTooLarge {
@@ -351,7 +593,7 @@ impl InferenceService {
             Codec::Json => oip::decode_request(body)?,
             Codec::Binary => binary::decode_request(body)?,
         };
-        let response = self.run(&request)?;
+        let (response, took) = self.run(&request)?;
         let encoded = match codec {
             Codec::Json => oip::encode_response(&response),
             Codec::Binary => binary::encode_response(&response),
@@ -362,7 +604,7 @@ impl InferenceService {
                 limit: max_reply,
             });
         }
-        Ok(encoded)
+        Ok((encoded, Some(took)))
     }
 
     /// The cumulative counters and latency histogram.
@@ -397,10 +639,19 @@ impl InferenceService {
         }
     }
 
-    fn run(&self, request: &InferRequest) -> Result<InferResponse, ServiceError> {
+    /// Checks and runs `request`, returning the response and the engine's run time;
+    /// counts and records nothing.
+    fn run(&self, request: &InferRequest) -> Result<(InferResponse, Duration), ServiceError> {
         let begun = Instant::now();
         if !self.ready() {
             return Err(ServiceError::NotReady);
+        }
+        let tensors = request.inputs.len();
+        if tensors > self.inner.limits.max_tensors {
+            return Err(ServiceError::TooManyTensors {
+                got: tensors,
+                limit: self.inner.limits.max_tensors,
+            });
         }
         let elements = request
             .inputs
@@ -434,8 +685,9 @@ impl InferenceService {
         checkin(&served, session);
         let outputs = outputs?;
         let outputs = read_outputs(&outputs)?;
-        self.inner.latency.record(took);
-        self.inner.interval_latency.record(took);
+        if !self.inner.allow_non_finite.load(Ordering::Relaxed) {
+            check_finite(&outputs)?;
+        }
         let batch = match (meta.inputs.first(), ordered.first()) {
             (Some(info), Some(t)) if matches!(info.shape.first(), Some(Dim::Symbolic(_))) => {
                 t.shape.first().copied().unwrap_or(1)
@@ -448,13 +700,22 @@ impl InferenceService {
             took,
             started.elapsed().saturating_sub(took),
         );
-        Ok(InferResponse {
+        let response = InferResponse {
             id: request.id.clone(),
             model_name: served.id.name.to_string(),
             model_version: served.version.clone(),
             outputs,
-        })
+        };
+        Ok((response, took))
     }
+}
+
+/// Why [`InferenceService::within`] has no result.
+enum Missed {
+    /// The work did not return within the deadline.
+    Deadline,
+    /// The task failed, with why.
+    Task(String),
 }
 
 /// An idle session of `served`, or a new one.
@@ -574,6 +835,22 @@ fn check_input(info: &TensorInfo, tensor: &RequestTensor) -> Result<(), ServiceE
             tensor.shape,
             tensor.data.len()
         )));
+    }
+    Ok(())
+}
+
+/// Refuses outputs holding NaN or infinite floats.
+fn check_finite(outputs: &[ResponseTensor]) -> Result<(), ServiceError> {
+    for output in outputs {
+        if let TensorValues::F32(values) = &output.data {
+            if let Some(position) = values.iter().position(|v| !v.is_finite()) {
+                return Err(ServiceError::NonFiniteOutput {
+                    name: output.name.clone(),
+                    position,
+                    value: values[position],
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -805,6 +1082,7 @@ mod tests {
         let limits = ServiceLimits {
             max_payload_bytes: 64 << 10,
             max_batch_elements: 1000,
+            ..ServiceLimits::DEFAULT
         };
         let service = service("kws-dscnn", limits);
         let mut nan = vec!["0"; 490];
@@ -1058,5 +1336,209 @@ mod tests {
         drop(service);
         let worker = std::thread::spawn(move || handle.infer(&request).map(|r| r.outputs.len()));
         assert_eq!(worker.join().unwrap().unwrap(), 1);
+    }
+
+    /// A model that takes far longer than a few milliseconds: 64 products of a
+    /// 512×1024 input with a 1024×1024 matrix (34 billion multiply-adds, a second or
+    /// more on any machine).
+    fn slow_model() -> Model {
+        use perch_testkit::onnx::{Dim, OnnxModel, FLOAT};
+        let w: Vec<f32> = (0..1024 * 1024)
+            .map(|i| ((i % 7) as f32 - 3.0) * 1e-3)
+            .collect();
+        let mut onnx = OnnxModel::new(13)
+            .input("x", FLOAT, &[Dim::Value(512), Dim::Value(1024)])
+            .initializer_f32("w", &[1024, 1024], &w);
+        let mut last = "x".to_string();
+        for i in 0..64 {
+            let next = format!("h{i}");
+            onnx = onnx.node("MatMul", &[&last, "w"], &[&next], &[]);
+            last = next;
+        }
+        let bytes = onnx
+            .output(&last, FLOAT, &[Dim::Value(512), Dim::Value(1024)])
+            .to_bytes();
+        Model::from_onnx_bytes(&bytes, &LoadOptions::new()).unwrap()
+    }
+
+    fn slow_request() -> Vec<u8> {
+        binary::encode_request(&InferRequest {
+            id: Some("slow".into()),
+            inputs: vec![RequestTensor {
+                name: "x".into(),
+                shape: vec![512, 1024],
+                data: TensorValues::F32(vec![0.5; 512 * 1024]),
+            }],
+        })
+    }
+
+    /// Issue 15: a hung inference kept its permit and serving stopped; now it is
+    /// answered 504 at the deadline and the model counts as hung until the run returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_past_its_deadline_is_answered_504_and_counts_as_hung_until_it_returns() {
+        let limits = ServiceLimits {
+            deadline: Duration::from_millis(5),
+            ..ServiceLimits::DEFAULT
+        };
+        let id = ModelId::new("slow", Version::new(1, 0, 0)).unwrap();
+        let service = InferenceService::new(slow_model(), id, limits);
+        let started = Instant::now();
+        let Err(err) = service
+            .answer_within(slow_request(), Codec::Binary, usize::MAX)
+            .await
+        else {
+            panic!("the slow model answered within 5 ms");
+        };
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "answered at the deadline"
+        );
+        assert_eq!(err.http_status(), 504, "{err}");
+        assert_eq!(service.hung(), 1);
+        let probe = service.probe().await.unwrap_err();
+        assert!(probe.contains("past the deadline"), "{probe}");
+        // The run returns in its own time; it is neither counted as ok nor recorded.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while service.hung() > 0 {
+            assert!(Instant::now() < deadline, "the slow run never returned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let totals = service.totals();
+        assert_eq!(
+            (totals.ok, totals.errors, totals.latency.count()),
+            (0, 1, 0)
+        );
+        // A probe of a model slower than its deadline fails too: the watchdog starves.
+        let probe = service.probe().await.unwrap_err();
+        assert!(probe.contains("did not return within 5 ms"), "{probe}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_within_its_deadline_is_answered_counted_and_the_probe_passes() {
+        let service = service("kws-dscnn", ServiceLimits::DEFAULT);
+        let request = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("kws-dscnn", "mfcc")],
+        };
+        let body = binary::encode_request(&request);
+        service
+            .answer_within(body, Codec::Binary, usize::MAX)
+            .await
+            .unwrap();
+        let totals = service.totals();
+        assert_eq!(
+            (totals.ok, totals.errors, totals.latency.count()),
+            (1, 0, 1)
+        );
+        assert_eq!(service.hung(), 0);
+        service.probe().await.unwrap();
+        assert_eq!(service.totals().ok, 1, "the probe is not traffic");
+    }
+
+    /// `sqrt(x)`: NaN for a negative x.
+    fn sqrt_service() -> InferenceService {
+        use perch_testkit::onnx::{Dim, OnnxModel, FLOAT};
+        let bytes = OnnxModel::new(13)
+            .input("x", FLOAT, &[Dim::Value(2)])
+            .node("Sqrt", &["x"], &["y"], &[])
+            .output("y", FLOAT, &[Dim::Value(2)])
+            .to_bytes();
+        let model = Model::from_onnx_bytes(&bytes, &LoadOptions::new()).unwrap();
+        let id = ModelId::new("sqrt", Version::new(1, 0, 0)).unwrap();
+        InferenceService::new(model, id, ServiceLimits::DEFAULT)
+    }
+
+    fn sqrt_of(x: [f32; 2]) -> InferRequest {
+        InferRequest {
+            id: None,
+            inputs: vec![RequestTensor {
+                name: "x".into(),
+                shape: vec![2],
+                data: TensorValues::F32(x.to_vec()),
+            }],
+        }
+    }
+
+    /// Issue 15: NaN and infinite outputs counted as successes.
+    #[test]
+    fn non_finite_outputs_are_errors_unless_the_model_may_produce_them() {
+        let service = sqrt_service();
+        assert!(service.infer(&sqrt_of([4.0, 9.0])).is_ok());
+        let err = service.infer(&sqrt_of([4.0, -1.0])).unwrap_err();
+        assert_eq!(err.http_status(), 500);
+        assert!(
+            err.to_string()
+                .contains("non-finite value (NaN) at position 1"),
+            "{err}"
+        );
+        let totals = service.totals();
+        assert_eq!((totals.ok, totals.errors), (1, 1));
+        service.set_allow_non_finite_outputs(true);
+        let response = service.infer(&sqrt_of([4.0, -1.0])).unwrap();
+        let TensorValues::F32(y) = &response.outputs[0].data else {
+            panic!("{response:?}");
+        };
+        assert!(y[1].is_nan());
+    }
+
+    #[test]
+    fn a_request_with_more_tensors_than_the_limit_is_refused_413() {
+        let service = service("kws-dscnn", ServiceLimits::DEFAULT);
+        let request = InferRequest {
+            id: None,
+            inputs: vec![golden_tensor("kws-dscnn", "mfcc"); 65],
+        };
+        let err = service.infer(&request).unwrap_err();
+        assert_eq!(err.http_status(), 413);
+        assert!(err.to_string().contains("65 tensors"), "{err}");
+    }
+}
+
+/// Issue 15: the request decoders take bytes from anyone who can publish on a device's
+/// request topics or reach its HTTP port; random and JSON-shaped input must be answered
+/// with an error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::{binary, oip};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn request_decoders_never_panic_on_random_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let _ = binary::decode_request(&bytes);
+            let _ = oip::decode_request(&bytes);
+        }
+
+        #[test]
+        fn the_json_decoder_never_panics_on_request_shaped_text(
+            text in r#"\{"inputs": ?\[(\{"name": ?"[a-z]{0,4}", ?"shape": ?\[(-?[0-9]{1,20}, ?){0,4}\], ?"datatype": ?"(FP32|INT64|INT8|UINT8|BOOL|FP64|X)", ?"data": ?\[([-0-9.e]{0,8}, ?){0,6}\]\}, ?){0,3}\]\}"#,
+        ) {
+            let _ = oip::decode_request(text.as_bytes());
+        }
+
+        #[test]
+        fn the_postcard_decoder_never_panics_on_mutated_requests(
+            edits in proptest::collection::vec((0usize..64, any::<u8>()), 1..6),
+        ) {
+            let request = super::InferRequest {
+                id: Some("r".into()),
+                inputs: vec![super::RequestTensor {
+                    name: "x".into(),
+                    shape: vec![2, 3],
+                    data: super::TensorValues::F32(vec![0.5; 6]),
+                }],
+            };
+            let mut bytes = binary::encode_request(&request);
+            for (at, b) in edits {
+                let len = bytes.len();
+                bytes[at % len] = b;
+            }
+            let _ = binary::decode_request(&bytes);
+        }
     }
 }

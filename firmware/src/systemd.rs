@@ -7,8 +7,9 @@
 //!
 //! - `READY=1` once it serves (the unit counts as started only then, so `systemctl
 //!   start` waits for the model's self-test),
-//! - `WATCHDOG=1` every half watchdog period while its async runtime is alive (systemd
-//!   kills and restarts a process that stays silent for a whole period),
+//! - `WATCHDOG=1` every half watchdog period while a check passes (the agent's: no
+//!   inference is hung, and a probe inference returns in time); systemd kills and
+//!   restarts a process that stays silent for a whole period,
 //! - `STOPPING=1` when it begins a clean shutdown.
 //!
 //! Without `NOTIFY_SOCKET` (started by hand, by a test, or by another supervisor) every
@@ -149,6 +150,18 @@ impl Notifier {
     /// Runs as a task on the agent's runtime, so it stops pinging (and systemd restarts
     /// the agent) when the runtime stops scheduling tasks.
     pub async fn watchdog(self, stop: impl Future<Output = ()>) {
+        self.watchdog_checked(stop, || async { Ok(()) }).await;
+    }
+
+    /// As [`watchdog`](Notifier::watchdog), but each tick pings only if `check` passes;
+    /// when it fails the reason goes to the log (once per run of failures) and to
+    /// systemd's `STATUS=`, and no ping goes out, so a process that is alive but no
+    /// longer does its work is restarted like one that hangs.
+    pub async fn watchdog_checked<F, C>(self, stop: impl Future<Output = ()>, mut check: C)
+    where
+        C: FnMut() -> F,
+        F: Future<Output = Result<(), String>>,
+    {
         let Some(every) = self.watchdog_interval() else {
             return;
         };
@@ -156,36 +169,64 @@ impl Notifier {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
         let mut failing = false;
+        let mut unwell = false;
         loop {
             tokio::select! {
                 biased;
                 () = &mut stop => return,
-                _ = ticker.tick() => match self.ping() {
-                    Ok(()) => failing = false,
-                    Err(e) => {
-                        if !failing {
-                            log::warn!("cannot ping the systemd watchdog: {e}");
-                        }
-                        failing = true;
+                _ = ticker.tick() => {}
+            }
+            let checked = tokio::select! {
+                biased;
+                () = &mut stop => return,
+                checked = check() => checked,
+            };
+            if let Err(reason) = checked {
+                if !unwell {
+                    log::error!("not pinging the systemd watchdog: {reason}");
+                    let _ = self.status(&format!("unhealthy: {reason}"));
+                }
+                unwell = true;
+                continue;
+            }
+            if unwell {
+                log::info!("healthy again: pinging the systemd watchdog");
+                unwell = false;
+            }
+            match self.ping() {
+                Ok(()) => failing = false,
+                Err(e) => {
+                    if !failing {
+                        log::warn!("cannot ping the systemd watchdog: {e}");
                     }
-                },
+                    failing = true;
+                }
             }
         }
     }
 
-    /// Spawns [`watchdog`](Notifier::watchdog) on the current Tokio runtime, stopping
-    /// when `stop` turns true (the agent's shutdown signal). `None`, and nothing
-    /// spawned, when there is no watchdog.
+    /// Spawns [`watchdog_checked`](Notifier::watchdog_checked) on the current Tokio
+    /// runtime, stopping when `stop` turns true (the agent's shutdown signal). `None`,
+    /// and nothing spawned, when there is no watchdog.
     ///
     /// # Panics
     ///
     /// Outside a Tokio runtime, like `tokio::spawn`.
-    pub fn spawn_watchdog(&self, mut stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+    pub fn spawn_watchdog<F, C>(
+        &self,
+        mut stop: watch::Receiver<bool>,
+        check: C,
+    ) -> Option<JoinHandle<()>>
+    where
+        C: FnMut() -> F + Send + 'static,
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
         self.watchdog_interval()?;
         let notifier = self.clone();
-        Some(tokio::spawn(notifier.watchdog(async move {
+        let stop = async move {
             let _ = stop.wait_for(|s| *s).await;
-        })))
+        };
+        Some(tokio::spawn(notifier.watchdog_checked(stop, check)))
     }
 
     /// Sends one datagram; `Ok` without a socket.
@@ -381,7 +422,9 @@ mod tests {
             Some(Duration::from_millis(10))
         );
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = notifier.spawn_watchdog(stop_rx).unwrap();
+        let task = notifier
+            .spawn_watchdog(stop_rx, || async { Ok(()) })
+            .unwrap();
         let pings = tokio::task::spawn_blocking(move || {
             (0..3).map(|_| receive(&socket)).collect::<Vec<_>>()
         })
@@ -399,6 +442,55 @@ mod tests {
     async fn no_watchdog_task_is_spawned_without_a_watchdog() {
         let (_stop_tx, stop_rx) = watch::channel(false);
         let (_dir, path, _socket) = listener();
-        assert!(Notifier::new(&path, None).spawn_watchdog(stop_rx).is_none());
+        assert!(Notifier::new(&path, None)
+            .spawn_watchdog(stop_rx, || async { Ok(()) })
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failing_check_stops_the_pings_and_says_why_until_it_passes_again() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let (_dir, path, socket) = listener();
+        let notifier = Notifier::new(&path, Some(Duration::from_millis(20)));
+        let healthy = Arc::new(AtomicBool::new(false));
+        let flag = healthy.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = notifier
+            .spawn_watchdog(stop_rx, move || {
+                let ok = flag.load(Ordering::SeqCst);
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("an inference is hung".to_string())
+                    }
+                }
+            })
+            .unwrap();
+        let socket = Arc::new(socket);
+        let reader = socket.clone();
+        let first = tokio::task::spawn_blocking(move || receive(&reader))
+            .await
+            .unwrap();
+        assert_eq!(first, "STATUS=unhealthy: an inference is hung\n");
+        // Said once; no ping while it fails.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        socket.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        assert!(socket.recv(&mut buf).is_err(), "nothing else was sent");
+        socket.set_nonblocking(false).unwrap();
+        healthy.store(true, Ordering::SeqCst);
+        let reader = socket.clone();
+        let next = tokio::task::spawn_blocking(move || receive(&reader))
+            .await
+            .unwrap();
+        assert_eq!(next, "WATCHDOG=1\n");
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{floats, models, relative_error};
-use perch_firmware::http::{serve, POSTCARD_CONTENT_TYPE};
+use perch_firmware::http::{serve_with, HttpLimits, POSTCARD_CONTENT_TYPE};
 use perch_firmware::service::{
     binary, InferRequest, InferenceService, RequestTensor, ServiceLimits, TensorValues,
 };
@@ -27,6 +27,10 @@ struct Server {
 
 impl Server {
     fn start(model: &str, limits: ServiceLimits) -> Server {
+        Server::start_with(model, limits, HttpLimits::default())
+    }
+
+    fn start_with(model: &str, limits: ServiceLimits, http: HttpLimits) -> Server {
         let loaded =
             Model::load(models().join(model).join("model.onnx"), &LoadOptions::new()).unwrap();
         let id = ModelId::new(model, Version::new(1, 0, 0)).unwrap();
@@ -41,7 +45,7 @@ impl Server {
             .unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(serve(listener, service.clone(), async move {
+        let task = runtime.spawn(serve_with(listener, service.clone(), http, async move {
             let _ = stopped.await;
         }));
         let agent = ureq::Agent::config_builder()
@@ -251,6 +255,7 @@ fn every_bad_request_gets_its_status_and_reason_is_counted_and_the_server_keeps_
     let limits = ServiceLimits {
         max_payload_bytes: 64 << 10,
         max_batch_elements: 4096,
+        ..ServiceLimits::DEFAULT
     };
     let server = Server::start("kws-dscnn", limits);
     let infer = "/v2/models/kws-dscnn/infer";
@@ -498,4 +503,79 @@ fn the_documented_example_request_gets_the_golden_output() {
     let golden = Golden::load(models().join("kws-dscnn/golden")).unwrap();
     assert!(relative_error(&got, &floats(&golden.outputs[0])) <= 1e-4);
     server.shutdown().unwrap();
+}
+
+mod connection_limits {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use super::*;
+
+    fn limits() -> HttpLimits {
+        HttpLimits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(500),
+            body_timeout: Duration::from_millis(500),
+        }
+    }
+
+    fn address(server: &Server) -> String {
+        server.base.trim_start_matches("http://").to_string()
+    }
+
+    /// Reads until the server closes the connection (or 10 s pass); what it sent.
+    fn until_closed(stream: &mut TcpStream) -> (Vec<u8>, Duration) {
+        let started = Instant::now();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        (got, started.elapsed())
+    }
+
+    /// Issue 15: connections that say nothing used to be held forever, until the
+    /// agent ran out of file descriptors (and its spool and updates with it).
+    #[test]
+    fn silent_connections_are_closed_after_the_header_timeout_and_extra_ones_at_once() {
+        let server = Server::start_with("kws-dscnn", ServiceLimits::DEFAULT, limits());
+        let addr = address(&server);
+        let mut silent: Vec<TcpStream> =
+            (0..4).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // The fifth is over the cap: closed as soon as it is accepted.
+        let mut extra = TcpStream::connect(&addr).unwrap();
+        let (got, took) = until_closed(&mut extra);
+        assert!(
+            got.is_empty() && took < Duration::from_millis(400),
+            "{got:?} after {took:?}"
+        );
+        // The four silent ones are closed at the header timeout.
+        for stream in &mut silent {
+            let (_, took) = until_closed(stream);
+            assert!(took < Duration::from_secs(5), "held for {took:?}");
+        }
+        // Their slots are free again.
+        let (status, _) = server.get("/v2/health/live");
+        assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn a_body_that_trickles_in_is_answered_408_at_the_body_timeout() {
+        let server = Server::start_with("kws-dscnn", ServiceLimits::DEFAULT, limits());
+        let mut stream = TcpStream::connect(address(&server)).unwrap();
+        stream
+            .write_all(
+                b"POST /v2/models/kws-dscnn/infer HTTP/1.1\r\nHost: x\r\n\
+                  Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inputs\"",
+            )
+            .unwrap();
+        let (got, took) = until_closed(&mut stream);
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("did not arrive within 500 ms"), "{text}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(server.service.totals().errors, 1);
+    }
 }

@@ -17,9 +17,19 @@
 //! // A random u64 of u64::MAX picks the top of the window: 100 ms, 200 ms, 400 ms, ...
 //! assert!(backoff.next_delay(u64::MAX) <= Duration::from_millis(100));
 //! assert!(backoff.next_delay(u64::MAX) <= Duration::from_millis(200));
-//! backoff.reset(); // connected: the next outage starts small again
+//! // A connection that ends at once (a broker that accepts, then drops the client)
+//! // does not count as a success: the windows keep growing.
+//! backoff.connection_ended(Duration::from_millis(5));
+//! assert_eq!(backoff.attempt(), 2);
+//! // One that stayed up longer than `stable_after` (the cap, by default) does.
+//! backoff.connection_ended(Duration::from_secs(60));
 //! assert_eq!(backoff.attempt(), 0);
 //! ```
+//!
+//! A reset only after a connection that lasted is what stops a reconnect storm: when a
+//! broker accepts every connection and something then ends each one at once (a
+//! message the client refuses, an ACL, a broker in trouble), resetting on CONNACK
+//! would bring every device of a fleet back within the first, smallest window, forever.
 
 use std::time::Duration;
 
@@ -28,6 +38,7 @@ use std::time::Duration;
 pub struct Backoff {
     base: Duration,
     cap: Duration,
+    stable_after: Duration,
     attempt: u32,
 }
 
@@ -36,11 +47,30 @@ impl Backoff {
     ///
     /// A `base` above `cap` makes every window `[0, cap]`; a zero `base` or `cap` makes
     /// every delay zero.
+    ///
+    /// A connection must stay up for `cap` (at least one second) before its end resets
+    /// the windows; [`Backoff::stable_after`] changes that.
     pub fn new(base: Duration, cap: Duration) -> Backoff {
         Backoff {
             base,
             cap,
+            stable_after: cap.max(Duration::from_secs(1)),
             attempt: 0,
+        }
+    }
+
+    /// How long a connection must have stayed up for its end to reset the windows.
+    pub fn stable_after(mut self, uptime: Duration) -> Backoff {
+        self.stable_after = uptime;
+        self
+    }
+
+    /// A connection ended after `uptime`: resets the windows if it stayed up at least
+    /// [`stable_after`](Backoff::stable_after), so a broker that drops every client
+    /// right after accepting it is retried ever more slowly rather than at once.
+    pub fn connection_ended(&mut self, uptime: Duration) {
+        if uptime >= self.stable_after {
+            self.reset();
         }
     }
 
@@ -59,7 +89,8 @@ impl Backoff {
         Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 
-    /// Starts over from the `[0, base]` window; call it once a connection succeeds.
+    /// Starts over from the `[0, base]` window ([`Backoff::connection_ended`] calls it
+    /// for a connection that lasted).
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
@@ -187,5 +218,25 @@ mod tests {
         let mut zero = Backoff::new(Duration::ZERO, CAP);
         assert_eq!(zero.next_delay(u64::MAX), Duration::ZERO);
         assert_eq!(zero.next_delay(u64::MAX), Duration::ZERO);
+    }
+
+    #[test]
+    fn connections_that_end_at_once_keep_the_windows_growing_and_a_lasting_one_resets_them() {
+        let mut backoff = Backoff::new(BASE, CAP).stable_after(Duration::from_secs(10));
+        let mut windows = Vec::new();
+        for _ in 0..6 {
+            windows.push(backoff.window().as_millis());
+            backoff.next_delay(0);
+            // CONNACK, then the broker drops the client 50 ms later.
+            backoff.connection_ended(Duration::from_millis(50));
+        }
+        assert_eq!(windows, [100, 200, 400, 800, 1_600, 3_200]);
+        backoff.connection_ended(Duration::from_secs(10));
+        assert_eq!(backoff.window(), BASE);
+        assert_eq!(
+            Backoff::new(BASE, CAP).stable_after,
+            CAP,
+            "the cap by default"
+        );
     }
 }

@@ -31,12 +31,14 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod guard;
 mod options;
 mod pump;
 pub mod topics;
 mod url;
 
 pub use backoff::Backoff;
+pub use guard::{Dropped, Guard};
 pub use options::{ClientOptions, Endpoint, SetupError, TlsFiles};
 pub use pump::{pump, EventSink, NetEvent, MIN_RECONNECT_DELAY};
 pub use url::{BrokerUrl, MQTTS_PORT, MQTT_PORT};

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, TlsConfiguration, Transport};
 
+use crate::guard::{self, Guard, Upstream};
 use crate::url::BrokerUrl;
 
 /// The files of an `mqtts://` connection.
@@ -49,6 +50,15 @@ pub enum SetupError {
         /// The broker.
         url: BrokerUrl,
     },
+    /// The TLS files do not make a usable TLS configuration.
+    #[error("TLS: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The guard's relay socket could not be set up.
+    #[error("cannot start the MQTT relay")]
+    Relay(#[source] io::Error),
 }
 
 /// Where a broker listens and how to authenticate to it.
@@ -114,7 +124,9 @@ pub struct ClientOptions {
     pub clean_session: bool,
     /// What the broker publishes when the client is gone without a goodbye.
     pub last_will: Option<LastWill>,
-    /// The largest packet the client accepts; a larger one drops the connection.
+    /// The largest packet the client accepts. Through [`ClientOptions::connect_guarded`]
+    /// a larger PUBLISH is dropped and counted; through [`ClientOptions::connect`] it
+    /// drops the connection.
     pub max_incoming_packet: usize,
     /// The largest packet the client sends.
     pub max_outgoing_packet: usize,
@@ -122,6 +134,10 @@ pub struct ClientOptions {
     pub inflight: Option<u16>,
     /// Requests (publishes, subscriptions) queued for the event loop.
     pub request_capacity: usize,
+    /// How long a connection attempt may take, TCP, TLS handshake and CONNACK together
+    /// (whole seconds, at least 1): a broker or a link that stalls mid-handshake is
+    /// given up on and retried with backoff.
+    pub connect_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -138,6 +154,7 @@ impl ClientOptions {
             max_outgoing_packet: 1 << 20,
             inflight: None,
             request_capacity: 64,
+            connect_timeout: Duration::from_secs(5),
         }
     }
 
@@ -148,8 +165,22 @@ impl ClientOptions {
     ///
     /// A TLS file cannot be read or holds no PEM block of its kind.
     pub fn mqtt_options(&self) -> Result<MqttOptions, SetupError> {
+        let mut options = self.base_options(&self.endpoint.host, self.endpoint.port);
+        if let Some(tls) = &self.endpoint.tls {
+            let (ca, client_auth) = read_tls(tls)?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth,
+            }));
+        }
+        Ok(options)
+    }
+
+    /// rumqttc's options for a broker at `host:port`, without the transport.
+    fn base_options(&self, host: &str, port: u16) -> MqttOptions {
         let broker = &self.endpoint;
-        let mut options = MqttOptions::new(&self.client_id, &broker.host, broker.port);
+        let mut options = MqttOptions::new(&self.client_id, host, port);
         options
             .set_keep_alive(self.keep_alive)
             .set_clean_session(self.clean_session)
@@ -164,25 +195,7 @@ impl ClientOptions {
         if let Some(user) = &broker.username {
             options.set_credentials(user, broker.password.as_deref().unwrap_or(""));
         }
-        if let Some(tls) = &broker.tls {
-            // rustls needs a process-wide crypto provider; ring is the one compiled in. A
-            // second call finds it installed, which is fine.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let ca = read_pem("CA file", &tls.ca, "CERTIFICATE")?;
-            let client_auth = match &tls.client {
-                Some((cert, key)) => Some((
-                    read_pem("client certificate", cert, "CERTIFICATE")?,
-                    read_pem("client key", key, "PRIVATE KEY")?,
-                )),
-                None => None,
-            };
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            }));
-        }
-        Ok(options)
+        options
     }
 
     /// The client and its event loop (drive it with [`crate::pump`]), with TCP_NODELAY
@@ -194,12 +207,116 @@ impl ClientOptions {
     ///
     /// As [`mqtt_options`](ClientOptions::mqtt_options).
     pub fn connect(&self) -> Result<(AsyncClient, EventLoop), SetupError> {
-        let (client, mut eventloop) = AsyncClient::new(self.mqtt_options()?, self.request_capacity);
+        Ok(self.client(self.mqtt_options()?))
+    }
+
+    /// As [`connect`](ClientOptions::connect), through the inbound guard
+    /// ([`crate::guard`]) spawned on `runtime`: an incoming PUBLISH larger than
+    /// [`max_incoming_packet`](ClientOptions::max_incoming_packet) is dropped and
+    /// counted by the returned [`Guard`] (and acknowledged to the broker) instead of
+    /// ending the connection. Keep the `Guard`: the relay stops when it is dropped.
+    ///
+    /// # Errors
+    ///
+    /// A TLS file cannot be read or used, or the relay's socket cannot be created.
+    pub fn connect_guarded(
+        &self,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(AsyncClient, EventLoop, Guard), SetupError> {
+        let broker = &self.endpoint;
+        let tls = match &broker.tls {
+            Some(files) => {
+                let (ca, client_auth) = read_tls(files)?;
+                Some(tls_connector(&broker.host, &ca, client_auth)?)
+            }
+            None => None,
+        };
+        let upstream = Upstream {
+            host: broker.host.clone(),
+            port: broker.port,
+            tls,
+            connect_timeout: self.connect_timeout.max(Duration::from_secs(1)),
+        };
+        let relay =
+            guard::start(runtime, upstream, self.max_incoming_packet).map_err(SetupError::Relay)?;
+        let mut options = self.base_options(&relay.socket.to_string_lossy(), 0);
+        options.set_transport(Transport::unix());
+        let (client, eventloop) = self.client(options);
+        Ok((client, eventloop, relay.guard))
+    }
+
+    fn client(&self, options: MqttOptions) -> (AsyncClient, EventLoop) {
+        let (client, mut eventloop) = AsyncClient::new(options, self.request_capacity);
         let mut network = eventloop.network_options();
         network.set_tcp_nodelay(true);
+        network.set_connection_timeout(self.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(network);
-        Ok((client, eventloop))
+        (client, eventloop)
     }
+}
+
+/// The CA and the client certificate and key of `tls`, read and checked as PEM.
+type PemFiles = (Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
+
+fn read_tls(tls: &TlsFiles) -> Result<PemFiles, SetupError> {
+    // rustls needs a process-wide crypto provider; ring is the one compiled in. A second
+    // call finds it installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = read_pem("CA file", &tls.ca, "CERTIFICATE")?;
+    let client_auth = match &tls.client {
+        Some((cert, key)) => Some((
+            read_pem("client certificate", cert, "CERTIFICATE")?,
+            read_pem("client key", key, "PRIVATE KEY")?,
+        )),
+        None => None,
+    };
+    Ok((ca, client_auth))
+}
+
+/// The guard's TLS client, configured as rumqttc configures its own from the same PEM
+/// files.
+fn tls_connector(
+    host: &str,
+    ca: &[u8],
+    client_auth: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<
+    (
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    SetupError,
+> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let tls = |reason: String| SetupError::Tls { reason };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        let cert = cert.map_err(|e| tls(format!("CA file: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| tls(format!("CA certificate: {e}")))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match client_auth {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls(format!("client certificate: {e}")))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&key).map_err(|e| tls(format!("client key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls(format!("client certificate and key: {e}")))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| tls(format!("{host:?} is not a valid server name: {e}")))?;
+    Ok((
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+        name,
+    ))
 }
 
 /// Reads a PEM file and checks it holds a block whose label ends with `kind`

@@ -10,7 +10,8 @@
 //!   (`PERCH_REQUIRE_MOSQUITTO=1`), a developer's run says which tests it skips;
 //! - [`raise_open_files`]: tests that need many descriptors raise their own limit;
 //! - [`workspace_binary`]: `perchd` and `perch` for the tests of another package;
-//! - [`wait_until`]: conditions as verdicts, the clock only as a bound.
+//! - [`wait_until`]: conditions as verdicts, the clock only as a bound;
+//! - [`onnx`]: small ONNX models written by hand for the scenario at hand.
 //!
 //! ```no_run
 //! use perch_testkit::{Mosquitto, PATIENCE};
@@ -27,6 +28,7 @@
 mod binaries;
 mod limits;
 mod mosquitto;
+pub mod onnx;
 mod ports;
 mod process;
 mod wait;

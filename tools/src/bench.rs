@@ -319,7 +319,7 @@ fn unpack(path: &Path, model_name: &str) -> Result<Unpacked, ToolError> {
     Ok(Unpacked {
         _dir: dir,
         model,
-        golden_inputs: bundle.golden().inputs.clone(),
+        golden_inputs: bundle.decode_golden()?.inputs,
     })
 }
 

@@ -130,7 +130,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
     let (model, bundle, bundle_golden) = if is_bundle {
         let (bundle, source) = open_bundle(&request.model, &request.pubkeys)?;
         let model = bundle.load_model(&options)?;
-        let golden = (bundle.golden().clone(), bundle.tolerance());
+        let golden = (bundle.decode_golden()?, bundle.tolerance());
         (model, Some(source), Some(golden))
     } else {
         (Model::load(&request.model, &options)?, None, None)

@@ -14,7 +14,7 @@ use perch_runtime::wire::{self, Health, MetricsReport, ModelState};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::ota_link::{OtaInput, OtaLink};
+use super::ota_link::{IntervalCounts, OtaLink};
 use super::sequence::SeqState;
 use crate::config::ModelConfig;
 use crate::device::DeviceId;
@@ -34,6 +34,8 @@ pub(super) struct Agent {
     pub(super) topics: Topics,
     pub(super) service: InferenceService,
     pub(super) client: AsyncClient,
+    /// The connection's inbound guard (oversize messages dropped); keeps its relay up.
+    pub(super) guard: perch_mqtt::Guard,
     pub(super) outbox: Outbox,
     pub(super) seq: SeqState,
     pub(super) started: Instant,
@@ -41,6 +43,8 @@ pub(super) struct Agent {
     /// The latest health message.
     pub(super) health: Health,
     pub(super) boot_failure: Option<String>,
+    /// Why over-the-air updates are off although configured (damaged update state).
+    pub(super) ota_off: Option<String>,
     pub(super) http_addr: Option<SocketAddr>,
     pub(super) connected: bool,
     pub(super) ever_connected: bool,
@@ -183,22 +187,11 @@ impl Agent {
             self.permits.clone(),
         );
         tokio::spawn(async move {
+            // Given back when the answer comes, or at the deadline.
             let permit = permits.acquire_owned().await;
-            let payload = publish.payload.clone();
-            let work_service = service.clone();
-            let reply =
-                tokio::task::spawn_blocking(move || mqtt::answer(&work_service, codec, &payload))
-                    .await;
+            let reply = mqtt::answer(&service, codec, publish.payload).await;
             drop(permit);
-            let payload = match reply {
-                Ok(reply) => reply.payload,
-                Err(e) => {
-                    log::error!("an inference failed: {e}");
-                    service.count_error();
-                    let id = mqtt::request_id(codec, &publish.payload);
-                    mqtt::error_reply(codec, id, 500, "the inference failed inside the agent")
-                }
-            };
+            let payload = reply.payload;
             if let Err(e) = client
                 .publish(reply_topic, QoS::AtMostOnce, false, payload)
                 .await
@@ -304,7 +297,7 @@ impl Agent {
         }
 
         if let Some(ota) = &self.ota {
-            ota.send(OtaInput::Interval {
+            ota.interval(IntervalCounts {
                 ok: interval.ok,
                 errors: interval.errors,
                 p99_ms: interval
@@ -326,6 +319,7 @@ impl Agent {
         self.health.last_error = violations
             .first()
             .or(self.boot_failure.as_ref())
+            .or(self.ota_off.as_ref())
             .map(|e| wire::truncated(e));
         if self.connected {
             let seqs: Vec<u32> = reports.iter().map(|r| r.seq).collect();
@@ -338,7 +332,12 @@ impl Agent {
                     health: &self.health,
                     backlog: self.outbox.pending().saturating_sub(reports.len()),
                     dropped: self.outbox.dropped(),
+                    incoming_dropped: mqtt::IncomingDropped {
+                        oversize: self.guard.dropped(),
+                        ota_chunks: self.ota.as_ref().map_or(0, OtaLink::dropped),
+                    },
                     violations: &violations,
+                    ota_off: self.ota_off.as_deref(),
                 },
             );
             self.publish(&self.topics.metrics_json, false, twin);

@@ -117,7 +117,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let started = Instant::now();
     let notifier = crate::systemd::Notifier::from_env();
-    let (updater, boot_effects, loaded) = {
+    let (updater, boot_effects, loaded, ota_off) = {
         let (model_config, ota, device) = (
             config.model.clone(),
             config.ota.clone(),
@@ -151,6 +151,7 @@ pub async fn run(
         loaded.id.clone(),
         ServiceLimits {
             max_payload_bytes: config.max_payload_bytes,
+            deadline: config.inference_timeout,
             ..ServiceLimits::DEFAULT
         },
     );
@@ -164,10 +165,7 @@ pub async fn run(
             dir: dir.clone(),
             source,
         })?;
-        let seq = SeqState::open(dir).map_err(|source| AgentError::Spool {
-            dir: dir.clone(),
-            source,
-        })?;
+        let seq = SeqState::open(dir);
         Ok::<_, AgentError>((spool, seq))
     })
     .await??;
@@ -229,7 +227,9 @@ pub async fn run(
         config.spool.dir.display(),
     );
 
-    let (client, eventloop) = options.connect()?;
+    // Through the guard: a message over the limit (a retained one, say) is dropped and
+    // counted instead of ending the connection at every reconnection.
+    let (client, eventloop, guard) = options.connect_guarded(&tokio::runtime::Handle::current())?;
     let (net_tx, net_rx) = mpsc::channel(256);
     let backoff = Backoff::new(broker_config.reconnect_base, broker_config.reconnect_cap);
     let poller = tokio::spawn(perch_mqtt::pump(eventloop, backoff, net_tx));
@@ -253,10 +253,20 @@ pub async fn run(
             loaded.id
         ),
     };
+    let status = match &ota_off {
+        Some(reason) => format!("{status}; {reason}"),
+        None => status,
+    };
     if let Err(e) = notifier.ready(&status) {
         log::warn!("{e}");
     }
-    notifier.spawn_watchdog(stop_rx.clone());
+    // The watchdog is fed only while inference works: nothing hung past its deadline,
+    // and a probe inference returns in time.
+    let probed = service.clone();
+    notifier.spawn_watchdog(stop_rx.clone(), move || {
+        let service = probed.clone();
+        async move { service.probe().await }
+    });
     let mut health = loaded.boot.health.clone();
     health.boot_count = seq.boot_count;
     let (effects_tx, effects_rx) = mpsc::unbounded_channel();
@@ -273,12 +283,14 @@ pub async fn run(
         device: config.device_id.clone(),
         service,
         client,
+        guard,
         outbox: Outbox::new(spool, MEMORY_REPORTS),
         seq,
         started,
         slo,
         health,
         boot_failure: loaded.boot.failure.clone(),
+        ota_off: ota_off.clone(),
         http_addr: http.as_ref().map(|(a, _)| *a),
         connected: false,
         ever_connected: false,
@@ -312,6 +324,11 @@ pub async fn run(
     Ok(())
 }
 
+/// What [`boot`] found: the updater (none when updates are off or their state is
+/// damaged), its first effects, the model to serve, and why updates are off despite
+/// the configuration, if they are.
+type Booted = (Option<Updater>, Vec<Effect>, Loaded, Option<String>);
+
 /// Opens the updater when over-the-air updates are on (counting this start, which may
 /// roll back a model that crash-loops) and loads the model to serve: the active slot,
 /// else the configured model. Blocks.
@@ -319,20 +336,37 @@ fn boot(
     model: &ModelConfig,
     ota: Option<&OtaSettings>,
     device: &DeviceId,
-) -> Result<(Option<Updater>, Vec<Effect>, Loaded), AgentError> {
+) -> Result<Booted, AgentError> {
     let Some(settings) = ota else {
-        return Ok((None, Vec::new(), load::load(model)?));
+        return Ok((None, Vec::new(), load::load(model)?, None));
     };
     let keys = load::read_trusted_keys(&model.trusted_keys)?;
     let config = ota::OtaConfig {
         dir: settings.dir.clone(),
         group: settings.group.clone(),
         chunk_timeout: settings.chunk_timeout,
+        stall_timeout: settings.stall_timeout,
         max_probation_boots: settings.max_probation_boots,
         warmup_runs: model.warmup_runs,
     };
-    let mut updater = Updater::open(config, device.as_str(), keys)?;
-    let boot = updater.boot()?;
+    // Damaged update state (a corrupt `ota.json` or `slots.json`, a slot that cannot
+    // be read, a full disk) must not keep the device from serving: the configured
+    // model serves with updates off, and the reason is reported until an operator
+    // repairs or removes the state and restarts the agent.
+    let opened = Updater::open(config, device.as_str(), keys)
+        .and_then(|mut updater| updater.boot().map(|boot| (updater, boot)));
+    let (mut updater, boot) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            let reason = format!(
+                "over-the-air updates are off: the update state in {} is damaged ({})",
+                settings.dir.display(),
+                Chain(&e)
+            );
+            log::error!("{reason}; serving the configured model");
+            return Ok((None, Vec::new(), load::load(model)?, Some(reason)));
+        }
+    };
     let from_slot = boot.serve.is_some();
     let loaded = match boot.serve {
         Some(path) => match updater.load_slot(path.clone()) {
@@ -353,7 +387,7 @@ fn boot(
         // The configured bundle counts as installed: no rollout may go below it.
         updater.set_configured_sequence(sequence);
     }
-    Ok((Some(updater), boot.effects, loaded))
+    Ok((Some(updater), boot.effects, loaded, None))
 }
 
 /// A model as rollout reports name it: `name version`.
@@ -369,4 +403,78 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| AgentError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use perch_runtime::bundle::{verifying_key_file, SigningKey};
+
+    use super::*;
+
+    /// The reference keyword model (plain file, golden folder beside it), trusting one
+    /// key, with updates in `dir/ota`.
+    fn setup(dir: &Path) -> (ModelConfig, OtaSettings) {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let key_file = dir.join("fleet.pub");
+        std::fs::write(&key_file, verifying_key_file(&key.verifying_key())).unwrap();
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let mut model = ModelConfig::new(models.join("kws-dscnn/model.onnx"));
+        model.trusted_keys = vec![key_file];
+        model.warmup_runs = 1;
+        let ota = OtaSettings {
+            group: "kitchen".into(),
+            dir: dir.join("ota"),
+            max_probation_boots: 3,
+            chunk_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(600),
+        };
+        (model, ota)
+    }
+
+    fn device() -> DeviceId {
+        "gw-1".parse().unwrap()
+    }
+
+    /// Issue 15: each of these made `perchd` exit at every start, until systemd gave up.
+    #[test]
+    fn damaged_update_state_serves_the_configured_model_with_updates_off_and_says_why() {
+        let damage: [(&str, &[u8], &str); 3] = [
+            ("ota.json", b"{\"format\": 1, \"docu", "ota.json"),
+            ("slots/slots.json", b"\x00\x00garbage", "slots.json"),
+            (
+                "slots/slots.json",
+                br#"{"format":1,"active":"a","slots":[{"name":"kws","version":"1.0.0","sequence":3,"sha256":"00","size":1},null],"highest_sequence":3,"probation":false,"boots_on_probation":0}"#,
+                "is missing",
+            ),
+        ];
+        for (file, bytes, named) in damage {
+            let dir = tempfile::tempdir().unwrap();
+            let (model, ota) = setup(dir.path());
+            let path = ota.dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+            let (updater, effects, loaded, off) = boot(&model, Some(&ota), &device())
+                .unwrap_or_else(|e| panic!("{file}: {}", Chain(&e)));
+            assert!(updater.is_none() && effects.is_empty(), "{file}");
+            assert!(loaded.boot.ready(), "{file}: the configured model serves");
+            let off = off.unwrap_or_default();
+            assert!(
+                off.contains("over-the-air updates are off") && off.contains(named),
+                "{file}: {off}"
+            );
+            // The damaged file is left for the operator to look at.
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn intact_update_state_opens_the_updater() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, ota) = setup(dir.path());
+        let (updater, _, loaded, off) = boot(&model, Some(&ota), &device()).unwrap();
+        assert!(updater.is_some() && loaded.boot.ready() && off.is_none());
+    }
 }

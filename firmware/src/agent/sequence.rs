@@ -25,9 +25,13 @@ pub(crate) struct SeqState {
 }
 
 impl SeqState {
-    /// Reads the state in `dir` (starting over when there is none), counts this boot
-    /// and leases the first block.
-    pub(crate) fn open(dir: &Path) -> io::Result<SeqState> {
+    /// Reads the state in `dir` (starting over when there is none or it cannot be
+    /// read), counts this boot and leases the first block.
+    ///
+    /// Never fails: a state file that cannot be written (a full disk, a read-only
+    /// folder) is logged, and the agent runs with numbers leased in memory only (a
+    /// crash may then repeat numbers of this run), rather than not at all.
+    pub(crate) fn open(dir: &Path) -> SeqState {
         let path = dir.join(STATE_FILE);
         let (mut boot_count, mut next) = (0u32, 0u32);
         match std::fs::read_to_string(&path) {
@@ -49,8 +53,14 @@ impl SeqState {
             next,
             leased_to: next,
         };
-        state.lease()?;
-        Ok(state)
+        if let Err(e) = state.lease() {
+            log::warn!(
+                "cannot save the report sequence number in {}: {e}; numbering goes on \
+                 in memory",
+                state.path.display()
+            );
+        }
+        state
     }
 
     /// The next sequence number, leasing another block when this one is used up.
@@ -89,16 +99,33 @@ mod tests {
     #[test]
     fn sequence_numbers_continue_across_restarts_and_never_repeat_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = SeqState::open(dir.path()).unwrap();
+        let mut state = SeqState::open(dir.path());
         assert_eq!(state.boot_count, 1);
         assert_eq!((state.next(), state.next()), (0, 1));
         state.save().unwrap();
-        let mut state = SeqState::open(dir.path()).unwrap();
+        let mut state = SeqState::open(dir.path());
         assert_eq!(state.boot_count, 2);
         assert_eq!(state.next(), 2);
         drop(state); // a crash: nothing saved
-        let mut state = SeqState::open(dir.path()).unwrap();
+        let mut state = SeqState::open(dir.path());
         assert_eq!(state.boot_count, 3);
         assert!(state.next() > 2);
+    }
+
+    /// Issue 15: a full disk while leasing sequence numbers made perchd exit.
+    #[test]
+    fn a_state_file_that_cannot_be_written_does_not_stop_the_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder where the file should be: every write of it fails, as on a full
+        // disk, whatever the user's permissions.
+        std::fs::create_dir(dir.path().join(STATE_FILE)).unwrap();
+        let mut state = SeqState::open(dir.path());
+        assert_eq!(state.boot_count, 1);
+        let seqs: Vec<u32> = (0..2 * SEQ_LEASE).map(|_| state.next()).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "numbers keep increasing"
+        );
+        assert!(state.save().is_err());
     }
 }

@@ -104,6 +104,11 @@ pub struct Args {
     /// default 1MiB). Larger ones get an error response.
     #[arg(long, env = "PERCH_MAX_PAYLOAD", value_name = "BYTES")]
     pub max_payload: Option<ByteSize>,
+    /// How long one inference may run before its request is answered 504 and the model
+    /// counts as hung (the systemd watchdog is then no longer fed), e.g. `2s`
+    /// (default 10s).
+    #[arg(long, env = "PERCH_INFERENCE_TIMEOUT", value_name = "DURATION")]
+    pub inference_timeout: Option<HumanDuration>,
     /// Accelerometer input for anomaly detection with the served model (which must take
     /// one FP32 input `[1,640]`, such as models/anomaly-ae/model.onnx): `simulated` (a
     /// simulated ADXL345, no hardware), an I2C bus such as `/dev/i2c-1` (a real ADXL345;

@@ -11,6 +11,7 @@
 //! report_interval = "10s"            # ms, s, m or h
 //! http_listen = "127.0.0.1:8080"     # or "off"
 //! max_payload_bytes = "1MiB"         # largest inference request, MQTT or HTTP
+//! inference_timeout = "10s"          # past it: 504, and the model counts as hung
 //!
 //! [model]
 //! path = "/var/lib/perch/kws-1.1.0.perch"   # a model file (ONNX, NNEF) or a signed bundle
@@ -56,6 +57,7 @@
 //! dir = "/var/lib/perch/ota"                 # model slots, downloads; default: `ota` beside the spool
 //! max_probation_boots = 3                    # starts on a new model before it is rolled back
 //! chunk_timeout = "5s"                       # a chunk not received by then is requested again
+//! stall_timeout = "10m"                      # no good copy of a chunk by then: the rollout fails
 //! ```
 //!
 //! Relative paths in the file are relative to the file's folder; relative paths given
@@ -91,7 +93,10 @@ pub use broker::{Broker, BrokerConfig, TlsFiles, DEFAULT_EMBEDDED_PORT};
 pub use model::{ModelConfig, DEFAULT_MODEL};
 pub use origin::ConfigError;
 use origin::{Setting, Source};
-pub use ota::{OtaSettings, DEFAULT_CHUNK_TIMEOUT, DEFAULT_GROUP, DEFAULT_MAX_PROBATION_BOOTS};
+pub use ota::{
+    OtaSettings, DEFAULT_CHUNK_TIMEOUT, DEFAULT_GROUP, DEFAULT_MAX_PROBATION_BOOTS,
+    DEFAULT_STALL_TIMEOUT,
+};
 pub use spool::{
     default_spool_dir, SpoolConfig, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_RECORDS,
 };
@@ -105,6 +110,14 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// The largest inference request by default, in bytes.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 1 << 20;
+/// How long one inference may run by default.
+pub const DEFAULT_INFERENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The smallest `max_payload_bytes` with over-the-air updates on: bundle chunks come in
+/// MQTT messages of up to [`perch_runtime::rollout::MAX_CHUNK_SIZE`] bytes plus the
+/// frame, which must fit the client's packet limit (`max_payload_bytes` plus
+/// [`crate::mqtt::INCOMING_HEADROOM`]).
+pub const MIN_PAYLOAD_WITH_OTA: u64 =
+    perch_runtime::rollout::MAX_CHUNK_SIZE as u64 + 1024 - crate::mqtt::INCOMING_HEADROOM as u64;
 /// The shortest report interval accepted.
 pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -129,6 +142,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// The largest inference request, in bytes.
     pub max_payload_bytes: usize,
+    /// How long one inference may run.
+    pub inference_timeout: Duration,
     /// The accelerometer input; `None` when there is none.
     pub sensor: Option<SensorConfig>,
     /// Over-the-air updates; `None` when off.
@@ -155,6 +170,7 @@ impl Config {
                 max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             },
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES as usize,
+            inference_timeout: DEFAULT_INFERENCE_TIMEOUT,
             sensor: None,
             ota: None,
         }
@@ -218,10 +234,19 @@ impl Config {
             .clone()
             .or(parsed.http_listen.map(Spanned::into_inner))
             .map_or_else(|| DEFAULT_HTTP_LISTEN.parse().ok(), |l| l.0);
-        let max_payload = args
-            .max_payload
-            .or(parsed.max_payload_bytes.map(Spanned::into_inner))
-            .map_or(DEFAULT_MAX_PAYLOAD_BYTES, |b| b.0);
+        let max_payload = Setting::pick_or(
+            ("--max-payload", args.max_payload),
+            ("max_payload_bytes", parsed.max_payload_bytes),
+            ByteSize(DEFAULT_MAX_PAYLOAD_BYTES),
+        );
+        let inference_timeout = Setting::pick_or(
+            ("--inference-timeout", args.inference_timeout),
+            ("inference_timeout", parsed.inference_timeout),
+            HumanDuration(DEFAULT_INFERENCE_TIMEOUT),
+        );
+        if inference_timeout.value.0.is_zero() {
+            return Err(source.invalid(&inference_timeout, "must be more than zero"));
+        }
         let spool = spool::resolve(args, parsed.spool.unwrap_or_default(), &device_id, &source)?;
         let sensor = sensor::resolve(args, parsed.sensor, &source)?;
         let ota = ota::resolve(
@@ -231,6 +256,18 @@ impl Config {
             &spool,
             &source,
         )?;
+        if ota.is_some() && max_payload.value.0 < MIN_PAYLOAD_WITH_OTA {
+            return Err(source.invalid(
+                &max_payload,
+                format!(
+                    "{} bytes is too small with over-the-air updates on: bundle chunks of up \
+                     to {} bytes must fit (at least {MIN_PAYLOAD_WITH_OTA} bytes; or turn \
+                     updates off with ota.enabled = false)",
+                    max_payload.value.0,
+                    perch_runtime::rollout::MAX_CHUNK_SIZE
+                ),
+            ));
+        }
         Ok(Config {
             device_id,
             broker,
@@ -239,7 +276,8 @@ impl Config {
             slo,
             http_listen,
             spool,
-            max_payload_bytes: usize::try_from(max_payload).unwrap_or(usize::MAX),
+            max_payload_bytes: usize::try_from(max_payload.value.0).unwrap_or(usize::MAX),
+            inference_timeout: inference_timeout.value.0,
             sensor,
             ota,
         })
@@ -254,6 +292,7 @@ struct FileConfig {
     report_interval: Option<Spanned<HumanDuration>>,
     http_listen: Option<Spanned<Listen>>,
     max_payload_bytes: Option<Spanned<ByteSize>>,
+    inference_timeout: Option<Spanned<HumanDuration>>,
     model: Option<model::ModelFile>,
     broker: Option<broker::BrokerFile>,
     slo: Option<SloFile>,
@@ -315,10 +354,14 @@ device_id = "gw-1"
 report_interval = "250ms"
 http_listen = "off"
 max_payload_bytes = "64KiB"
+inference_timeout = "2s"
 
 [model]
 path = "kws.perch"
 trusted_keys = ["keys/fleet.pub", "/abs/other.pub"]
+
+[ota]
+enabled = false
 
 [broker]
 url = "mqtts://broker.example.com"
@@ -343,6 +386,7 @@ max_bytes = 100000
         assert_eq!(config.report_interval, Duration::from_millis(250));
         assert_eq!(config.http_listen, None);
         assert_eq!(config.max_payload_bytes, 64 * 1024);
+        assert_eq!(config.inference_timeout, Duration::from_secs(2));
         assert_eq!(config.model.path, Path::new("/etc/perch/kws.perch"));
         assert_eq!(
             config.model.trusted_keys,
@@ -369,6 +413,22 @@ max_bytes = 100000
             (config.spool.max_records, config.spool.max_bytes),
             (50, 100_000)
         );
+    }
+
+    /// Issue 15: a limit below the chunk size made every chunk message end the
+    /// connection, at every reconnection.
+    #[test]
+    fn a_payload_limit_too_small_for_bundle_chunks_is_refused_while_updates_are_on() {
+        let text = "max_payload_bytes = \"64KiB\"\n[model]\ntrusted_keys = [\"k.pub\"]\n";
+        let err = from_file(text).unwrap_err().to_string();
+        assert!(
+            err.contains("perchd.toml:1: max_payload_bytes") && err.contains("bundle chunks"),
+            "{err}"
+        );
+        let off = format!("{text}[ota]\nenabled = false\n");
+        assert_eq!(from_file(&off).unwrap().max_payload_bytes, 64 << 10);
+        let enough = text.replace("64KiB", "1MiB");
+        assert!(from_file(&enough).unwrap().ota.is_some());
     }
 
     #[test]

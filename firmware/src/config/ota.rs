@@ -17,6 +17,8 @@ use super::values::HumanDuration;
 pub const DEFAULT_MAX_PROBATION_BOOTS: u32 = 3;
 /// How long a device waits for a requested bundle chunk before it asks again.
 pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a download may wait for a good copy of a chunk before its rollout fails.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// The device group of a device that names none.
 pub const DEFAULT_GROUP: &str = "default";
 
@@ -31,6 +33,8 @@ pub struct OtaSettings {
     pub max_probation_boots: u32,
     /// A requested chunk not received within this is requested again.
     pub chunk_timeout: Duration,
+    /// A download that gets no good copy of the chunk it needs within this fails.
+    pub stall_timeout: Duration,
 }
 
 /// The `[ota]` section as written.
@@ -42,6 +46,7 @@ pub(super) struct OtaFile {
     dir: Option<Spanned<PathBuf>>,
     max_probation_boots: Option<Spanned<u32>>,
     chunk_timeout: Option<Spanned<HumanDuration>>,
+    stall_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// The flags over the `[ota]` section: on by default when the model has trusted keys
@@ -100,5 +105,8 @@ pub(super) fn resolve(
         chunk_timeout: file
             .chunk_timeout
             .map_or(DEFAULT_CHUNK_TIMEOUT, |d| d.into_inner().0),
+        stall_timeout: file
+            .stall_timeout
+            .map_or(DEFAULT_STALL_TIMEOUT, |d| d.into_inner().0),
     }))
 }

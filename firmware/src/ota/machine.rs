@@ -11,8 +11,6 @@
 //! (resuming a download from the chunks found good on disk, continuing a soak, keeping
 //! the report counter).
 
-use std::collections::BTreeMap;
-
 use perch_runtime::bundle::VerifyingKey;
 use perch_runtime::rollout::{self, DeviceState, DeviceStatus, Phase, RolloutDocument};
 use perch_runtime::slo::{Slo, Window};
@@ -21,6 +19,22 @@ use sha2::{Digest, Sha256};
 
 /// The persisted state's format version.
 pub const STATE_FORMAT: u32 = 1;
+
+/// The longest wait before asking again for a chunk whose copies failed their hash.
+pub const MAX_CHUNK_RETRY_MS: u64 = 60_000;
+
+/// The chunk a download waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Awaiting {
+    /// Its index.
+    index: u32,
+    /// When it was first requested.
+    since_ms: u64,
+    /// When to request it again if no good copy came.
+    next_request_ms: u64,
+    /// Copies that failed their hash check.
+    bad: u32,
+}
 
 /// How the machine behaves; not persisted (it comes from the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +45,11 @@ pub struct MachineConfig {
     pub group: String,
     /// How long a requested chunk may take before it is requested again, ms.
     pub chunk_timeout_ms: u64,
-    /// Hash failures of one chunk index after which the rollout fails.
-    pub max_bad_chunks: u32,
+    /// How long the download may wait for a good copy of the chunk it needs, ms; past
+    /// it the rollout fails. Copies that fail their hash check (forged by anyone who can
+    /// publish on the chunk topic, or damaged) are dropped and the chunk requested
+    /// again with backoff, but they never fail the rollout by themselves.
+    pub stall_timeout_ms: u64,
     /// Starts on probation above which the agent is crash-looping and rolls back.
     pub max_probation_boots: u32,
 }
@@ -131,10 +148,8 @@ pub struct Machine {
     config: MachineConfig,
     trusted: Vec<VerifyingKey>,
     state: State,
-    /// The chunk in flight and when it was requested.
-    requested: Option<(u32, u64)>,
-    /// Hash failures per chunk index (not persisted: a restart forgives them).
-    bad_chunks: BTreeMap<u32, u32>,
+    /// The chunk awaited (not persisted: a restart asks again).
+    awaiting: Option<Awaiting>,
     /// When probation time was last counted (not persisted: monotonic clocks restart).
     soak_mark_ms: Option<u64>,
     /// The last progress decile reported.
@@ -161,8 +176,7 @@ impl Machine {
             config,
             trusted,
             state,
-            requested: None,
-            bad_chunks: BTreeMap::new(),
+            awaiting: None,
             soak_mark_ms: None,
             reported_decile: None,
             last_refused: None,
@@ -249,8 +263,7 @@ impl Machine {
             self.state.reason = None;
             self.state.state = None;
             self.state.soaked_ms = 0;
-            self.requested = None;
-            self.bad_chunks.clear();
+            self.awaiting = None;
             self.reported_decile = None;
         }
         let in_cohort = doc.in_cohort(&self.config.device);
@@ -267,7 +280,7 @@ impl Machine {
                 Some(DeviceState::Pending | DeviceState::Downloading | DeviceState::Verifying),
             ) => {
                 actions.push(Action::DiscardDownload);
-                self.requested = None;
+                self.awaiting = None;
                 self.transition(
                     DeviceState::Failed,
                     Some("the operator aborted the rollout before it was installed".into()),
@@ -327,8 +340,9 @@ impl Machine {
 
     /// A chunk frame arrived. Frames of other rollouts, other indexes than the one
     /// awaited, or while not downloading are ignored. A chunk failing its signed hash is
-    /// dropped and requested again, up to [`MachineConfig::max_bad_chunks`] times per
-    /// index; then the rollout fails.
+    /// dropped and requested again after a backoff (the timeout, doubling per bad copy,
+    /// at most [`MAX_CHUNK_RETRY_MS`]); the rollout fails only when no good copy came
+    /// within [`MachineConfig::stall_timeout_ms`] ([`Machine::on_tick`]).
     pub fn on_chunk(&mut self, frame: &[u8], now_ms: u64) -> Vec<Action> {
         let Ok(chunk) = rollout::decode_chunk(frame) else {
             return vec![Action::Refused {
@@ -346,29 +360,24 @@ impl Machine {
         }
         let mut actions = Vec::new();
         if !doc.bundle.chunk_matches(chunk.index, chunk.data) {
-            let bad = self.bad_chunks.entry(chunk.index).or_insert(0);
-            *bad += 1;
-            let bad = *bad;
-            if bad >= self.config.max_bad_chunks {
-                self.requested = None;
-                actions.push(Action::DiscardDownload);
-                self.transition(
-                    DeviceState::Failed,
-                    Some(format!(
-                        "chunk {} failed its hash check {bad} times",
-                        chunk.index
-                    )),
-                    &mut actions,
-                );
-            } else {
+            if let Some(awaiting) = &mut self.awaiting {
+                awaiting.bad = awaiting.bad.saturating_add(1);
+                // Ask again, later each time: copies that keep failing their hash come
+                // from someone who can publish on the chunk topic, not from bad luck.
+                let shift = awaiting.bad.min(16);
+                let delay = self
+                    .config
+                    .chunk_timeout_ms
+                    .saturating_mul(1 << shift)
+                    .min(MAX_CHUNK_RETRY_MS.max(self.config.chunk_timeout_ms));
+                awaiting.next_request_ms = now_ms.saturating_add(delay);
                 actions.push(Action::Refused {
                     reason: format!(
-                        "chunk {} failed its hash check ({bad} of {}); requesting it again",
-                        chunk.index, self.config.max_bad_chunks
+                        "chunk {} failed its hash check ({} bad copies); requesting it \
+                         again in {} ms",
+                        chunk.index, awaiting.bad, delay
                     ),
                 });
-                self.requested = Some((chunk.index, now_ms));
-                actions.push(Action::RequestChunk { index: chunk.index });
             }
             return actions;
         }
@@ -392,19 +401,36 @@ impl Machine {
         actions
     }
 
-    /// Time passed: a chunk whose reply did not come within the timeout is requested
-    /// again.
+    /// Time passed: a chunk whose reply did not come within the timeout (or the
+    /// backoff after a bad copy) is requested again; a download that got no good copy
+    /// of the chunk it needs for [`MachineConfig::stall_timeout_ms`] fails.
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
-        match self.requested {
-            Some((index, at))
-                if self.state.state == Some(DeviceState::Downloading)
-                    && now_ms.saturating_sub(at) >= self.config.chunk_timeout_ms =>
-            {
-                self.requested = Some((index, now_ms));
-                vec![Action::RequestChunk { index }]
-            }
-            _ => Vec::new(),
+        let Some(awaiting) = &mut self.awaiting else {
+            return Vec::new();
+        };
+        if self.state.state != Some(DeviceState::Downloading) {
+            return Vec::new();
         }
+        if now_ms.saturating_sub(awaiting.since_ms) >= self.config.stall_timeout_ms {
+            let reason = format!(
+                "no good copy of chunk {} arrived within {} s ({} copies failed their hash \
+                 check)",
+                awaiting.index,
+                self.config.stall_timeout_ms / 1000,
+                awaiting.bad
+            );
+            self.awaiting = None;
+            let mut actions = vec![Action::DiscardDownload];
+            self.transition(DeviceState::Failed, Some(reason), &mut actions);
+            return actions;
+        }
+        if now_ms >= awaiting.next_request_ms {
+            awaiting.next_request_ms = now_ms.saturating_add(self.config.chunk_timeout_ms);
+            return vec![Action::RequestChunk {
+                index: awaiting.index,
+            }];
+        }
+        Vec::new()
     }
 
     /// The executor finished [`Action::Install`]: `Ok` with the activated bundle's SLO
@@ -453,7 +479,7 @@ impl Machine {
     pub fn on_failed(&mut self, reason: String) -> Vec<Action> {
         match self.state.state {
             Some(DeviceState::Downloading | DeviceState::Verifying) => {
-                self.requested = None;
+                self.awaiting = None;
                 let mut actions = vec![Action::DiscardDownload];
                 self.transition(DeviceState::Failed, Some(reason), &mut actions);
                 actions
@@ -539,12 +565,17 @@ impl Machine {
             .as_ref()
             .map_or(0, |d| d.bundle.chunk_count());
         if self.state.have >= count {
-            self.requested = None;
+            self.awaiting = None;
             self.transition(DeviceState::Verifying, None, actions);
             actions.push(Action::Install);
         } else {
             let index = self.state.have;
-            self.requested = Some((index, now_ms));
+            self.awaiting = Some(Awaiting {
+                index,
+                since_ms: now_ms,
+                next_request_ms: now_ms.saturating_add(self.config.chunk_timeout_ms),
+                bad: 0,
+            });
             actions.push(Action::RequestChunk { index });
         }
     }
@@ -663,6 +694,7 @@ mod tests {
     use perch_runtime::rollout::{encode_chunk, BundleRef, MIN_CHUNK_SIZE};
 
     const TIMEOUT_MS: u64 = 2_000;
+    const STALL_MS: u64 = 600_000;
 
     fn key() -> SigningKey {
         SigningKey::from_bytes(&[1; 32])
@@ -700,7 +732,7 @@ mod tests {
             device: device.into(),
             group: "kitchen".into(),
             chunk_timeout_ms: TIMEOUT_MS,
-            max_bad_chunks: 5,
+            stall_timeout_ms: STALL_MS,
             max_probation_boots: 3,
         };
         let mut machine = Machine::new(config, vec![key().verifying_key()]);
@@ -891,38 +923,67 @@ mod tests {
         assert_eq!(reports(&actions)[0].state, DeviceState::RolledBack);
     }
 
+    /// Issue 15: five forged chunks used to fail a rollout for good. Now forged copies
+    /// are dropped and the chunk asked for again, ever later, and the genuine one gets
+    /// through however many forgeries came before it.
     #[test]
-    fn a_tampered_chunk_is_dropped_and_requested_again_until_the_limit_fails_the_rollout() {
+    fn forged_chunks_are_dropped_and_requested_again_with_backoff_without_failing_the_rollout() {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = machine(&device(&doc, true));
         machine.on_document(&doc.sign(&key()));
         machine.on_resumed(0, 0);
-        let mut tampered = chunk(&doc, 0);
-        *tampered.last_mut().unwrap() ^= 0xff;
-        for attempt in 1..5 {
-            let actions = machine.on_chunk(&tampered, attempt);
-            assert_eq!(requests(&actions), [0], "{actions:?}");
-            assert!(!actions
-                .iter()
-                .any(|a| matches!(a, Action::WriteChunk { .. })));
+        let mut forged = chunk(&doc, 0);
+        *forged.last_mut().unwrap() ^= 0xff;
+        let mut now = 0;
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            let actions = machine.on_chunk(&forged, now);
+            assert!(
+                requests(&actions).is_empty(),
+                "no request at once: {actions:?}"
+            );
+            assert!(reports(&actions).is_empty(), "{actions:?}");
+            // The next request comes after a backoff that doubles up to the cap.
+            let mut waited = 0;
+            while requests(&machine.on_tick(now + waited)).is_empty() {
+                waited += 100;
+            }
+            delays.push(waited);
+            now += waited;
         }
-        // The genuine chunk still gets through after four bad ones...
-        let actions = machine.on_chunk(&chunk(&doc, 0), 10);
-        assert!(matches!(actions[0], Action::WriteChunk { index: 0, .. }));
-        // ...but five bad copies of one chunk fail the rollout.
-        let mut bad = chunk(&doc, 1);
-        *bad.last_mut().unwrap() ^= 0xff;
-        for attempt in 0..4 {
-            machine.on_chunk(&bad, 20 + attempt);
+        assert_eq!(delays[..5], [4_000, 8_000, 16_000, 32_000, 60_000]);
+        assert!(delays[5..].iter().all(|&d| d == MAX_CHUNK_RETRY_MS));
+        assert_eq!(machine.state().state, Some(DeviceState::Downloading));
+        // Ten forgeries and six minutes later, the genuine chunk is written.
+        let actions = machine.on_chunk(&chunk(&doc, 0), now);
+        assert!(
+            matches!(actions[0], Action::WriteChunk { index: 0, .. }),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_download_without_a_good_copy_of_its_chunk_fails_past_the_stall_timeout() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = machine(&device(&doc, true));
+        machine.on_document(&doc.sign(&key()));
+        machine.on_resumed(0, 0);
+        machine.on_chunk(&chunk(&doc, 0), 10);
+        let mut forged = chunk(&doc, 1);
+        *forged.last_mut().unwrap() ^= 0xff;
+        for at in [20, 30, 40] {
+            machine.on_chunk(&forged, at);
         }
-        let actions = machine.on_chunk(&bad, 30);
+        assert!(reports(&machine.on_tick(10 + STALL_MS - 1)).is_empty());
+        let actions = machine.on_tick(10 + STALL_MS);
         assert!(actions.contains(&Action::DiscardDownload));
         let report = reports(&actions)[0];
         assert_eq!(report.state, DeviceState::Failed);
         assert_eq!(
             report.reason.as_deref(),
-            Some("chunk 1 failed its hash check 5 times")
+            Some("no good copy of chunk 1 arrived within 600 s (3 copies failed their hash check)")
         );
+        assert!(machine.on_tick(10 + 2 * STALL_MS).is_empty());
     }
 
     #[test]

@@ -31,6 +31,7 @@
 //!     dir: "/var/lib/perch/ota".into(),
 //!     group: "kitchen".into(),
 //!     chunk_timeout: Duration::from_secs(5),
+//!     stall_timeout: Duration::from_secs(600),
 //!     max_probation_boots: 3,
 //!     warmup_runs: 20,
 //! };
@@ -54,6 +55,6 @@ pub use download::Download;
 pub use error::OtaError;
 pub use machine::{Action, Machine, MachineConfig, State};
 pub use updater::{
-    Boot, Effect, Event, OtaConfig, Updater, INSTALLING_FILE, MAX_BAD_CHUNKS, MAX_INSTALL_ATTEMPTS,
-    PREVIOUS_CONFIGURED_FILE, SERVE_CONFIGURED_FILE, STATE_FILE,
+    Boot, Effect, Event, OtaConfig, Updater, DEFAULT_STALL_TIMEOUT, INSTALLING_FILE,
+    MAX_INSTALL_ATTEMPTS, PREVIOUS_CONFIGURED_FILE, SERVE_CONFIGURED_FILE, STATE_FILE,
 };

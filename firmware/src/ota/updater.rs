@@ -30,8 +30,9 @@ pub const PREVIOUS_CONFIGURED_FILE: &str = "previous-configured";
 /// The marker file present while a bundle is loaded and tested before its activation:
 /// the bundle's SHA-256 and the number of attempts, `<sha256> <attempts>`.
 pub const INSTALLING_FILE: &str = "installing";
-/// Hash failures of one chunk after which a rollout fails.
-pub const MAX_BAD_CHUNKS: u32 = 5;
+/// How long a download may wait for a good copy of the chunk it needs before the rollout
+/// fails, by default.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Starts that found an install cut short (the agent stopped while loading and testing
 /// the bundle) after which the rollout fails rather than trying again. Two, so a power
 /// cut during an install does not fail a rollout, but an engine that crashes on the
@@ -47,6 +48,10 @@ pub struct OtaConfig {
     pub group: String,
     /// How long a requested chunk may take before it is requested again.
     pub chunk_timeout: Duration,
+    /// How long a download may wait for a good copy of the chunk it needs (copies that
+    /// fail their hash are dropped and the chunk requested again with backoff); past it
+    /// the rollout fails.
+    pub stall_timeout: Duration,
     /// Starts on probation above which the agent is crash-looping and rolls back.
     pub max_probation_boots: u32,
     /// Warm-up inferences of a new bundle before it is activated.
@@ -175,7 +180,7 @@ impl Updater {
             device: device.to_string(),
             group: config.group.clone(),
             chunk_timeout_ms: u64::try_from(config.chunk_timeout.as_millis()).unwrap_or(u64::MAX),
-            max_bad_chunks: MAX_BAD_CHUNKS,
+            stall_timeout_ms: u64::try_from(config.stall_timeout.as_millis()).unwrap_or(u64::MAX),
             max_probation_boots: config.max_probation_boots,
         };
         let settings = LoadSettings {
@@ -607,6 +612,7 @@ mod tests {
             dir: dir.to_path_buf(),
             group: "kitchen".into(),
             chunk_timeout: Duration::from_secs(5),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             max_probation_boots: 2,
             warmup_runs: 3,
         }

@@ -306,7 +306,7 @@ impl super::InferenceService {
     pub fn handle_v1(&self, body: &[u8]) -> super::Reply {
         let started = std::time::Instant::now();
         let result = self.v1_answer(body);
-        self.count(result.is_ok(), started.elapsed());
+        self.count(&result, started.elapsed());
         match result {
             Ok(body) => super::Reply { status: 200, body },
             Err(e) => super::Reply {
@@ -342,8 +342,12 @@ impl super::InferenceService {
         }
         let responses = requests
             .iter()
-            .map(|r| self.run(r))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|r| {
+                let (response, took) = self.run(r)?;
+                self.record(took);
+                Ok(response)
+            })
+            .collect::<Result<Vec<_>, ServiceError>>()?;
         Ok(encode_predictions(&responses, batched))
     }
 }

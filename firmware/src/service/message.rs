@@ -159,6 +159,37 @@ pub enum ServiceError {
         /// The limit.
         limit: usize,
     },
+    /// The request holds more tensors than [`ServiceLimits::max_tensors`].
+    #[error("the request holds {got} tensors, over the limit of {limit}")]
+    TooManyTensors {
+        /// Tensors in the request.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request body did not arrive within the transport's body timeout.
+    #[error("the request body did not arrive within {} ms", limit.as_millis())]
+    BodyTimeout {
+        /// The timeout.
+        limit: std::time::Duration,
+    },
+    /// The inference ran past its deadline ([`ServiceLimits::deadline`]); the model is
+    /// marked unhealthy while it runs on.
+    #[error("the inference ran past its deadline of {} ms", limit.as_millis())]
+    DeadlineExceeded {
+        /// The deadline.
+        limit: std::time::Duration,
+    },
+    /// The model produced NaN or infinite values, which its bundle does not allow.
+    #[error("output {name:?} holds a non-finite value ({value}) at position {position}")]
+    NonFiniteOutput {
+        /// The output's name.
+        name: String,
+        /// The element's index, row-major.
+        position: usize,
+        /// The value.
+        value: f32,
+    },
     /// The encoded response is over what the transport can carry (MQTT's packet
     /// limit); the request ran but its outputs cannot be sent.
     #[error("the reply is {size} bytes, over the transport's limit of {limit} bytes")]
@@ -178,16 +209,22 @@ pub enum ServiceError {
 
 impl ServiceError {
     /// The HTTP status for this error: 400 malformed or bad request, 404 unknown model
-    /// or version,
-    /// 413 over a request limit, 503 not ready, 500 engine failure or a reply too large
-    /// for the transport.
+    /// or version, 408 a body that did not arrive in time, 413 over a request limit,
+    /// 503 not ready, 504 past the inference deadline, 500 engine failure (NaN or
+    /// infinite outputs included) or a reply too large for the transport.
     pub fn http_status(&self) -> u16 {
         match self {
             ServiceError::Malformed(_) | ServiceError::BadRequest(_) => 400,
             ServiceError::UnknownModel(_) | ServiceError::UnknownVersion { .. } => 404,
-            ServiceError::PayloadTooLarge { .. } | ServiceError::TooManyElements { .. } => 413,
+            ServiceError::BodyTimeout { .. } => 408,
+            ServiceError::PayloadTooLarge { .. }
+            | ServiceError::TooManyElements { .. }
+            | ServiceError::TooManyTensors { .. } => 413,
             ServiceError::NotReady => 503,
-            ServiceError::Engine(_) | ServiceError::ReplyTooLarge { .. } => 500,
+            ServiceError::DeadlineExceeded { .. } => 504,
+            ServiceError::Engine(_)
+            | ServiceError::ReplyTooLarge { .. }
+            | ServiceError::NonFiniteOutput { .. } => 500,
         }
     }
 }
@@ -201,7 +238,8 @@ impl From<EngineError> for ServiceError {
             | EngineError::InputDType { .. }
             | EngineError::InputShape { .. }
             | EngineError::InputLength { .. }
-            | EngineError::NonFinite { .. } => ServiceError::BadRequest(e.to_string()),
+            | EngineError::NonFinite { .. }
+            | EngineError::IndexOutOfRange { .. } => ServiceError::BadRequest(e.to_string()),
             e => ServiceError::Engine(e),
         }
     }

@@ -28,7 +28,7 @@ impl InferenceService {
     pub fn handle_oip(&self, body: &[u8], header_length: Option<&str>) -> OipReply {
         let started = Instant::now();
         let result = self.oip_answer(body, header_length);
-        self.count(result.is_ok(), started.elapsed());
+        self.count(&result, started.elapsed());
         match result {
             Ok((body, header_length)) => OipReply {
                 status: 200,
@@ -61,7 +61,8 @@ impl InferenceService {
             .and_then(|request| Ok((self.wanted_outputs(&request)?, request)));
         self.inner.stats.decoded(decoding.elapsed());
         let (wanted, request) = decoded?;
-        let response = self.run(&request.request)?;
+        let (response, took) = self.run(&request.request)?;
+        self.record(took);
         let encoding = Instant::now();
         let (response, binary) = select(response, &wanted);
         let encoded = oip::encode_response_parts(&response, &binary);

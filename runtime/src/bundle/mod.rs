@@ -69,14 +69,17 @@
 //!
 //! [`Bundle::parse`] checks everything that needs no key: the [`Limits`] (the total
 //! size before anything is copied), the archive's structure, each path, the
-//! manifest's schema and rules, that every listed part is present with its length and
-//! SHA-256 and that nothing unlisted is, and that the golden files decode. All sizes in
-//! headers and `.npy` files are checked against the bytes present, so a hostile bundle
-//! cannot make the reader allocate more than a small multiple of its own size.
-//! [`Bundle::verify`] then checks the signature against trusted keys, which makes the
-//! whole bundle authentic. Loading the model and the golden self-test come last: they
-//! run untrusted model code paths in the engine, so a device does them only on a
-//! [`VerifiedBundle`]. The sequence number is reported, not judged: only the device
+//! manifest's schema and rules (its JSON, bounded by `max_manifest_bytes`, is the one
+//! thing read before the signature, since it names the signer and the parts), and that
+//! every listed part is present with its length and SHA-256 and that nothing unlisted
+//! is. No part is parsed. [`Bundle::verify`] then checks the signature against trusted
+//! keys, which makes the whole bundle authentic, and only then decodes the golden
+//! `.npy` files, with the strict reader of [`crate::engine::npy`] (a header that gives
+//! a key twice or a shape its data does not fill is refused). All sizes in headers and
+//! `.npy` files are checked against the bytes present, so even a bundle signed by a
+//! trusted key cannot make the reader allocate more than a small multiple of its own
+//! size. Loading the model and the golden self-test come last: they run untrusted
+//! model code paths in the engine, so a device does them only on a [`VerifiedBundle`]. The sequence number is reported, not judged: only the device
 //! knows the last one it installed.
 
 mod archive;
@@ -131,7 +134,6 @@ pub struct Bundle {
     signature: Signature,
     model_range: Range<usize>,
     parts: Vec<(String, Range<usize>)>,
-    golden: Golden,
 }
 
 impl Bundle {
@@ -145,8 +147,9 @@ impl Bundle {
     ///
     /// Checks, in order: size limit, archive structure and paths, `manifest.json` and
     /// `manifest.sig` present, the manifest (format, version, schema, rules), each
-    /// listed part present with the listed length and SHA-256, no unlisted entry, and
-    /// the golden files decoding as arrays. The first failure is returned.
+    /// listed part present with the listed length and SHA-256, and no unlisted entry.
+    /// The first failure is returned. No part is parsed: the golden files are decoded
+    /// by [`Bundle::verify`], after the signature.
     pub fn from_vec(bytes: Vec<u8>, limits: &Limits) -> Result<Bundle, BundleError> {
         check_size(bytes.len() as u64, limits)?;
         let base = bytes.as_ptr() as usize;
@@ -213,29 +216,6 @@ impl Bundle {
             return Err(BundleError::UnlistedEntry { path: path.clone() });
         }
 
-        let decode = |paths: &[String]| -> Result<Vec<Tensor>, BundleError> {
-            paths
-                .iter()
-                .map(|path| {
-                    let range = parts
-                        .iter()
-                        .find(|(p, _)| p == path)
-                        .map(|(_, r)| r.clone())
-                        .unwrap_or_default();
-                    crate::engine::decode_npy(&bytes[range]).map_err(|reason| {
-                        BundleError::BadGolden {
-                            path: path.clone(),
-                            reason,
-                        }
-                    })
-                })
-                .collect()
-        };
-        let golden = Golden {
-            dir: PathBuf::from("golden"),
-            inputs: decode(&manifest.golden.inputs)?,
-            outputs: decode(&manifest.golden.outputs)?,
-        };
         let sha256 = Sha256::digest(&bytes).into();
         Ok(Bundle {
             sha256,
@@ -244,7 +224,6 @@ impl Bundle {
             signature: Signature::from_bytes(&signature),
             model_range,
             parts,
-            golden,
             bytes,
         })
     }
@@ -289,13 +268,49 @@ impl Bundle {
         Ok(key_id.clone())
     }
 
-    /// Checks the signature ([`Bundle::check_signature`]) and, when it verifies, returns
-    /// the bundle as verified.
+    /// Checks the signature ([`Bundle::check_signature`]) and, when it verifies,
+    /// decodes the golden files and returns the bundle as verified.
+    ///
+    /// # Errors
+    ///
+    /// The signature is refused, or a golden file does not decode
+    /// ([`BundleError::BadGolden`]).
     pub fn verify(self, trusted: &[VerifyingKey]) -> Result<VerifiedBundle, BundleError> {
         let key_id = self.check_signature(trusted)?;
+        let golden = self.decode_golden()?;
         Ok(VerifiedBundle {
             bundle: self,
             key_id,
+            golden,
+        })
+    }
+
+    /// Decodes the golden inputs and outputs (their `dir` is `golden`).
+    ///
+    /// [`Bundle::verify`] does this after the signature; called on a bundle that was not
+    /// verified (a host tool running a bundle without keys), it reads unauthenticated
+    /// bytes, with the same strict `.npy` reader ([`crate::engine::npy`]).
+    ///
+    /// # Errors
+    ///
+    /// [`BundleError::BadGolden`] naming the file.
+    pub fn decode_golden(&self) -> Result<Golden, BundleError> {
+        let decode = |paths: &[String]| -> Result<Vec<Tensor>, BundleError> {
+            paths
+                .iter()
+                .map(|path| {
+                    let bytes = self.part(path).unwrap_or_default();
+                    crate::engine::decode_npy(bytes).map_err(|reason| BundleError::BadGolden {
+                        path: path.clone(),
+                        reason,
+                    })
+                })
+                .collect()
+        };
+        Ok(Golden {
+            dir: PathBuf::from("golden"),
+            inputs: decode(&self.manifest.golden.inputs)?,
+            outputs: decode(&self.manifest.golden.outputs)?,
         })
     }
 
@@ -327,11 +342,6 @@ impl Bundle {
             .map(|(_, r)| &self.bytes[r.clone()])
     }
 
-    /// The golden inputs and outputs, decoded (their `dir` is `golden`).
-    pub fn golden(&self) -> &Golden {
-        &self.golden
-    }
-
     /// The manifest's golden tolerance.
     pub fn tolerance(&self) -> Tolerance {
         Tolerance {
@@ -361,15 +371,6 @@ impl Bundle {
         }
         .map_err(BundleError::Model)
     }
-
-    /// Runs the golden inputs through `model` and compares with the golden outputs
-    /// under the manifest's tolerance.
-    pub fn self_test(&self, model: &Model) -> Result<SelfTestReport, BundleError> {
-        let mut session = model.session().map_err(BundleError::Model)?;
-        session
-            .self_test(&self.golden, self.tolerance())
-            .map_err(BundleError::SelfTest)
-    }
 }
 
 /// A bundle whose signature verified under a trusted key: its manifest, and through the
@@ -378,9 +379,29 @@ impl Bundle {
 pub struct VerifiedBundle {
     bundle: Bundle,
     key_id: String,
+    golden: Golden,
 }
 
 impl VerifiedBundle {
+    /// The golden inputs and outputs, decoded after the signature verified (their
+    /// `dir` is `golden`).
+    pub fn golden(&self) -> &Golden {
+        &self.golden
+    }
+
+    /// Runs the golden inputs through `model` and compares with the golden outputs
+    /// under the manifest's tolerance.
+    ///
+    /// # Errors
+    ///
+    /// The session cannot be created, or an output is off ([`BundleError::SelfTest`]).
+    pub fn self_test(&self, model: &Model) -> Result<SelfTestReport, BundleError> {
+        let mut session = model.session().map_err(BundleError::Model)?;
+        session
+            .self_test(&self.golden, self.tolerance())
+            .map_err(BundleError::SelfTest)
+    }
+
     /// The id of the trusted key that verified the signature.
     pub fn key_id(&self) -> &str {
         &self.key_id
@@ -429,7 +450,7 @@ pub struct BundleContents {
 
 /// Packs `contents` into a bundle signed with `key`, and parses the result back with
 /// [`Limits::default`] as a device would (so a bundle that a device with default limits
-/// would refuse is refused here, and the golden files are known to decode).
+/// would refuse is refused here), and decodes its golden files.
 ///
 /// The bytes are deterministic: equal contents and key give equal bundles. The model
 /// is not loaded: callers check it loads and passes the self-test
@@ -494,9 +515,13 @@ pub fn pack(contents: &BundleContents, key: &SigningKey) -> Result<Bundle, Bundl
     entries.extend(files.iter().map(|(p, b)| (p.as_str(), *b)));
     entries[2..].sort_by(|a, b| a.0.cmp(b.0));
     let bytes = archive::write_entries(&entries)?;
-    Bundle::from_vec(bytes, &Limits::default()).map_err(|e| BundleError::Pack {
+    let bundle = Bundle::from_vec(bytes, &Limits::default()).map_err(|e| BundleError::Pack {
         reason: e.to_string(),
-    })
+    })?;
+    bundle.decode_golden().map_err(|e| BundleError::Pack {
+        reason: e.to_string(),
+    })?;
+    Ok(bundle)
 }
 
 fn check_size(len: u64, limits: &Limits) -> Result<(), BundleError> {

@@ -246,7 +246,10 @@ mod packing {
         let mut contents = r2();
         contents.model_format = ModelKind::Nnef;
         contents.model = nnef;
-        let bundle = pack(&contents, &key(1)).unwrap();
+        let bundle = pack(&contents, &key(1))
+            .unwrap()
+            .verify(&[key(1).verifying_key()])
+            .unwrap();
         assert_eq!(bundle.manifest().model.path, "model.nnef.tar");
         let model = bundle.load_model(&LoadOptions::new()).unwrap();
         bundle.self_test(&model).unwrap();
@@ -287,7 +290,10 @@ mod self_test {
             golden_outputs: vec![read(dir.join("golden/output_0.w8.npy"))],
             ..r2()
         };
-        let bundle = pack(&contents, &key(1)).unwrap();
+        let bundle = pack(&contents, &key(1))
+            .unwrap()
+            .verify(&[key(1).verifying_key()])
+            .unwrap();
         let model = bundle.load_model(&LoadOptions::new()).unwrap();
         let err = bundle.self_test(&model).unwrap_err();
         assert!(matches!(err, BundleError::SelfTest(_)), "{err}");
@@ -655,5 +661,75 @@ mod manifest_rules {
         });
         let err = parse(&bytes).unwrap_err();
         assert!(err.to_string().contains("golden/elsewhere.npy"), "{err}");
+    }
+}
+
+/// Issue 15: nothing in a bundle is decoded before its signature is checked.
+mod verify_before_decode {
+    use super::*;
+
+    /// R2's bundle with `golden/input_0.npy` replaced by `npy`, its manifest updated and
+    /// signed by `signer` (as a forger with that key would; `pack` refuses such files).
+    fn signed_with_golden_input(npy: &[u8], signer: &SigningKey) -> Vec<u8> {
+        rebuild(&r2_bytes(), |entries| {
+            let mut manifest = Manifest::from_json(&entries[0].1).unwrap();
+            for part in &mut manifest.parts {
+                if part.path == "golden/input_0.npy" {
+                    part.sha256 = hex::encode(Sha256::digest(npy));
+                    part.bytes = npy.len() as u64;
+                }
+            }
+            manifest.key_id = key_id(&signer.verifying_key());
+            let json = manifest.to_json();
+            entries[1].1 = signer.sign(&json).to_bytes().to_vec();
+            entries[0].1 = json;
+            for (path, data) in entries.iter_mut() {
+                if path == "golden/input_0.npy" {
+                    *data = npy.to_vec();
+                }
+            }
+        })
+    }
+
+    /// 4 bytes of data under a header whose second `shape` asks for a terabyte.
+    fn hostile_npy() -> Vec<u8> {
+        let header =
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'shape': (1000000000000,), }";
+        let header = format!("{header:<117}\n");
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        npy.extend_from_slice(header.as_bytes());
+        npy.extend_from_slice(&[0; 4]);
+        npy
+    }
+
+    #[test]
+    fn a_hostile_golden_file_is_not_decoded_before_the_signature_is_checked() {
+        // Signed by a key the device does not trust: refused for the key, unread.
+        let bytes = signed_with_golden_input(&hostile_npy(), &key(2));
+        let bundle = parse(&bytes).expect("structure and hashes hold");
+        let err = bundle.verify(&[key(1).verifying_key()]).unwrap_err();
+        assert!(matches!(err, BundleError::UnknownKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_golden_file_giving_its_shape_twice_is_refused_even_under_a_trusted_key() {
+        let bytes = signed_with_golden_input(&hostile_npy(), &key(1));
+        let err = parse(&bytes)
+            .unwrap()
+            .verify(&[key(1).verifying_key()])
+            .unwrap_err();
+        assert!(matches!(err, BundleError::BadGolden { .. }), "{err}");
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn an_unverified_bundle_decodes_its_golden_files_only_when_asked() {
+        let bundle = parse(&r2_bytes()).unwrap();
+        let golden = bundle.decode_golden().unwrap();
+        assert_eq!(golden.inputs[0].shape(), &[1, 1, 49, 10]);
+        let hostile = parse(&signed_with_golden_input(&hostile_npy(), &key(2))).unwrap();
+        let err = hostile.decode_golden().unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
     }
 }

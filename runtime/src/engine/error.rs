@@ -62,6 +62,23 @@ pub enum EngineError {
         /// The panic payload.
         message: String,
     },
+    /// An integer input holds an index outside the axis it gathers from (the engine
+    /// does not check them; see [`super::guards`]).
+    #[error("input {index} ({name:?}) holds {value} at position {position}, an index outside -{len}..{len} for node {node:?}")]
+    IndexOutOfRange {
+        /// The input's position.
+        index: usize,
+        /// The input's name.
+        name: String,
+        /// The element's index, row-major.
+        position: usize,
+        /// The value.
+        value: i64,
+        /// The node it indexes for.
+        node: String,
+        /// The gathered axis's length.
+        len: i64,
+    },
     /// An ONNX model was given to a build without the `onnx` feature.
     #[error("{} is an ONNX model but this build only loads NNEF archives (feature `onnx` is off); convert it on the host with `perch convert`", path.display())]
     OnnxDisabled {

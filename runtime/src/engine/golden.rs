@@ -7,8 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray_npy::{ReadNpyError, ReadNpyExt, ReadableElement};
-use tract_core::ndarray::ArrayD;
 use tract_core::prelude::{DatumType, Tensor};
 
 use super::error::{EngineError, Result};
@@ -112,73 +110,11 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
     })
 }
 
-/// Decodes a `.npy` file held in memory (f32, f64, i64, i32, i8 or u8, little-endian,
-/// C order), after checking that its header's shape fits the bytes present.
+/// Decodes a `.npy` file held in memory (f32, f64, i64, i32, i8 or u8, little-endian);
+/// the header is parsed strictly and the data must be exactly what it declares
+/// ([`super::npy`]).
 pub fn decode_npy(bytes: &[u8]) -> std::result::Result<Tensor, String> {
-    let elements = npy_elements(bytes)?;
-    let data_len = bytes.len() as u64;
-    if elements > data_len {
-        return Err(format!(
-            "its header declares {elements} elements but the file has {data_len} bytes"
-        ));
-    }
-    fn attempt<T: ReadableElement + tract_core::prelude::Datum>(
-        bytes: &[u8],
-    ) -> std::result::Result<Option<Tensor>, String> {
-        match ArrayD::<T>::read_npy(bytes) {
-            Ok(array) => Ok(Some(Tensor::from(array))),
-            Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-    for decoded in [
-        attempt::<f32>,
-        attempt::<f64>,
-        attempt::<i64>,
-        attempt::<i32>,
-        attempt::<i8>,
-        attempt::<u8>,
-    ] {
-        if let Some(t) = decoded(bytes)? {
-            return Ok(t);
-        }
-    }
-    Err("unsupported element type (expected f32, f64, i64, i32, i8 or u8)".into())
-}
-
-/// The element count an `.npy` header declares (the product of its `shape`).
-fn npy_elements(bytes: &[u8]) -> std::result::Result<u64, String> {
-    let not_npy = || "not an .npy file (bad magic or header)".to_string();
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(not_npy());
-    }
-    let (len, start): (usize, usize) = match bytes[6] {
-        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        _ => return Err(not_npy()),
-    };
-    let header = bytes
-        .get(start..start.saturating_add(len))
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or_else(not_npy)?;
-    let shape = header
-        .split_once("'shape'")
-        .and_then(|(_, rest)| rest.split_once('('))
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(dims, _)| dims)
-        .ok_or_else(|| "the .npy header has no shape".to_string())?;
-    shape
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .try_fold(1u64, |acc, d| {
-            let d: u64 = d.parse().map_err(|_| format!("bad .npy shape ({shape})"))?;
-            acc.checked_mul(d)
-                .ok_or_else(|| format!("the .npy shape ({shape}) overflows"))
-        })
+    super::npy::decode(bytes)
 }
 
 /// How one output compared with its golden value.

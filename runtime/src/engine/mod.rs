@@ -21,7 +21,9 @@
 
 mod error;
 mod golden;
+pub mod guards;
 mod model;
+pub mod npy;
 #[cfg(feature = "onnx")]
 pub mod onnx_check;
 #[cfg(feature = "onnx")]

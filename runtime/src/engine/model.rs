@@ -159,6 +159,8 @@ pub struct Model {
     plan: Arc<TypedSimplePlan>,
     meta: Arc<Metadata>,
     non_finite: NonFinitePolicy,
+    /// Bounds of the inputs that feed index operands ([`super::guards`]).
+    index_bounds: Arc<Vec<super::guards::IndexBound>>,
 }
 
 impl Model {
@@ -219,6 +221,7 @@ impl Model {
                     reason: format!("it does not decode as an ONNX protobuf ({})", chain(&e)),
                 })?;
         super::onnx_check::check(&proto, &onnx.op_register)?;
+        super::guards::check_onnx_dims(&proto)?;
         let opset = super::onnx_check::default_opset(&proto);
         let mut ops = BTreeMap::new();
         for node in proto.graph.iter().flat_map(|g| g.node.iter()) {
@@ -306,6 +309,7 @@ impl Model {
         })?;
         let inputs = describe(&typed, typed.input_outlets().map_err(prep)?)?;
         let outputs = describe(&typed, typed.output_outlets().map_err(prep)?)?;
+        let index_bounds = Arc::new(super::guards::index_bounds(&typed)?);
         let kernel_pass = options.kernels_on();
         let (typed, kernels) = if kernel_pass {
             contain("planning Perch's kernels", move || {
@@ -333,6 +337,7 @@ impl Model {
             plan,
             meta: Arc::new(meta),
             non_finite,
+            index_bounds,
         })
     }
 
@@ -349,7 +354,12 @@ impl Model {
     /// A new session: the mutable state one thread needs to run the model.
     pub fn session(&self) -> Result<Session> {
         let state = contain("creating a session", || self.plan.spawn())?;
-        Ok(Session::new(state, self.meta.clone(), self.non_finite))
+        Ok(Session::new(
+            state,
+            self.meta.clone(),
+            self.non_finite,
+            self.index_bounds.clone(),
+        ))
     }
 
     /// Runs the model once in a fresh session; for repeated runs keep a [`Session`].

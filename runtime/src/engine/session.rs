@@ -20,6 +20,7 @@ pub struct Session {
     state: TypedSimpleState,
     meta: Arc<Metadata>,
     non_finite: NonFinitePolicy,
+    index_bounds: Arc<Vec<super::guards::IndexBound>>,
     buffers: Vec<Option<Arc<Tensor>>>,
 }
 
@@ -28,12 +29,14 @@ impl Session {
         state: TypedSimpleState,
         meta: Arc<Metadata>,
         non_finite: NonFinitePolicy,
+        index_bounds: Arc<Vec<super::guards::IndexBound>>,
     ) -> Session {
         let buffers = vec![None; meta.inputs.len()];
         Session {
             state,
             meta,
             non_finite,
+            index_bounds,
             buffers,
         }
     }
@@ -45,11 +48,12 @@ impl Session {
 
     /// Runs the model on caller-owned buffers, one per model input, in the model's order.
     ///
-    /// Count, element type, shape, buffer length and (by the model's policy) finiteness
-    /// are checked first; a bad input is answered with the matching [`EngineError`] and
-    /// leaves the session usable.
+    /// Count, element type, shape, buffer length, (by the model's policy) finiteness and
+    /// the range of inputs that feed index operands are checked first; a bad input is
+    /// answered with the matching [`EngineError`] and leaves the session usable.
     pub fn run(&mut self, inputs: &[Input<'_>]) -> Result<Outputs> {
         validate(&self.meta.inputs, self.non_finite, inputs)?;
+        super::guards::check_indices(&self.index_bounds, &self.meta.inputs, inputs)?;
         let mut values: TVec<TValue> = tvec![];
         for (slot, input) in self.buffers.iter_mut().zip(inputs) {
             values.push(fill(slot, input)?);

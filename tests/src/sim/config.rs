@@ -82,6 +82,8 @@ pub struct FleetConfig {
     pub max_probation_boots: u32,
     /// OTA: a chunk not received within this is requested again.
     pub chunk_timeout: Duration,
+    /// OTA: a download without a good copy of its chunk within this fails.
+    pub stall_timeout: Duration,
     /// Worker threads of the fleet's runtime (default: one per core).
     pub worker_threads: Option<usize>,
 }
@@ -112,6 +114,7 @@ impl FleetConfig {
             ota: true,
             max_probation_boots: perch_firmware::config::DEFAULT_MAX_PROBATION_BOOTS,
             chunk_timeout: perch_firmware::config::DEFAULT_CHUNK_TIMEOUT,
+            stall_timeout: perch_firmware::config::DEFAULT_STALL_TIMEOUT,
             worker_threads: None,
         }
     }

@@ -191,6 +191,7 @@ impl Device {
             dir: self.ota_dir(),
             max_probation_boots: config.max_probation_boots,
             chunk_timeout: config.chunk_timeout,
+            stall_timeout: config.stall_timeout,
         });
         Ok(c)
     }
@@ -216,11 +217,12 @@ impl Device {
         if config.ota {
             toml.push_str(&format!(
                 "\n[ota]\nenabled = true\ngroup = {}\ndir = {}\nmax_probation_boots = {}\n\
-                 chunk_timeout = \"{}ms\"\n",
+                 chunk_timeout = \"{}ms\"\nstall_timeout = \"{}ms\"\n",
                 json!(config.group),
                 s(&self.ota_dir()),
                 config.max_probation_boots,
                 config.chunk_timeout.as_millis().max(1),
+                config.stall_timeout.as_millis().max(1),
             ));
         } else {
             toml.push_str("\n[ota]\nenabled = false\n");

@@ -202,6 +202,7 @@ impl Operator {
     ///
     /// `perch` cannot start.
     pub fn command(&self, command: &str, reason: Option<&str>) -> Result<Output, SimError> {
+        let key = self.key.display().to_string();
         let mut args = vec![
             "rollout",
             command,
@@ -209,6 +210,8 @@ impl Operator {
             &self.group,
             "--broker",
             &self.broker,
+            "--key",
+            &key,
             "--json",
         ];
         if let Some(reason) = reason {

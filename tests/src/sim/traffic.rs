@@ -89,7 +89,9 @@ impl Request {
     pub fn from_bundle(path: &Path) -> Result<Request, SimError> {
         let bundle = Bundle::read_file(path, &Limits::default())
             .map_err(|e| SimError::Bundle(format!("cannot read {}: {e}", path.display())))?;
-        let golden = bundle.golden();
+        let golden = bundle
+            .decode_golden()
+            .map_err(|e| SimError::Bundle(format!("{}: {e}", path.display())))?;
         let specs = &bundle.manifest().signature.inputs;
         let mut inputs = Vec::new();
         for (i, tensor) in golden.inputs.iter().enumerate() {

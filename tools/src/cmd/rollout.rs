@@ -195,6 +195,10 @@ struct CommandArgs {
     group: String,
     #[command(flatten)]
     broker: BrokerArgs,
+    /// The fleet's secret key, which signs the rollout documents and the command (the
+    /// controller ignores commands not signed with it).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
     /// Why (kept in the decision log).
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
@@ -458,9 +462,12 @@ fn summary(c: &Controller) -> String {
 
 fn command(a: CommandArgs, command: Command) -> anyhow::Result<ExitCode> {
     let timeout = parse_duration_ms("--timeout", &a.timeout)?;
+    let key = perch_runtime::bundle::read_signing_key(&a.key)
+        .with_context(|| format!("cannot read the key {}", a.key.display()))?;
     let outcome = operator::send_command(
         &a.broker.endpoint()?,
         &a.group,
+        &key,
         command,
         a.reason,
         Duration::from_millis(timeout),

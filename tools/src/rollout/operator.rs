@@ -5,9 +5,11 @@
 //! The connection goes through `perch_mqtt` like the devices': `mqtt://` or `mqtts://`
 //! (with the broker's CA, and a client certificate if the broker asks for one), IPv6
 //! hosts in brackets, credentials, reconnection with backoff. Anyone who can publish on
-//! `perch/fleet/{group}/rollout/command` can steer a running rollout, and anyone who
-//! can publish on `perch/+/rollout` or `perch/+/metrics` feeds its gates: the broker's
-//! ACLs must restrict `perch/fleet/#` to operators and each device to its own topics.
+//! `perch/fleet/{group}/rollout/command` only reaches a running rollout with a command
+//! signed by the fleet key for the rollout's latest document ([`CommandMessage`]);
+//! anything else is logged and ignored. Anyone who can publish on `perch/+/rollout` or
+//! `perch/+/metrics` still feeds its gates: the broker's ACLs must restrict each
+//! device to its own topics.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -271,7 +273,13 @@ impl Store {
     }
 }
 
-/// A command on the wire: `{"command":"pause","reason":"..."}`.
+/// A command as the operator signs it: what to do, and the document it answers (its
+/// rollout id and revision), which makes it good for that document only.
+///
+/// The revision is the replay guard: the controller accepts a command only while the
+/// document it names is the latest, and every document it publishes (a command that
+/// took effect included) carries a higher revision, so a command recorded off the
+/// broker and published again is stale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandMessage {
@@ -280,6 +288,103 @@ pub struct CommandMessage {
     /// Why (logged in the decision log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The rollout commanded.
+    pub rollout_id: String,
+    /// The revision of the document the operator saw when commanding.
+    pub revision: u64,
+}
+
+/// The signed envelope of a [`CommandMessage`] on
+/// `perch/fleet/{group}/rollout/command`: `{"key_id", "signature", "command"}`, the
+/// signature (ed25519, 128 hex digits) over the exact bytes of `command`, the message
+/// as JSON text. Signed with the fleet key that signs the rollout's documents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedCommand {
+    /// The signer's key id.
+    pub key_id: String,
+    /// The signature over `command`.
+    pub signature: String,
+    /// The [`CommandMessage`] as JSON text.
+    pub command: String,
+}
+
+/// The largest command payload read, bytes.
+pub const MAX_COMMAND_BYTES: usize = 4096;
+
+impl CommandMessage {
+    /// The message signed with `key`, as published.
+    pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        // A struct of strings and numbers always serializes.
+        let command = serde_json::to_string(self).unwrap_or_default();
+        let signed = SignedCommand {
+            key_id: perch_runtime::bundle::key_id(&key.verifying_key()),
+            signature: hex::encode(key.sign(command.as_bytes()).to_bytes()),
+            command,
+        };
+        serde_json::to_vec(&signed).unwrap_or_default()
+    }
+
+    /// Accepts `payload` as a command for the controller of `rollout_id` whose latest
+    /// document has `revision`: signed by `trusted`, naming that rollout and that
+    /// revision.
+    ///
+    /// # Errors
+    ///
+    /// Why the command is ignored, one line: too large, malformed, unsigned or signed
+    /// by another key, a bad signature, another rollout, or a stale revision (replayed,
+    /// or sent before the latest document).
+    pub fn accept(
+        payload: &[u8],
+        trusted: &ed25519_dalek::VerifyingKey,
+        rollout_id: &str,
+        revision: u64,
+    ) -> Result<CommandMessage, String> {
+        if payload.len() > MAX_COMMAND_BYTES {
+            return Err(format!(
+                "a {}-byte command (at most {MAX_COMMAND_BYTES})",
+                payload.len()
+            ));
+        }
+        let signed: SignedCommand = serde_json::from_slice(payload)
+            .map_err(|e| format!("an unsigned or malformed command: {e}"))?;
+        let expected = perch_runtime::bundle::key_id(trusted);
+        if signed.key_id != expected {
+            return Err(format!(
+                "a command signed by key {} (this rollout's key is {expected})",
+                signed.key_id
+            ));
+        }
+        let signature: [u8; 64] = hex::decode(&signed.signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| "a command whose signature is not 64 bytes of hex".to_string())?;
+        trusted
+            .verify_strict(
+                signed.command.as_bytes(),
+                &ed25519_dalek::Signature::from_bytes(&signature),
+            )
+            .map_err(|_| "a command whose signature does not verify".to_string())?;
+        let message: CommandMessage = serde_json::from_str(&signed.command)
+            .map_err(|e| format!("a signed but malformed command: {e}"))?;
+        if message.rollout_id != rollout_id {
+            return Err(format!(
+                "a {} command for rollout {}, not {rollout_id}",
+                message.command.as_str(),
+                message.rollout_id
+            ));
+        }
+        if message.revision != revision {
+            return Err(format!(
+                "a stale {} command (for revision {}, the latest is {revision}): replayed, \
+                 or sent before the latest document",
+                message.command.as_str(),
+                message.revision
+            ));
+        }
+        Ok(message)
+    }
 }
 
 /// A client of `broker` named `client_id`, and the events of its connection, pumped
@@ -437,13 +542,15 @@ async fn operate(
             Some(NetEvent::Message(message)) => {
                 let (topic, payload) = (message.topic.as_str(), &message.payload[..]);
                 if topic == command_topic {
-                    match serde_json::from_slice::<CommandMessage>(payload) {
+                    let revision = controller.state().revision;
+                    let trusted = key.verifying_key();
+                    match CommandMessage::accept(payload, &trusted, &rollout_id, revision) {
                         Ok(m) => {
                             effects = controller.command(m.command, m.reason.as_deref(), now())
                         }
-                        Err(e) => report(
+                        Err(why) => report(
                             &controller,
-                            Progress::Dropped(format!("malformed command on {topic}: {e}")),
+                            Progress::Dropped(format!("ignored {why} on {topic}")),
                         ),
                     }
                 } else if let Some(device) = topics::device_of(topic, DeviceTopic::ChunkRequest) {
@@ -573,8 +680,9 @@ fn peek_document(payload: &[u8]) -> Option<RolloutDocument> {
     serde_json::from_str(&signed.document).ok()
 }
 
-/// Sends `command` to the controller running for `group` and waits up to `timeout`
-/// for the document it publishes in answer.
+/// Sends `command`, signed with `key` (the fleet key the rollout's documents are
+/// signed with) for the group's latest document, to the controller running for `group`
+/// and waits up to `timeout` for the document it publishes in answer.
 ///
 /// # Errors
 ///
@@ -584,6 +692,7 @@ fn peek_document(payload: &[u8]) -> Option<RolloutDocument> {
 pub fn send_command(
     broker: &Endpoint,
     group: &str,
+    key: &SigningKey,
     command: Command,
     reason: Option<String>,
     timeout: Duration,
@@ -598,6 +707,7 @@ pub fn send_command(
         let ask = Ask {
             broker,
             group,
+            key,
             command,
             reason,
             timeout,
@@ -612,6 +722,7 @@ pub fn send_command(
 struct Ask<'a> {
     broker: &'a Endpoint,
     group: &'a str,
+    key: &'a SigningKey,
     command: Command,
     reason: Option<String>,
     timeout: Duration,
@@ -626,6 +737,7 @@ async fn command_outcome(
     let Ask {
         broker,
         group,
+        key,
         command,
         reason,
         timeout,
@@ -668,10 +780,10 @@ async fn command_outcome(
                         let body = CommandMessage {
                             command,
                             reason: reason.clone(),
-                        };
-                        let body = serde_json::to_vec(&body).map_err(|e| {
-                            OperatorError::System(format!("cannot encode the command: {e}"))
-                        })?;
+                            rollout_id: doc.rollout_id.clone(),
+                            revision: doc.revision,
+                        }
+                        .sign(key);
                         let to = topics::rollout_command(group);
                         client.publish(to, QoS::AtLeastOnce, false, body).await?;
                         sent = true;

@@ -631,3 +631,73 @@ fn a_finished_rollout_is_settled_only_once_every_active_device_reported_its_end(
     }
     assert!(c.is_settled());
 }
+
+/// Issue 15: anyone who could publish on the command topic steered the rollout
+/// (`promote` skipped the soak and the gates).
+mod signed_commands {
+    use super::operator::CommandMessage;
+    use super::Command;
+    use ed25519_dalek::SigningKey;
+
+    const ROLLOUT: &str = "kws-1.3.0-8-abc";
+
+    fn fleet_key() -> SigningKey {
+        SigningKey::from_bytes(&[3; 32])
+    }
+
+    fn promote(revision: u64) -> CommandMessage {
+        CommandMessage {
+            command: Command::Promote,
+            reason: Some("test".into()),
+            rollout_id: ROLLOUT.into(),
+            revision,
+        }
+    }
+
+    fn accept(payload: &[u8], revision: u64) -> Result<CommandMessage, String> {
+        CommandMessage::accept(payload, &fleet_key().verifying_key(), ROLLOUT, revision)
+    }
+
+    #[test]
+    fn a_command_signed_with_the_fleet_key_for_the_latest_document_is_accepted() {
+        let signed = promote(41).sign(&fleet_key());
+        assert_eq!(accept(&signed, 41).unwrap(), promote(41));
+    }
+
+    #[test]
+    fn unsigned_forged_foreign_and_replayed_commands_are_refused_saying_why() {
+        let unsigned = br#"{"command":"promote"}"#.to_vec();
+        let other_key = promote(41).sign(&SigningKey::from_bytes(&[4; 32]));
+        // The fleet key's id on another key's signature.
+        let mut forged: serde_json::Value =
+            serde_json::from_slice(&promote(41).sign(&fleet_key())).unwrap();
+        let tampered = forged["command"]
+            .as_str()
+            .unwrap()
+            .replace("promote", "abort");
+        forged["command"] = tampered.into();
+        let forged = serde_json::to_vec(&forged).unwrap();
+        let mut elsewhere = promote(41);
+        elsewhere.rollout_id = "other-rollout".into();
+        let elsewhere = elsewhere.sign(&fleet_key());
+        // Signed for revision 41; the controller has published 42 since (the command
+        // itself took effect, say): the same bytes again are a replay.
+        let replayed = promote(41).sign(&fleet_key());
+        let cases: [(&[u8], u64, &str); 6] = [
+            (&unsigned, 41, "unsigned or malformed"),
+            (&other_key, 41, "signed by key"),
+            (&forged, 41, "does not verify"),
+            (&elsewhere, 41, "for rollout other-rollout"),
+            (
+                &replayed,
+                42,
+                "stale promote command (for revision 41, the latest is 42)",
+            ),
+            (&vec![b' '; 5000], 41, "5000-byte command"),
+        ];
+        for (payload, revision, why) in cases {
+            let err = accept(payload, revision).unwrap_err();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+}

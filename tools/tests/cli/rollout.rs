@@ -281,9 +281,13 @@ fn status_of_a_group_without_a_rollout_says_how_to_start_one() {
 fn a_command_without_a_reachable_broker_fails_in_one_line() {
     // Reserved, so nothing else listens there while this test runs.
     let port = perch_testkit::Port::reserve();
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(dir.path(), "fleet");
     let output = perch()
         .args(["rollout", "pause", "--group", "kitchen", "--timeout", "1s"])
         .args(["--broker", &format!("mqtt://127.0.0.1:{}", port.get())])
+        .arg("--key")
+        .arg(&secret)
         .output()
         .unwrap();
     fails_in_one_line(output, "cannot reach");
