@@ -150,3 +150,69 @@ fn an_nnef_archive_of_an_int8_model_carries_the_integer_operators_and_their_answ
         assert_eq!(values(&a), values(&b), "{name}");
     }
 }
+
+/// Whether an integer operator's description says its output is channels last (a
+/// `PerchQConv` "... HWC ..." or "... CHW->HWC ...", a `PerchQMatMul` "... -> rows, ...").
+fn writes_channels_last(op: &str, detail: &str) -> bool {
+    match op {
+        "PerchQConv" => detail
+            .split(' ')
+            .nth(1)
+            .is_some_and(|layout| layout.rsplit("->").next() == Some("HWC")),
+        _ => detail
+            .split(", ")
+            .nth(1)
+            .is_some_and(|sides| sides.ends_with("-> rows")),
+    }
+}
+
+#[test]
+fn tensors_between_integer_operators_stay_channels_last() {
+    // (model, the fewest such tensors it has: DS-CNN's depthwise -> pointwise pairs,
+    // MobileNetV2's expansion -> depthwise -> projection chains)
+    for (name, fewest) in [("kws-dscnn", 4), ("mobilenetv2-035", 30)] {
+        let path = models().join(name).join("model.qdq.onnx");
+        for (how, model) in [
+            ("ONNX", load(&path, &LoadOptions::new())),
+            ("NNEF", {
+                // The rewritten graph as `perch convert` writes it, loaded back.
+                let typed = tract_onnx::onnx()
+                    .model_for_path(&path)
+                    .and_then(|m| m.into_typed())
+                    .and_then(perch_runtime::engine::ops::declutter)
+                    .unwrap();
+                let (typed, _) = perch_runtime::engine::ops::rewrite(typed, Cpu::detect()).unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let archive = dir.path().join("model.nnef.tar");
+                let file = std::fs::File::create(&archive).unwrap();
+                nnef_framework().write_to_tar(&typed, file).unwrap();
+                load(&archive, &LoadOptions::new())
+            }),
+        ] {
+            let plan = model.optimized_model();
+            let integer = |id: usize| {
+                let op = plan.node(id).op.name();
+                matches!(&*op, "PerchQConv" | "PerchQMatMul").then(|| op.to_string())
+            };
+            let mut between = 0;
+            for node in plan.nodes() {
+                let Some(op) = integer(node.id) else { continue };
+                let successors = &node.outputs[0].successors;
+                if successors.is_empty() || !successors.iter().all(|s| integer(s.node).is_some()) {
+                    continue;
+                }
+                let detail = node.op.info().unwrap().pop().unwrap();
+                assert!(
+                    writes_channels_last(&op, &detail),
+                    "{name} ({how}): {} feeds only integer operators but writes [{detail}]",
+                    node.name
+                );
+                between += 1;
+            }
+            assert!(
+                between >= fewest,
+                "{name} ({how}): {between} tensors between integer operators"
+            );
+        }
+    }
+}

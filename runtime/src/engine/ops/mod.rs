@@ -21,6 +21,7 @@
 mod dwconv;
 mod fuse;
 mod guard;
+mod layout;
 mod nnef;
 mod nnef_quant;
 mod qconv;
@@ -107,6 +108,16 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
                 patch.apply(&mut model)?;
             }
             report.push(decision);
+        }
+    }
+    // The reports name each node's layouts: refresh those the chaining changed.
+    for id in layout::chain(&mut model)? {
+        let node = model.node(id);
+        let Some(entry) = report.iter_mut().find(|k| k.node == node.name) else {
+            continue;
+        };
+        if let Some(fresh) = report_existing(node) {
+            entry.detail = fresh.detail;
         }
     }
     let model = model.into_compact()?;

@@ -42,6 +42,9 @@ pub(crate) fn registry() -> Registry {
             TypeName::Integer.tensor().named("multiplier"),
             TypeName::Integer.tensor().named("exponent"),
             TypeName::String.named("layout"),
+            // Absent in archives written before it existed, and written only when it
+            // differs from `layout`, so that older agents still load the others.
+            TypeName::String.named("output_layout").default(""),
             TypeName::Integer.named("group"),
             TypeName::Integer.array().named("kernel"),
             TypeName::Integer.named("stride"),
@@ -216,22 +219,26 @@ fn dump_qconv(
         format!("{name}.exponent"),
         &per_channel(&|c| c.requant.exponent)?,
     )?;
+    let mut attributes = vec![("layout", string(s.layout.name()))];
+    if s.output_layout != s.layout {
+        attributes.push(("output_layout", string(s.output_layout.name())));
+    }
+    attributes.extend([
+        ("group", numeric(s.group)),
+        ("kernel", ints(&s.kernel)),
+        ("stride", numeric(s.stride)),
+        ("padding", ints(&s.padding)),
+        ("input_type", string(s.input.name())),
+        ("input_zero_point", numeric(s.input_zero_point)),
+        ("output_type", string(s.output.dtype.name())),
+        ("output_zero_point", numeric(s.output.zero_point)),
+        ("output_lo", numeric(s.output.lo)),
+        ("output_hi", numeric(s.output.hi)),
+    ]);
     Ok(Some(invocation(
         "perch_qconv",
         &[input, weights, bias, multiplier, exponent],
-        &[
-            ("layout", string(s.layout.name())),
-            ("group", numeric(s.group)),
-            ("kernel", ints(&s.kernel)),
-            ("stride", numeric(s.stride)),
-            ("padding", ints(&s.padding)),
-            ("input_type", string(s.input.name())),
-            ("input_zero_point", numeric(s.input_zero_point)),
-            ("output_type", string(s.output.dtype.name())),
-            ("output_zero_point", numeric(s.output.zero_point)),
-            ("output_lo", numeric(s.output.lo)),
-            ("output_hi", numeric(s.output.hi)),
-        ],
+        &attributes,
     )))
 }
 
@@ -423,6 +430,21 @@ fn qtype(name: &str) -> TractResult<QType> {
     }
 }
 
+/// A layout argument: `chw`, `hwc`, or empty for none.
+fn layout_arg(
+    builder: &mut ModelBuilder,
+    invocation: &ResolvedInvocation,
+    name: &str,
+    op: &str,
+) -> TractResult<Option<Layout>> {
+    match &*invocation.named_arg_as::<String>(builder, name)? {
+        "chw" => Ok(Some(Layout::Chw)),
+        "hwc" => Ok(Some(Layout::Hwc)),
+        "" => Ok(None),
+        other => bail!("{op}: unknown {name} {other:?}"),
+    }
+}
+
 fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
     const OP: &str = "perch_qconv";
     let input: OutletId = invocation.named_arg_as(builder, "input")?;
@@ -432,12 +454,9 @@ fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tr
         "{OP}: weights must be [cout, cin/group, kh, kw], got {:?}",
         weights.shape()
     );
-    let layout: String = invocation.named_arg_as(builder, "layout")?;
-    let layout = match &*layout {
-        "chw" => Layout::Chw,
-        "hwc" => Layout::Hwc,
-        other => bail!("{OP}: unknown layout {other:?}"),
-    };
+    let layout = layout_arg(builder, invocation, "layout", OP)?
+        .with_context(|| format!("{OP}: no layout"))?;
+    let output_layout = layout_arg(builder, invocation, "output_layout", OP)?.unwrap_or(layout);
     let group: usize = invocation.named_arg_as(builder, "group")?;
     let kernel: TVec<usize> = invocation.named_arg_as(builder, "kernel")?;
     let stride: usize = invocation.named_arg_as(builder, "stride")?;
@@ -466,6 +485,7 @@ fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tr
     };
     let spec = QConvSpec {
         layout,
+        output_layout,
         cin,
         cout: weights.shape()[0],
         group,

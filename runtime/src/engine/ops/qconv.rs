@@ -40,8 +40,11 @@ use crate::kernels::Cpu;
 /// and fixed-point constants, not the float scales they came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QConvSpec {
-    /// Channels first or last.
+    /// The input's layout: channels first or last.
     pub layout: Layout,
+    /// The output's layout: the input's, unless the output goes only to other Perch
+    /// integer convolutions, which then take it channels last (`ops::layout`).
+    pub output_layout: Layout,
     /// Input channels, output channels, groups (1, or the channels for depthwise).
     pub cin: usize,
     /// See `cin`.
@@ -189,10 +192,19 @@ impl PerchQConv {
 
     fn detail(&self) -> String {
         let s = &self.spec;
+        let layout = if s.output_layout == s.layout {
+            s.layout.name().to_uppercase()
+        } else {
+            format!(
+                "{}->{}",
+                s.layout.name().to_uppercase(),
+                s.output_layout.name().to_uppercase()
+            )
+        };
         format!(
             "{} {} {}x{}x{} -> {} ch, {}x{} stride {}, {} -> {}",
             self.kind(),
-            s.layout.name().to_uppercase(),
+            layout,
             s.cin,
             s.input_hw[0],
             s.input_hw[1],
@@ -205,8 +217,8 @@ impl PerchQConv {
         )
     }
 
-    fn image(&self, channels: usize, [h, w]: [usize; 2]) -> [usize; 3] {
-        match self.spec.layout {
+    fn image(layout: Layout, channels: usize, [h, w]: [usize; 2]) -> [usize; 3] {
+        match layout {
             Layout::Chw => [channels, h, w],
             Layout::Hwc => [h, w, channels],
         }
@@ -245,7 +257,7 @@ impl EvalOp for PerchQConv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
         let s = &self.spec;
-        let expected = self.image(s.cin, s.input_hw);
+        let expected = Self::image(s.layout, s.cin, s.input_hw);
         let shape = x.shape();
         let (images, image) = match shape {
             [n, image @ ..] if image.len() == 3 => (*n, image),
@@ -261,7 +273,7 @@ impl EvalOp for PerchQConv {
             s.input.name(),
             x.datum_type()
         );
-        let out_image = self.image(s.cout, self.geometry.output);
+        let out_image = Self::image(s.output_layout, s.cout, self.geometry.output);
         let mut out_shape: TVec<usize> = shape[..shape.len() - 3].into();
         out_shape.extend(out_image);
         let mut output =
@@ -274,13 +286,14 @@ impl EvalOp for PerchQConv {
 }
 
 impl PerchQConv {
-    /// Runs every image, transposing channels-first tensors to and from channels last.
+    /// Runs every image, transposing a channels-first input to channels last and the
+    /// output back when it is channels first.
     fn run(&self, images: usize, x: &[u8], y: &mut [u8], scratch: &mut Vec<u8>) -> TractResult<()> {
         let s = &self.spec;
         let [h, w] = s.input_hw;
         let [ho, wo] = self.geometry.output;
         let (in_len, out_len) = (s.cin * h * w, s.cout * ho * wo);
-        let chw = s.layout == Layout::Chw;
+        let (in_chw, out_chw) = (s.layout == Layout::Chw, s.output_layout == Layout::Chw);
         let fail = |e: crate::kernels::q8::Unsupported| format_err!("PerchQConv: {}", e.0);
         for i in 0..images {
             let x = &x[i * in_len..(i + 1) * in_len];
@@ -291,19 +304,23 @@ impl PerchQConv {
                 Plan::Depthwise(d) => d.scratch_len(),
                 Plan::General(g, _) => ho * wo * g.padded_k(),
             };
-            let need = if chw { in_len + out_len } else { 0 } + kernel_scratch;
+            let (in_copy, out_copy) = (
+                if in_chw { in_len } else { 0 },
+                if out_chw { out_len } else { 0 },
+            );
+            let need = in_copy + out_copy + kernel_scratch;
             if scratch.len() < need {
                 scratch.resize(need, 0);
             }
-            let (hwc_in, rest) = scratch.split_at_mut(if chw { in_len } else { 0 });
-            let (hwc_out, rest) = rest.split_at_mut(if chw { out_len } else { 0 });
-            let x_hwc: &[u8] = if chw {
+            let (hwc_in, rest) = scratch.split_at_mut(in_copy);
+            let (hwc_out, rest) = rest.split_at_mut(out_copy);
+            let x_hwc: &[u8] = if in_chw {
                 transpose(x, s.cin, h * w, hwc_in);
                 hwc_in
             } else {
                 x
             };
-            let out: &mut [u8] = if chw { hwc_out } else { &mut *y };
+            let out: &mut [u8] = if out_chw { hwc_out } else { &mut *y };
             match &self.plan {
                 Plan::Pointwise(g) => g.run(h * w, x_hwc, out, rest).map_err(fail)?,
                 Plan::Depthwise(d) => d.run(1, x_hwc, out, rest).map_err(fail)?,
@@ -314,7 +331,7 @@ impl PerchQConv {
                     g.run_padded(ho * wo, rows, kp, out).map_err(fail)?
                 }
             }
-            if chw {
+            if out_chw {
                 transpose(hwc_out, ho * wo, s.cout, y);
             }
         }
@@ -369,8 +386,12 @@ impl TypedOp for PerchQConv {
         );
         let mut shape: TVec<TDim> = inputs[0].shape.iter().take(rank - 3).cloned().collect();
         shape.extend(
-            self.image(self.spec.cout, self.geometry.output)
-                .map(|d| d.to_dim()),
+            Self::image(
+                self.spec.output_layout,
+                self.spec.cout,
+                self.geometry.output,
+            )
+            .map(|d| d.to_dim()),
         );
         Ok(tvec!(Self::datum(self.spec.output.dtype).fact(shape)))
     }
@@ -594,6 +615,7 @@ pub(super) fn consider(
     };
     let spec = QConvSpec {
         layout,
+        output_layout: layout,
         cin,
         cout,
         group,

@@ -118,6 +118,49 @@ impl PerchQMatMul {
         }
     }
 
+    /// Whether the output is a channels-first image `[m, h, w]` or `[n, m, h, w]` (a 1x1
+    /// convolution that tract turned into a matrix product).
+    pub(super) fn writes_channels_first(&self) -> bool {
+        let rank = self.spec.output_axes.len();
+        (rank == 3 || rank == 4) && self.spec.m_axis == rank - 3
+    }
+
+    /// The same product writing `[.., h, w, m]`: no transpose after the kernel.
+    pub(super) fn writing_channels_last(&self) -> PerchQMatMul {
+        let mut op = self.clone();
+        let m = op.spec.output_axes.remove(op.spec.m_axis);
+        op.spec.output_axes.push(m);
+        op.spec.m_axis = op.spec.output_axes.len() - 1;
+        op
+    }
+
+    /// Whether `input` is a channels-first image `[k, h, w]` or `[n, k, h, w]`.
+    pub(super) fn reads_channels_first(&self, input: &TypedFact) -> bool {
+        let shape: Option<Vec<usize>> = input.shape.iter().map(|d| d.to_usize().ok()).collect();
+        let Some(shape) = shape.filter(|s| s.len() == 3 || s.len() == 4) else {
+            return false;
+        };
+        let [k, h, w] = shape[shape.len() - 3..] else {
+            return false;
+        };
+        k == self.spec.k && self.spec.inner != 1 && h * w == self.spec.inner
+    }
+
+    /// The same product reading `[.., h, w, k]` (an input of `rank` axes): no transpose
+    /// before the kernel. The output is unchanged: its axes name the input's axes after
+    /// `k`, which move down by one.
+    pub(super) fn reading_channels_last(&self, rank: usize) -> PerchQMatMul {
+        let mut op = self.clone();
+        op.spec.inner = 1;
+        let k_axis = rank - 3;
+        for axis in op.spec.output_axes.iter_mut().flatten() {
+            if *axis > k_axis {
+                *axis -= 1;
+            }
+        }
+        op
+    }
+
     /// The output's shape for an input's, or an error when the specification names an
     /// axis the input does not have (an archive is untrusted input).
     fn output_shape<D: DimLike>(&self, input: &[D]) -> TractResult<TVec<D>> {
