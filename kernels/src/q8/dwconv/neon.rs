@@ -9,7 +9,7 @@
 use std::arch::aarch64::*;
 
 use super::Job;
-use crate::q8::gemm::neon::requantize;
+use crate::q8::gemm::neon::{requantize, store_partial};
 
 /// Pixels computed together (sharing the filter taps loaded for a channel block).
 const PIXELS: usize = 2;
@@ -120,10 +120,14 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
             if at + 16 <= end {
                 vst1q_u8(job.out.add(at), bytes);
             } else {
-                let mut lanes = [0u8; 16];
-                vst1q_u8(lanes.as_mut_ptr(), bytes);
-                let n = (c - c0).min(16);
-                std::ptr::copy_nonoverlapping(lanes.as_ptr(), job.out.add(at), n);
+                // Only the last pixel's last block gets here, with c − c0 < 16.
+                let words = vreinterpretq_u64_u8(bytes);
+                store_partial(
+                    job.out.add(at),
+                    vgetq_lane_u64::<0>(words),
+                    vgetq_lane_u64::<1>(words),
+                    c - c0,
+                );
             }
         }
         if c0 == 0 {

@@ -131,9 +131,34 @@ unsafe fn store4(job: &Job, n: usize, m0: usize, word: u32) {
     if at + 4 <= job.n * job.y_stride {
         std::ptr::write_unaligned(out as *mut u32, word);
     } else {
-        for (i, b) in word.to_le_bytes().iter().take(job.m - m0).enumerate() {
-            *out.add(i) = *b;
-        }
+        store_partial(out, word as u64, 0, job.m - m0);
+    }
+}
+
+/// Stores the first `n` (< 16) of the 16 little-endian bytes `lo`, `hi` at `out` in at
+/// most four stores, without a call: a `memcpy` call in a kernel's loop made the
+/// compiler save its vector registers on every iteration, whether or not the call ran.
+#[inline(always)]
+pub(crate) unsafe fn store_partial(out: *mut u8, lo: u64, hi: u64, n: usize) {
+    let mut at = out;
+    let mut word = lo;
+    if n & 8 != 0 {
+        std::ptr::write_unaligned(at as *mut u64, lo);
+        at = at.add(8);
+        word = hi;
+    }
+    if n & 4 != 0 {
+        std::ptr::write_unaligned(at as *mut u32, word as u32);
+        at = at.add(4);
+        word >>= 32;
+    }
+    if n & 2 != 0 {
+        std::ptr::write_unaligned(at as *mut u16, word as u16);
+        at = at.add(2);
+        word >>= 16;
+    }
+    if n & 1 != 0 {
+        *at = word as u8;
     }
 }
 

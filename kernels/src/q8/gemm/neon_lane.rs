@@ -15,7 +15,7 @@
 
 use std::arch::aarch64::*;
 
-use super::neon::requantize;
+use super::neon::{requantize, store_partial};
 use super::Job;
 
 /// Up to this many inputs per output, planning prefers this kernel to [`super::neon`]
@@ -111,9 +111,8 @@ unsafe fn tile<const P: usize>(job: &Job, n0: usize) {
             if at + CHANNELS <= end {
                 vst1_u8(out, bytes);
             } else {
-                let mut lanes = [0u8; CHANNELS];
-                vst1_u8(lanes.as_mut_ptr(), bytes);
-                std::ptr::copy_nonoverlapping(lanes.as_ptr(), out, end - at);
+                let word = vget_lane_u64::<0>(vreinterpret_u64_u8(bytes));
+                store_partial(out, word, 0, end - at);
             }
         }
     }
