@@ -44,10 +44,9 @@ use crate::spool::Spool;
 /// error reply: rumqttc drops the whole connection on an oversized packet.
 pub const MAX_OUTGOING_PACKET: usize = 16 << 20;
 
-/// Room for the topic and headers on top of the payload limit when sizing the incoming
-/// packet limit, so a request just over the payload limit still arrives and is answered
-/// with a reason.
-pub const INCOMING_HEADROOM: usize = 64 << 10;
+/// Room for the topic and headers on top of the payload limit (defined with the limits
+/// it pads, in `config`).
+pub use crate::config::INCOMING_HEADROOM;
 
 /// Every topic of one device ([`DeviceTopics`], which it dereferences to), with the
 /// agent's routing of requests and spooled records.

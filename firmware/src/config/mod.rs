@@ -112,12 +112,16 @@ pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 1 << 20;
 /// How long one inference may run by default.
 pub const DEFAULT_INFERENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room for the topic and headers on top of the payload limit when sizing the MQTT
+/// client's incoming packet limit, so a request just over the payload limit still
+/// arrives and is answered with a reason (`crate::mqtt` sizes the client with it).
+pub const INCOMING_HEADROOM: usize = 64 << 10;
 /// The smallest `max_payload_bytes` with over-the-air updates on: bundle chunks come in
 /// MQTT messages of up to [`perch_runtime::rollout::MAX_CHUNK_SIZE`] bytes plus the
 /// frame, which must fit the client's packet limit (`max_payload_bytes` plus
-/// [`crate::mqtt::INCOMING_HEADROOM`]).
+/// [`INCOMING_HEADROOM`]).
 pub const MIN_PAYLOAD_WITH_OTA: u64 =
-    perch_runtime::rollout::MAX_CHUNK_SIZE as u64 + 1024 - crate::mqtt::INCOMING_HEADROOM as u64;
+    perch_runtime::rollout::MAX_CHUNK_SIZE as u64 + 1024 - INCOMING_HEADROOM as u64;
 /// The shortest report interval accepted.
 pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(10);
 
