@@ -188,10 +188,15 @@ fn bad_sizes_are_refused_before_anything_runs() {
     .unwrap();
     let mut y = [0u8; 2];
     assert!(gemm.run(1, &[0; 4], &mut y, &mut [0; 16]).is_err());
-    assert!(
-        gemm.run(1, &[0; 3], &mut y, &mut []).is_err(),
-        "scratch too small"
-    );
+    if gemm.scratch_len(1) > 0 {
+        assert!(
+            gemm.run(1, &[0; 3], &mut y, &mut []).is_err(),
+            "scratch too small"
+        );
+    } else {
+        // A variant that reads rows of k bytes in place (the portable one) needs none.
+        assert!(gemm.run(1, &[0; 3], &mut y, &mut []).is_ok());
+    }
     assert!(Gemm::plan(0, 3, &[], c.input, &[], c.output, Cpu::detect()).is_err());
     assert!(Gemm::plan(
         1,
