@@ -9,7 +9,7 @@
 use std::arch::aarch64::*;
 
 use super::Job;
-use crate::q8::gemm::neon::{requantize, store_partial};
+use crate::q8::gemm::neon::{requantize, store_partial, with_zero_point};
 
 /// Pixels computed together (sharing the filter taps loaded for a channel block).
 const PIXELS: usize = 2;
@@ -104,11 +104,9 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
             for q in 0..4 {
                 r[q] = requantize(acc[j][q], multiplier[q], shift[q]);
             }
-            // Saturated to 16 bits, the zero point added with saturation, saturated to
-            // the output type and clamped there: what adding in 32 bits and clamping
-            // gives (see the GEMM's epilogue), sixteen lanes at a time.
-            let h0 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r[0]), r[1]), zero_point16);
-            let h1 = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r[2]), r[3]), zero_point16);
+            // As the GEMM's `output_bytes`, sixteen lanes at a time.
+            let h0 = with_zero_point(r[0], r[1], zero_point16);
+            let h1 = with_zero_point(r[2], r[3], zero_point16);
             let bytes = if job.unsigned_output {
                 vminq_u8(vmaxq_u8(vqmovun_high_s16(vqmovun_s16(h0), h1), lo8), hi8)
             } else {

@@ -87,20 +87,11 @@ unsafe fn tile<const P: usize>(job: &Job, n0: usize) {
             let s23 = vpaddq_s32(acc[j][2], acc[j][3]);
             r[j] = requantize(vaddq_s32(vpaddq_s32(s01, s23), bias), multiplier, shift);
         }
-        // Two pixels' four channels at a time in 16 and then 8 bits: saturating to 16
-        // bits, adding the zero point with saturation, saturating to the output type and
-        // clamping there gives what adding in 32 bits and clamping does (a value that
-        // saturates at 16 bits is far outside [lo, hi] either way), in half the
-        // instructions.
+        // Two pixels' four channels at a time, in 16 and then 8 bits (`output_bytes`).
         let mut j = 0;
         while j + 2 <= P {
-            let wide = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r[j]), r[j + 1]), zero_point16);
-            let bytes = if job.unsigned_output {
-                vmin_u8(vmax_u8(vqmovun_s16(wide), lo8), hi8)
-            } else {
-                let (lo, hi) = (vreinterpret_s8_u8(lo8), vreinterpret_s8_u8(hi8));
-                vreinterpret_u8_s8(vmin_s8(vmax_s8(vqmovn_s16(wide), lo), hi))
-            };
+            let wide = with_zero_point(r[j], r[j + 1], zero_point16);
+            let bytes = output_bytes(wide, job.unsigned_output, lo8, hi8);
             let words = vreinterpret_u32_u8(bytes);
             store4(job, n0 + j, m0, vget_lane_u32::<0>(words));
             store4(job, n0 + j + 1, m0, vget_lane_u32::<1>(words));
@@ -119,6 +110,36 @@ unsafe fn tile<const P: usize>(job: &Job, n0: usize) {
                 vget_lane_u32::<0>(vreinterpret_u32_u8(bytes)),
             );
         }
+    }
+}
+
+/// Eight requantized values saturated to 16 bits, with the output's zero point added
+/// with saturation.
+#[inline(always)]
+pub(crate) unsafe fn with_zero_point(
+    r0: int32x4_t,
+    r1: int32x4_t,
+    zero_point: int16x8_t,
+) -> int16x8_t {
+    vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r0), r1), zero_point)
+}
+
+/// The output bytes of [`with_zero_point`]'s eight values: saturated to the output type
+/// (`u8` when `unsigned`) and clamped to `[lo, hi]` given as that type's bytes. This
+/// equals adding the zero point in 32 bits and clamping there: a value that saturates
+/// at 16 bits is far outside `[lo, hi]` either way, and it takes half the instructions.
+#[inline(always)]
+pub(crate) unsafe fn output_bytes(
+    wide: int16x8_t,
+    unsigned: bool,
+    lo: uint8x8_t,
+    hi: uint8x8_t,
+) -> uint8x8_t {
+    if unsigned {
+        vmin_u8(vmax_u8(vqmovun_s16(wide), lo), hi)
+    } else {
+        let (lo, hi) = (vreinterpret_s8_u8(lo), vreinterpret_s8_u8(hi));
+        vreinterpret_u8_s8(vmin_s8(vmax_s8(vqmovn_s16(wide), lo), hi))
     }
 }
 

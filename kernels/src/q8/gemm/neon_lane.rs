@@ -15,7 +15,7 @@
 
 use std::arch::aarch64::*;
 
-use super::neon::{requantize, store_partial};
+use super::neon::{output_bytes, requantize, store_partial, with_zero_point};
 use super::Job;
 
 /// Up to this many inputs per output, planning prefers this kernel to [`super::neon`]
@@ -96,16 +96,8 @@ unsafe fn tile<const P: usize>(job: &Job, n0: usize) {
         for j in 0..P {
             let r0 = requantize(acc[j][0], multiplier[0], shift[0]);
             let r1 = requantize(acc[j][1], multiplier[1], shift[1]);
-            // As in the other kernel's epilogue: saturating to 16 bits, adding the zero
-            // point and saturating to the output type before clamping there equals
-            // adding in 32 bits and clamping.
-            let wide = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r0), r1), zero_point);
-            let bytes = if job.unsigned_output {
-                vmin_u8(vmax_u8(vqmovun_s16(wide), lo), hi)
-            } else {
-                let (lo, hi) = (vreinterpret_s8_u8(lo), vreinterpret_s8_u8(hi));
-                vreinterpret_u8_s8(vmin_s8(vmax_s8(vqmovn_s16(wide), lo), hi))
-            };
+            let wide = with_zero_point(r0, r1, zero_point);
+            let bytes = output_bytes(wide, job.unsigned_output, lo, hi);
             let at = (n0 + j) * job.y_stride + m0;
             let out = job.y.add(at);
             if at + CHANNELS <= end {
