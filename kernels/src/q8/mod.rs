@@ -220,3 +220,17 @@ pub(crate) fn reference_output(
     };
     requant.apply(acc).saturating_add(zero_point).clamp(lo, hi) as u8
 }
+
+/// Deterministic pseudo-random bytes (xorshift), for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}

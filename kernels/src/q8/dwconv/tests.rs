@@ -4,19 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::q8::channel_outputs;
-
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
-}
+use crate::q8::{channel_outputs, test_bytes as bytes};
 
 struct Case {
     g: DwGeometry,

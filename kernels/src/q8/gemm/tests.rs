@@ -4,24 +4,11 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::q8::channel_outputs;
+use crate::q8::{channel_outputs, test_bytes as bytes};
 
 fn runnable() -> Vec<&'static Variant> {
     let cpu = Cpu::detect();
     VARIANTS.iter().filter(|v| cpu.has(v.isa)).collect()
-}
-
-/// Deterministic pseudo-random bytes.
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
 }
 
 struct Case {
