@@ -12,6 +12,7 @@ mod common;
 use common::{output_step, steps};
 use perch_runtime::engine::{nnef_framework, Golden, LoadOptions, Model, Tensor};
 use perch_runtime::kernels::Cpu;
+use tract_core::internal::*;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
 
 fn models() -> PathBuf {
@@ -22,18 +23,18 @@ fn load(path: &Path, options: &LoadOptions) -> Model {
     Model::load(path, options).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The reference models, the number of Conv/Gemm/MatMul nodes in their QDQ files, and
-/// how many output quantization steps (the last DequantizeLinear's scale) Perch may be
+/// The reference models, the number of Conv/Gemm/MatMul nodes in their QDQ files, the
+/// number of quantized residual additions (`Q(DQ(a) + DQ(b))`), and how many output quantization steps (the last DequantizeLinear's scale) Perch may be
 /// from ONNX Runtime's node-by-node result (`golden/output_0.qdq.npy`). R4 is 3 steps
 /// away: at features.14 one accumulator sits on a rounding tie of the float scale
 /// product, and ONNX Runtime's own fused and node-by-node runs differ by 3 steps there
 /// too (BENCHMARKS.md). `quantized_forms.rs` checks more forms; this file also runs
 /// under qemu.
-const CASES: [(&str, usize, i64); 4] = [
-    ("digits-mlp", 3, 0),
-    ("kws-dscnn", 10, 0),
-    ("anomaly-ae", 10, 0),
-    ("mobilenetv2-035", 53, 3),
+const CASES: [(&str, usize, usize, i64); 4] = [
+    ("digits-mlp", 3, 0, 0),
+    ("kws-dscnn", 10, 0, 0),
+    ("anomaly-ae", 10, 0, 0),
+    ("mobilenetv2-035", 53, 10, 3),
 ];
 
 /// The integer kernels' name prefix this CPU (or the emulated board) must plan.
@@ -63,7 +64,7 @@ fn run(model: &Model, golden: &Golden) -> Tensor {
 
 #[test]
 fn every_layer_of_onnx_runtimes_int8_files_runs_on_integer_kernels_with_its_answer() {
-    for (name, layers, max_steps) in CASES {
+    for (name, layers, adds, max_steps) in CASES {
         let path = models().join(name).join("model.qdq.onnx");
         let model = load(&path, &LoadOptions::new());
         let kernels = &model.metadata().kernels;
@@ -81,12 +82,14 @@ fn every_layer_of_onnx_runtimes_int8_files_runs_on_integer_kernels_with_its_answ
                 k.detail
             );
         }
-        assert_eq!(integer.len(), layers, "{name}: {kernels:#?}");
+        let sums = integer.iter().filter(|k| k.starts_with("q8_add_")).count();
+        assert_eq!(sums, adds, "{name}: {kernels:#?}");
+        assert_eq!(integer.len(), layers + adds, "{name}: {kernels:#?}");
         // Depthwise layers run on the depthwise kernels; everything else on the GEMM.
         assert!(
-            integer
-                .iter()
-                .all(|k| k.starts_with("q8_dwconv_") || k.starts_with(expected_gemm())),
+            integer.iter().all(|k| k.starts_with("q8_dwconv_")
+                || k.starts_with("q8_add_")
+                || k.starts_with(expected_gemm())),
             "{name}: {integer:?}"
         );
         let plan = model.optimized_model();
@@ -120,7 +123,7 @@ fn every_layer_of_onnx_runtimes_int8_files_runs_on_integer_kernels_with_its_answ
 
 #[test]
 fn an_nnef_archive_of_an_int8_model_carries_the_integer_operators_and_their_answers() {
-    for (name, _, _) in CASES {
+    for (name, ..) in CASES {
         let source = models().join(name).join("model.qdq.onnx");
         let onnx = load(&source, &LoadOptions::new());
         let typed = tract_onnx::onnx()
@@ -152,13 +155,13 @@ fn an_nnef_archive_of_an_int8_model_carries_the_integer_operators_and_their_answ
 }
 
 /// Whether an integer operator's description says its output is channels last (a
-/// `PerchQConv` "... HWC ..." or "... CHW->HWC ...", a `PerchQMatMul` "... -> rows, ...").
+/// `PerchQConv` "... HWC ..." or "... CHW->HWC ...", a `PerchQAdd` "HWC ..." or
+/// "CHW+HWC->HWC ...", a `PerchQMatMul` "... -> rows, ...").
 fn writes_channels_last(op: &str, detail: &str) -> bool {
+    let last = |layout: &str| layout.rsplit("->").next() == Some("HWC");
     match op {
-        "PerchQConv" => detail
-            .split(' ')
-            .nth(1)
-            .is_some_and(|layout| layout.rsplit("->").next() == Some("HWC")),
+        "PerchQConv" => detail.split(' ').nth(1).is_some_and(last),
+        "PerchQAdd" => detail.split(' ').next().is_some_and(last),
         _ => detail
             .split(", ")
             .nth(1)
@@ -169,8 +172,9 @@ fn writes_channels_last(op: &str, detail: &str) -> bool {
 #[test]
 fn tensors_between_integer_operators_stay_channels_last() {
     // (model, the fewest such tensors it has: DS-CNN's depthwise -> pointwise pairs,
-    // MobileNetV2's expansion -> depthwise -> projection chains)
-    for (name, fewest) in [("kws-dscnn", 4), ("mobilenetv2-035", 30)] {
+    // MobileNetV2's expansion -> depthwise -> projection chains and the residual sums
+    // between blocks)
+    for (name, fewest) in [("kws-dscnn", 4), ("mobilenetv2-035", 50)] {
         let path = models().join(name).join("model.qdq.onnx");
         for (how, model) in [
             ("ONNX", load(&path, &LoadOptions::new())),
@@ -192,7 +196,7 @@ fn tensors_between_integer_operators_stay_channels_last() {
             let plan = model.optimized_model();
             let integer = |id: usize| {
                 let op = plan.node(id).op.name();
-                matches!(&*op, "PerchQConv" | "PerchQMatMul").then(|| op.to_string())
+                matches!(&*op, "PerchQConv" | "PerchQMatMul" | "PerchQAdd").then(|| op.to_string())
             };
             let mut between = 0;
             for node in plan.nodes() {
@@ -214,5 +218,90 @@ fn tensors_between_integer_operators_stay_channels_last() {
                 "{name} ({how}): {between} tensors between integer operators"
             );
         }
+    }
+}
+
+/// `Q(DQ(a) + DQ(b))` on `[1, 8, 5, 7]` tensors of the given types, tract's own
+/// operators; `same` adds the first input to itself.
+fn quantized_sum(types: [DatumType; 3], same: bool) -> TypedModel {
+    use tract_core::ops::quant::{quantize_linear_i8, quantize_linear_u8, DequantizeLinearF32};
+    let mut model = TypedModel::default();
+    let shape = [1usize, 8, 5, 7];
+    let a = model.add_source("a", types[0].fact(shape)).unwrap();
+    let b = if same {
+        a
+    } else {
+        model.add_source("b", types[1].fact(shape)).unwrap()
+    };
+    let dq = |model: &mut TypedModel, name: &str, x: OutletId, scale: f32, zp: i32| {
+        model
+            .wire_node(name, DequantizeLinearF32::new(scale, zp), &[x])
+            .unwrap()[0]
+    };
+    let zero = |t: DatumType, zp: i32| if t == i8::datum_type() { zp - 128 } else { zp };
+    let fa = dq(&mut model, "dq_a", a, 0.0213, zero(types[0], 131));
+    let fb = dq(&mut model, "dq_b", b, 0.0071, zero(types[1], 17));
+    let sum = model
+        .wire_node("add", tract_core::ops::math::add(), &[fa, fb])
+        .unwrap()[0];
+    let q = if types[2] == i8::datum_type() {
+        quantize_linear_i8(1.0 / 0.0302, -9)
+    } else {
+        quantize_linear_u8(1.0 / 0.0302, 119)
+    };
+    let y = model.wire_node("q", q, &[sum]).unwrap()[0];
+    model.select_output_outlets(&[y]).unwrap();
+    model
+}
+
+fn run_typed(model: TypedModel, inputs: &[Tensor]) -> Tensor {
+    let plan = model.into_runnable().unwrap();
+    let inputs: TVec<TValue> = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
+    plan.run(inputs).unwrap().remove(0).into_tensor()
+}
+
+#[test]
+fn a_quantized_sum_on_the_kernel_gives_the_float_graphs_bytes() {
+    let (u8t, i8t) = (u8::datum_type(), i8::datum_type());
+    for (types, same) in [
+        ([u8t, u8t, u8t], false),
+        ([i8t, i8t, i8t], false),
+        ([u8t, i8t, i8t], false),
+        ([u8t, u8t, u8t], true),
+    ] {
+        let model = quantized_sum(types, same);
+        let (rewritten, report) =
+            perch_runtime::engine::ops::rewrite(model.clone(), Cpu::detect()).unwrap();
+        let planned: Vec<_> = report.iter().filter_map(|k| k.kernel.as_deref()).collect();
+        assert!(
+            planned.len() == 1 && planned[0].starts_with("q8_add_"),
+            "{types:?}: {report:#?}"
+        );
+        assert!(
+            rewritten
+                .nodes()
+                .iter()
+                .all(|n| !matches!(&*n.op.name(), "Add" | "DequantizeLinearF32")),
+            "{types:?}: {rewritten}"
+        );
+        let inputs: Vec<Tensor> = (0..2 - same as usize)
+            .map(|i| {
+                let bytes: Vec<u8> = (0..280).map(|v| (v * 37 + i * 101 + 7) as u8).collect();
+                if types[i] == i8t {
+                    let signed: Vec<i8> = bytes.iter().map(|b| *b as i8).collect();
+                    Tensor::from_shape(&[1, 8, 5, 7], &signed).unwrap()
+                } else {
+                    Tensor::from_shape(&[1, 8, 5, 7], &bytes).unwrap()
+                }
+            })
+            .collect();
+        let want = run_typed(model, &inputs);
+        let got = run_typed(rewritten, &inputs);
+        assert_eq!(got.datum_type(), want.datum_type(), "{types:?}");
+        assert_eq!(
+            got.try_as_plain_ram().unwrap().as_bytes(),
+            want.try_as_plain_ram().unwrap().as_bytes(),
+            "{types:?} (same input: {same})"
+        );
     }
 }

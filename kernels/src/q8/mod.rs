@@ -20,8 +20,10 @@
 //! # Kernels
 //! - [`gemm`]: `out[n][m] = Σ_k x[n][k] · w[m][k]`, the pointwise (1x1) convolution and
 //!   the matrix product, and general convolutions after im2col;
-//! - [`dwconv`]: the depthwise convolution.
+//! - [`dwconv`]: the depthwise convolution;
+//! - [`add`]: the element-wise sum of two quantized tensors (residual connections).
 
+pub mod add;
 pub mod dwconv;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]

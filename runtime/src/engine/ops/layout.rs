@@ -13,6 +13,7 @@
 
 use tract_core::internal::*;
 
+use super::qadd::PerchQAdd;
 use super::qconv::PerchQConv;
 use super::qmatmul::PerchQMatMul;
 use crate::kernels::f32_dwconv::Layout;
@@ -64,6 +65,11 @@ fn writing_channels_last(node: &TypedNode) -> Option<Box<dyn TypedOp>> {
             Box::new(op) as Box<dyn TypedOp>
         });
     }
+    if let Some(op) = node.op_as::<PerchQAdd>() {
+        return op
+            .channels_first(2)
+            .then(|| Box::new(op.with_channels_last(&[2])) as Box<dyn TypedOp>);
+    }
     let op = node.op_as::<PerchQMatMul>()?;
     op.writes_channels_first()
         .then(|| Box::new(op.writing_channels_last()) as Box<dyn TypedOp>)
@@ -76,6 +82,17 @@ fn reading_channels_last(
     inlet: InletId,
 ) -> TractResult<Option<Box<dyn TypedOp>>> {
     let node = model.node(inlet.node);
+    if let Some(op) = node.op_as::<PerchQAdd>() {
+        // Both inputs at once when they are the same tensor (`x + x`): the pass sets
+        // each reader's operator from the graph as it was.
+        let slots: Vec<usize> = (0..2)
+            .filter(|s| node.inputs[*s] == node.inputs[inlet.slot])
+            .collect();
+        return Ok(slots
+            .iter()
+            .all(|s| op.channels_first(*s))
+            .then(|| Box::new(op.with_channels_last(&slots)) as Box<dyn TypedOp>));
+    }
     if inlet.slot != 0 {
         return Ok(None);
     }

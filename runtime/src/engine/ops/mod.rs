@@ -24,6 +24,7 @@ mod guard;
 mod layout;
 mod nnef;
 mod nnef_quant;
+mod qadd;
 mod qconv;
 mod qmatmul;
 
@@ -34,6 +35,7 @@ pub use dwconv::PerchDwConv;
 pub(crate) use guard::remove_barriers;
 pub use guard::PerchBarrier;
 pub(crate) use nnef::registry;
+pub use qadd::PerchQAdd;
 pub use qconv::PerchQConv;
 pub use qmatmul::PerchQMatMul;
 
@@ -103,6 +105,13 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
             continue;
         }
         let node = model.node(id);
+        if let Some((patch, decision)) = qadd::consider(&model, node, cpu)? {
+            if let Some(patch) = patch {
+                patch.apply(&mut model)?;
+            }
+            report.push(decision);
+            continue;
+        }
         if let Some((patch, decision)) = dwconv::consider(&model, node, cpu)? {
             if let Some(patch) = patch {
                 patch.apply(&mut model)?;
@@ -136,6 +145,9 @@ fn report_existing(node: &TypedNode) -> Option<KernelNode> {
         return Some(op.report(&node.name, vec![]));
     }
     if let Some(op) = node.op_as::<PerchQConv>() {
+        return Some(op.report(&node.name, vec![]));
+    }
+    if let Some(op) = node.op_as::<PerchQAdd>() {
         return Some(op.report(&node.name, vec![]));
     }
     node.op_as::<PerchQMatMul>()

@@ -9,9 +9,11 @@ use tract_nnef::ser::{array, ints};
 
 use super::dwconv::PerchDwConv;
 use super::guard::PerchBarrier;
+use super::qadd::{PerchQAdd, QAddSpec};
 use super::qconv::{PerchQConv, QConvSpec};
 use super::qmatmul::{PerchQMatMul, QMatMulSpec};
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
+use crate::kernels::q8::add::{Operand, Quantize};
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::requant::Requant;
 use crate::kernels::{Activation, Cpu};
@@ -80,6 +82,29 @@ pub(crate) fn registry() -> Registry {
         ],
         &[("output", TypeName::Integer.tensor())],
         load_qmatmul,
+    );
+    registry.register_dumper(dump_qadd);
+    registry.register_primitive(
+        "perch_qadd",
+        &[
+            TypeName::Integer.tensor().named("a"),
+            TypeName::Integer.tensor().named("b"),
+            TypeName::String.named("a_type"),
+            TypeName::Integer.named("a_zero_point"),
+            TypeName::Scalar.named("a_scale"),
+            TypeName::String.named("b_type"),
+            TypeName::Integer.named("b_zero_point"),
+            TypeName::Scalar.named("b_scale"),
+            TypeName::String.named("output_type"),
+            TypeName::Integer.named("output_zero_point"),
+            // tract's form, as `perch_quantize` has it: what the sum is multiplied by.
+            TypeName::Scalar.named("output_inverse_scale"),
+            // For images: the layouts of `a`, `b` and the output, `chw` as declared or
+            // `hwc`, comma-separated; empty for tensors that are not images.
+            TypeName::String.named("layouts").default(""),
+        ],
+        &[("output", TypeName::Integer.tensor())],
+        load_qadd,
     );
     registry.register_dumper(dump_dwconv);
     registry.register_primitive(
@@ -502,4 +527,100 @@ fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tr
     };
     let op = PerchQConv::plan(spec, Cpu::detect()).map_err(|e| format_err!("{OP}: {e}"))?;
     builder.wire(op, &[input])
+}
+
+fn dump_qadd(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    op: &PerchQAdd,
+) -> TractResult<Option<Arc<RValue>>> {
+    let a = ast.mapping[&node.inputs[0]].clone();
+    let b = ast.mapping[&node.inputs[1]].clone();
+    let s = &op.spec;
+    let layouts = match s.image {
+        Some(_) => s.layouts.map(|l| l.name()).join(","),
+        None => String::new(),
+    };
+    Ok(Some(invocation(
+        "perch_qadd",
+        &[a, b],
+        &[
+            ("a_type", string(s.a.dtype.name())),
+            ("a_zero_point", numeric(s.a.zero_point)),
+            ("a_scale", numeric(s.a.scale)),
+            ("b_type", string(s.b.dtype.name())),
+            ("b_zero_point", numeric(s.b.zero_point)),
+            ("b_scale", numeric(s.b.scale)),
+            ("output_type", string(s.output.dtype.name())),
+            ("output_zero_point", numeric(s.output.zero_point)),
+            ("output_inverse_scale", numeric(s.output.inverse_scale)),
+            ("layouts", string(layouts)),
+        ],
+    )))
+}
+
+fn load_qadd(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    const OP: &str = "perch_qadd";
+    let a: OutletId = invocation.named_arg_as(builder, "a")?;
+    let b: OutletId = invocation.named_arg_as(builder, "b")?;
+    let mut quantization = |prefix: &str, scale: &str| -> TractResult<(QType, i32, f32)> {
+        let dtype = qtype(&invocation.named_arg_as::<String>(builder, &format!("{prefix}_type"))?)?;
+        let zero_point: i64 = invocation.named_arg_as(builder, &format!("{prefix}_zero_point"))?;
+        let zero_point = i32::try_from(zero_point)
+            .map_err(|_| format_err!("{OP}: {prefix} zero point {zero_point} out of range"))?;
+        let scale: f32 = invocation.named_arg_as(builder, &format!("{prefix}_{scale}"))?;
+        Ok((dtype, zero_point, scale))
+    };
+    let operand = |(dtype, zero_point, scale)| Operand {
+        dtype,
+        zero_point,
+        scale,
+    };
+    let a_quant = operand(quantization("a", "scale")?);
+    let b_quant = operand(quantization("b", "scale")?);
+    let (dtype, zero_point, inverse_scale) = quantization("output", "inverse_scale")?;
+    let layouts: String = invocation.named_arg_as(builder, "layouts")?;
+    let layouts: Vec<&str> = layouts.split(',').filter(|l| !l.is_empty()).collect();
+    let shape = builder.model.outlet_fact(a)?.shape.clone();
+    let (image, layouts) = match &*layouts {
+        [] => (None, [Layout::Chw; 3]),
+        [la, lb, ly] => {
+            let parse = |l: &str| match l {
+                "chw" => Ok(Layout::Chw),
+                "hwc" => Ok(Layout::Hwc),
+                other => bail!("{OP}: unknown layout {other:?}"),
+            };
+            let layouts = [parse(la)?, parse(lb)?, parse(ly)?];
+            ensure!(
+                shape.rank() == 3 || shape.rank() == 4,
+                "{OP}: layouts for a tensor of rank {}",
+                shape.rank()
+            );
+            let dims: Vec<usize> = shape
+                .iter()
+                .skip(shape.rank() - 3)
+                .map(|d| d.to_usize().ok())
+                .collect::<Option<_>>()
+                .with_context(|| format!("{OP}: image axes must be known"))?;
+            let image = match layouts[0] {
+                Layout::Chw => [dims[0], dims[1], dims[2]],
+                Layout::Hwc => [dims[2], dims[0], dims[1]],
+            };
+            (Some(image), layouts)
+        }
+        other => bail!("{OP}: {} layouts (three, or none)", other.len()),
+    };
+    let spec = QAddSpec {
+        a: a_quant,
+        b: b_quant,
+        output: Quantize {
+            dtype,
+            zero_point,
+            inverse_scale,
+        },
+        image,
+        layouts,
+    };
+    let op = PerchQAdd::plan(spec, Cpu::detect()).map_err(|e| format_err!("{OP}: {e}"))?;
+    builder.wire(op, &[a, b])
 }

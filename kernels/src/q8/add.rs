@@ -1,0 +1,277 @@
+//! Element-wise addition of two 8-bit quantized tensors into a third: the residual
+//! connection of MobileNetV2-style networks, which quantizers write as
+//! `QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b))`.
+//!
+//! # Arithmetic
+//! Exactly the float graph's, so that a model gives the same bytes with or without the
+//! kernel: each operand is dequantized in `f32` as the engine's `DequantizeLinear` does,
+//! `(a − za) · sa`; the two are added; the sum is multiplied by the reciprocal of the
+//! output scale (the engine's `QuantizeLinear` multiplies by it too), rounded half to
+//! even, offset by the output's zero point and saturated to the output type. Every step
+//! is one IEEE single-precision operation in the same order in every variant (no fused
+//! multiply-add), so the variants agree bit for bit with the reference and with the
+//! float graph.
+//!
+//! Each byte is read in an unsigned form: an `i8` value has its top bit flipped (`a +
+//! 128`) and its zero point raised by 128, which leaves `a − za` unchanged; an `i8`
+//! output is computed as `u8` with its zero point raised by 128 and flipped back. One
+//! kernel then serves every combination of types.
+//!
+//! Layouts do not matter to an element-wise operation: the engine gives the kernel
+//! three tensors in the same order.
+
+use super::{QType, Unsupported};
+use crate::{Cpu, Isa};
+
+/// One operand's type, zero point and scale.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Operand {
+    /// The stored type.
+    pub dtype: QType,
+    /// Its zero point, in the type's range.
+    pub zero_point: i32,
+    /// Its scale, finite and positive.
+    pub scale: f32,
+}
+
+impl Operand {
+    fn check(&self, what: &str) -> Result<(), Unsupported> {
+        check(what, self.dtype, self.zero_point, "scale", self.scale)
+    }
+}
+
+/// How the output is quantized: multiplied by `inverse_scale` (the reciprocal of
+/// ONNX's scale, which the engine's `QuantizeLinear` multiplies by), rounded, offset by
+/// `zero_point`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantize {
+    /// The stored type.
+    pub dtype: QType,
+    /// Its zero point, in the type's range.
+    pub zero_point: i32,
+    /// The factor, finite and positive.
+    pub inverse_scale: f32,
+}
+
+/// Checks a zero point against its type and a scale (or inverse scale) for being
+/// positive and finite.
+fn check(
+    what: &str,
+    dtype: QType,
+    zero_point: i32,
+    scale: &str,
+    v: f32,
+) -> Result<(), Unsupported> {
+    let (lo, hi) = dtype.range();
+    if !(v.is_finite() && v > 0.0) {
+        return Err(Unsupported(format!(
+            "{what} {scale} {v} (must be positive and finite)"
+        )));
+    }
+    if !(lo..=hi).contains(&zero_point) {
+        return Err(Unsupported(format!(
+            "{what} zero point {zero_point} out of {} range",
+            dtype.name()
+        )));
+    }
+    Ok(())
+}
+
+/// The unsigned form of a type: `(flip, zero point of the unsigned form)`.
+fn unsigned(dtype: QType, zero_point: i32) -> (u8, i32) {
+    match dtype {
+        QType::U8 => (0, zero_point),
+        QType::I8 => (0x80, zero_point + 128),
+    }
+}
+
+/// What a microkernel computes, in the unsigned form of every tensor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Job {
+    pub a_flip: u8,
+    pub a_zero_point: i32,
+    pub a_scale: f32,
+    pub b_flip: u8,
+    pub b_zero_point: i32,
+    pub b_scale: f32,
+    /// The reciprocal of the output's scale.
+    pub inverse_scale: f32,
+    /// The output's zero point in the unsigned form.
+    pub zero_point: i32,
+    pub y_flip: u8,
+}
+
+impl Job {
+    /// One output byte: the reference every variant matches.
+    #[inline(always)]
+    pub(crate) fn one(&self, a: u8, b: u8) -> u8 {
+        let fa = ((a ^ self.a_flip) as i32 - self.a_zero_point) as f32 * self.a_scale;
+        let fb = ((b ^ self.b_flip) as i32 - self.b_zero_point) as f32 * self.b_scale;
+        // |fa + fb| · inverse_scale < 2^24 (checked when planned): the conversion is
+        // exact and cannot saturate.
+        let q = ((fa + fb) * self.inverse_scale).round_ties_even() as i32;
+        (q + self.zero_point).clamp(0, 255) as u8 ^ self.y_flip
+    }
+}
+
+/// One implementation.
+pub struct Variant {
+    /// Kernel name, as reports show it: `q8_add_neon`.
+    pub name: &'static str,
+    /// The instruction set it needs.
+    pub isa: Isa,
+    /// Computes `y[i]` from `a[i]` and `b[i]` for the `n` elements.
+    run: unsafe fn(&Job, *const u8, *const u8, *mut u8, usize),
+}
+
+impl std::fmt::Debug for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Every variant this build has, best first.
+pub static VARIANTS: &[Variant] = &[
+    #[cfg(target_arch = "aarch64")]
+    Variant {
+        name: "q8_add_neon",
+        isa: Isa::Aarch64Neon,
+        run: neon::add,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "q8_add_sse41",
+        isa: Isa::Sse41,
+        run: sse41::add,
+    },
+    Variant {
+        name: "q8_add_portable",
+        isa: Isa::Portable,
+        run: portable,
+    },
+];
+
+/// A planned addition of two quantized tensors.
+#[derive(Debug, Clone)]
+pub struct QAdd {
+    a: Operand,
+    b: Operand,
+    output: Quantize,
+    job: Job,
+    variant: &'static Variant,
+}
+
+impl PartialEq for QAdd {
+    fn eq(&self, o: &Self) -> bool {
+        (self.a, self.b, self.output) == (o.a, o.b, o.output) && self.variant.name == o.variant.name
+    }
+}
+
+impl QAdd {
+    /// Plans `y = q(dq(a) + dq(b))` on the best variant `cpu` runs.
+    pub fn plan(a: Operand, b: Operand, output: Quantize, cpu: Cpu) -> Result<QAdd, Unsupported> {
+        let variant = VARIANTS
+            .iter()
+            .find(|v| cpu.has(v.isa))
+            .ok_or_else(|| Unsupported("no addition kernel for this CPU".into()))?;
+        Self::plan_on(a, b, output, variant)
+    }
+
+    /// Plans on one given variant (tests compare them).
+    pub fn plan_on(
+        a: Operand,
+        b: Operand,
+        output: Quantize,
+        variant: &'static Variant,
+    ) -> Result<QAdd, Unsupported> {
+        a.check("first input")?;
+        b.check("second input")?;
+        let inverse_scale = output.inverse_scale;
+        check(
+            "output",
+            output.dtype,
+            output.zero_point,
+            "inverse scale",
+            inverse_scale,
+        )?;
+        // The largest sum's magnitude in output steps: under 2^24, every f32 step is
+        // exact enough for the conversion to integers not to saturate anywhere.
+        let reach = (255.0 * a.scale as f64 + 255.0 * b.scale as f64) * inverse_scale as f64;
+        if reach >= (1 << 24) as f64 {
+            return Err(Unsupported(format!(
+                "input scales {} and {} span {reach:.0} output steps (at most 2^24)",
+                a.scale, b.scale
+            )));
+        }
+        let (a_flip, a_zero_point) = unsigned(a.dtype, a.zero_point);
+        let (b_flip, b_zero_point) = unsigned(b.dtype, b.zero_point);
+        let (y_flip, zero_point) = unsigned(output.dtype, output.zero_point);
+        Ok(QAdd {
+            a,
+            b,
+            output,
+            job: Job {
+                a_flip,
+                a_zero_point,
+                a_scale: a.scale,
+                b_flip,
+                b_zero_point,
+                b_scale: b.scale,
+                inverse_scale,
+                zero_point,
+                y_flip,
+            },
+            variant,
+        })
+    }
+
+    /// The operands, as planned.
+    pub fn operands(&self) -> [Operand; 2] {
+        [self.a, self.b]
+    }
+
+    /// The output's quantization, as planned.
+    pub fn output(&self) -> Quantize {
+        self.output
+    }
+
+    /// The variant that runs it.
+    pub fn variant(&self) -> &'static Variant {
+        self.variant
+    }
+
+    /// Adds `a` and `b` into `y`, element by element. Fails, touching nothing, when the
+    /// lengths differ.
+    pub fn run(&self, a: &[u8], b: &[u8], y: &mut [u8]) -> Result<(), Unsupported> {
+        if a.len() != y.len() || b.len() != y.len() {
+            return Err(Unsupported(format!(
+                "{} and {} input bytes for {} output bytes",
+                a.len(),
+                b.len(),
+                y.len()
+            )));
+        }
+        // SAFETY: the three slices hold `y.len()` bytes each.
+        unsafe { (self.variant.run)(&self.job, a.as_ptr(), b.as_ptr(), y.as_mut_ptr(), y.len()) };
+        Ok(())
+    }
+}
+
+/// The reference, in plain Rust.
+///
+/// # Safety
+/// `a`, `b` and `y` must hold `n` bytes.
+unsafe fn portable(job: &Job, a: *const u8, b: *const u8, y: *mut u8, n: usize) {
+    for i in 0..n {
+        *y.add(i) = job.one(*a.add(i), *b.add(i));
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+#[cfg(target_arch = "x86_64")]
+mod sse41;
+
+#[cfg(test)]
+mod tests;
