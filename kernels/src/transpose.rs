@@ -13,6 +13,11 @@
 //! one; four rotate it by four, which swaps register and lane: the transpose. 64
 //! interleaves and 32 loads and stores move 256 bytes.
 //!
+//! A matrix of two to four rows or columns (a 3-channel image going channels last, say)
+//! fills too little of a tile; on aarch64 it is interleaved or de-interleaved by the
+//! structure loads and stores instead (`ST2`–`ST4`, `LD2`–`LD4`), sixteen columns or
+//! rows at a time.
+//!
 //! Both instruction sets are part of their architecture's baseline, so there is no
 //! run-time selection; other targets (armv7) use [`reference`].
 
@@ -32,6 +37,10 @@ pub fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
         src.len(),
         dst.len()
     );
+    #[cfg(target_arch = "aarch64")]
+    if narrow(&src[..len], rows, cols, &mut dst[..len]) {
+        return;
+    }
     let mut r0 = 0;
     while r0 < rows {
         let rr = TILE.min(rows - r0);
@@ -59,6 +68,78 @@ pub fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
             c0 += TILE;
         }
         r0 += TILE;
+    }
+}
+
+/// Two to four rows interleaved, or two to four columns de-interleaved, with the
+/// structure stores and loads; `false` (nothing written) for other shapes.
+#[cfg(target_arch = "aarch64")]
+fn narrow(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) -> bool {
+    use std::arch::aarch64::*;
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY (every block below): `src` and `dst` hold `rows · cols` bytes; a block
+    // reads 16 bytes of each row from column `c0` (or 16 rows of `cols` bytes from row
+    // `r0`) and writes the 16 · n bytes they become, all within `rows · cols` as
+    // `c0 + 16 <= cols` (or `r0 + 16 <= rows`).
+    let full = |n: usize| n / TILE * TILE;
+    match (rows, cols) {
+        (2..=4, 16..) => {
+            let row = |r: usize, c0: usize| unsafe { vld1q_u8(s.add(r * cols + c0)) };
+            for c0 in (0..full(cols)).step_by(TILE) {
+                let to = unsafe { d.add(c0 * rows) };
+                unsafe {
+                    match rows {
+                        2 => vst2q_u8(to, uint8x16x2_t(row(0, c0), row(1, c0))),
+                        3 => vst3q_u8(to, uint8x16x3_t(row(0, c0), row(1, c0), row(2, c0))),
+                        _ => vst4q_u8(
+                            to,
+                            uint8x16x4_t(row(0, c0), row(1, c0), row(2, c0), row(3, c0)),
+                        ),
+                    }
+                }
+            }
+            for c in full(cols)..cols {
+                for r in 0..rows {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+            true
+        }
+        (16.., 2..=4) => {
+            for r0 in (0..full(rows)).step_by(TILE) {
+                let from = unsafe { s.add(r0 * cols) };
+                let put = |c: usize, v: uint8x16_t| unsafe { vst1q_u8(d.add(c * rows + r0), v) };
+                unsafe {
+                    match cols {
+                        2 => {
+                            let v = vld2q_u8(from);
+                            put(0, v.0);
+                            put(1, v.1);
+                        }
+                        3 => {
+                            let v = vld3q_u8(from);
+                            put(0, v.0);
+                            put(1, v.1);
+                            put(2, v.2);
+                        }
+                        _ => {
+                            let v = vld4q_u8(from);
+                            put(0, v.0);
+                            put(1, v.1);
+                            put(2, v.2);
+                            put(3, v.3);
+                        }
+                    }
+                }
+            }
+            for r in full(rows)..rows {
+                for c in 0..cols {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+            true
+        }
+        _ => false,
     }
 }
 
@@ -176,8 +257,8 @@ mod tests {
 
     #[test]
     fn tiles_halves_and_edges_match_the_reference() {
-        for rows in [1, 3, 8, 15, 16, 17, 24, 40, 48] {
-            for cols in [1, 2, 9, 16, 31, 32, 36, 49] {
+        for rows in [1, 2, 3, 4, 5, 8, 15, 16, 17, 24, 40, 48] {
+            for cols in [1, 2, 3, 4, 9, 16, 31, 32, 36, 49] {
                 check(rows, cols);
             }
         }
