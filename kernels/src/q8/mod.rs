@@ -21,11 +21,13 @@
 //! - [`gemm`]: `out[n][m] = Σ_k x[n][k] · w[m][k]`, the pointwise (1x1) convolution and
 //!   the matrix product, and general convolutions after im2col;
 //! - [`dwconv`]: the depthwise convolution;
+//! - [`im2col`]: the rows a general convolution's matrix product reads;
 //! - [`add`]: the element-wise sum of two quantized tensors (residual connections).
 
 pub mod add;
 pub mod dwconv;
 pub mod gemm;
+pub mod im2col;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

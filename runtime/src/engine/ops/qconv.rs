@@ -31,6 +31,7 @@ use super::KernelNode;
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
 use crate::kernels::q8::dwconv::QDwConv;
 use crate::kernels::q8::gemm::Gemm;
+use crate::kernels::q8::im2col::im2col;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::requant::Requant;
 use crate::kernels::transpose::transpose;
@@ -324,10 +325,10 @@ impl PerchQConv {
             match &self.plan {
                 Plan::Pointwise(g) => g.run(h * w, x_hwc, out, rest).map_err(fail)?,
                 Plan::Depthwise(d) => d.run(1, x_hwc, out, rest).map_err(fail)?,
-                Plan::General(g, im2col) => {
+                Plan::General(g, g_im2col) => {
                     let kp = g.padded_k();
                     let rows = &mut rest[..ho * wo * kp];
-                    self.im2col(im2col, x_hwc, rows, kp);
+                    im2col(g_im2col, s.input_zero_point as u8, x_hwc, rows, kp);
                     g.run_padded(ho * wo, rows, kp, out).map_err(fail)?
                 }
             }
@@ -336,43 +337,6 @@ impl PerchQConv {
             }
         }
         Ok(())
-    }
-
-    /// Rows of `kp` bytes, one per output pixel, holding its taps' input channels in
-    /// (ky, kx, ci) order, the input's zero point where a tap falls in the padding, and
-    /// zeros after the `kh · kw · cin` values. `x` is channels last, so a kernel row
-    /// that lies inside the image is one contiguous copy of `kw · cin` bytes.
-    fn im2col(&self, g: &DwGeometry, x: &[u8], rows: &mut [u8], kp: usize) {
-        let cin = self.spec.cin;
-        let [h, w] = g.input;
-        let [kh, kw] = g.kernel;
-        let [top, left, ..] = g.padding;
-        let pad = self.spec.input_zero_point as u8;
-        let span = kw * cin;
-        for (p, row) in rows.chunks_exact_mut(kp).enumerate() {
-            let (oy, ox) = (p / g.output[1], p % g.output[1]);
-            // The first tap's column, when the whole kernel row is inside the image.
-            let inside = (ox * g.stride).checked_sub(left).filter(|x0| x0 + kw <= w);
-            for ky in 0..kh {
-                let dst = &mut row[ky * span..(ky + 1) * span];
-                let Some(iy) = (oy * g.stride + ky).checked_sub(top).filter(|v| *v < h) else {
-                    dst.fill(pad);
-                    continue;
-                };
-                let line = &x[iy * w * cin..(iy + 1) * w * cin];
-                if let Some(x0) = inside {
-                    dst.copy_from_slice(&line[x0 * cin..(x0 + kw) * cin]);
-                    continue;
-                }
-                for (kx, d) in dst.chunks_exact_mut(cin).enumerate() {
-                    match (ox * g.stride + kx).checked_sub(left).filter(|v| *v < w) {
-                        Some(ix) => d.copy_from_slice(&line[ix * cin..(ix + 1) * cin]),
-                        None => d.fill(pad),
-                    }
-                }
-            }
-            row[kh * span..].fill(0);
-        }
     }
 }
 
