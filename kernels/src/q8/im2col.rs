@@ -2,60 +2,72 @@
 //! input channels in `(ky, kx, ci)` order, so that a general convolution becomes one
 //! matrix product ([`super::gemm`]) with filters laid out the same way.
 //!
-//! A kernel row that lies inside the image is one contiguous run of `kw · cin` bytes of
-//! the channels-last image; taps in the padding hold the input's zero point, so they
+//! In a padded copy of the channels-last image every kernel row is one contiguous run
+//! of `kw · cin` bytes; taps in the padding hold the input's zero point, so they
 //! contribute `(zx − zx) · w = 0` like ONNX's zero padding of the real values.
 
 use crate::f32_dwconv::DwGeometry;
+
+/// Scratch bytes [`im2col`] needs: the padded image.
+pub fn scratch_len(g: &DwGeometry) -> usize {
+    let [hp, wp] = padded_shape(g);
+    hp * wp * g.channels
+}
+
+/// The padded image's height and width: what the output pixels' taps cover.
+fn padded_shape(g: &DwGeometry) -> [usize; 2] {
+    [
+        (g.output[0] - 1) * g.stride + g.kernel[0],
+        (g.output[1] - 1) * g.stride + g.kernel[1],
+    ]
+}
 
 /// Fills `rows` (`Ho · Wo` rows of `kp` bytes, `kp >= kh · kw · C`) from the
 /// channels-last image `x` (`H · W · C` bytes) of geometry `g` (`g.channels` = C), with
 /// `pad` in the padding and zeros after each row's `kh · kw · C` values.
 ///
+/// The image is first copied into `scratch` ([`scratch_len`] bytes) with its padding,
+/// as the depthwise kernels do, so that every kernel row of every pixel is one run of
+/// `kw · C` bytes there, with no bounds to test per tap.
+///
 /// # Panics
-/// If `x` or `rows` is shorter than the geometry says or `kp` is too small.
-pub fn im2col(g: &DwGeometry, pad: u8, x: &[u8], rows: &mut [u8], kp: usize) {
-    let cin = g.channels;
+/// If `x`, `rows` or `scratch` is shorter than the geometry says or `kp` is too small.
+pub fn im2col(g: &DwGeometry, pad: u8, x: &[u8], rows: &mut [u8], kp: usize, scratch: &mut [u8]) {
+    let c = g.channels;
     let [h, w] = g.input;
     let [kh, kw] = g.kernel;
     let [top, left, ..] = g.padding;
     let [ho, wo] = g.output;
-    let span = kw * cin;
+    let [hp, wp] = padded_shape(g);
+    let span = kw * c;
     assert!(
         kp >= kh * span,
         "im2col rows of {kp} bytes for {kh} x {span}"
     );
-    assert!(
-        x.len() >= h * w * cin,
-        "im2col of a {h}x{w}x{cin} image from {} bytes",
-        x.len()
+    let padded = &mut scratch[..hp * wp * c];
+    padded.fill(pad);
+    // The image rows and columns the padded image holds (a stride may leave the last
+    // ones out).
+    let (rows_in, cols_in) = (
+        h.min(hp.saturating_sub(top)),
+        w.min(wp.saturating_sub(left)),
     );
-    let rows = &mut rows[..ho * wo * kp];
-    let pads = [pad; 16];
-    let mut pixel = rows.chunks_exact_mut(kp);
+    for r in 0..rows_in {
+        let at = ((r + top) * wp + left) * c;
+        padded[at..at + cols_in * c].copy_from_slice(&x[r * w * c..(r * w + cols_in) * c]);
+    }
+    let padded = &*padded;
+    let zeros = [0u8; 16];
+    let mut pixel = rows[..ho * wo * kp].chunks_exact_mut(kp);
     for oy in 0..ho {
         for ox in 0..wo {
             let Some(row) = pixel.next() else { return };
             let (taps, tail) = row.split_at_mut(kh * span);
-            fill(tail, &[0; 16]);
-            // The first tap's column, when the whole kernel row is inside the image.
-            let inside = (ox * g.stride).checked_sub(left).filter(|x0| x0 + kw <= w);
-            for (ky, dst) in taps.chunks_exact_mut(span).enumerate() {
-                let Some(iy) = (oy * g.stride + ky).checked_sub(top).filter(|v| *v < h) else {
-                    fill(dst, &pads);
-                    continue;
-                };
-                let line = &x[iy * w * cin..(iy + 1) * w * cin];
-                if let Some(x0) = inside {
-                    copy_short(dst, &line[x0 * cin..(x0 + kw) * cin]);
-                    continue;
-                }
-                for (kx, d) in dst.chunks_exact_mut(cin).enumerate() {
-                    match (ox * g.stride + kx).checked_sub(left).filter(|v| *v < w) {
-                        Some(ix) => copy_short(d, &line[ix * cin..(ix + 1) * cin]),
-                        None => fill(d, &pads),
-                    }
-                }
+            fill(tail, &zeros);
+            let mut at = (oy * g.stride * wp + ox * g.stride) * c;
+            for dst in taps.chunks_exact_mut(span) {
+                copy_short(dst, &padded[at..at + span]);
+                at += wp * c;
             }
         }
     }
@@ -137,13 +149,15 @@ mod tests {
             (5, [8, 8], [3, 3], 2, [0, 0, 1, 1]),
             (16, [5, 6], [3, 3], 1, [1, 0, 1, 2]),
             (3, [4, 4], [1, 7], 1, [0, 3, 0, 3]),
+            (2, [8, 8], [3, 3], 2, [0, 0, 0, 0]),
         ] {
             let g = DwGeometry::new(c, hw, k, stride, padding).unwrap();
             let x = test_bytes(hw[0] * hw[1] * c, c as u64);
             let kp = (k[0] * k[1] * c).div_ceil(16) * 16;
             let want = reference(&g, 77, &x, kp);
             let mut got = vec![0xEE; want.len()];
-            im2col(&g, 77, &x, &mut got, kp);
+            let mut scratch = vec![0xEE; scratch_len(&g)];
+            im2col(&g, 77, &x, &mut got, kp, &mut scratch);
             assert_eq!(got, want, "{c} ch {hw:?} {k:?} s{stride} {padding:?}");
         }
     }

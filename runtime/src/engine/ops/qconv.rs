@@ -31,7 +31,7 @@ use super::KernelNode;
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
 use crate::kernels::q8::dwconv::QDwConv;
 use crate::kernels::q8::gemm::Gemm;
-use crate::kernels::q8::im2col::im2col;
+use crate::kernels::q8::im2col;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::requant::Requant;
 use crate::kernels::transpose::transpose;
@@ -303,7 +303,9 @@ impl PerchQConv {
             let kernel_scratch = match &self.plan {
                 Plan::Pointwise(g) => g.scratch_len(h * w),
                 Plan::Depthwise(d) => d.scratch_len(),
-                Plan::General(g, _) => ho * wo * g.padded_k(),
+                Plan::General(g, g_im2col) => {
+                    ho * wo * g.padded_k() + im2col::scratch_len(g_im2col)
+                }
             };
             let (in_copy, out_copy) = (
                 if in_chw { in_len } else { 0 },
@@ -327,8 +329,9 @@ impl PerchQConv {
                 Plan::Depthwise(d) => d.run(1, x_hwc, out, rest).map_err(fail)?,
                 Plan::General(g, g_im2col) => {
                     let kp = g.padded_k();
-                    let rows = &mut rest[..ho * wo * kp];
-                    im2col(g_im2col, s.input_zero_point as u8, x_hwc, rows, kp);
+                    let (rows, padded) = rest.split_at_mut(ho * wo * kp);
+                    let pad = s.input_zero_point as u8;
+                    im2col::im2col(g_im2col, pad, x_hwc, rows, kp, padded);
                     g.run_padded(ho * wo, rows, kp, out).map_err(fail)?
                 }
             }
