@@ -126,7 +126,7 @@ fn validate(infos: &[TensorInfo], policy: NonFinitePolicy, inputs: &[Input<'_>])
             });
         }
         if let (NonFinitePolicy::Reject, TensorData::F32(data)) = (policy, input.data) {
-            if let Some(position) = data.iter().position(|v| !v.is_finite()) {
+            if let Some(position) = first_non_finite(data) {
                 return Err(EngineError::NonFinite {
                     index,
                     name: info.name.clone(),
@@ -137,6 +137,25 @@ fn validate(infos: &[TensorInfo], policy: NonFinitePolicy, inputs: &[Input<'_>])
         }
     }
     Ok(())
+}
+
+/// The position of the first NaN or infinity. Chunk by chunk without an early exit
+/// inside a chunk, so that the test vectorizes: a camera frame's 50,000 values cost
+/// about one instruction each instead of five.
+fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 64;
+    data.chunks(CHUNK).enumerate().find_map(|(i, chunk)| {
+        let any = chunk.iter().fold(false, |any, v| {
+            any | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+        });
+        any.then(|| {
+            chunk
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|p| i * CHUNK + p)
+        })
+        .flatten()
+    })
 }
 
 /// Copies an input into the session's tensor for it, reusing the tensor when the
@@ -246,5 +265,26 @@ impl Outputs {
             });
         }
         plain::<f32>(tensor).map_err(|e| EngineError::Run { reason: chain(&e) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_non_finite;
+
+    #[test]
+    fn the_first_non_finite_value_is_found_in_any_chunk() {
+        let mut data = vec![1.5f32; 300];
+        assert_eq!(first_non_finite(&data), None);
+        data[299] = f32::INFINITY;
+        assert_eq!(first_non_finite(&data), Some(299));
+        data[130] = f32::NEG_INFINITY;
+        assert_eq!(first_non_finite(&data), Some(130));
+        data[64] = f32::NAN;
+        assert_eq!(first_non_finite(&data), Some(64));
+        data[0] = -f32::NAN;
+        assert_eq!(first_non_finite(&data), Some(0));
+        assert_eq!(first_non_finite(&[f32::MAX, f32::MIN_POSITIVE, -0.0]), None);
+        assert_eq!(first_non_finite(&[]), None);
     }
 }
