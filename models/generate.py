@@ -1031,8 +1031,15 @@ def build_iris_mlp():
                        options={id(clf): {"zipmap": False}},
                        target_opset={"": OPSET, "ai.onnx.ml": 3})
     model = select_model_inputs_outputs(exported, outputs=["probabilities"])
-    for vi in model.graph.input:
-        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    (graph_input,) = model.graph.input
+    graph_input.type.tensor_type.shape.dim[0].dim_param = "N"
+    # skl2onnx starts with a float-to-float Cast; tract folds it away and would name the
+    # input after the Cast's output (`cast_input`), so it goes here.
+    (cast,) = [n for n in model.graph.node if n.op_type == "Cast" and n.input[0] == "features"]
+    assert helper.get_attribute_value(cast.attribute[0]) == TensorProto.FLOAT
+    model.graph.node.remove(cast)
+    for node in model.graph.node:
+        node.input[:] = ["features" if i == cast.output[0] else i for i in node.input]
     del model.graph.output[:]
     model.graph.output.append(
         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3]))
