@@ -72,9 +72,9 @@ pub enum LoadError {
     Schema {
         /// The bundle, or the schema file.
         path: PathBuf,
-        /// Why.
+        /// Why (boxed: it is large, and rare).
         #[source]
-        source: FeatureError,
+        source: Box<FeatureError>,
     },
     /// `schema.json` beside a model file could not be read.
     #[error("cannot read {}", path.display())]
@@ -139,7 +139,7 @@ fn bind(schema: bundle::FeatureSchema, model: &Model, path: &Path) -> Result<Fea
     let meta = model.metadata();
     Features::bind(schema, &meta.inputs, &meta.outputs).map_err(|source| LoadError::Schema {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -153,7 +153,7 @@ fn schema_beside(dir: &Path, model: &Model) -> Result<Option<Features>, LoadErro
     };
     let schema = bundle::FeatureSchema::from_json(&bytes).map_err(|e| LoadError::Schema {
         path: path.clone(),
-        source: FeatureError::Schema(e),
+        source: Box::new(FeatureError::Schema(e)),
     })?;
     bind(schema, model, &path).map(Some)
 }

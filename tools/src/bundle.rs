@@ -629,7 +629,7 @@ fn write_manifest(f: &mut fmt::Formatter<'_>, m: &Manifest) -> fmt::Result {
 }
 
 /// The feature schema, one line per feature, then the labels.
-fn write_schema(f: &mut fmt::Formatter<'_>, schema: &FeatureSchema) -> fmt::Result {
+pub(crate) fn write_schema(f: &mut fmt::Formatter<'_>, schema: &FeatureSchema) -> fmt::Result {
     writeln!(
         f,
         "  schema   {} feature(s) filling {} column(s), labels {}",

@@ -251,7 +251,7 @@ impl Features {
             });
         }
         for feature in &self.schema.features {
-            let value = &given[feature.name()];
+            let value = given.get(feature.name()).unwrap_or(&Value::Null);
             match feature {
                 Feature::Numeric { name, mean, std } => {
                     let Some(x) = value.as_f64() else {
@@ -315,7 +315,7 @@ impl Features {
     /// [`FeatureError::Output`] when they are not a whole number (≥ 1) of rows.
     pub fn predictions(&self, probabilities: &[f32]) -> Result<Vec<Prediction>, FeatureError> {
         let labels = &self.schema.labels;
-        if probabilities.is_empty() || probabilities.len() % labels.len() != 0 {
+        if probabilities.is_empty() || !probabilities.len().is_multiple_of(labels.len()) {
             return Err(FeatureError::Output {
                 output: self.output,
                 values: probabilities.len(),

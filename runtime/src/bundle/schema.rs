@@ -165,7 +165,7 @@ impl FeatureSchema {
             }
             match feature {
                 Feature::Numeric { mean, std, .. } => {
-                    if !mean.is_finite() || !(std.is_finite() && *std > 0.0) {
+                    if !(mean.is_finite() && std.is_finite() && *std > 0.0) {
                         return Err(bad(format!(
                             "feature {name:?} needs a finite mean and a finite std > 0 \
                              (mean {mean}, std {std})"

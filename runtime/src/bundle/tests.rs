@@ -831,7 +831,8 @@ mod feature_schema {
         use serde_json::json;
         let numeric = |name: &str| json!({"name": name, "type": "numeric"});
         let ten_thousand: Vec<_> = (0..10_000).map(|i| numeric(&format!("f{i}"))).collect();
-        let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|m| m["schema"]["features"][0]["std"] = 0.into()),
                 "feature \"p0\" needs a finite mean and a finite std > 0",

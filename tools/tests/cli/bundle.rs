@@ -592,6 +592,23 @@ categories = ["short", "long"]
         let schema = bundle.manifest().schema.clone().unwrap();
         assert_eq!(schema.width(), 4);
         assert_eq!(schema.features[1].name(), "sepal_width");
+
+        let inspected = perch()
+            .arg("inspect")
+            .arg(dir.path().join("iris.perch"))
+            .output()
+            .unwrap();
+        assert!(inspected.status.success(), "{}", stderr(&inspected));
+        let text = String::from_utf8_lossy(&inspected.stdout);
+        assert!(
+            text.contains("bundle     iris 1.0.0 (sequence 1), model.onnx model"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sepal_length             numeric, (x - 5.8) / 0.8"),
+            "{text}"
+        );
+        assert!(text.contains("input      features f32 [N,4]"), "{text}");
     }
 
     #[test]
