@@ -24,7 +24,7 @@
 //! let features = Features::bind(schema, &[tensor("x", 3)], &[tensor("p", 2)]).unwrap();
 //! let row = features.decode_body(br#"{"features": {"age": 55, "plan": "pro"}}"#).unwrap();
 //! assert_eq!(row, [1.5, 0.0, 1.0]);
-//! let err = features.decode_body(br#"{"features": {"age": "55"}}"#).unwrap_err();
+//! let err = features.decode_body(br#"{"features": {"age": "55", "plan": "pro"}}"#).unwrap_err();
 //! assert_eq!(err.to_string(), "feature \"age\" must be a number, got a string (\"55\")");
 //! ```
 
