@@ -12,6 +12,7 @@ Everything under models/ except this script and requirements.txt is produced her
     models/<name>/model.w8.onnx         weight-only int8 (per-output-channel DequantizeLinear)
     models/<name>/model.{dyn,qdq,qop}.onnx  quantized by onnxruntime's own tools (some workloads)
     models/<name>/golden/*.npy          golden input/outputs computed by onnxruntime
+    models/iris-mlp/{model.onnx,schema.json,golden/}  the tabular model /predict serves (skl2onnx)
     models/fixtures/*                   fixtures (invalid per-axis DQ at opset 11, contrib ops, an export)
     models/README.md, models/models.json
 
@@ -997,6 +998,103 @@ WORKLOADS = [
 ]
 
 
+# --------------------------------------------------------------------------------------
+# tabular model for /predict: named features, a schema, class labels
+
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def build_iris_mlp():
+    """scikit-learn's iris data set (4 measurements in cm, 3 species): a StandardScaler whose
+    mean and scale go into the feature schema (the device standardizes, not the graph), and an
+    MLPClassifier on the standardized features, exported by skl2onnx with zipmap off and only
+    the probability output kept (the label branch needs ai.onnx.ml's ArrayFeatureExtractor, which
+    the engine does not run; the device takes the argmax and names it with the schema's labels)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from skl2onnx.helpers.onnx_helper import select_model_inputs_outputs
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    iris = load_iris()
+    x_tr, x_te, y_tr, y_te = train_test_split(iris.data, iris.target, test_size=0.3,
+                                              stratify=iris.target, random_state=0)
+    scaler = StandardScaler().fit(x_tr)
+    clf = MLPClassifier(hidden_layer_sizes=(16,), activation="relu", solver="adam",
+                        max_iter=3000, random_state=0)
+    clf.fit(scaler.transform(x_tr), y_tr)
+    assert clf.n_iter_ < clf.max_iter, "MLP did not converge"
+
+    exported = to_onnx(clf, initial_types=[("features", FloatTensorType([None, 4]))],
+                       options={id(clf): {"zipmap": False}},
+                       target_opset={"": OPSET, "ai.onnx.ml": 3})
+    model = select_model_inputs_outputs(exported, outputs=["probabilities"])
+    (graph_input,) = model.graph.input
+    graph_input.type.tensor_type.shape.dim[0].dim_param = "N"
+    # skl2onnx starts with a float-to-float Cast; tract folds it away and would name the
+    # input after the Cast's output (`cast_input`), so it goes here.
+    (cast,) = [n for n in model.graph.node if n.op_type == "Cast" and n.input[0] == "features"]
+    assert helper.get_attribute_value(cast.attribute[0]) == TensorProto.FLOAT
+    model.graph.node.remove(cast)
+    for node in model.graph.node:
+        node.input[:] = ["features" if i == cast.output[0] else i for i in node.input]
+    del model.graph.output[:]
+    model.graph.output.append(
+        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3]))
+    needed = {i for n in model.graph.node for i in n.input}
+    kept = [t for t in model.graph.initializer if t.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    used = {n.domain for n in model.graph.node}
+    assert used == {""}, f"non-default domains left: {used}"
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", OPSET))
+    model.ir_version = IR_VERSION
+    model.producer_name, model.producer_version = PRODUCER, "1"
+    model.doc_string = ("iris-mlp: scikit-learn MLPClassifier (16, relu) on sklearn load_iris, "
+                        "standardized features in, softmax probabilities over 3 species out.")
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type.lower()}_{i}"
+    check_model(model, "iris-mlp")
+
+    z_te = f32(scaler.transform(x_te))
+    (probs,) = run(model, {"features": z_te})
+    ref = clf.predict_proba(scaler.transform(x_te))
+    err = float(np.abs(probs - ref).max())
+    assert err < 1e-5, f"ONNX vs sklearn predict_proba: {err}"
+    acc = float((probs.argmax(1) == y_te).mean())
+    schema = {
+        "features": [
+            {"name": name, "type": "numeric", "mean": float(m), "std": float(sd)}
+            for name, m, sd in zip(IRIS_FEATURES, scaler.mean_, scaler.scale_)
+        ],
+        "labels": [str(t) for t in iris.target_names],
+    }
+    info = {"accuracy": acc, "n_heldout": int(len(y_te)), "n_train": int(len(y_tr)),
+            "sklearn_max_abs_err": err, "raw_first_heldout": [float(v) for v in x_te[0]],
+            "label_first_heldout": str(iris.target_names[y_te[0]])}
+    return model, schema, z_te[:8], info
+
+
+def write_tabular():
+    folder = os.path.join(HERE, "iris-mlp")
+    model, schema, golden, info = build_iris_mlp()
+    save_model(model, os.path.join(folder, "model.onnx"))
+    with open(os.path.join(folder, "schema.json"), "w") as f:
+        json.dump(schema, f, indent=2)
+        f.write("\n")
+    (out,) = run(model, {"features": golden})
+    save_npy(os.path.join(folder, "golden", "input_0.npy"), golden)
+    save_npy(os.path.join(folder, "golden", "output_0.npy"), out)
+    info["params"], _ = count_params(model)
+    info["float_bytes"] = os.path.getsize(os.path.join(folder, "model.onnx"))
+    print(f"  iris-mlp: ONNX vs sklearn predict_proba max abs err {info['sklearn_max_abs_err']:.3g}, "
+          f"held-out accuracy {info['accuracy']:.4f} on {info['n_heldout']} samples")
+    return info
+
+
 def fmt_shape(s):
     return "[" + ", ".join(str(d) for d in s) + "]"
 
@@ -1123,11 +1221,13 @@ def main():
     print("fixtures")
     fixture_report = {}
     write_fixtures(fixture_report)
+    print("tabular")
+    tabular = write_tabular()
 
     with open(os.path.join(HERE, "models.json"), "w") as f:
         json.dump(entries, f, indent=2)
         f.write("\n")
-    write_readme(entries, fixture_report)
+    write_readme(entries, fixture_report, tabular)
 
     total = 0
     for root, _dirs, fs in os.walk(HERE):
@@ -1138,7 +1238,7 @@ def main():
     assert total < 6_500_000, "models/ must stay under 6.5 MB"
 
 
-def write_readme(entries, fx):
+def write_readme(entries, fx, tab):
     L = []
     L.append("# Reference workloads\n")
     L.append(
@@ -1325,6 +1425,31 @@ def write_readme(entries, fx):
         "  4 Conv (one depthwise) followed by an unfolded BatchNormalization, a Gemm, a Squeeze with the\n"
         "  opset-11 `axes` attribute and a Softmax, default-domain opset 11, IR 6; input [1, 3, 16, 32],\n"
         "  6 probabilities, with ONNX Runtime's output (`exported-opset11.input_0.npy`, `.output_0.npy`).\n"
+    )
+    L.append("## Tabular model for /predict\n")
+    L.append(
+        "`iris-mlp/` is not one of R1-R4: it is the model behind perchd's `/predict`, which takes named\n"
+        "features. scikit-learn's `load_iris` (150 flowers, 4 measurements in cm, 3 species), split\n"
+        f"{tab['n_train']} / {tab['n_heldout']} (stratified, seed 0); a `StandardScaler` fitted on the training split and an\n"
+        "`MLPClassifier` (16 relu units, softmax) on its output, exported by skl2onnx with `zipmap=False`.\n"
+        "The graph keeps only the `probabilities` output (`features` [N, 4] -> `probabilities` [N, 3]; the\n"
+        "label branch uses ai.onnx.ml's ArrayFeatureExtractor, which the engine does not run). The scaler\n"
+        "is not in the graph: its mean and scale are the schema's per-feature `mean` and `std`, so the\n"
+        "device standardizes what a request names.\n"
+    )
+    L.append(
+        "```\n"
+        "iris-mlp/model.onnx           float32, opset 13, ir_version 8, standard operators only\n"
+        "iris-mlp/schema.json          the feature schema `perch pack --schema` signs into a bundle, and\n"
+        "                              that perchd reads beside a plain model file\n"
+        "iris-mlp/golden/input_0.npy   8 standardized held-out rows; output_0.npy onnxruntime's output\n"
+        "```\n"
+    )
+    L.append(
+        f"Held-out accuracy {tab['accuracy'] * 100:.2f}% ({tab['n_heldout']} samples); ONNX vs scikit-learn "
+        f"`predict_proba` max abs difference {tab['sklearn_max_abs_err']:.2g}; {tab['params']} parameters, "
+        f"{fmt_size(tab['float_bytes'])}. The first held-out flower, "
+        f"{dict(zip(IRIS_FEATURES, tab['raw_first_heldout']))}, is a {tab['label_first_heldout']}.\n"
     )
     with open(os.path.join(HERE, "README.md"), "w") as f:
         f.write("\n".join(L))

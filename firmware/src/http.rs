@@ -13,7 +13,8 @@
 //! | GET | `/v2/models/stats`, `/v2/models/{name}/stats` (also `/versions/{v}/stats`) | Triton's statistics ([`crate::service::stats`]) |
 //! | POST | `/v2/repository/index` | `[{"name", "version", "state"}]` ([`crate::service::describe`]) |
 //! | GET | `/v1/models`, `/v1/models/{name}` | KServe V1 model list and status |
-//! | POST | `/v1/models/{name}:predict` | KServe V1 `instances` → `predictions` ([`crate::service::kserve_v1`]) |
+//! | POST | `/v1/models/{name}:predict` | KServe V1 `instances` → `predictions` ([`crate::service::kserve_v1`]); for a model with a feature schema, instances that are objects of named features are answered with labels |
+//! | POST | `/predict` | `{"features": {"name": value, ...}}` → `{"prediction", "probability", "model_version", "latency_ms"}` with the served model's feature schema ([`crate::service::features`]) |
 //! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}`, 503 while not ready |
 //! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, and gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, each with `# HELP` and `# TYPE` |
 //!
@@ -219,6 +220,7 @@ fn router_with(service: InferenceService, body_timeout: Duration) -> Router {
         .route("/v2/repository/index", post(repository_index))
         .route("/v1/models", get(v1_models))
         .route("/v1/models/{target}", get(v1_model).post(v1_predict))
+        .route("/predict", post(predict))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -376,7 +378,7 @@ async fn infer(
     infer_for(
         service,
         (gate, timeout),
-        &name,
+        Some(&name),
         None,
         Protocol::V2,
         &headers,
@@ -396,7 +398,7 @@ async fn versioned_infer(
     infer_for(
         service,
         (gate, timeout),
-        &name,
+        Some(&name),
         Some(&version),
         Protocol::V2,
         &headers,
@@ -420,9 +422,29 @@ async fn v1_predict(
     infer_for(
         service,
         (gate, timeout),
-        name,
+        Some(name),
         None,
         Protocol::V1,
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// `POST /predict`: named features for the served model.
+async fn predict(
+    State(service): State<InferenceService>,
+    State(gate): State<Gate>,
+    State(timeout): State<BodyTimeout>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer_for(
+        service,
+        (gate, timeout),
+        None,
+        None,
+        Protocol::Predict,
         &headers,
         body,
     )
@@ -437,12 +459,14 @@ enum Protocol {
     V2,
     /// KServe V1 `instances`.
     V1,
+    /// `/predict`: named features.
+    Predict,
 }
 
 async fn infer_for(
     service: InferenceService,
     (gate, BodyTimeout(body_timeout)): (Gate, BodyTimeout),
-    name: &str,
+    name: Option<&str>,
     version: Option<&str>,
     protocol: Protocol,
     headers: &HeaderMap,
@@ -461,7 +485,7 @@ async fn infer_for(
             Codec::Binary => postcard(status(e.http_status()), binary::encode_error(&e)),
         }
     };
-    if let Err(e) = find(&service, name, version) {
+    if let Some(Err(e)) = name.map(|name| find(&service, name, version)) {
         return refuse(e);
     }
     let declared = headers
@@ -487,10 +511,14 @@ async fn infer_for(
     service.record_queue(waiting.elapsed());
     // Every path runs on the blocking pool within the service's deadline.
     let reply = match (protocol, codec) {
-        (Protocol::V1, _) => {
+        (Protocol::V1 | Protocol::Predict, _) => {
+            let handle = match protocol {
+                Protocol::Predict => InferenceService::handle_predict,
+                _ => InferenceService::handle_v1,
+            };
             let reply = service
                 .reply_within(
-                    move |s| s.handle_v1(&body),
+                    move |s| handle(s, &body),
                     |e| Reply {
                         status: e.http_status(),
                         body: oip::encode_error(&e),
@@ -714,7 +742,7 @@ async fn health(State(service): State<InferenceService>) -> Response {
 async fn no_route() -> Response {
     json(
         StatusCode::NOT_FOUND,
-        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /v2/models/{name}/config, /v2/models/{name}/stats, /v1/models/{name}:predict, /health, /metrics"}"#
+        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /v2/models/{name}/config, /v2/models/{name}/stats, /v1/models/{name}:predict, /predict, /health, /metrics"}"#
             .to_vec(),
     )
 }

@@ -82,6 +82,7 @@ pub(crate) mod testing {
                 p99_ms: Some(25.0),
                 ..Default::default()
             },
+            schema: None,
         };
         change(&mut contents);
         bundle::pack(&contents, key).unwrap()

@@ -29,6 +29,7 @@ use perch_runtime::model_files;
 use perch_runtime::slo::Slo;
 
 use crate::config::ModelConfig;
+use crate::service::features::{FeatureError, Features};
 
 /// Why a model could not be loaded (a failed self-test is not one of them).
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,25 @@ pub enum LoadError {
     /// The model's name or version does not fit a report.
     #[error("the model's name or version does not fit a report")]
     Wire(#[source] perch_runtime::Error),
+    /// The feature schema (the bundle's, or `schema.json` beside a model file) does not
+    /// read, or does not fit the model.
+    #[error("cannot use the feature schema of {}", path.display())]
+    Schema {
+        /// The bundle, or the schema file.
+        path: PathBuf,
+        /// Why (boxed: it is large, and rare).
+        #[source]
+        source: Box<FeatureError>,
+    },
+    /// `schema.json` beside a model file could not be read.
+    #[error("cannot read {}", path.display())]
+    SchemaFile {
+        /// The schema file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The outcome of a boot.
@@ -105,6 +125,37 @@ pub struct Loaded {
     pub source: String,
     /// The bundle's release sequence (`None` for a plain model file).
     pub sequence: Option<u64>,
+    /// The feature schema for `/predict`, bound to the model: the bundle's, or
+    /// [`SCHEMA_FILE`] beside a plain model file (`None` when there is none).
+    pub features: Option<Features>,
+}
+
+/// The file beside a plain model file that holds its feature schema (in a bundle the
+/// schema is part of the signed manifest).
+pub const SCHEMA_FILE: &str = "schema.json";
+
+/// Binds `schema` to `model`, naming `path` (the bundle or the schema file) on failure.
+fn bind(schema: bundle::FeatureSchema, model: &Model, path: &Path) -> Result<Features, LoadError> {
+    let meta = model.metadata();
+    Features::bind(schema, &meta.inputs, &meta.outputs).map_err(|source| LoadError::Schema {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// The schema in [`SCHEMA_FILE`] in `dir`, bound to `model`, if the file exists.
+fn schema_beside(dir: &Path, model: &Model) -> Result<Option<Features>, LoadError> {
+    let path = dir.join(SCHEMA_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LoadError::SchemaFile { path, source }),
+    };
+    let schema = bundle::FeatureSchema::from_json(&bytes).map_err(|e| LoadError::Schema {
+        path: path.clone(),
+        source: Box::new(FeatureError::Schema(e)),
+    })?;
+    bind(schema, model, &path).map(Some)
 }
 
 /// Loads the configured model and checks it as the agent does at start-up: a bundle
@@ -173,6 +224,7 @@ pub fn load(config: &ModelConfig) -> Result<Loaded, LoadError> {
         load_time,
     };
     let boot = warmup.finish(&model, &id, golden.as_ref(), self_test)?;
+    let features = schema_beside(path.parent().unwrap_or(Path::new(".")), &model)?;
     Ok(Loaded {
         model,
         id,
@@ -180,6 +232,7 @@ pub fn load(config: &ModelConfig) -> Result<Loaded, LoadError> {
         slo: Slo::default(),
         source: format!("model file {}", path.display()),
         sequence: None,
+        features,
     })
 }
 
@@ -248,6 +301,10 @@ fn load_verified_bundle(
         load_time,
     };
     let boot = warmup.finish(&model, &id, golden, self_test)?;
+    let features = match &manifest.schema {
+        Some(schema) => Some(bind(schema.clone(), &model, path)?),
+        None => None,
+    };
     Ok(Loaded {
         model,
         id,
@@ -262,6 +319,7 @@ fn load_verified_bundle(
             verified.key_id()
         ),
         sequence: Some(manifest.sequence),
+        features,
     })
 }
 

@@ -33,12 +33,14 @@
 pub mod binary;
 mod deadline;
 pub mod describe;
+pub mod features;
 pub mod kserve_v1;
 mod message;
 pub mod model_config;
 pub mod oip;
 pub mod oip_binary;
 pub mod oip_serve;
+mod predict;
 pub mod stats;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,6 +53,7 @@ use perch_runtime::engine::{
 use perch_runtime::histogram::{AtomicHistogram, Histogram};
 use perch_runtime::wire::ModelId;
 
+pub use features::Features;
 pub use message::{
     InferRequest, InferResponse, RequestTensor, ResponseTensor, ServiceError, TensorValues,
 };
@@ -171,23 +174,26 @@ struct Inner {
     hung: AtomicUsize,
 }
 
-/// A model being served, with its identity and its idle sessions.
+/// A model being served, with its identity, its feature schema and its idle sessions.
 #[derive(Debug)]
 pub struct Served {
     model: Model,
     id: ModelId,
     version: String,
+    /// The feature schema `/predict` maps named features with, bound to the model.
+    features: Option<Features>,
     /// Sessions not in use. The lock is held only to pop or push one, never while a
     /// session runs.
     sessions: Mutex<Vec<Session>>,
 }
 
 impl Served {
-    fn new(model: Model, id: ModelId) -> Served {
+    fn new(model: Model, id: ModelId, features: Option<Features>) -> Served {
         Served {
             model,
             version: id.version.to_string(),
             id,
+            features,
             sessions: Mutex::new(Vec::new()),
         }
     }
@@ -201,6 +207,11 @@ impl Served {
     pub fn metadata(&self) -> &Metadata {
         self.model.metadata()
     }
+
+    /// The model's feature schema, bound to it (`None`: it takes tensors only).
+    pub fn features(&self) -> Option<&Features> {
+        self.features.as_ref()
+    }
 }
 
 impl InferenceService {
@@ -208,7 +219,7 @@ impl InferenceService {
     pub fn new(model: Model, id: ModelId, limits: ServiceLimits) -> InferenceService {
         InferenceService {
             inner: Arc::new(Inner {
-                served: RwLock::new(Arc::new(Served::new(model, id))),
+                served: RwLock::new(Arc::new(Served::new(model, id, None))),
                 limits,
                 ready: AtomicBool::new(true),
                 ok: AtomicU64::new(0),
@@ -236,11 +247,21 @@ impl InferenceService {
             .clone()
     }
 
-    /// Serves `model` under `id` from now on and returns the model it replaces.
-    /// Requests already running finish on the old model; the counters and histograms
-    /// carry on (close the interval first to report the two models apart).
-    pub fn replace(&self, model: Model, id: ModelId) -> Arc<Served> {
-        let new = Arc::new(Served::new(model, id));
+    /// The service with `features` (bound to the served model, [`Features::bind`]) as
+    /// the served model's feature schema, for `/predict`. For a service being set up;
+    /// [`replace`](Self::replace) swaps a model and its schema together.
+    pub fn with_features(self, features: Option<Features>) -> InferenceService {
+        let current = self.served();
+        self.replace(current.model.clone(), current.id.clone(), features);
+        self
+    }
+
+    /// Serves `model` under `id`, with its feature schema, from now on and returns the
+    /// model it replaces. Requests already running finish on the old model; the
+    /// counters and histograms carry on (close the interval first to report the two
+    /// models apart).
+    pub fn replace(&self, model: Model, id: ModelId, features: Option<Features>) -> Arc<Served> {
+        let new = Arc::new(Served::new(model, id, features));
         let mut served = self
             .inner
             .served
@@ -446,6 +467,15 @@ impl InferenceService {
     /// Checks and runs `request`, returning the response and the engine's run time;
     /// counts and records nothing.
     fn run(&self, request: &InferRequest) -> Result<(InferResponse, Duration), ServiceError> {
+        self.run_on(&self.served(), request)
+    }
+
+    /// [`run`](Self::run) on `served`, the model the request started on.
+    fn run_on(
+        &self,
+        served: &Served,
+        request: &InferRequest,
+    ) -> Result<(InferResponse, Duration), ServiceError> {
         let begun = Instant::now();
         if !self.ready() {
             return Err(ServiceError::NotReady);
@@ -468,7 +498,6 @@ impl InferenceService {
                 limit,
             });
         }
-        let served = self.served();
         let meta = served.metadata();
         let ordered = order_inputs(&meta.inputs, &request.inputs)?;
         for (info, tensor) in meta.inputs.iter().zip(&ordered) {
@@ -482,11 +511,11 @@ impl InferenceService {
             })
             .collect();
 
-        let mut session = checkout(&served)?;
+        let mut session = checkout(served)?;
         let started = Instant::now();
         let outputs = session.run(&inputs);
         let took = started.elapsed();
-        checkin(&served, session);
+        checkin(served, session);
         let outputs = outputs?;
         let outputs = read_outputs(&outputs)?;
         if !self.inner.allow_non_finite.load(Ordering::Relaxed) {
@@ -1106,7 +1135,7 @@ mod tests {
             let model =
                 Model::load(models().join("digits-mlp/model.onnx"), &LoadOptions::new()).unwrap();
             let id = ModelId::new("digits-mlp", Version::new(2, 0, 0)).unwrap();
-            let old = service.replace(model, id);
+            let old = service.replace(model, id, None);
             assert_eq!(old.id().version.to_string(), "1.2.3");
             replaced.wait();
             workers.into_iter().map(|w| w.join().unwrap()).collect()

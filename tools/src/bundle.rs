@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use perch_runtime::bundle::{
-    self, read_signing_key, read_verifying_key, Bundle, BundleContents, BundleError, Limits,
-    Manifest, ModelKind, ShapeDim, SigningKey, Slo, TensorSignature, TensorSpec, VerifyingKey,
+    self, read_signing_key, read_verifying_key, Bundle, BundleContents, BundleError, Feature,
+    FeatureSchema, Limits, Manifest, ModelKind, ShapeDim, SigningKey, Slo, TensorSignature,
+    TensorSpec, VerifyingKey,
 };
 use perch_runtime::engine::{LoadOptions, Model, ModelFormat, SelfTestReport};
 use perch_runtime::model_files;
@@ -211,6 +212,8 @@ pub struct PackRequest {
     pub slo: Slo,
     /// The creation time, seconds since the Unix epoch; default `SOURCE_DATE_EPOCH`, else now.
     pub created_unix: Option<u64>,
+    /// A feature schema file ([`read_schema`]) to sign into the manifest, for `/predict`.
+    pub schema: Option<PathBuf>,
 }
 
 impl PackRequest {
@@ -235,8 +238,29 @@ impl PackRequest {
             tolerance: 1e-4,
             slo: Slo::default(),
             created_unix: None,
+            schema: None,
         }
     }
+}
+
+/// Reads a feature schema file ([`FeatureSchema`]): TOML when the name ends in `.toml`,
+/// JSON otherwise, and checks its rules (whether it fits the model is checked when the
+/// manifest is packed).
+///
+/// # Errors
+///
+/// The file cannot be read ([`ToolError::Io`]), does not parse ([`ToolError::Decode`]),
+/// or breaks a rule ([`BundleError::BadSchema`]).
+pub fn read_schema(path: &Path) -> Result<FeatureSchema, ToolError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ToolError::read(path, e))?;
+    let schema: FeatureSchema = if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).map_err(|e| ToolError::decode(path, "a feature schema in TOML", e))?
+    } else {
+        serde_json::from_str(&text)
+            .map_err(|e| ToolError::decode(path, "a feature schema in JSON", e))?
+    };
+    schema.validate()?;
+    Ok(schema)
 }
 
 /// One output of a golden self-test.
@@ -356,6 +380,7 @@ pub fn pack(request: &PackRequest) -> Result<PackReport, ToolError> {
         golden_outputs,
         tolerance: request.tolerance,
         slo: request.slo,
+        schema: request.schema.as_deref().map(read_schema).transpose()?,
     };
     let bundle = bundle::pack(&contents, &key)?.verify(&[key.verifying_key()])?;
     let report = bundle.self_test(&model)?;
@@ -597,7 +622,32 @@ fn write_manifest(f: &mut fmt::Formatter<'_>, m: &Manifest) -> fmt::Result {
     if !slo.is_empty() {
         writeln!(f, "  slo      {}", slo.join(", "))?;
     }
+    if let Some(schema) = &m.schema {
+        write_schema(f, schema)?;
+    }
     write!(f, "  created  {}, signed by key {}", m.created, m.key_id)
+}
+
+/// The feature schema, one line per feature, then the labels.
+pub(crate) fn write_schema(f: &mut fmt::Formatter<'_>, schema: &FeatureSchema) -> fmt::Result {
+    writeln!(
+        f,
+        "  schema   {} feature(s) filling {} column(s), labels {}",
+        schema.features.len(),
+        schema.width(),
+        schema.labels.join(", ")
+    )?;
+    for feature in &schema.features {
+        match feature {
+            Feature::Numeric { name, mean, std } => {
+                writeln!(f, "    {name:<24} numeric, (x - {mean}) / {std}")?
+            }
+            Feature::Categorical { name, categories } => {
+                writeln!(f, "    {name:<24} one-hot of {}", categories.join(", "))?
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_self_test(f: &mut fmt::Formatter<'_>, s: &SelfTestSummary) -> fmt::Result {

@@ -10,7 +10,9 @@ use std::fmt;
 use std::path::Path;
 use std::time::Instant;
 
+use perch_runtime::bundle::{Bundle, Limits, Manifest};
 use perch_runtime::engine::{EngineError, KernelNode, Model, ModelFormat, TensorInfo};
+use perch_runtime::model_files;
 use serde::Serialize;
 
 use crate::graph::{self, Compute, Parameters, Quantization};
@@ -110,6 +112,9 @@ pub struct InspectReport {
     pub kernels: Option<Vec<KernelNode>>,
     /// Load, check and optimize time in milliseconds (informational; when it loads).
     pub load_ms: Option<f64>,
+    /// The manifest, when the file is a bundle (its structure and hashes checked, its
+    /// signature not: `perch verify` does that). The rest describes its model.
+    pub bundle: Option<Manifest>,
 }
 
 /// Describes a model and checks that the engine loads it.
@@ -119,6 +124,9 @@ pub struct InspectReport {
 /// engine refuses is described from its protobuf, with the refusal in
 /// [`InspectReport::engine`].
 pub fn inspect(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<InspectReport, ToolError> {
+    if model_files::is_bundle_file(path) {
+        return inspect_bundle(path, shapes);
+    }
     match ModelFormat::detect(path)? {
         ModelFormat::Onnx => inspect_onnx(path, shapes),
         ModelFormat::Nnef => inspect_nnef(path, shapes),
@@ -193,7 +201,28 @@ fn inspect_onnx(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<InspectR
         optimized_nodes,
         kernels,
         load_ms,
+        bundle: None,
     })
+}
+
+/// A bundle's manifest, and its model described as a model file is.
+fn inspect_bundle(
+    path: &Path,
+    shapes: &[(String, Vec<usize>)],
+) -> Result<InspectReport, ToolError> {
+    let bundle = Bundle::read_file(path, &Limits::default())?;
+    let dir = tempfile::tempdir().map_err(|e| ToolError::Io {
+        op: crate::IoOp::Create,
+        path: std::env::temp_dir(),
+        source: e,
+    })?;
+    let model = dir.path().join(&bundle.manifest().model.path);
+    std::fs::write(&model, bundle.model_bytes()).map_err(|e| ToolError::write(&model, e))?;
+    let mut report = inspect(&model, shapes)?;
+    report.path = path.display().to_string();
+    report.file_bytes = bundle.as_bytes().len() as u64;
+    report.bundle = Some(bundle.manifest().clone());
+    Ok(report)
 }
 
 fn inspect_nnef(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<InspectReport, ToolError> {
@@ -239,6 +268,7 @@ fn inspect_nnef(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<InspectR
         optimized_nodes: Some(model.optimized_model().nodes().len()),
         kernels: Some(meta.kernels.clone()),
         load_ms: Some(load_ms),
+        bundle: None,
     })
 }
 
@@ -315,6 +345,17 @@ impl fmt::Display for InspectReport {
         }
         if let Some(p) = &self.producer {
             writeln!(f, "  producer   {p}")?;
+        }
+        if let Some(m) = &self.bundle {
+            writeln!(
+                f,
+                "  bundle     {} {} (sequence {}), {} model, signed by key {} (not checked \
+                 here: perch verify)",
+                m.name, m.version, m.sequence, m.model.path, m.key_id
+            )?;
+            if let Some(schema) = &m.schema {
+                crate::bundle::write_schema(f, schema)?;
+            }
         }
         for (label, tensors) in [("input", &self.inputs), ("output", &self.outputs)] {
             for t in tensors {

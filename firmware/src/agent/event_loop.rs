@@ -236,7 +236,9 @@ impl Agent {
     fn serve(&mut self, loaded: Loaded) {
         self.report();
         let ready = loaded.boot.ready();
-        let old = self.service.replace(loaded.model, loaded.id.clone());
+        let old = self
+            .service
+            .replace(loaded.model, loaded.id.clone(), loaded.features);
         self.service.set_ready(ready);
         self.slo = self.slo_override.or(&loaded.slo);
         self.boot_failure = loaded.boot.failure.clone();

@@ -154,7 +154,8 @@ pub async fn run(
             deadline: config.inference_timeout,
             ..ServiceLimits::DEFAULT
         },
-    );
+    )
+    .with_features(loaded.features);
     service.set_ready(ready);
 
     let spool_config = config.spool.clone();

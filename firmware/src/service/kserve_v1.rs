@@ -2,7 +2,8 @@
 //! out.
 //!
 //! An instance is one item of a batch: an array of numbers (flat or nested) when the
-//! model has one input, or an object keyed by input name. Each input of an instance
+//! model has one input, or an object keyed by input name. (For a model with a feature
+//! schema, objects are named features, answered with labels: see `service::predict`.) Each input of an instance
 //! must hold exactly the elements of one item: the input's shape without its batch
 //! dimension when the model is batched (every input and output starts with a symbolic
 //! dimension; the instances then run as one batch), its whole shape otherwise (one
@@ -301,11 +302,12 @@ fn nest(values: &[Value], shape: &[usize]) -> Value {
 impl super::InferenceService {
     /// Serves one V1 `:predict` body: decodes the instances against the served model,
     /// runs them (one batch, or one run per instance for an unbatched model) and
-    /// encodes the predictions; an error is `{"error": "<reason>"}`. Counts the request
-    /// once, as ok or error.
+    /// encodes the predictions; an error is `{"error": "<reason>"}`. Instances that are
+    /// objects, for a model with a feature schema, are named features instead
+    /// ([`super::predict`]). Counts the request once, as ok or error.
     pub fn handle_v1(&self, body: &[u8]) -> super::Reply {
         let started = std::time::Instant::now();
-        let result = self.v1_answer(body);
+        let result = self.v1_answer(body, started);
         self.count(&result, started.elapsed());
         match result {
             Ok(body) => super::Reply { status: 200, body },
@@ -316,7 +318,7 @@ impl super::InferenceService {
         }
     }
 
-    fn v1_answer(&self, body: &[u8]) -> Result<Vec<u8>, ServiceError> {
+    fn v1_answer(&self, body: &[u8], started: std::time::Instant) -> Result<Vec<u8>, ServiceError> {
         let limits = *self.limits();
         if body.len() > limits.max_payload_bytes {
             return Err(ServiceError::PayloadTooLarge {
@@ -325,6 +327,9 @@ impl super::InferenceService {
             });
         }
         let served = self.served();
+        if let Some(answer) = self.v1_features(&served, body, started)? {
+            return Ok(answer);
+        }
         let batched = is_batched(served.metadata());
         let decoding = std::time::Instant::now();
         let requests = decode_instances(body, &served.metadata().inputs, batched);

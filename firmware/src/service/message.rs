@@ -4,6 +4,8 @@
 use perch_runtime::engine::{DType, EngineError, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::features::FeatureError;
+
 /// The elements of a tensor, row-major, in one of the element types the engine runs.
 ///
 /// In the [`binary`] encoding this is a postcard enum: variant index 0 `F32` (each
@@ -205,11 +207,18 @@ pub enum ServiceError {
     /// The engine failed on a valid request.
     #[error(transparent)]
     Engine(EngineError),
+    /// The model's feature schema does not fit it, or its output does not fit the
+    /// schema (requests that do not fit the schema are [`ServiceError::BadRequest`]).
+    #[error(transparent)]
+    Features(FeatureError),
+    /// `/predict` was asked of a model without a feature schema.
+    #[error("model {0:?} has no feature schema, so it takes tensors, not named features: use /v2/models/{0}/infer")]
+    NoSchema(String),
 }
 
 impl ServiceError {
     /// The HTTP status for this error: 400 malformed or bad request, 404 unknown model
-    /// or version, 408 a body that did not arrive in time, 413 over a request limit,
+    /// or version (400 `/predict` of a model without a feature schema), 408 a body that did not arrive in time, 413 over a request limit,
     /// 503 not ready, 504 past the inference deadline, 500 engine failure (NaN or
     /// infinite outputs included) or a reply too large for the transport.
     pub fn http_status(&self) -> u16 {
@@ -222,9 +231,23 @@ impl ServiceError {
             | ServiceError::TooManyTensors { .. } => 413,
             ServiceError::NotReady => 503,
             ServiceError::DeadlineExceeded { .. } => 504,
+            ServiceError::NoSchema(_) => 400,
             ServiceError::Engine(_)
+            | ServiceError::Features(_)
             | ServiceError::ReplyTooLarge { .. }
             | ServiceError::NonFiniteOutput { .. } => 500,
+        }
+    }
+}
+
+impl From<FeatureError> for ServiceError {
+    /// Features that do not fit the schema are the client's mistake (400, the reason
+    /// with its cause on one line); a schema or an output that does not fit the model
+    /// is the server's (500).
+    fn from(e: FeatureError) -> ServiceError {
+        match e {
+            FeatureError::Schema(_) | FeatureError::Output { .. } => ServiceError::Features(e),
+            _ => ServiceError::BadRequest(perch_runtime::error::Chain(&e).to_string()),
         }
     }
 }

@@ -86,6 +86,13 @@ pub enum BundleError {
         /// What is wrong, with the line and column for JSON errors.
         reason: String,
     },
+    /// The feature schema (in the manifest, or a schema file) does not parse, breaks one
+    /// of its rules, or does not fit the model's signature.
+    #[error("the feature schema is invalid: {reason}")]
+    BadSchema {
+        /// What is wrong, naming the feature.
+        reason: String,
+    },
     /// The manifest declares a format version this runtime does not read.
     #[error("manifest.json has format {found}; this runtime reads format {supported}")]
     UnsupportedFormat {
@@ -217,6 +224,7 @@ impl BundleError {
             BundleError::MissingManifest => "missing_manifest",
             BundleError::MissingSignature => "missing_signature",
             BundleError::BadManifest { .. } => "bad_manifest",
+            BundleError::BadSchema { .. } => "bad_schema",
             BundleError::UnsupportedFormat { .. } => "unsupported_format",
             BundleError::InvalidVersion { .. } => "invalid_version",
             BundleError::MissingPart { .. } => "missing_part",

@@ -6,7 +6,8 @@ pub use crate::slo::Slo;
 
 use super::archive::check_path;
 use super::error::BundleError;
-use crate::engine::{Dim, Metadata, TensorInfo};
+use super::schema::FeatureSchema;
+pub use super::signature::{ShapeDim, TensorSignature, TensorSpec};
 
 /// The manifest format version this code writes and reads.
 pub const FORMAT: u64 = 1;
@@ -20,8 +21,10 @@ pub const SIGNATURE_PATH: &str = "manifest.sig";
 ///
 /// Every field is covered by the signature in `manifest.sig`, and every other file in
 /// the bundle is bound to it by SHA-256, so verifying the signature and the hashes
-/// authenticates the whole bundle. Unknown fields are refused: a new field means a new
-/// [`FORMAT`].
+/// authenticates the whole bundle. Unknown fields are refused: a new required field
+/// means a new [`FORMAT`]. An optional field (`schema`) is left out when empty, so
+/// bundles without it stay byte for byte what older runtimes read; a runtime that
+/// predates it refuses a bundle that has it, naming the field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -50,6 +53,10 @@ pub struct Manifest {
     /// Service-level objectives a rollout checks the model against.
     #[serde(default)]
     pub slo: Slo,
+    /// How named features become the model's input, and the class labels, for
+    /// `/predict`: absent for models that take tensors only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<FeatureSchema>,
 }
 
 /// The model file of a bundle.
@@ -86,65 +93,6 @@ pub struct Part {
     pub sha256: String,
     /// Its length in bytes.
     pub bytes: u64,
-}
-
-/// A model's inputs and outputs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TensorSignature {
-    /// Inputs, in the order the model takes them.
-    pub inputs: Vec<TensorSpec>,
-    /// Outputs, in the order the model returns them.
-    pub outputs: Vec<TensorSpec>,
-}
-
-impl TensorSignature {
-    /// The signature of a loaded model.
-    pub fn from_metadata(meta: &Metadata) -> TensorSignature {
-        TensorSignature {
-            inputs: meta.inputs.iter().map(TensorSpec::from).collect(),
-            outputs: meta.outputs.iter().map(TensorSpec::from).collect(),
-        }
-    }
-}
-
-/// Name, element type and shape of one input or output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TensorSpec {
-    /// The name in the model.
-    pub name: String,
-    /// The element type as the engine names it (`f32`, `i8`, ...).
-    pub dtype: String,
-    /// The shape: numbers for fixed dimensions, names for symbolic ones.
-    pub shape: Vec<ShapeDim>,
-}
-
-impl From<&TensorInfo> for TensorSpec {
-    fn from(info: &TensorInfo) -> TensorSpec {
-        TensorSpec {
-            name: info.name.clone(),
-            dtype: info.dtype.name().to_string(),
-            shape: info
-                .shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => ShapeDim::Fixed(*n as u64),
-                    Dim::Symbolic(s) => ShapeDim::Symbolic(s.clone()),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// One dimension of a [`TensorSpec`]: a JSON number or a symbol name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ShapeDim {
-    /// A fixed size.
-    Fixed(u64),
-    /// A size chosen at run time (a batch dimension), by symbol name.
-    Symbolic(String),
 }
 
 /// The golden files: inputs to run and the outputs they must give.
@@ -207,7 +155,8 @@ impl Manifest {
 
     /// Checks the rules the schema alone does not: the name's characters, hash and key
     /// id formats, safe and distinct paths, golden files that are listed parts and match
-    /// the signature's arity, a usable tolerance, and sensible SLO values.
+    /// the signature's arity, a usable tolerance, sensible SLO values, and a feature
+    /// schema that follows its rules and fits the model's signature.
     pub fn validate(&self) -> Result<(), BundleError> {
         // Devices report the name in a wire::ModelId, which holds at most 32 bytes.
         let name_ok = (1..=crate::wire::MAX_MODEL_NAME_LEN).contains(&self.name.len())
@@ -289,6 +238,10 @@ impl Manifest {
                     "slo max_error_rate {rate} must be between 0 and 1"
                 )));
             }
+        }
+        if let Some(schema) = &self.schema {
+            schema.validate()?;
+            schema.check_signature(&self.signature)?;
         }
         Ok(())
     }

@@ -50,7 +50,9 @@
 //!                   "outputs": [{"name": "logits", "dtype": "f32", "shape": [1, 12]}]},
 //!     "golden": {"inputs": ["golden/input_0.npy"], "outputs": ["golden/output_0.npy"],
 //!                "tolerance": 0.0001},
-//!     "slo": {"p99_ms": 10.0, "max_error_rate": 0.01, "min_throughput": 50.0}
+//!     "slo": {"p99_ms": 10.0, "max_error_rate": 0.01, "min_throughput": 50.0},
+//!     "schema": {"features": [{"name": "age", "type": "numeric", "mean": 41.5, "std": 12.25}],
+//!                "labels": ["no", "yes"]}                // optional
 //!   }
 //!   ```
 //!
@@ -61,7 +63,9 @@
 //!   `.npy` arrays of f32, f64, i64, i32, i8 or u8. In `signature`, a symbolic
 //!   dimension is its name (`["N", 64]`). Every `slo` field is optional; `p99_ms` is
 //!   milliseconds, `max_error_rate` a fraction in [0, 1], `min_throughput` inferences
-//!   per second.
+//!   per second. `schema` is optional and written only when the model has one: the named
+//!   features `/predict` takes, their preprocessing and the class labels
+//!   ([`FeatureSchema`]; checked against `signature`).
 //! - **`manifest.sig`**: the 64-byte raw ed25519 signature (RFC 8032, verified strictly)
 //!   over the exact bytes of `manifest.json`.
 //!
@@ -87,6 +91,8 @@ mod error;
 mod keys;
 mod limits;
 mod manifest;
+mod schema;
+mod signature;
 
 use std::io::Read;
 use std::ops::Range;
@@ -107,6 +113,10 @@ pub use limits::Limits;
 pub use manifest::{
     rfc3339, GoldenFiles, Manifest, ModelKind, ModelPart, Part, ShapeDim, Slo, TensorSignature,
     TensorSpec, FORMAT, MANIFEST_PATH, SIGNATURE_PATH,
+};
+pub use schema::{
+    probability_output, Feature, FeatureSchema, MAX_CATEGORIES, MAX_FEATURES, MAX_LABELS,
+    MAX_NAME_BYTES, MAX_WIDTH,
 };
 
 /// The file extension of bundles, without the dot.
@@ -446,6 +456,8 @@ pub struct BundleContents {
     pub tolerance: f64,
     /// Service-level objectives.
     pub slo: Slo,
+    /// The feature schema for `/predict` ([`FeatureSchema`]), if the model has one.
+    pub schema: Option<FeatureSchema>,
 }
 
 /// Packs `contents` into a bundle signed with `key`, and parses the result back with
@@ -501,6 +513,7 @@ pub fn pack(contents: &BundleContents, key: &SigningKey) -> Result<Bundle, Bundl
             tolerance: contents.tolerance,
         },
         slo: contents.slo,
+        schema: contents.schema.clone(),
     };
     manifest.validate().map_err(|e| BundleError::Pack {
         reason: e.to_string(),

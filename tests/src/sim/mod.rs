@@ -667,6 +667,7 @@ pub fn pack_bundle(
         golden_outputs,
         tolerance: 1e-4,
         slo: *slo,
+        schema: None,
     };
     let packed = bundle::pack(&contents, key)
         .map_err(|e| SimError::Bundle(format!("cannot pack {}: {e}", model_dir.display())))?;

@@ -55,6 +55,11 @@ pub struct Args {
     /// SLO: smallest acceptable throughput, in inferences per second.
     #[arg(long, value_name = "PER_SECOND")]
     min_throughput: Option<f64>,
+    /// Feature schema for /predict (TOML if the name ends in .toml, else JSON): feature
+    /// names in input order, numeric ones standardized (mean, std), categorical ones
+    /// one-hot (categories), and the class labels. Signed into the manifest.
+    #[arg(long, value_name = "FILE")]
+    schema: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -65,6 +70,7 @@ pub fn execute(args: Args) -> anyhow::Result<ExitCode> {
         golden: args.golden,
         variant: args.variant,
         tolerance: args.tolerance,
+        schema: args.schema,
         slo: Slo {
             p99_ms: args.p99_ms,
             max_error_rate: args.max_error_rate,

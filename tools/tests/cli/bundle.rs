@@ -524,3 +524,120 @@ mod run {
         assert!(manifest.is_none());
     }
 }
+
+/// `perch pack --schema`: the feature schema `/predict` uses, signed into the manifest.
+mod schema {
+    use super::*;
+
+    fn pack_iris(dir: &Path, schema: &Path) -> std::process::Output {
+        let (secret, _) = keygen(dir, "fleet");
+        perch()
+            .arg("pack")
+            .arg(models().join("iris-mlp/model.onnx"))
+            .args(["--name", "iris", "--version", "1.0.0", "--sequence", "1"])
+            .arg("--key")
+            .arg(&secret)
+            .arg("--schema")
+            .arg(schema)
+            .arg("-o")
+            .arg(dir.join("iris.perch"))
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_toml_schema_is_signed_into_the_manifest_and_verify_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("schema.toml");
+        std::fs::write(
+            &toml,
+            r#"labels = ["setosa", "versicolor", "virginica"]
+[[features]]
+name = "sepal_length"
+type = "numeric"
+mean = 5.8
+std = 0.8
+[[features]]
+name = "sepal_width"
+type = "numeric"
+[[features]]
+name = "petal"
+type = "categorical"
+categories = ["short", "long"]
+"#,
+        )
+        .unwrap();
+        let out = pack_iris(dir.path(), &toml);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report = verify(
+            &dir.path().join("iris.perch"),
+            &dir.path().join("fleet.pub"),
+        );
+        let text = String::from_utf8_lossy(&report.stdout);
+        assert!(
+            text.contains(
+                "schema   3 feature(s) filling 4 column(s), labels setosa, versicolor, virginica"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("petal                    one-hot of short, long"),
+            "{text}"
+        );
+        let bundle = perch_runtime::bundle::Bundle::read_file(
+            dir.path().join("iris.perch"),
+            &perch_runtime::bundle::Limits::default(),
+        )
+        .unwrap();
+        let schema = bundle.manifest().schema.clone().unwrap();
+        assert_eq!(schema.width(), 4);
+        assert_eq!(schema.features[1].name(), "sepal_width");
+
+        let inspected = perch()
+            .arg("inspect")
+            .arg(dir.path().join("iris.perch"))
+            .output()
+            .unwrap();
+        assert!(inspected.status.success(), "{}", stderr(&inspected));
+        let text = String::from_utf8_lossy(&inspected.stdout);
+        assert!(
+            text.contains("bundle     iris 1.0.0 (sequence 1), model.onnx model"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sepal_length             numeric, (x - 5.8) / 0.8"),
+            "{text}"
+        );
+        assert!(text.contains("input      features f32 [N,4]"), "{text}");
+    }
+
+    #[test]
+    fn a_json_schema_that_does_not_fit_the_model_writes_nothing_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("schema.json");
+        std::fs::write(
+            &json,
+            r#"{"features": [{"name": "x", "type": "numeric"}], "labels": ["a", "b", "c"]}"#,
+        )
+        .unwrap();
+        let out = pack_iris(dir.path(), &json);
+        assert_eq!(out.status.code(), Some(2));
+        let message = stderr(&out);
+        assert!(
+            message.contains("the features fill a row of 1 f32 columns, but the model's input \"features\" is f32 [N, 4]"),
+            "{message}"
+        );
+        assert_eq!(
+            files_in(dir.path()),
+            ["fleet.key", "fleet.pub", "schema.json"]
+        );
+        std::fs::write(&json, r#"{"features": [], "labels": "#).unwrap();
+        let again = dir.path().join("again");
+        std::fs::create_dir(&again).unwrap();
+        let message = stderr(&pack_iris(&again, &json));
+        assert!(
+            message.contains("is not a feature schema in JSON"),
+            "{message}"
+        );
+    }
+}
