@@ -15,7 +15,7 @@
 //! | GET | `/v1/models`, `/v1/models/{name}` | KServe V1 model list and status |
 //! | POST | `/v1/models/{name}:predict` | KServe V1 `instances` → `predictions` ([`crate::service::kserve_v1`]) |
 //! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}`, 503 while not ready |
-//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, and gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, each with `# HELP` and `# TYPE` |
+//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, `perch_report_backlog`, and the counter `perch_spool_dropped_reports_total`, each with `# HELP` and `# TYPE` |
 //!
 //! A binary infer response (some output asked for with `binary_data`, or
 //! `binary_data_output`) has `Content-Type: application/octet-stream` and its JSON
@@ -613,6 +613,7 @@ fn postcard(status: StatusCode, body: Vec<u8>) -> Response {
 
 async fn metrics(State(service): State<InferenceService>) -> Response {
     let totals = service.totals();
+    let (backlog, dropped) = service.report_queue();
     let rss_bytes = crate::process::rss_kib().map_or(f64::NAN, |kib| f64::from(kib) * 1024.0);
     let extra = [
         (
@@ -629,6 +630,16 @@ async fn metrics(State(service): State<InferenceService>) -> Response {
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
             rss_bytes,
+        ),
+        (
+            "perch_report_backlog",
+            "Metrics reports waiting for the MQTT broker (spooled and in memory).",
+            backlog as f64,
+        ),
+        (
+            "perch_spool_dropped_reports_total",
+            "Metrics reports dropped from the full spool since its folder was created.",
+            dropped as f64,
         ),
     ];
     let text = crate::prometheus::render(
