@@ -17,7 +17,7 @@ use super::journal::JournalPoint;
 const WIDTH: f64 = 880.0;
 const HEIGHT: f64 = 260.0;
 /// Plot margins: left (axis labels), right, top, bottom (time labels).
-const MARGIN: (f64, f64, f64, f64) = (64.0, 16.0, 16.0, 36.0);
+const MARGIN: (f64, f64, f64, f64) = (64.0, 40.0, 16.0, 36.0);
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:960px}\
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:2em}table{border-collapse:collapse}\
@@ -98,9 +98,14 @@ fn chart(
     }
     for i in 0..=4 {
         let t = span.0 + (span.1.saturating_sub(span.0)) * i / 4;
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
         let _ = write!(
             svg,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            r#"<text x="{:.1}" y="{}" text-anchor="{anchor}">{}</text>"#,
             x(t),
             HEIGHT - bottom + 16.0,
             clock(t)
@@ -112,15 +117,22 @@ fn chart(
         WIDTH - right,
         b = HEIGHT - bottom
     );
-    for (t, label) in marks {
+    for (i, (t, label)) in marks.iter().enumerate() {
         let xt = x(*t);
+        // Alternate rows, so the labels of close marks do not overlap.
+        let ty = top + 10.0 + 14.0 * (i % 2) as f64;
+        // Labels near the right edge go to the left of their line.
+        let (tx, anchor) = if xt > WIDTH - 140.0 {
+            (xt - 3.0, "end")
+        } else {
+            (xt + 3.0, "start")
+        };
         let _ = write!(
             svg,
-            r#"<line class="stage" x1="{xt:.1}" x2="{xt:.1}" y1="{top}" y2="{}"><title>{}</title></line><text x="{:.1}" y="{}">{}</text>"#,
+            r#"<line class="stage" x1="{xt:.1}" x2="{xt:.1}" y1="{top}" y2="{}"><title>{}</title></line><text x="{tx:.1}" y="{}" text-anchor="{anchor}">{}</text>"#,
             HEIGHT - bottom,
             esc(label),
-            xt + 3.0,
-            top + 10.0,
+            ty,
             esc(label),
         );
     }
@@ -167,10 +179,17 @@ fn chart(
     svg.push_str("</svg>");
     let mut legend = String::from(r#"<p class="legend">"#);
     for s in series {
+        let background = if s.dashed {
+            format!(
+                "repeating-linear-gradient(90deg,{0} 0 6px,transparent 6px 10px)",
+                s.color
+            )
+        } else {
+            s.color.to_string()
+        };
         let _ = write!(
             legend,
-            r#"<span><span class="swatch" style="background:{}"></span>{}</span>"#,
-            s.color,
+            r#"<span><span class="swatch" style="background:{background}"></span>{}</span>"#,
             esc(s.name)
         );
     }
@@ -226,15 +245,29 @@ fn timeline(points: &[JournalPoint], span: (u64, u64)) -> String {
         let label = format!("stage {} · {} % · {}", p.stage, trim(p.percent), p.phase);
         let _ = write!(
             svg,
-            r#"<rect class="stage-band" x="{a:.1}" y="10" width="{:.1}" height="30" fill="{}"><title>{} from {} to {}</title></rect><text x="{:.1}" y="56">{}</text>"#,
+            r#"<rect class="stage-band" x="{a:.1}" y="10" width="{:.1}" height="30" fill="{}"><title>{} from {} to {}</title></rect>"#,
             b - a,
             phase_color(p.phase),
             esc(&label),
             clock(p.unix_ms),
             clock(end),
-            a + 2.0,
-            esc(&label)
         );
+        // Under the band when it has room; a narrow one (an end) keeps it in its title.
+        if b - a >= 130.0 {
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="56">{}</text>"#,
+                a + 2.0,
+                esc(&label)
+            );
+        } else if j + 1 == points.len() {
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="56" text-anchor="end">{}</text>"#,
+                b,
+                esc(&label)
+            );
+        }
         i = j + 1;
     }
     if points.is_empty() {
