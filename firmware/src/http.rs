@@ -16,7 +16,7 @@
 //! | POST | `/v1/models/{name}:predict` | KServe V1 `instances` → `predictions` ([`crate::service::kserve_v1`]); for a model with a feature schema, instances that are objects of named features are answered with labels |
 //! | POST | `/predict` | `{"features": {"name": value, ...}}` → `{"prediction", "probability", "model_version", "latency_ms"}` with the served model's feature schema ([`crate::service::features`]) |
 //! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}`, 503 while not ready |
-//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, and gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, each with `# HELP` and `# TYPE` |
+//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, `perch_report_backlog`, and the counter `perch_spool_dropped_reports_total`, each with `# HELP` and `# TYPE` |
 //!
 //! A binary infer response (some output asked for with `binary_data`, or
 //! `binary_data_output`) has `Content-Type: application/octet-stream` and its JSON
@@ -641,6 +641,7 @@ fn postcard(status: StatusCode, body: Vec<u8>) -> Response {
 
 async fn metrics(State(service): State<InferenceService>) -> Response {
     let totals = service.totals();
+    let (backlog, dropped) = service.report_queue();
     let rss_bytes = crate::process::rss_kib().map_or(f64::NAN, |kib| f64::from(kib) * 1024.0);
     let extra = [
         (
@@ -657,6 +658,16 @@ async fn metrics(State(service): State<InferenceService>) -> Response {
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
             rss_bytes,
+        ),
+        (
+            "perch_report_backlog",
+            "Metrics reports waiting for the MQTT broker (spooled and in memory).",
+            backlog as f64,
+        ),
+        (
+            "perch_spool_dropped_reports_total",
+            "Metrics reports dropped from the full spool since its folder was created.",
+            dropped as f64,
         ),
     ];
     let text = crate::prometheus::render(

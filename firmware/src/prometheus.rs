@@ -20,6 +20,13 @@
 //! perch_uptime_seconds 3600
 //! ```
 //!
+//! Extra families follow, each a single value without labels: gauges, or counters
+//! for names ending in `_total` (the agent's: `perch_model_ready`,
+//! `perch_uptime_seconds`, `process_resident_memory_bytes`, `perch_report_backlog`,
+//! `perch_spool_dropped_reports_total`). `deploy/prometheus/perch-rules.yml` and
+//! `deploy/grafana/perch.json` use these names; `firmware/tests/monitoring.rs` checks that
+//! every name they use is exported.
+//!
 //! # Buckets
 //!
 //! The `le` bounds are the core histogram's 71 bucket boundaries
@@ -67,8 +74,10 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// - `latency_cumulative` is every latency since the agent started (not one interval):
 ///   Prometheus histograms are cumulative counters.
 /// - `ok_total` and `error_total` become `prediction_total{status="ok"|"error"}`.
-/// - `extra` are gauges without labels, in the given order, each with its help text,
-///   such as `("perch_uptime_seconds", "Seconds since the agent started.", uptime)`:
+/// - `extra` are values without labels, in the given order, each with its help text,
+///   such as `("perch_uptime_seconds", "Seconds since the agent started.", uptime)`;
+///   a name ending in `_total` is typed `counter` (the Prometheus naming convention),
+///   any other `gauge`:
 ///   `promtool check metrics` wants a `# HELP` on every family. Help text is escaped
 ///   (`\\`, `\n`).
 ///   An entry whose name is not a valid metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`) or
@@ -132,7 +141,12 @@ pub fn render(
         }
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
         let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name} {}", float(value));
     }
     out
@@ -499,6 +513,13 @@ mod tests {
             assert_eq!(types[gauge], "gauge");
         }
         assert_eq!(types.len(), 6, "{types:?}");
+        let counter = [("perch_spool_dropped_reports_total", "Dropped.", 3.0)];
+        let (samples, types) = parse(&render("m", &Histogram::new(), 0, 0, &counter));
+        assert_eq!(types["perch_spool_dropped_reports_total"], "counter");
+        assert_eq!(
+            value_of(&samples, "perch_spool_dropped_reports_total", &[]),
+            3.0
+        );
         let text = render("m", &Histogram::new(), 0, 0, &extra);
         assert!(
             text.contains("# HELP perch_odd Odd \\\\ help\\ntext.\n"),

@@ -172,6 +172,10 @@ struct Inner {
     allow_non_finite: AtomicBool,
     /// Inferences past their deadline that have not returned yet.
     hung: AtomicUsize,
+    /// Metrics reports waiting for the broker, as the agent last counted them.
+    report_backlog: AtomicU64,
+    /// Metrics reports dropped from the full spool, as the agent last counted them.
+    reports_dropped: AtomicU64,
 }
 
 /// A model being served, with its identity, its feature schema and its idle sessions.
@@ -233,6 +237,8 @@ impl InferenceService {
                 stats: stats::Stats::default(),
                 allow_non_finite: AtomicBool::new(false),
                 hung: AtomicUsize::new(0),
+                report_backlog: AtomicU64::new(0),
+                reports_dropped: AtomicU64::new(0),
             }),
         }
     }
@@ -430,6 +436,22 @@ impl InferenceService {
             });
         }
         Ok((encoded, Some(took)))
+    }
+
+    /// Records the agent's report queue for `/metrics`: reports waiting for the broker
+    /// (`backlog`) and reports dropped from the full spool since its folder was created
+    /// (`dropped`). Both stay 0 where no agent runs (a server alone).
+    pub fn set_report_queue(&self, backlog: u64, dropped: u64) {
+        self.inner.report_backlog.store(backlog, Ordering::Relaxed);
+        self.inner.reports_dropped.store(dropped, Ordering::Relaxed);
+    }
+
+    /// `(backlog, dropped)` as last set by [`set_report_queue`](Self::set_report_queue).
+    pub fn report_queue(&self) -> (u64, u64) {
+        (
+            self.inner.report_backlog.load(Ordering::Relaxed),
+            self.inner.reports_dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// The cumulative counters and latency histogram.

@@ -8,6 +8,8 @@
 //!   whose log a failing test prints; [`Process::wait_for_line`] reads what it reports;
 //! - [`Mosquitto`]: a real broker, and one policy when it is missing: CI requires it
 //!   (`PERCH_REQUIRE_MOSQUITTO=1`), a developer's run says which tests it skips;
+//! - [`tool_or_skip`]: promtool and chromium, with the same policy
+//!   (`PERCH_REQUIRE_TOOLS=1` in CI);
 //! - [`raise_open_files`]: tests that need many descriptors raise their own limit;
 //! - [`workspace_binary`]: `perchd` and `perch` for the tests of another package;
 //! - [`wait_until`]: conditions as verdicts, the clock only as a bound;
@@ -31,6 +33,7 @@ mod mosquitto;
 pub mod onnx;
 mod ports;
 mod process;
+mod tools;
 mod wait;
 
 pub use binaries::{workspace_binary, workspace_root};
@@ -38,4 +41,5 @@ pub use limits::raise_open_files;
 pub use mosquitto::{Mosquitto, REQUIRE_VAR};
 pub use ports::Port;
 pub use process::Process;
+pub use tools::{tool_or_skip, REQUIRE_TOOLS_VAR};
 pub use wait::{wait_until, PATIENCE};

@@ -157,11 +157,14 @@ impl Agent {
             },
             NetEvent::Sent(pkid) => self.outbox.on_sent(pkid),
             NetEvent::Subscribed => {}
-            NetEvent::PubAck(pkid) => match self.outbox.on_puback(pkid) {
-                Ok(true) => self.pump(),
-                Ok(false) => {}
-                Err(e) => log::error!("cannot remove a delivered report from the spool: {e}"),
-            },
+            NetEvent::PubAck(pkid) => {
+                match self.outbox.on_puback(pkid) {
+                    Ok(true) => self.pump(),
+                    Ok(false) => {}
+                    Err(e) => log::error!("cannot remove a delivered report from the spool: {e}"),
+                }
+                self.count_report_queue();
+            }
         }
     }
 
@@ -261,6 +264,13 @@ impl Agent {
         }
     }
 
+    /// Shows the outbox's backlog and dropped reports on `/metrics`.
+    fn count_report_queue(&self) {
+        let backlog = u64::try_from(self.outbox.pending()).unwrap_or(u64::MAX);
+        self.service
+            .set_report_queue(backlog, self.outbox.dropped());
+    }
+
     /// Closes the interval: its reports go to the outbox, its JSON twin and the health
     /// message out at once when connected.
     fn report(&mut self) {
@@ -298,6 +308,7 @@ impl Agent {
             }
         }
 
+        self.count_report_queue();
         if let Some(ota) = &self.ota {
             ota.interval(IntervalCounts {
                 ok: interval.ok,

@@ -24,7 +24,9 @@ use perch_tools::rollout::{
 /// devices running the new version met every gate over the whole soak window. A breached
 /// gate, or a device rolling back, aborts the rollout: every device returns to its
 /// previous model. The state is saved in --state-dir, so `run` continues after the
-/// operator process restarts; `status` reads it without a broker.
+/// operator process restarts; `status` reads it without a broker, and `report` writes
+/// an HTML page of it (latency and error rate over time per cohort, stage timeline,
+/// decisions) from the state and the journal the operator keeps beside it.
 ///
 /// `promote`, `pause`, `resume` and `abort` steer the running controller through the
 /// broker (perch/fleet/GROUP/rollout/command): the broker's ACLs must allow only
@@ -41,6 +43,7 @@ enum Sub {
     Start(StartArgs),
     Run(RunArgs),
     Status(StatusArgs),
+    Report(ReportArgs),
     /// Promote the running rollout to its next stage now, skipping the soak and the
     /// gates (from the last stage: complete it).
     Promote(CommandArgs),
@@ -111,6 +114,22 @@ struct Common {
     /// Print one JSON line per decision instead of a progress display.
     #[arg(long)]
     json: bool,
+    /// Also write the rollout's metrics (phase, stage, devices per state, cohort p50/p99
+    /// and error rate) to FILE in the Prometheus text format, rewritten after each save,
+    /// for node_exporter's textfile collector (e.g.
+    /// /var/lib/node_exporter/textfile/perch-rollout-GROUP.prom). The file keeps the
+    /// final phase after the command exits; deploy/prometheus/perch-rules.yml alerts on
+    /// an aborted rollout from it.
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
+}
+
+impl Common {
+    fn store(&self) -> Result<Store, PlanError> {
+        let mut store = Store::new(&self.state_dir, &self.group)?;
+        store.metrics_file.clone_from(&self.metrics_file);
+        Ok(store)
+    }
 }
 
 /// Start a rollout of BUNDLE and run its controller in the foreground until it
@@ -185,6 +204,24 @@ struct StatusArgs {
     json: bool,
 }
 
+/// Write a rollout's report: one self-contained HTML page (no script, nothing
+/// fetched) with p50/p99 latency and error rate over time for the canary cohort and the
+/// rest of the group, the stage timeline and the decision log, from the saved state
+/// (GROUP.json) and the journal the operator appends to (GROUP.journal). Needs no
+/// broker; works while the rollout runs and after it ended.
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The device group.
+    #[arg(long, value_name = "GROUP")]
+    group: String,
+    /// Where rollout states are kept.
+    #[arg(long, value_name = "DIR", default_value = "rollouts")]
+    state_dir: PathBuf,
+    /// The HTML file to write.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+}
+
 /// Sends a command to the running controller of a group (on
 /// perch/fleet/GROUP/rollout/command) and waits for the document it publishes in answer,
 /// then prints the new phase and share. Exit 2 when no controller answers.
@@ -220,6 +257,21 @@ pub fn execute(args: Args) -> anyhow::Result<ExitCode> {
             super::print(&controller.status(), a.json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Sub::Report(a) => {
+            let store = Store::new(&a.state_dir, &a.group)?;
+            let state = store.load_existing()?;
+            let points = store.journal(&state.plan.rollout_id)?;
+            let html = perch_tools::rollout::render_report(&state, &points);
+            perch_tools::fsio::write_atomic(&a.output, html.as_bytes())
+                .with_context(|| format!("cannot write {}", a.output.display()))?;
+            println!(
+                "wrote {} ({} journal points, {} decisions)",
+                a.output.display(),
+                points.len(),
+                state.log.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Sub::Promote(a) => command(a, Command::Promote),
         Sub::Pause(a) => command(a, Command::Pause),
         Sub::Resume(a) => command(a, Command::Resume),
@@ -234,7 +286,7 @@ fn unix_ms() -> u64 {
 }
 
 fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::new(&a.common.state_dir, &a.common.group)?;
+    let store = a.common.store()?;
     let stages = parse_stages(&a.stages)?;
     let soak_ms = parse_duration_ms("--soak", &a.soak)?;
     let device_soak_s = parse_duration_ms("--device-soak", &a.device_soak)? / 1000;
@@ -324,7 +376,7 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::new(&a.common.state_dir, &a.common.group)?;
+    let store = a.common.store()?;
     let controller = Controller::from_state(store.load_existing()?)?;
     if controller.is_finished() {
         anyhow::bail!(

@@ -49,17 +49,25 @@
 //! ```
 
 mod controller;
+mod error;
+mod exposition;
+mod journal;
 pub mod operator;
 mod plan;
+mod report;
 mod status;
+mod store;
 
 pub use controller::{
     Clock, CohortFigures, Command, Controller, Decision, DeviceView, Effect, MetricSample,
     RolloutState, MAX_SAMPLES_PER_DEVICE, MIN_REQUESTS, STATE_FORMAT,
 };
+pub use exposition::render as render_metrics;
+pub use journal::JournalPoint;
 pub use plan::{
     parse_duration_ms, parse_gates, parse_size, parse_stages, Gate, Metric, Plan, PlanError,
 };
+pub use report::render as render_report;
 pub use status::{DeviceLine, StageLine, StatusReport};
 
 #[cfg(test)]

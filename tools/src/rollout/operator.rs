@@ -11,14 +11,12 @@
 //! `perch/+/metrics` still feeds its gates: the broker's ACLs must restrict each
 //! device to its own topics.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use perch_mqtt::topics::{self, DeviceTopic};
-use perch_mqtt::{
-    pump, Backoff, BrokerUrl, ClientOptions, Endpoint, NetEvent, SetupError, TlsFiles,
-};
+use perch_mqtt::{pump, Backoff, BrokerUrl, ClientOptions, Endpoint, NetEvent, TlsFiles};
 use perch_runtime::rollout::{
     self as wire, ChunkRequest, DeviceStatus, Phase, RolloutDocument, SignedDocument,
 };
@@ -27,8 +25,10 @@ use rumqttc::{AsyncClient, QoS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::controller::{Clock, Command, Controller, Effect, RolloutState};
+use super::controller::{Clock, Command, Controller, Effect};
+pub use super::error::OperatorError;
 use super::plan::PlanError;
+pub use super::store::Store;
 
 /// How often the controller judges the rollout.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -40,56 +40,6 @@ pub const SETTLE: Duration = Duration::from_secs(30);
 /// The longest wait between two connection attempts (the backoff's cap; its windows
 /// start at a tenth of it).
 const RECONNECT_CAP: Duration = Duration::from_secs(1);
-
-/// Why the operator loop or a command failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OperatorError {
-    /// The plan, the state or a flag is not usable.
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    /// A state or bundle file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A state file is not a rollout state.
-    #[error("{} is not a rollout state: {source}", path.display())]
-    State {
-        /// The file.
-        path: PathBuf,
-        /// Why it does not decode.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The MQTT client could not be set up (its TLS files).
-    #[error(transparent)]
-    Setup(#[from] SetupError),
-    /// The client refused a request (its connection task stopped).
-    #[error("MQTT: {0}")]
-    Client(#[from] rumqttc::ClientError),
-    /// The broker could not be reached before the command's time-out.
-    #[error("cannot reach {broker}: {reason}")]
-    Unreachable {
-        /// The broker's URL.
-        broker: BrokerUrl,
-        /// The last connection error.
-        reason: String,
-    },
-    /// Nothing answered a command.
-    #[error("no controller is running for group {group}: start it with `perch rollout run --group {group}`")]
-    NoController {
-        /// The group.
-        group: String,
-    },
-    /// The async runtime or the random source is unavailable.
-    #[error("{0}")]
-    System(String),
-}
 
 /// The broker from `--broker`, with `--mqtt-ca`, `--mqtt-client-cert`/
 /// `--mqtt-client-key` and `--mqtt-username`/password: TLS files exactly with
@@ -160,117 +110,6 @@ fn client_options(broker: &Endpoint, client_id: String) -> ClientOptions {
     options.max_outgoing_packet = max;
     options.request_capacity = 256;
     options
-}
-
-/// Where a group's rollout is kept: `{dir}/{group}.json` (the state) and
-/// `{dir}/{group}.perch` (the bundle it serves).
-#[derive(Debug, Clone)]
-pub struct Store {
-    /// The state folder.
-    pub dir: PathBuf,
-    /// The group.
-    pub group: String,
-}
-
-impl Store {
-    /// The store of `group` in `dir`.
-    ///
-    /// # Errors
-    ///
-    /// The group is not a valid topic segment (it names files too).
-    pub fn new(dir: impl Into<PathBuf>, group: &str) -> Result<Store, PlanError> {
-        wire::check_id("group", group).map_err(PlanError)?;
-        Ok(Store {
-            dir: dir.into(),
-            group: group.to_string(),
-        })
-    }
-
-    /// The state file.
-    pub fn state_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.json", self.group))
-    }
-
-    /// The bundle copy.
-    pub fn bundle_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.perch", self.group))
-    }
-
-    /// The saved state, `None` when there is no state file.
-    ///
-    /// # Errors
-    ///
-    /// The file cannot be read or is not a rollout state.
-    pub fn load(&self) -> Result<Option<RolloutState>, OperatorError> {
-        let path = self.state_path();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(OperatorError::Io { path, source }),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| OperatorError::State { path, source })
-    }
-
-    /// The saved state.
-    ///
-    /// # Errors
-    ///
-    /// As [`Store::load`], and when there is no state file.
-    pub fn load_existing(&self) -> Result<RolloutState, OperatorError> {
-        self.load()?.ok_or_else(|| {
-            OperatorError::Plan(PlanError(format!(
-                "no rollout for group {} in {} (start one with `perch rollout start`)",
-                self.group,
-                self.dir.display()
-            )))
-        })
-    }
-
-    /// Saves the state atomically.
-    ///
-    /// # Errors
-    ///
-    /// The file cannot be written.
-    pub fn save(&self, state: &RolloutState) -> Result<(), OperatorError> {
-        let path = self.state_path();
-        let bytes = serde_json::to_vec(state).map_err(|source| OperatorError::State {
-            path: path.clone(),
-            source,
-        })?;
-        self.write(&path, &bytes)
-    }
-
-    /// Saves the bundle copy atomically.
-    ///
-    /// # Errors
-    ///
-    /// The file cannot be written.
-    pub fn save_bundle(&self, bytes: &[u8]) -> Result<(), OperatorError> {
-        self.write(&self.bundle_path(), bytes)
-    }
-
-    /// The bundle copy.
-    ///
-    /// # Errors
-    ///
-    /// The file cannot be read.
-    pub fn load_bundle(&self) -> Result<Vec<u8>, OperatorError> {
-        let path = self.bundle_path();
-        std::fs::read(&path).map_err(|source| OperatorError::Io { path, source })
-    }
-
-    fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), OperatorError> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| OperatorError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
-        perch_runtime::fsio::write_atomic(path, bytes).map_err(|source| OperatorError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
 }
 
 /// A command as the operator signs it: what to do, and the document it answers (its
@@ -450,7 +289,8 @@ pub enum Progress<'a> {
 /// Runs `controller` over MQTT until the rollout completes or aborts: publishes its
 /// documents (signed with `key`, retained, QoS 1), answers chunk requests from
 /// `bundle`, feeds device states and metrics in, applies commands, ticks every
-/// [`TICK`] and saves the state to `store` after changes. `report` sees every decision
+/// [`TICK`] and saves the state to `store` after changes, recording each save in the
+/// journal ([`Store::record`]). `report` sees every decision
 /// and connection change; after each input it may also look at the controller.
 ///
 /// Returns the final phase.
@@ -497,6 +337,12 @@ async fn publish_document(
     Ok(())
 }
 
+/// Saves the state, then records it in the journal (and the metrics file).
+fn keep(store: &Store, controller: &Controller, unix_ms: u64) -> Result<(), OperatorError> {
+    store.save(controller.state())?;
+    store.record(controller, unix_ms)
+}
+
 async fn operate(
     mut controller: Controller,
     serving: Serving<'_>,
@@ -510,7 +356,7 @@ async fn operate(
     let base = controller.state().clock_ms;
     let started = Instant::now();
     let now = || Clock::new(base + started.elapsed().as_millis() as u64, unix_ms());
-    store.save(controller.state())?;
+    keep(store, &controller, now().unix_ms)?;
     publish_document(&client, key, &controller.document()).await?;
     let mut dirty = false;
     let mut last_save = Instant::now();
@@ -621,7 +467,7 @@ async fn operate(
             }
         }
         if changed || (dirty && last_save.elapsed() >= SAVE_EVERY) {
-            store.save(controller.state())?;
+            keep(store, &controller, now().unix_ms)?;
             dirty = false;
             last_save = Instant::now();
         }
@@ -632,7 +478,7 @@ async fn operate(
             let deadline = *settle_by.get_or_insert_with(|| Instant::now() + SETTLE);
             if controller.is_settled() || Instant::now() >= deadline {
                 if dirty {
-                    store.save(controller.state())?;
+                    keep(store, &controller, now().unix_ms)?;
                 }
                 let _ = client.try_disconnect();
                 return Ok(controller.state().phase);

@@ -9,6 +9,7 @@ mod inspect;
 mod quantize;
 mod quickstart;
 mod rollout;
+mod rollout_report;
 
 use std::path::{Path, PathBuf};
 
