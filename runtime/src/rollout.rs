@@ -57,6 +57,9 @@ pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 pub const MIN_CHUNK_SIZE: u32 = 1024;
 /// The largest chunk size a document may declare (under MQTT's usual limits).
 pub const MAX_CHUNK_SIZE: u32 = 1024 * 1024;
+/// The requests a device's soak must have judged before it confirms a bundle, when the
+/// document does not say ([`RolloutDocument::soak_min_requests`]).
+pub const DEFAULT_SOAK_MIN_REQUESTS: u64 = 100;
 /// The chunk size the operator uses unless told otherwise.
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
 /// The largest bundle a document may declare.
@@ -279,8 +282,19 @@ pub struct RolloutDocument {
     /// How long a device that activated the bundle watches its own p99 and error rate
     /// against the bundle's SLO before it confirms the bundle, seconds.
     pub soak_s: u64,
+    /// The fewest requests a window of the device's soak must hold before its p99 and
+    /// error rate are judged, and the fewest the whole soak must have judged before the
+    /// device confirms the bundle: one slow request in a quiet interval does not roll
+    /// back, and a soak without traffic does not confirm (the device reports
+    /// [`DeviceState::Unexercised`] and keeps the bundle on probation). At least 1.
+    #[serde(default = "default_soak_min_requests")]
+    pub soak_min_requests: u64,
     /// The bundle.
     pub bundle: BundleRef,
+}
+
+fn default_soak_min_requests() -> u64 {
+    DEFAULT_SOAK_MIN_REQUESTS
 }
 
 impl RolloutDocument {
@@ -314,6 +328,9 @@ impl RolloutDocument {
         }
         check_id("group", &self.group).map_err(invalid)?;
         check_id("rollout_id", &self.rollout_id).map_err(invalid)?;
+        if self.soak_min_requests == 0 {
+            return Err(invalid("soak_min_requests is 0; at least 1".into()));
+        }
         if self.percent_bp > canary::BUCKETS {
             return Err(invalid(format!(
                 "percent_bp {} is over 10000",
@@ -486,6 +503,11 @@ pub enum DeviceState {
     Verifying,
     /// Serving the bundle, on probation (soaking against its SLO).
     Active,
+    /// Serving the bundle, still on probation: the soak's time is over but it served
+    /// fewer requests than the document's `soak_min_requests`, so the bundle is neither
+    /// confirmed nor refused. The device confirms it once enough requests were judged,
+    /// or when the operator completes the rollout.
+    Unexercised,
     /// Serving the bundle; probation ended without a breach.
     Confirmed,
     /// The bundle was refused or could not be installed; the old model serves.
@@ -504,6 +526,7 @@ impl DeviceState {
             DeviceState::Downloading => "downloading",
             DeviceState::Verifying => "verifying",
             DeviceState::Active => "active",
+            DeviceState::Unexercised => "unexercised",
             DeviceState::Confirmed => "confirmed",
             DeviceState::Failed => "failed",
             DeviceState::RolledBack => "rolled_back",
@@ -615,6 +638,7 @@ mod tests {
             phase: Phase::Running,
             percent_bp: 1_000,
             soak_s: 60,
+            soak_min_requests: 100,
             bundle: BundleRef::describe("kws", "1.3.0", 7, bundle, MIN_CHUNK_SIZE),
         }
     }
@@ -678,6 +702,7 @@ mod tests {
             (|d| d.bundle.sha256 = "ABC".into(), "sha256"),
             (|d| d.bundle.version = "one".into(), "version"),
             (|d| d.format = 2, "format"),
+            (|d| d.soak_min_requests = 0, "soak_min_requests"),
         ];
         for (change, needle) in cases {
             let mut doc = document(&[3u8; 5000]);

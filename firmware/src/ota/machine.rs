@@ -12,10 +12,13 @@
 //! the report counter).
 
 use perch_runtime::bundle::VerifyingKey;
+use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{self, DeviceState, DeviceStatus, Phase, RolloutDocument};
-use perch_runtime::slo::{Slo, Window};
+use perch_runtime::slo::Slo;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::soak::{Soak, Verdict};
 
 /// The persisted state's format version.
 pub const STATE_FORMAT: u32 = 1;
@@ -81,6 +84,9 @@ pub struct State {
     /// Probation time counted so far, ms (survives restarts; time while the agent was
     /// down does not count).
     pub soaked_ms: u64,
+    /// The probation's traffic: judged requests and the window not yet full.
+    #[serde(default)]
+    pub soak: Soak,
 }
 
 impl Default for State {
@@ -97,6 +103,7 @@ impl Default for State {
             previous_serving: String::new(),
             slo: Slo::default(),
             soaked_ms: 0,
+            soak: Soak::default(),
         }
     }
 }
@@ -255,7 +262,9 @@ impl Machine {
                     actions.push(Action::DiscardDownload);
                 }
                 // Superseded while on probation: the operator moved on from it.
-                Some(DeviceState::Active) => actions.push(Action::Confirm),
+                Some(DeviceState::Active | DeviceState::Unexercised) => {
+                    actions.push(Action::Confirm);
+                }
                 _ => {}
             }
             self.state.update = 0;
@@ -263,6 +272,7 @@ impl Machine {
             self.state.reason = None;
             self.state.state = None;
             self.state.soaked_ms = 0;
+            self.state.soak = Soak::default();
             self.awaiting = None;
             self.reported_decile = None;
         }
@@ -271,7 +281,10 @@ impl Machine {
         self.state.document = Some(doc);
         let current = self.state.state;
         match (phase, current) {
-            (Phase::Aborted, Some(DeviceState::Active | DeviceState::Confirmed)) => {
+            (
+                Phase::Aborted,
+                Some(DeviceState::Active | DeviceState::Unexercised | DeviceState::Confirmed),
+            ) => {
                 let reason = "the operator aborted the rollout".to_string();
                 self.roll_back(reason, &mut actions);
             }
@@ -302,7 +315,7 @@ impl Machine {
                 self.transition(DeviceState::Downloading, None, &mut actions);
                 actions.push(Action::PrepareDownload);
             }
-            (Phase::Completed, Some(DeviceState::Active)) => {
+            (Phase::Completed, Some(DeviceState::Active | DeviceState::Unexercised)) => {
                 actions.push(Action::Confirm);
                 self.transition(DeviceState::Confirmed, None, &mut actions);
             }
@@ -445,6 +458,7 @@ impl Machine {
             Ok(slo) => {
                 self.state.slo = slo;
                 self.state.soaked_ms = 0;
+                self.state.soak = Soak::default();
                 self.soak_mark_ms = Some(now_ms);
                 self.state.previous_serving = std::mem::take(&mut self.state.serving);
                 if let Some(doc) = &self.state.document {
@@ -466,7 +480,7 @@ impl Machine {
         let mut actions = Vec::new();
         if matches!(
             self.state.state,
-            Some(DeviceState::Active | DeviceState::Confirmed)
+            Some(DeviceState::Active | DeviceState::Unexercised | DeviceState::Confirmed)
         ) {
             self.state.serving = std::mem::take(&mut self.state.previous_serving);
             self.transition(DeviceState::RolledBack, Some(reason), &mut actions);
@@ -488,20 +502,27 @@ impl Machine {
         }
     }
 
-    /// A metrics report interval ended: `ok` and `errors` requests, the interval's p99
-    /// latency if any request was served. While on probation, a breach of the bundle's
-    /// SLO rolls back, naming the metric and the limit; the document's soak time
-    /// without a breach confirms.
+    /// A metrics report interval ended: `ok` and `errors` requests and the latency
+    /// histogram of the successful ones. While on probation, intervals are pooled into
+    /// windows of at least the document's `soak_min_requests` ([`Soak`]); a full window
+    /// that breaks the bundle's SLO rolls back, naming the metric and the limit. Once
+    /// the document's soak time is over, the bundle is confirmed if the soak judged
+    /// that many requests, and otherwise reported `unexercised` (once) and kept on
+    /// probation until it has.
     pub fn on_interval(
         &mut self,
         ok: u64,
         errors: u64,
-        p99_ms: Option<f64>,
+        latency: &Histogram,
         now_ms: u64,
     ) -> Vec<Action> {
-        if self.state.state != Some(DeviceState::Active) {
+        let on_probation = matches!(
+            self.state.state,
+            Some(DeviceState::Active | DeviceState::Unexercised)
+        );
+        let Some(doc) = self.state.document.as_ref().filter(|_| on_probation) else {
             return Vec::new();
-        }
+        };
         if let Some(mark) = self.soak_mark_ms {
             self.state.soaked_ms = self
                 .state
@@ -509,27 +530,33 @@ impl Machine {
                 .saturating_add(now_ms.saturating_sub(mark));
         }
         self.soak_mark_ms = Some(now_ms);
-        let window = Window {
-            p99_ms,
-            ok,
-            errors,
-            throughput: None,
-        };
+        let soaked = self.state.soaked_ms >= doc.soak_s.saturating_mul(1000);
+        let (min_requests, soak_s) = (doc.soak_min_requests, doc.soak_s);
+        let slo = self.state.slo;
         let mut actions = Vec::new();
-        if let Some(violation) = self.state.slo.violations(&window).next() {
-            self.roll_back(format!("{violation} during soak"), &mut actions);
-            return actions;
-        }
-        let soak_ms = self
+        match self
             .state
-            .document
-            .as_ref()
-            .map_or(0, |d| d.soak_s.saturating_mul(1000));
-        if self.state.soaked_ms >= soak_ms {
-            actions.push(Action::Confirm);
-            self.transition(DeviceState::Confirmed, None, &mut actions);
-        } else {
-            actions.push(Action::Persist);
+            .soak
+            .add(ok, errors, latency, &slo, min_requests, soaked)
+        {
+            Verdict::Breach(violation) => {
+                self.roll_back(format!("{violation} during soak"), &mut actions);
+            }
+            Verdict::Confirm => {
+                actions.push(Action::Confirm);
+                self.transition(DeviceState::Confirmed, None, &mut actions);
+            }
+            Verdict::Unexercised { judged, pending }
+                if self.state.state == Some(DeviceState::Active) =>
+            {
+                let reason = format!(
+                    "the {soak_s} s soak served {} requests, fewer than the {min_requests} \
+                     needed to judge the bundle; it stays on probation until it has",
+                    judged.saturating_add(pending)
+                );
+                self.transition(DeviceState::Unexercised, Some(reason), &mut actions);
+            }
+            Verdict::Soaking | Verdict::Unexercised { .. } => actions.push(Action::Persist),
         }
         actions
     }
@@ -540,8 +567,10 @@ impl Machine {
     pub fn on_boot(&mut self, boots_on_probation: u32) -> Vec<Action> {
         self.soak_mark_ms = None;
         let mut actions = Vec::new();
-        if self.state.state == Some(DeviceState::Active)
-            && boots_on_probation > self.config.max_probation_boots
+        if matches!(
+            self.state.state,
+            Some(DeviceState::Active | DeviceState::Unexercised)
+        ) && boots_on_probation > self.config.max_probation_boots
         {
             let reason = format!("crash loop: {boots_on_probation} starts since activation");
             self.roll_back(reason, &mut actions);
@@ -715,6 +744,7 @@ mod tests {
             phase,
             percent_bp,
             soak_s: 60,
+            soak_min_requests: 100,
             bundle: BundleRef::describe("kws", "1.3.0", 7, &bundle_bytes(), MIN_CHUNK_SIZE),
         }
     }
@@ -768,6 +798,15 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// `n` requests of `ms` milliseconds each.
+    fn latencies(n: u64, ms: f64) -> Histogram {
+        let mut h = Histogram::new();
+        for _ in 0..n {
+            h.record(std::time::Duration::from_secs_f64(ms / 1e3));
+        }
+        h
     }
 
     fn slo() -> Slo {
@@ -861,9 +900,9 @@ mod tests {
         assert!(actions.contains(&Action::DiscardDownload));
 
         // 59 s into a 60 s soak: nothing yet; past it: confirm.
-        let actions = machine.on_interval(100, 0, Some(5.0), 60_000);
+        let actions = machine.on_interval(100, 0, &latencies(100, 5.0), 60_000);
         assert!(!actions.contains(&Action::Confirm), "{actions:?}");
-        let actions = machine.on_interval(100, 0, Some(5.0), 61_000);
+        let actions = machine.on_interval(100, 0, &latencies(100, 5.0), 61_000);
         assert_eq!(actions[0], Action::Confirm);
         assert_eq!(reports(&actions)[0].state, DeviceState::Confirmed);
         assert_eq!(machine.state().state, Some(DeviceState::Confirmed));
@@ -874,15 +913,15 @@ mod tests {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = active(&doc);
         assert!(machine
-            .on_interval(100, 0, Some(24.0), 11_000)
+            .on_interval(100, 0, &latencies(100, 24.0), 11_000)
             .iter()
             .all(|a| !matches!(a, Action::RollBack { .. })));
-        let actions = machine.on_interval(100, 0, Some(31.5), 21_000);
+        let actions = machine.on_interval(100, 0, &latencies(100, 31.5), 21_000);
         let Action::RollBack { reason } = &actions[0] else {
             panic!("{actions:?}");
         };
         assert!(
-            reason.contains("p99") && reason.contains("31.50") && reason.contains("25"),
+            reason.contains("p99") && reason.contains("28.18") && reason.contains("25 ms"),
             "{reason}"
         );
         let report = reports(&actions)[0];
@@ -890,14 +929,80 @@ mod tests {
         assert_eq!(report.reason.as_deref(), Some(reason.as_str()));
         assert_eq!(report.serving, "kws 1.2.0");
         // Once rolled back, later intervals do nothing.
-        assert!(machine.on_interval(100, 0, Some(99.0), 90_000).is_empty());
+        assert!(machine.on_interval(100, 0, &latencies(100, 99.0), 90_000).is_empty());
+    }
+
+    #[test]
+    fn one_slow_request_in_a_quiet_interval_does_not_roll_back() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = active(&doc);
+        let actions = machine.on_interval(1, 0, &latencies(1, 500.0), 11_000);
+        assert_eq!(actions, [Action::Persist]);
+        assert_eq!(machine.state().state, Some(DeviceState::Active));
+        // The slow request is pooled with the next ones and judged with them: a p99
+        // over 200 requests, 199 of them fast.
+        let actions = machine.on_interval(199, 0, &latencies(199, 5.0), 21_000);
+        assert_eq!(actions, [Action::Persist]);
+        assert_eq!(machine.state().soak.judged, 200);
+    }
+
+    #[test]
+    fn a_soak_without_traffic_reports_unexercised_and_confirms_only_once_it_had_some() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = active(&doc);
+        let quiet = Histogram::new();
+        let actions = machine.on_interval(0, 0, &quiet, 61_000);
+        assert!(!actions.contains(&Action::Confirm), "{actions:?}");
+        let report = reports(&actions)[0];
+        assert_eq!(report.state, DeviceState::Unexercised);
+        let reason = report.reason.as_deref().unwrap();
+        assert!(reason.contains("0 requests") && reason.contains("100"), "{reason}");
+        // Reported once; later quiet intervals only persist.
+        assert_eq!(
+            machine.on_interval(3, 0, &latencies(3, 5.0), 71_000),
+            [Action::Persist]
+        );
+        // Traffic at last: judged, confirmed.
+        let actions = machine.on_interval(97, 0, &latencies(97, 5.0), 81_000);
+        assert_eq!(actions[0], Action::Confirm);
+        assert_eq!(machine.state().state, Some(DeviceState::Confirmed));
+    }
+
+    #[test]
+    fn an_unexercised_bundle_is_still_on_probation_for_an_abort_a_completion_and_a_breach() {
+        let doc = document(10, Phase::Running, 10_000);
+        let unexercised = || {
+            let mut machine = active(&doc);
+            machine.on_interval(0, 0, &Histogram::new(), 61_000);
+            assert_eq!(machine.state().state, Some(DeviceState::Unexercised));
+            machine
+        };
+        let mut aborted = unexercised();
+        let actions = aborted.on_document(&document(11, Phase::Aborted, 10_000).sign(&key()));
+        assert!(matches!(&actions[0], Action::RollBack { .. }), "{actions:?}");
+        let mut completed = unexercised();
+        let actions = completed.on_document(&document(11, Phase::Completed, 10_000).sign(&key()));
+        assert_eq!(actions[0], Action::Confirm);
+        let mut breached = unexercised();
+        let actions = breached.on_interval(100, 0, &latencies(100, 90.0), 71_000);
+        assert!(matches!(&actions[0], Action::RollBack { .. }), "{actions:?}");
+        let mut looping = unexercised();
+        assert!(matches!(&looping.on_boot(4)[0], Action::RollBack { .. }));
+    }
+
+    #[test]
+    fn a_state_written_before_soak_windows_existed_reads_as_an_empty_soak() {
+        let mut json = serde_json::to_value(State::default()).unwrap();
+        json.as_object_mut().unwrap().remove("soak");
+        let state: State = serde_json::from_value(json).unwrap();
+        assert_eq!(state.soak, Soak::default());
     }
 
     #[test]
     fn an_error_rate_breach_during_soak_rolls_back() {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = active(&doc);
-        let actions = machine.on_interval(95, 5, Some(3.0), 11_000);
+        let actions = machine.on_interval(95, 5, &latencies(95, 3.0), 11_000);
         let Action::RollBack { reason } = &actions[0] else {
             panic!("{actions:?}");
         };

@@ -49,6 +49,7 @@ pub mod download;
 mod error;
 pub mod install;
 pub mod machine;
+pub mod soak;
 mod updater;
 
 pub use download::Download;

@@ -10,6 +10,7 @@ use perch_mqtt::topics::{self, DeviceTopic};
 use perch_runtime::bundle::VerifyingKey;
 use perch_runtime::error::Chain;
 use perch_runtime::fsio;
+use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{self, ChunkRequest};
 use perch_runtime::slo::Slo;
 
@@ -73,8 +74,8 @@ pub enum Event<'a> {
         ok: u64,
         /// Requests failed.
         errors: u64,
-        /// The interval's p99 latency, ms (`None` without requests).
-        p99_ms: Option<f64>,
+        /// The latency of the interval's successful requests.
+        latency: &'a Histogram,
     },
 }
 
@@ -300,9 +301,11 @@ impl Updater {
             Event::Document(payload) => self.machine.on_document(payload),
             Event::Chunk(frame) => self.machine.on_chunk(frame, now_ms),
             Event::Tick => self.machine.on_tick(now_ms),
-            Event::Interval { ok, errors, p99_ms } => {
-                self.machine.on_interval(ok, errors, p99_ms, now_ms)
-            }
+            Event::Interval {
+                ok,
+                errors,
+                latency,
+            } => self.machine.on_interval(ok, errors, latency, now_ms),
         };
         let mut effects = Vec::new();
         self.run(actions, now_ms, &mut effects);
@@ -642,6 +645,7 @@ mod tests {
             phase: Phase::Running,
             percent_bp: 10_000,
             soak_s: 60,
+            soak_min_requests: 100,
             bundle: BundleRef::describe("kws", version, sequence, bundle, MIN_CHUNK_SIZE * 16),
         }
     }
@@ -738,10 +742,11 @@ mod tests {
         let path = boot.serve.unwrap();
         assert_eq!(updater.load_slot(path).unwrap().id.to_string(), "kws@1.3.0");
         assert_eq!(updater.state().state, Some(DeviceState::Active));
+        let fast = latencies(100, 4.0);
         let interval = Event::Interval {
-            ok: 50,
+            ok: 100,
             errors: 0,
-            p99_ms: Some(4.0),
+            latency: &fast,
         };
         assert!(reports(&updater.handle_at(interval, 5_000)).is_empty());
         let effects = updater.handle_at(interval, 66_000);
@@ -890,16 +895,26 @@ mod tests {
         let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
         serve_chunks(&mut updater, first, &fixed, &doc, usize::MAX);
         assert_eq!(updater.state().state, Some(DeviceState::Active));
-        let effects = updater.handle_at(breach(), 1_000);
+        let effects = updater.handle_at(breach(&latencies(100, 80.0)), 1_000);
         assert!(effects.iter().any(|e| matches!(e, Effect::ServeConfigured)));
         assert!(!effects.iter().any(|e| matches!(e, Effect::Serve(_))));
     }
 
-    fn breach() -> Event<'static> {
+    /// `n` requests of `ms` milliseconds each.
+    fn latencies(n: u64, ms: f64) -> Histogram {
+        let mut h = Histogram::new();
+        for _ in 0..n {
+            h.record(Duration::from_secs_f64(ms / 1e3));
+        }
+        h
+    }
+
+    /// An interval of 100 requests of 80 ms, over every test bundle's p99 SLO.
+    fn breach(slow: &Histogram) -> Event<'_> {
         Event::Interval {
             ok: 100,
             errors: 0,
-            p99_ms: Some(80.0),
+            latency: slow,
         }
     }
 
@@ -918,10 +933,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut updater = open(dir.path());
         updater.boot().unwrap();
+        let fast = latencies(100, 3.0);
         let soak = Event::Interval {
-            ok: 10,
+            ok: 100,
             errors: 0,
-            p99_ms: Some(3.0),
+            latency: &fast,
         };
         let good = crate::testing::pack_kws(&key(), 2, "1.3.0")
             .as_bytes()
@@ -941,7 +957,7 @@ mod tests {
         let first = updater.handle_at(Event::Document(&doc.sign(&key())), 80_000);
         let effects = serve_chunks(&mut updater, first, &bad, &doc, usize::MAX);
         assert_eq!(served(&effects), ["kws@1.4.0"]);
-        let effects = updater.handle_at(breach(), 90_000);
+        let effects = updater.handle_at(breach(&latencies(100, 80.0)), 90_000);
         assert_eq!(served(&effects), ["kws@1.3.0"]);
         let sent = reports(&effects);
         assert_eq!(sent[0].state, DeviceState::RolledBack);

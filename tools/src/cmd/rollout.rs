@@ -11,7 +11,7 @@ use perch_runtime::rollout::{self as wire, BundleRef, DeviceState, Phase};
 use perch_tools::rollout::operator::{self, Progress, Store};
 use perch_tools::rollout::{
     parse_duration_ms, parse_gates, parse_size, parse_stages, Clock, Command, Controller, Effect,
-    Plan, PlanError,
+    Plan, PlanError, Unexercised,
 };
 
 /// Roll a signed bundle out to a device group in canary stages, gated on the fleet's
@@ -151,6 +151,20 @@ struct StartArgs {
     /// confirms it.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     device_soak: String,
+    /// The fewest requests a device's soak must judge before it confirms the bundle;
+    /// intervals are pooled into windows of at least this many before their p99 and
+    /// error rate are checked. A device whose soak ends with fewer reports unexercised
+    /// and keeps the bundle on probation.
+    #[arg(long, value_name = "N", default_value_t = wire::DEFAULT_SOAK_MIN_REQUESTS)]
+    device_soak_requests: u64,
+    /// The fewest canary requests in a stage's window before a latency or error-rate
+    /// gate is judged and before the stage is promoted.
+    #[arg(long, value_name = "N", default_value_t = perch_tools::rollout::MIN_REQUESTS)]
+    min_requests: u64,
+    /// What a soaked stage does while canary devices report unexercised: wait (promote
+    /// by hand to go on) or accept (judge the cohort's traffic as a whole).
+    #[arg(long, value_name = "POLICY", default_value = "wait")]
+    unexercised: String,
     /// The rollout's id (letters, digits, `.`, `_`, `-`; at most 64). Cohorts are drawn
     /// from it: the same id over the same devices draws the same cohort. Default:
     /// NAME-VERSION-SEQUENCE-RANDOM, a fresh cohort every rollout.
@@ -304,6 +318,9 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         gates,
         min_devices: a.min_devices,
         device_soak_s,
+        device_soak_requests: a.device_soak_requests,
+        min_requests: a.min_requests,
+        unexercised: Unexercised::parse(&a.unexercised)?,
     };
     let (controller, effects) = Controller::start(plan, Clock::new(0, unix_ms()))?;
     store.save_bundle(bundle.as_bytes())?;

@@ -26,6 +26,9 @@ fn plan(gates: &str, min_devices: usize) -> Plan {
         gates: parse_gates(gates).unwrap(),
         min_devices,
         device_soak_s: 30,
+        device_soak_requests: 100,
+        min_requests: MIN_REQUESTS,
+        unexercised: Unexercised::Wait,
     }
 }
 
@@ -39,10 +42,13 @@ fn histogram(samples: &[(u64, u32)]) -> Histogram {
     h
 }
 
+/// A metrics report with a sequence number of its own (reports the controller has seen
+/// count once).
 fn metrics(version: Version, ok: u32, errors: u32, latency: Histogram) -> MetricsReport {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     MetricsReport {
         format: FORMAT_VERSION,
-        seq: 1,
+        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         uptime_s: 100,
         interval_ms: 10_000,
         model: ModelId::new("kws", version).unwrap(),
@@ -698,6 +704,132 @@ mod signed_commands {
         for (payload, revision, why) in cases {
             let err = accept(payload, revision).unwrap_err();
             assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+}
+
+/// A device in the current stage's cohort of `c`, reporting `state` for the rollout.
+fn canary_device(c: &mut Controller, state: DeviceState) -> String {
+    let id = c.state().plan.rollout_id.clone();
+    let device = (0..1000)
+        .map(|i| format!("pi-{i}"))
+        .find(|d| c.in_cohort(d))
+        .unwrap();
+    assert!(c.on_status(status(&id, &device, state, 1), at(0)));
+    device
+}
+
+fn published(effects: &[Effect]) -> Vec<&RolloutDocument> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::PublishDocument(d) => Some(d),
+            Effect::Log(_) => None,
+        })
+        .collect()
+}
+
+fn logged(effects: &[Effect]) -> String {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Log(line) => Some(line.as_str()),
+            Effect::PublishDocument(_) => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_soaked_stage_whose_canary_served_too_few_requests_is_not_promoted() {
+    let mut c = started("p99<10ms,error_rate<1%", 1);
+    let device = canary_device(&mut c, DeviceState::Active);
+    // Five fast requests meet every gate, but are no evidence.
+    assert!(c.on_metrics(&device, &metrics(NEW, 5, 0, histogram(&[(1_000, 5)])), at(1)));
+    let effects = c.tick(at(SOAK_MS + 1));
+    assert!(published(&effects).is_empty(), "{effects:?}");
+    assert!(
+        logged(&effects).contains("5 requests, fewer than the 100"),
+        "{effects:?}"
+    );
+    assert_eq!(c.state().stage, 0);
+    // Enough of them: promoted.
+    assert!(c.on_metrics(&device, &metrics(NEW, 95, 0, histogram(&[(1_000, 95)])), at(2)));
+    let effects = c.tick(at(SOAK_MS + 2));
+    assert_eq!(published(&effects)[0].percent_bp, 5_000, "{effects:?}");
+}
+
+#[test]
+fn one_slow_request_past_the_soak_does_not_abort() {
+    let mut c = started("p99<10ms", 1);
+    let device = canary_device(&mut c, DeviceState::Active);
+    assert!(c.on_metrics(
+        &device,
+        &metrics(NEW, 1, 0, histogram(&[(500_000, 1)])),
+        at(1)
+    ));
+    let effects = c.tick(at(SOAK_MS + 1));
+    assert_eq!(c.state().phase, Phase::Running, "{effects:?}");
+}
+
+#[test]
+fn a_metrics_report_delivered_again_or_replayed_counts_once() {
+    let mut c = started("p99<10ms", 1);
+    let device = canary_device(&mut c, DeviceState::Active);
+    let report = metrics(NEW, 20, 0, histogram(&[(1_000, 20)]));
+    assert!(c.on_metrics(&device, &report, at(1)));
+    for t in 2..50 {
+        assert!(!c.on_metrics(&device, &report, at(t)));
+    }
+    let status = c.status();
+    assert_eq!(status.canary.requests, 20);
+    assert_eq!(status.ignored["duplicate metrics report"], 48);
+    assert!(status.to_string().contains("48 duplicate metrics report"));
+}
+
+#[test]
+fn metrics_of_the_new_version_from_a_device_that_never_reported_activating_it_do_not_count() {
+    let mut c = started("p99<10ms", 1);
+    let device = canary_device(&mut c, DeviceState::Downloading);
+    for t in 1..=10 {
+        let report = metrics(NEW, 20, 0, histogram(&[(1_000, 20)]));
+        assert!(c.on_metrics(&device, &report, at(t)));
+    }
+    assert_eq!(c.status().canary.devices, 0);
+    let effects = c.tick(at(SOAK_MS + 1));
+    assert!(published(&effects).is_empty(), "{effects:?}");
+    assert!(logged(&effects).contains("0 of 1 canary devices"), "{effects:?}");
+}
+
+#[test]
+fn canary_devices_reporting_unexercised_hold_a_soaked_stage_unless_the_plan_accepts_them() {
+    for policy in [Unexercised::Wait, Unexercised::Accept] {
+        let mut p = plan("p99<10ms", 1);
+        p.unexercised = policy;
+        let (mut c, _) = Controller::start(p, at(0)).unwrap();
+        assert_eq!(c.document().soak_min_requests, 100);
+        let busy = canary_device(&mut c, DeviceState::Confirmed);
+        let id = c.state().plan.rollout_id.clone();
+        let quiet = (0..1000)
+            .map(|i| format!("q-{i}"))
+            .find(|d| c.in_cohort(d))
+            .unwrap();
+        assert!(c.on_status(status(&id, &quiet, DeviceState::Unexercised, 1), at(0)));
+        let report = metrics(NEW, 200, 0, histogram(&[(1_000, 200)]));
+        assert!(c.on_metrics(&busy, &report, at(1)));
+        let effects = c.tick(at(SOAK_MS + 1));
+        match policy {
+            Unexercised::Wait => {
+                assert!(published(&effects).is_empty(), "{effects:?}");
+                assert!(logged(&effects).contains("1 canary devices report unexercised"));
+                assert!(c.status().devices.iter().any(|d| d.state.starts_with("unexercised")));
+                // By hand, the operator decides.
+                let effects = c.promote(Some("quiet devices are fine"), at(SOAK_MS + 2));
+                assert_eq!(published(&effects)[0].percent_bp, 5_000);
+            }
+            Unexercised::Accept => {
+                assert_eq!(published(&effects)[0].percent_bp, 5_000, "{effects:?}");
+            }
         }
     }
 }
