@@ -289,6 +289,12 @@ pub struct RolloutDocument {
     /// [`DeviceState::Unexercised`] and keeps the bundle on probation). At least 1.
     #[serde(default = "default_soak_min_requests")]
     pub soak_min_requests: u64,
+    /// How long a device holds a running or paused rollout's document fresh, seconds: the
+    /// operator publishes a higher revision well within it, and a device that hears
+    /// none for longer freezes its part in the rollout (no download, no confirmation;
+    /// roll-backs still happen) and reports it, until one comes. `0`: never stale.
+    #[serde(default)]
+    pub fresh_s: u64,
     /// The bundle.
     pub bundle: BundleRef,
 }
@@ -572,6 +578,14 @@ pub struct DeviceStatus {
     pub serving: String,
     /// Counts this device's reports for this rollout, from 1.
     pub update: u32,
+    /// The device heard no fresh document within the document's `fresh_s` and froze
+    /// its part in the rollout (`reason` says since when); absent when not.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub frozen: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl DeviceStatus {
@@ -639,6 +653,7 @@ mod tests {
             percent_bp: 1_000,
             soak_s: 60,
             soak_min_requests: 100,
+            fresh_s: 600,
             bundle: BundleRef::describe("kws", "1.3.0", 7, bundle, MIN_CHUNK_SIZE),
         }
     }
@@ -717,6 +732,18 @@ mod tests {
     }
 
     #[test]
+    fn a_document_without_the_soak_minimum_or_freshness_reads_with_their_defaults() {
+        let doc = document(&[5u8; 3000]);
+        let mut json = serde_json::to_value(&doc).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        fields.remove("soak_min_requests");
+        fields.remove("fresh_s");
+        let read: RolloutDocument = serde_json::from_value(json).unwrap();
+        assert_eq!(read.soak_min_requests, DEFAULT_SOAK_MIN_REQUESTS);
+        assert_eq!(read.fresh_s, 0);
+    }
+
+    #[test]
     fn chunks_round_trip_and_match_only_their_signed_hash() {
         let bundle: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
         let doc = document(&bundle);
@@ -767,12 +794,18 @@ mod tests {
             reason: None,
             serving: "kws 1.2.0".into(),
             update: 2,
+            frozen: false,
         };
         let json = status.to_json();
-        assert!(std::str::from_utf8(&json)
-            .unwrap()
-            .contains("\"downloading\""));
+        let text = std::str::from_utf8(&json).unwrap();
+        assert!(text.contains("\"downloading\""));
+        assert!(!text.contains("frozen"), "{text}");
         assert_eq!(DeviceStatus::from_json(&json).unwrap(), status);
+        let frozen = DeviceStatus {
+            frozen: true,
+            ..status
+        };
+        assert_eq!(DeviceStatus::from_json(&frozen.to_json()).unwrap(), frozen);
         assert!(DeviceStatus::from_json(b"{\"format\":1}").is_err());
     }
 }

@@ -624,6 +624,7 @@ fn document(
         percent_bp: canary::BUCKETS,
         soak_s: 1,
         soak_min_requests: 5,
+        fresh_s: 0,
         bundle,
     }
 }

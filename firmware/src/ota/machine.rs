@@ -18,6 +18,7 @@ use perch_runtime::slo::Slo;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::freshness::Freshness;
 use super::soak::{Soak, Verdict};
 
 /// The persisted state's format version.
@@ -167,6 +168,9 @@ pub struct Machine {
     /// Distinct unverifiable documents reported since the start: their `update`, so
     /// a later refusal for the same rollout id is newer than the earlier one.
     refusals: u32,
+    /// Whether the current document was renewed in time (not persisted: a restart
+    /// starts a new period).
+    freshness: Freshness,
 }
 
 impl Machine {
@@ -188,6 +192,7 @@ impl Machine {
             reported_decile: None,
             last_refused: None,
             refusals: 0,
+            freshness: Freshness::default(),
         }
     }
 
@@ -212,13 +217,14 @@ impl Machine {
         }
     }
 
-    /// A rollout document arrived (retained on the group's topic).
+    /// A rollout document arrived (retained on the group's topic) at `now_ms`.
     ///
     /// Refused, changing nothing: a payload that does not verify against the trusted
-    /// keys, a document for another group, and a revision lower than the highest acted on (a replay; reported with the
-    /// reason on the current rollout). The same revision again (a retained
-    /// re-delivery) is a no-op.
-    pub fn on_document(&mut self, payload: &[u8]) -> Vec<Action> {
+    /// keys, a document for another group, and a revision lower than the highest acted
+    /// on (a replay; reported with the reason on the current rollout). The same revision
+    /// again (a retained re-delivery) is a no-op and renews nothing; a higher one renews
+    /// the document's freshness and thaws a frozen device ([`Freshness`]).
+    pub fn on_document(&mut self, payload: &[u8], now_ms: u64) -> Vec<Action> {
         let doc = match RolloutDocument::verify(payload, &self.trusted) {
             Ok(doc) => doc,
             Err(e) => return self.refuse_unverified(payload, e.to_string()),
@@ -250,6 +256,12 @@ impl Machine {
             return Vec::new();
         }
         self.state.highest_revision = doc.revision;
+        let thawed = self.freshness.renew(now_ms);
+        if let Some(awaiting) = self.awaiting.as_mut().filter(|_| thawed) {
+            // The freeze stopped the requests and the stall clock: start both over.
+            awaiting.since_ms = now_ms;
+            awaiting.next_request_ms = now_ms;
+        }
         let mut actions = Vec::new();
         let same_rollout = self
             .state
@@ -321,6 +333,14 @@ impl Machine {
             }
             _ => actions.push(Action::Persist),
         }
+        if thawed && !actions.iter().any(|a| matches!(a, Action::Report(_))) {
+            if let Some(state) = self.state.state {
+                // Tell the operator the freeze is over.
+                self.state.update = self.state.update.saturating_add(1);
+                actions.push(Action::Report(self.status(state, self.state.reason.clone())));
+                actions.push(Action::Persist);
+            }
+        }
         actions
     }
 
@@ -368,6 +388,7 @@ impl Machine {
         if chunk.rollout_id != doc.rollout_id
             || self.state.state != Some(DeviceState::Downloading)
             || chunk.index != self.state.have
+            || self.freshness.is_frozen()
         {
             return Vec::new();
         }
@@ -414,10 +435,19 @@ impl Machine {
         actions
     }
 
-    /// Time passed: a chunk whose reply did not come within the timeout (or the
-    /// backoff after a bad copy) is requested again; a download that got no good copy
-    /// of the chunk it needs for [`MachineConfig::stall_timeout_ms`] fails.
+    /// Time passed: a running or paused rollout's document not renewed within its
+    /// `fresh_s` freezes the device's part in it, reported once ([`Freshness`]); a
+    /// chunk whose reply did not come within the timeout (or the backoff after a bad
+    /// copy) is requested again; a download that got no good copy of the chunk it needs
+    /// for [`MachineConfig::stall_timeout_ms`] fails. Frozen, nothing is requested and
+    /// the stall clock stops.
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
+        if let Some(actions) = self.check_freshness(now_ms) {
+            return actions;
+        }
+        if self.freshness.is_frozen() {
+            return Vec::new();
+        }
         let Some(awaiting) = &mut self.awaiting else {
             return Vec::new();
         };
@@ -542,6 +572,8 @@ impl Machine {
             Verdict::Breach(violation) => {
                 self.roll_back(format!("{violation} during soak"), &mut actions);
             }
+            // Frozen, the operator may have aborted: confirm nothing on old orders.
+            Verdict::Confirm if self.freshness.is_frozen() => actions.push(Action::Persist),
             Verdict::Confirm => {
                 actions.push(Action::Confirm);
                 self.transition(DeviceState::Confirmed, None, &mut actions);
@@ -576,6 +608,28 @@ impl Machine {
             self.roll_back(reason, &mut actions);
         }
         actions
+    }
+
+    /// Freezes the device when its document just went stale: `Some` with the report.
+    fn check_freshness(&mut self, now_ms: u64) -> Option<Vec<Action>> {
+        let doc = self.state.document.as_ref()?;
+        let live = matches!(doc.phase, Phase::Running | Phase::Paused);
+        let age_ms = self.freshness.check(doc.fresh_s, live, now_ms)?;
+        let reason = format!(
+            "no fresh rollout document for {} s (it must be renewed within {} s): frozen, \
+             nothing is downloaded or confirmed until one comes",
+            age_ms / 1000,
+            doc.fresh_s
+        );
+        let state = self.state.state?;
+        self.state.update = self.state.update.saturating_add(1);
+        Some(vec![
+            Action::Refused {
+                reason: reason.clone(),
+            },
+            Action::Report(self.status(state, Some(reason))),
+            Action::Persist,
+        ])
     }
 
     fn roll_back(&mut self, reason: String, actions: &mut Vec<Action>) {
@@ -692,6 +746,7 @@ impl Machine {
             reason: Some(reason),
             serving: self.state.serving.clone(),
             update: self.refusals,
+            frozen: false,
         }));
         actions
     }
@@ -712,6 +767,7 @@ impl Machine {
             reason,
             serving: self.state.serving.clone(),
             update: self.state.update,
+            frozen: self.freshness.is_frozen(),
         }
     }
 }
@@ -745,6 +801,7 @@ mod tests {
             percent_bp,
             soak_s: 60,
             soak_min_requests: 100,
+            fresh_s: 0,
             bundle: BundleRef::describe("kws", "1.3.0", 7, &bundle_bytes(), MIN_CHUNK_SIZE),
         }
     }
@@ -820,7 +877,7 @@ mod tests {
     /// Starts the rollout on an in-cohort device and feeds every chunk; returns all
     /// actions. The last one is `Install`.
     fn download(machine: &mut Machine, doc: &RolloutDocument) -> Vec<Action> {
-        let mut all = machine.on_document(&doc.sign(&key()));
+        let mut all = machine.on_document(&doc.sign(&key()), 0);
         assert!(all.contains(&Action::PrepareDownload), "{all:?}");
         all.extend(machine.on_resumed(0, 0));
         for index in 0..doc.bundle.chunk_count() {
@@ -846,7 +903,7 @@ mod tests {
     fn a_device_outside_the_cohort_reports_not_in_cohort_and_requests_nothing() {
         let doc = document(10, Phase::Running, 1_000);
         let mut machine = machine(&device(&doc, false));
-        let actions = machine.on_document(&doc.sign(&key()));
+        let actions = machine.on_document(&doc.sign(&key()), 0);
         let sent = reports(&actions);
         assert_eq!(sent.len(), 1, "{actions:?}");
         assert_eq!(sent[0].state, DeviceState::NotInCohort);
@@ -858,7 +915,7 @@ mod tests {
         // Raising the share until the device is in starts its download.
         let mut wider = document(11, Phase::Running, 10_000);
         wider.revision = 11;
-        let actions = machine.on_document(&wider.sign(&key()));
+        let actions = machine.on_document(&wider.sign(&key()), 0);
         assert!(actions.contains(&Action::PrepareDownload), "{actions:?}");
         assert_eq!(reports(&actions)[0].state, DeviceState::Downloading);
     }
@@ -978,10 +1035,10 @@ mod tests {
             machine
         };
         let mut aborted = unexercised();
-        let actions = aborted.on_document(&document(11, Phase::Aborted, 10_000).sign(&key()));
+        let actions = aborted.on_document(&document(11, Phase::Aborted, 10_000).sign(&key()), 0);
         assert!(matches!(&actions[0], Action::RollBack { .. }), "{actions:?}");
         let mut completed = unexercised();
-        let actions = completed.on_document(&document(11, Phase::Completed, 10_000).sign(&key()));
+        let actions = completed.on_document(&document(11, Phase::Completed, 10_000).sign(&key()), 0);
         assert_eq!(actions[0], Action::Confirm);
         let mut breached = unexercised();
         let actions = breached.on_interval(100, 0, &latencies(100, 90.0), 71_000);
@@ -1035,7 +1092,7 @@ mod tests {
     fn forged_chunks_are_dropped_and_requested_again_with_backoff_without_failing_the_rollout() {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = machine(&device(&doc, true));
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         machine.on_resumed(0, 0);
         let mut forged = chunk(&doc, 0);
         *forged.last_mut().unwrap() ^= 0xff;
@@ -1071,7 +1128,7 @@ mod tests {
     fn a_download_without_a_good_copy_of_its_chunk_fails_past_the_stall_timeout() {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = machine(&device(&doc, true));
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         machine.on_resumed(0, 0);
         machine.on_chunk(&chunk(&doc, 0), 10);
         let mut forged = chunk(&doc, 1);
@@ -1096,14 +1153,14 @@ mod tests {
         let doc = document(20, Phase::Running, 5_000);
         let mut machine = machine(&device(&doc, true));
         let signed = doc.sign(&key());
-        machine.on_document(&signed);
+        machine.on_document(&signed, 0);
         let before = machine.state().clone();
-        assert!(machine.on_document(&signed).is_empty());
+        assert!(machine.on_document(&signed, 0).is_empty());
         assert_eq!(machine.state(), &before);
 
         let mut old = document(19, Phase::Aborted, 5_000);
         old.revision = 19;
-        let actions = machine.on_document(&old.sign(&key()));
+        let actions = machine.on_document(&old.sign(&key()), 0);
         let reason = "replayed rollout document (revision 19, already acted on 20)";
         assert_eq!(
             actions[0],
@@ -1127,7 +1184,7 @@ mod tests {
         let doc = document(10, Phase::Running, 10_000);
         let mut machine = machine(&device(&doc, true));
         let forged = doc.sign(&SigningKey::from_bytes(&[2; 32]));
-        let actions = machine.on_document(&forged);
+        let actions = machine.on_document(&forged, 0);
         assert_eq!(actions.len(), 2);
         let Action::Refused { reason } = &actions[0] else {
             panic!("{actions:?}");
@@ -1139,12 +1196,12 @@ mod tests {
         assert_eq!(report.rollout_id, doc.rollout_id);
         assert_eq!(report.reason.as_deref(), Some(reason.as_str()));
         assert_eq!(
-            machine.on_document(&forged).len(),
+            machine.on_document(&forged, 0).len(),
             1,
             "a re-delivery only logs"
         );
         assert_eq!(
-            machine.on_document(b"junk").len(),
+            machine.on_document(b"junk", 0).len(),
             1,
             "nothing to report on"
         );
@@ -1161,23 +1218,23 @@ mod tests {
     fn a_paused_rollout_keeps_waiting_devices_pending_and_lets_downloads_continue() {
         let paused = document(10, Phase::Paused, 10_000);
         let mut waiting = machine("dev-a");
-        let actions = waiting.on_document(&paused.sign(&key()));
+        let actions = waiting.on_document(&paused.sign(&key()), 0);
         assert_eq!(reports(&actions)[0].state, DeviceState::Pending);
         assert!(!actions.contains(&Action::PrepareDownload));
 
         let running = document(9, Phase::Running, 10_000);
         let mut busy = machine("dev-a");
-        busy.on_document(&running.sign(&key()));
+        busy.on_document(&running.sign(&key()), 0);
         busy.on_resumed(0, 0);
         busy.on_chunk(&chunk(&running, 0), 5);
-        let actions = busy.on_document(&paused.sign(&key()));
+        let actions = busy.on_document(&paused.sign(&key()), 0);
         assert!(reports(&actions).is_empty(), "{actions:?}");
         assert_eq!(busy.state().state, Some(DeviceState::Downloading));
         let actions = busy.on_chunk(&chunk(&running, 1), 10);
         assert_eq!(requests(&actions), [2]);
 
         // Resuming the rollout starts the waiting device.
-        let actions = waiting.on_document(&document(11, Phase::Running, 10_000).sign(&key()));
+        let actions = waiting.on_document(&document(11, Phase::Running, 10_000).sign(&key()), 0);
         assert!(actions.contains(&Action::PrepareDownload));
     }
 
@@ -1186,14 +1243,14 @@ mod tests {
         let doc = document(10, Phase::Running, 10_000);
         let aborted = document(11, Phase::Aborted, 10_000).sign(&key());
         let mut running = active(&doc);
-        let actions = running.on_document(&aborted);
+        let actions = running.on_document(&aborted, 0);
         assert!(matches!(&actions[0], Action::RollBack { reason } if reason.contains("aborted")));
         assert_eq!(reports(&actions)[0].state, DeviceState::RolledBack);
 
         let mut fetching = machine("dev-b");
-        fetching.on_document(&doc.sign(&key()));
+        fetching.on_document(&doc.sign(&key()), 0);
         fetching.on_resumed(0, 0);
-        let actions = fetching.on_document(&aborted);
+        let actions = fetching.on_document(&aborted, 0);
         assert_eq!(actions[0], Action::DiscardDownload);
         assert_eq!(reports(&actions)[0].state, DeviceState::Failed);
         assert!(fetching.on_chunk(&chunk(&doc, 0), 10).is_empty());
@@ -1201,10 +1258,72 @@ mod tests {
     }
 
     #[test]
+    fn a_download_without_a_fresh_document_freezes_reports_it_and_resumes_on_a_fresh_one() {
+        let mut doc = document(10, Phase::Running, 10_000);
+        doc.fresh_s = 60;
+        let mut machine = machine("dev-f");
+        machine.on_document(&doc.sign(&key()), 1_000);
+        machine.on_resumed(0, 1_000);
+        machine.on_chunk(&chunk(&doc, 0), 2_000);
+        assert_eq!(requests(&machine.on_tick(30_000)), [1]);
+        // The operator's next revision never comes (a broker withholding it, say); the
+        // retained copy of the old one, delivered again, renews nothing.
+        assert!(machine.on_document(&doc.sign(&key()), 40_000).is_empty());
+        let actions = machine.on_tick(61_001);
+        let report = reports(&actions)[0];
+        assert_eq!(report.state, DeviceState::Downloading);
+        assert!(report.frozen);
+        assert!(
+            report.reason.as_deref().unwrap().contains("no fresh rollout document"),
+            "{report:?}"
+        );
+        // Frozen: no request, no write, no stall failure, however long.
+        assert!(machine.on_tick(70_000).is_empty());
+        assert!(machine.on_chunk(&chunk(&doc, 1), 71_000).is_empty());
+        assert!(machine.on_tick(STALL_MS * 3).is_empty());
+        assert_eq!(machine.state().state, Some(DeviceState::Downloading));
+        // A fresh revision thaws it: reported, and the chunk is asked for again.
+        doc.revision = 11;
+        let actions = machine.on_document(&doc.sign(&key()), STALL_MS * 3 + 1);
+        let report = reports(&actions)[0];
+        assert!(!report.frozen, "{report:?}");
+        assert_eq!(requests(&machine.on_tick(STALL_MS * 3 + 2)), [1]);
+        let actions = machine.on_chunk(&chunk(&doc, 1), STALL_MS * 3 + 3);
+        assert_eq!(requests(&actions), [2]);
+    }
+
+    #[test]
+    fn a_frozen_device_on_probation_confirms_nothing_but_still_rolls_back() {
+        let mut doc = document(10, Phase::Running, 10_000);
+        doc.fresh_s = 30;
+        let quiet = Histogram::new();
+        let frozen = || {
+            let mut machine = active(&doc);
+            machine.on_tick(1_000);
+            assert!(reports(&machine.on_tick(32_000))[0].frozen);
+            machine
+        };
+        let mut machine = frozen();
+        let actions = machine.on_interval(100, 0, &latencies(100, 5.0), 70_000);
+        assert!(!actions.contains(&Action::Confirm), "{actions:?}");
+        assert_eq!(machine.state().state, Some(DeviceState::Active));
+        let mut machine = frozen();
+        let actions = machine.on_interval(100, 0, &latencies(100, 90.0), 70_000);
+        assert!(matches!(&actions[0], Action::RollBack { .. }), "{actions:?}");
+        // Finished rollouts never go stale.
+        let mut completed = document(11, Phase::Completed, 10_000);
+        completed.fresh_s = 30;
+        let mut machine = active(&doc);
+        machine.on_document(&completed.sign(&key()), 2_000);
+        assert!(machine.on_tick(10_000_000).is_empty());
+        assert!(machine.on_interval(0, 0, &quiet, 10_000_001).is_empty());
+    }
+
+    #[test]
     fn a_lost_chunk_is_requested_again_after_the_timeout() {
         let doc = document(10, Phase::Running, 10_000);
         let mut machine = machine("dev-c");
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         assert_eq!(requests(&machine.on_resumed(0, 1_000)), [0]);
         assert!(machine.on_tick(1_000 + TIMEOUT_MS - 1).is_empty());
         assert_eq!(
@@ -1226,7 +1345,7 @@ mod tests {
     fn the_state_survives_a_restart_mid_download_and_continues_from_the_next_chunk() {
         let doc = document(10, Phase::Running, 10_000);
         let mut machine = machine("dev-d");
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         machine.on_resumed(0, 0);
         let mut updates = 0;
         for index in 0..4 {
@@ -1244,7 +1363,7 @@ mod tests {
             Machine::restore(machine.config.clone(), machine.trusted.clone(), state);
         assert_eq!(restarted.resume(), [Action::PrepareDownload]);
         // The retained document comes again: nothing to do.
-        assert!(restarted.on_document(&doc.sign(&key())).is_empty());
+        assert!(restarted.on_document(&doc.sign(&key()), 0).is_empty());
         assert_eq!(requests(&restarted.on_resumed(4, 0)), [4]);
         let actions = restarted.on_chunk(&chunk(&doc, 4), 10);
         assert!(matches!(actions[0], Action::WriteChunk { index: 4, .. }));
@@ -1256,13 +1375,13 @@ mod tests {
     fn a_new_rollout_replaces_an_unfinished_download_of_an_older_one() {
         let doc = document(10, Phase::Running, 10_000);
         let mut machine = machine("dev-e");
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         machine.on_resumed(0, 0);
         machine.on_chunk(&chunk(&doc, 0), 10);
         let mut next = document(11, Phase::Running, 10_000);
         next.rollout_id = "kws-1.4.0-a".into();
         next.bundle = BundleRef::describe("kws", "1.4.0", 8, &[9u8; 3000], MIN_CHUNK_SIZE);
-        let actions = machine.on_document(&next.sign(&key()));
+        let actions = machine.on_document(&next.sign(&key()), 0);
         assert_eq!(actions[0], Action::DiscardDownload);
         let report = reports(&actions)[0];
         assert_eq!(
@@ -1280,7 +1399,7 @@ mod tests {
         let mut doc = document(10, Phase::Running, 10_000);
         doc.group = "garage".into();
         let mut machine = machine("dev-f");
-        let actions = machine.on_document(&doc.sign(&key()));
+        let actions = machine.on_document(&doc.sign(&key()), 0);
         assert_eq!(
             actions,
             [Action::Refused {
@@ -1295,7 +1414,7 @@ mod tests {
     fn a_completed_rollout_confirms_an_active_device_without_waiting_for_the_soak() {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = active(&doc);
-        let actions = machine.on_document(&document(11, Phase::Completed, 10_000).sign(&key()));
+        let actions = machine.on_document(&document(11, Phase::Completed, 10_000).sign(&key()), 0);
         assert_eq!(actions[0], Action::Confirm);
         assert_eq!(reports(&actions)[0].state, DeviceState::Confirmed);
     }

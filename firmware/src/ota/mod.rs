@@ -47,6 +47,7 @@
 
 pub mod download;
 mod error;
+pub mod freshness;
 pub mod install;
 pub mod machine;
 pub mod soak;

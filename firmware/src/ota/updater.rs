@@ -298,7 +298,7 @@ impl Updater {
     /// for every call).
     pub fn handle_at(&mut self, event: Event<'_>, now_ms: u64) -> Vec<Effect> {
         let actions = match event {
-            Event::Document(payload) => self.machine.on_document(payload),
+            Event::Document(payload) => self.machine.on_document(payload, now_ms),
             Event::Chunk(frame) => self.machine.on_chunk(frame, now_ms),
             Event::Tick => self.machine.on_tick(now_ms),
             Event::Interval {
@@ -646,6 +646,7 @@ mod tests {
             percent_bp: 10_000,
             soak_s: 60,
             soak_min_requests: 100,
+            fresh_s: 0,
             bundle: BundleRef::describe("kws", version, sequence, bundle, MIN_CHUNK_SIZE * 16),
         }
     }

@@ -10,7 +10,7 @@ use perch_runtime::bundle::{read_signing_key, Bundle, Limits};
 use perch_runtime::rollout::{self as wire, BundleRef, DeviceState, Phase};
 use perch_tools::rollout::operator::{self, Progress, Store};
 use perch_tools::rollout::{
-    parse_duration_ms, parse_gates, parse_size, parse_stages, Clock, Command, Controller, Effect,
+    parse_duration_ms, parse_fleet, parse_gates, parse_size, parse_stages, Clock, Command, Controller, Effect,
     Plan, PlanError, Unexercised,
 };
 
@@ -165,6 +165,17 @@ struct StartArgs {
     /// by hand to go on) or accept (judge the cohort's traffic as a whole).
     #[arg(long, value_name = "POLICY", default_value = "wait")]
     unexercised: String,
+    /// How long devices hold the rollout's document fresh (0 = forever). The controller
+    /// publishes a new revision every quarter of it; a device that hears none for
+    /// longer (the controller stopped, or the broker withholds its documents) freezes:
+    /// it downloads and confirms nothing, and says so.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    fresh: String,
+    /// The group's device ids, one per line (# comments): state reports from any other
+    /// id are ignored and counted, so a made-up id cannot abort or steer the rollout.
+    /// Without it, a roll-back counts only from a device seen serving the bundle.
+    #[arg(long, value_name = "FILE")]
+    fleet: Option<PathBuf>,
     /// The rollout's id (letters, digits, `.`, `_`, `-`; at most 64). Cohorts are drawn
     /// from it: the same id over the same devices draws the same cohort. Default:
     /// NAME-VERSION-SEQUENCE-RANDOM, a fresh cohort every rollout.
@@ -283,7 +294,9 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     let bundle = bundle.into_bundle();
-    if let Some(state) = store.load()? {
+    let previous = store.load()?;
+    let previous_revision = previous.as_ref().map_or(0, |state| state.revision);
+    if let Some(state) = previous {
         if matches!(state.phase, Phase::Running | Phase::Paused) {
             anyhow::bail!(
                 "rollout {} of group {} is {} (state in {}): abort it with `perch rollout abort --group {}` or continue its controller with `perch rollout run --group {}`",
@@ -321,8 +334,16 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         device_soak_requests: a.device_soak_requests,
         min_requests: a.min_requests,
         unexercised: Unexercised::parse(&a.unexercised)?,
+        fresh_s: parse_duration_ms("--fresh", &a.fresh)?.div_ceil(1000),
+        fleet: match &a.fleet {
+            Some(path) => Some(parse_fleet(&std::fs::read_to_string(path).with_context(
+                || format!("cannot read the fleet list {}", path.display()),
+            )?)?),
+            None => None,
+        },
     };
-    let (controller, effects) = Controller::start(plan, Clock::new(0, unix_ms()))?;
+    let (controller, effects) =
+        Controller::start_after(plan, Clock::new(0, unix_ms()), previous_revision)?;
     store.save_bundle(bundle.as_bytes())?;
     store.save(controller.state())?;
     let started = effects.into_iter().find_map(|e| match e {

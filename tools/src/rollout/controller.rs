@@ -94,6 +94,10 @@ pub struct DeviceView {
     /// publish on the device's topic counts once.
     #[serde(default)]
     pub recent_seqs: Vec<u32>,
+    /// Whether the device reported serving the bundle (active, unexercised, confirmed)
+    /// in this rollout: without a fleet list, only such a device can roll it back.
+    #[serde(default)]
+    pub activated: bool,
 }
 
 /// One entry of the decision log.
@@ -143,6 +147,9 @@ pub struct RolloutState {
     /// Reports ignored, by why (duplicate metrics, unknown devices, ...).
     #[serde(default)]
     pub ignored: BTreeMap<String, u64>,
+    /// Controller time the latest document was published, to renew it in time.
+    #[serde(default)]
+    pub published_ms: u64,
 }
 
 /// The rollout controller. See the [module docs](super).
@@ -159,6 +166,22 @@ impl Controller {
     ///
     /// The plan breaks a rule ([`Plan::validate`]).
     pub fn start(plan: Plan, now: Clock) -> Result<(Controller, Vec<Effect>), PlanError> {
+        Controller::start_after(plan, now, 0)
+    }
+
+    /// As [`Controller::start`], for a group whose previous rollout's documents went up
+    /// to `previous_revision`: the new rollout's revisions are above it whatever the
+    /// wall clock says, so devices that acted on the old rollout do not take the new
+    /// one's documents for replays when the operator's clock is behind the old one's.
+    ///
+    /// # Errors
+    ///
+    /// The plan breaks a rule ([`Plan::validate`]).
+    pub fn start_after(
+        plan: Plan,
+        now: Clock,
+        previous_revision: u64,
+    ) -> Result<(Controller, Vec<Effect>), PlanError> {
         plan.validate()?;
         let mut controller = Controller {
             state: RolloutState {
@@ -168,13 +191,14 @@ impl Controller {
                 stage: 0,
                 stage_started_ms: now.ms,
                 clock_ms: now.ms,
-                revision: 0,
+                revision: previous_revision,
                 issued_unix_ms: now.unix_ms,
                 reason: None,
                 devices: BTreeMap::new(),
                 log: Vec::new(),
                 waiting: None,
                 ignored: BTreeMap::new(),
+                published_ms: now.ms,
             },
         };
         let p = &controller.state.plan;
@@ -265,6 +289,7 @@ impl Controller {
             percent_bp: s.plan.stages[s.stage],
             soak_s: s.plan.device_soak_s,
             soak_min_requests: s.plan.device_soak_requests,
+            fresh_s: s.plan.fresh_s,
             bundle: s.plan.bundle.clone(),
         }
     }
@@ -277,7 +302,11 @@ impl Controller {
 
     /// Records a device's state report. Reports for another rollout, from an id that
     /// cannot be a device, or not newer (by `update`) than the one kept are dropped.
-    /// Returns whether the report was kept.
+    /// Dropped and counted in [`RolloutState::ignored`], as made up by someone who can
+    /// publish on the device's topic: a report from an id missing from the plan's fleet
+    /// list; a state only cohort members reach (downloading to rolled back) from a
+    /// device outside the cohort; without a fleet list, a `rolled_back` from a device
+    /// never seen serving the bundle. Returns whether the report was kept.
     pub fn on_status(&mut self, status: DeviceStatus, now: Clock) -> bool {
         self.advance(now);
         let plan = &self.state.plan;
@@ -286,7 +315,45 @@ impl Controller {
         {
             return false;
         }
+        if plan
+            .fleet
+            .as_ref()
+            .is_some_and(|fleet| !fleet.contains(&status.device))
+        {
+            self.ignore("report from a device not in the fleet list");
+            return false;
+        }
         let bucket = canary::bucket(status.device.as_bytes(), plan.rollout_id.as_bytes());
+        let cohort_state = matches!(
+            status.state,
+            DeviceState::Downloading
+                | DeviceState::Verifying
+                | DeviceState::Active
+                | DeviceState::Unexercised
+                | DeviceState::Confirmed
+                | DeviceState::RolledBack
+        );
+        if cohort_state && bucket >= plan.stages[self.state.stage] {
+            self.ignore("cohort state from a device outside the cohort");
+            return false;
+        }
+        let trust_any = plan.fleet.is_some();
+        let known = self.state.devices.get(&status.device);
+        if known
+            .and_then(|v| v.status.as_ref())
+            .is_some_and(|old| old.update >= status.update)
+        {
+            return false;
+        }
+        let activated = known.is_some_and(|v| v.activated)
+            || matches!(
+                status.state,
+                DeviceState::Active | DeviceState::Unexercised | DeviceState::Confirmed
+            );
+        if status.state == DeviceState::RolledBack && !activated && !trust_any {
+            self.ignore("rolled_back from a device never seen serving the bundle");
+            return false;
+        }
         let view = self
             .state
             .devices
@@ -296,14 +363,9 @@ impl Controller {
                 status: None,
                 samples: Vec::new(),
                 recent_seqs: Vec::new(),
+                activated: false,
             });
-        if view
-            .status
-            .as_ref()
-            .is_some_and(|old| old.update >= status.update)
-        {
-            return false;
-        }
+        view.activated = activated;
         view.status = Some(status);
         true
     }
@@ -350,6 +412,28 @@ impl Controller {
         if self.is_finished() {
             return Vec::new();
         }
+        let mut effects = self.renew(now);
+        effects.extend(self.judge(now));
+        effects
+    }
+
+    /// Publishes a new revision of a running or paused rollout's document once a
+    /// quarter of its `fresh_s` passed since the last one, so devices keep hearing a
+    /// fresh document; not logged as a decision.
+    fn renew(&mut self, now: Clock) -> Vec<Effect> {
+        let s = &mut self.state;
+        let period_ms = s.plan.fresh_s.saturating_mul(1000) / 4;
+        if period_ms == 0 || now.ms.saturating_sub(s.published_ms) < period_ms {
+            return Vec::new();
+        }
+        s.revision = (s.revision + 1).max(now.unix_ms);
+        s.issued_unix_ms = now.unix_ms;
+        s.published_ms = now.ms;
+        vec![Effect::PublishDocument(self.document())]
+    }
+
+    /// Aborts on a rolled-back device or a breached gate, promotes a soaked stage.
+    fn judge(&mut self, now: Clock) -> Vec<Effect> {
         if let Some((device, status)) = self
             .state
             .devices
@@ -613,6 +697,7 @@ impl Controller {
         let s = &mut self.state;
         s.revision = (s.revision + 1).max(now.unix_ms);
         s.issued_unix_ms = now.unix_ms;
+        s.published_ms = now.ms;
         self.log(message.clone(), now);
         vec![
             Effect::PublishDocument(self.document()),

@@ -52,6 +52,8 @@
 //!     device_soak_requests: 100,
 //!     min_requests: 100,
 //!     unexercised: Unexercised::Wait,
+//!     fresh_s: 600,
+//!     fleet: None,
 //! };
 //! let (controller, effects) = Controller::start(plan, Clock::new(0, 1_790_000_000_000))?;
 //! assert!(matches!(&effects[0], Effect::PublishDocument(d) if d.percent_bp == 1_000));
@@ -71,8 +73,8 @@ pub use controller::{
     MAX_SAMPLES_PER_DEVICE, STATE_FORMAT,
 };
 pub use plan::{
-    parse_duration_ms, parse_gates, parse_size, parse_stages, Gate, Metric, Plan, PlanError,
-    Unexercised, MIN_REQUESTS,
+    parse_duration_ms, parse_fleet, parse_gates, parse_size, parse_stages, Gate, Metric, Plan,
+    PlanError, Unexercised, MIN_REQUESTS,
 };
 pub use status::{DeviceLine, StageLine, StatusReport};
 

@@ -1,6 +1,7 @@
 //! What a rollout does ([`Plan`]) and the gates that judge it ([`Gate`]), parsed from
 //! `perch rollout start`'s flags.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use perch_runtime::canary;
@@ -55,6 +56,39 @@ pub struct Plan {
     /// What a soaked stage does while canary devices report `unexercised`.
     #[serde(default)]
     pub unexercised: Unexercised,
+    /// How long devices hold a running or paused rollout's document fresh, seconds (the
+    /// document's `fresh_s`; `0`: never stale). The controller publishes a new revision
+    /// every quarter of it.
+    #[serde(default)]
+    pub fresh_s: u64,
+    /// The group's device ids (`--fleet`): reports from any other id are ignored and
+    /// counted. `None`: any id may report, but a `rolled_back` counts only from a
+    /// device seen activating the bundle, and a cohort state only from a cohort member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<BTreeSet<String>>,
+}
+
+/// Parses a fleet list: one device id per line; blank lines and `#` comments skipped.
+///
+/// # Errors
+///
+/// A [`PlanError`] naming the line of an id that cannot be a device id, or an empty
+/// list.
+pub fn parse_fleet(text: &str) -> Result<BTreeSet<String>, PlanError> {
+    let mut fleet = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let id = line.split('#').next().unwrap_or("").trim();
+        if id.is_empty() {
+            continue;
+        }
+        perch_runtime::rollout::check_id("device", id)
+            .map_err(|e| PlanError(format!("--fleet line {}: {e}", n + 1)))?;
+        fleet.insert(id.to_string());
+    }
+    if fleet.is_empty() {
+        return Err(PlanError("--fleet lists no device".into()));
+    }
+    Ok(fleet)
 }
 
 /// What a soaked stage does while canary devices report `unexercised` (their soak ended

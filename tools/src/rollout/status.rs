@@ -143,6 +143,9 @@ impl Controller {
                     serving,
                     state: v.status.as_ref().map_or("unknown".into(), |st| {
                         let reason = st.reason.as_deref().unwrap_or("no reason given");
+                        if st.frozen {
+                            return format!("{} (frozen: {reason})", st.state);
+                        }
                         match st.state {
                             DeviceState::Downloading => match st.progress_pct {
                                 Some(p) => format!("downloading {p} %"),

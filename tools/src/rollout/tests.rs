@@ -29,6 +29,8 @@ fn plan(gates: &str, min_devices: usize) -> Plan {
         device_soak_requests: 100,
         min_requests: MIN_REQUESTS,
         unexercised: Unexercised::Wait,
+        fresh_s: 0,
+        fleet: None,
     }
 }
 
@@ -72,6 +74,7 @@ fn status(rollout_id: &str, device: &str, state: DeviceState, update: u32) -> De
         reason: (state == DeviceState::RolledBack).then(|| "p99 over SLO".into()),
         serving: "kws 1.2.0".into(),
         update,
+        frozen: false,
     }
 }
 
@@ -436,16 +439,20 @@ fn a_rolled_back_device_aborts_the_rollout() {
 fn duplicate_older_and_foreign_status_reports_are_ignored() {
     let mut c = started("", 1);
     let id = c.state().plan.rollout_id.clone();
-    let mut downloading = status(&id, "pi-1", DeviceState::Downloading, 2);
+    let pi = (0..1000)
+        .map(|i| format!("pi-{i}"))
+        .find(|d| c.in_cohort(d))
+        .unwrap();
+    let mut downloading = status(&id, &pi, DeviceState::Downloading, 2);
     downloading.progress_pct = Some(40);
     assert!(c.on_status(downloading.clone(), at(1)));
     assert!(!c.on_status(downloading, at(2)), "duplicate");
     assert!(
-        !c.on_status(status(&id, "pi-1", DeviceState::Pending, 1), at(3)),
+        !c.on_status(status(&id, &pi, DeviceState::Pending, 1), at(3)),
         "older"
     );
     assert!(!c.on_status(
-        status("other-rollout", "pi-1", DeviceState::RolledBack, 9),
+        status("other-rollout", &pi, DeviceState::RolledBack, 9),
         at(4)
     ));
     assert!(
@@ -456,10 +463,10 @@ fn duplicate_older_and_foreign_status_reports_are_ignored() {
     let line = &c.status().devices[0];
     assert_eq!(
         (line.device.as_str(), line.state.as_str()),
-        ("pi-1", "downloading 40 %")
+        (pi.as_str(), "downloading 40 %")
     );
     assert!(c.tick(at(10)).is_empty());
-    assert!(c.on_status(status(&id, "pi-1", DeviceState::Verifying, 3), at(11)));
+    assert!(c.on_status(status(&id, &pi, DeviceState::Verifying, 3), at(11)));
     assert_eq!(c.status().devices[0].state, "verifying");
 }
 
@@ -832,4 +839,102 @@ fn canary_devices_reporting_unexercised_hold_a_soaked_stage_unless_the_plan_acce
             }
         }
     }
+}
+
+#[test]
+fn a_live_rollout_renews_its_document_every_quarter_of_its_freshness_without_logging() {
+    let mut p = plan("", 1);
+    p.fresh_s = 60;
+    p.soak_ms = 3_600_000;
+    let (mut c, effects) = Controller::start(p, at(0)).unwrap();
+    let first = published(&effects)[0].clone();
+    assert_eq!(first.fresh_s, 60);
+    assert!(c.tick(at(14_999)).is_empty());
+    let effects = c.tick(at(15_000));
+    let renewed = published(&effects);
+    assert_eq!(effects.len(), 1, "{effects:?}");
+    assert!(renewed[0].revision > first.revision);
+    assert_eq!(
+        (renewed[0].phase, renewed[0].percent_bp),
+        (first.phase, first.percent_bp)
+    );
+    let decisions = c.state().log.len();
+    // Paused rollouts are renewed too; finished ones are not.
+    c.pause(None, at(16_000));
+    assert_eq!(published(&c.tick(at(31_000))).len(), 1);
+    c.abort(None, at(32_000));
+    assert!(c.tick(at(1_000_000)).is_empty());
+    assert_eq!(c.state().log.len(), decisions + 2, "only pause and abort logged");
+}
+
+#[test]
+fn a_new_rollout_revises_above_the_previous_one_whatever_the_wall_clock() {
+    // The previous rollout's operator ran a clock an hour ahead of this one.
+    let previous = WALL + 3_600_000;
+    let (_, effects) = Controller::start_after(plan("", 1), at(0), previous).unwrap();
+    assert!(published(&effects)[0].revision > previous);
+}
+
+#[test]
+fn a_frozen_device_shows_in_the_status() {
+    let mut c = started("", 1);
+    let id = c.state().plan.rollout_id.clone();
+    let mut report = status(&id, "pi-1", DeviceState::Active, 1);
+    report.frozen = true;
+    report.reason = Some("no fresh rollout document for 601 s".into());
+    assert!(c.on_status(report, at(1)));
+    let state = &c.status().devices[0].state;
+    assert!(state.starts_with("active (frozen: no fresh"), "{state}");
+}
+
+#[test]
+fn a_made_up_device_reporting_rolled_back_cannot_abort_the_rollout() {
+    let mut c = started("p99<10ms", 1);
+    let mut fleet = Fleet::new();
+    fleet.run(&mut c, 0, 10_000, 1_000, 0);
+    let id = c.state().plan.rollout_id.clone();
+    let made_up: Vec<String> = (0..1000).map(|i| format!("forged-{i}")).collect();
+    let inside = made_up.iter().find(|d| c.in_cohort(d)).unwrap();
+    let outside = made_up.iter().find(|d| !c.in_cohort(d)).unwrap();
+    assert!(!c.on_status(status(&id, inside, DeviceState::RolledBack, 1), at(11_000)));
+    assert!(!c.on_status(status(&id, outside, DeviceState::RolledBack, 1), at(11_000)));
+    assert!(!c.on_status(status(&id, outside, DeviceState::Active, 2), at(11_000)));
+    let effects = c.tick(at(11_001));
+    assert!(published(&effects).is_empty(), "{effects:?}");
+    assert_eq!(c.state().phase, Phase::Running);
+    let ignored = &c.state().ignored;
+    assert_eq!(ignored["rolled_back from a device never seen serving the bundle"], 1);
+    assert_eq!(ignored["cohort state from a device outside the cohort"], 2);
+    assert!(!c.state().devices.contains_key(inside.as_str()));
+}
+
+#[test]
+fn with_a_fleet_list_only_its_devices_report_and_a_listed_one_may_roll_back_at_once() {
+    let devices: Vec<String> = (0..200).map(|i| format!("dev-{i:04}")).collect();
+    let mut p = plan("p99<10ms", 1);
+    p.fleet = Some(parse_fleet(&devices.join("\n")).unwrap());
+    let (mut c, _) = Controller::start(p, at(0)).unwrap();
+    let id = c.state().plan.rollout_id.clone();
+    let stranger = (0..1000)
+        .map(|i| format!("pi-{i}"))
+        .find(|d| c.in_cohort(d))
+        .unwrap();
+    assert!(!c.on_status(status(&id, &stranger, DeviceState::Active, 1), at(1)));
+    assert!(!c.on_status(status(&id, &stranger, DeviceState::RolledBack, 2), at(2)));
+    assert!(c.tick(at(3)).is_empty());
+    assert_eq!(c.state().ignored["report from a device not in the fleet list"], 2);
+    assert!(c.status().to_string().contains("2 report from a device not in the fleet list"));
+    // A listed device's roll-back counts even when its activation was not heard.
+    let listed = devices.iter().find(|d| c.in_cohort(d)).unwrap();
+    assert!(c.on_status(status(&id, listed, DeviceState::RolledBack, 3), at(4)));
+    assert_eq!(documents(&c.tick(at(5)))[0].phase, Phase::Aborted);
+}
+
+#[test]
+fn a_fleet_list_skips_blanks_and_comments_and_refuses_what_cannot_be_a_device() {
+    let fleet = parse_fleet("# kitchen\npi-1\n\n  pi-2  # by the door\npi-1\n").unwrap();
+    assert_eq!(fleet.into_iter().collect::<Vec<_>>(), ["pi-1", "pi-2"]);
+    let err = parse_fleet("pi-1\npi/2\n").unwrap_err();
+    assert!(err.0.contains("line 2"), "{err}");
+    assert!(parse_fleet("# nobody\n").is_err());
 }

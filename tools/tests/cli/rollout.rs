@@ -145,6 +145,8 @@ fn write_state(state_dir: &Path, bundle: &Path) -> (String, String) {
         device_soak_requests: 100,
         min_requests: 100,
         unexercised: Unexercised::Wait,
+        fresh_s: 0,
+        fleet: None,
     };
     let (mut c, _) = Controller::start(plan, Clock::new(0, 1_790_000_000_000)).unwrap();
     let doc = c.document();
@@ -173,6 +175,7 @@ fn write_state(state_dir: &Path, bundle: &Path) -> (String, String) {
             reason: None,
             serving: format!("kws {version}"),
             update: 1,
+            frozen: false,
         };
         assert!(c.on_status(status, Clock::new(1_000, 1_790_000_001_000)));
         let mut latency = Histogram::new();
