@@ -34,6 +34,9 @@ pub const INSTALLING_FILE: &str = "installing";
 /// How long a download may wait for a good copy of the chunk it needs before the rollout
 /// fails, by default.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long loading, self-testing and warming up a downloaded bundle may take by
+/// default before the install fails.
+pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Starts that found an install cut short (the agent stopped while loading and testing
 /// the bundle) after which the rollout fails rather than trying again. Two, so a power
 /// cut during an install does not fail a rollout, but an engine that crashes on the
@@ -57,6 +60,9 @@ pub struct OtaConfig {
     pub max_probation_boots: u32,
     /// Warm-up inferences of a new bundle before it is activated.
     pub warmup_runs: u32,
+    /// How long loading, self-testing and warming up a downloaded bundle may take;
+    /// past it the install fails and the old model keeps serving.
+    pub install_timeout: Duration,
 }
 
 /// An input to [`Updater::handle`].
@@ -187,6 +193,7 @@ impl Updater {
         let settings = LoadSettings {
             keys: trusted.clone(),
             warmup_runs: config.warmup_runs,
+            install_timeout: config.install_timeout,
         };
         Ok(Updater {
             machine: Machine::restore(machine_config, trusted, state),
@@ -618,6 +625,7 @@ mod tests {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             max_probation_boots: 2,
             warmup_runs: 3,
+            install_timeout: Duration::from_secs(600),
         }
     }
 
@@ -696,6 +704,45 @@ mod tests {
             effects = updater.handle_at(Event::Chunk(&frame), 1_000);
             sent += 1;
         }
+    }
+
+    #[test]
+    fn an_install_past_its_deadline_fails_cleanly_and_an_abort_is_processed_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = crate::testing::pack_kws(&key(), 2, "1.3.0")
+            .as_bytes()
+            .to_vec();
+        let doc = document(&bundle);
+        // No load, self-test and warm-up finishes in no time: the deadline always
+        // passes first, as it would for a self-test that hangs.
+        let config = OtaConfig {
+            install_timeout: Duration::ZERO,
+            ..config(dir.path())
+        };
+        let mut updater = Updater::open(config, DEVICE, vec![key().verifying_key()]).unwrap();
+        updater.boot().unwrap();
+        updater.set_serving("kws 1.2.0");
+        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
+        let effects = serve_chunks(&mut updater, first, &bundle, &doc, usize::MAX);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Serve(_))));
+        let failed = reports(&effects);
+        let last = failed.last().unwrap();
+        assert_eq!(last.state, DeviceState::Failed);
+        assert!(
+            last.reason.as_deref().unwrap().contains("install_timeout"),
+            "{last:?}"
+        );
+        assert_eq!(last.serving, "kws 1.2.0");
+        assert!(updater.slots().active().is_none(), "nothing activated");
+        assert!(!dir.path().join(INSTALLING_FILE).exists());
+        // The updater goes on: the operator's abort is taken and changes nothing more.
+        let mut aborted = doc.clone();
+        aborted.revision += 1;
+        aborted.phase = Phase::Aborted;
+        let effects = updater.handle_at(Event::Document(&aborted.sign(&key())), 2_000);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Serve(_))));
+        assert_eq!(updater.state().highest_revision, aborted.revision);
+        assert_eq!(updater.state().state, Some(DeviceState::Failed));
     }
 
     #[test]
