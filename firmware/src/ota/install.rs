@@ -73,7 +73,9 @@ impl LoadSettings {
             })
             .map_err(|e| format!("cannot start the install thread: {e}"))?;
         match rx.recv_timeout(deadline) {
-            Ok(loaded) => loaded.map_err(|e| format!("the staged bundle does not load: {}", Chain(&e))),
+            Ok(loaded) => {
+                loaded.map_err(|e| format!("the staged bundle does not load: {}", Chain(&e)))
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
                 "loading, self-testing and warming up the bundle took more than {} s \
                  (install_timeout); it is left unfinished",

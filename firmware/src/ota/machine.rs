@@ -337,7 +337,9 @@ impl Machine {
             if let Some(state) = self.state.state {
                 // Tell the operator the freeze is over.
                 self.state.update = self.state.update.saturating_add(1);
-                actions.push(Action::Report(self.status(state, self.state.reason.clone())));
+                actions.push(Action::Report(
+                    self.status(state, self.state.reason.clone()),
+                ));
                 actions.push(Action::Persist);
             }
         }
@@ -986,7 +988,9 @@ mod tests {
         assert_eq!(report.reason.as_deref(), Some(reason.as_str()));
         assert_eq!(report.serving, "kws 1.2.0");
         // Once rolled back, later intervals do nothing.
-        assert!(machine.on_interval(100, 0, &latencies(100, 99.0), 90_000).is_empty());
+        assert!(machine
+            .on_interval(100, 0, &latencies(100, 99.0), 90_000)
+            .is_empty());
     }
 
     #[test]
@@ -1013,7 +1017,10 @@ mod tests {
         let report = reports(&actions)[0];
         assert_eq!(report.state, DeviceState::Unexercised);
         let reason = report.reason.as_deref().unwrap();
-        assert!(reason.contains("0 requests") && reason.contains("100"), "{reason}");
+        assert!(
+            reason.contains("0 requests") && reason.contains("100"),
+            "{reason}"
+        );
         // Reported once; later quiet intervals only persist.
         assert_eq!(
             machine.on_interval(3, 0, &latencies(3, 5.0), 71_000),
@@ -1036,13 +1043,20 @@ mod tests {
         };
         let mut aborted = unexercised();
         let actions = aborted.on_document(&document(11, Phase::Aborted, 10_000).sign(&key()), 0);
-        assert!(matches!(&actions[0], Action::RollBack { .. }), "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::RollBack { .. }),
+            "{actions:?}"
+        );
         let mut completed = unexercised();
-        let actions = completed.on_document(&document(11, Phase::Completed, 10_000).sign(&key()), 0);
+        let actions =
+            completed.on_document(&document(11, Phase::Completed, 10_000).sign(&key()), 0);
         assert_eq!(actions[0], Action::Confirm);
         let mut breached = unexercised();
         let actions = breached.on_interval(100, 0, &latencies(100, 90.0), 71_000);
-        assert!(matches!(&actions[0], Action::RollBack { .. }), "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::RollBack { .. }),
+            "{actions:?}"
+        );
         let mut looping = unexercised();
         assert!(matches!(&looping.on_boot(4)[0], Action::RollBack { .. }));
     }
@@ -1274,7 +1288,11 @@ mod tests {
         assert_eq!(report.state, DeviceState::Downloading);
         assert!(report.frozen);
         assert!(
-            report.reason.as_deref().unwrap().contains("no fresh rollout document"),
+            report
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("no fresh rollout document"),
             "{report:?}"
         );
         // Frozen: no request, no write, no stall failure, however long.
@@ -1309,7 +1327,10 @@ mod tests {
         assert_eq!(machine.state().state, Some(DeviceState::Active));
         let mut machine = frozen();
         let actions = machine.on_interval(100, 0, &latencies(100, 90.0), 70_000);
-        assert!(matches!(&actions[0], Action::RollBack { .. }), "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::RollBack { .. }),
+            "{actions:?}"
+        );
         // Finished rollouts never go stale.
         let mut completed = document(11, Phase::Completed, 10_000);
         completed.fresh_s = 30;

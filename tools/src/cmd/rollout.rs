@@ -10,8 +10,8 @@ use perch_runtime::bundle::{read_signing_key, Bundle, Limits};
 use perch_runtime::rollout::{self as wire, BundleRef, DeviceState, Phase};
 use perch_tools::rollout::operator::{self, Progress, Store};
 use perch_tools::rollout::{
-    parse_duration_ms, parse_fleet, parse_gates, parse_size, parse_stages, Clock, Command, Controller, Effect,
-    Plan, PlanError, Unexercised,
+    parse_duration_ms, parse_fleet, parse_gates, parse_size, parse_stages, Clock, Command,
+    Controller, Effect, Plan, PlanError, Unexercised,
 };
 
 /// Roll a signed bundle out to a device group in canary stages, gated on the fleet's

@@ -489,10 +489,11 @@ impl Controller {
                 self.state.plan.min_devices.max(1)
             ))
         } else if !enough_requests && !self.state.plan.gates.is_empty() {
+            // Without the count, which changes every report: logged once, not per tick.
             Some(format!(
-                "waiting: the canary served {} requests, fewer than the {} needed to judge \
-                 the gates",
-                f.requests, self.state.plan.min_requests
+                "waiting: the canary served fewer than the {} requests needed to judge the \
+                 gates",
+                self.state.plan.min_requests
             ))
         } else if unexercised > 0 && self.state.plan.unexercised == Unexercised::Wait {
             Some(format!(

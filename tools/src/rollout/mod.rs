@@ -69,8 +69,8 @@ mod status;
 
 pub use cohort::{CohortFigures, MetricSample};
 pub use controller::{
-    Clock, Command, Controller, Decision, DeviceView, Effect, RolloutState,
-    MAX_SAMPLES_PER_DEVICE, STATE_FORMAT,
+    Clock, Command, Controller, Decision, DeviceView, Effect, RolloutState, MAX_SAMPLES_PER_DEVICE,
+    STATE_FORMAT,
 };
 pub use plan::{
     parse_duration_ms, parse_fleet, parse_gates, parse_size, parse_stages, Gate, Metric, Plan,

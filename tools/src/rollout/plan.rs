@@ -161,7 +161,9 @@ impl Plan {
             return Err(PlanError("--soak must be longer than 0".into()));
         }
         if self.device_soak_requests == 0 {
-            return Err(PlanError("--device-soak-requests must be at least 1".into()));
+            return Err(PlanError(
+                "--device-soak-requests must be at least 1".into(),
+            ));
         }
         if self.min_requests == 0 {
             return Err(PlanError("--min-requests must be at least 1".into()));
