@@ -44,6 +44,9 @@ impl Clock {
 }
 
 /// What the caller must do after an input.
+// A document is ~230 bytes and effects are few and short-lived: boxing it would only
+// add an allocation per publication.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Sign this document and publish it, retained, at QoS 1 on the group's document

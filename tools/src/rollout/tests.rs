@@ -898,7 +898,11 @@ fn a_new_rollout_revises_above_the_previous_one_whatever_the_wall_clock() {
 fn a_frozen_device_shows_in_the_status() {
     let mut c = started("", 1);
     let id = c.state().plan.rollout_id.clone();
-    let mut report = status(&id, "pi-1", DeviceState::Active, 1);
+    let pi = (0..1000)
+        .map(|i| format!("pi-{i}"))
+        .find(|d| c.in_cohort(d))
+        .unwrap();
+    let mut report = status(&id, &pi, DeviceState::Active, 1);
     report.frozen = true;
     report.reason = Some("no fresh rollout document for 601 s".into());
     assert!(c.on_status(report, at(1)));
