@@ -790,6 +790,7 @@ mod tests {
             reason: None,
             serving: "m 1.0.0".into(),
             update: 1,
+            frozen: false,
         };
         assert_eq!(topics.record_topic(&status.to_json()), "perch/gw/rollout");
     }

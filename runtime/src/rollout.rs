@@ -57,6 +57,9 @@ pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 pub const MIN_CHUNK_SIZE: u32 = 1024;
 /// The largest chunk size a document may declare (under MQTT's usual limits).
 pub const MAX_CHUNK_SIZE: u32 = 1024 * 1024;
+/// The requests a device's soak must have judged before it confirms a bundle, when the
+/// document does not say ([`RolloutDocument::soak_min_requests`]).
+pub const DEFAULT_SOAK_MIN_REQUESTS: u64 = 100;
 /// The chunk size the operator uses unless told otherwise.
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
 /// The largest bundle a document may declare.
@@ -279,8 +282,25 @@ pub struct RolloutDocument {
     /// How long a device that activated the bundle watches its own p99 and error rate
     /// against the bundle's SLO before it confirms the bundle, seconds.
     pub soak_s: u64,
+    /// The fewest requests a window of the device's soak must hold before its p99 and
+    /// error rate are judged, and the fewest the whole soak must have judged before the
+    /// device confirms the bundle: one slow request in a quiet interval does not roll
+    /// back, and a soak without traffic does not confirm (the device reports
+    /// [`DeviceState::Unexercised`] and keeps the bundle on probation). At least 1.
+    #[serde(default = "default_soak_min_requests")]
+    pub soak_min_requests: u64,
+    /// How long a device holds a running or paused rollout's document fresh, seconds: the
+    /// operator publishes a higher revision well within it, and a device that hears
+    /// none for longer freezes its part in the rollout (no download, no confirmation;
+    /// roll-backs still happen) and reports it, until one comes. `0`: never stale.
+    #[serde(default)]
+    pub fresh_s: u64,
     /// The bundle.
     pub bundle: BundleRef,
+}
+
+fn default_soak_min_requests() -> u64 {
+    DEFAULT_SOAK_MIN_REQUESTS
 }
 
 impl RolloutDocument {
@@ -314,6 +334,9 @@ impl RolloutDocument {
         }
         check_id("group", &self.group).map_err(invalid)?;
         check_id("rollout_id", &self.rollout_id).map_err(invalid)?;
+        if self.soak_min_requests == 0 {
+            return Err(invalid("soak_min_requests is 0; at least 1".into()));
+        }
         if self.percent_bp > canary::BUCKETS {
             return Err(invalid(format!(
                 "percent_bp {} is over 10000",
@@ -486,6 +509,11 @@ pub enum DeviceState {
     Verifying,
     /// Serving the bundle, on probation (soaking against its SLO).
     Active,
+    /// Serving the bundle, still on probation: the soak's time is over but it served
+    /// fewer requests than the document's `soak_min_requests`, so the bundle is neither
+    /// confirmed nor refused. The device confirms it once enough requests were judged,
+    /// or when the operator completes the rollout.
+    Unexercised,
     /// Serving the bundle; probation ended without a breach.
     Confirmed,
     /// The bundle was refused or could not be installed; the old model serves.
@@ -504,6 +532,7 @@ impl DeviceState {
             DeviceState::Downloading => "downloading",
             DeviceState::Verifying => "verifying",
             DeviceState::Active => "active",
+            DeviceState::Unexercised => "unexercised",
             DeviceState::Confirmed => "confirmed",
             DeviceState::Failed => "failed",
             DeviceState::RolledBack => "rolled_back",
@@ -549,6 +578,14 @@ pub struct DeviceStatus {
     pub serving: String,
     /// Counts this device's reports for this rollout, from 1.
     pub update: u32,
+    /// The device heard no fresh document within the document's `fresh_s` and froze
+    /// its part in the rollout (`reason` says since when); absent when not.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub frozen: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl DeviceStatus {
@@ -615,6 +652,8 @@ mod tests {
             phase: Phase::Running,
             percent_bp: 1_000,
             soak_s: 60,
+            soak_min_requests: 100,
+            fresh_s: 600,
             bundle: BundleRef::describe("kws", "1.3.0", 7, bundle, MIN_CHUNK_SIZE),
         }
     }
@@ -678,6 +717,7 @@ mod tests {
             (|d| d.bundle.sha256 = "ABC".into(), "sha256"),
             (|d| d.bundle.version = "one".into(), "version"),
             (|d| d.format = 2, "format"),
+            (|d| d.soak_min_requests = 0, "soak_min_requests"),
         ];
         for (change, needle) in cases {
             let mut doc = document(&[3u8; 5000]);
@@ -689,6 +729,18 @@ mod tests {
                 "{err} should name {needle}"
             );
         }
+    }
+
+    #[test]
+    fn a_document_without_the_soak_minimum_or_freshness_reads_with_their_defaults() {
+        let doc = document(&[5u8; 3000]);
+        let mut json = serde_json::to_value(&doc).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        fields.remove("soak_min_requests");
+        fields.remove("fresh_s");
+        let read: RolloutDocument = serde_json::from_value(json).unwrap();
+        assert_eq!(read.soak_min_requests, DEFAULT_SOAK_MIN_REQUESTS);
+        assert_eq!(read.fresh_s, 0);
     }
 
     #[test]
@@ -742,12 +794,18 @@ mod tests {
             reason: None,
             serving: "kws 1.2.0".into(),
             update: 2,
+            frozen: false,
         };
         let json = status.to_json();
-        assert!(std::str::from_utf8(&json)
-            .unwrap()
-            .contains("\"downloading\""));
+        let text = std::str::from_utf8(&json).unwrap();
+        assert!(text.contains("\"downloading\""));
+        assert!(!text.contains("frozen"), "{text}");
         assert_eq!(DeviceStatus::from_json(&json).unwrap(), status);
+        let frozen = DeviceStatus {
+            frozen: true,
+            ..status
+        };
+        assert_eq!(DeviceStatus::from_json(&frozen.to_json()).unwrap(), frozen);
         assert!(DeviceStatus::from_json(b"{\"format\":1}").is_err());
     }
 }

@@ -248,6 +248,8 @@ fn a_good_model_goes_through_every_stage_to_the_whole_group_despite_an_operator_
                 "2",
                 "--device-soak",
                 "1s",
+                "--device-soak-requests",
+                "10",
             ],
         )
         .unwrap();
@@ -529,6 +531,8 @@ fn a_rollout_paused_by_hand_survives_mosquitto_restarting_and_completes_once_res
                 "2",
                 "--device-soak",
                 "1s",
+                "--device-soak-requests",
+                "10",
             ],
         )
         .unwrap();

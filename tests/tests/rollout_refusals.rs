@@ -102,6 +102,8 @@ fn quick_rollout(rollout_id: &str) -> Vec<&str> {
         "1s",
         "--device-soak",
         "1s",
+        "--device-soak-requests",
+        "5",
         "--chunk-size",
         "1KiB",
         "--rollout-id",
@@ -621,6 +623,8 @@ fn document(
         phase,
         percent_bp: canary::BUCKETS,
         soak_s: 1,
+        soak_min_requests: 5,
+        fresh_s: 0,
         bundle,
     }
 }

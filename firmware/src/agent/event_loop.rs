@@ -313,10 +313,7 @@ impl Agent {
             ota.interval(IntervalCounts {
                 ok: interval.ok,
                 errors: interval.errors,
-                p99_ms: interval
-                    .latency
-                    .quantile(0.99)
-                    .map(|d| d.as_secs_f64() * 1e3),
+                latency: interval.latency.clone(),
             });
         }
         let violations = self.slo_violations(&interval.latency, interval.ok, interval.errors);

@@ -349,6 +349,7 @@ fn boot(
         stall_timeout: settings.stall_timeout,
         max_probation_boots: settings.max_probation_boots,
         warmup_runs: model.warmup_runs,
+        install_timeout: ota::DEFAULT_INSTALL_TIMEOUT,
     };
     // Damaged update state (a corrupt `ota.json` or `slots.json`, a slot that cannot
     // be read, a full disk) must not keep the device from serving: the configured

@@ -14,6 +14,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use perch_runtime::histogram::Histogram;
 use rumqttc::{Publish, QoS};
 use tokio::sync::mpsc;
 
@@ -27,14 +28,14 @@ pub(super) const CHUNK_QUEUE: usize = 8;
 pub(super) const INTERVAL_QUEUE: usize = 64;
 
 /// A report interval, for the updater's soak.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct IntervalCounts {
     /// Requests answered.
     pub(super) ok: u64,
     /// Requests failed.
     pub(super) errors: u64,
-    /// The interval's p99 latency, ms.
-    pub(super) p99_ms: Option<f64>,
+    /// The latency of the interval's successful requests.
+    pub(super) latency: Histogram,
 }
 
 /// What the queue carries: chunks, and wake-ups for the side slots.
@@ -191,7 +192,7 @@ impl Inbox {
                 out.extend(updater.handle(ota::Event::Interval {
                     ok: i.ok,
                     errors: i.errors,
-                    p99_ms: i.p99_ms,
+                    latency: &i.latency,
                 }));
             }
             if last_tick.elapsed() >= OTA_TICK {
@@ -234,7 +235,7 @@ mod tests {
             link.interval(IntervalCounts {
                 ok: u64::from(i),
                 errors: 0,
-                p99_ms: None,
+                latency: Histogram::new(),
             });
         }
         assert_eq!(

@@ -5,6 +5,8 @@
 //! A refusal at any step leaves the active slot as it was: the old model keeps serving.
 
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use perch_runtime::bundle::{Bundle, Limits, VerifyingKey};
 use perch_runtime::error::Chain;
@@ -34,6 +36,9 @@ pub struct LoadSettings {
     pub keys: Vec<VerifyingKey>,
     /// Warm-up inferences after the self-test.
     pub warmup_runs: u32,
+    /// How long loading, self-testing and warming up a downloaded bundle may take
+    /// before the install fails ([`LoadSettings::load_within`]).
+    pub install_timeout: Duration,
 }
 
 impl LoadSettings {
@@ -45,6 +50,41 @@ impl LoadSettings {
     /// The bundle does not read, verify or load.
     pub fn load(&self, path: PathBuf) -> Result<Loaded, LoadError> {
         load::load_bundle(&path, &self.keys, self.warmup_runs)
+    }
+
+    /// As [`LoadSettings::load`], on a thread of its own, waiting at most `deadline`.
+    /// The engine cannot be interrupted: a load, self-test or warm-up that hangs is
+    /// left to finish on its thread (its result is dropped) and this returns an error
+    /// at the deadline, so the updater goes on (an `aborted` document is processed, the
+    /// old model keeps serving).
+    ///
+    /// # Errors
+    ///
+    /// The bundle does not load (as for [`LoadSettings::load`]), or not within
+    /// `deadline`; one line.
+    pub fn load_within(&self, path: PathBuf, deadline: Duration) -> Result<Loaded, String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let settings = self.clone();
+        std::thread::Builder::new()
+            .name("perch-install".into())
+            .spawn(move || {
+                // The receiver may be gone (past the deadline): nobody wants the result.
+                let _ = tx.send(settings.load(path));
+            })
+            .map_err(|e| format!("cannot start the install thread: {e}"))?;
+        match rx.recv_timeout(deadline) {
+            Ok(loaded) => {
+                loaded.map_err(|e| format!("the staged bundle does not load: {}", Chain(&e)))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "loading, self-testing and warming up the bundle took more than {} s \
+                 (install_timeout); it is left unfinished",
+                deadline.as_secs_f64()
+            )),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err("the install thread ended without an answer (it panicked)".into())
+            }
+        }
     }
 }
 
@@ -111,9 +151,7 @@ pub fn install(
         SlotError::NotNewer { .. } => format!("older sequence: {}", Chain(&e)),
         e => format!("cannot stage the bundle: {}", Chain(&e)),
     })?;
-    let loaded = settings
-        .load(slots.path(slot))
-        .map_err(|e| format!("the staged bundle does not load: {}", Chain(&e)))?;
+    let loaded = settings.load_within(slots.path(slot), settings.install_timeout)?;
     if let Some(failure) = &loaded.boot.failure {
         return Err(format!("the bundle failed its self-test: {failure}"));
     }
@@ -199,6 +237,7 @@ mod tests {
         let settings = LoadSettings {
             keys: vec![key().verifying_key()],
             warmup_runs: 3,
+            install_timeout: std::time::Duration::from_secs(600),
         };
         (slots, settings)
     }

@@ -12,10 +12,14 @@
 //! the report counter).
 
 use perch_runtime::bundle::VerifyingKey;
+use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{self, DeviceState, DeviceStatus, Phase, RolloutDocument};
-use perch_runtime::slo::{Slo, Window};
+use perch_runtime::slo::Slo;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::freshness::Freshness;
+use super::soak::{Soak, Verdict};
 
 /// The persisted state's format version.
 pub const STATE_FORMAT: u32 = 1;
@@ -81,6 +85,9 @@ pub struct State {
     /// Probation time counted so far, ms (survives restarts; time while the agent was
     /// down does not count).
     pub soaked_ms: u64,
+    /// The probation's traffic: judged requests and the window not yet full.
+    #[serde(default)]
+    pub soak: Soak,
 }
 
 impl Default for State {
@@ -97,6 +104,7 @@ impl Default for State {
             previous_serving: String::new(),
             slo: Slo::default(),
             soaked_ms: 0,
+            soak: Soak::default(),
         }
     }
 }
@@ -160,6 +168,9 @@ pub struct Machine {
     /// Distinct unverifiable documents reported since the start: their `update`, so
     /// a later refusal for the same rollout id is newer than the earlier one.
     refusals: u32,
+    /// Whether the current document was renewed in time (not persisted: a restart
+    /// starts a new period).
+    freshness: Freshness,
 }
 
 impl Machine {
@@ -181,6 +192,7 @@ impl Machine {
             reported_decile: None,
             last_refused: None,
             refusals: 0,
+            freshness: Freshness::default(),
         }
     }
 
@@ -205,13 +217,14 @@ impl Machine {
         }
     }
 
-    /// A rollout document arrived (retained on the group's topic).
+    /// A rollout document arrived (retained on the group's topic) at `now_ms`.
     ///
     /// Refused, changing nothing: a payload that does not verify against the trusted
-    /// keys, a document for another group, and a revision lower than the highest acted on (a replay; reported with the
-    /// reason on the current rollout). The same revision again (a retained
-    /// re-delivery) is a no-op.
-    pub fn on_document(&mut self, payload: &[u8]) -> Vec<Action> {
+    /// keys, a document for another group, and a revision lower than the highest acted
+    /// on (a replay; reported with the reason on the current rollout). The same revision
+    /// again (a retained re-delivery) is a no-op and renews nothing; a higher one renews
+    /// the document's freshness and thaws a frozen device ([`Freshness`]).
+    pub fn on_document(&mut self, payload: &[u8], now_ms: u64) -> Vec<Action> {
         let doc = match RolloutDocument::verify(payload, &self.trusted) {
             Ok(doc) => doc,
             Err(e) => return self.refuse_unverified(payload, e.to_string()),
@@ -243,6 +256,12 @@ impl Machine {
             return Vec::new();
         }
         self.state.highest_revision = doc.revision;
+        let thawed = self.freshness.renew(now_ms);
+        if let Some(awaiting) = self.awaiting.as_mut().filter(|_| thawed) {
+            // The freeze stopped the requests and the stall clock: start both over.
+            awaiting.since_ms = now_ms;
+            awaiting.next_request_ms = now_ms;
+        }
         let mut actions = Vec::new();
         let same_rollout = self
             .state
@@ -255,7 +274,9 @@ impl Machine {
                     actions.push(Action::DiscardDownload);
                 }
                 // Superseded while on probation: the operator moved on from it.
-                Some(DeviceState::Active) => actions.push(Action::Confirm),
+                Some(DeviceState::Active | DeviceState::Unexercised) => {
+                    actions.push(Action::Confirm);
+                }
                 _ => {}
             }
             self.state.update = 0;
@@ -263,6 +284,7 @@ impl Machine {
             self.state.reason = None;
             self.state.state = None;
             self.state.soaked_ms = 0;
+            self.state.soak = Soak::default();
             self.awaiting = None;
             self.reported_decile = None;
         }
@@ -271,7 +293,10 @@ impl Machine {
         self.state.document = Some(doc);
         let current = self.state.state;
         match (phase, current) {
-            (Phase::Aborted, Some(DeviceState::Active | DeviceState::Confirmed)) => {
+            (
+                Phase::Aborted,
+                Some(DeviceState::Active | DeviceState::Unexercised | DeviceState::Confirmed),
+            ) => {
                 let reason = "the operator aborted the rollout".to_string();
                 self.roll_back(reason, &mut actions);
             }
@@ -302,11 +327,21 @@ impl Machine {
                 self.transition(DeviceState::Downloading, None, &mut actions);
                 actions.push(Action::PrepareDownload);
             }
-            (Phase::Completed, Some(DeviceState::Active)) => {
+            (Phase::Completed, Some(DeviceState::Active | DeviceState::Unexercised)) => {
                 actions.push(Action::Confirm);
                 self.transition(DeviceState::Confirmed, None, &mut actions);
             }
             _ => actions.push(Action::Persist),
+        }
+        if thawed && !actions.iter().any(|a| matches!(a, Action::Report(_))) {
+            if let Some(state) = self.state.state {
+                // Tell the operator the freeze is over.
+                self.state.update = self.state.update.saturating_add(1);
+                actions.push(Action::Report(
+                    self.status(state, self.state.reason.clone()),
+                ));
+                actions.push(Action::Persist);
+            }
         }
         actions
     }
@@ -355,6 +390,7 @@ impl Machine {
         if chunk.rollout_id != doc.rollout_id
             || self.state.state != Some(DeviceState::Downloading)
             || chunk.index != self.state.have
+            || self.freshness.is_frozen()
         {
             return Vec::new();
         }
@@ -401,10 +437,19 @@ impl Machine {
         actions
     }
 
-    /// Time passed: a chunk whose reply did not come within the timeout (or the
-    /// backoff after a bad copy) is requested again; a download that got no good copy
-    /// of the chunk it needs for [`MachineConfig::stall_timeout_ms`] fails.
+    /// Time passed: a running or paused rollout's document not renewed within its
+    /// `fresh_s` freezes the device's part in it, reported once ([`Freshness`]); a
+    /// chunk whose reply did not come within the timeout (or the backoff after a bad
+    /// copy) is requested again; a download that got no good copy of the chunk it needs
+    /// for [`MachineConfig::stall_timeout_ms`] fails. Frozen, nothing is requested and
+    /// the stall clock stops.
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
+        if let Some(actions) = self.check_freshness(now_ms) {
+            return actions;
+        }
+        if self.freshness.is_frozen() {
+            return Vec::new();
+        }
         let Some(awaiting) = &mut self.awaiting else {
             return Vec::new();
         };
@@ -445,6 +490,7 @@ impl Machine {
             Ok(slo) => {
                 self.state.slo = slo;
                 self.state.soaked_ms = 0;
+                self.state.soak = Soak::default();
                 self.soak_mark_ms = Some(now_ms);
                 self.state.previous_serving = std::mem::take(&mut self.state.serving);
                 if let Some(doc) = &self.state.document {
@@ -466,7 +512,7 @@ impl Machine {
         let mut actions = Vec::new();
         if matches!(
             self.state.state,
-            Some(DeviceState::Active | DeviceState::Confirmed)
+            Some(DeviceState::Active | DeviceState::Unexercised | DeviceState::Confirmed)
         ) {
             self.state.serving = std::mem::take(&mut self.state.previous_serving);
             self.transition(DeviceState::RolledBack, Some(reason), &mut actions);
@@ -488,20 +534,27 @@ impl Machine {
         }
     }
 
-    /// A metrics report interval ended: `ok` and `errors` requests, the interval's p99
-    /// latency if any request was served. While on probation, a breach of the bundle's
-    /// SLO rolls back, naming the metric and the limit; the document's soak time
-    /// without a breach confirms.
+    /// A metrics report interval ended: `ok` and `errors` requests and the latency
+    /// histogram of the successful ones. While on probation, intervals are pooled into
+    /// windows of at least the document's `soak_min_requests` ([`Soak`]); a full window
+    /// that breaks the bundle's SLO rolls back, naming the metric and the limit. Once
+    /// the document's soak time is over, the bundle is confirmed if the soak judged
+    /// that many requests, and otherwise reported `unexercised` (once) and kept on
+    /// probation until it has.
     pub fn on_interval(
         &mut self,
         ok: u64,
         errors: u64,
-        p99_ms: Option<f64>,
+        latency: &Histogram,
         now_ms: u64,
     ) -> Vec<Action> {
-        if self.state.state != Some(DeviceState::Active) {
+        let on_probation = matches!(
+            self.state.state,
+            Some(DeviceState::Active | DeviceState::Unexercised)
+        );
+        let Some(doc) = self.state.document.as_ref().filter(|_| on_probation) else {
             return Vec::new();
-        }
+        };
         if let Some(mark) = self.soak_mark_ms {
             self.state.soaked_ms = self
                 .state
@@ -509,27 +562,35 @@ impl Machine {
                 .saturating_add(now_ms.saturating_sub(mark));
         }
         self.soak_mark_ms = Some(now_ms);
-        let window = Window {
-            p99_ms,
-            ok,
-            errors,
-            throughput: None,
-        };
+        let soaked = self.state.soaked_ms >= doc.soak_s.saturating_mul(1000);
+        let (min_requests, soak_s) = (doc.soak_min_requests, doc.soak_s);
+        let slo = self.state.slo;
         let mut actions = Vec::new();
-        if let Some(violation) = self.state.slo.violations(&window).next() {
-            self.roll_back(format!("{violation} during soak"), &mut actions);
-            return actions;
-        }
-        let soak_ms = self
+        match self
             .state
-            .document
-            .as_ref()
-            .map_or(0, |d| d.soak_s.saturating_mul(1000));
-        if self.state.soaked_ms >= soak_ms {
-            actions.push(Action::Confirm);
-            self.transition(DeviceState::Confirmed, None, &mut actions);
-        } else {
-            actions.push(Action::Persist);
+            .soak
+            .add(ok, errors, latency, &slo, min_requests, soaked)
+        {
+            Verdict::Breach(violation) => {
+                self.roll_back(format!("{violation} during soak"), &mut actions);
+            }
+            // Frozen, the operator may have aborted: confirm nothing on old orders.
+            Verdict::Confirm if self.freshness.is_frozen() => actions.push(Action::Persist),
+            Verdict::Confirm => {
+                actions.push(Action::Confirm);
+                self.transition(DeviceState::Confirmed, None, &mut actions);
+            }
+            Verdict::Unexercised { judged, pending }
+                if self.state.state == Some(DeviceState::Active) =>
+            {
+                let reason = format!(
+                    "the {soak_s} s soak served {} requests, fewer than the {min_requests} \
+                     needed to judge the bundle; it stays on probation until it has",
+                    judged.saturating_add(pending)
+                );
+                self.transition(DeviceState::Unexercised, Some(reason), &mut actions);
+            }
+            Verdict::Soaking | Verdict::Unexercised { .. } => actions.push(Action::Persist),
         }
         actions
     }
@@ -540,13 +601,37 @@ impl Machine {
     pub fn on_boot(&mut self, boots_on_probation: u32) -> Vec<Action> {
         self.soak_mark_ms = None;
         let mut actions = Vec::new();
-        if self.state.state == Some(DeviceState::Active)
-            && boots_on_probation > self.config.max_probation_boots
+        if matches!(
+            self.state.state,
+            Some(DeviceState::Active | DeviceState::Unexercised)
+        ) && boots_on_probation > self.config.max_probation_boots
         {
             let reason = format!("crash loop: {boots_on_probation} starts since activation");
             self.roll_back(reason, &mut actions);
         }
         actions
+    }
+
+    /// Freezes the device when its document just went stale: `Some` with the report.
+    fn check_freshness(&mut self, now_ms: u64) -> Option<Vec<Action>> {
+        let doc = self.state.document.as_ref()?;
+        let live = matches!(doc.phase, Phase::Running | Phase::Paused);
+        let age_ms = self.freshness.check(doc.fresh_s, live, now_ms)?;
+        let reason = format!(
+            "no fresh rollout document for {} s (it must be renewed within {} s): frozen, \
+             nothing is downloaded or confirmed until one comes",
+            age_ms / 1000,
+            doc.fresh_s
+        );
+        let state = self.state.state?;
+        self.state.update = self.state.update.saturating_add(1);
+        Some(vec![
+            Action::Refused {
+                reason: reason.clone(),
+            },
+            Action::Report(self.status(state, Some(reason))),
+            Action::Persist,
+        ])
     }
 
     fn roll_back(&mut self, reason: String, actions: &mut Vec<Action>) {
@@ -663,6 +748,7 @@ impl Machine {
             reason: Some(reason),
             serving: self.state.serving.clone(),
             update: self.refusals,
+            frozen: false,
         }));
         actions
     }
@@ -683,6 +769,7 @@ impl Machine {
             reason,
             serving: self.state.serving.clone(),
             update: self.state.update,
+            frozen: self.freshness.is_frozen(),
         }
     }
 }
@@ -715,6 +802,8 @@ mod tests {
             phase,
             percent_bp,
             soak_s: 60,
+            soak_min_requests: 100,
+            fresh_s: 0,
             bundle: BundleRef::describe("kws", "1.3.0", 7, &bundle_bytes(), MIN_CHUNK_SIZE),
         }
     }
@@ -770,6 +859,15 @@ mod tests {
             .collect()
     }
 
+    /// `n` requests of `ms` milliseconds each.
+    fn latencies(n: u64, ms: f64) -> Histogram {
+        let mut h = Histogram::new();
+        for _ in 0..n {
+            h.record(std::time::Duration::from_secs_f64(ms / 1e3));
+        }
+        h
+    }
+
     fn slo() -> Slo {
         Slo {
             p99_ms: Some(25.0),
@@ -781,7 +879,7 @@ mod tests {
     /// Starts the rollout on an in-cohort device and feeds every chunk; returns all
     /// actions. The last one is `Install`.
     fn download(machine: &mut Machine, doc: &RolloutDocument) -> Vec<Action> {
-        let mut all = machine.on_document(&doc.sign(&key()));
+        let mut all = machine.on_document(&doc.sign(&key()), 0);
         assert!(all.contains(&Action::PrepareDownload), "{all:?}");
         all.extend(machine.on_resumed(0, 0));
         for index in 0..doc.bundle.chunk_count() {
@@ -807,7 +905,7 @@ mod tests {
     fn a_device_outside_the_cohort_reports_not_in_cohort_and_requests_nothing() {
         let doc = document(10, Phase::Running, 1_000);
         let mut machine = machine(&device(&doc, false));
-        let actions = machine.on_document(&doc.sign(&key()));
+        let actions = machine.on_document(&doc.sign(&key()), 0);
         let sent = reports(&actions);
         assert_eq!(sent.len(), 1, "{actions:?}");
         assert_eq!(sent[0].state, DeviceState::NotInCohort);
@@ -819,7 +917,7 @@ mod tests {
         // Raising the share until the device is in starts its download.
         let mut wider = document(11, Phase::Running, 10_000);
         wider.revision = 11;
-        let actions = machine.on_document(&wider.sign(&key()));
+        let actions = machine.on_document(&wider.sign(&key()), 0);
         assert!(actions.contains(&Action::PrepareDownload), "{actions:?}");
         assert_eq!(reports(&actions)[0].state, DeviceState::Downloading);
     }
@@ -861,9 +959,9 @@ mod tests {
         assert!(actions.contains(&Action::DiscardDownload));
 
         // 59 s into a 60 s soak: nothing yet; past it: confirm.
-        let actions = machine.on_interval(100, 0, Some(5.0), 60_000);
+        let actions = machine.on_interval(100, 0, &latencies(100, 5.0), 60_000);
         assert!(!actions.contains(&Action::Confirm), "{actions:?}");
-        let actions = machine.on_interval(100, 0, Some(5.0), 61_000);
+        let actions = machine.on_interval(100, 0, &latencies(100, 5.0), 61_000);
         assert_eq!(actions[0], Action::Confirm);
         assert_eq!(reports(&actions)[0].state, DeviceState::Confirmed);
         assert_eq!(machine.state().state, Some(DeviceState::Confirmed));
@@ -874,15 +972,15 @@ mod tests {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = active(&doc);
         assert!(machine
-            .on_interval(100, 0, Some(24.0), 11_000)
+            .on_interval(100, 0, &latencies(100, 24.0), 11_000)
             .iter()
             .all(|a| !matches!(a, Action::RollBack { .. })));
-        let actions = machine.on_interval(100, 0, Some(31.5), 21_000);
+        let actions = machine.on_interval(100, 0, &latencies(100, 31.5), 21_000);
         let Action::RollBack { reason } = &actions[0] else {
             panic!("{actions:?}");
         };
         assert!(
-            reason.contains("p99") && reason.contains("31.50") && reason.contains("25"),
+            reason.contains("p99") && reason.contains("28.18") && reason.contains("25 ms"),
             "{reason}"
         );
         let report = reports(&actions)[0];
@@ -890,14 +988,92 @@ mod tests {
         assert_eq!(report.reason.as_deref(), Some(reason.as_str()));
         assert_eq!(report.serving, "kws 1.2.0");
         // Once rolled back, later intervals do nothing.
-        assert!(machine.on_interval(100, 0, Some(99.0), 90_000).is_empty());
+        assert!(machine
+            .on_interval(100, 0, &latencies(100, 99.0), 90_000)
+            .is_empty());
+    }
+
+    #[test]
+    fn one_slow_request_in_a_quiet_interval_does_not_roll_back() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = active(&doc);
+        let actions = machine.on_interval(1, 0, &latencies(1, 500.0), 11_000);
+        assert_eq!(actions, [Action::Persist]);
+        assert_eq!(machine.state().state, Some(DeviceState::Active));
+        // The slow request is pooled with the next ones and judged with them: a p99
+        // over 200 requests, 199 of them fast.
+        let actions = machine.on_interval(199, 0, &latencies(199, 5.0), 21_000);
+        assert_eq!(actions, [Action::Persist]);
+        assert_eq!(machine.state().soak.judged, 200);
+    }
+
+    #[test]
+    fn a_soak_without_traffic_reports_unexercised_and_confirms_only_once_it_had_some() {
+        let doc = document(10, Phase::Running, 5_000);
+        let mut machine = active(&doc);
+        let quiet = Histogram::new();
+        let actions = machine.on_interval(0, 0, &quiet, 61_000);
+        assert!(!actions.contains(&Action::Confirm), "{actions:?}");
+        let report = reports(&actions)[0];
+        assert_eq!(report.state, DeviceState::Unexercised);
+        let reason = report.reason.as_deref().unwrap();
+        assert!(
+            reason.contains("0 requests") && reason.contains("100"),
+            "{reason}"
+        );
+        // Reported once; later quiet intervals only persist.
+        assert_eq!(
+            machine.on_interval(3, 0, &latencies(3, 5.0), 71_000),
+            [Action::Persist]
+        );
+        // Traffic at last: judged, confirmed.
+        let actions = machine.on_interval(97, 0, &latencies(97, 5.0), 81_000);
+        assert_eq!(actions[0], Action::Confirm);
+        assert_eq!(machine.state().state, Some(DeviceState::Confirmed));
+    }
+
+    #[test]
+    fn an_unexercised_bundle_is_still_on_probation_for_an_abort_a_completion_and_a_breach() {
+        let doc = document(10, Phase::Running, 10_000);
+        let unexercised = || {
+            let mut machine = active(&doc);
+            machine.on_interval(0, 0, &Histogram::new(), 61_000);
+            assert_eq!(machine.state().state, Some(DeviceState::Unexercised));
+            machine
+        };
+        let mut aborted = unexercised();
+        let actions = aborted.on_document(&document(11, Phase::Aborted, 10_000).sign(&key()), 0);
+        assert!(
+            matches!(&actions[0], Action::RollBack { .. }),
+            "{actions:?}"
+        );
+        let mut completed = unexercised();
+        let actions =
+            completed.on_document(&document(11, Phase::Completed, 10_000).sign(&key()), 0);
+        assert_eq!(actions[0], Action::Confirm);
+        let mut breached = unexercised();
+        let actions = breached.on_interval(100, 0, &latencies(100, 90.0), 71_000);
+        assert!(
+            matches!(&actions[0], Action::RollBack { .. }),
+            "{actions:?}"
+        );
+        let mut looping = unexercised();
+        assert!(matches!(&looping.on_boot(4)[0], Action::RollBack { .. }));
+    }
+
+    #[test]
+    fn a_state_written_before_soak_windows_existed_reads_as_an_empty_soak() {
+        let mut json = serde_json::to_value(State::default()).unwrap();
+        json.as_object_mut().unwrap().remove("soak");
+        let state: State = serde_json::from_value(json).unwrap();
+        assert_eq!(state.soak, Soak::default());
     }
 
     #[test]
     fn an_error_rate_breach_during_soak_rolls_back() {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = active(&doc);
-        let actions = machine.on_interval(95, 5, Some(3.0), 11_000);
+        let actions = machine.on_interval(95, 5, &latencies(95, 3.0), 11_000);
         let Action::RollBack { reason } = &actions[0] else {
             panic!("{actions:?}");
         };
@@ -930,7 +1106,7 @@ mod tests {
     fn forged_chunks_are_dropped_and_requested_again_with_backoff_without_failing_the_rollout() {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = machine(&device(&doc, true));
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         machine.on_resumed(0, 0);
         let mut forged = chunk(&doc, 0);
         *forged.last_mut().unwrap() ^= 0xff;
@@ -966,7 +1142,7 @@ mod tests {
     fn a_download_without_a_good_copy_of_its_chunk_fails_past_the_stall_timeout() {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = machine(&device(&doc, true));
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         machine.on_resumed(0, 0);
         machine.on_chunk(&chunk(&doc, 0), 10);
         let mut forged = chunk(&doc, 1);
@@ -991,14 +1167,14 @@ mod tests {
         let doc = document(20, Phase::Running, 5_000);
         let mut machine = machine(&device(&doc, true));
         let signed = doc.sign(&key());
-        machine.on_document(&signed);
+        machine.on_document(&signed, 0);
         let before = machine.state().clone();
-        assert!(machine.on_document(&signed).is_empty());
+        assert!(machine.on_document(&signed, 0).is_empty());
         assert_eq!(machine.state(), &before);
 
         let mut old = document(19, Phase::Aborted, 5_000);
         old.revision = 19;
-        let actions = machine.on_document(&old.sign(&key()));
+        let actions = machine.on_document(&old.sign(&key()), 0);
         let reason = "replayed rollout document (revision 19, already acted on 20)";
         assert_eq!(
             actions[0],
@@ -1022,7 +1198,7 @@ mod tests {
         let doc = document(10, Phase::Running, 10_000);
         let mut machine = machine(&device(&doc, true));
         let forged = doc.sign(&SigningKey::from_bytes(&[2; 32]));
-        let actions = machine.on_document(&forged);
+        let actions = machine.on_document(&forged, 0);
         assert_eq!(actions.len(), 2);
         let Action::Refused { reason } = &actions[0] else {
             panic!("{actions:?}");
@@ -1034,12 +1210,12 @@ mod tests {
         assert_eq!(report.rollout_id, doc.rollout_id);
         assert_eq!(report.reason.as_deref(), Some(reason.as_str()));
         assert_eq!(
-            machine.on_document(&forged).len(),
+            machine.on_document(&forged, 0).len(),
             1,
             "a re-delivery only logs"
         );
         assert_eq!(
-            machine.on_document(b"junk").len(),
+            machine.on_document(b"junk", 0).len(),
             1,
             "nothing to report on"
         );
@@ -1056,23 +1232,23 @@ mod tests {
     fn a_paused_rollout_keeps_waiting_devices_pending_and_lets_downloads_continue() {
         let paused = document(10, Phase::Paused, 10_000);
         let mut waiting = machine("dev-a");
-        let actions = waiting.on_document(&paused.sign(&key()));
+        let actions = waiting.on_document(&paused.sign(&key()), 0);
         assert_eq!(reports(&actions)[0].state, DeviceState::Pending);
         assert!(!actions.contains(&Action::PrepareDownload));
 
         let running = document(9, Phase::Running, 10_000);
         let mut busy = machine("dev-a");
-        busy.on_document(&running.sign(&key()));
+        busy.on_document(&running.sign(&key()), 0);
         busy.on_resumed(0, 0);
         busy.on_chunk(&chunk(&running, 0), 5);
-        let actions = busy.on_document(&paused.sign(&key()));
+        let actions = busy.on_document(&paused.sign(&key()), 0);
         assert!(reports(&actions).is_empty(), "{actions:?}");
         assert_eq!(busy.state().state, Some(DeviceState::Downloading));
         let actions = busy.on_chunk(&chunk(&running, 1), 10);
         assert_eq!(requests(&actions), [2]);
 
         // Resuming the rollout starts the waiting device.
-        let actions = waiting.on_document(&document(11, Phase::Running, 10_000).sign(&key()));
+        let actions = waiting.on_document(&document(11, Phase::Running, 10_000).sign(&key()), 0);
         assert!(actions.contains(&Action::PrepareDownload));
     }
 
@@ -1081,14 +1257,14 @@ mod tests {
         let doc = document(10, Phase::Running, 10_000);
         let aborted = document(11, Phase::Aborted, 10_000).sign(&key());
         let mut running = active(&doc);
-        let actions = running.on_document(&aborted);
+        let actions = running.on_document(&aborted, 0);
         assert!(matches!(&actions[0], Action::RollBack { reason } if reason.contains("aborted")));
         assert_eq!(reports(&actions)[0].state, DeviceState::RolledBack);
 
         let mut fetching = machine("dev-b");
-        fetching.on_document(&doc.sign(&key()));
+        fetching.on_document(&doc.sign(&key()), 0);
         fetching.on_resumed(0, 0);
-        let actions = fetching.on_document(&aborted);
+        let actions = fetching.on_document(&aborted, 0);
         assert_eq!(actions[0], Action::DiscardDownload);
         assert_eq!(reports(&actions)[0].state, DeviceState::Failed);
         assert!(fetching.on_chunk(&chunk(&doc, 0), 10).is_empty());
@@ -1096,10 +1272,79 @@ mod tests {
     }
 
     #[test]
+    fn a_download_without_a_fresh_document_freezes_reports_it_and_resumes_on_a_fresh_one() {
+        let mut doc = document(10, Phase::Running, 10_000);
+        doc.fresh_s = 60;
+        let mut machine = machine("dev-f");
+        machine.on_document(&doc.sign(&key()), 1_000);
+        machine.on_resumed(0, 1_000);
+        machine.on_chunk(&chunk(&doc, 0), 2_000);
+        assert_eq!(requests(&machine.on_tick(30_000)), [1]);
+        // The operator's next revision never comes (a broker withholding it, say); the
+        // retained copy of the old one, delivered again, renews nothing.
+        assert!(machine.on_document(&doc.sign(&key()), 40_000).is_empty());
+        let actions = machine.on_tick(61_001);
+        let report = reports(&actions)[0];
+        assert_eq!(report.state, DeviceState::Downloading);
+        assert!(report.frozen);
+        assert!(
+            report
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("no fresh rollout document"),
+            "{report:?}"
+        );
+        // Frozen: no request, no write, no stall failure, however long.
+        assert!(machine.on_tick(70_000).is_empty());
+        assert!(machine.on_chunk(&chunk(&doc, 1), 71_000).is_empty());
+        assert!(machine.on_tick(STALL_MS * 3).is_empty());
+        assert_eq!(machine.state().state, Some(DeviceState::Downloading));
+        // A fresh revision thaws it: reported, and the chunk is asked for again.
+        doc.revision = 11;
+        let actions = machine.on_document(&doc.sign(&key()), STALL_MS * 3 + 1);
+        let report = reports(&actions)[0];
+        assert!(!report.frozen, "{report:?}");
+        assert_eq!(requests(&machine.on_tick(STALL_MS * 3 + 2)), [1]);
+        let actions = machine.on_chunk(&chunk(&doc, 1), STALL_MS * 3 + 3);
+        assert_eq!(requests(&actions), [2]);
+    }
+
+    #[test]
+    fn a_frozen_device_on_probation_confirms_nothing_but_still_rolls_back() {
+        let mut doc = document(10, Phase::Running, 10_000);
+        doc.fresh_s = 30;
+        let quiet = Histogram::new();
+        let frozen = || {
+            let mut machine = active(&doc);
+            machine.on_tick(1_000);
+            assert!(reports(&machine.on_tick(32_000))[0].frozen);
+            machine
+        };
+        let mut machine = frozen();
+        let actions = machine.on_interval(100, 0, &latencies(100, 5.0), 70_000);
+        assert!(!actions.contains(&Action::Confirm), "{actions:?}");
+        assert_eq!(machine.state().state, Some(DeviceState::Active));
+        let mut machine = frozen();
+        let actions = machine.on_interval(100, 0, &latencies(100, 90.0), 70_000);
+        assert!(
+            matches!(&actions[0], Action::RollBack { .. }),
+            "{actions:?}"
+        );
+        // Finished rollouts never go stale.
+        let mut completed = document(11, Phase::Completed, 10_000);
+        completed.fresh_s = 30;
+        let mut machine = active(&doc);
+        machine.on_document(&completed.sign(&key()), 2_000);
+        assert!(machine.on_tick(10_000_000).is_empty());
+        assert!(machine.on_interval(0, 0, &quiet, 10_000_001).is_empty());
+    }
+
+    #[test]
     fn a_lost_chunk_is_requested_again_after_the_timeout() {
         let doc = document(10, Phase::Running, 10_000);
         let mut machine = machine("dev-c");
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         assert_eq!(requests(&machine.on_resumed(0, 1_000)), [0]);
         assert!(machine.on_tick(1_000 + TIMEOUT_MS - 1).is_empty());
         assert_eq!(
@@ -1121,7 +1366,7 @@ mod tests {
     fn the_state_survives_a_restart_mid_download_and_continues_from_the_next_chunk() {
         let doc = document(10, Phase::Running, 10_000);
         let mut machine = machine("dev-d");
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         machine.on_resumed(0, 0);
         let mut updates = 0;
         for index in 0..4 {
@@ -1139,7 +1384,7 @@ mod tests {
             Machine::restore(machine.config.clone(), machine.trusted.clone(), state);
         assert_eq!(restarted.resume(), [Action::PrepareDownload]);
         // The retained document comes again: nothing to do.
-        assert!(restarted.on_document(&doc.sign(&key())).is_empty());
+        assert!(restarted.on_document(&doc.sign(&key()), 0).is_empty());
         assert_eq!(requests(&restarted.on_resumed(4, 0)), [4]);
         let actions = restarted.on_chunk(&chunk(&doc, 4), 10);
         assert!(matches!(actions[0], Action::WriteChunk { index: 4, .. }));
@@ -1151,13 +1396,13 @@ mod tests {
     fn a_new_rollout_replaces_an_unfinished_download_of_an_older_one() {
         let doc = document(10, Phase::Running, 10_000);
         let mut machine = machine("dev-e");
-        machine.on_document(&doc.sign(&key()));
+        machine.on_document(&doc.sign(&key()), 0);
         machine.on_resumed(0, 0);
         machine.on_chunk(&chunk(&doc, 0), 10);
         let mut next = document(11, Phase::Running, 10_000);
         next.rollout_id = "kws-1.4.0-a".into();
         next.bundle = BundleRef::describe("kws", "1.4.0", 8, &[9u8; 3000], MIN_CHUNK_SIZE);
-        let actions = machine.on_document(&next.sign(&key()));
+        let actions = machine.on_document(&next.sign(&key()), 0);
         assert_eq!(actions[0], Action::DiscardDownload);
         let report = reports(&actions)[0];
         assert_eq!(
@@ -1175,7 +1420,7 @@ mod tests {
         let mut doc = document(10, Phase::Running, 10_000);
         doc.group = "garage".into();
         let mut machine = machine("dev-f");
-        let actions = machine.on_document(&doc.sign(&key()));
+        let actions = machine.on_document(&doc.sign(&key()), 0);
         assert_eq!(
             actions,
             [Action::Refused {
@@ -1190,7 +1435,7 @@ mod tests {
     fn a_completed_rollout_confirms_an_active_device_without_waiting_for_the_soak() {
         let doc = document(10, Phase::Running, 5_000);
         let mut machine = active(&doc);
-        let actions = machine.on_document(&document(11, Phase::Completed, 10_000).sign(&key()));
+        let actions = machine.on_document(&document(11, Phase::Completed, 10_000).sign(&key()), 0);
         assert_eq!(actions[0], Action::Confirm);
         assert_eq!(reports(&actions)[0].state, DeviceState::Confirmed);
     }

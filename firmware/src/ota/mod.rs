@@ -34,6 +34,7 @@
 //!     stall_timeout: Duration::from_secs(600),
 //!     max_probation_boots: 3,
 //!     warmup_runs: 20,
+//!     install_timeout: Duration::from_secs(300),
 //! };
 //! let mut updater = Updater::open(config, "pi-1", keys)?;
 //! let boot = updater.boot()?;
@@ -47,14 +48,17 @@
 
 pub mod download;
 mod error;
+pub mod freshness;
 pub mod install;
 pub mod machine;
+pub mod soak;
 mod updater;
 
 pub use download::Download;
 pub use error::OtaError;
 pub use machine::{Action, Machine, MachineConfig, State};
 pub use updater::{
-    Boot, Effect, Event, OtaConfig, Updater, DEFAULT_STALL_TIMEOUT, INSTALLING_FILE,
-    MAX_INSTALL_ATTEMPTS, PREVIOUS_CONFIGURED_FILE, SERVE_CONFIGURED_FILE, STATE_FILE,
+    Boot, Effect, Event, OtaConfig, Updater, DEFAULT_INSTALL_TIMEOUT, DEFAULT_STALL_TIMEOUT,
+    INSTALLING_FILE, MAX_INSTALL_ATTEMPTS, PREVIOUS_CONFIGURED_FILE, SERVE_CONFIGURED_FILE,
+    STATE_FILE,
 };

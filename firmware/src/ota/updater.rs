@@ -10,6 +10,7 @@ use perch_mqtt::topics::{self, DeviceTopic};
 use perch_runtime::bundle::VerifyingKey;
 use perch_runtime::error::Chain;
 use perch_runtime::fsio;
+use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{self, ChunkRequest};
 use perch_runtime::slo::Slo;
 
@@ -33,6 +34,9 @@ pub const INSTALLING_FILE: &str = "installing";
 /// How long a download may wait for a good copy of the chunk it needs before the rollout
 /// fails, by default.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long loading, self-testing and warming up a downloaded bundle may take by
+/// default before the install fails.
+pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Starts that found an install cut short (the agent stopped while loading and testing
 /// the bundle) after which the rollout fails rather than trying again. Two, so a power
 /// cut during an install does not fail a rollout, but an engine that crashes on the
@@ -56,6 +60,9 @@ pub struct OtaConfig {
     pub max_probation_boots: u32,
     /// Warm-up inferences of a new bundle before it is activated.
     pub warmup_runs: u32,
+    /// How long loading, self-testing and warming up a downloaded bundle may take;
+    /// past it the install fails and the old model keeps serving.
+    pub install_timeout: Duration,
 }
 
 /// An input to [`Updater::handle`].
@@ -73,8 +80,8 @@ pub enum Event<'a> {
         ok: u64,
         /// Requests failed.
         errors: u64,
-        /// The interval's p99 latency, ms (`None` without requests).
-        p99_ms: Option<f64>,
+        /// The latency of the interval's successful requests.
+        latency: &'a Histogram,
     },
 }
 
@@ -186,6 +193,7 @@ impl Updater {
         let settings = LoadSettings {
             keys: trusted.clone(),
             warmup_runs: config.warmup_runs,
+            install_timeout: config.install_timeout,
         };
         Ok(Updater {
             machine: Machine::restore(machine_config, trusted, state),
@@ -297,12 +305,14 @@ impl Updater {
     /// for every call).
     pub fn handle_at(&mut self, event: Event<'_>, now_ms: u64) -> Vec<Effect> {
         let actions = match event {
-            Event::Document(payload) => self.machine.on_document(payload),
+            Event::Document(payload) => self.machine.on_document(payload, now_ms),
             Event::Chunk(frame) => self.machine.on_chunk(frame, now_ms),
             Event::Tick => self.machine.on_tick(now_ms),
-            Event::Interval { ok, errors, p99_ms } => {
-                self.machine.on_interval(ok, errors, p99_ms, now_ms)
-            }
+            Event::Interval {
+                ok,
+                errors,
+                latency,
+            } => self.machine.on_interval(ok, errors, latency, now_ms),
         };
         let mut effects = Vec::new();
         self.run(actions, now_ms, &mut effects);
@@ -615,6 +625,7 @@ mod tests {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             max_probation_boots: 2,
             warmup_runs: 3,
+            install_timeout: Duration::from_secs(600),
         }
     }
 
@@ -642,6 +653,8 @@ mod tests {
             phase: Phase::Running,
             percent_bp: 10_000,
             soak_s: 60,
+            soak_min_requests: 100,
+            fresh_s: 0,
             bundle: BundleRef::describe("kws", version, sequence, bundle, MIN_CHUNK_SIZE * 16),
         }
     }
@@ -694,6 +707,45 @@ mod tests {
     }
 
     #[test]
+    fn an_install_past_its_deadline_fails_cleanly_and_an_abort_is_processed_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = crate::testing::pack_kws(&key(), 2, "1.3.0")
+            .as_bytes()
+            .to_vec();
+        let doc = document(&bundle);
+        // No load, self-test and warm-up finishes in no time: the deadline always
+        // passes first, as it would for a self-test that hangs.
+        let config = OtaConfig {
+            install_timeout: Duration::ZERO,
+            ..config(dir.path())
+        };
+        let mut updater = Updater::open(config, DEVICE, vec![key().verifying_key()]).unwrap();
+        updater.boot().unwrap();
+        updater.set_serving("kws 1.2.0");
+        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
+        let effects = serve_chunks(&mut updater, first, &bundle, &doc, usize::MAX);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Serve(_))));
+        let failed = reports(&effects);
+        let last = failed.last().unwrap();
+        assert_eq!(last.state, DeviceState::Failed);
+        assert!(
+            last.reason.as_deref().unwrap().contains("install_timeout"),
+            "{last:?}"
+        );
+        assert_eq!(last.serving, "kws 1.2.0");
+        assert!(updater.slots().active().is_none(), "nothing activated");
+        assert!(!dir.path().join(INSTALLING_FILE).exists());
+        // The updater goes on: the operator's abort is taken and changes nothing more.
+        let mut aborted = doc.clone();
+        aborted.revision += 1;
+        aborted.phase = Phase::Aborted;
+        let effects = updater.handle_at(Event::Document(&aborted.sign(&key())), 2_000);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Serve(_))));
+        assert_eq!(updater.state().highest_revision, aborted.revision);
+        assert_eq!(updater.state().state, Some(DeviceState::Failed));
+    }
+
+    #[test]
     fn an_updater_downloads_installs_serves_and_after_a_restart_continues_its_soak() {
         let dir = tempfile::tempdir().unwrap();
         let bundle = crate::testing::pack_kws(&key(), 2, "1.3.0")
@@ -738,10 +790,11 @@ mod tests {
         let path = boot.serve.unwrap();
         assert_eq!(updater.load_slot(path).unwrap().id.to_string(), "kws@1.3.0");
         assert_eq!(updater.state().state, Some(DeviceState::Active));
+        let fast = latencies(100, 4.0);
         let interval = Event::Interval {
-            ok: 50,
+            ok: 100,
             errors: 0,
-            p99_ms: Some(4.0),
+            latency: &fast,
         };
         assert!(reports(&updater.handle_at(interval, 5_000)).is_empty());
         let effects = updater.handle_at(interval, 66_000);
@@ -890,16 +943,26 @@ mod tests {
         let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
         serve_chunks(&mut updater, first, &fixed, &doc, usize::MAX);
         assert_eq!(updater.state().state, Some(DeviceState::Active));
-        let effects = updater.handle_at(breach(), 1_000);
+        let effects = updater.handle_at(breach(&latencies(100, 80.0)), 1_000);
         assert!(effects.iter().any(|e| matches!(e, Effect::ServeConfigured)));
         assert!(!effects.iter().any(|e| matches!(e, Effect::Serve(_))));
     }
 
-    fn breach() -> Event<'static> {
+    /// `n` requests of `ms` milliseconds each.
+    fn latencies(n: u64, ms: f64) -> Histogram {
+        let mut h = Histogram::new();
+        for _ in 0..n {
+            h.record(Duration::from_secs_f64(ms / 1e3));
+        }
+        h
+    }
+
+    /// An interval of 100 requests of 80 ms, over every test bundle's p99 SLO.
+    fn breach(slow: &Histogram) -> Event<'_> {
         Event::Interval {
             ok: 100,
             errors: 0,
-            p99_ms: Some(80.0),
+            latency: slow,
         }
     }
 
@@ -918,10 +981,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut updater = open(dir.path());
         updater.boot().unwrap();
+        let fast = latencies(100, 3.0);
         let soak = Event::Interval {
-            ok: 10,
+            ok: 100,
             errors: 0,
-            p99_ms: Some(3.0),
+            latency: &fast,
         };
         let good = crate::testing::pack_kws(&key(), 2, "1.3.0")
             .as_bytes()
@@ -941,7 +1005,7 @@ mod tests {
         let first = updater.handle_at(Event::Document(&doc.sign(&key())), 80_000);
         let effects = serve_chunks(&mut updater, first, &bad, &doc, usize::MAX);
         assert_eq!(served(&effects), ["kws@1.4.0"]);
-        let effects = updater.handle_at(breach(), 90_000);
+        let effects = updater.handle_at(breach(&latencies(100, 80.0)), 90_000);
         assert_eq!(served(&effects), ["kws@1.3.0"]);
         let sent = reports(&effects);
         assert_eq!(sent[0].state, DeviceState::RolledBack);

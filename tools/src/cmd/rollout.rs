@@ -10,8 +10,8 @@ use perch_runtime::bundle::{read_signing_key, Bundle, Limits};
 use perch_runtime::rollout::{self as wire, BundleRef, DeviceState, Phase};
 use perch_tools::rollout::operator::{self, Progress, Store};
 use perch_tools::rollout::{
-    parse_duration_ms, parse_gates, parse_size, parse_stages, Clock, Command, Controller, Effect,
-    Plan, PlanError,
+    parse_duration_ms, parse_fleet, parse_gates, parse_size, parse_stages, Clock, Command,
+    Controller, Effect, Plan, PlanError, Unexercised,
 };
 
 /// Roll a signed bundle out to a device group in canary stages, gated on the fleet's
@@ -38,6 +38,8 @@ pub struct Args {
     command: Sub,
 }
 
+// Parsed once per run: the size of `start`'s many flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 enum Sub {
     Start(StartArgs),
@@ -170,6 +172,31 @@ struct StartArgs {
     /// confirms it.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     device_soak: String,
+    /// The fewest requests a device's soak must judge before it confirms the bundle;
+    /// intervals are pooled into windows of at least this many before their p99 and
+    /// error rate are checked. A device whose soak ends with fewer reports unexercised
+    /// and keeps the bundle on probation.
+    #[arg(long, value_name = "N", default_value_t = wire::DEFAULT_SOAK_MIN_REQUESTS)]
+    device_soak_requests: u64,
+    /// The fewest canary requests in a stage's window before a latency or error-rate
+    /// gate is judged and before the stage is promoted.
+    #[arg(long, value_name = "N", default_value_t = perch_tools::rollout::MIN_REQUESTS)]
+    min_requests: u64,
+    /// What a soaked stage does while canary devices report unexercised: wait (promote
+    /// by hand to go on) or accept (judge the cohort's traffic as a whole).
+    #[arg(long, value_name = "POLICY", default_value = "wait")]
+    unexercised: String,
+    /// How long devices hold the rollout's document fresh (0 = forever). The controller
+    /// publishes a new revision every quarter of it; a device that hears none for
+    /// longer (the controller stopped, or the broker withholds its documents) freezes:
+    /// it downloads and confirms nothing, and says so.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    fresh: String,
+    /// The group's device ids, one per line (# comments): state reports from any other
+    /// id are ignored and counted, so a made-up id cannot abort or steer the rollout.
+    /// Without it, a roll-back counts only from a device seen serving the bundle.
+    #[arg(long, value_name = "FILE")]
+    fleet: Option<PathBuf>,
     /// The rollout's id (letters, digits, `.`, `_`, `-`; at most 64). Cohorts are drawn
     /// from it: the same id over the same devices draws the same cohort. Default:
     /// NAME-VERSION-SEQUENCE-RANDOM, a fresh cohort every rollout.
@@ -321,7 +348,9 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     let bundle = bundle.into_bundle();
-    if let Some(state) = store.load()? {
+    let previous = store.load()?;
+    let previous_revision = previous.as_ref().map_or(0, |state| state.revision);
+    if let Some(state) = previous {
         if matches!(state.phase, Phase::Running | Phase::Paused) {
             anyhow::bail!(
                 "rollout {} of group {} is {} (state in {}): abort it with `perch rollout abort --group {}` or continue its controller with `perch rollout run --group {}`",
@@ -356,8 +385,19 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         gates,
         min_devices: a.min_devices,
         device_soak_s,
+        device_soak_requests: a.device_soak_requests,
+        min_requests: a.min_requests,
+        unexercised: Unexercised::parse(&a.unexercised)?,
+        fresh_s: parse_duration_ms("--fresh", &a.fresh)?.div_ceil(1000),
+        fleet: match &a.fleet {
+            Some(path) => Some(parse_fleet(&std::fs::read_to_string(path).with_context(
+                || format!("cannot read the fleet list {}", path.display()),
+            )?)?),
+            None => None,
+        },
     };
-    let (controller, effects) = Controller::start(plan, Clock::new(0, unix_ms()))?;
+    let (controller, effects) =
+        Controller::start_after(plan, Clock::new(0, unix_ms()), previous_revision)?;
     store.save_bundle(bundle.as_bytes())?;
     store.save(controller.state())?;
     let started = effects.into_iter().find_map(|e| match e {

@@ -4,22 +4,21 @@ use std::collections::BTreeMap;
 
 use perch_runtime::bundle::rfc3339;
 use perch_runtime::canary;
-use perch_runtime::histogram::{Histogram, BUCKETS};
 use perch_runtime::rollout::{DeviceState, DeviceStatus, Phase, RolloutDocument, FORMAT};
 use perch_runtime::wire::MetricsReport;
 use serde::{Deserialize, Serialize};
 
-use super::plan::{trim_float, Gate, Metric, Plan, PlanError};
+use super::cohort::{compact, sparse, Cohort, MetricSample};
+use super::plan::{trim_float, Metric, Plan, PlanError, Unexercised};
 
 /// The version of the state file's layout.
 pub const STATE_FORMAT: u32 = 1;
-/// A latency or error-rate gate is judged before the soak ends only once the cohort
-/// served at least this many requests in the window, so one slow request cannot abort.
-pub const MIN_REQUESTS: u64 = 100;
 /// Metric reports kept per device and window; beyond it the two oldest reports of the
 /// same model are merged into one (sums and merged histograms), so the window's
 /// aggregates stay exact while the state file stays small.
 pub const MAX_SAMPLES_PER_DEVICE: usize = 32;
+/// Sequence numbers of metrics reports remembered per device, to drop duplicates.
+pub const RECENT_SEQS: usize = 256;
 /// Decisions kept in the log; older ones are dropped first.
 const MAX_LOG: usize = 1_000;
 
@@ -45,6 +44,9 @@ impl Clock {
 }
 
 /// What the caller must do after an input.
+// A document is ~230 bytes and effects are few and short-lived: boxing it would only
+// add an allocation per publication.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Sign this document and publish it, retained, at QoS 1 on the group's document
@@ -80,39 +82,6 @@ impl Command {
     }
 }
 
-/// One metrics report of a device, as kept for the current stage's window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricSample {
-    /// Controller time it arrived.
-    pub received_ms: u64,
-    /// The model's name.
-    pub model: String,
-    /// The model's version.
-    pub version: String,
-    /// Requests answered.
-    pub ok: u32,
-    /// Requests failed.
-    pub errors: u32,
-    /// The interval the counts cover, milliseconds.
-    pub interval_ms: u32,
-    /// The latency histogram's non-empty buckets, `(bucket index, count)`.
-    pub latency: Vec<(u8, u32)>,
-}
-
-impl MetricSample {
-    /// The latency histogram.
-    pub fn histogram(&self) -> Histogram {
-        let mut counts = [0u32; BUCKETS];
-        for &(i, c) in &self.latency {
-            if let Some(slot) = counts.get_mut(usize::from(i)) {
-                *slot = c;
-            }
-        }
-        Histogram::from_counts(counts)
-    }
-}
-
 /// What the controller knows of one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +92,15 @@ pub struct DeviceView {
     pub status: Option<DeviceStatus>,
     /// Metrics reports received in the current stage's window.
     pub samples: Vec<MetricSample>,
+    /// Sequence numbers of the device's latest metrics reports (at most
+    /// [`RECENT_SEQS`]): a report delivered again (QoS 1) or replayed by someone who can
+    /// publish on the device's topic counts once.
+    #[serde(default)]
+    pub recent_seqs: Vec<u32>,
+    /// Whether the device reported serving the bundle (active, unexercised, confirmed)
+    /// in this rollout: without a fleet list, only such a device can roll it back.
+    #[serde(default)]
+    pub activated: bool,
 }
 
 /// One entry of the decision log.
@@ -169,67 +147,12 @@ pub struct RolloutState {
     pub log: Vec<Decision>,
     /// The last reason a soaked stage was not promoted (logged once per change).
     pub waiting: Option<String>,
-}
-
-/// Aggregates of one cohort over the current stage's window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CohortFigures {
-    /// Devices with at least one report.
-    pub devices: usize,
-    /// Σ (ok + errors).
-    pub requests: u64,
-    /// Σ ok.
-    pub ok: u64,
-    /// Σ errors.
-    pub errors: u64,
-    /// Σ reported interval seconds (device-seconds observed).
-    pub device_seconds: f64,
-    /// The 50th percentile of the merged latency histogram, milliseconds.
-    pub p50_ms: Option<f64>,
-    /// The 99th percentile of the merged latency histogram, milliseconds.
-    pub p99_ms: Option<f64>,
-    /// Σ errors / Σ (ok + errors).
-    pub error_rate: Option<f64>,
-    /// Σ ok / Σ interval seconds: inferences per second of an average device.
-    pub throughput: Option<f64>,
-}
-
-/// A cohort's figures and its merged histogram.
-pub(super) struct Cohort {
-    pub(super) figures: CohortFigures,
-    pub(super) histogram: Histogram,
-}
-
-impl Cohort {
-    /// Aggregates `samples` (grouped by device): histograms are merged, never averaged.
-    pub(super) fn of<'a>(by_device: impl Iterator<Item = Vec<&'a MetricSample>>) -> Cohort {
-        let mut histogram = Histogram::new();
-        let mut f = CohortFigures::default();
-        let mut interval_ms = 0u64;
-        for samples in by_device {
-            if samples.is_empty() {
-                continue;
-            }
-            f.devices += 1;
-            for s in samples {
-                histogram.merge(&s.histogram());
-                f.ok += u64::from(s.ok);
-                f.errors += u64::from(s.errors);
-                interval_ms += u64::from(s.interval_ms);
-            }
-        }
-        f.requests = f.ok + f.errors;
-        f.device_seconds = interval_ms as f64 / 1e3;
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        f.p50_ms = histogram.quantile(0.5).map(ms);
-        f.p99_ms = histogram.quantile(0.99).map(ms);
-        f.error_rate = (f.requests > 0).then(|| f.errors as f64 / f.requests as f64);
-        f.throughput = (interval_ms > 0).then(|| f.ok as f64 / f.device_seconds);
-        Cohort {
-            figures: f,
-            histogram,
-        }
-    }
+    /// Reports ignored, by why (duplicate metrics, unknown devices, ...).
+    #[serde(default)]
+    pub ignored: BTreeMap<String, u64>,
+    /// Controller time the latest document was published, to renew it in time.
+    #[serde(default)]
+    pub published_ms: u64,
 }
 
 /// The rollout controller. See the [module docs](super).
@@ -246,6 +169,22 @@ impl Controller {
     ///
     /// The plan breaks a rule ([`Plan::validate`]).
     pub fn start(plan: Plan, now: Clock) -> Result<(Controller, Vec<Effect>), PlanError> {
+        Controller::start_after(plan, now, 0)
+    }
+
+    /// As [`Controller::start`], for a group whose previous rollout's documents went up
+    /// to `previous_revision`: the new rollout's revisions are above it whatever the
+    /// wall clock says, so devices that acted on the old rollout do not take the new
+    /// one's documents for replays when the operator's clock is behind the old one's.
+    ///
+    /// # Errors
+    ///
+    /// The plan breaks a rule ([`Plan::validate`]).
+    pub fn start_after(
+        plan: Plan,
+        now: Clock,
+        previous_revision: u64,
+    ) -> Result<(Controller, Vec<Effect>), PlanError> {
         plan.validate()?;
         let mut controller = Controller {
             state: RolloutState {
@@ -255,12 +194,14 @@ impl Controller {
                 stage: 0,
                 stage_started_ms: now.ms,
                 clock_ms: now.ms,
-                revision: 0,
+                revision: previous_revision,
                 issued_unix_ms: now.unix_ms,
                 reason: None,
                 devices: BTreeMap::new(),
                 log: Vec::new(),
                 waiting: None,
+                ignored: BTreeMap::new(),
+                published_ms: now.ms,
             },
         };
         let p = &controller.state.plan;
@@ -350,6 +291,8 @@ impl Controller {
             phase: s.phase,
             percent_bp: s.plan.stages[s.stage],
             soak_s: s.plan.device_soak_s,
+            soak_min_requests: s.plan.device_soak_requests,
+            fresh_s: s.plan.fresh_s,
             bundle: s.plan.bundle.clone(),
         }
     }
@@ -362,7 +305,11 @@ impl Controller {
 
     /// Records a device's state report. Reports for another rollout, from an id that
     /// cannot be a device, or not newer (by `update`) than the one kept are dropped.
-    /// Returns whether the report was kept.
+    /// Dropped and counted in [`RolloutState::ignored`], as made up by someone who can
+    /// publish on the device's topic: a report from an id missing from the plan's fleet
+    /// list; a state only cohort members reach (downloading to rolled back) from a
+    /// device outside the cohort; without a fleet list, a `rolled_back` from a device
+    /// never seen serving the bundle. Returns whether the report was kept.
     pub fn on_status(&mut self, status: DeviceStatus, now: Clock) -> bool {
         self.advance(now);
         let plan = &self.state.plan;
@@ -371,7 +318,45 @@ impl Controller {
         {
             return false;
         }
+        if plan
+            .fleet
+            .as_ref()
+            .is_some_and(|fleet| !fleet.contains(&status.device))
+        {
+            self.ignore("report from a device not in the fleet list");
+            return false;
+        }
         let bucket = canary::bucket(status.device.as_bytes(), plan.rollout_id.as_bytes());
+        let cohort_state = matches!(
+            status.state,
+            DeviceState::Downloading
+                | DeviceState::Verifying
+                | DeviceState::Active
+                | DeviceState::Unexercised
+                | DeviceState::Confirmed
+                | DeviceState::RolledBack
+        );
+        if cohort_state && bucket >= plan.stages[self.state.stage] {
+            self.ignore("cohort state from a device outside the cohort");
+            return false;
+        }
+        let trust_any = plan.fleet.is_some();
+        let known = self.state.devices.get(&status.device);
+        if known
+            .and_then(|v| v.status.as_ref())
+            .is_some_and(|old| old.update >= status.update)
+        {
+            return false;
+        }
+        let activated = known.is_some_and(|v| v.activated)
+            || matches!(
+                status.state,
+                DeviceState::Active | DeviceState::Unexercised | DeviceState::Confirmed
+            );
+        if status.state == DeviceState::RolledBack && !activated && !trust_any {
+            self.ignore("rolled_back from a device never seen serving the bundle");
+            return false;
+        }
         let view = self
             .state
             .devices
@@ -380,27 +365,32 @@ impl Controller {
                 bucket,
                 status: None,
                 samples: Vec::new(),
+                recent_seqs: Vec::new(),
+                activated: false,
             });
-        if view
-            .status
-            .as_ref()
-            .is_some_and(|old| old.update >= status.update)
-        {
-            return false;
-        }
+        view.activated = activated;
         view.status = Some(status);
         true
     }
 
     /// Records a device's metrics report. Only devices that reported a state for this
-    /// rollout belong to the group; reports of other devices are dropped. Returns
-    /// whether the report was kept.
+    /// rollout belong to the group; reports of other devices are dropped, and so is a
+    /// report whose sequence number the device already sent (counted in
+    /// [`RolloutState::ignored`]). Returns whether the report was kept.
     pub fn on_metrics(&mut self, device: &str, report: &MetricsReport, now: Clock) -> bool {
         self.advance(now);
         let started = self.state.stage_started_ms;
         let Some(view) = self.state.devices.get_mut(device) else {
             return false;
         };
+        if view.recent_seqs.contains(&report.seq) {
+            self.ignore("duplicate metrics report");
+            return false;
+        }
+        if view.recent_seqs.len() >= RECENT_SEQS {
+            view.recent_seqs.remove(0);
+        }
+        view.recent_seqs.push(report.seq);
         let latency = sparse(&report.latency);
         view.samples.retain(|s| s.received_ms >= started);
         view.samples.push(MetricSample {
@@ -425,6 +415,28 @@ impl Controller {
         if self.is_finished() {
             return Vec::new();
         }
+        let mut effects = self.renew(now);
+        effects.extend(self.judge(now));
+        effects
+    }
+
+    /// Publishes a new revision of a running or paused rollout's document once a
+    /// quarter of its `fresh_s` passed since the last one, so devices keep hearing a
+    /// fresh document; not logged as a decision.
+    fn renew(&mut self, now: Clock) -> Vec<Effect> {
+        let s = &mut self.state;
+        let period_ms = s.plan.fresh_s.saturating_mul(1000) / 4;
+        if period_ms == 0 || now.ms.saturating_sub(s.published_ms) < period_ms {
+            return Vec::new();
+        }
+        s.revision = (s.revision + 1).max(now.unix_ms);
+        s.issued_unix_ms = now.unix_ms;
+        s.published_ms = now.ms;
+        vec![Effect::PublishDocument(self.document())]
+    }
+
+    /// Aborts on a rolled-back device or a breached gate, promotes a soaked stage.
+    fn judge(&mut self, now: Clock) -> Vec<Effect> {
         if let Some((device, status)) = self
             .state
             .devices
@@ -442,12 +454,13 @@ impl Controller {
         let canary = self.canary();
         let f = &canary.figures;
         let enough_devices = f.devices >= self.state.plan.min_devices.max(1);
+        let enough_requests = f.requests >= self.state.plan.min_requests;
         let mut unmeasured = None;
         let mut breach = None;
         for gate in &self.state.plan.gates {
             let judged = match gate.metric {
                 Metric::Throughput => soaked && enough_devices,
-                _ => f.requests >= MIN_REQUESTS || (soaked && enough_devices),
+                _ => enough_requests,
             };
             match gate.measure(f, &canary.histogram) {
                 Some(value) if judged && !gate.holds(value) => {
@@ -471,11 +484,25 @@ impl Controller {
         if !soaked || self.state.phase != Phase::Running {
             return Vec::new();
         }
+        let unexercised = self.unexercised();
         let waiting = if !enough_devices {
             Some(format!(
                 "waiting: {} of {} canary devices reported the new version",
                 f.devices,
                 self.state.plan.min_devices.max(1)
+            ))
+        } else if !enough_requests && !self.state.plan.gates.is_empty() {
+            // Without the count, which changes every report: logged once, not per tick.
+            Some(format!(
+                "waiting: the canary served fewer than the {} requests needed to judge the \
+                 gates",
+                self.state.plan.min_requests
+            ))
+        } else if unexercised > 0 && self.state.plan.unexercised == Unexercised::Wait {
+            Some(format!(
+                "waiting: {unexercised} canary devices report unexercised (their soak saw \
+                 too few requests to judge the bundle); promote by hand, or start with \
+                 --unexercised accept"
             ))
         } else {
             unmeasured.map(|m| format!("waiting: no requests to measure {m} on"))
@@ -549,12 +576,39 @@ impl Controller {
         )
     }
 
-    /// The canary cohort: devices in the current stage's cohort, over their reports of
-    /// the new version in the window.
+    /// Canary devices whose latest report is `unexercised`.
+    fn unexercised(&self) -> usize {
+        let s = &self.state;
+        let share = s.plan.stages[s.stage];
+        s.devices
+            .values()
+            .filter(|v| v.bucket < share)
+            .filter(|v| {
+                v.status
+                    .as_ref()
+                    .is_some_and(|st| st.state == DeviceState::Unexercised)
+            })
+            .count()
+    }
+
+    /// The canary cohort: devices in the current stage's cohort that report serving the
+    /// bundle (active, unexercised or confirmed), over their reports of the new version
+    /// in the window. Metrics of the new version from a device that never said it
+    /// activated it are not evidence.
     pub(super) fn canary(&self) -> Cohort {
         let s = &self.state;
         let share = s.plan.stages[s.stage];
-        Cohort::of(s.devices.values().filter(|v| v.bucket < share).map(|v| {
+        let serves_bundle = |v: &&DeviceView| {
+            v.status.as_ref().is_some_and(|st| {
+                st.version == s.plan.bundle.version
+                    && matches!(
+                        st.state,
+                        DeviceState::Active | DeviceState::Unexercised | DeviceState::Confirmed
+                    )
+            })
+        };
+        let canary = s.devices.values().filter(|v| v.bucket < share);
+        Cohort::of(canary.filter(serves_bundle).map(|v| {
             v.samples
                 .iter()
                 .filter(|x| x.received_ms >= s.stage_started_ms && self.is_new(x))
@@ -647,11 +701,18 @@ impl Controller {
         let s = &mut self.state;
         s.revision = (s.revision + 1).max(now.unix_ms);
         s.issued_unix_ms = now.unix_ms;
+        s.published_ms = now.ms;
         self.log(message.clone(), now);
         vec![
             Effect::PublishDocument(self.document()),
             Effect::Log(message),
         ]
+    }
+
+    /// Counts a report ignored for `why`.
+    fn ignore(&mut self, why: &str) {
+        let count = self.state.ignored.entry(why.to_string()).or_default();
+        *count = count.saturating_add(1);
     }
 
     fn log(&mut self, message: String, now: Clock) {
@@ -669,36 +730,6 @@ impl Controller {
     }
 }
 
-/// Merges the oldest report into the next one of the same model, or drops it when no
-/// later report has its model.
-fn compact(samples: &mut Vec<MetricSample>) {
-    let oldest = samples.remove(0);
-    let Some(next) = samples
-        .iter_mut()
-        .find(|s| s.model == oldest.model && s.version == oldest.version)
-    else {
-        return;
-    };
-    let mut histogram = oldest.histogram();
-    histogram.merge(&next.histogram());
-    next.latency = sparse(&histogram);
-    next.ok = next.ok.saturating_add(oldest.ok);
-    next.errors = next.errors.saturating_add(oldest.errors);
-    next.interval_ms = next.interval_ms.saturating_add(oldest.interval_ms);
-    next.received_ms = oldest.received_ms;
-}
-
-/// A histogram's non-empty buckets, `(index, count)`.
-fn sparse(histogram: &Histogram) -> Vec<(u8, u32)> {
-    histogram
-        .counts()
-        .iter()
-        .enumerate()
-        .filter(|(_, &c)| c > 0)
-        .map(|(i, &c)| (i as u8, c))
-        .collect()
-}
-
 fn by_hand(reason: Option<&str>) -> String {
     reason
         .map(str::trim)
@@ -710,18 +741,4 @@ fn by_hand(reason: Option<&str>) -> String {
 /// A share in basis points as a percent (`1250` → `12.5 %`).
 pub(super) fn percent(bp: u16) -> String {
     format!("{} %", trim_float(f64::from(bp) / 100.0))
-}
-
-impl Gate {
-    /// The gate's metric measured over `figures`; `None` when there is nothing to
-    /// measure (no requests).
-    pub fn measure(&self, figures: &CohortFigures, histogram: &Histogram) -> Option<f64> {
-        match self.metric {
-            Metric::Latency { quantile } => {
-                histogram.quantile(quantile).map(|d| d.as_secs_f64() * 1e3)
-            }
-            Metric::ErrorRate => figures.error_rate,
-            Metric::Throughput => figures.throughput,
-        }
-    }
 }

@@ -7,9 +7,9 @@
 //! hosts in brackets, credentials, reconnection with backoff. Anyone who can publish on
 //! `perch/fleet/{group}/rollout/command` only reaches a running rollout with a command
 //! signed by the fleet key for the rollout's latest document ([`CommandMessage`]);
-//! anything else is logged and ignored. Anyone who can publish on `perch/+/rollout` or
-//! `perch/+/metrics` still feeds its gates: the broker's ACLs must restrict each
-//! device to its own topics.
+//! anything else is logged and ignored. Device reports are checked, not authenticated
+//! ([`Controller::on_status`]): the broker's ACLs must restrict each device to its own
+//! topics.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

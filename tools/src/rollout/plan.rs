@@ -1,12 +1,19 @@
 //! What a rollout does ([`Plan`]) and the gates that judge it ([`Gate`]), parsed from
 //! `perch rollout start`'s flags.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use perch_runtime::canary;
 use perch_runtime::rollout::BundleRef;
 use perch_runtime::units;
 use serde::{Deserialize, Serialize};
+
+/// The canary requests a stage's window must hold before a latency or error-rate gate
+/// is judged and before a stage is promoted, unless the plan says otherwise
+/// ([`Plan::min_requests`]): one slow request cannot abort, and a handful of requests
+/// (forged or real) cannot promote.
+pub const MIN_REQUESTS: u64 = 100;
 
 /// A plan or a flag is not usable; the message names the flag and the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +45,87 @@ pub struct Plan {
     /// How long each device watches its own SLO after activation, seconds (the
     /// document's `soak_s`).
     pub device_soak_s: u64,
+    /// The fewest requests a device's soak must judge before it confirms the bundle,
+    /// and the fewest in each window it judges (the document's `soak_min_requests`).
+    #[serde(default = "default_device_soak_requests")]
+    pub device_soak_requests: u64,
+    /// The fewest requests the canary cohort must have served in a stage's window
+    /// before a latency or error-rate gate is judged, and before a stage is promoted.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// What a soaked stage does while canary devices report `unexercised`.
+    #[serde(default)]
+    pub unexercised: Unexercised,
+    /// How long devices hold a running or paused rollout's document fresh, seconds (the
+    /// document's `fresh_s`; `0`: never stale). The controller publishes a new revision
+    /// every quarter of it.
+    #[serde(default)]
+    pub fresh_s: u64,
+    /// The group's device ids (`--fleet`): reports from any other id are ignored and
+    /// counted. `None`: any id may report, but a `rolled_back` counts only from a
+    /// device seen activating the bundle, and a cohort state only from a cohort member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<BTreeSet<String>>,
+}
+
+/// Parses a fleet list: one device id per line; blank lines and `#` comments skipped.
+///
+/// # Errors
+///
+/// A [`PlanError`] naming the line of an id that cannot be a device id, or an empty
+/// list.
+pub fn parse_fleet(text: &str) -> Result<BTreeSet<String>, PlanError> {
+    let mut fleet = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let id = line.split('#').next().unwrap_or("").trim();
+        if id.is_empty() {
+            continue;
+        }
+        perch_runtime::rollout::check_id("device", id)
+            .map_err(|e| PlanError(format!("--fleet line {}: {e}", n + 1)))?;
+        fleet.insert(id.to_string());
+    }
+    if fleet.is_empty() {
+        return Err(PlanError("--fleet lists no device".into()));
+    }
+    Ok(fleet)
+}
+
+/// What a soaked stage does while canary devices report `unexercised` (their soak ended
+/// with too few requests to judge the bundle, which they keep on probation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unexercised {
+    /// The stage is not promoted while one does (logged once); promote by hand to go on.
+    #[default]
+    Wait,
+    /// They do not hold the stage: the gates judge the cohort's traffic as a whole.
+    Accept,
+}
+
+impl Unexercised {
+    /// Parses `--unexercised`.
+    ///
+    /// # Errors
+    ///
+    /// A [`PlanError`] naming the values.
+    pub fn parse(text: &str) -> Result<Unexercised, PlanError> {
+        match text {
+            "wait" => Ok(Unexercised::Wait),
+            "accept" => Ok(Unexercised::Accept),
+            _ => Err(PlanError(format!(
+                "--unexercised {text:?}: expected wait or accept"
+            ))),
+        }
+    }
+}
+
+fn default_device_soak_requests() -> u64 {
+    perch_runtime::rollout::DEFAULT_SOAK_MIN_REQUESTS
+}
+
+fn default_min_requests() -> u64 {
+    MIN_REQUESTS
 }
 
 impl Plan {
@@ -71,6 +159,14 @@ impl Plan {
         check_stages(&self.stages)?;
         if self.soak_ms == 0 {
             return Err(PlanError("--soak must be longer than 0".into()));
+        }
+        if self.device_soak_requests == 0 {
+            return Err(PlanError(
+                "--device-soak-requests must be at least 1".into(),
+            ));
+        }
+        if self.min_requests == 0 {
+            return Err(PlanError("--min-requests must be at least 1".into()));
         }
         Ok(())
     }

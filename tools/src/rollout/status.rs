@@ -6,7 +6,8 @@ use std::fmt;
 use perch_runtime::rollout::{DeviceState, Phase};
 use serde::Serialize;
 
-use super::controller::{Cohort, CohortFigures, Controller, Decision};
+use super::cohort::{Cohort, CohortFigures};
+use super::controller::{Controller, Decision};
 
 /// One stage of the plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -88,6 +89,8 @@ pub struct StatusReport {
     pub devices: Vec<DeviceLine>,
     /// The decision log, oldest first.
     pub log: Vec<Decision>,
+    /// Reports ignored, by why (duplicate metrics, unknown devices, ...).
+    pub ignored: BTreeMap<String, u64>,
 }
 
 impl Controller {
@@ -140,6 +143,9 @@ impl Controller {
                     serving,
                     state: v.status.as_ref().map_or("unknown".into(), |st| {
                         let reason = st.reason.as_deref().unwrap_or("no reason given");
+                        if st.frozen {
+                            return format!("{} (frozen: {reason})", st.state);
+                        }
                         match st.state {
                             DeviceState::Downloading => match st.progress_pct {
                                 Some(p) => format!("downloading {p} %"),
@@ -147,6 +153,7 @@ impl Controller {
                             },
                             DeviceState::Failed => format!("failed: {reason}"),
                             DeviceState::RolledBack => format!("rolled back: {reason}"),
+                            DeviceState::Unexercised => format!("unexercised: {reason}"),
                             DeviceState::NotInCohort => "not in cohort".into(),
                             other => other.as_str().into(),
                         }
@@ -187,6 +194,7 @@ impl Controller {
             states,
             devices,
             log: s.log.clone(),
+            ignored: s.ignored.clone(),
         }
     }
 }
@@ -253,6 +261,14 @@ impl fmt::Display for StatusReport {
         )?;
         cohort_line(f, "canary", &self.canary)?;
         cohort_line(f, "rest", &self.rest)?;
+        if !self.ignored.is_empty() {
+            let ignored: Vec<String> = self
+                .ignored
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect();
+            writeln!(f, "  ignored: {}", ignored.join(", "))?;
+        }
         let states: Vec<String> = self
             .states
             .iter()

@@ -9,7 +9,7 @@ use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{DeviceState, DeviceStatus, FORMAT};
 use perch_runtime::wire::{MetricsReport, ModelId, Version, FORMAT_VERSION};
 use perch_tools::rollout::operator::Store;
-use perch_tools::rollout::{parse_gates, parse_stages, Clock, Controller, Plan};
+use perch_tools::rollout::{parse_gates, parse_stages, Clock, Controller, Plan, Unexercised};
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -142,6 +142,11 @@ fn write_state(state_dir: &Path, bundle: &Path) -> (String, String) {
         gates: parse_gates("p99<10ms,error_rate<1%").unwrap(),
         min_devices: 1,
         device_soak_s: 60,
+        device_soak_requests: 100,
+        min_requests: 100,
+        unexercised: Unexercised::Wait,
+        fresh_s: 0,
+        fleet: None,
     };
     let (mut c, _) = Controller::start(plan, Clock::new(0, 1_790_000_000_000)).unwrap();
     let doc = c.document();
@@ -170,6 +175,7 @@ fn write_state(state_dir: &Path, bundle: &Path) -> (String, String) {
             reason: None,
             serving: format!("kws {version}"),
             update: 1,
+            frozen: false,
         };
         assert!(c.on_status(status, Clock::new(1_000, 1_790_000_001_000)));
         let mut latency = Histogram::new();
