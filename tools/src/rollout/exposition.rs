@@ -21,7 +21,7 @@ use std::fmt::Write;
 
 use perch_runtime::rollout::Phase;
 
-use super::controller::CohortFigures;
+use super::cohort::CohortFigures;
 use super::status::StatusReport;
 
 /// Escapes a label value (`\`, `"`, line feed).
@@ -169,6 +169,11 @@ mod tests {
             gates: parse_gates("p99<10ms").unwrap(),
             min_devices: 1,
             device_soak_s: 10,
+            device_soak_requests: 100,
+            min_requests: 100,
+            unexercised: crate::rollout::Unexercised::Wait,
+            fresh_s: 0,
+            fleet: None,
         };
         Controller::start(plan, Clock::new(0, 1_790_000_000_000))
             .unwrap()

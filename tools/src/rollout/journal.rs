@@ -18,7 +18,7 @@ use std::path::Path;
 use perch_runtime::rollout::Phase;
 use serde::{Deserialize, Serialize};
 
-use super::controller::CohortFigures;
+use super::cohort::CohortFigures;
 use super::error::OperatorError;
 use super::status::StatusReport;
 

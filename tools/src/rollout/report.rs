@@ -11,7 +11,8 @@ use std::fmt::Write;
 use perch_runtime::bundle::rfc3339;
 use perch_runtime::rollout::Phase;
 
-use super::controller::{CohortFigures, RolloutState};
+use super::cohort::CohortFigures;
+use super::controller::RolloutState;
 use super::journal::JournalPoint;
 
 const WIDTH: f64 = 880.0;

@@ -13,7 +13,7 @@ use perch_runtime::rollout::{BundleRef, DeviceState, DeviceStatus, FORMAT};
 use perch_runtime::wire::{MetricsReport, ModelId, Version, FORMAT_VERSION};
 use perch_testkit::tool_or_skip;
 use perch_tools::rollout::operator::Store;
-use perch_tools::rollout::{parse_gates, parse_stages, Clock, Controller, Plan};
+use perch_tools::rollout::{parse_gates, parse_stages, Clock, Controller, Plan, Unexercised};
 
 /// Wall-clock time of the rollout's start (2026-09-21).
 const T0: u64 = 1_790_000_000_000;
@@ -54,6 +54,11 @@ fn aborted_rollout(store: &Store) -> Controller {
         gates: parse_gates("p99<10ms,error_rate<1%").unwrap(),
         min_devices: 1,
         device_soak_s: 10,
+        device_soak_requests: 100,
+        min_requests: 100,
+        unexercised: Unexercised::Wait,
+        fresh_s: 0,
+        fleet: None,
     };
     let (mut c, _) = Controller::start(plan, Clock::new(0, T0)).unwrap();
     let devices: Vec<String> = (0..40).map(|i| format!("pi-{i}")).collect();
@@ -84,6 +89,7 @@ fn aborted_rollout(store: &Store) -> Controller {
                 reason: None,
                 serving: if canary { "kws 1.3.0" } else { "kws 1.2.0" }.into(),
                 update: seq,
+                frozen: false,
             };
             c.on_status(status, now);
             let m = match (canary, stage) {
