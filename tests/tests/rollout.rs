@@ -10,6 +10,11 @@
 //!   leaves the canary stage, and every canary returns to the old model.
 //! - A rollout paused by hand stays in its stage while mosquitto restarts, and completes
 //!   once resumed.
+//! - The operator reaches mosquitto over mqtts:// (its TLS listener, the devices on the
+//!   plain one) and rolls a release out to the whole group.
+//! - A made-up device reporting `rolled_back` over the broker does not abort a rollout.
+//! - Devices that stop hearing fresh documents (the operator killed) freeze and say so,
+//!   and thaw when the operator comes back.
 //!
 //! Needs `perch` and `perchd` built beside this test (`cargo test --workspace` builds
 //! them) and, for the mosquitto test, mosquitto installed (`PERCH_REQUIRE_MOSQUITTO=1`
@@ -21,10 +26,10 @@ use std::time::Duration;
 
 use perch_runtime::canary;
 use perch_runtime::rollout::DeviceState;
-use perch_testkit::{wait_until, Mosquitto};
+use perch_testkit::{wait_until, Mosquitto, Port};
 use perch_tests::sim::{
     digits_slo, pack_bundle, write_file, BrokerSpec, Faults, Fleet, FleetConfig, FleetFixture,
-    Request,
+    Operator, Request,
 };
 
 /// Long enough for a slow, shared CI machine; waits end as soon as their condition
@@ -593,4 +598,223 @@ fn a_rollout_paused_by_hand_survives_mosquitto_restarting_and_completes_once_res
         })
         .unwrap();
     assert!(fleet.failures().is_empty(), "{:?}", fleet.failures());
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as `ca.pem`, `server.pem`
+/// and `server.key` in `dir`.
+fn server_certificate(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "perch test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+/// Issue 15: `perch rollout` spoke plain mqtt:// only, so it could not reach the TLS
+/// broker the devices use.
+#[test]
+fn over_mqtts_the_operator_reaches_mosquitto_and_rolls_a_release_out_to_the_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    server_certificate(d);
+    let (plain, tls) = (Port::reserve(), Port::reserve());
+    let (plain_port, tls_port) = (plain.get(), tls.get());
+    let listeners = format!(
+        "listener {plain_port} 127.0.0.1\nallow_anonymous true\n\
+         listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n",
+        ca = d.join("ca.pem").display(),
+        cert = d.join("server.pem").display(),
+        key = d.join("server.key").display(),
+    );
+    let test =
+        "over_mqtts_the_operator_reaches_mosquitto_and_rolls_a_release_out_to_the_whole_group";
+    let Some(_broker) = Mosquitto::start_with(test, d, vec![plain, tls], &listeners, "SKIPPED")
+    else {
+        return;
+    };
+    let fixture = FleetFixture::digits(d).unwrap();
+    let broker = BrokerSpec::External {
+        host: "127.0.0.1".into(),
+        port: plain_port,
+    };
+    let fleet = small_fleet(d, &fixture, 4, broker);
+    let ids = fleet.device_ids();
+    let release = digits_release(d, &fixture, "1.1.0", 2);
+    let ca = d.join("ca.pem").display().to_string();
+    let mut operator = Operator::start(
+        &release,
+        &fixture.key.secret_path,
+        &fleet.config().group,
+        &format!("mqtts://127.0.0.1:{tls_port}"),
+        &d.join("rollouts"),
+        &[
+            "--mqtt-ca",
+            &ca,
+            "--rollout-id",
+            "tls-1",
+            "--stages",
+            "100",
+            "--soak",
+            "1s",
+            "--gate",
+            "error_rate<5%",
+            "--device-soak",
+            "1s",
+            "--device-soak-requests",
+            "10",
+        ],
+    )
+    .unwrap();
+    // Meanwhile anyone on the broker reports made-up devices as rolled back (every id
+    // is in the cohort of a 100 % stage).
+    let forger = Forger::start(plain_port, "tls-1");
+    let status = operator.wait_exit(PATIENCE).unwrap();
+    drop(forger);
+    assert!(status.success(), "completed:\n{}", operator.log());
+    let report = operator.status().unwrap();
+    let ignored = &report["ignored"]["rolled_back from a device never seen serving the bundle"];
+    assert!(ignored.as_u64().unwrap_or(0) >= 1, "{report:#}");
+    fleet
+        .wait_until("every device to confirm 1.1.0", PATIENCE, |view| {
+            ids.iter()
+                .all(|id| view.device(id).and_then(|d| d.state()) == Some(DeviceState::Confirmed))
+        })
+        .unwrap();
+}
+
+/// Publishes, every 100 ms until dropped, a `rolled_back` report of rollout
+/// `rollout_id` for a made-up device, as anyone who can publish on the broker can.
+struct Forger {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forger {
+    fn start(port: u16, rollout_id: &str) -> Forger {
+        use perch_runtime::rollout::{DeviceStatus, FORMAT};
+        use rumqttc::{Client, MqttOptions, QoS};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (client, mut connection) =
+            Client::new(MqttOptions::new("forger", "127.0.0.1", port), 16);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let rollout_id = rollout_id.to_string();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::spawn(move || {
+                    for event in connection.iter() {
+                        if event.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let device = format!("made-up-{n}");
+                    let report = DeviceStatus {
+                        format: FORMAT,
+                        device: device.clone(),
+                        rollout_id: rollout_id.clone(),
+                        revision: u64::MAX,
+                        version: "1.1.0".into(),
+                        sequence: 2,
+                        bucket: 0,
+                        state: DeviceState::RolledBack,
+                        progress_pct: None,
+                        reason: Some("forged".into()),
+                        serving: "digits 1.0.0".into(),
+                        update: 1,
+                        frozen: false,
+                    };
+                    let topic = format!("perch/{device}/rollout");
+                    let _ = client.try_publish(topic, QoS::AtLeastOnce, false, report.to_json());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = client.try_disconnect();
+            })
+        };
+        Forger {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Forger {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Issue 15: rollout documents never expired, so a broker withholding the operator's
+/// newer documents (an `aborted` one) went unnoticed.
+#[test]
+fn devices_that_stop_hearing_fresh_documents_freeze_say_so_and_thaw_when_the_operator_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = FleetFixture::digits(dir.path()).unwrap();
+    let fleet = small_fleet(dir.path(), &fixture, 4, BrokerSpec::Embedded { port: 0 });
+    let ids = fleet.device_ids();
+    let release = digits_release(dir.path(), &fixture, "1.1.0", 2);
+    let mut operator = fleet
+        .operator(
+            &release,
+            &fixture.key.secret_path,
+            &[
+                "--stages",
+                "100",
+                "--soak",
+                "1h",
+                "--device-soak",
+                "1h",
+                "--fresh",
+                "2s",
+            ],
+        )
+        .unwrap();
+    wait_activated(&fleet, &ids.iter().cloned().collect(), "every device");
+    let frozen = |view: &perch_tests::sim::FleetView, id: &str| {
+        view.device(id)
+            .and_then(|d| d.rollout.as_ref())
+            .map(|s| s.frozen)
+    };
+    // No operator, no fresh document: every device freezes and reports it.
+    operator.kill_9();
+    fleet
+        .wait_until("every device to report frozen", PATIENCE, |view| {
+            ids.iter().all(|id| frozen(view, id) == Some(true))
+        })
+        .unwrap();
+    let view = fleet.view();
+    for id in &ids {
+        let report = view.device(id).and_then(|d| d.rollout.clone()).unwrap();
+        assert_eq!(report.state, DeviceState::Active, "{id}: {report:?}");
+        assert!(
+            report
+                .reason
+                .unwrap_or_default()
+                .contains("no fresh rollout document"),
+            "{id}"
+        );
+    }
+    // The operator comes back and renews the document: every device thaws.
+    operator.resume().unwrap();
+    fleet
+        .wait_until("every device to thaw", PATIENCE, |view| {
+            ids.iter().all(|id| frozen(view, id) == Some(false))
+        })
+        .unwrap();
 }
