@@ -242,6 +242,8 @@ impl QAdd {
 
     /// Adds `a` and `b` into `y`, element by element. Fails, touching nothing, when the
     /// lengths differ.
+    // Never inlined: see `q8::im2col::im2col`.
+    #[inline(never)]
     pub fn run(&self, a: &[u8], b: &[u8], y: &mut [u8]) -> Result<(), Unsupported> {
         if a.len() != y.len() || b.len() != y.len() {
             return Err(Unsupported(format!(

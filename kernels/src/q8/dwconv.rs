@@ -310,6 +310,8 @@ impl QDwConv {
 
     /// Convolves `images` channels-last images (`H × W × C` bytes each) into `Ho × Wo
     /// × C` bytes each. Fails, touching nothing, on wrong lengths.
+    // Never inlined: see `q8::im2col::im2col`.
+    #[inline(never)]
     pub fn run(
         &self,
         images: usize,
@@ -346,9 +348,7 @@ impl QDwConv {
             for r in 0..rows {
                 let src = &image[r * w * c..(r * w + cols) * c];
                 let at = ((r + top) * wp + left) * c;
-                for (d, s) in scratch[at..at + cols * c].iter_mut().zip(src) {
-                    *d = s ^ flip;
-                }
+                xor_copy(&mut scratch[at..at + cols * c], src, flip);
             }
             let job = Job {
                 padded: scratch.as_ptr() as *const i8,
@@ -375,6 +375,32 @@ impl QDwConv {
             unsafe { (self.variant.run)(&job) };
         }
         Ok(())
+    }
+}
+
+/// `dst[i] = src[i] ^ flip` for every byte of `dst` (`src` is as long): sixteen bytes
+/// at a time with NEON on aarch64, where a device build (LTO at opt-level "z") left the
+/// plain loop scalar: R4's padded copies cost 2.6 M instructions there, 0.1 M in release.
+#[inline(always)]
+fn xor_copy(dst: &mut [u8], src: &[u8], flip: u8) {
+    let n = dst.len().min(src.len());
+    #[allow(unused_mut)]
+    let mut i = 0;
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::aarch64::*;
+        // SAFETY: every 16-byte access is within the first n bytes of both slices.
+        unsafe {
+            let f = vdupq_n_u8(flip);
+            while i + 16 <= n {
+                let v = veorq_u8(vld1q_u8(src.as_ptr().add(i)), f);
+                vst1q_u8(dst.as_mut_ptr().add(i), v);
+                i += 16;
+            }
+        }
+    }
+    for (d, s) in dst[i..n].iter_mut().zip(&src[i..n]) {
+        *d = s ^ flip;
     }
 }
 

@@ -331,6 +331,8 @@ impl Gemm {
 
     /// `n` rows of `k` activation bytes, contiguous, into `n` rows of `m` output bytes.
     /// Rows shorter than [`Gemm::padded_k`] are first copied into `scratch`, padded.
+    // Never inlined: see `q8::im2col::im2col`.
+    #[inline(never)]
     pub fn run(
         &self,
         n: usize,
@@ -369,6 +371,8 @@ impl Gemm {
 
     /// [`Gemm::run`] on rows already padded to [`Gemm::padded_k`] bytes (im2col writes
     /// them so), `x_stride` apart.
+    // Never inlined: see `q8::im2col::im2col`.
+    #[inline(never)]
     pub fn run_padded(
         &self,
         n: usize,

@@ -30,8 +30,13 @@ fn padded_shape(g: &DwGeometry) -> [usize; 2] {
 /// as the depthwise kernels do, so that every kernel row of every pixel is one run of
 /// `kw · C` bytes there, with no bounds to test per tap.
 ///
+/// Never inlined: a device build compiles this crate at opt-level 3 and its callers at
+/// "z", and inlined into `PerchQConv`'s evaluation the loop was re-optimized for size
+/// (R4's im2col: 0.55 M aarch64 instructions in release, 3.0 M in a device build).
+///
 /// # Panics
 /// If `x`, `rows` or `scratch` is shorter than the geometry says or `kp` is too small.
+#[inline(never)]
 pub fn im2col(g: &DwGeometry, pad: u8, x: &[u8], rows: &mut [u8], kp: usize, scratch: &mut [u8]) {
     let c = g.channels;
     let [h, w] = g.input;
