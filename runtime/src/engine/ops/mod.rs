@@ -39,7 +39,16 @@ pub use qadd::PerchQAdd;
 pub use qconv::PerchQConv;
 pub use qmatmul::PerchQMatMul;
 
+use crate::kernels::q8::QType;
 use crate::kernels::Cpu;
+
+/// The tensor type of an 8-bit kernel type.
+fn datum(q: QType) -> DatumType {
+    match q {
+        QType::U8 => u8::datum_type(),
+        QType::I8 => i8::datum_type(),
+    }
+}
 
 /// Declutters a typed model as the engine does: with the guard against tract's folding
 /// of non-element-wise ops into lookup tables (see `guard`), then tract's declutter.

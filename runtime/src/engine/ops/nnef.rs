@@ -462,7 +462,12 @@ fn layout_arg(
     name: &str,
     op: &str,
 ) -> TractResult<Option<Layout>> {
-    match &*invocation.named_arg_as::<String>(builder, name)? {
+    layout_named(&invocation.named_arg_as::<String>(builder, name)?, name, op)
+}
+
+/// A layout by its name: `chw`, `hwc`, or empty for none.
+fn layout_named(layout: &str, name: &str, op: &str) -> TractResult<Option<Layout>> {
+    match layout {
         "chw" => Ok(Some(Layout::Chw)),
         "hwc" => Ok(Some(Layout::Hwc)),
         "" => Ok(None),
@@ -585,10 +590,8 @@ fn load_qadd(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tra
     let (image, layouts) = match &*layouts {
         [] => (None, [Layout::Chw; 3]),
         [la, lb, ly] => {
-            let parse = |l: &str| match l {
-                "chw" => Ok(Layout::Chw),
-                "hwc" => Ok(Layout::Hwc),
-                other => bail!("{OP}: unknown layout {other:?}"),
+            let parse = |l: &str| {
+                layout_named(l, "layout", OP)?.with_context(|| format!("{OP}: empty layout"))
             };
             let layouts = [parse(la)?, parse(lb)?, parse(ly)?];
             ensure!(

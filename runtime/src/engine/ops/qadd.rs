@@ -13,11 +13,11 @@ use std::cell::RefCell;
 
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
-use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::math::Add;
-use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
+use tract_core::ops::quant::DequantizeLinearF32;
 
-use super::KernelNode;
+use super::qconv::quantize_inverse;
+use super::{datum, KernelNode};
 use crate::kernels::f32_dwconv::Layout;
 use crate::kernels::q8::add::{Operand, QAdd, Quantize};
 use crate::kernels::q8::QType;
@@ -135,13 +135,6 @@ impl PerchQAdd {
             None => first.into(),
         }
     }
-
-    fn datum(q: QType) -> DatumType {
-        match q {
-            QType::U8 => u8::datum_type(),
-            QType::I8 => i8::datum_type(),
-        }
-    }
 }
 
 impl Op for PerchQAdd {
@@ -169,7 +162,7 @@ impl EvalOp for PerchQAdd {
         let s = &self.spec;
         for (slot, (x, q)) in [(&a, s.a), (&b, s.b)].into_iter().enumerate() {
             ensure!(
-                x.datum_type().unquantized() == Self::datum(q.dtype).unquantized(),
+                x.datum_type().unquantized() == datum(q.dtype).unquantized(),
                 "PerchQAdd planned for {} input {slot}, got {:?}",
                 q.dtype.name(),
                 x.datum_type()
@@ -189,8 +182,7 @@ impl EvalOp for PerchQAdd {
             );
         }
         let out_shape = self.shape_of(a.shape(), 2);
-        let mut output =
-            unsafe { Tensor::uninitialized_dt(Self::datum(s.output.dtype), &out_shape)? };
+        let mut output = unsafe { Tensor::uninitialized_dt(datum(s.output.dtype), &out_shape)? };
         let (a, b) = (
             a.try_as_plain_ram()?.as_bytes(),
             b.try_as_plain_ram()?.as_bytes(),
@@ -248,28 +240,10 @@ impl TypedOp for PerchQAdd {
             );
         }
         let shape = self.shape_of(declared.as_ref(), 2);
-        Ok(tvec!(Self::datum(self.spec.output.dtype).fact(shape)))
+        Ok(tvec!(datum(self.spec.output.dtype).fact(shape)))
     }
 
     as_op!();
-}
-
-/// A quantize node's type, inverse scale (tract's form: what it multiplies by) and zero
-/// point.
-fn quantize_inverse(node: &TypedNode) -> Option<Quantize> {
-    let op = node.op_as::<ElementWiseOp>()?;
-    if let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() {
-        return Some(Quantize {
-            dtype: QType::U8,
-            zero_point: q.zero_point as i32,
-            inverse_scale: q.scale,
-        });
-    }
-    op.0.downcast_ref::<QuantizeLinearI8>().map(|q| Quantize {
-        dtype: QType::I8,
-        zero_point: q.zero_point as i32,
-        inverse_scale: q.scale,
-    })
 }
 
 /// A dequantized 8-bit tensor feeding `outlet`: the dequantize node and the operand.

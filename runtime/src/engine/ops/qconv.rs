@@ -27,8 +27,9 @@ use tract_core::ops::nn::DataFormat;
 use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 
 use super::fuse::epilogue_after;
-use super::KernelNode;
+use super::{datum, KernelNode};
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
+use crate::kernels::q8::add::Quantize;
 use crate::kernels::q8::dwconv::QDwConv;
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::im2col;
@@ -224,13 +225,6 @@ impl PerchQConv {
             Layout::Hwc => [h, w, channels],
         }
     }
-
-    fn datum(q: QType) -> DatumType {
-        match q {
-            QType::U8 => u8::datum_type(),
-            QType::I8 => i8::datum_type(),
-        }
-    }
 }
 
 const PATTERN: &str = "quantized conv";
@@ -269,7 +263,7 @@ impl EvalOp for PerchQConv {
             "PerchQConv planned for {expected:?} images, got {shape:?}"
         );
         ensure!(
-            x.datum_type().unquantized() == Self::datum(s.input).unquantized(),
+            x.datum_type().unquantized() == datum(s.input).unquantized(),
             "PerchQConv planned for {} input, got {:?}",
             s.input.name(),
             x.datum_type()
@@ -277,8 +271,7 @@ impl EvalOp for PerchQConv {
         let out_image = Self::image(s.output_layout, s.cout, self.geometry.output);
         let mut out_shape: TVec<usize> = shape[..shape.len() - 3].into();
         out_shape.extend(out_image);
-        let mut output =
-            unsafe { Tensor::uninitialized_dt(Self::datum(s.output.dtype), &out_shape)? };
+        let mut output = unsafe { Tensor::uninitialized_dt(datum(s.output.dtype), &out_shape)? };
         let x = x.try_as_plain_ram()?.as_bytes();
         let y = output.as_bytes_mut();
         SCRATCH.with(|scratch| self.run(images, x, y, &mut scratch.borrow_mut()))?;
@@ -360,7 +353,7 @@ impl TypedOp for PerchQConv {
             )
             .map(|d| d.to_dim()),
         );
-        Ok(tvec!(Self::datum(self.spec.output.dtype).fact(shape)))
+        Ok(tvec!(datum(self.spec.output.dtype).fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -374,14 +367,27 @@ impl TypedOp for PerchQConv {
     as_op!();
 }
 
-/// A quantize node's parameters: `(type, scale, zero point)`.
-pub(super) fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
+/// A quantize node's type, inverse scale (tract's form: what it multiplies by) and zero
+/// point.
+pub(super) fn quantize_inverse(node: &TypedNode) -> Option<Quantize> {
     let op = node.op_as::<ElementWiseOp>()?;
     if let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() {
-        return Some((QType::U8, q.scale.recip(), q.zero_point as i32));
+        return Some(Quantize {
+            dtype: QType::U8,
+            zero_point: q.zero_point as i32,
+            inverse_scale: q.scale,
+        });
     }
-    op.0.downcast_ref::<QuantizeLinearI8>()
-        .map(|q| (QType::I8, q.scale.recip(), q.zero_point as i32))
+    op.0.downcast_ref::<QuantizeLinearI8>().map(|q| Quantize {
+        dtype: QType::I8,
+        zero_point: q.zero_point as i32,
+        inverse_scale: q.scale,
+    })
+}
+
+/// A quantize node's parameters: `(type, scale, zero point)`, the scale as ONNX has it.
+pub(super) fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
+    quantize_inverse(node).map(|q| (q.dtype, q.inverse_scale.recip(), q.zero_point))
 }
 
 /// A quantize node and its parameters: `(node, type, scale, zero point)`.

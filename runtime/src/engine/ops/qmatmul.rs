@@ -21,7 +21,7 @@ use tract_core::ops::quant::DequantizeLinearF32;
 
 use super::fuse::epilogue_after;
 use super::qconv::{integer_weights, output_quantize, quantized_channels, usable_input};
-use super::KernelNode;
+use super::{datum, KernelNode};
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::transpose::transpose;
@@ -108,13 +108,6 @@ impl PerchQMatMul {
             kernel: Some(self.kernel_name().into()),
             reason: None,
             fused,
-        }
-    }
-
-    fn datum(q: QType) -> DatumType {
-        match q {
-            QType::U8 => u8::datum_type(),
-            QType::I8 => i8::datum_type(),
         }
     }
 
@@ -206,7 +199,7 @@ impl EvalOp for PerchQMatMul {
         let x = args_1!(inputs);
         let s = &self.spec;
         ensure!(
-            x.datum_type().unquantized() == Self::datum(s.input).unquantized(),
+            x.datum_type().unquantized() == datum(s.input).unquantized(),
             "PerchQMatMul planned for {} input, got {:?}",
             s.input.name(),
             x.datum_type()
@@ -221,7 +214,7 @@ impl EvalOp for PerchQMatMul {
         );
         let outer = len / (s.k * s.inner);
         let shape = self.output_shape(x.shape())?;
-        let mut output = unsafe { Tensor::uninitialized_dt(Self::datum(s.output.dtype), &shape)? };
+        let mut output = unsafe { Tensor::uninitialized_dt(datum(s.output.dtype), &shape)? };
         ensure!(
             output.len() == outer * s.inner * s.m,
             "PerchQMatMul: output shape {shape:?}"
@@ -286,7 +279,7 @@ impl TypedOp for PerchQMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs.len() == 1, "PerchQMatMul takes one input");
         let shape = self.output_shape(&inputs[0].shape)?;
-        Ok(tvec!(Self::datum(self.spec.output.dtype).fact(shape)))
+        Ok(tvec!(datum(self.spec.output.dtype).fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
