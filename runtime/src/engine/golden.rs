@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use tract_core::prelude::{DatumType, Tensor};
 
 use super::error::{EngineError, Result};
-use super::session::{plain, Session};
-use super::tensor::Input;
+use super::session::Session;
+use super::tensor::{plain, Input};
 
 /// How close outputs must be to golden outputs.
 ///

@@ -22,6 +22,7 @@
 mod error;
 mod golden;
 pub mod guards;
+mod metadata;
 mod model;
 pub mod npy;
 #[cfg(feature = "onnx")]
@@ -34,9 +35,8 @@ mod tensor;
 
 pub use error::{EngineError, Result};
 pub use golden::{compare, decode_npy, read_npy, Golden, OutputCheck, SelfTestReport, Tolerance};
-pub use model::{
-    nnef_framework, LoadOptions, Metadata, Model, ModelFormat, NonFinitePolicy, PERCH_KERNELS_ENV,
-};
+pub use metadata::{Metadata, ModelFormat, NonFinitePolicy};
+pub use model::{nnef_framework, LoadOptions, Model, PERCH_KERNELS_ENV};
 pub use ops::KernelNode;
 pub use session::{Outputs, Session};
 pub use tensor::{DType, Dim, Input, TensorData, TensorInfo};

@@ -7,8 +7,8 @@ use tract_core::prelude::{
 };
 
 use super::error::{chain, EngineError, Result};
-use super::model::{Metadata, NonFinitePolicy};
-use super::tensor::{DType, Input, TensorData, TensorInfo};
+use super::metadata::{Metadata, NonFinitePolicy};
+use super::tensor::{plain, DType, Input, TensorData, TensorInfo};
 
 /// The mutable state for running one model on one thread.
 ///
@@ -205,11 +205,6 @@ fn new_tensor(input: &Input<'_>) -> Result<Tensor> {
         TensorData::I64(d) => Tensor::from_shape(shape, d),
     };
     tensor.map_err(|e| EngineError::Run { reason: chain(&e) })
-}
-
-/// The elements of a plain tensor in host memory.
-pub(crate) fn plain<T: Datum>(tensor: &Tensor) -> TractResult<&[T]> {
-    tensor.try_as_plain_ram()?.as_slice::<T>()
 }
 
 /// The outputs of one run, in the model's output order.

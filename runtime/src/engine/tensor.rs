@@ -2,9 +2,7 @@
 
 use std::fmt;
 
-use tract_core::prelude::{DatumType, TDim, Tensor};
-
-use super::session::plain;
+use tract_core::prelude::{Datum, DatumType, TDim, Tensor, TractResult};
 
 /// Element type of a model input or output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -214,4 +212,9 @@ impl<'a> Input<'a> {
             data,
         })
     }
+}
+
+/// The elements of a plain tensor in host memory.
+pub(crate) fn plain<T: Datum>(tensor: &Tensor) -> TractResult<&[T]> {
+    tensor.try_as_plain_ram()?.as_slice::<T>()
 }
