@@ -46,6 +46,19 @@ mod cpu;
 
 pub use cpu::{Cpu, Isa};
 
+/// Why an operation is not covered by these kernels (its shape, its constants, or its
+/// buffers): shown to users as the reason a node stayed on the engine's own operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
 /// An element-wise function fused into a kernel's output: `min(max(x, lo), hi)`.
 ///
 /// ReLU, ReLU6 and ONNX `Clip` are all clamps; `None` is the identity.

@@ -2,7 +2,7 @@
 //! the module documentation of `f32_dwconv`). The template is instantiated per
 //! instruction set by `VARIANTS`.
 
-use super::{DwGeometry, SLACK};
+use super::{Call, DwGeometry, SLACK};
 use crate::simd::F32Lanes;
 
 /// Everything a microkernel needs for one image (`repr(C)`: the 32-bit ARM kernels are
@@ -55,19 +55,17 @@ pub(super) fn scratch_len(g: &DwGeometry) -> usize {
 }
 
 /// Runs `kernel` on every image (lengths checked by the caller).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn run(
-    kernel: unsafe fn(&Job),
-    g: &DwGeometry,
-    images: usize,
-    input: &[f32],
-    weights: &[f32],
-    bias: Option<&[f32]>,
-    output: &mut [f32],
-    scratch: &mut [f32],
-    lo: f32,
-    hi: f32,
-) {
+pub(super) fn run(kernel: unsafe fn(&Job), g: &DwGeometry, call: Call) {
+    let Call {
+        images,
+        input,
+        weights,
+        bias,
+        output,
+        scratch,
+        lo,
+        hi,
+    } = call;
     let c = g.channels;
     let [h, w] = g.input;
     let [hp, wp] = padded_shape(g);

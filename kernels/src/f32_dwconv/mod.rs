@@ -31,18 +31,20 @@ pub use reference::reference;
 
 use super::{Activation, Cpu, Isa};
 
-/// Why a convolution is not covered by these kernels; shown to users as the reason a
-/// node stayed on the engine's own operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsupported(pub String);
+pub use crate::Unsupported;
 
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// One checked call of a layout's driver: the images, their buffers (lengths checked
+/// against the geometry), the scratch and the activation's bounds.
+pub(super) struct Call<'a> {
+    images: usize,
+    input: &'a [f32],
+    weights: &'a [f32],
+    bias: Option<&'a [f32]>,
+    output: &'a mut [f32],
+    scratch: &'a mut [f32],
+    lo: f32,
+    hi: f32,
 }
-
-impl std::error::Error for Unsupported {}
 
 /// Where the channels are in an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -538,13 +540,19 @@ impl DwConv {
         }
         let scratch = &mut scratch[..self.scratch_len()];
         let (lo, hi) = self.activation.bounds();
+        let call = Call {
+            images,
+            input,
+            weights,
+            bias,
+            output,
+            scratch,
+            lo,
+            hi,
+        };
         match self.variant.run {
-            Microkernel::Chw(kernel) => chw::run(
-                kernel, g, images, input, weights, bias, output, scratch, lo, hi,
-            ),
-            Microkernel::Hwc(kernel) => hwc::run(
-                kernel, g, images, input, weights, bias, output, scratch, lo, hi,
-            ),
+            Microkernel::Chw(kernel) => chw::run(kernel, g, call),
+            Microkernel::Hwc(kernel) => hwc::run(kernel, g, call),
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! documentation of `q8`); the microkernel then vectorizes along channels with no
 //! border cases, like the float channels-last kernel (`f32_dwconv::hwc`).
 
-use super::{ChannelOutput, OutputQuant, QType, Unsupported};
+use super::{padded, padded_requant, ChannelOutput, OutputQuant, QType, Unsupported};
 use crate::f32_dwconv::DwGeometry;
 use crate::{Cpu, Isa};
 
@@ -260,16 +260,7 @@ impl QDwConv {
                 packed[t * cp + ch] = *w;
             }
         }
-        let mut shift: Vec<i64> = channels
-            .iter()
-            .map(|c| -(c.requant.shift() as i64))
-            .collect();
-        shift.resize(cp, -1);
-        let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> Vec<i32> {
-            let mut v: Vec<i32> = channels.iter().map(f).collect();
-            v.resize(cp, 0);
-            v
-        };
+        let (multiplier, shift) = padded_requant(channels, cp);
         Ok(QDwConv {
             geometry: g,
             input,
@@ -277,8 +268,8 @@ impl QDwConv {
             output,
             cp,
             weights: packed,
-            bias: per_channel(&|c| c.bias),
-            multiplier: per_channel(&|c| c.requant.multiplier),
+            bias: padded(channels, cp, 0, |c| c.bias),
+            multiplier,
             shift,
             variant,
         })

@@ -5,7 +5,7 @@
 //! Variants ([`VARIANTS`]) differ in how they multiply; they share the planning, the
 //! per-channel constants and the packing of the weights in `k` blocks of 16 bytes.
 
-use super::{ChannelOutput, OutputQuant, QType, Unsupported};
+use super::{padded_requant, ChannelOutput, OutputQuant, QType, Unsupported};
 use crate::{Cpu, Isa};
 
 /// `k` is padded to a multiple of this in packed weights; activation rows are padded to
@@ -272,16 +272,7 @@ impl Gemm {
             bias[row] = i32::try_from(c.bias as i64 + unsigned_offset(row))
                 .map_err(|_| Unsupported(format!("channel {row}: bias overflows i32")))?;
         }
-        let mut shift: Vec<i64> = channels
-            .iter()
-            .map(|c| -(c.requant.shift() as i64))
-            .collect();
-        shift.resize(mp, -1);
-        let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> Vec<i32> {
-            let mut v: Vec<i32> = channels.iter().map(f).collect();
-            v.resize(mp, 0);
-            v
-        };
+        let (multiplier, shift) = padded_requant(channels, mp);
         Ok(Gemm {
             m,
             k,
@@ -292,7 +283,7 @@ impl Gemm {
             output,
             packed,
             bias,
-            multiplier: per_channel(&|c| c.requant.multiplier),
+            multiplier,
             shift,
             variant,
         })

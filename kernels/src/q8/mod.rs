@@ -78,18 +78,49 @@ impl QType {
     }
 }
 
-/// Why an integer operation cannot be planned: shown to users as the reason a node
-/// stayed on the engine's own operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsupported(pub String);
+pub use crate::Unsupported;
 
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Runs `tile::<G.., WIDE>(args.., i)` (written `tile[G..]`) for each whole tile of `WIDE` indices in
+/// `0..n`, then `tile::<G.., 1>(args.., i)` for each index left: a microkernel's
+/// driver over pixels, expanded inside the variant's `#[target_feature]` function so
+/// that the tiles inline into it.
+macro_rules! in_tiles {
+    ($tile:ident[$($g:tt),*], $wide:expr, $n:expr, ($($arg:expr),*)) => {{
+        let n = $n;
+        let mut i = 0;
+        while i + $wide <= n {
+            $tile::<$($g,)* { $wide }>($($arg,)* i);
+            i += $wide;
+        }
+        while i < n {
+            $tile::<$($g,)* 1>($($arg,)* i);
+            i += 1;
+        }
+    }};
+}
+pub(crate) use in_tiles;
+
+/// A per-channel value of every channel, then `fill` up to `len` channels (a kernel's
+/// padded channel blocks).
+fn padded<T: Copy>(
+    channels: &[ChannelOutput],
+    len: usize,
+    fill: T,
+    f: impl Fn(&ChannelOutput) -> T,
+) -> Vec<T> {
+    let mut v: Vec<T> = channels.iter().map(f).collect();
+    v.resize(len, fill);
+    v
 }
 
-impl std::error::Error for Unsupported {}
+/// Per-channel multipliers and right shifts (negated, as the kernels shift left by
+/// them), padded to `len` channels: multiplier 0 and a shift of one to the right.
+fn padded_requant(channels: &[ChannelOutput], len: usize) -> (Vec<i32>, Vec<i64>) {
+    (
+        padded(channels, len, 0, |c| c.requant.multiplier),
+        padded(channels, len, -1, |c| -(c.requant.shift() as i64)),
+    )
+}
 
 /// How the accumulators of one output channel become output values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

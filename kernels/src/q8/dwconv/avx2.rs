@@ -11,6 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::Job;
+use crate::q8::in_tiles;
 use crate::q8::x86::Requant8;
 
 /// Pixels computed together (sharing the filter taps loaded for a channel block).
@@ -21,15 +22,7 @@ const PIXELS: usize = 2;
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn image<const KH: usize, const KW: usize, const S: usize>(job: &Job) {
     for y in 0..job.ho {
-        let mut x = 0;
-        while x + PIXELS <= job.wo {
-            pixels::<KH, KW, S, PIXELS>(job, y, x);
-            x += PIXELS;
-        }
-        while x < job.wo {
-            pixels::<KH, KW, S, 1>(job, y, x);
-            x += 1;
-        }
+        in_tiles!(pixels[KH, KW, S], PIXELS, job.wo, (job, y));
     }
 }
 

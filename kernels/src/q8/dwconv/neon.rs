@@ -10,6 +10,7 @@ use std::arch::aarch64::*;
 
 use super::Job;
 use crate::q8::gemm::neon::{requantize, store_partial, with_zero_point};
+use crate::q8::in_tiles;
 
 /// Pixels computed together (sharing the filter taps loaded for a channel block).
 const PIXELS: usize = 2;
@@ -19,15 +20,7 @@ const PIXELS: usize = 2;
 #[inline(always)]
 pub(super) unsafe fn image<const KH: usize, const KW: usize, const S: usize>(job: &Job) {
     for y in 0..job.ho {
-        let mut x = 0;
-        while x + PIXELS <= job.wo {
-            pixels::<KH, KW, S, PIXELS>(job, y, x);
-            x += PIXELS;
-        }
-        while x < job.wo {
-            pixels::<KH, KW, S, 1>(job, y, x);
-            x += 1;
-        }
+        in_tiles!(pixels[KH, KW, S], PIXELS, job.wo, (job, y));
     }
 }
 

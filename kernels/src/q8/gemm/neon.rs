@@ -12,6 +12,7 @@
 use std::arch::aarch64::*;
 
 use super::Job;
+use crate::q8::in_tiles;
 
 /// Pixels per tile.
 const PIXELS: usize = 4;
@@ -20,15 +21,7 @@ const PIXELS: usize = 4;
 /// `job` must describe valid buffers (see `Job`), and every weight must be in
 /// `−127 ..= 127`.
 pub(super) unsafe fn run(job: &Job) {
-    let mut n0 = 0;
-    while n0 + PIXELS <= job.n {
-        tile::<PIXELS>(job, n0);
-        n0 += PIXELS;
-    }
-    while n0 < job.n {
-        tile::<1>(job, n0);
-        n0 += 1;
-    }
+    in_tiles!(tile[], PIXELS, job.n, (job));
 }
 
 /// Pixels `n0 .. n0 + P`, every output channel. Channel blocks go from the last down,

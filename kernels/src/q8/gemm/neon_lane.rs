@@ -17,6 +17,7 @@ use std::arch::aarch64::*;
 
 use super::neon::{output_bytes, requantize, store_partial, with_zero_point};
 use super::Job;
+use crate::q8::in_tiles;
 
 /// Up to this many inputs per output, planning prefers this kernel to [`super::neon`]
 /// (the crossover counted under qemu on MobileNetV2's and DS-CNN's layers).
@@ -30,15 +31,7 @@ const CHANNELS: usize = 8;
 /// # Safety
 /// `job` must describe valid buffers (see `Job`), weights packed as `Octets`.
 pub(super) unsafe fn run(job: &Job) {
-    let mut n0 = 0;
-    while n0 + PIXELS <= job.n {
-        tile::<PIXELS>(job, n0);
-        n0 += PIXELS;
-    }
-    while n0 < job.n {
-        tile::<1>(job, n0);
-        n0 += 1;
-    }
+    in_tiles!(tile[], PIXELS, job.n, (job));
 }
 
 /// Pixels `n0 .. n0 + P`, every output channel, channel blocks from the last down (a

@@ -14,6 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::Job;
+use crate::q8::in_tiles;
 use crate::q8::x86::Requant8;
 
 /// Pixels per tile.
@@ -24,15 +25,7 @@ const PIXELS: usize = 4;
 /// 16; the CPU must have AVX2 and AVX-VNNI.
 #[target_feature(enable = "avx2,avxvnni")]
 pub(super) unsafe fn run(job: &Job) {
-    let mut n0 = 0;
-    while n0 + PIXELS <= job.n {
-        tile::<PIXELS>(job, n0);
-        n0 += PIXELS;
-    }
-    while n0 < job.n {
-        tile::<1>(job, n0);
-        n0 += 1;
-    }
+    in_tiles!(tile[], PIXELS, job.n, (job));
 }
 
 /// Pixels `n0 .. n0 + P`, every output channel; 16-channel tiles from the last down and

@@ -119,10 +119,7 @@ impl EvalOp for PerchDwConv {
         let (x, w, b) = args_3!(inputs);
         let g = self.conv.geometry();
         let shape = x.shape();
-        let (images, image) = match shape {
-            [n, image @ ..] if image.len() == 3 => (*n, image),
-            image => (1, image),
-        };
+        let (images, image) = super::images(shape);
         let expected = self.image_shape(g.input);
         ensure!(
             image == expected,

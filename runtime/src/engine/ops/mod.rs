@@ -27,6 +27,7 @@ mod nnef_quant;
 mod qadd;
 mod qconv;
 mod qmatmul;
+mod quantized;
 
 use serde::Serialize;
 use tract_core::internal::*;
@@ -49,6 +50,46 @@ fn datum(q: QType) -> DatumType {
         QType::I8 => i8::datum_type(),
     }
 }
+
+/// Checks that an input of an 8-bit operator holds `dtype`'s integers, quantized or
+/// not (an archive's graph is untrusted input).
+fn ensure_integers(x: &Tensor, dtype: QType, op: &str, input: usize) -> TractResult<()> {
+    ensure!(
+        x.datum_type().unquantized() == datum(dtype).unquantized(),
+        "{op} planned for {} input {input}, got {:?}",
+        dtype.name(),
+        x.datum_type()
+    );
+    Ok(())
+}
+
+/// An image operator's input shape, `[n, a, b, c]` or `[a, b, c]`: the number of
+/// images and one image's shape.
+fn images(shape: &[usize]) -> (usize, &[usize]) {
+    match shape {
+        [n, image @ ..] if image.len() == 3 => (*n, image),
+        image => (1, image),
+    }
+}
+
+/// tract's `Op` for a Perch operator on a kernel: its name, and the kernel and the
+/// geometry it was planned for (`kernel_name()`, `detail()`) as its info.
+macro_rules! kernel_op {
+    ($op:ty, $name:literal) => {
+        impl Op for $op {
+            fn name(&self) -> StaticName {
+                $name.into()
+            }
+
+            fn info(&self) -> TractResult<Vec<String>> {
+                Ok(vec![self.kernel_name().into(), self.detail()])
+            }
+
+            op_as_typed_op!();
+        }
+    };
+}
+use kernel_op;
 
 /// Declutters a typed model as the engine does: with the guard against tract's folding
 /// of non-element-wise ops into lookup tables (see `guard`), then tract's declutter.

@@ -37,12 +37,7 @@ pub(crate) fn registry() -> Registry {
     registry.register_dumper(dump_qconv);
     registry.register_primitive(
         "perch_qconv",
-        &[
-            TypeName::Integer.tensor().named("input"),
-            TypeName::Integer.tensor().named("weights"),
-            TypeName::Integer.tensor().named("bias"),
-            TypeName::Integer.tensor().named("multiplier"),
-            TypeName::Integer.tensor().named("exponent"),
+        &gemm_parameters([
             TypeName::String.named("layout"),
             // Absent in archives written before it existed, and written only when it
             // differs from `layout`, so that older agents still load the others.
@@ -51,35 +46,18 @@ pub(crate) fn registry() -> Registry {
             TypeName::Integer.array().named("kernel"),
             TypeName::Integer.named("stride"),
             TypeName::Integer.array().named("padding"),
-            TypeName::String.named("input_type"),
-            TypeName::Integer.named("input_zero_point"),
-            TypeName::String.named("output_type"),
-            TypeName::Integer.named("output_zero_point"),
-            TypeName::Integer.named("output_lo"),
-            TypeName::Integer.named("output_hi"),
-        ],
+        ]),
         &[("output", TypeName::Integer.tensor())],
         load_qconv,
     );
     registry.register_dumper(dump_qmatmul);
     registry.register_primitive(
         "perch_qmatmul",
-        &[
-            TypeName::Integer.tensor().named("input"),
-            TypeName::Integer.tensor().named("weights"),
-            TypeName::Integer.tensor().named("bias"),
-            TypeName::Integer.tensor().named("multiplier"),
-            TypeName::Integer.tensor().named("exponent"),
+        &gemm_parameters([
             TypeName::Integer.named("inner"),
             TypeName::Integer.array().named("output_axes"),
             TypeName::Integer.named("m_axis"),
-            TypeName::String.named("input_type"),
-            TypeName::Integer.named("input_zero_point"),
-            TypeName::String.named("output_type"),
-            TypeName::Integer.named("output_zero_point"),
-            TypeName::Integer.named("output_lo"),
-            TypeName::Integer.named("output_hi"),
-        ],
+        ]),
         &[("output", TypeName::Integer.tensor())],
         load_qmatmul,
     );
@@ -128,6 +106,43 @@ pub(crate) fn registry() -> Registry {
     registry
 }
 
+/// The parameters of an operator on the 8-bit GEMM: the input and its constants, the
+/// operator's own, then the input and output quantization.
+fn gemm_parameters<const N: usize>(own: [Parameter; N]) -> Vec<Parameter> {
+    let constants = ["input", "weights", "bias", "multiplier", "exponent"];
+    let quantization = [
+        TypeName::String.named("input_type"),
+        TypeName::Integer.named("input_zero_point"),
+        TypeName::String.named("output_type"),
+        TypeName::Integer.named("output_zero_point"),
+        TypeName::Integer.named("output_lo"),
+        TypeName::Integer.named("output_hi"),
+    ];
+    constants
+        .map(|name| TypeName::Integer.tensor().named(name))
+        .into_iter()
+        .chain(own)
+        .chain(quantization)
+        .collect()
+}
+
+/// The quantization attributes of an operator on the 8-bit GEMM, as
+/// [`gemm_parameters`] lists them.
+fn gemm_quantization(
+    input: QType,
+    input_zero_point: i32,
+    output: &OutputQuant,
+) -> [(&'static str, RValue); 6] {
+    [
+        ("input_type", string(input.name())),
+        ("input_zero_point", numeric(input_zero_point)),
+        ("output_type", string(output.dtype.name())),
+        ("output_zero_point", numeric(output.zero_point)),
+        ("output_lo", numeric(output.lo)),
+        ("output_hi", numeric(output.hi)),
+    ]
+}
+
 fn dump_barrier(
     ast: &mut IntoAst,
     node: &TypedNode,
@@ -170,6 +185,7 @@ fn dump_dwconv(
 }
 
 fn load_dwconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    const OP: &str = "perch_dwconv";
     let input: OutletId = invocation.named_arg_as(builder, "input")?;
     let filter: OutletId = invocation.named_arg_as(builder, "filter")?;
     let bias: OutletId = invocation.named_arg_as(builder, "bias")?;
@@ -192,26 +208,9 @@ fn load_dwconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
             .with_context(|| format!("perch_dwconv: invalid clamp [{lo}, {hi}]"))?,
         other => bail!("perch_dwconv: unknown activation {other:?}"),
     };
-    let (&[kh, kw], &[t, l, b, r]) = (&*kernel, &*padding) else {
-        bail!("perch_dwconv: kernel {kernel:?} and padding {padding:?} must have 2 and 4 values");
-    };
-    let shape = builder.model.outlet_fact(input)?.shape.clone();
-    ensure!(
-        shape.rank() == 3 || shape.rank() == 4,
-        "perch_dwconv: input of rank {} (NCHW or CHW expected)",
-        shape.rank()
-    );
-    let dims: Vec<usize> = shape
-        .iter()
-        .skip(shape.rank() - 3)
-        .map(|d| d.to_usize().ok())
-        .collect::<Option<_>>()
-        .context("perch_dwconv: channels, height and width must be known")?;
-    let (c, hw) = match layout {
-        Layout::Chw => (dims[0], [dims[1], dims[2]]),
-        Layout::Hwc => (dims[2], [dims[0], dims[1]]),
-    };
-    let geometry = DwGeometry::new(c, hw, [kh, kw], stride, [t, l, b, r])
+    let (kernel, padding) = window(&kernel, &padding, OP)?;
+    let [c, h, w] = image(builder, input, layout, OP)?;
+    let geometry = DwGeometry::new(c, [h, w], kernel, stride, padding)
         .map_err(|e| format_err!("perch_dwconv: {e}"))?;
     let op = PerchDwConv::plan(geometry, layout, activation, Cpu::detect())
         .map_err(|e| format_err!("perch_dwconv: {e}"))?;
@@ -225,25 +224,9 @@ fn dump_qconv(
 ) -> TractResult<Option<Arc<RValue>>> {
     let input = ast.mapping[&node.inputs[0]].clone();
     let s = &op.spec;
-    let taps = s.kernel[0] * s.kernel[1];
     let shape = [s.cout, s.cin / s.group, s.kernel[0], s.kernel[1]];
     let weights = Tensor::from_shape(&shape, &s.weights)?;
-    debug_assert_eq!(weights.len(), s.cout * s.cin / s.group * taps);
-    let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> TractResult<Arc<Tensor>> {
-        let v: Vec<i32> = s.channels.iter().map(f).collect();
-        Ok(Arc::new(tensor1(&v)))
-    };
-    let name = &node.name;
-    let weights = ast.konst_variable(format!("{name}.weights"), &Arc::new(weights))?;
-    let bias = ast.konst_variable(format!("{name}.bias"), &per_channel(&|c| c.bias)?)?;
-    let multiplier = ast.konst_variable(
-        format!("{name}.multiplier"),
-        &per_channel(&|c| c.requant.multiplier)?,
-    )?;
-    let exponent = ast.konst_variable(
-        format!("{name}.exponent"),
-        &per_channel(&|c| c.requant.exponent)?,
-    )?;
+    let constants = dump_constants(ast, &node.name, weights, &s.channels)?;
     let mut attributes = vec![("layout", string(s.layout.name()))];
     if s.output_layout != s.layout {
         attributes.push(("output_layout", string(s.output_layout.name())));
@@ -253,16 +236,11 @@ fn dump_qconv(
         ("kernel", ints(&s.kernel)),
         ("stride", numeric(s.stride)),
         ("padding", ints(&s.padding)),
-        ("input_type", string(s.input.name())),
-        ("input_zero_point", numeric(s.input_zero_point)),
-        ("output_type", string(s.output.dtype.name())),
-        ("output_zero_point", numeric(s.output.zero_point)),
-        ("output_lo", numeric(s.output.lo)),
-        ("output_hi", numeric(s.output.hi)),
     ]);
+    attributes.extend(gemm_quantization(s.input, s.input_zero_point, &s.output));
     Ok(Some(invocation(
         "perch_qconv",
-        &[input, weights, bias, multiplier, exponent],
+        &[[input].as_slice(), &constants].concat(),
         &attributes,
     )))
 }
@@ -342,6 +320,19 @@ fn load_constants(
     Ok((weights, channels))
 }
 
+/// The input quantization from its arguments: `(type, zero point)`, checked.
+fn load_input(
+    builder: &mut ModelBuilder,
+    invocation: &ResolvedInvocation,
+    op: &str,
+) -> TractResult<(QType, i32)> {
+    let dtype = qtype(&invocation.named_arg_as::<String>(builder, "input_type")?)?;
+    let zero_point: i64 = invocation.named_arg_as(builder, "input_zero_point")?;
+    let zero_point = i32::try_from(zero_point)
+        .map_err(|_| format_err!("{op}: input zero point out of range"))?;
+    Ok((dtype, zero_point))
+}
+
 /// The output quantization from its arguments, checked.
 fn load_output(
     builder: &mut ModelBuilder,
@@ -381,23 +372,19 @@ fn dump_qmatmul(
         .iter()
         .map(|a| a.map_or(-1, |a| a as i64))
         .collect();
+    let mut attributes = vec![
+        ("inner", numeric(s.inner)),
+        (
+            "output_axes",
+            array(axes.iter().map(|a| numeric(*a)).collect::<Vec<_>>()),
+        ),
+        ("m_axis", numeric(s.m_axis)),
+    ];
+    attributes.extend(gemm_quantization(s.input, s.input_zero_point, &s.output));
     Ok(Some(invocation(
         "perch_qmatmul",
         &[[input].as_slice(), &constants].concat(),
-        &[
-            ("inner", numeric(s.inner)),
-            (
-                "output_axes",
-                array(axes.iter().map(|a| numeric(*a)).collect::<Vec<_>>()),
-            ),
-            ("m_axis", numeric(s.m_axis)),
-            ("input_type", string(s.input.name())),
-            ("input_zero_point", numeric(s.input_zero_point)),
-            ("output_type", string(s.output.dtype.name())),
-            ("output_zero_point", numeric(s.output.zero_point)),
-            ("output_lo", numeric(s.output.lo)),
-            ("output_hi", numeric(s.output.hi)),
-        ],
+        &attributes,
     )))
 }
 
@@ -414,8 +401,7 @@ fn load_qmatmul(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> 
     let inner: usize = invocation.named_arg_as(builder, "inner")?;
     let axes: TVec<i64> = invocation.named_arg_as(builder, "output_axes")?;
     let m_axis: usize = invocation.named_arg_as(builder, "m_axis")?;
-    let input_type = qtype(&invocation.named_arg_as::<String>(builder, "input_type")?)?;
-    let input_zero_point: i64 = invocation.named_arg_as(builder, "input_zero_point")?;
+    let (input_type, input_zero_point) = load_input(builder, invocation, OP)?;
     let output = load_output(builder, invocation, OP)?;
     let rank = builder.model.outlet_fact(input)?.rank();
     let output_axes = axes
@@ -437,14 +423,47 @@ fn load_qmatmul(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> 
         output_axes,
         m_axis,
         input: input_type,
-        input_zero_point: i32::try_from(input_zero_point)
-            .map_err(|_| format_err!("{OP}: input zero point out of range"))?,
+        input_zero_point,
         output,
         weights: weights.try_as_plain_ram()?.as_slice::<i8>()?.to_vec(),
         channels,
     };
     let op = PerchQMatMul::plan(spec, Cpu::detect()).map_err(|e| format_err!("{OP}: {e}"))?;
     builder.wire(op, &[input])
+}
+
+/// A kernel window's `kernel` (2 values) and `padding` (4) arguments.
+fn window(kernel: &[usize], padding: &[usize], op: &str) -> TractResult<([usize; 2], [usize; 4])> {
+    let (&[kh, kw], &[t, l, b, r]) = (kernel, padding) else {
+        bail!("{op}: kernel {kernel:?} and padding {padding:?} must have 2 and 4 values");
+    };
+    Ok(([kh, kw], [t, l, b, r]))
+}
+
+/// The `[channels, height, width]` of an image input (CHW or HWC, with or without a
+/// batch axis), which must be known.
+fn image(
+    builder: &ModelBuilder,
+    input: OutletId,
+    layout: Layout,
+    op: &str,
+) -> TractResult<[usize; 3]> {
+    let shape = &builder.model.outlet_fact(input)?.shape;
+    let rank = shape.rank();
+    ensure!(
+        rank == 3 || rank == 4,
+        "{op}: an image input of rank {rank} (CHW or HWC, with or without a batch axis)"
+    );
+    let dims: Vec<usize> = shape
+        .iter()
+        .skip(rank - 3)
+        .map(|d| d.to_usize().ok())
+        .collect::<Option<_>>()
+        .with_context(|| format!("{op}: channels, height and width must be known"))?;
+    Ok(match layout {
+        Layout::Chw => [dims[0], dims[1], dims[2]],
+        Layout::Hwc => [dims[2], dims[0], dims[1]],
+    })
 }
 
 fn qtype(name: &str) -> TractResult<QType> {
@@ -491,41 +510,22 @@ fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tr
     let kernel: TVec<usize> = invocation.named_arg_as(builder, "kernel")?;
     let stride: usize = invocation.named_arg_as(builder, "stride")?;
     let padding: TVec<usize> = invocation.named_arg_as(builder, "padding")?;
-    let input_type = qtype(&invocation.named_arg_as::<String>(builder, "input_type")?)?;
-    let input_zero_point: i64 = invocation.named_arg_as(builder, "input_zero_point")?;
+    let (input_type, input_zero_point) = load_input(builder, invocation, OP)?;
     let output = load_output(builder, invocation, OP)?;
-    let (&[kh, kw], &[t, l, b, r]) = (&*kernel, &*padding) else {
-        bail!("{OP}: kernel {kernel:?} and padding {padding:?} must have 2 and 4 values");
-    };
-    let shape = builder.model.outlet_fact(input)?.shape.clone();
-    ensure!(
-        shape.rank() == 3 || shape.rank() == 4,
-        "{OP}: input of rank {}",
-        shape.rank()
-    );
-    let dims: Vec<usize> = shape
-        .iter()
-        .skip(shape.rank() - 3)
-        .map(|d| d.to_usize().ok())
-        .collect::<Option<_>>()
-        .with_context(|| format!("{OP}: channels, height and width must be known"))?;
-    let (cin, input_hw) = match layout {
-        Layout::Chw => (dims[0], [dims[1], dims[2]]),
-        Layout::Hwc => (dims[2], [dims[0], dims[1]]),
-    };
+    let (kernel, padding) = window(&kernel, &padding, OP)?;
+    let [cin, h, w] = image(builder, input, layout, OP)?;
     let spec = QConvSpec {
         layout,
         output_layout,
         cin,
         cout: weights.shape()[0],
         group,
-        input_hw,
-        kernel: [kh, kw],
+        input_hw: [h, w],
+        kernel,
         stride,
-        padding: [t, l, b, r],
+        padding,
         input: input_type,
-        input_zero_point: i32::try_from(input_zero_point)
-            .map_err(|_| format_err!("{OP}: input zero point out of range"))?,
+        input_zero_point,
         output,
         weights: weights.try_as_plain_ram()?.as_slice::<i8>()?.to_vec(),
         channels,
@@ -586,7 +586,6 @@ fn load_qadd(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tra
     let (dtype, zero_point, inverse_scale) = quantization("output", "inverse_scale")?;
     let layouts: String = invocation.named_arg_as(builder, "layouts")?;
     let layouts: Vec<&str> = layouts.split(',').filter(|l| !l.is_empty()).collect();
-    let shape = builder.model.outlet_fact(a)?.shape.clone();
     let (image, layouts) = match &*layouts {
         [] => (None, [Layout::Chw; 3]),
         [la, lb, ly] => {
@@ -594,22 +593,7 @@ fn load_qadd(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tra
                 layout_named(l, "layout", OP)?.with_context(|| format!("{OP}: empty layout"))
             };
             let layouts = [parse(la)?, parse(lb)?, parse(ly)?];
-            ensure!(
-                shape.rank() == 3 || shape.rank() == 4,
-                "{OP}: layouts for a tensor of rank {}",
-                shape.rank()
-            );
-            let dims: Vec<usize> = shape
-                .iter()
-                .skip(shape.rank() - 3)
-                .map(|d| d.to_usize().ok())
-                .collect::<Option<_>>()
-                .with_context(|| format!("{OP}: image axes must be known"))?;
-            let image = match layouts[0] {
-                Layout::Chw => [dims[0], dims[1], dims[2]],
-                Layout::Hwc => [dims[2], dims[0], dims[1]],
-            };
-            (Some(image), layouts)
+            (Some(image(builder, a, layouts[0], OP)?), layouts)
         }
         other => bail!("{OP}: {} layouts (three, or none)", other.len()),
     };

@@ -14,13 +14,11 @@ use std::cell::RefCell;
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::math::Add;
-use tract_core::ops::quant::DequantizeLinearF32;
 
-use super::qconv::quantize_inverse;
-use super::{datum, KernelNode};
+use super::quantized::{dequantized, single_quantize};
+use super::{datum, ensure_integers, kernel_op, KernelNode};
 use crate::kernels::f32_dwconv::Layout;
 use crate::kernels::q8::add::{Operand, QAdd, Quantize};
-use crate::kernels::q8::QType;
 use crate::kernels::transpose::transpose;
 use crate::kernels::Cpu;
 
@@ -137,17 +135,7 @@ impl PerchQAdd {
     }
 }
 
-impl Op for PerchQAdd {
-    fn name(&self) -> StaticName {
-        "PerchQAdd".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![self.kernel_name().into(), self.detail()])
-    }
-
-    op_as_typed_op!();
-}
+kernel_op!(PerchQAdd, "PerchQAdd");
 
 thread_local! {
     /// Inputs transposed to the output's layout, reused across runs and nodes.
@@ -160,14 +148,8 @@ impl EvalOp for PerchQAdd {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (a, b) = args_2!(inputs);
         let s = &self.spec;
-        for (slot, (x, q)) in [(&a, s.a), (&b, s.b)].into_iter().enumerate() {
-            ensure!(
-                x.datum_type().unquantized() == datum(q.dtype).unquantized(),
-                "PerchQAdd planned for {} input {slot}, got {:?}",
-                q.dtype.name(),
-                x.datum_type()
-            );
-        }
+        ensure_integers(&a, s.a.dtype, "PerchQAdd", 0)?;
+        ensure_integers(&b, s.b.dtype, "PerchQAdd", 1)?;
         ensure!(
             self.spec.image.is_none() || a.rank() == 3 || a.rank() == 4,
             "PerchQAdd planned for images, got {:?}",
@@ -246,30 +228,6 @@ impl TypedOp for PerchQAdd {
     as_op!();
 }
 
-/// A dequantized 8-bit tensor feeding `outlet`: the dequantize node and the operand.
-fn dequantized(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(&TypedNode, Operand)>> {
-    let node = model.node(outlet.node);
-    let Some(dq) = node.op_as::<DequantizeLinearF32>() else {
-        return Ok(None);
-    };
-    let dt = model.outlet_fact(node.inputs[0])?.datum_type.unquantized();
-    let dtype = if dt == u8::datum_type() {
-        QType::U8
-    } else if dt == i8::datum_type() {
-        QType::I8
-    } else {
-        return Ok(None);
-    };
-    Ok(Some((
-        node,
-        Operand {
-            dtype,
-            zero_point: dq.zero_point,
-            scale: dq.scale,
-        },
-    )))
-}
-
 /// Whether `node` is a sum of two dequantized tensors, quantized; if it is, the patch
 /// that runs it on the integer kernel, or the reason it stays float.
 pub(super) fn consider(
@@ -304,13 +262,7 @@ pub(super) fn consider(
             },
         )))
     };
-    let q_node = match model.outlet_successors(sum) {
-        [only] if !model.output_outlets()?.contains(&sum) => model.node(only.node),
-        _ => {
-            return declined("its sum is not quantized (no single QuantizeLinear after it)".into())
-        }
-    };
-    let Some(output) = quantize_inverse(q_node) else {
+    let Some((q_node, output)) = single_quantize(model, sum)? else {
         return declined("its sum is not quantized (no single QuantizeLinear after it)".into());
     };
     let same = [dq_a.inputs[0], dq_b.inputs[0]]
@@ -357,6 +309,7 @@ pub(super) fn consider(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::q8::QType;
 
     /// `[c, h, w]` bytes as `[h, w, c]`.
     fn hwc(x: &[u8], [c, h, w]: [usize; 3]) -> Vec<u8> {

@@ -22,14 +22,12 @@ use std::cell::RefCell;
 
 use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::DataFormat;
-use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 
 use super::fuse::epilogue_after;
-use super::{datum, KernelNode};
+use super::quantized::{dequantized, output_quantize, usable_input};
+use super::{datum, ensure_integers, images, kernel_op, KernelNode};
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
-use crate::kernels::q8::add::Quantize;
 use crate::kernels::q8::dwconv::QDwConv;
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::im2col;
@@ -229,17 +227,7 @@ impl PerchQConv {
 
 const PATTERN: &str = "quantized conv";
 
-impl Op for PerchQConv {
-    fn name(&self) -> StaticName {
-        "PerchQConv".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![self.kernel_name().into(), self.detail()])
-    }
-
-    op_as_typed_op!();
-}
+kernel_op!(PerchQConv, "PerchQConv");
 
 thread_local! {
     /// Transposes, im2col rows and padded copies, reused across runs and nodes.
@@ -254,20 +242,12 @@ impl EvalOp for PerchQConv {
         let s = &self.spec;
         let expected = Self::image(s.layout, s.cin, s.input_hw);
         let shape = x.shape();
-        let (images, image) = match shape {
-            [n, image @ ..] if image.len() == 3 => (*n, image),
-            image => (1, image),
-        };
+        let (images, image) = images(shape);
         ensure!(
             image == expected,
             "PerchQConv planned for {expected:?} images, got {shape:?}"
         );
-        ensure!(
-            x.datum_type().unquantized() == datum(s.input).unquantized(),
-            "PerchQConv planned for {} input, got {:?}",
-            s.input.name(),
-            x.datum_type()
-        );
+        ensure_integers(&x, s.input, "PerchQConv", 0)?;
         let out_image = Self::image(s.output_layout, s.cout, self.geometry.output);
         let mut out_shape: TVec<usize> = shape[..shape.len() - 3].into();
         out_shape.extend(out_image);
@@ -367,59 +347,6 @@ impl TypedOp for PerchQConv {
     as_op!();
 }
 
-/// A quantize node's type, inverse scale (tract's form: what it multiplies by) and zero
-/// point.
-pub(super) fn quantize_inverse(node: &TypedNode) -> Option<Quantize> {
-    let op = node.op_as::<ElementWiseOp>()?;
-    if let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() {
-        return Some(Quantize {
-            dtype: QType::U8,
-            zero_point: q.zero_point as i32,
-            inverse_scale: q.scale,
-        });
-    }
-    op.0.downcast_ref::<QuantizeLinearI8>().map(|q| Quantize {
-        dtype: QType::I8,
-        zero_point: q.zero_point as i32,
-        inverse_scale: q.scale,
-    })
-}
-
-/// A quantize node's parameters: `(type, scale, zero point)`, the scale as ONNX has it.
-pub(super) fn quantize_params(node: &TypedNode) -> Option<(QType, f32, i32)> {
-    quantize_inverse(node).map(|q| (q.dtype, q.inverse_scale.recip(), q.zero_point))
-}
-
-/// A quantize node and its parameters: `(node, type, scale, zero point)`.
-pub(super) type OutputQuantize<'m> = (&'m TypedNode, QType, f32, i32);
-
-/// The single QuantizeLinear after a layer's epilogue (ending at `end`) and its
-/// parameters, or why the layer's output is not quantized.
-pub(super) fn output_quantize(
-    model: &TypedModel,
-    end: OutletId,
-) -> TractResult<Result<OutputQuantize<'_>, String>> {
-    let why = || "its output is not quantized (no single QuantizeLinear after it)".to_string();
-    let q_node = match model.outlet_successors(end) {
-        [only] if !model.output_outlets()?.contains(&end) => model.node(only.node),
-        _ => return Ok(Err(why())),
-    };
-    Ok(quantize_params(q_node)
-        .map(|(dtype, scale, zero_point)| (q_node, dtype, scale, zero_point))
-        .ok_or_else(why))
-}
-
-/// Whether an input's scale and zero point can be run on: a finite positive scale and a
-/// zero point within the type's range.
-pub(super) fn usable_input(input: QType, sx: f32, zx: i32) -> Result<(), String> {
-    let (tlo, thi) = input.range();
-    if sx.is_finite() && sx > 0.0 && (tlo..=thi).contains(&zx) {
-        Ok(())
-    } else {
-        Err(format!("input scale {sx} or zero point {zx} unusable"))
-    }
-}
-
 /// Integer filters and their per-output-channel scales from the float constants tract
 /// folded them into: for each output channel, the scale `sw = max|W| / a`, `a <= 127`,
 /// such that every `W / sw` is an integer within one part in 2^16. Symmetric quantizers
@@ -467,18 +394,10 @@ pub(super) fn consider(
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
     };
-    let dq_node = model.node(node.inputs[0].node);
-    let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else {
+    let Some((dq_node, dq)) = dequantized(model, node.inputs[0])? else {
         return Ok(None);
     };
-    let x_fact = model.outlet_fact(dq_node.inputs[0])?;
-    let input = if x_fact.datum_type.unquantized() == u8::datum_type() {
-        QType::U8
-    } else if x_fact.datum_type.unquantized() == i8::datum_type() {
-        QType::I8
-    } else {
-        return Ok(None);
-    };
+    let (input, x_fact) = (dq.dtype, model.outlet_fact(dq_node.inputs[0])?);
     let ps = &conv.pool_spec;
     let declined = |reason: String| {
         Ok(Some((

@@ -17,11 +17,11 @@ use std::cell::RefCell;
 
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
-use tract_core::ops::quant::DequantizeLinearF32;
 
 use super::fuse::epilogue_after;
-use super::qconv::{integer_weights, output_quantize, quantized_channels, usable_input};
-use super::{datum, KernelNode};
+use super::qconv::{integer_weights, quantized_channels};
+use super::quantized::{dequantized, output_quantize, usable_input};
+use super::{datum, ensure_integers, kernel_op, KernelNode};
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::transpose::transpose;
@@ -175,17 +175,7 @@ impl PerchQMatMul {
     }
 }
 
-impl Op for PerchQMatMul {
-    fn name(&self) -> StaticName {
-        "PerchQMatMul".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![self.kernel_name().into(), self.detail()])
-    }
-
-    op_as_typed_op!();
-}
+kernel_op!(PerchQMatMul, "PerchQMatMul");
 
 thread_local! {
     /// Transposes and padded rows, reused across runs and nodes.
@@ -198,12 +188,7 @@ impl EvalOp for PerchQMatMul {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
         let s = &self.spec;
-        ensure!(
-            x.datum_type().unquantized() == datum(s.input).unquantized(),
-            "PerchQMatMul planned for {} input, got {:?}",
-            s.input.name(),
-            x.datum_type()
-        );
+        ensure_integers(&x, s.input, "PerchQMatMul", 0)?;
         let len = x.len();
         ensure!(
             len % (s.k * s.inner) == 0,
@@ -312,18 +297,10 @@ pub(super) fn consider(
     } else {
         (1, 0)
     };
-    let dq_node = model.node(node.inputs[xi].node);
-    let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else {
+    let Some((dq_node, dq)) = dequantized(model, node.inputs[xi])? else {
         return Ok(None);
     };
-    let x_fact = model.outlet_fact(dq_node.inputs[0])?;
-    let input = if x_fact.datum_type.unquantized() == u8::datum_type() {
-        QType::U8
-    } else if x_fact.datum_type.unquantized() == i8::datum_type() {
-        QType::I8
-    } else {
-        return Ok(None);
-    };
+    let (input, x_fact) = (dq.dtype, model.outlet_fact(dq_node.inputs[0])?);
     let declined = |reason: String| {
         Ok(Some((
             None,
