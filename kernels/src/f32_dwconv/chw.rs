@@ -61,43 +61,33 @@ pub(super) fn scratch_len(g: &DwGeometry) -> usize {
 
 /// Runs `kernel` on every channel of every image (lengths checked by the caller).
 pub(super) fn run(kernel: unsafe fn(&Job), g: &DwGeometry, call: Call) {
-    let Call {
-        images,
-        input,
-        weights,
-        bias,
-        output,
-        scratch,
-        lo,
-        hi,
-    } = call;
     // Padding and slack stay zero: every channel writes the same interior cells.
-    scratch.fill(0.0);
+    call.scratch.fill(0.0);
     let [h, w] = g.input;
     let [ho, wo] = g.output;
     let [hq, wq] = plane_shape(g);
     let taps = g.kernel[0] * g.kernel[1];
-    let planes = images * g.channels;
+    let planes = call.images * g.channels;
     for p in 0..planes {
         let c = p % g.channels;
         let job = Job {
-            input: input[p * h * w..].as_ptr(),
+            input: call.input[p * h * w..].as_ptr(),
             h,
             w,
             top: g.padding[0],
             left: g.padding[1],
-            planes: scratch.as_mut_ptr(),
+            planes: call.scratch.as_mut_ptr(),
             plane_len: plane_len(g),
             hq,
             wq,
             ho,
             wo,
-            out: output[p * ho * wo..].as_mut_ptr(),
+            out: call.output[p * ho * wo..].as_mut_ptr(),
             room: (planes - p - 1) * ho * wo,
-            weights: weights[c * taps..].as_ptr(),
-            bias: bias.map_or(0.0, |b| b[c]),
-            lo,
-            hi,
+            weights: call.weights[c * taps..].as_ptr(),
+            bias: call.bias.map_or(0.0, |b| b[c]),
+            lo: call.lo,
+            hi: call.hi,
         };
         // SAFETY: the variant's instruction set was checked when it was planned.
         // Reads: the input plane (h × w, checked by the caller), and the stride-phase

@@ -56,32 +56,22 @@ pub(super) fn scratch_len(g: &DwGeometry) -> usize {
 
 /// Runs `kernel` on every image (lengths checked by the caller).
 pub(super) fn run(kernel: unsafe fn(&Job), g: &DwGeometry, call: Call) {
-    let Call {
-        images,
-        input,
-        weights,
-        bias,
-        output,
-        scratch,
-        lo,
-        hi,
-    } = call;
     let c = g.channels;
     let [h, w] = g.input;
     let [hp, wp] = padded_shape(g);
     let cp = padded_channels(g);
     let taps = g.kernel[0] * g.kernel[1];
-    let (padded, rest) = scratch.split_at_mut(hp * wp * c + SLACK);
+    let (padded, rest) = call.scratch.split_at_mut(hp * wp * c + SLACK);
     let (packed, packed_bias) = rest.split_at_mut(taps * cp);
     // Filters from one per channel (`c × taps`) to tap-major (`taps × cp`).
     packed.fill(0.0);
-    for (ch, filter) in weights.chunks_exact(taps).enumerate() {
+    for (ch, filter) in call.weights.chunks_exact(taps).enumerate() {
         for (t, v) in filter.iter().enumerate() {
             packed[t * cp + ch] = *v;
         }
     }
     packed_bias.fill(0.0);
-    if let Some(bias) = bias {
+    if let Some(bias) = call.bias {
         packed_bias[..c].copy_from_slice(bias);
     }
     // Padding and slack stay zero: every image writes the same interior cells.
@@ -91,8 +81,8 @@ pub(super) fn run(kernel: unsafe fn(&Job), g: &DwGeometry, call: Call) {
     let rows = h.min(hp.saturating_sub(top));
     let cols = w.min(wp.saturating_sub(left));
     let out_len = g.output_len();
-    for i in 0..images {
-        let image = &input[i * g.input_len()..(i + 1) * g.input_len()];
+    for i in 0..call.images {
+        let image = &call.input[i * g.input_len()..(i + 1) * g.input_len()];
         for y in 0..rows {
             let src = &image[y * w * c..(y * w + cols) * c];
             let at = ((y + top) * wp + left) * c;
@@ -104,13 +94,13 @@ pub(super) fn run(kernel: unsafe fn(&Job), g: &DwGeometry, call: Call) {
             c,
             ho: g.output[0],
             wo: g.output[1],
-            out: output[i * out_len..].as_mut_ptr(),
-            room: (images - i - 1) * out_len,
+            out: call.output[i * out_len..].as_mut_ptr(),
+            room: (call.images - i - 1) * out_len,
             weights: packed.as_ptr(),
             bias: packed_bias.as_ptr(),
             cp,
-            lo,
-            hi,
+            lo: call.lo,
+            hi: call.hi,
         };
         // SAFETY: the variant's instruction set was checked when it was planned.
         // Reads: the padded image (hp × wp × c plus SLACK: a channel vector read past

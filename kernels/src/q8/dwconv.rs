@@ -16,6 +16,10 @@ const C_BLOCK: usize = 16;
 const SLACK: usize = 16;
 
 /// What a microkernel computes: one image from its padded signed copy.
+///
+/// Store order: a pixel's channel blocks go from the last down, so that a block stored
+/// whole past the last channel spills only into later pixels' first block, stored
+/// afterwards (`room` says how far the buffer goes on).
 #[repr(C)]
 pub(crate) struct Job {
     /// The padded image, `hp × wp × c` signed bytes, then [`SLACK`] more.

@@ -306,17 +306,27 @@ fn constants(graph: &pb::GraphProto) -> HashMap<&str, &pb::TensorProto> {
         .iter()
         .map(|t| (t.name.as_str(), t))
         .collect();
-    for node in graph.node.iter().filter(|n| n.op_type == "Constant") {
-        let value = node
-            .attribute
-            .iter()
-            .find(|a| a.name == "value")
-            .and_then(|a| a.t.as_ref());
-        if let (Some(out), Some(t)) = (node.output.first(), value) {
-            constants.insert(out.as_str(), t);
+    for node in &graph.node {
+        if let Some((out, t)) = constant_value(node) {
+            constants.insert(out, t);
         }
     }
     constants
+}
+
+/// A `Constant` node's output name and its tensor value (`value` attribute), if it is
+/// one that holds a tensor.
+pub fn constant_value(node: &pb::NodeProto) -> Option<(&str, &pb::TensorProto)> {
+    if node.op_type != "Constant" {
+        return None;
+    }
+    let value = node
+        .attribute
+        .iter()
+        .find(|a| a.name == "value")?
+        .t
+        .as_ref()?;
+    Some((node.output.first()?.as_str(), value))
 }
 
 /// A node's name, or its first output when it has none, as the engine itself names it.

@@ -24,9 +24,7 @@ pub(super) unsafe fn image<const KH: usize, const KW: usize, const S: usize>(job
     }
 }
 
-/// Pixels `x .. x + P` of output row `y`, every channel; channel blocks from the last
-/// down (a block stored whole past the last channel spills into later pixels' first
-/// block, stored afterwards).
+/// Pixels `x .. x + P` of output row `y`, every channel, in `Job`'s store order.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usize>(

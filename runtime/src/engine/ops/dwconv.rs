@@ -7,7 +7,7 @@ use tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_core::ops::nn::DataFormat;
 
 use super::fuse::epilogue_after;
-use super::KernelNode;
+use super::{padding, Considered, KernelNode};
 use crate::kernels::f32_dwconv::{DwConv, DwGeometry, Layout};
 use crate::kernels::{Activation, Cpu};
 
@@ -49,18 +49,9 @@ impl PerchDwConv {
     }
 
     pub(super) fn report(&self, node: &str, fused: Vec<String>) -> KernelNode {
-        KernelNode {
-            node: node.into(),
-            pattern: PATTERN,
-            detail: detail(
-                self.conv.geometry(),
-                self.conv.layout(),
-                self.conv.activation(),
-            ),
-            kernel: Some(self.conv.variant().name.into()),
-            reason: None,
-            fused,
-        }
+        let conv = &self.conv;
+        let detail = detail(conv.geometry(), conv.layout(), conv.activation());
+        KernelNode::planned(node, PATTERN, detail, conv.variant().name, fused)
     }
 }
 
@@ -191,11 +182,7 @@ impl TypedOp for PerchDwConv {
 
 /// Whether `node` is a depthwise convolution; if it is, the patch that puts a
 /// `PerchDwConv` in its place (with the clamp after it fused), or the reason it stays.
-pub(super) fn consider(
-    model: &TypedModel,
-    node: &TypedNode,
-    cpu: Cpu,
-) -> TractResult<Option<(Option<TypedModelPatch>, KernelNode)>> {
+pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractResult<Considered> {
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
     };
@@ -205,14 +192,7 @@ pub(super) fn consider(
     let c = conv.input_channels();
     let x_fact = model.outlet_fact(node.inputs[0])?;
     let shape: Vec<Option<usize>> = x_fact.shape.iter().map(|d| d.to_usize().ok()).collect();
-    let declined = |detail: String, reason: String| KernelNode {
-        node: node.name.clone(),
-        pattern: PATTERN,
-        detail,
-        kernel: None,
-        reason: Some(reason),
-        fused: vec![],
-    };
+    let declined = |detail, reason| KernelNode::declined(&node.name, PATTERN, detail, reason);
     let ps = &conv.pool_spec;
     let summary = format!(
         "{c} ch, {:?} filter, strides {:?}, dilations {:?}",
@@ -279,12 +259,7 @@ pub(super) fn consider(
         return refuse("bias computed at run time, or not one per channel");
     };
     let pads = ps.computed_padding(&[h, w]);
-    let padding = [
-        pads[0].pad_before,
-        pads[1].pad_before,
-        pads[0].pad_after,
-        pads[1].pad_after,
-    ];
+    let padding = padding(ps, [h, w]);
     let geometry = match DwGeometry::new(c, [h, w], kernel, strides[0], padding) {
         Ok(g) => g,
         Err(e) => return refuse(&e.0),
@@ -312,7 +287,7 @@ pub(super) fn consider(
     scale_channels(&mut bias, 1, |ch, b| {
         b * epilogue.scale[ch] + epilogue.shift[ch]
     })?;
-    let mut patch = TypedModelPatch::new(format!("perch dwconv {}", node.name));
+    let mut patch = TypedModelPatch::new(format!("perch {}", node.name));
     let x = patch.tap_model(model, node.inputs[0])?;
     let w = patch.add_const(format!("{}.filters", node.name), weights)?;
     let b = patch.add_const(format!("{}.bias", node.name), bias)?;

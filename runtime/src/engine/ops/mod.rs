@@ -91,6 +91,17 @@ macro_rules! kernel_op {
 }
 use kernel_op;
 
+/// A 2-D convolution's padding for an input of `hw`: top, left, bottom, right.
+fn padding(ps: &tract_core::ops::cnn::PoolSpec, hw: [usize; 2]) -> [usize; 4] {
+    let pads = ps.computed_padding(&hw);
+    [
+        pads[0].pad_before,
+        pads[1].pad_before,
+        pads[0].pad_after,
+        pads[1].pad_after,
+    ]
+}
+
 /// Declutters a typed model as the engine does: with the guard against tract's folding
 /// of non-element-wise ops into lookup tables (see `guard`), then tract's declutter.
 /// Host tools that write archives use it so that they write what the engine runs.
@@ -122,6 +133,59 @@ impl KernelNode {
     pub fn is_planned(&self) -> bool {
         self.kernel.is_some()
     }
+
+    /// A node that `kernel` runs, with the nodes fused into it.
+    fn planned(
+        node: &str,
+        pattern: &'static str,
+        detail: String,
+        kernel: &str,
+        fused: Vec<String>,
+    ) -> KernelNode {
+        KernelNode {
+            node: node.into(),
+            pattern,
+            detail,
+            kernel: Some(kernel.into()),
+            reason: None,
+            fused,
+        }
+    }
+
+    /// A node that stays on tract's operator, and why.
+    fn declined(node: &str, pattern: &'static str, detail: String, reason: String) -> KernelNode {
+        KernelNode {
+            node: node.into(),
+            pattern,
+            detail,
+            kernel: None,
+            reason: Some(reason),
+            fused: vec![],
+        }
+    }
+}
+
+/// What a pattern makes of a node: `None` when the node is not the pattern's, else the
+/// patch that puts a Perch operator in (none when it stays on tract's) and the report.
+type Considered = Option<(Option<TypedModelPatch>, KernelNode)>;
+
+/// A patch that wires `op` on `inputs` (outlets of `model`) under `node`'s name, in place
+/// of what `replaced` gave.
+fn replacement(
+    model: &TypedModel,
+    node: &TypedNode,
+    op: impl Into<Box<dyn TypedOp>>,
+    inputs: &[OutletId],
+    replaced: OutletId,
+) -> TractResult<TypedModelPatch> {
+    let mut patch = TypedModelPatch::new(format!("perch {}", node.name));
+    let taps = inputs
+        .iter()
+        .map(|i| patch.tap_model(model, *i))
+        .collect::<TractResult<TVec<_>>>()?;
+    let out = patch.wire_node(&node.name, op, &taps)?[0];
+    patch.shunt_outside(model, replaced, out)?;
+    Ok(patch)
 }
 
 /// Rewrites `model` with Perch operators where a kernel covers a node, planning each

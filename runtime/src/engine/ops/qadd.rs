@@ -16,7 +16,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::math::Add;
 
 use super::quantized::{dequantized, single_quantize};
-use super::{datum, ensure_integers, kernel_op, KernelNode};
+use super::{datum, ensure_integers, kernel_op, replacement, Considered, KernelNode};
 use crate::kernels::f32_dwconv::Layout;
 use crate::kernels::q8::add::{Operand, QAdd, Quantize};
 use crate::kernels::transpose::transpose;
@@ -67,14 +67,7 @@ impl PerchQAdd {
     }
 
     pub(super) fn report(&self, node: &str, fused: Vec<String>) -> KernelNode {
-        KernelNode {
-            node: node.into(),
-            pattern: PATTERN,
-            detail: self.detail(),
-            kernel: Some(self.kernel_name().into()),
-            reason: None,
-            fused,
-        }
+        KernelNode::planned(node, PATTERN, self.detail(), self.kernel_name(), fused)
     }
 
     fn detail(&self) -> String {
@@ -230,11 +223,7 @@ impl TypedOp for PerchQAdd {
 
 /// Whether `node` is a sum of two dequantized tensors, quantized; if it is, the patch
 /// that runs it on the integer kernel, or the reason it stays float.
-pub(super) fn consider(
-    model: &TypedModel,
-    node: &TypedNode,
-    cpu: Cpu,
-) -> TractResult<Option<(Option<TypedModelPatch>, KernelNode)>> {
+pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractResult<Considered> {
     let Some(bin) = node.op_as::<TypedBinOp>() else {
         return Ok(None);
     };
@@ -249,18 +238,10 @@ pub(super) fn consider(
     };
     let sum = OutletId::new(node.id, 0);
     let shape = model.outlet_fact(sum)?.shape.clone();
+    let detail = format!("{shape:?}, {} + {}", a.dtype.name(), b.dtype.name());
     let declined = |reason: String| {
-        Ok(Some((
-            None,
-            KernelNode {
-                node: node.name.clone(),
-                pattern: PATTERN,
-                detail: format!("{shape:?}, {} + {}", a.dtype.name(), b.dtype.name()),
-                kernel: None,
-                reason: Some(reason),
-                fused: vec![],
-            },
-        )))
+        let report = KernelNode::declined(&node.name, PATTERN, detail.clone(), reason);
+        Ok(Some((None, report)))
     };
     let Some((q_node, output)) = single_quantize(model, sum)? else {
         return declined("its sum is not quantized (no single QuantizeLinear after it)".into());
@@ -297,11 +278,14 @@ pub(super) fn consider(
         Ok(op) => op,
         Err(reason) => return declined(reason),
     };
-    let mut patch = TypedModelPatch::new(format!("perch qadd {}", node.name));
-    let xa = patch.tap_model(model, dq_a.inputs[0])?;
-    let xb = patch.tap_model(model, dq_b.inputs[0])?;
-    let out = patch.wire_node(&node.name, op.clone(), &[xa, xb])?[0];
-    patch.shunt_outside(model, OutletId::new(q_node.id, 0), out)?;
+    let inputs = [dq_a.inputs[0], dq_b.inputs[0]];
+    let patch = replacement(
+        model,
+        node,
+        op.clone(),
+        &inputs,
+        OutletId::new(q_node.id, 0),
+    )?;
     let fused = vec![dq_a.name.clone(), dq_b.name.clone(), q_node.name.clone()];
     Ok(Some((Some(patch), op.report(&node.name, fused))))
 }

@@ -26,7 +26,9 @@ use tract_core::ops::nn::DataFormat;
 
 use super::fuse::epilogue_after;
 use super::quantized::{dequantized, output_quantize, usable_input};
-use super::{datum, ensure_integers, images, kernel_op, KernelNode};
+use super::{
+    datum, ensure_integers, images, kernel_op, padding, replacement, Considered, KernelNode,
+};
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
 use crate::kernels::q8::dwconv::QDwConv;
 use crate::kernels::q8::gemm::Gemm;
@@ -180,14 +182,7 @@ impl PerchQConv {
     }
 
     pub(super) fn report(&self, node: &str, fused: Vec<String>) -> KernelNode {
-        KernelNode {
-            node: node.into(),
-            pattern: PATTERN,
-            detail: self.detail(),
-            kernel: Some(self.kernel_name().into()),
-            reason: None,
-            fused,
-        }
+        KernelNode::planned(node, PATTERN, self.detail(), self.kernel_name(), fused)
     }
 
     fn detail(&self) -> String {
@@ -386,11 +381,7 @@ fn on_grid(r: f32) -> bool {
 
 /// Whether `node` is a convolution between quantize/dequantize pairs; if it is, the
 /// patch that runs it on integer kernels, or the reason it stays float.
-pub(super) fn consider(
-    model: &TypedModel,
-    node: &TypedNode,
-    cpu: Cpu,
-) -> TractResult<Option<(Option<TypedModelPatch>, KernelNode)>> {
+pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractResult<Considered> {
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
     };
@@ -399,24 +390,16 @@ pub(super) fn consider(
     };
     let (input, x_fact) = (dq.dtype, model.outlet_fact(dq_node.inputs[0])?);
     let ps = &conv.pool_spec;
+    let detail = format!(
+        "{} -> {} ch, {:?} filter, group {}",
+        conv.input_channels(),
+        conv.output_channels(),
+        ps.kernel_shape.as_slice(),
+        conv.group
+    );
     let declined = |reason: String| {
-        Ok(Some((
-            None,
-            KernelNode {
-                node: node.name.clone(),
-                pattern: PATTERN,
-                detail: format!(
-                    "{} -> {} ch, {:?} filter, group {}",
-                    conv.input_channels(),
-                    conv.output_channels(),
-                    ps.kernel_shape.as_slice(),
-                    conv.group
-                ),
-                kernel: None,
-                reason: Some(reason),
-                fused: vec![],
-            },
-        )))
+        let report = KernelNode::declined(&node.name, PATTERN, detail.clone(), reason);
+        Ok(Some((None, report)))
     };
     // Where the chain ends: the single quantize after the epilogue.
     let (cin, cout, group) = (conv.input_channels(), conv.output_channels(), conv.group);
@@ -480,13 +463,7 @@ pub(super) fn consider(
         Ok(b) if b.len() == 1 => vec![b[0]; cout],
         _ => return declined("bias not one f32 per output channel".into()),
     };
-    let pads = ps.computed_padding(&[h, w]);
-    let padding = [
-        pads[0].pad_before,
-        pads[1].pad_before,
-        pads[0].pad_after,
-        pads[1].pad_after,
-    ];
+    let padding = padding(ps, [h, w]);
     let (lo, hi) = epilogue.activation.bounds();
     let output = match OutputQuant::new(output_type, sy, zy, lo, hi) {
         Ok(o) => o,
@@ -525,10 +502,8 @@ pub(super) fn consider(
         Ok(op) => op,
         Err(reason) => return declined(reason),
     };
-    let mut patch = TypedModelPatch::new(format!("perch qconv {}", node.name));
-    let x = patch.tap_model(model, dq_node.inputs[0])?;
-    let out = patch.wire_node(&node.name, op.clone(), &[x])?[0];
-    patch.shunt_outside(model, OutletId::new(q_node.id, 0), out)?;
+    let q_out = OutletId::new(q_node.id, 0);
+    let patch = replacement(model, node, op.clone(), &[dq_node.inputs[0]], q_out)?;
     let mut fused = vec![dq_node.name.clone()];
     fused.extend(epilogue.fused);
     fused.push(q_node.name.clone());

@@ -21,7 +21,7 @@ use tract_core::ops::einsum::EinSum;
 use super::fuse::epilogue_after;
 use super::qconv::{integer_weights, quantized_channels};
 use super::quantized::{dequantized, output_quantize, usable_input};
-use super::{datum, ensure_integers, kernel_op, KernelNode};
+use super::{datum, ensure_integers, kernel_op, replacement, Considered, KernelNode};
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::transpose::transpose;
@@ -101,14 +101,7 @@ impl PerchQMatMul {
     }
 
     pub(super) fn report(&self, node: &str, fused: Vec<String>) -> KernelNode {
-        KernelNode {
-            node: node.into(),
-            pattern: PATTERN,
-            detail: self.detail(),
-            kernel: Some(self.kernel_name().into()),
-            reason: None,
-            fused,
-        }
+        KernelNode::planned(node, PATTERN, self.detail(), self.kernel_name(), fused)
     }
 
     /// Whether the output is a channels-first image `[m, h, w]` or `[n, m, h, w]` (a 1x1
@@ -280,11 +273,7 @@ impl TypedOp for PerchQMatMul {
 
 /// Whether `node` is an einsum with constant weights between quantize/dequantize pairs;
 /// if it is, the patch that runs it on integer kernels, or the reason it stays float.
-pub(super) fn consider(
-    model: &TypedModel,
-    node: &TypedNode,
-    cpu: Cpu,
-) -> TractResult<Option<(Option<TypedModelPatch>, KernelNode)>> {
+pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractResult<Considered> {
     let Some(einsum) = node.op_as::<EinSum>() else {
         return Ok(None);
     };
@@ -301,18 +290,10 @@ pub(super) fn consider(
         return Ok(None);
     };
     let (input, x_fact) = (dq.dtype, model.outlet_fact(dq_node.inputs[0])?);
+    let detail = format!("{}", einsum.axes);
     let declined = |reason: String| {
-        Ok(Some((
-            None,
-            KernelNode {
-                node: node.name.clone(),
-                pattern: PATTERN,
-                detail: format!("{}", einsum.axes),
-                kernel: None,
-                reason: Some(reason),
-                fused: vec![],
-            },
-        )))
+        let report = KernelNode::declined(&node.name, PATTERN, detail.clone(), reason);
+        Ok(Some((None, report)))
     };
     let Some(weights) = model.outlet_fact(node.inputs[wi])?.konst.clone() else {
         return declined("weights computed at run time".into());
@@ -430,10 +411,8 @@ pub(super) fn consider(
         Ok(op) => op,
         Err(reason) => return declined(reason),
     };
-    let mut patch = TypedModelPatch::new(format!("perch qmatmul {}", node.name));
-    let x = patch.tap_model(model, dq_node.inputs[0])?;
-    let out = patch.wire_node(&node.name, op.clone(), &[x])?[0];
-    patch.shunt_outside(model, OutletId::new(q_node.id, 0), out)?;
+    let q_out = OutletId::new(q_node.id, 0);
+    let patch = replacement(model, node, op.clone(), &[dq_node.inputs[0]], q_out)?;
     let mut fused = vec![dq_node.name.clone()];
     fused.extend(epilogue.fused);
     fused.push(q_node.name.clone());
