@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use common::{output_step, steps};
-use perch_runtime::engine::{nnef_framework, Golden, LoadOptions, Model, Tensor};
+use perch_runtime::engine::{nnef_framework, Golden, Input, LoadOptions, Model, Tensor};
 use perch_runtime::kernels::Cpu;
 use tract_core::internal::*;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
@@ -24,17 +24,19 @@ fn load(path: &Path, options: &LoadOptions) -> Model {
 }
 
 /// The reference models, the number of Conv/Gemm/MatMul nodes in their QDQ files, the
-/// number of quantized residual additions (`Q(DQ(a) + DQ(b))`), and how many output quantization steps (the last DequantizeLinear's scale) Perch may be
+/// number of quantized residual additions (`Q(DQ(a) + DQ(b))`), the number of float
+/// tensors quantized outside those layers (the input), and how many output quantization
+/// steps (the last DequantizeLinear's scale) Perch may be
 /// from ONNX Runtime's node-by-node result (`golden/output_0.qdq.npy`). R4 is 3 steps
 /// away: at features.14 one accumulator sits on a rounding tie of the float scale
 /// product, and ONNX Runtime's own fused and node-by-node runs differ by 3 steps there
 /// too (BENCHMARKS.md). `quantized_forms.rs` checks more forms; this file also runs
 /// under qemu.
-const CASES: [(&str, usize, usize, i64); 4] = [
-    ("digits-mlp", 3, 0, 0),
-    ("kws-dscnn", 10, 0, 0),
-    ("anomaly-ae", 10, 0, 0),
-    ("mobilenetv2-035", 53, 10, 3),
+const CASES: [(&str, usize, usize, usize, i64); 4] = [
+    ("digits-mlp", 3, 0, 2, 0),
+    ("kws-dscnn", 10, 0, 2, 0),
+    ("anomaly-ae", 10, 0, 10, 0),
+    ("mobilenetv2-035", 53, 10, 2, 3),
 ];
 
 /// The integer kernels' name prefix this CPU (or the emulated board) must plan.
@@ -64,7 +66,7 @@ fn run(model: &Model, golden: &Golden) -> Tensor {
 
 #[test]
 fn every_layer_of_onnx_runtimes_int8_files_runs_on_integer_kernels_with_its_answer() {
-    for (name, layers, adds, max_steps) in CASES {
+    for (name, layers, adds, quantizes, max_steps) in CASES {
         let path = models().join(name).join("model.qdq.onnx");
         let model = load(&path, &LoadOptions::new());
         let kernels = &model.metadata().kernels;
@@ -82,16 +84,31 @@ fn every_layer_of_onnx_runtimes_int8_files_runs_on_integer_kernels_with_its_answ
                 k.detail
             );
         }
-        let sums = integer.iter().filter(|k| k.starts_with("q8_add_")).count();
-        assert_eq!(sums, adds, "{name}: {kernels:#?}");
-        assert_eq!(integer.len(), layers + adds, "{name}: {kernels:#?}");
+        let count = |prefix: &str| integer.iter().filter(|k| k.starts_with(prefix)).count();
+        assert_eq!(count("q8_add_"), adds, "{name}: {kernels:#?}");
+        assert_eq!(count("q8_quantize_"), quantizes, "{name}: {kernels:#?}");
+        assert_eq!(
+            integer.len(),
+            layers + adds + quantizes,
+            "{name}: {kernels:#?}"
+        );
         // Depthwise layers run on the depthwise kernels; everything else on the GEMM.
         assert!(
             integer.iter().all(|k| k.starts_with("q8_dwconv_")
                 || k.starts_with("q8_add_")
+                || k.starts_with("q8_quantize_")
                 || k.starts_with(expected_gemm())),
             "{name}: {integer:?}"
         );
+        // Nor does the engine's own quantization run.
+        let quantizes_left: Vec<&str> = model
+            .optimized_model()
+            .nodes()
+            .iter()
+            .filter(|n| n.op.name().starts_with("QuantizeLinear"))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert!(quantizes_left.is_empty(), "{name}: {quantizes_left:?}");
         let plan = model.optimized_model();
         let float_convs: Vec<&str> = plan
             .nodes()
@@ -304,4 +321,117 @@ fn a_quantized_sum_on_the_kernel_gives_the_float_graphs_bytes() {
             "{types:?} (same input: {same})"
         );
     }
+}
+
+/// Values at every edge of a quantization: ties of each parity, the types' ends, beyond
+/// 16 and 32 bits, signed zeros, infinities and NaN.
+fn edge_values() -> Vec<f32> {
+    let mut v = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN,
+        1e10,
+        -1e10,
+        0.49999997,
+        -0.49999997,
+    ];
+    v.extend((-300..300).map(|k| k as f32 * 0.5));
+    v.extend((-300..300).map(|k| k as f32 * 0.37 + 0.001));
+    v
+}
+
+/// A float tensor quantized by the engine's `QuantizeLinear` and by Perch's kernel: the
+/// same bytes, special values included, wherever the engine's arithmetic does not
+/// overflow. Where it would (a product beyond ±2^31: its 32-bit zero-point addition
+/// panics in a debug build and wraps in a release one), the kernel saturates, as ONNX
+/// Runtime does.
+#[test]
+fn a_float_tensor_quantized_on_the_kernel_gives_the_engines_bytes() {
+    use tract_core::ops::quant::{quantize_linear_i8, quantize_linear_u8};
+    let all = edge_values();
+    for (inverse_scale, zero_point, signed) in [
+        (1.0, 0, false),
+        (2.0, 128, false),
+        (1.0 / 0.0302, 119, false),
+        (1.0 / 0.0302, -9, true),
+        (0.5, -128, true),
+        (3.0, 127, true),
+    ] {
+        let wraps = |x: f32| (x * inverse_scale).abs() >= 2f32.powi(30);
+        let (huge, x): (Vec<f32>, Vec<f32>) = all.iter().partition(|x| wraps(**x));
+        let model = |n: usize| {
+            let mut model = TypedModel::default();
+            let source = model.add_source("x", f32::datum_type().fact([n])).unwrap();
+            let q = if signed {
+                quantize_linear_i8(inverse_scale, zero_point as i8)
+            } else {
+                quantize_linear_u8(inverse_scale, zero_point as u8)
+            };
+            let y = model.wire_node("q", q, &[source]).unwrap()[0];
+            model.select_output_outlets(&[y]).unwrap();
+            model
+        };
+        let rewrite = |model: TypedModel| {
+            let (rewritten, report) =
+                perch_runtime::engine::ops::rewrite(model, Cpu::detect()).unwrap();
+            let planned: Vec<_> = report.iter().filter_map(|k| k.kernel.as_deref()).collect();
+            assert!(
+                planned.len() == 1 && planned[0].starts_with("q8_quantize_"),
+                "{report:#?}"
+            );
+            assert!(
+                rewritten
+                    .nodes()
+                    .iter()
+                    .all(|n| !n.op.name().starts_with("QuantizeLinear")),
+                "{rewritten}"
+            );
+            rewritten
+        };
+        let bytes = |t: Tensor| t.try_as_plain_ram().unwrap().as_bytes().to_vec();
+        let input = [Tensor::from_shape(&[x.len()], &x).unwrap()];
+        let want = bytes(run_typed(model(x.len()), &input));
+        let got = bytes(run_typed(rewrite(model(x.len())), &input));
+        for i in 0..x.len() {
+            assert_eq!(
+                got[i], want[i],
+                "x = {} at 1/scale {inverse_scale}, zero point {zero_point}",
+                x[i]
+            );
+        }
+        let input = [Tensor::from_shape(&[huge.len()], &huge).unwrap()];
+        let got = bytes(run_typed(rewrite(model(huge.len())), &input));
+        let (lo, hi) = if signed { (-128, 127) } else { (0, 255) };
+        for (x, got) in huge.iter().zip(got) {
+            let want = if *x > 0.0 { hi } else { lo };
+            let got = if signed { got as i8 as i32 } else { got as i32 };
+            assert_eq!(got, want, "x = {x} at 1/scale {inverse_scale}");
+        }
+    }
+}
+
+/// A finite but huge input (a broken sensor's 1e10) saturates at the input's
+/// quantization like any value past its ends: the engine's own `QuantizeLinear`
+/// overflows there when the zero point is not 0 (R3's is 121: a panic in a debug
+/// build, a wrapped byte in a release one).
+#[test]
+fn a_huge_finite_input_saturates_instead_of_overflowing() {
+    let model = load(
+        &models().join("anomaly-ae/model.qdq.onnx"),
+        &LoadOptions::new(),
+    );
+    let run = |x: &[f32]| {
+        let out = model.run(&[Input::f32(&[1, 640], x)]).unwrap();
+        out.f32(0).unwrap().to_vec()
+    };
+    // The input's quantization holds about -2.9 ..= 3.3: ±10 saturates too.
+    let mut huge: Vec<f32> = (0..640).map(|i| (i % 17) as f32 / 8.0 - 1.0).collect();
+    let mut ends = huge.clone();
+    (huge[3], huge[40]) = (1e10, -1e10);
+    (ends[3], ends[40]) = (10.0, -10.0);
+    assert_eq!(run(&huge), run(&ends));
 }

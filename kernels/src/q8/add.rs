@@ -20,6 +20,7 @@
 //! Layouts do not matter to an element-wise operation: the engine gives the kernel
 //! three tensors in the same order.
 
+pub use super::quantize::Quantize;
 use super::{QType, Unsupported};
 use crate::{Cpu, Isa};
 
@@ -40,22 +41,9 @@ impl Operand {
     }
 }
 
-/// How the output is quantized: multiplied by `inverse_scale` (the reciprocal of
-/// ONNX's scale, which the engine's `QuantizeLinear` multiplies by), rounded, offset by
-/// `zero_point`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Quantize {
-    /// The stored type.
-    pub dtype: QType,
-    /// Its zero point, in the type's range.
-    pub zero_point: i32,
-    /// The factor, finite and positive.
-    pub inverse_scale: f32,
-}
-
 /// Checks a zero point against its type and a scale (or inverse scale) for being
 /// positive and finite.
-fn check(
+pub(super) fn check(
     what: &str,
     dtype: QType,
     zero_point: i32,
@@ -78,7 +66,7 @@ fn check(
 }
 
 /// The unsigned form of a type: `(flip, zero point of the unsigned form)`.
-fn unsigned(dtype: QType, zero_point: i32) -> (u8, i32) {
+pub(super) fn unsigned(dtype: QType, zero_point: i32) -> (u8, i32) {
     match dtype {
         QType::U8 => (0, zero_point),
         QType::I8 => (0x80, zero_point + 128),
@@ -186,14 +174,8 @@ impl QAdd {
     ) -> Result<QAdd, Unsupported> {
         a.check("first input")?;
         b.check("second input")?;
+        output.check("output")?;
         let inverse_scale = output.inverse_scale;
-        check(
-            "output",
-            output.dtype,
-            output.zero_point,
-            "inverse scale",
-            inverse_scale,
-        )?;
         // The largest sum's magnitude in output steps: under 2^24, every f32 step is
         // exact enough for the conversion to integers not to saturate anywhere.
         let reach = (255.0 * a.scale as f64 + 255.0 * b.scale as f64) * inverse_scale as f64;

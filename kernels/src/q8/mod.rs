@@ -22,12 +22,14 @@
 //!   the matrix product, and general convolutions after im2col;
 //! - [`dwconv`]: the depthwise convolution;
 //! - [`im2col`]: the rows a general convolution's matrix product reads;
-//! - [`add`]: the element-wise sum of two quantized tensors (residual connections).
+//! - [`add`]: the element-wise sum of two quantized tensors (residual connections);
+//! - [`quantize`]: float to 8-bit, the integer graph's entry.
 
 pub mod add;
 pub mod dwconv;
 pub mod gemm;
 pub mod im2col;
+pub mod quantize;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

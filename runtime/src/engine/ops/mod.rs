@@ -26,8 +26,9 @@ mod nnef;
 mod nnef_quant;
 mod qadd;
 mod qconv;
+mod qdq;
 mod qmatmul;
-mod quantized;
+mod quantize;
 
 use serde::Serialize;
 use tract_core::internal::*;
@@ -39,6 +40,7 @@ pub(crate) use nnef::registry;
 pub use qadd::PerchQAdd;
 pub use qconv::PerchQConv;
 pub use qmatmul::PerchQMatMul;
+pub use quantize::PerchQuantize;
 
 use crate::kernels::q8::QType;
 use crate::kernels::Cpu;
@@ -243,6 +245,17 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
             entry.detail = fresh.detail;
         }
     }
+    // The quantize nodes left: the graph's float inputs, and float operators' results
+    // going back to integer ones. Last, so that the layers' own output quantize nodes
+    // went into their operators first; the fresh order holds only live nodes.
+    for id in model.eval_order()? {
+        if let Some((patch, decision)) = quantize::consider(&model, model.node(id), cpu)? {
+            if let Some(patch) = patch {
+                patch.apply(&mut model)?;
+            }
+            report.push(decision);
+        }
+    }
     let model = model.into_compact()?;
     Ok((model, report))
 }
@@ -263,6 +276,9 @@ fn report_existing(node: &TypedNode) -> Option<KernelNode> {
     }
     if let Some(op) = node.op_as::<PerchQAdd>() {
         return Some(op.report(&node.name, vec![]));
+    }
+    if let Some(op) = node.op_as::<PerchQuantize>() {
+        return Some(op.report(&node.name));
     }
     node.op_as::<PerchQMatMul>()
         .map(|op| op.report(&node.name, vec![]))

@@ -12,8 +12,10 @@ use super::guard::PerchBarrier;
 use super::qadd::{PerchQAdd, QAddSpec};
 use super::qconv::{PerchQConv, QConvSpec};
 use super::qmatmul::{PerchQMatMul, QMatMulSpec};
+use super::quantize::PerchQuantize;
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
-use crate::kernels::q8::add::{Operand, Quantize};
+use crate::kernels::q8::add::Operand;
+use crate::kernels::q8::quantize::Quantize;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::requant::Requant;
 use crate::kernels::{Activation, Cpu};
@@ -102,6 +104,7 @@ pub(crate) fn registry() -> Registry {
         &[("output", TypeName::Scalar.tensor())],
         load_dwconv,
     );
+    registry.register_dumper(dump_quantize);
     super::nnef_quant::register(&mut registry);
     registry
 }
@@ -141,6 +144,26 @@ fn gemm_quantization(
         ("output_lo", numeric(output.lo)),
         ("output_hi", numeric(output.hi)),
     ]
+}
+
+/// `PerchQuantize` as the engine's own quantize (`perch_quantize`): the loader gives
+/// the engine's operator back, which the kernel pass replaces again.
+fn dump_quantize(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    op: &PerchQuantize,
+) -> TractResult<Option<Arc<RValue>>> {
+    let input = ast.mapping[&node.inputs[0]].clone();
+    let q = &op.output;
+    Ok(Some(invocation(
+        "perch_quantize",
+        &[input],
+        &[
+            ("inverse_scale", numeric(q.inverse_scale)),
+            ("zero_point", numeric(q.zero_point)),
+            ("output_type", string(q.dtype.name())),
+        ],
+    )))
 }
 
 fn dump_barrier(

@@ -25,7 +25,7 @@ use tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_core::ops::nn::DataFormat;
 
 use super::fuse::epilogue_after;
-use super::quantized::{dequantized, output_quantize, usable_input};
+use super::qdq::{dequantized, output_quantize, usable_input};
 use super::{
     datum, ensure_integers, images, kernel_op, padding, replacement, Considered, KernelNode,
 };

@@ -20,7 +20,7 @@ use tract_core::ops::einsum::EinSum;
 
 use super::fuse::epilogue_after;
 use super::qconv::{integer_weights, quantized_channels};
-use super::quantized::{dequantized, output_quantize, usable_input};
+use super::qdq::{dequantized, output_quantize, usable_input};
 use super::{datum, ensure_integers, kernel_op, replacement, Considered, KernelNode};
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};

@@ -6,7 +6,8 @@ use tract_core::internal::*;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 
-use crate::kernels::q8::add::{Operand, Quantize};
+use crate::kernels::q8::add::Operand;
+use crate::kernels::q8::quantize::Quantize;
 use crate::kernels::q8::QType;
 
 /// A dequantized 8-bit tensor feeding `outlet`: the dequantize node and the operand.
