@@ -62,7 +62,7 @@ use axum::extract::{FromRef, Path, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -188,27 +188,28 @@ fn router_with(service: InferenceService, body_timeout: Duration) -> Router {
         gate: Gate(Arc::new(Semaphore::new(cores))),
         body_timeout,
     };
-    Router::new()
+    let mut router = Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(server_ready))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready),
-        )
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
-        .route("/v2/models/{name}/config", get(config))
-        .route("/v2/models/{name}/versions/{version}/config", get(config))
-        .route("/v2/models/stats", get(all_stats))
-        .route("/v2/models/{name}/stats", get(model_stats))
-        .route(
-            "/v2/models/{name}/versions/{version}/stats",
-            get(model_stats),
-        )
+        .route("/v2/models/stats", get(all_stats));
+    // A model's routes, each also under `/versions/{version}` (one handler: `ModelPath`).
+    let per_model: [(&str, MethodRouter<Shared>); 5] = [
+        ("", get(model_metadata)),
+        ("/ready", get(model_ready)),
+        ("/infer", post(infer)),
+        ("/config", get(config)),
+        ("/stats", get(model_stats)),
+    ];
+    for (tail, handler) in per_model {
+        router = router
+            .route(&format!("/v2/models/{{name}}{tail}"), handler.clone())
+            .route(
+                &format!("/v2/models/{{name}}/versions/{{version}}{tail}"),
+                handler,
+            );
+    }
+    router
         .route("/v2/repository/index", post(repository_index))
         .route("/v1/models", get(v1_models))
         .route("/v1/models/{target}", get(v1_model).post(v1_predict))

@@ -329,6 +329,36 @@ impl Frame {
         }
         Ok(Some((kind, *len)))
     }
+
+    /// Follows the packets in `bytes`, passed on whole, to know where the next one
+    /// starts.
+    fn pass(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match *self {
+                Frame::Header { .. } => {
+                    at += 1;
+                    if let Some((_, remaining)) = self.header_byte(bytes[at - 1])? {
+                        *self = if remaining == 0 {
+                            Frame::START
+                        } else {
+                            Frame::Body { left: remaining }
+                        };
+                    }
+                }
+                Frame::Body { left } => {
+                    let take = left.min(bytes.len() - at);
+                    at += take;
+                    *self = if left == take {
+                        Frame::START
+                    } else {
+                        Frame::Body { left: left - take }
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn malformed(what: &str) -> io::Error {
@@ -494,31 +524,7 @@ async fn upstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 if n == 0 {
                     return Ok(());
                 }
-                let mut i = 0;
-                while i < n {
-                    match frame {
-                        Frame::Header { .. } => {
-                            let b = buf[i];
-                            i += 1;
-                            if let Some((_, remaining)) = frame.header_byte(b)? {
-                                frame = if remaining == 0 {
-                                    Frame::START
-                                } else {
-                                    Frame::Body { left: remaining }
-                                };
-                            }
-                        }
-                        Frame::Body { left } => {
-                            let take = left.min(n - i);
-                            i += take;
-                            frame = if left == take {
-                                Frame::START
-                            } else {
-                                Frame::Body { left: left - take }
-                            };
-                        }
-                    }
-                }
+                frame.pass(&buf[..n])?;
                 broker.write_all(&buf[..n]).await?;
                 broker.flush().await?;
             }
