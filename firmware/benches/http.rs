@@ -23,24 +23,17 @@ mod common;
 #[path = "../tests/common/http.rs"]
 mod http_server;
 
-use std::path::Path;
-
 use http_server::HttpServer;
 use perch_firmware::http::{HttpLimits, POSTCARD_CONTENT_TYPE};
 use perch_firmware::service::{
     binary, Codec, InferRequest, InferenceService, RequestTensor, ServiceLimits, TensorValues,
 };
-use perch_runtime::engine::{Golden, Input, LoadOptions, Model, TensorData};
+use perch_runtime::engine::{Input, TensorData};
 use perch_runtime::wire::{ModelId, Version};
 
 fn main() {
-    let samples: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(2000);
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kws-dscnn");
-    let model = Model::load(models.join("model.onnx"), &LoadOptions::new()).unwrap();
-    let golden = Golden::load(models.join("golden")).unwrap();
+    let samples = common::samples();
+    let (model, golden) = common::kws();
     let inputs = golden.input_refs().unwrap();
     let TensorData::F32(mfcc) = Input::from_tensor(&golden.inputs[0]).unwrap().data else {
         panic!("the golden input is not f32")
@@ -62,7 +55,7 @@ fn main() {
 
     let id = ModelId::new("kws-dscnn", Version::new(1, 0, 0)).unwrap();
     let service = InferenceService::new(model.clone(), id, ServiceLimits::default());
-    let server = HttpServer::start_on(1, service.clone(), HttpLimits::default());
+    let server = HttpServer::serve_on(1, service.clone(), HttpLimits::default());
     let url = format!("{}/v2/models/kws-dscnn/infer", server.base);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(true)

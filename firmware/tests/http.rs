@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::http::HttpServer;
+use common::http::HttpServer as Server;
 use common::{floats, models, relative_error};
 use perch_firmware::http::{HttpLimits, POSTCARD_CONTENT_TYPE};
 use perch_firmware::service::{
@@ -16,20 +16,7 @@ use perch_runtime::engine::{Golden, LoadOptions, Model};
 use perch_runtime::wire::{ModelId, Version};
 use serde_json::{json, Value};
 
-/// A server running on its own tokio runtime until dropped, and the service it serves.
-struct Server {
-    http: HttpServer,
-    service: InferenceService,
-}
-
-impl std::ops::Deref for Server {
-    type Target = HttpServer;
-
-    fn deref(&self) -> &HttpServer {
-        &self.http
-    }
-}
-
+/// The requests these tests make.
 impl Server {
     fn start(model: &str, limits: ServiceLimits) -> Server {
         Server::start_with(model, limits, HttpLimits::default())
@@ -39,11 +26,7 @@ impl Server {
         let loaded =
             Model::load(models().join(model).join("model.onnx"), &LoadOptions::new()).unwrap();
         let id = ModelId::new(model, Version::new(1, 0, 0)).unwrap();
-        let service = InferenceService::new(loaded, id, limits);
-        Server {
-            http: HttpServer::start(service.clone(), http),
-            service,
-        }
+        Server::serve(InferenceService::new(loaded, id, limits), http)
     }
 
     fn post_bytes(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
@@ -68,17 +51,6 @@ impl Server {
         (status, serde_json::from_slice(&body).unwrap())
     }
 
-    /// The value of one sample line of `/metrics`.
-    fn metric(&self, sample: &str) -> f64 {
-        let (status, text) = self.get("/metrics");
-        assert_eq!(status, 200);
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
-            .parse()
-            .unwrap()
-    }
-
     fn errors(&self) -> f64 {
         let model = self.service.model_id().name.to_string();
         self.metric(&format!(
@@ -91,10 +63,6 @@ impl Server {
         self.metric(&format!(
             "prediction_total{{model_name=\"{model}\",status=\"ok\"}}"
         ))
-    }
-
-    fn shutdown(self) -> std::io::Result<()> {
-        self.http.shutdown()
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::http::HttpServer;
+use common::http::HttpServer as Server;
 use common::{floats, models};
 use perch_firmware::config::Config;
 use perch_firmware::http::HttpLimits;
@@ -18,19 +18,7 @@ use perch_runtime::bundle::{self, Feature, FeatureSchema};
 use perch_runtime::engine::{Input, LoadOptions, Model};
 use serde_json::{json, Value};
 
-/// A server on its own tokio runtime until dropped.
-struct Server {
-    http: HttpServer,
-}
-
-impl std::ops::Deref for Server {
-    type Target = HttpServer;
-
-    fn deref(&self) -> &HttpServer {
-        &self.http
-    }
-}
-
+/// The servers and requests these tests make.
 impl Server {
     /// Serves the model (or bundle) at `path` as perchd would after `load::load`.
     fn start(path: &Path, trusted_keys: Vec<PathBuf>) -> Server {
@@ -41,9 +29,7 @@ impl Server {
         assert!(loaded.boot.ready(), "{:?}", loaded.boot.failure);
         let service = InferenceService::new(loaded.model, loaded.id, ServiceLimits::default())
             .with_features(loaded.features);
-        Server {
-            http: HttpServer::start(service, HttpLimits::default()),
-        }
+        Server::serve(service, HttpLimits::default())
     }
 
     fn iris() -> Server {
@@ -60,15 +46,6 @@ impl Server {
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap();
         (status, serde_json::from_str(&text).unwrap())
-    }
-
-    fn metric(&self, sample: &str) -> f64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
-            .parse()
-            .unwrap()
     }
 }
 

@@ -5,28 +5,13 @@
 
 mod common;
 
-use common::http::HttpServer;
+use common::http::HttpServer as Server;
 use common::{floats, models, relative_error};
 use perch_firmware::http::HttpLimits;
 use perch_firmware::service::{InferenceService, ServiceLimits};
 use perch_runtime::engine::{read_npy, DType, Golden, Input, LoadOptions, Model};
 use perch_runtime::wire::{ModelId, Version};
 use serde_json::{json, Value};
-
-/// A server on its own tokio runtime until dropped, with a client that keeps the
-/// response headers.
-struct Server {
-    http: HttpServer,
-    service: InferenceService,
-}
-
-impl std::ops::Deref for Server {
-    type Target = HttpServer;
-
-    fn deref(&self) -> &HttpServer {
-        &self.http
-    }
-}
 
 /// A response: status, `Inference-Header-Content-Length` if any, body.
 struct Answer {
@@ -50,6 +35,8 @@ impl Answer {
     }
 }
 
+/// The servers and requests these tests make, with answers that keep the response
+/// headers.
 impl Server {
     fn start(model: &str) -> Server {
         Server::start_file(&models().join(model).join("model.onnx"), model)
@@ -59,10 +46,7 @@ impl Server {
         let loaded = Model::load(path, &LoadOptions::new()).unwrap();
         let id = ModelId::new(model, Version::new(1, 0, 0)).unwrap();
         let service = InferenceService::new(loaded, id, ServiceLimits::default());
-        Server {
-            http: HttpServer::start(service.clone(), HttpLimits::default()),
-            service,
-        }
+        Server::serve(service, HttpLimits::default())
     }
 
     fn get_json(&self, path: &str) -> (u16, Value) {
@@ -86,16 +70,6 @@ impl Server {
             header_length,
             body: response.body_mut().read_to_vec().unwrap(),
         }
-    }
-
-    /// The value of one sample line of `/metrics`.
-    fn metric(&self, sample: &str) -> f64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
-            .parse()
-            .unwrap()
     }
 }
 

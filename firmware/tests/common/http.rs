@@ -11,11 +11,15 @@ use perch_firmware::http::{serve_with, HttpLimits};
 use perch_firmware::service::InferenceService;
 
 /// A server running on its own tokio runtime until dropped, and a client for it.
+///
+/// Each test binary adds the requests it makes in an `impl` block of its own.
 pub struct HttpServer {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     /// A client that hands error statuses back as answers, with a 60 s timeout.
     pub agent: ureq::Agent,
+    /// The service it serves.
+    pub service: InferenceService,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     runtime: tokio::runtime::Runtime,
@@ -23,12 +27,12 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Serves `service` with `limits` on a runtime of two worker threads.
-    pub fn start(service: InferenceService, limits: HttpLimits) -> HttpServer {
-        HttpServer::start_on(2, service, limits)
+    pub fn serve(service: InferenceService, limits: HttpLimits) -> HttpServer {
+        HttpServer::serve_on(2, service, limits)
     }
 
-    /// [`HttpServer::start`] on a runtime of `worker_threads` threads.
-    pub fn start_on(
+    /// [`HttpServer::serve`] on a runtime of `worker_threads` threads.
+    pub fn serve_on(
         worker_threads: usize,
         service: InferenceService,
         limits: HttpLimits,
@@ -43,7 +47,7 @@ impl HttpServer {
             .unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(serve_with(listener, service, limits, async move {
+        let task = runtime.spawn(serve_with(listener, service.clone(), limits, async move {
             let _ = stopped.await;
         }));
         let agent = ureq::Agent::config_builder()
@@ -54,6 +58,7 @@ impl HttpServer {
         HttpServer {
             base,
             agent,
+            service,
             stop: Some(stop),
             task: Some(task),
             runtime,
@@ -69,6 +74,17 @@ impl HttpServer {
             .unwrap();
         let status = response.status().as_u16();
         (status, response.body_mut().read_to_string().unwrap())
+    }
+
+    /// The value of one sample line of `/metrics` (which must answer 200).
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+            .parse()
+            .unwrap()
     }
 
     /// Stops the server, lets the requests in flight finish, and returns what
