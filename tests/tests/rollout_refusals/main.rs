@@ -10,8 +10,8 @@
 //!
 //! The genuine operator (`perch rollout start`, a process) refuses to serve a broken
 //! bundle, so the tampered-chunk, truncated-bundle and replay tests play a compromised
-//! publisher: a [`Rogue`] MQTT client that holds the fleet's trusted key, publishes its
-//! own signed documents and answers chunk requests as it likes.
+//! publisher: a [`rogue_publisher::Rogue`] MQTT client that holds the fleet's trusted
+//! key, publishes its own signed documents and answers chunk requests as it likes.
 //!
 //! The process tests need `perch` and `perchd` built beside this test (`cargo test
 //! --workspace` builds them).
