@@ -20,24 +20,20 @@
 //! here is the tail.
 
 mod common;
+#[path = "../tests/common/http.rs"]
+mod http_server;
 
-use std::path::Path;
-
-use perch_firmware::http::{serve, POSTCARD_CONTENT_TYPE};
+use http_server::HttpServer;
+use perch_firmware::http::{HttpLimits, POSTCARD_CONTENT_TYPE};
 use perch_firmware::service::{
     binary, Codec, InferRequest, InferenceService, RequestTensor, ServiceLimits, TensorValues,
 };
-use perch_runtime::engine::{Golden, Input, LoadOptions, Model, TensorData};
+use perch_runtime::engine::{Input, TensorData};
 use perch_runtime::wire::{ModelId, Version};
 
 fn main() {
-    let samples: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(2000);
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kws-dscnn");
-    let model = Model::load(models.join("model.onnx"), &LoadOptions::new()).unwrap();
-    let golden = Golden::load(models.join("golden")).unwrap();
+    let samples = common::samples();
+    let (model, golden) = common::kws();
     let inputs = golden.input_refs().unwrap();
     let TensorData::F32(mfcc) = Input::from_tensor(&golden.inputs[0]).unwrap().data else {
         panic!("the golden input is not f32")
@@ -59,22 +55,8 @@ fn main() {
 
     let id = ModelId::new("kws-dscnn", Version::new(1, 0, 0)).unwrap();
     let service = InferenceService::new(model.clone(), id, ServiceLimits::default());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!(
-        "http://{}/v2/models/kws-dscnn/infer",
-        listener.local_addr().unwrap()
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(serve(listener, service.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let server = HttpServer::serve_on(1, service.clone(), HttpLimits::default());
+    let url = format!("{}/v2/models/kws-dscnn/infer", server.base);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(true)
         .build()
@@ -117,7 +99,6 @@ fn main() {
         ),
     ];
     common::measure(&mut stages, samples);
-    let _ = stop.send(());
-    runtime.block_on(server).unwrap().unwrap();
+    server.shutdown().unwrap();
     common::report(&mut stages, samples);
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use perch_firmware::agent;
 use perch_firmware::config::{Broker, BrokerConfig, Config};
 use perch_firmware::service::{binary, InferRequest, RequestTensor, TensorValues};
-use perch_runtime::engine::{Golden, Input, LoadOptions, Model, TensorData};
+use perch_runtime::engine::{Input, TensorData};
 use perch_testkit::{Mosquitto, Port};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -107,13 +107,8 @@ fn start_agent(
 }
 
 fn main() {
-    let samples: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(2000);
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kws-dscnn");
-    let model = Model::load(models.join("model.onnx"), &LoadOptions::new()).unwrap();
-    let golden = Golden::load(models.join("golden")).unwrap();
+    let samples = common::samples();
+    let (model, golden) = common::kws();
     let inputs = golden.input_refs().unwrap();
     let TensorData::F32(mfcc) = Input::from_tensor(&golden.inputs[0]).unwrap().data else {
         panic!("the golden input is not f32")

@@ -58,15 +58,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{FromRef, Path, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
 use tokio::sync::{watch, Semaphore};
 
 use crate::service::oip_serve::OipReply;
@@ -187,36 +188,28 @@ fn router_with(service: InferenceService, body_timeout: Duration) -> Router {
         gate: Gate(Arc::new(Semaphore::new(cores))),
         body_timeout,
     };
-    Router::new()
+    let mut router = Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(server_ready))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/infer", post(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(versioned_metadata),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(versioned_ready),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(versioned_infer),
-        )
-        .route("/v2/models/{name}/config", get(config))
-        .route(
-            "/v2/models/{name}/versions/{version}/config",
-            get(versioned_config),
-        )
-        .route("/v2/models/stats", get(all_stats))
-        .route("/v2/models/{name}/stats", get(model_stats))
-        .route(
-            "/v2/models/{name}/versions/{version}/stats",
-            get(versioned_stats),
-        )
+        .route("/v2/models/stats", get(all_stats));
+    // A model's routes, each also under `/versions/{version}` (one handler: `ModelPath`).
+    let per_model: [(&str, MethodRouter<Shared>); 5] = [
+        ("", get(model_metadata)),
+        ("/ready", get(model_ready)),
+        ("/infer", post(infer)),
+        ("/config", get(config)),
+        ("/stats", get(model_stats)),
+    ];
+    for (tail, handler) in per_model {
+        router = router
+            .route(&format!("/v2/models/{{name}}{tail}"), handler.clone())
+            .route(
+                &format!("/v2/models/{{name}}/versions/{{version}}{tail}"),
+                handler,
+            );
+    }
+    router
         .route("/v2/repository/index", post(repository_index))
         .route("/v1/models", get(v1_models))
         .route("/v1/models/{target}", get(v1_model).post(v1_predict))
@@ -227,22 +220,13 @@ fn router_with(service: InferenceService, body_timeout: Duration) -> Router {
         .with_state(shared)
 }
 
-/// The router's state: the service, and the gate that bounds concurrent inferences.
+/// The router's state: the service, the gate that bounds concurrent inferences, and
+/// how long a request body may take to arrive.
 #[derive(Clone)]
 struct Shared {
     service: InferenceService,
     gate: Gate,
     body_timeout: Duration,
-}
-
-/// How long a request body may take to arrive.
-#[derive(Clone, Copy)]
-struct BodyTimeout(Duration);
-
-impl FromRef<Shared> for BodyTimeout {
-    fn from_ref(shared: &Shared) -> BodyTimeout {
-        BodyTimeout(shared.body_timeout)
-    }
 }
 
 /// One permit per inference allowed to run at once (one per core): more would only
@@ -254,12 +238,6 @@ struct Gate(Arc<Semaphore>);
 impl FromRef<Shared> for InferenceService {
     fn from_ref(shared: &Shared) -> InferenceService {
         shared.service.clone()
-    }
-}
-
-impl FromRef<Shared> for Gate {
-    fn from_ref(shared: &Shared) -> Gate {
-        shared.gate.clone()
     }
 }
 
@@ -278,6 +256,14 @@ fn status(code: u16) -> StatusCode {
 
 fn error(e: &ServiceError) -> Response {
     json(status(e.http_status()), oip::encode_error(e))
+}
+
+/// A model's path parameters: `{name}`, and `{version}` on the `/versions/{version}`
+/// routes, so that one handler serves both forms.
+#[derive(Deserialize)]
+struct ModelPath {
+    name: String,
+    version: Option<String>,
 }
 
 /// Checks the model name and version of a path against the served model.
@@ -319,8 +305,11 @@ async fn server_metadata() -> Response {
     json(StatusCode::OK, oip::encode_server_metadata())
 }
 
-fn metadata_for(service: &InferenceService, name: &str, version: Option<&str>) -> Response {
-    match find(service, name, version) {
+async fn model_metadata(
+    State(service): State<InferenceService>,
+    Path(path): Path<ModelPath>,
+) -> Response {
+    match find(&service, &path.name, path.version.as_deref()) {
         Ok(()) => {
             let served = service.served();
             json(
@@ -332,123 +321,32 @@ fn metadata_for(service: &InferenceService, name: &str, version: Option<&str>) -
     }
 }
 
-async fn model_metadata(
+async fn model_ready(
     State(service): State<InferenceService>,
-    Path(name): Path<String>,
+    Path(path): Path<ModelPath>,
 ) -> Response {
-    metadata_for(&service, &name, None)
-}
-
-async fn versioned_metadata(
-    State(service): State<InferenceService>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    metadata_for(&service, &name, Some(&version))
-}
-
-fn ready_for(service: &InferenceService, name: &str, version: Option<&str>) -> Response {
-    match find(service, name, version) {
-        Ok(()) => readiness(service),
+    match find(&service, &path.name, path.version.as_deref()) {
+        Ok(()) => readiness(&service),
         Err(e) => error(&e),
     }
 }
 
-async fn model_ready(
-    State(service): State<InferenceService>,
-    Path(name): Path<String>,
-) -> Response {
-    ready_for(&service, &name, None)
-}
-
-async fn versioned_ready(
-    State(service): State<InferenceService>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    ready_for(&service, &name, Some(&version))
-}
-
-async fn infer(
-    State(service): State<InferenceService>,
-    State(gate): State<Gate>,
-    State(timeout): State<BodyTimeout>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer_for(
-        service,
-        (gate, timeout),
-        Some(&name),
-        None,
-        Protocol::V2,
-        &headers,
-        body,
-    )
-    .await
-}
-
-async fn versioned_infer(
-    State(service): State<InferenceService>,
-    State(gate): State<Gate>,
-    State(timeout): State<BodyTimeout>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer_for(
-        service,
-        (gate, timeout),
-        Some(&name),
-        Some(&version),
-        Protocol::V2,
-        &headers,
-        body,
-    )
-    .await
+async fn infer(state: State<Shared>, Path(path): Path<ModelPath>, request: Request) -> Response {
+    let (name, version) = (Some(path.name.as_str()), path.version.as_deref());
+    infer_for(state, name, version, Protocol::V2, request).await
 }
 
 /// `POST /v1/models/{name}:predict` (the path's last segment is `{name}:predict`).
-async fn v1_predict(
-    State(service): State<InferenceService>,
-    State(gate): State<Gate>,
-    State(timeout): State<BodyTimeout>,
-    Path(target): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let Some(name) = target.strip_suffix(":predict") else {
+async fn v1_predict(state: State<Shared>, Path(path): Path<String>, request: Request) -> Response {
+    let Some(name) = path.strip_suffix(":predict") else {
         return no_route().await;
     };
-    infer_for(
-        service,
-        (gate, timeout),
-        Some(name),
-        None,
-        Protocol::V1,
-        &headers,
-        body,
-    )
-    .await
+    infer_for(state, Some(name), None, Protocol::V1, request).await
 }
 
 /// `POST /predict`: named features for the served model.
-async fn predict(
-    State(service): State<InferenceService>,
-    State(gate): State<Gate>,
-    State(timeout): State<BodyTimeout>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer_for(
-        service,
-        (gate, timeout),
-        None,
-        None,
-        Protocol::Predict,
-        &headers,
-        body,
-    )
-    .await
+async fn predict(state: State<Shared>, request: Request) -> Response {
+    infer_for(state, None, None, Protocol::Predict, request).await
 }
 
 /// Which protocol an inference request speaks.
@@ -464,14 +362,19 @@ enum Protocol {
 }
 
 async fn infer_for(
-    service: InferenceService,
-    (gate, BodyTimeout(body_timeout)): (Gate, BodyTimeout),
+    State(shared): State<Shared>,
     name: Option<&str>,
     version: Option<&str>,
     protocol: Protocol,
-    headers: &HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let Shared {
+        service,
+        gate,
+        body_timeout,
+    } = shared;
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let codec = match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         Some(t) if t.starts_with(POSTCARD_CONTENT_TYPE) && matches!(protocol, Protocol::V2) => {
             Codec::Binary
@@ -704,15 +607,13 @@ fn described(
     json(status(reply.status), reply.body)
 }
 
-async fn config(State(service): State<InferenceService>, Path(name): Path<String>) -> Response {
-    described(&service, Some(&name), None, describe::config)
-}
-
-async fn versioned_config(
-    State(service): State<InferenceService>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    described(&service, Some(&name), Some(&version), describe::config)
+async fn config(State(service): State<InferenceService>, Path(path): Path<ModelPath>) -> Response {
+    described(
+        &service,
+        Some(&path.name),
+        path.version.as_deref(),
+        describe::config,
+    )
 }
 
 async fn all_stats(State(service): State<InferenceService>) -> Response {
@@ -721,16 +622,14 @@ async fn all_stats(State(service): State<InferenceService>) -> Response {
 
 async fn model_stats(
     State(service): State<InferenceService>,
-    Path(name): Path<String>,
+    Path(path): Path<ModelPath>,
 ) -> Response {
-    described(&service, Some(&name), None, describe::statistics)
-}
-
-async fn versioned_stats(
-    State(service): State<InferenceService>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    described(&service, Some(&name), Some(&version), describe::statistics)
+    described(
+        &service,
+        Some(&path.name),
+        path.version.as_deref(),
+        describe::statistics,
+    )
 }
 
 /// The body (`{"ready": bool}` or empty) is not needed to answer and is not read.

@@ -6,8 +6,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::http::HttpServer as Server;
 use common::{floats, models, relative_error};
-use perch_firmware::http::{serve_with, HttpLimits, POSTCARD_CONTENT_TYPE};
+use perch_firmware::http::{HttpLimits, POSTCARD_CONTENT_TYPE};
 use perch_firmware::service::{
     binary, InferRequest, InferenceService, RequestTensor, ServiceLimits, TensorValues,
 };
@@ -15,16 +16,7 @@ use perch_runtime::engine::{Golden, LoadOptions, Model};
 use perch_runtime::wire::{ModelId, Version};
 use serde_json::{json, Value};
 
-/// A server running on its own tokio runtime until dropped.
-struct Server {
-    base: String,
-    service: InferenceService,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    runtime: tokio::runtime::Runtime,
-    agent: ureq::Agent,
-}
-
+/// The requests these tests make.
 impl Server {
     fn start(model: &str, limits: ServiceLimits) -> Server {
         Server::start_with(model, limits, HttpLimits::default())
@@ -34,43 +26,7 @@ impl Server {
         let loaded =
             Model::load(models().join(model).join("model.onnx"), &LoadOptions::new()).unwrap();
         let id = ModelId::new(model, Version::new(1, 0, 0)).unwrap();
-        let service = InferenceService::new(loaded, id, limits);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(serve_with(listener, service.clone(), http, async move {
-            let _ = stopped.await;
-        }));
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        Server {
-            base,
-            service,
-            stop: Some(stop),
-            task: Some(task),
-            runtime,
-            agent,
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .call()
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.body_mut().read_to_string().unwrap())
+        Server::serve(InferenceService::new(loaded, id, limits), http)
     }
 
     fn post_bytes(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
@@ -95,17 +51,6 @@ impl Server {
         (status, serde_json::from_slice(&body).unwrap())
     }
 
-    /// The value of one sample line of `/metrics`.
-    fn metric(&self, sample: &str) -> f64 {
-        let (status, text) = self.get("/metrics");
-        assert_eq!(status, 200);
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
-            .parse()
-            .unwrap()
-    }
-
     fn errors(&self) -> f64 {
         let model = self.service.model_id().name.to_string();
         self.metric(&format!(
@@ -118,22 +63,6 @@ impl Server {
         self.metric(&format!(
             "prediction_total{{model_name=\"{model}\",status=\"ok\"}}"
         ))
-    }
-
-    fn shutdown(mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let task = self.task.take().unwrap();
-        self.runtime.block_on(task).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

@@ -7,25 +7,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use common::http::HttpServer as Server;
 use common::{floats, models};
 use perch_firmware::config::Config;
-use perch_firmware::http::serve;
+use perch_firmware::http::HttpLimits;
 use perch_firmware::load::{self, LoadError};
 use perch_firmware::service::{InferenceService, ServiceLimits};
 use perch_runtime::bundle::{self, Feature, FeatureSchema};
 use perch_runtime::engine::{Input, LoadOptions, Model};
 use serde_json::{json, Value};
 
-/// A server on its own tokio runtime until dropped.
-struct Server {
-    base: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _runtime: tokio::runtime::Runtime,
-    agent: ureq::Agent,
-}
-
+/// The servers and requests these tests make.
 impl Server {
     /// Serves the model (or bundle) at `path` as perchd would after `load::load`.
     fn start(path: &Path, trusted_keys: Vec<PathBuf>) -> Server {
@@ -36,30 +29,7 @@ impl Server {
         assert!(loaded.boot.ready(), "{:?}", loaded.boot.failure);
         let service = InferenceService::new(loaded.model, loaded.id, ServiceLimits::default())
             .with_features(loaded.features);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(serve(listener, service, async move {
-            let _ = stopped.await;
-        }));
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        Server {
-            base,
-            _stop: stop,
-            _runtime: runtime,
-            agent,
-        }
+        Server::serve(service, HttpLimits::default())
     }
 
     fn iris() -> Server {
@@ -76,25 +46,6 @@ impl Server {
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap();
         (status, serde_json::from_str(&text).unwrap())
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .call()
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.body_mut().read_to_string().unwrap())
-    }
-
-    fn metric(&self, sample: &str) -> f64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
-            .parse()
-            .unwrap()
     }
 }
 

@@ -5,24 +5,13 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::http::HttpServer as Server;
 use common::{floats, models, relative_error};
-use perch_firmware::http::serve;
+use perch_firmware::http::HttpLimits;
 use perch_firmware::service::{InferenceService, ServiceLimits};
 use perch_runtime::engine::{read_npy, DType, Golden, Input, LoadOptions, Model};
 use perch_runtime::wire::{ModelId, Version};
 use serde_json::{json, Value};
-
-/// A server on its own tokio runtime until dropped, with a client that keeps the
-/// response headers.
-struct Server {
-    base: String,
-    service: InferenceService,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _runtime: tokio::runtime::Runtime,
-    agent: ureq::Agent,
-}
 
 /// A response: status, `Inference-Header-Content-Length` if any, body.
 struct Answer {
@@ -46,6 +35,8 @@ impl Answer {
     }
 }
 
+/// The servers and requests these tests make, with answers that keep the response
+/// headers.
 impl Server {
     fn start(model: &str) -> Server {
         Server::start_file(&models().join(model).join("model.onnx"), model)
@@ -55,41 +46,7 @@ impl Server {
         let loaded = Model::load(path, &LoadOptions::new()).unwrap();
         let id = ModelId::new(model, Version::new(1, 0, 0)).unwrap();
         let service = InferenceService::new(loaded, id, ServiceLimits::default());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(serve(listener, service.clone(), async move {
-            let _ = stopped.await;
-        }));
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        Server {
-            base,
-            service,
-            _stop: stop,
-            _runtime: runtime,
-            agent,
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .call()
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.body_mut().read_to_string().unwrap())
+        Server::serve(service, HttpLimits::default())
     }
 
     fn get_json(&self, path: &str) -> (u16, Value) {
@@ -113,16 +70,6 @@ impl Server {
             header_length,
             body: response.body_mut().read_to_vec().unwrap(),
         }
-    }
-
-    /// The value of one sample line of `/metrics`.
-    fn metric(&self, sample: &str) -> f64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
-            .parse()
-            .unwrap()
     }
 }
 

@@ -329,6 +329,36 @@ impl Frame {
         }
         Ok(Some((kind, *len)))
     }
+
+    /// Follows the packets in `bytes`, passed on whole, to know where the next one
+    /// starts.
+    fn pass(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match *self {
+                Frame::Header { .. } => {
+                    at += 1;
+                    if let Some((_, remaining)) = self.header_byte(bytes[at - 1])? {
+                        *self = if remaining == 0 {
+                            Frame::START
+                        } else {
+                            Frame::Body { left: remaining }
+                        };
+                    }
+                }
+                Frame::Body { left } => {
+                    let take = left.min(bytes.len() - at);
+                    at += take;
+                    *self = if left == take {
+                        Frame::START
+                    } else {
+                        Frame::Body { left: left - take }
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn malformed(what: &str) -> io::Error {
@@ -494,31 +524,7 @@ async fn upstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 if n == 0 {
                     return Ok(());
                 }
-                let mut i = 0;
-                while i < n {
-                    match frame {
-                        Frame::Header { .. } => {
-                            let b = buf[i];
-                            i += 1;
-                            if let Some((_, remaining)) = frame.header_byte(b)? {
-                                frame = if remaining == 0 {
-                                    Frame::START
-                                } else {
-                                    Frame::Body { left: remaining }
-                                };
-                            }
-                        }
-                        Frame::Body { left } => {
-                            let take = left.min(n - i);
-                            i += take;
-                            frame = if left == take {
-                                Frame::START
-                            } else {
-                                Frame::Body { left: left - take }
-                            };
-                        }
-                    }
-                }
+                frame.pass(&buf[..n])?;
                 broker.write_all(&buf[..n]).await?;
                 broker.flush().await?;
             }
@@ -601,12 +607,15 @@ mod tests {
         }
     }
 
-    /// Regression (issue 15, flaky fleet rollouts): rumqttc gave up on a connection
-    /// (its connection timeout) while the relay was still connecting to the broker; the
-    /// relay then delivered the abandoned CONNECT, which took the client id over from
-    /// the device's next, live connection, and the broker stopped serving that one.
-    #[tokio::test]
-    async fn a_client_that_left_before_the_broker_connection_was_up_never_reaches_the_broker() {
+    /// A CONNECT: protocol name "MQTT", level 4, clean session, keep-alive 30 s, client
+    /// id "d".
+    const CONNECT: [u8; 15] = [
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'd',
+    ];
+
+    /// A broker's listener on 127.0.0.1, a relay to it, and a client connected to the
+    /// relay.
+    async fn relay_to_a_listening_broker() -> (tokio::net::TcpListener, Relay, UnixStream) {
         let broker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = Upstream {
             host: "127.0.0.1".into(),
@@ -615,13 +624,19 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
         };
         let relay = start(&tokio::runtime::Handle::current(), upstream, 1 << 20).unwrap();
-        let mut client = UnixStream::connect(&relay.socket).await.unwrap();
-        // A CONNECT (protocol name "MQTT", level 4, clean session, keep-alive 30 s,
-        // client id "d"), then the client is gone before the relay got to it.
-        let connect = [
-            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'd',
-        ];
-        client.write_all(&connect).await.unwrap();
+        let client = UnixStream::connect(&relay.socket).await.unwrap();
+        (broker, relay, client)
+    }
+
+    /// Regression (issue 15, flaky fleet rollouts): rumqttc gave up on a connection
+    /// (its connection timeout) while the relay was still connecting to the broker; the
+    /// relay then delivered the abandoned CONNECT, which took the client id over from
+    /// the device's next, live connection, and the broker stopped serving that one.
+    #[tokio::test]
+    async fn a_client_that_left_before_the_broker_connection_was_up_never_reaches_the_broker() {
+        let (broker, relay, mut client) = relay_to_a_listening_broker().await;
+        // A CONNECT, then the client is gone before the relay got to it.
+        client.write_all(&CONNECT).await.unwrap();
         drop(client);
         match tokio::time::timeout(Duration::from_millis(500), broker.accept()).await {
             // Never connected: fine.
@@ -644,23 +659,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_live_clients_connect_waits_for_the_broker_connection_and_passes_first() {
-        let broker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = Upstream {
-            host: "127.0.0.1".into(),
-            port: broker.local_addr().unwrap().port(),
-            tls: None,
-            connect_timeout: Duration::from_secs(5),
-        };
-        let relay = start(&tokio::runtime::Handle::current(), upstream, 1 << 20).unwrap();
-        let mut client = UnixStream::connect(&relay.socket).await.unwrap();
-        let connect = [
-            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'd',
-        ];
-        client.write_all(&connect).await.unwrap();
+        let (broker, relay, mut client) = relay_to_a_listening_broker().await;
+        client.write_all(&CONNECT).await.unwrap();
         let (mut stream, _) = broker.accept().await.unwrap();
-        let mut seen = vec![0u8; connect.len()];
+        let mut seen = vec![0u8; CONNECT.len()];
         stream.read_exact(&mut seen).await.unwrap();
-        assert_eq!(seen, connect);
+        assert_eq!(seen, CONNECT);
         // And the broker's answer comes back.
         stream.write_all(&[0x20, 2, 0, 0]).await.unwrap();
         let mut connack = [0u8; 4];

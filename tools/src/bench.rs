@@ -305,11 +305,7 @@ struct Unpacked {
 
 fn unpack(path: &Path, model_name: &str) -> Result<Unpacked, ToolError> {
     let bundle = Bundle::read_file(path, &Limits::default())?;
-    let dir = tempfile::tempdir().map_err(|e| ToolError::Io {
-        op: crate::IoOp::Create,
-        path: std::env::temp_dir(),
-        source: e,
-    })?;
+    let dir = crate::temp_dir()?;
     let name = Path::new(model_name)
         .file_name()
         .map(|n| n.to_os_string())
@@ -634,33 +630,43 @@ impl fmt::Display for BenchReport {
                 p.nodes_ms, p.run_ms, p.runs
             )?;
             for op in &p.ops {
-                write!(
+                profile_line(
                     f,
-                    "    {:>5.1} %  {:>8.3} ms  {} ({} nodes",
-                    op.percent, op.ms_per_run, op.op, op.nodes
+                    (op.percent, op.ms_per_run),
+                    format_args!("{} ({} nodes", op.op, op.nodes),
+                    (op.macs, op.gflops),
                 )?;
-                match op.gflops {
-                    Some(g) => writeln!(f, ", {}MACs, {g:.2} GFLOP/s)", si(op.macs as f64))?,
-                    None => writeln!(f, ")")?,
-                }
             }
             writeln!(f, "  slowest nodes")?;
             for n in &p.top_nodes {
-                write!(
+                profile_line(
                     f,
-                    "    {:>5.1} %  {:>8.3} ms  {} ({}",
-                    n.percent, n.ms_per_run, n.node, n.op
+                    (n.percent, n.ms_per_run),
+                    format_args!("{} ({}", n.node, n.op),
+                    (n.macs, n.gflops),
                 )?;
-                match n.gflops {
-                    Some(g) => writeln!(f, ", {}MACs, {g:.2} GFLOP/s)", si(n.macs as f64))?,
-                    None => writeln!(f, ")")?,
-                }
             }
         }
         write!(
             f,
             "  (timings are of this machine and this moment; compare ratios taken in one run)"
         )
+    }
+}
+
+/// One line of a profile: the share and time per run of an op type or a node, what it
+/// is (`what`, an open parenthesis left for the MACs to close), and its MACs and
+/// GFLOP/s when it does MACs.
+fn profile_line(
+    f: &mut fmt::Formatter<'_>,
+    (percent, ms_per_run): (f64, f64),
+    what: fmt::Arguments<'_>,
+    (macs, gflops): (u64, Option<f64>),
+) -> fmt::Result {
+    write!(f, "    {percent:>5.1} %  {ms_per_run:>8.3} ms  {what}")?;
+    match gflops {
+        Some(g) => writeln!(f, ", {}MACs, {g:.2} GFLOP/s)", si(macs as f64)),
+        None => writeln!(f, ")"),
     }
 }
 

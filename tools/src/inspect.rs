@@ -211,11 +211,7 @@ fn inspect_bundle(
     shapes: &[(String, Vec<usize>)],
 ) -> Result<InspectReport, ToolError> {
     let bundle = Bundle::read_file(path, &Limits::default())?;
-    let dir = tempfile::tempdir().map_err(|e| ToolError::Io {
-        op: crate::IoOp::Create,
-        path: std::env::temp_dir(),
-        source: e,
-    })?;
+    let dir = crate::temp_dir()?;
     let model = dir.path().join(&bundle.manifest().model.path);
     std::fs::write(&model, bundle.model_bytes()).map_err(|e| ToolError::write(&model, e))?;
     let mut report = inspect(&model, shapes)?;

@@ -160,6 +160,27 @@ pub fn input_refs<'t>(
         .collect()
 }
 
+/// A tensor's elements as `f32`, converted from its element type; `None` when they
+/// cannot be (strings, say).
+pub fn f32_values(tensor: &perch_runtime::engine::Tensor) -> Option<Vec<f32>> {
+    tensor.cast_to::<f32>().ok().and_then(|t| {
+        t.try_as_plain_ram()
+            .ok()?
+            .as_slice::<f32>()
+            .ok()
+            .map(<[f32]>::to_vec)
+    })
+}
+
+/// A new temporary folder, removed when the returned value drops.
+fn temp_dir() -> Result<tempfile::TempDir, ToolError> {
+    tempfile::tempdir().map_err(|e| ToolError::Io {
+        op: IoOp::Create,
+        path: std::env::temp_dir(),
+        source: e,
+    })
+}
+
 /// Parses `name=1,3,224,224` into an input name and a shape.
 pub fn parse_shape_override(text: &str) -> Result<(String, Vec<usize>), ToolError> {
     let (name, dims) = text

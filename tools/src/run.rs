@@ -206,17 +206,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
     for i in 0..outputs.len() {
         let tensor = outputs.tensor(i)?;
         let name = outputs.info(i).map(|t| t.name.clone()).unwrap_or_default();
-        let values = tensor
-            .cast_to::<f32>()
-            .ok()
-            .and_then(|t| {
-                t.try_as_plain_ram()
-                    .ok()?
-                    .as_slice::<f32>()
-                    .ok()
-                    .map(<[f32]>::to_vec)
-            })
-            .unwrap_or_default();
+        let values = crate::f32_values(tensor).unwrap_or_default();
         let row = tensor.shape().last().copied().unwrap_or(1).max(1);
         let argmax = values
             .chunks(row)

@@ -1,6 +1,25 @@
 //! What the HTTP and MQTT latency benches share: interleaved rounds and the table.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use perch_runtime::engine::{Golden, LoadOptions, Model};
+
+/// Samples per stage and round: the first number among the arguments, 2,000 if none.
+pub fn samples() -> usize {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// The R2 keyword spotter (kws-dscnn) and its golden files.
+pub fn kws() -> (Model, Golden) {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kws-dscnn");
+    let model = Model::load(models.join("model.onnx"), &LoadOptions::new()).unwrap();
+    let golden = Golden::load(models.join("golden")).unwrap();
+    (model, golden)
+}
 
 /// Rounds over all stages; stages rotate so a noisy neighbour hits them alike.
 pub const ROUNDS: usize = 3;

@@ -284,49 +284,18 @@ mod tests {
         });
         let too_slow = pack_with(&key(), 2, "1.1.0", |c| c.slo.p99_ms = Some(1e-6));
 
+        let truncated = good[..good.len() - 512].to_vec();
+        let manifest_differs = "the bundle's manifest says kws 1.1.0 (sequence 2), the rollout \
+                                document says kws 1.2.0";
+        #[rustfmt::skip]
         let cases: Vec<(&str, Vec<u8>, BundleRef, &str)> = vec![
-            (
-                "truncated",
-                good[..good.len() - 512].to_vec(),
-                describe(&good, "1.1.0", 2),
-                "the rollout document says",
-            ),
-            (
-                "sha256 differs",
-                tampered,
-                describe(&good, "1.1.0", 2),
-                "the bundle's sha256 is",
-            ),
-            (
-                "wrong key",
-                wrong_key.clone(),
-                describe(&wrong_key, "1.1.0", 2),
-                "signature is refused",
-            ),
-            (
-                "manifest differs",
-                good.clone(),
-                describe(&good, "1.2.0", 2),
-                "the bundle's manifest says kws 1.1.0 (sequence 2), the rollout document says kws 1.2.0",
-            ),
-            (
-                "older sequence",
-                older.clone(),
-                describe(&older, "1.1.0", 1),
-                "older sequence",
-            ),
-            (
-                "failing self-test",
-                failing_self_test.clone(),
-                describe(&failing_self_test, "1.1.0", 2),
-                "failed its self-test",
-            ),
-            (
-                "slow warm-up",
-                too_slow.clone(),
-                describe(&too_slow, "1.1.0", 2),
-                "warm-up p99 latency",
-            ),
+            ("truncated", truncated, describe(&good, "1.1.0", 2), "the rollout document says"),
+            ("sha256 differs", tampered, describe(&good, "1.1.0", 2), "the bundle's sha256 is"),
+            ("wrong key", wrong_key.clone(), describe(&wrong_key, "1.1.0", 2), "signature is refused"),
+            ("manifest differs", good.clone(), describe(&good, "1.2.0", 2), manifest_differs),
+            ("older sequence", older.clone(), describe(&older, "1.1.0", 1), "older sequence"),
+            ("failing self-test", failing_self_test.clone(), describe(&failing_self_test, "1.1.0", 2), "failed its self-test"),
+            ("slow warm-up", too_slow.clone(), describe(&too_slow, "1.1.0", 2), "warm-up p99 latency"),
         ];
         let before = slots
             .active()

@@ -672,6 +672,26 @@ mod tests {
             .collect()
     }
 
+    /// A signed kws bundle.
+    fn kws(sequence: u64, version: &str) -> Vec<u8> {
+        crate::testing::pack_kws(&key(), sequence, version)
+            .as_bytes()
+            .to_vec()
+    }
+
+    /// Hands `doc` to the updater at `now_ms` and serves the chunks it asks for (see
+    /// [`serve_chunks`]); returns every effect seen.
+    fn roll_out(
+        updater: &mut Updater,
+        doc: &RolloutDocument,
+        bundle: &[u8],
+        now_ms: u64,
+        limit: usize,
+    ) -> Vec<Effect> {
+        let first = updater.handle_at(Event::Document(&doc.sign(&key())), now_ms);
+        serve_chunks(updater, first, bundle, doc, limit)
+    }
+
     /// Answers the chunk requests in `effects` like the operator, until none is left or
     /// `limit` chunks were sent; returns every effect seen.
     fn serve_chunks(
@@ -709,9 +729,7 @@ mod tests {
     #[test]
     fn an_install_past_its_deadline_fails_cleanly_and_an_abort_is_processed_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let bundle = crate::testing::pack_kws(&key(), 2, "1.3.0")
-            .as_bytes()
-            .to_vec();
+        let bundle = kws(2, "1.3.0");
         let doc = document(&bundle);
         // No load, self-test and warm-up finishes in no time: the deadline always
         // passes first, as it would for a self-test that hangs.
@@ -722,8 +740,7 @@ mod tests {
         let mut updater = Updater::open(config, DEVICE, vec![key().verifying_key()]).unwrap();
         updater.boot().unwrap();
         updater.set_serving("kws 1.2.0");
-        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
-        let effects = serve_chunks(&mut updater, first, &bundle, &doc, usize::MAX);
+        let effects = roll_out(&mut updater, &doc, &bundle, 0, usize::MAX);
         assert!(!effects.iter().any(|e| matches!(e, Effect::Serve(_))));
         let failed = reports(&effects);
         let last = failed.last().unwrap();
@@ -748,9 +765,7 @@ mod tests {
     #[test]
     fn an_updater_downloads_installs_serves_and_after_a_restart_continues_its_soak() {
         let dir = tempfile::tempdir().unwrap();
-        let bundle = crate::testing::pack_kws(&key(), 2, "1.3.0")
-            .as_bytes()
-            .to_vec();
+        let bundle = kws(2, "1.3.0");
         let doc = document(&bundle);
         let mut updater = open(dir.path());
         let boot = updater.boot().unwrap();
@@ -764,8 +779,7 @@ mod tests {
             ["perch/fleet/kitchen/rollout", "perch/pi-1/ota/chunk"]
         );
 
-        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
-        let effects = serve_chunks(&mut updater, first, &bundle, &doc, usize::MAX);
+        let effects = roll_out(&mut updater, &doc, &bundle, 0, usize::MAX);
         let states: Vec<DeviceState> = reports(&effects).iter().map(|r| r.state).collect();
         assert_eq!(states.first(), Some(&DeviceState::Downloading));
         assert_eq!(
@@ -810,15 +824,12 @@ mod tests {
     #[test]
     fn a_killed_updater_resumes_its_download_from_the_next_chunk_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let bundle = crate::testing::pack_kws(&key(), 2, "1.3.0")
-            .as_bytes()
-            .to_vec();
+        let bundle = kws(2, "1.3.0");
         let doc = document(&bundle);
         assert!(doc.bundle.chunk_count() > 4);
         let mut updater = open(dir.path());
         updater.boot().unwrap();
-        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
-        serve_chunks(&mut updater, first, &bundle, &doc, 3);
+        roll_out(&mut updater, &doc, &bundle, 0, 3);
         drop(updater);
 
         let mut updater = open(dir.path());
@@ -852,9 +863,8 @@ mod tests {
         let doc = document(bundle);
         let mut updater = open(dir);
         updater.boot().unwrap();
-        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
         let count = doc.bundle.chunk_count() as usize;
-        serve_chunks(&mut updater, first, bundle, &doc, count - 1);
+        roll_out(&mut updater, &doc, bundle, 0, count - 1);
         drop(updater);
         std::fs::write(dir.join(download::PART_FILE), bundle).unwrap();
         std::fs::write(
@@ -866,9 +876,7 @@ mod tests {
 
     #[test]
     fn a_stop_while_installing_tries_again_once_then_fails_the_rollout() {
-        let bundle = crate::testing::pack_kws(&key(), 2, "1.3.0")
-            .as_bytes()
-            .to_vec();
+        let bundle = kws(2, "1.3.0");
 
         // First stop (a power cut, say): the install runs again and succeeds.
         let dir = tempfile::tempdir().unwrap();
@@ -903,15 +911,12 @@ mod tests {
     #[test]
     fn a_crash_loop_on_probation_returns_to_the_configured_model_at_boot() {
         let dir = tempfile::tempdir().unwrap();
-        let bundle = crate::testing::pack_kws(&key(), 2, "1.3.0")
-            .as_bytes()
-            .to_vec();
+        let bundle = kws(2, "1.3.0");
         let doc = document(&bundle);
         let mut updater = open(dir.path());
         updater.boot().unwrap();
         updater.set_serving("kws 1.2.0");
-        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
-        serve_chunks(&mut updater, first, &bundle, &doc, usize::MAX);
+        roll_out(&mut updater, &doc, &bundle, 0, usize::MAX);
         assert_eq!(updater.state().state, Some(DeviceState::Active));
         drop(updater);
 
@@ -936,12 +941,9 @@ mod tests {
 
         // The next release's roll-back returns to the configured model too, not to the
         // release that crash-looped.
-        let fixed = crate::testing::pack_kws(&key(), 3, "1.3.1")
-            .as_bytes()
-            .to_vec();
+        let fixed = kws(3, "1.3.1");
         let doc = release("kws-1.3.1", "1.3.1", 3, &fixed, 200);
-        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
-        serve_chunks(&mut updater, first, &fixed, &doc, usize::MAX);
+        roll_out(&mut updater, &doc, &fixed, 0, usize::MAX);
         assert_eq!(updater.state().state, Some(DeviceState::Active));
         let effects = updater.handle_at(breach(&latencies(100, 80.0)), 1_000);
         assert!(effects.iter().any(|e| matches!(e, Effect::ServeConfigured)));
@@ -987,23 +989,17 @@ mod tests {
             errors: 0,
             latency: &fast,
         };
-        let good = crate::testing::pack_kws(&key(), 2, "1.3.0")
-            .as_bytes()
-            .to_vec();
+        let good = kws(2, "1.3.0");
         let doc = release("a", "1.3.0", 2, &good, 100);
-        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 0);
-        serve_chunks(&mut updater, first, &good, &doc, usize::MAX);
+        roll_out(&mut updater, &doc, &good, 0, usize::MAX);
         updater.handle_at(soak, 1_000);
         updater.handle_at(soak, 70_000);
         assert_eq!(updater.state().state, Some(DeviceState::Confirmed));
 
         // A release breaching its p99 returns to 1.3.0.
-        let bad = crate::testing::pack_kws(&key(), 3, "1.4.0")
-            .as_bytes()
-            .to_vec();
+        let bad = kws(3, "1.4.0");
         let doc = release("b", "1.4.0", 3, &bad, 101);
-        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 80_000);
-        let effects = serve_chunks(&mut updater, first, &bad, &doc, usize::MAX);
+        let effects = roll_out(&mut updater, &doc, &bad, 80_000, usize::MAX);
         assert_eq!(served(&effects), ["kws@1.4.0"]);
         let effects = updater.handle_at(breach(&latencies(100, 80.0)), 90_000);
         assert_eq!(served(&effects), ["kws@1.3.0"]);
@@ -1016,12 +1012,9 @@ mod tests {
         assert_eq!(updater.slots().active().unwrap().1.version, "1.3.0");
 
         // An aborted rollout does the same.
-        let next = crate::testing::pack_kws(&key(), 4, "1.5.0")
-            .as_bytes()
-            .to_vec();
+        let next = kws(4, "1.5.0");
         let mut doc = release("c", "1.5.0", 4, &next, 102);
-        let first = updater.handle_at(Event::Document(&doc.sign(&key())), 100_000);
-        serve_chunks(&mut updater, first, &next, &doc, usize::MAX);
+        roll_out(&mut updater, &doc, &next, 100_000, usize::MAX);
         assert_eq!(updater.slots().active().unwrap().1.version, "1.5.0");
         doc.revision = 103;
         doc.phase = Phase::Aborted;

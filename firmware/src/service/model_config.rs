@@ -11,6 +11,7 @@ use perch_runtime::engine::{DType, Dim, Metadata, TensorInfo};
 use perch_runtime::wire::ModelId;
 use serde_json::json;
 
+use super::oip::wire_dim;
 use super::ServiceLimits;
 
 /// Triton's name for an engine element type (`TYPE_FP32`, ...).
@@ -69,10 +70,7 @@ pub fn encode_model_config(id: &ModelId, metadata: &Metadata, limits: &ServiceLi
                     .shape
                     .iter()
                     .skip(usize::from(batched))
-                    .map(|d| match d {
-                        Dim::Fixed(n) => i64::try_from(*n).unwrap_or(i64::MAX),
-                        Dim::Symbolic(_) => -1,
-                    })
+                    .map(wire_dim)
                     .collect();
                 json!({
                     "name": info.name,

@@ -225,6 +225,14 @@ pub fn encode_error(error: &ServiceError) -> Vec<u8> {
     to_vec(&json!({ "error": error.to_string() }))
 }
 
+/// A dimension as the protocols write it: its size, or `-1` when it is symbolic.
+pub(crate) fn wire_dim(dim: &Dim) -> i64 {
+    match dim {
+        Dim::Fixed(n) => i64::try_from(*n).unwrap_or(i64::MAX),
+        Dim::Symbolic(_) => -1,
+    }
+}
+
 /// The model metadata document (`GET /v2/models/{name}`): name, versions, platform
 /// `perch-tract`, and each input and output with its name, datatype and shape
 /// (`-1` for a symbolic dimension).
@@ -233,14 +241,7 @@ pub fn encode_model_metadata(id: &ModelId, metadata: &Metadata) -> Vec<u8> {
         infos
             .iter()
             .map(|info| {
-                let shape: Vec<i64> = info
-                    .shape
-                    .iter()
-                    .map(|d| match d {
-                        Dim::Fixed(n) => i64::try_from(*n).unwrap_or(i64::MAX),
-                        Dim::Symbolic(_) => -1,
-                    })
-                    .collect();
+                let shape: Vec<i64> = info.shape.iter().map(wire_dim).collect();
                 json!({
                     "name": info.name,
                     "datatype": datatype_name(info.dtype),

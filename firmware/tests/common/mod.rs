@@ -16,6 +16,8 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 use perch_testkit::PATIENCE;
 
+pub mod http;
+
 /// The workspace's `models/` folder.
 pub fn models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")

@@ -244,23 +244,13 @@ impl NpySource {
             features,
             &format!("its array has shape {shape:?}, {per_row} values per row"),
         )?;
-        let values = tensor
-            .cast_to::<f32>()
-            .ok()
-            .and_then(|t| {
-                t.try_as_plain_ram()
-                    .ok()?
-                    .as_slice::<f32>()
-                    .ok()
-                    .map(<[f32]>::to_vec)
-            })
-            .ok_or_else(|| {
-                ToolError::Data(format!(
-                    "{}: {:?} values cannot be read as numbers",
-                    path.display(),
-                    tensor.datum_type()
-                ))
-            })?;
+        let values = crate::f32_values(&tensor).ok_or_else(|| {
+            ToolError::Data(format!(
+                "{}: {:?} values cannot be read as numbers",
+                path.display(),
+                tensor.datum_type()
+            ))
+        })?;
         Ok(NpySource {
             values,
             features,

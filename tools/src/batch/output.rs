@@ -18,8 +18,11 @@ pub trait Sink {
     fn append(&mut self, chunk: &Scored) -> Result<(), ToolError>;
     /// Makes every appended row durable and returns the position to checkpoint.
     fn commit(&mut self) -> Result<u64, ToolError>;
-    /// Makes the output final once every row is committed.
-    fn finish(self: Box<Self>) -> Result<(), ToolError>;
+    /// Makes the output final once every row is committed; by default, one more
+    /// commit.
+    fn finish(mut self: Box<Self>) -> Result<(), ToolError> {
+        self.commit().map(drop)
+    }
     /// Cuts the output back to the last commit (after an error).
     fn abandon(self: Box<Self>);
 }
@@ -58,33 +61,58 @@ fn open_at(path: &Path, resume: Option<u64>) -> Result<(File, bool), ToolError> 
     }
 }
 
-/// Flushes `writer`, fsyncs its file and returns the file's length.
-fn sync(path: &Path, writer: &mut BufWriter<File>) -> Result<u64, ToolError> {
-    writer.flush().map_err(|e| ToolError::write(path, e))?;
-    let file = writer.get_ref();
-    file.sync_data().map_err(|e| ToolError::write(path, e))?;
-    Ok(file.metadata().map_err(|e| ToolError::read(path, e))?.len())
+/// A file appended in place through a buffer, durable up to its last commit.
+struct Appended {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    committed: u64,
 }
 
-/// Drops what was written after `committed` bytes.
-fn cut_back(path: &Path, writer: BufWriter<File>, committed: u64) {
-    // The buffer is thrown away rather than flushed: the bytes after the commit go.
-    let (file, _) = writer.into_parts();
-    let cut = file.set_len(committed).and_then(|()| file.sync_data());
-    if let Err(e) = cut {
-        log::warn!(
-            "cannot cut {} back to {committed} bytes: {e}",
-            path.display()
-        );
+impl Appended {
+    /// `file`, as [`open_at`] opened it for `path` after `resume` bytes.
+    fn new(path: &Path, file: File, resume: Option<u64>) -> Appended {
+        Appended {
+            path: path.to_path_buf(),
+            writer: BufWriter::with_capacity(1 << 16, file),
+            committed: resume.unwrap_or(0),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ToolError> {
+        self.writer
+            .write_all(bytes)
+            .map_err(|e| ToolError::write(&self.path, e))
+    }
+
+    /// Flushes the buffer, fsyncs the file and returns (and records) its length.
+    fn commit(&mut self) -> Result<u64, ToolError> {
+        let path = &self.path;
+        self.writer.flush().map_err(|e| ToolError::write(path, e))?;
+        let file = self.writer.get_ref();
+        file.sync_data().map_err(|e| ToolError::write(path, e))?;
+        self.committed = file.metadata().map_err(|e| ToolError::read(path, e))?.len();
+        Ok(self.committed)
+    }
+
+    /// Drops what was written after the last commit.
+    fn abandon(self) {
+        // The buffer is thrown away rather than flushed: the bytes after the commit go.
+        let (file, _) = self.writer.into_parts();
+        let cut = file.set_len(self.committed).and_then(|()| file.sync_data());
+        if let Err(e) = cut {
+            log::warn!(
+                "cannot cut {} back to {} bytes: {e}",
+                self.path.display(),
+                self.committed
+            );
+        }
     }
 }
 
 /// A CSV file: a header row, then one row per input row.
 pub struct CsvSink {
-    path: PathBuf,
-    writer: BufWriter<File>,
+    file: Appended,
     layout: Layout,
-    committed: u64,
     line: String,
 }
 
@@ -93,10 +121,8 @@ impl CsvSink {
     pub fn open(path: &Path, layout: &Layout, resume: Option<u64>) -> Result<CsvSink, ToolError> {
         let (file, new) = open_at(path, resume)?;
         let mut sink = CsvSink {
-            path: path.to_path_buf(),
-            writer: BufWriter::with_capacity(1 << 16, file),
+            file: Appended::new(path, file, resume),
             layout: layout.clone(),
-            committed: resume.unwrap_or(0),
             line: String::new(),
         };
         if new {
@@ -112,9 +138,7 @@ impl CsvSink {
             let bytes = w
                 .into_inner()
                 .map_err(|e| ToolError::Internal(format!("CSV header: {e}")))?;
-            sink.writer
-                .write_all(&bytes)
-                .map_err(|e| ToolError::write(path, e))?;
+            sink.file.write_all(&bytes)?;
         }
         Ok(sink)
     }
@@ -144,24 +168,17 @@ impl Sink for CsvSink {
                 let _ = write!(self.line, "{v:?},");
             }
             self.line.push_str(&tail);
-            self.writer
-                .write_all(self.line.as_bytes())
-                .map_err(|e| ToolError::write(&self.path, e))?;
+            self.file.write_all(self.line.as_bytes())?;
         }
         Ok(())
     }
 
     fn commit(&mut self) -> Result<u64, ToolError> {
-        self.committed = sync(&self.path, &mut self.writer)?;
-        Ok(self.committed)
-    }
-
-    fn finish(mut self: Box<Self>) -> Result<(), ToolError> {
-        self.commit().map(drop)
+        self.file.commit()
     }
 
     fn abandon(self: Box<Self>) {
-        cut_back(&self.path, self.writer, self.committed);
+        self.file.abandon();
     }
 }
 
@@ -170,10 +187,8 @@ impl Sink for CsvSink {
 /// `model_version` and `scored_at` as byte strings. Its header declares every row of
 /// the input, so it loads (`numpy.load`) once the run is complete.
 pub struct NpySink {
-    path: PathBuf,
-    writer: BufWriter<File>,
+    file: Appended,
     layout: Layout,
-    committed: u64,
 }
 
 /// The length of `scored_at` (`YYYY-MM-DDTHH:MM:SSZ`).
@@ -201,17 +216,13 @@ impl NpySink {
             }
         }
         let (file, new) = open_at(path, resume)?;
-        let mut writer = BufWriter::with_capacity(1 << 16, file);
+        let mut file = Appended::new(path, file, resume);
         if new {
-            writer
-                .write_all(&header)
-                .map_err(|e| ToolError::write(path, e))?;
+            file.write_all(&header)?;
         }
         Ok(NpySink {
-            path: path.to_path_buf(),
-            writer,
+            file,
             layout: layout.clone(),
-            committed: resume.unwrap_or(0),
         })
     }
 }
@@ -289,24 +300,17 @@ impl Sink for NpySink {
             }
             record.extend_from_slice(&version);
             record.extend_from_slice(&time);
-            self.writer
-                .write_all(&record)
-                .map_err(|e| ToolError::write(&self.path, e))?;
+            self.file.write_all(&record)?;
         }
         Ok(())
     }
 
     fn commit(&mut self) -> Result<u64, ToolError> {
-        self.committed = sync(&self.path, &mut self.writer)?;
-        Ok(self.committed)
-    }
-
-    fn finish(mut self: Box<Self>) -> Result<(), ToolError> {
-        self.commit().map(drop)
+        self.file.commit()
     }
 
     fn abandon(self: Box<Self>) {
-        cut_back(&self.path, self.writer, self.committed);
+        self.file.abandon();
     }
 }
 

@@ -265,17 +265,7 @@ fn run_group(
                     tensor.shape()
                 )));
             }
-            let values = tensor
-                .cast_to::<f32>()
-                .ok()
-                .and_then(|t| {
-                    t.try_as_plain_ram()
-                        .ok()?
-                        .as_slice::<f32>()
-                        .ok()
-                        .map(<[f32]>::to_vec)
-                })
-                .ok_or_else(|| {
+            let values = crate::f32_values(tensor).ok_or_else(|| {
                     ToolError::Model(format!(
                         "output {name:?} ({:?}) cannot be read as numbers",
                         tensor.datum_type()

@@ -580,16 +580,8 @@ async fn command_outcome(
     events: &mut mpsc::Receiver<NetEvent>,
     ask: Ask<'_>,
 ) -> Result<CommandOutcome, OperatorError> {
-    let Ask {
-        broker,
-        group,
-        key,
-        command,
-        reason,
-        timeout,
-    } = ask;
-    let topic = topics::rollout_document(group);
-    let deadline = Instant::now() + timeout;
+    let topic = topics::rollout_document(ask.group);
+    let deadline = Instant::now() + ask.timeout;
     let mut before: Option<RolloutDocument> = None;
     let mut sent = false;
     let mut last_error = None;
@@ -597,11 +589,11 @@ async fn command_outcome(
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             return Err(match (last_error, sent) {
                 (Some(reason), false) => OperatorError::Unreachable {
-                    broker: broker.url(),
+                    broker: ask.broker.url(),
                     reason,
                 },
                 _ => OperatorError::NoController {
-                    group: group.to_string(),
+                    group: ask.group.to_string(),
                 },
             });
         };
@@ -622,23 +614,23 @@ async fn command_outcome(
                 };
                 match &before {
                     None => {
-                        check_applies(command, doc.phase, group)?;
+                        check_applies(ask.command, doc.phase, ask.group)?;
                         let body = CommandMessage {
-                            command,
-                            reason: reason.clone(),
+                            command: ask.command,
+                            reason: ask.reason.clone(),
                             rollout_id: doc.rollout_id.clone(),
                             revision: doc.revision,
                         }
-                        .sign(key);
-                        let to = topics::rollout_command(group);
+                        .sign(ask.key);
+                        let to = topics::rollout_command(ask.group);
                         client.publish(to, QoS::AtLeastOnce, false, body).await?;
                         sent = true;
                         before = Some(doc);
                     }
                     Some(old) if doc.revision > old.revision => {
                         return Ok(CommandOutcome {
-                            group: group.to_string(),
-                            command,
+                            group: ask.group.to_string(),
+                            command: ask.command,
                             rollout_id: doc.rollout_id.clone(),
                             revision: doc.revision,
                             phase: doc.phase,

@@ -309,53 +309,32 @@ pub fn render(state: &RolloutState, points: &[JournalPoint]) -> String {
         .filter(|w| w[0].stage != w[1].stage || w[0].phase != w[1].phase)
         .map(|w| (w[1].unix_ms, format!("stage {} {}", w[1].stage, w[1].phase)))
         .collect();
-    let over = |cohort: fn(&JournalPoint) -> &CohortFigures,
+    // The canary in blue, the rest of the fleet in brown.
+    let (blue, brown) = ("#4c78a8", "#9d755d");
+    let line = |name: &'static str,
+                color: &'static str,
+                dashed: bool,
+                cohort: fn(&JournalPoint) -> &CohortFigures,
                 pick: fn(&CohortFigures) -> Option<f64>,
-                scale: f64| {
-        points
+                scale: f64| Series {
+        name,
+        color,
+        dashed,
+        points: points
             .iter()
             .map(|p| (p.unix_ms, figure(cohort(p), pick, scale)))
-            .collect::<Vec<_>>()
+            .collect(),
     };
     let latency = [
-        Series {
-            name: "canary p50",
-            color: "#4c78a8",
-            dashed: true,
-            points: over(canary, |f| f.p50_ms, 1.0),
-        },
-        Series {
-            name: "canary p99",
-            color: "#4c78a8",
-            dashed: false,
-            points: over(canary, |f| f.p99_ms, 1.0),
-        },
-        Series {
-            name: "rest p50",
-            color: "#9d755d",
-            dashed: true,
-            points: over(rest, |f| f.p50_ms, 1.0),
-        },
-        Series {
-            name: "rest p99",
-            color: "#9d755d",
-            dashed: false,
-            points: over(rest, |f| f.p99_ms, 1.0),
-        },
+        line("canary p50", blue, true, canary, |f| f.p50_ms, 1.0),
+        line("canary p99", blue, false, canary, |f| f.p99_ms, 1.0),
+        line("rest p50", brown, true, rest, |f| f.p50_ms, 1.0),
+        line("rest p99", brown, false, rest, |f| f.p99_ms, 1.0),
     ];
+    let rate = |f: &CohortFigures| f.error_rate;
     let errors = [
-        Series {
-            name: "canary error rate",
-            color: "#4c78a8",
-            dashed: false,
-            points: over(canary, |f| f.error_rate, 100.0),
-        },
-        Series {
-            name: "rest error rate",
-            color: "#9d755d",
-            dashed: false,
-            points: over(rest, |f| f.error_rate, 100.0),
-        },
+        line("canary error rate", blue, false, canary, rate, 100.0),
+        line("rest error rate", brown, false, rest, rate, 100.0),
     ];
 
     let title = format!(
