@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use perch_runtime::engine::{Dim, Golden, Model, Tensor};
+use perch_runtime::engine::{onnx_check, Dim, Golden, Model, Tensor};
 use serde::Serialize;
 use tract_onnx::pb;
 use tract_onnx::prelude::{
@@ -468,30 +468,16 @@ pub struct Quantization {
 pub fn quantization(proto: &pb::ModelProto) -> Quantization {
     let graph = proto.graph.as_ref();
     let nodes: Vec<&pb::NodeProto> = graph.iter().flat_map(|g| g.node.iter()).collect();
-    let mut constants: HashMap<&str, (u64, i32)> = graph
-        .iter()
-        .flat_map(|g| g.initializer.iter())
-        .map(|t| {
-            (
-                t.name.as_str(),
-                (
-                    t.dims.iter().map(|d| (*d).max(0) as u64).product(),
-                    t.data_type,
-                ),
-            )
+    // Every constant's element count and type.
+    let constants: HashMap<&str, (u64, i32)> = graph
+        .map(onnx_check::constants)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, t)| {
+            let n = t.dims.iter().map(|d| (*d).max(0) as u64).product();
+            (name, (n, t.data_type))
         })
         .collect();
-    for node in nodes.iter().filter(|n| n.op_type == "Constant") {
-        let value = node
-            .attribute
-            .iter()
-            .find(|a| a.name == "value")
-            .and_then(|a| a.t.as_ref());
-        if let (Some(out), Some(t)) = (node.output.first(), value) {
-            let n = t.dims.iter().map(|d| (*d).max(0) as u64).product();
-            constants.insert(out.as_str(), (n, t.data_type));
-        }
-    }
     let input = |n: &pb::NodeProto, i: usize| n.input.get(i).cloned().unwrap_or_default();
     // (per-tensor, per-channel) counts over the scales of quantized weights, and over
     // every scale (activations included) for models that quantize no weights.

@@ -21,7 +21,7 @@
 //! three tensors in the same order.
 
 pub use super::quantize::Quantize;
-use super::{QType, Unsupported};
+use super::{ElementWise, QType, Unsupported};
 use crate::{Cpu, Isa};
 
 /// One operand's type, zero point and scale.
@@ -73,20 +73,21 @@ pub(super) fn unsigned(dtype: QType, zero_point: i32) -> (u8, i32) {
     }
 }
 
-/// What a microkernel computes, in the unsigned form of every tensor.
+/// What a microkernel computes, in the unsigned form of every tensor (opaque outside
+/// the crate: a variant's `run` takes it).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Job {
-    pub a_flip: u8,
-    pub a_zero_point: i32,
-    pub a_scale: f32,
-    pub b_flip: u8,
-    pub b_zero_point: i32,
-    pub b_scale: f32,
+pub struct Job {
+    pub(crate) a_flip: u8,
+    pub(crate) a_zero_point: i32,
+    pub(crate) a_scale: f32,
+    pub(crate) b_flip: u8,
+    pub(crate) b_zero_point: i32,
+    pub(crate) b_scale: f32,
     /// The reciprocal of the output's scale.
-    pub inverse_scale: f32,
+    pub(crate) inverse_scale: f32,
     /// The output's zero point in the unsigned form.
-    pub zero_point: i32,
-    pub y_flip: u8,
+    pub(crate) zero_point: i32,
+    pub(crate) y_flip: u8,
 }
 
 impl Job {
@@ -102,21 +103,8 @@ impl Job {
     }
 }
 
-/// One implementation.
-pub struct Variant {
-    /// Kernel name, as reports show it: `q8_add_neon`.
-    pub name: &'static str,
-    /// The instruction set it needs.
-    pub isa: Isa,
-    /// Computes `y[i]` from `a[i]` and `b[i]` for the `n` elements.
-    run: unsafe fn(&Job, *const u8, *const u8, *mut u8, usize),
-}
-
-impl std::fmt::Debug for Variant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name)
-    }
-}
+/// One implementation: `run` computes `y[i]` for the `n` elements.
+pub type Variant = ElementWise<unsafe fn(&Job, *const u8, *const u8, *mut u8, usize)>;
 
 /// Every variant this build has, best first.
 pub static VARIANTS: &[Variant] = &[

@@ -80,6 +80,7 @@ impl QType {
     }
 }
 
+use crate::Isa;
 pub use crate::Unsupported;
 
 /// Runs `tile::<G.., WIDE>(args.., i)` (written `tile[G..]`) for each whole tile of `WIDE` indices in
@@ -122,6 +123,22 @@ fn padded_requant(channels: &[ChannelOutput], len: usize) -> (Vec<i32>, Vec<i64>
         padded(channels, len, 0, |c| c.requant.multiplier),
         padded(channels, len, -1, |c| -(c.requant.shift() as i64)),
     )
+}
+
+/// One implementation of an element-wise kernel (`run` takes the kernel's `Job`, its
+/// pointers and the element count).
+pub struct ElementWise<F> {
+    /// Kernel name, as reports show it: `q8_add_neon`.
+    pub name: &'static str,
+    /// The instruction set it needs.
+    pub isa: Isa,
+    pub(crate) run: F,
+}
+
+impl<F> std::fmt::Debug for ElementWise<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
 }
 
 /// How the accumulators of one output channel become output values.

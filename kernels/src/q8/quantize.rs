@@ -15,7 +15,7 @@
 //! raised by 128, the byte's top bit flipped on the way out.
 
 use super::add::{check, unsigned};
-use super::{QType, Unsupported};
+use super::{ElementWise, QType, Unsupported};
 use crate::{Cpu, Isa};
 
 /// How a float becomes a stored 8-bit value: multiplied by `inverse_scale` (the
@@ -45,13 +45,14 @@ impl Quantize {
     }
 }
 
-/// What a microkernel computes, in the unsigned form.
+/// What a microkernel computes, in the unsigned form (opaque outside the crate: a
+/// variant's `run` takes it).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Job {
-    pub inverse_scale: f32,
+pub struct Job {
+    pub(crate) inverse_scale: f32,
     /// The zero point in the unsigned form, `0 ..= 255`.
-    pub zero_point: i32,
-    pub flip: u8,
+    pub(crate) zero_point: i32,
+    pub(crate) flip: u8,
 }
 
 impl Job {
@@ -63,21 +64,8 @@ impl Job {
     }
 }
 
-/// One implementation.
-pub struct Variant {
-    /// Kernel name, as reports show it: `q8_quantize_neon`.
-    pub name: &'static str,
-    /// The instruction set it needs.
-    pub isa: Isa,
-    /// Computes `y[i]` from `x[i]` for the `n` elements.
-    run: unsafe fn(&Job, *const f32, *mut u8, usize),
-}
-
-impl std::fmt::Debug for Variant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name)
-    }
-}
+/// One implementation: `run` computes `y[i]` for the `n` elements.
+pub type Variant = ElementWise<unsafe fn(&Job, *const f32, *mut u8, usize)>;
 
 /// Every variant this build has, best first.
 pub static VARIANTS: &[Variant] = &[

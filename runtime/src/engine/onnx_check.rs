@@ -300,7 +300,7 @@ fn element_count(t: &pb::TensorProto) -> Option<i64> {
 }
 
 /// The graph's constant tensors (initializers and Constant nodes' values), by name.
-fn constants(graph: &pb::GraphProto) -> HashMap<&str, &pb::TensorProto> {
+pub fn constants(graph: &pb::GraphProto) -> HashMap<&str, &pb::TensorProto> {
     let mut constants: HashMap<&str, &pb::TensorProto> = graph
         .initializer
         .iter()
@@ -316,7 +316,7 @@ fn constants(graph: &pb::GraphProto) -> HashMap<&str, &pb::TensorProto> {
 
 /// A `Constant` node's output name and its tensor value (`value` attribute), if it is
 /// one that holds a tensor.
-pub fn constant_value(node: &pb::NodeProto) -> Option<(&str, &pb::TensorProto)> {
+fn constant_value(node: &pb::NodeProto) -> Option<(&str, &pb::TensorProto)> {
     if node.op_type != "Constant" {
         return None;
     }
