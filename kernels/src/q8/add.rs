@@ -21,6 +21,7 @@
 //! three tensors in the same order.
 
 pub use super::quantize::Quantize;
+use super::quantize::{check, unsigned};
 use super::{ElementWise, QType, Unsupported};
 use crate::{Cpu, Isa};
 
@@ -38,38 +39,6 @@ pub struct Operand {
 impl Operand {
     fn check(&self, what: &str) -> Result<(), Unsupported> {
         check(what, self.dtype, self.zero_point, "scale", self.scale)
-    }
-}
-
-/// Checks a zero point against its type and a scale (or inverse scale) for being
-/// positive and finite.
-pub(super) fn check(
-    what: &str,
-    dtype: QType,
-    zero_point: i32,
-    scale: &str,
-    v: f32,
-) -> Result<(), Unsupported> {
-    let (lo, hi) = dtype.range();
-    if !(v.is_finite() && v > 0.0) {
-        return Err(Unsupported(format!(
-            "{what} {scale} {v} (must be positive and finite)"
-        )));
-    }
-    if !(lo..=hi).contains(&zero_point) {
-        return Err(Unsupported(format!(
-            "{what} zero point {zero_point} out of {} range",
-            dtype.name()
-        )));
-    }
-    Ok(())
-}
-
-/// The unsigned form of a type: `(flip, zero point of the unsigned form)`.
-pub(super) fn unsigned(dtype: QType, zero_point: i32) -> (u8, i32) {
-    match dtype {
-        QType::U8 => (0, zero_point),
-        QType::I8 => (0x80, zero_point + 128),
     }
 }
 

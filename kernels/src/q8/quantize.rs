@@ -11,10 +11,9 @@
 //! adds the zero point without saturating, which overflows only for a product beyond
 //! ±2^31, where its result wraps; here it saturates, as ONNX Runtime does.)
 //!
-//! An `i8` output is computed in the unsigned form of [`super::add`]: its zero point
-//! raised by 128, the byte's top bit flipped on the way out.
+//! An `i8` output is computed in an unsigned form, as every 8-bit kernel here does: its
+//! zero point raised by 128, the byte's top bit flipped on the way out.
 
-use super::add::{check, unsigned};
 use super::{ElementWise, QType, Unsupported};
 use crate::{Cpu, Isa};
 
@@ -42,6 +41,38 @@ impl Quantize {
             "inverse scale",
             self.inverse_scale,
         )
+    }
+}
+
+/// Checks a zero point against its type and a scale (or inverse scale) for being
+/// positive and finite.
+pub(super) fn check(
+    what: &str,
+    dtype: QType,
+    zero_point: i32,
+    scale: &str,
+    v: f32,
+) -> Result<(), Unsupported> {
+    let (lo, hi) = dtype.range();
+    if !(v.is_finite() && v > 0.0) {
+        return Err(Unsupported(format!(
+            "{what} {scale} {v} (must be positive and finite)"
+        )));
+    }
+    if !(lo..=hi).contains(&zero_point) {
+        return Err(Unsupported(format!(
+            "{what} zero point {zero_point} out of {} range",
+            dtype.name()
+        )));
+    }
+    Ok(())
+}
+
+/// The unsigned form of a type: `(flip, zero point of the unsigned form)`.
+pub(super) fn unsigned(dtype: QType, zero_point: i32) -> (u8, i32) {
+    match dtype {
+        QType::U8 => (0, zero_point),
+        QType::I8 => (0x80, zero_point + 128),
     }
 }
 
