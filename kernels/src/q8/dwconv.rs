@@ -331,12 +331,19 @@ impl QDwConv {
         let [hp, wp] = self.padded_shape();
         let [top, left, ..] = g.padding;
         let scratch = &mut scratch[..self.scratch_len()];
-        // The padding holds the zero point, in the kernels' signed form; interior cells
-        // are overwritten per image.
-        let pad = self.input.to_signed(self.input_zero_point as u8) as u8;
-        scratch.fill(pad);
         let rows = h.min(hp.saturating_sub(top));
         let cols = w.min(wp.saturating_sub(left));
+        // The padding holds the zero point, in the kernels' signed form: the rows above
+        // and below the image, the columns beside it and the slack. The interior cells
+        // are copied per image, so only the border is filled.
+        let pad = self.input.to_signed(self.input_zero_point as u8) as u8;
+        let row = wp * c;
+        scratch[..top * row].fill(pad);
+        for r in top..top + rows {
+            scratch[r * row..(r * wp + left) * c].fill(pad);
+            scratch[(r * wp + left + cols) * c..(r + 1) * row].fill(pad);
+        }
+        scratch[(top + rows) * row..].fill(pad);
         let flip = if self.input == QType::U8 { 0x80 } else { 0 };
         for i in 0..images {
             let image = &x[i * g.input_len()..(i + 1) * g.input_len()];
