@@ -28,14 +28,14 @@ use perch_firmware::http::{HttpLimits, POSTCARD_CONTENT_TYPE};
 use perch_firmware::service::{
     binary, Codec, InferRequest, InferenceService, RequestTensor, ServiceLimits, TensorValues,
 };
-use perch_runtime::engine::{Input, TensorData};
+use perch_runtime::engine::TensorData;
 use perch_runtime::wire::{ModelId, Version};
 
 fn main() {
     let samples = common::samples();
     let (model, golden) = common::kws();
     let inputs = golden.input_refs().unwrap();
-    let TensorData::F32(mfcc) = Input::from_tensor(&golden.inputs[0]).unwrap().data else {
+    let TensorData::F32(mfcc) = golden.inputs[0].input().unwrap().data else {
         panic!("the golden input is not f32")
     };
     let request = InferRequest {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use perch_firmware::agent;
 use perch_firmware::config::{Broker, BrokerConfig, Config};
 use perch_firmware::service::{binary, InferRequest, RequestTensor, TensorValues};
-use perch_runtime::engine::{Input, TensorData};
+use perch_runtime::engine::TensorData;
 use perch_testkit::{Mosquitto, Port};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -110,7 +110,7 @@ fn main() {
     let samples = common::samples();
     let (model, golden) = common::kws();
     let inputs = golden.input_refs().unwrap();
-    let TensorData::F32(mfcc) = Input::from_tensor(&golden.inputs[0]).unwrap().data else {
+    let TensorData::F32(mfcc) = golden.inputs[0].input().unwrap().data else {
         panic!("the golden input is not f32")
     };
     let json = serde_json::to_vec(&serde_json::json!({

@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use perch_runtime::engine::{
-    DType, Dim, EngineError, Input, Metadata, Model, Outputs, Session, TensorInfo,
+    DType, Dim, EngineError, Input, Metadata, Model, Outputs, Session, TensorData, TensorInfo,
 };
 use perch_runtime::histogram::{AtomicHistogram, Histogram};
 use perch_runtime::wire::ModelId;
@@ -708,24 +708,14 @@ fn read_outputs(outputs: &Outputs) -> Result<Vec<ResponseTensor>, ServiceError> 
         .map(|index| {
             let info = outputs.info(index);
             let name = info.map(|i| i.name.clone()).unwrap_or_default();
-            let tensor = outputs.tensor(index)?;
-            let shape = tensor.shape().to_vec();
-            let plain = tensor.try_as_plain_ram().ok();
-            let data = plain.and_then(|p| match info.map(|i| i.dtype) {
-                Some(DType::F32) => p
-                    .as_slice::<f32>()
-                    .ok()
-                    .map(|s| TensorValues::F32(s.into())),
-                Some(DType::I64) => p
-                    .as_slice::<i64>()
-                    .ok()
-                    .map(|s| TensorValues::I64(s.into())),
-                Some(DType::I32) => p
-                    .as_slice::<i32>()
-                    .ok()
-                    .map(|s| TensorValues::I32(s.into())),
-                Some(DType::U8) => p.as_slice::<u8>().ok().map(|s| TensorValues::U8(s.into())),
-                Some(DType::I8) => p.as_slice::<i8>().ok().map(|s| TensorValues::I8(s.into())),
+            let shape = outputs.shape(index)?.to_vec();
+            let view = outputs.view(index).ok();
+            let data = view.and_then(|v| match (info.map(|i| i.dtype), v.data()) {
+                (Some(DType::F32), TensorData::F32(s)) => Some(TensorValues::F32(s.into())),
+                (Some(DType::I64), TensorData::I64(s)) => Some(TensorValues::I64(s.into())),
+                (Some(DType::I32), TensorData::I32(s)) => Some(TensorValues::I32(s.into())),
+                (Some(DType::U8), TensorData::U8(s)) => Some(TensorValues::U8(s.into())),
+                (Some(DType::I8), TensorData::I8(s)) => Some(TensorValues::I8(s.into())),
                 _ => None,
             });
             let data = data.ok_or_else(|| {
@@ -749,8 +739,6 @@ mod tests {
     use perch_runtime::wire::Version;
     use serde_json::{json, Value};
 
-    use perch_runtime::engine::TensorData;
-
     use super::*;
 
     fn models() -> PathBuf {
@@ -772,7 +760,7 @@ mod tests {
     fn golden_tensor(name: &str, input: &str) -> RequestTensor {
         let golden = golden(name);
         let tensor = &golden.inputs[0];
-        let data = match Input::from_tensor(tensor).unwrap().data {
+        let data = match tensor.view().data() {
             TensorData::F32(d) => d.to_vec(),
             other => panic!("golden input is {}", other.dtype()),
         };
@@ -786,7 +774,7 @@ mod tests {
     fn golden_output(name: &str) -> (Vec<usize>, Vec<f32>) {
         let golden = golden(name);
         let tensor = &golden.outputs[0];
-        let data = match Input::from_tensor(tensor).unwrap().data {
+        let data = match tensor.view().data() {
             TensorData::F32(d) => d.to_vec(),
             other => panic!("golden output is {}", other.dtype()),
         };

@@ -76,8 +76,8 @@ fn golden() -> Golden {
     let output = read_npy(dir.join("output_0.npy")).unwrap();
     Golden {
         shape: input.shape().to_vec(),
-        input: floats(&input),
-        output: floats(&output),
+        input: floats(input.view()),
+        output: floats(output.view()),
     }
 }
 

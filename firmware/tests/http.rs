@@ -75,13 +75,13 @@ fn golden(model: &str, input: &str) -> (Vec<u8>, Vec<usize>, Vec<f32>) {
             "name": input,
             "shape": golden.inputs[0].shape(),
             "datatype": "FP32",
-            "data": floats(&golden.inputs[0]),
+            "data": floats(golden.inputs[0].view()),
         }]
     });
     (
         serde_json::to_vec(&body).unwrap(),
         golden.outputs[0].shape().to_vec(),
-        floats(&golden.outputs[0]),
+        floats(golden.outputs[0].view()),
     )
 }
 
@@ -136,7 +136,7 @@ fn a_postcard_body_is_answered_in_postcard_with_the_same_outputs() {
         inputs: vec![RequestTensor {
             name: "pixels".into(),
             shape: golden.inputs[0].shape().to_vec(),
-            data: TensorValues::F32(floats(&golden.inputs[0])),
+            data: TensorValues::F32(floats(golden.inputs[0].view())),
         }],
     };
     let (status, body) = server.post_bytes(
@@ -152,7 +152,7 @@ fn a_postcard_body_is_answered_in_postcard_with_the_same_outputs() {
     let TensorValues::F32(got) = &response.outputs[0].data else {
         panic!("not f32")
     };
-    assert!(relative_error(got, &floats(&golden.outputs[0])) <= 1e-4);
+    assert!(relative_error(got, &floats(golden.outputs[0].view())) <= 1e-4);
 
     let (status, body) = server.post_bytes(
         "/v2/models/digits-mlp/infer",
@@ -430,7 +430,7 @@ fn the_documented_example_request_gets_the_golden_output() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     let golden = Golden::load(models().join("kws-dscnn/golden")).unwrap();
-    assert!(relative_error(&got, &floats(&golden.outputs[0])) <= 1e-4);
+    assert!(relative_error(&got, &floats(golden.outputs[0].view())) <= 1e-4);
     server.shutdown().unwrap();
 }
 

@@ -59,7 +59,7 @@ fn engine_row(model: &Path, row: &[f32]) -> Vec<f32> {
     let model = Model::load(model, &LoadOptions::new()).unwrap();
     let mut session = model.session().unwrap();
     let outputs = session.run(&[Input::f32(&[1, row.len()], row)]).unwrap();
-    floats(outputs.tensor(0).unwrap())
+    floats(outputs.view(0).unwrap())
 }
 
 /// The argmax and its value.

@@ -9,7 +9,7 @@ use common::http::HttpServer as Server;
 use common::{floats, models, relative_error};
 use perch_firmware::http::HttpLimits;
 use perch_firmware::service::{InferenceService, ServiceLimits};
-use perch_runtime::engine::{read_npy, DType, Golden, Input, LoadOptions, Model};
+use perch_runtime::engine::{read_npy, DType, Golden, LoadOptions, Model};
 use perch_runtime::wire::{ModelId, Version};
 use serde_json::{json, Value};
 
@@ -88,7 +88,7 @@ fn from_le_bytes(bytes: &[u8]) -> Vec<f32> {
 /// raw little-endian floats.
 fn triton_body(parameters: Value, outputs: Option<Value>) -> (Vec<u8>, String, Golden) {
     let golden = Golden::load(models().join("digits-mlp/golden")).unwrap();
-    let data = le_bytes(&floats(&golden.inputs[0]));
+    let data = le_bytes(&floats(golden.inputs[0].view()));
     let mut header = json!({
         "id": "t1",
         "inputs": [{"name": "pixels", "shape": golden.inputs[0].shape(), "datatype": "FP32",
@@ -124,7 +124,7 @@ fn tritonclient_s_default_binary_request_gets_the_golden_output_as_binary_data()
     assert_eq!(output["parameters"]["binary_data_size"], 320);
     assert!(output.get("data").is_none(), "{output}");
     let got = from_le_bytes(&answer.body[header_length..]);
-    assert!(relative_error(&got, &floats(&golden.outputs[0])) <= 1e-4);
+    assert!(relative_error(&got, &floats(golden.outputs[0].view())) <= 1e-4);
 
     // Binary in, JSON out (binary_data_output off): no header length in the answer.
     let (body, length, _) = triton_body(json!({}), None);
@@ -136,7 +136,7 @@ fn tritonclient_s_default_binary_request_gets_the_golden_output_as_binary_data()
     assert_eq!((answer.status, answer.header_length), (200, None));
     let got: Vec<f32> =
         serde_json::from_value(answer.json()["outputs"][0]["data"].clone()).unwrap();
-    assert!(relative_error(&got, &floats(&golden.outputs[0])) <= 1e-4);
+    assert!(relative_error(&got, &floats(golden.outputs[0].view())) <= 1e-4);
     assert_eq!(server.service.totals().ok, 2);
 }
 
@@ -184,7 +184,7 @@ fn integer_and_float_outputs_of_a_many_output_model_come_back_as_asked() {
     let server = Server::start_file(&path, "qlinear");
     let model = Model::load(&path, &LoadOptions::new()).unwrap();
     let input = read_npy(models().join("fixtures/qlinear-contrib.input_0.npy")).unwrap();
-    let outputs = model.run(&[Input::from_tensor(&input).unwrap()]).unwrap();
+    let outputs = model.run(&[input.input().unwrap()]).unwrap();
     let infos = &model.metadata().outputs;
     let integer = infos
         .iter()
@@ -196,7 +196,7 @@ fn integer_and_float_outputs_of_a_many_output_model_come_back_as_asked() {
         .expect("a float output");
     let (integer_name, float_name) = (&infos[integer].name, &infos[float].name);
 
-    let data = le_bytes(&floats(&input));
+    let data = le_bytes(&floats(input.view()));
     let mut body = serde_json::to_vec(&json!({
         "inputs": [{"name": model.metadata().inputs[0].name, "shape": input.shape(),
                     "datatype": "FP32", "parameters": {"binary_data_size": data.len()}}],
@@ -222,11 +222,10 @@ fn integer_and_float_outputs_of_a_many_output_model_come_back_as_asked() {
         "INT8"
     };
     assert_eq!(header["outputs"][1]["datatype"], datatype);
-    let want = outputs.tensor(integer).unwrap();
-    let want = want.try_as_plain_ram().unwrap().as_bytes().to_vec();
+    let want = outputs.view(integer).unwrap().to_le_bytes();
     assert_eq!(&answer.body[answer.header_length.unwrap()..], &want[..]);
     let got: Vec<f32> = serde_json::from_value(header["outputs"][0]["data"].clone()).unwrap();
-    assert_eq!(got, floats(outputs.tensor(float).unwrap()));
+    assert_eq!(got, floats(outputs.view(float).unwrap()));
 }
 
 #[test]
@@ -450,8 +449,8 @@ fn the_repository_index_and_statistics_agree_with_the_requests_and_with_metrics(
 fn kserve_v1_predicts_rows_and_named_objects_and_refuses_uneven_rows() {
     let server = Server::start("digits-mlp");
     let golden = Golden::load(models().join("digits-mlp/golden")).unwrap();
-    let pixels = floats(&golden.inputs[0]);
-    let want = floats(&golden.outputs[0]);
+    let pixels = floats(golden.inputs[0].view());
+    let want = floats(golden.outputs[0].view());
     let rows: Vec<&[f32]> = pixels.chunks(64).collect();
     let named: Vec<Value> = rows.iter().map(|r| json!({"pixels": r})).collect();
     for instances in [json!(rows), json!(named)] {
@@ -508,7 +507,8 @@ fn kserve_v1_predicts_rows_and_named_objects_and_refuses_uneven_rows() {
     // An unbatched model runs once per instance.
     let kws = Server::start("kws-dscnn");
     let golden = Golden::load(models().join("kws-dscnn/golden")).unwrap();
-    let body = json!({"instances": [floats(&golden.inputs[0]), floats(&golden.inputs[0])]});
+    let body =
+        json!({"instances": [floats(golden.inputs[0].view()), floats(golden.inputs[0].view())]});
     let answer = kws.post(
         "/v1/models/kws-dscnn:predict",
         &serde_json::to_vec(&body).unwrap(),
@@ -517,7 +517,7 @@ fn kserve_v1_predicts_rows_and_named_objects_and_refuses_uneven_rows() {
     assert_eq!(answer.status, 200, "{}", answer.error());
     let got: Vec<Vec<f32>> = serde_json::from_value(answer.json()["predictions"].clone()).unwrap();
     assert_eq!(got.len(), 2);
-    assert!(relative_error(&got[1], &floats(&golden.outputs[0])) <= 1e-4);
+    assert!(relative_error(&got[1], &floats(golden.outputs[0].view())) <= 1e-4);
 }
 
 #[test]

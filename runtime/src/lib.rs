@@ -8,6 +8,9 @@
 //! With the `std` feature, `engine` loads ONNX models (feature `onnx`) and tract
 //! NNEF archives into optimized plans and runs them on caller-owned buffers, and
 //! `bundle` parses, verifies and writes the signed model bundles devices install.
+//! The engine's public API holds only Perch's own types (`TensorView`, `Array`,
+//! `Golden`), so a tract upgrade is not a breaking change for its users; what names
+//! tract's types is in `engine::internal`, unstable and meant for Perch's own tools.
 //!
 //! ```
 //! use core::time::Duration;

@@ -8,6 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
 
+use perch_runtime::engine::internal::{ArrayExt, ModelExt};
 use perch_runtime::engine::{Golden, LoadOptions, Model};
 use tract_core::plan::SimplePlan;
 use tract_core::prelude::{tvec, IntoTValue};
@@ -78,13 +79,13 @@ fn perch_adds_no_allocations_to_the_engines_own_per_run() {
         let mut state = plan.spawn().unwrap();
         let warm = |state: &mut tract_core::prelude::TypedSimpleState| {
             state
-                .run(tvec![golden.inputs[0].clone().into_tvalue()])
+                .run(tvec![golden.inputs[0].tensor().clone().into_tvalue()])
                 .unwrap();
         };
         warm(&mut state);
         let mut tract_total = 0;
         for _ in 0..RUNS {
-            let inputs = tvec![golden.inputs[0].clone().into_tvalue()];
+            let inputs = tvec![golden.inputs[0].tensor().clone().into_tvalue()];
             let (outputs, n) = count(|| state.run(inputs).unwrap());
             drop(outputs);
             tract_total += n;

@@ -91,8 +91,9 @@ mod golden_outputs {
             .unwrap();
         let want = perch_runtime::engine::read_npy(fixtures.join("quantized-softmax.output_0.npy"))
             .unwrap();
-        let got = model.run(&[Input::from_tensor(&x).unwrap()]).unwrap();
-        let (max_abs, _) = perch_runtime::engine::compare(got.tensor(0).unwrap(), &want).unwrap();
+        let got = model.run(&[x.input().unwrap()]).unwrap();
+        let (max_abs, _) =
+            perch_runtime::engine::compare(got.view(0).unwrap(), want.view()).unwrap();
         assert!(max_abs <= step, "{:?} vs {want:?}", got.f32(0).unwrap());
         let sum: f32 = got.f32(0).unwrap().iter().sum();
         assert!((sum - 1.0).abs() <= 2.0 * step, "{sum}");
@@ -101,7 +102,7 @@ mod golden_outputs {
         let golden = Golden::load_variant(models().join("digits-mlp/golden"), Some("qdq")).unwrap();
         let got = model.run(&golden.input_refs().unwrap()).unwrap();
         let (max_abs, _) =
-            perch_runtime::engine::compare(got.tensor(0).unwrap(), &golden.outputs[0]).unwrap();
+            perch_runtime::engine::compare(got.view(0).unwrap(), golden.outputs[0].view()).unwrap();
         assert!(max_abs <= step, "R1 QDQ: {max_abs}");
     }
 
@@ -188,8 +189,104 @@ mod golden_outputs {
     }
 }
 
+/// The public API round-trips without tract's types: golden `.npy` files read into
+/// [`Array`]s, a run's outputs lent as [`TensorView`]s, both compared as Perch's own.
+mod public_api {
+    use super::*;
+    use perch_runtime::engine::{
+        compare, decode_npy, read_npy, Array, DType, TensorData, TensorView,
+    };
+
+    fn argmax(row: &[f32]) -> usize {
+        (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
+    }
+
+    #[test]
+    fn a_golden_array_read_from_npy_agrees_with_the_view_of_the_output_it_checks() {
+        for name in REFERENCE {
+            let golden = models().join(name).join("golden");
+            let input = read_npy(golden.join("input_0.npy")).unwrap();
+            let want = read_npy(golden.join("output_0.npy")).unwrap();
+            assert_eq!(
+                (input.dtype(), want.dtype()),
+                (DType::F32, DType::F32),
+                "{name}"
+            );
+            let model = load(&models().join(name).join("model.onnx"));
+            let outputs = model.run(&[input.input().unwrap()]).unwrap();
+            let got = outputs.view(0).unwrap();
+            assert_eq!(got.shape(), want.shape(), "{name}");
+            assert_eq!(got.shape(), outputs.shape(0).unwrap(), "{name}");
+            assert_eq!(got.dtype(), DType::F32, "{name}");
+            assert_eq!(got.as_f32().unwrap(), outputs.f32(0).unwrap(), "{name}");
+            let (_, relative) = compare(got, want.view()).unwrap();
+            assert!(
+                relative <= Tolerance::default().relative,
+                "{name}: {relative:e}"
+            );
+            // What self_test measures is what compare measures.
+            let report = model
+                .session()
+                .unwrap()
+                .self_test(&Golden::load(&golden).unwrap(), Tolerance::default())
+                .unwrap();
+            assert_eq!(report.outputs[0].relative_error, relative, "{name}");
+            // An output copied into an Array holds the same shape and elements.
+            let owned = Array::from_view(got);
+            assert_eq!(owned.shape(), got.shape(), "{name}");
+            assert_eq!(owned.view().as_f32(), got.as_f32(), "{name}");
+            assert_eq!(compare(owned.view(), got).unwrap(), (0.0, 0.0), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_digit_classifier_picks_onnx_runtimes_classes_read_through_views() {
+        let golden = models().join("digits-mlp/golden");
+        let want = read_npy(golden.join("output_0.npy")).unwrap();
+        let model = load(&models().join("digits-mlp/model.onnx"));
+        let input = read_npy(golden.join("input_0.npy")).unwrap();
+        let outputs = model.run(&[input.input().unwrap()]).unwrap();
+        let got = outputs.view(0).unwrap();
+        let classes = got.shape()[1];
+        let picks = |v: TensorView<'_>| -> Vec<usize> {
+            v.as_f32().unwrap().chunks(classes).map(argmax).collect()
+        };
+        assert_eq!(picks(got), picks(want.view()));
+        // Integer golden files read as integers.
+        let labels = read_npy(golden.join("labels_0.npy")).unwrap();
+        assert_eq!(labels.dtype(), DType::I64);
+        assert_eq!(labels.shape(), &[got.shape()[0]]);
+    }
+
+    #[test]
+    fn views_hold_exactly_their_shape_and_say_what_cannot_be_an_input() {
+        let x = [1.0f64, 2.5, -3.0, 4.0, 0.0, 6.0];
+        assert!(TensorView::new(&[2, 2], TensorData::F64(&x)).is_none());
+        let view = TensorView::new(&[2, 3], TensorData::F64(&x)).unwrap();
+        assert_eq!(view.dtype(), DType::F64);
+        assert!(view.input().is_none(), "the engine takes no f64 input");
+        assert_eq!(view.to_f32_vec(), vec![1.0, 2.5, -3.0, 4.0, 0.0, 6.0]);
+        let array = Array::from_view(view);
+        assert_eq!((array.dtype(), array.shape()), (DType::F64, &[2, 3][..]));
+        let ints = [7i64, -1];
+        let view = TensorView::new(&[2], TensorData::I64(&ints)).unwrap();
+        assert_eq!(view.input().unwrap().data.dtype(), DType::I64);
+        assert_eq!(view.as_i64(), Some(&ints[..]));
+        assert_eq!(view.as_f32(), None);
+        // A scalar has an empty shape and one element.
+        let scalar = TensorView::new(&[], TensorData::F32(&[0.5])).unwrap();
+        assert_eq!(
+            Array::from_view(scalar).view().as_f32(),
+            Some(&[0.5f32][..])
+        );
+        assert!(compare(scalar, view).unwrap_err().contains("shape"));
+        assert!(decode_npy(b"not a numpy file").is_err());
+    }
+}
+
 mod kernels {
     use super::*;
+    use perch_runtime::engine::internal::ModelExt;
     use tract_core::internal::tract_linalg;
     use tract_core::ops::matmul::optimized::OptMatMul;
 
@@ -393,8 +490,8 @@ mod bad_models {
         let want =
             perch_runtime::engine::read_npy(fixtures.join("per-axis-dq-opset13.output_0.npy"))
                 .unwrap();
-        let out = model.run(&[Input::from_tensor(&input).unwrap()]).unwrap();
-        let (_, rel) = perch_runtime::engine::compare(out.tensor(0).unwrap(), &want).unwrap();
+        let out = model.run(&[input.input().unwrap()]).unwrap();
+        let (_, rel) = perch_runtime::engine::compare(out.view(0).unwrap(), want.view()).unwrap();
         assert!(rel <= 1e-4, "{rel}");
     }
 

@@ -8,7 +8,7 @@
 //! beside the parser.
 
 use perch_runtime::bundle::{Bundle, Limits, Manifest};
-use perch_runtime::engine::npy;
+use perch_runtime::engine::internal::npy;
 use perch_runtime::rollout::{decode_chunk, encode_chunk, DeviceStatus, RolloutDocument};
 use perch_runtime::wire::{Health, MetricsReport};
 use proptest::prelude::*;

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use common::{output_step, steps};
-use perch_runtime::engine::{nnef_framework, Golden, Input, LoadOptions, Model, Tensor};
+use perch_runtime::engine::internal::{nnef_framework, ops, ModelExt};
+use perch_runtime::engine::{Array, Golden, Input, LoadOptions, Model};
 use perch_runtime::kernels::Cpu;
 use tract_core::internal::*;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
@@ -47,21 +48,17 @@ fn expected_gemm() -> &'static str {
     }
 }
 
-fn values(t: &Tensor) -> Vec<f32> {
-    t.to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect()
+fn values(a: &Array) -> Vec<f32> {
+    a.view().as_f32().unwrap().to_vec()
 }
 
-fn run(model: &Model, golden: &Golden) -> Tensor {
+fn run(model: &Model, golden: &Golden) -> Array {
     let out = model
         .session()
         .unwrap()
         .run(&golden.input_refs().unwrap())
         .unwrap();
-    out.tensor(0).unwrap().clone()
+    Array::from_view(out.view(0).unwrap())
 }
 
 #[test]
@@ -129,8 +126,10 @@ fn every_layer_of_onnx_runtimes_int8_files_runs_on_integer_kernels_with_its_answ
             &load(&path, &LoadOptions::new().perch_kernels(false)),
             &golden,
         );
-        let ((perch_steps, _), (tract_steps, _)) =
-            (steps(&perch, want, step), steps(&off, want, step));
+        let ((perch_steps, _), (tract_steps, _)) = (
+            steps(perch.view(), want.view(), step),
+            steps(off.view(), want.view(), step),
+        );
         println!(
             "{name}: {perch_steps} steps of {step} from ONNX Runtime (tract alone: {tract_steps})"
         );
@@ -146,9 +145,9 @@ fn an_nnef_archive_of_an_int8_model_carries_the_integer_operators_and_their_answ
         let typed = tract_onnx::onnx()
             .model_for_path(&source)
             .and_then(|m| m.into_typed())
-            .and_then(perch_runtime::engine::ops::declutter)
+            .and_then(ops::declutter)
             .unwrap();
-        let (typed, _) = perch_runtime::engine::ops::rewrite(typed, Cpu::detect()).unwrap();
+        let (typed, _) = ops::rewrite(typed, Cpu::detect()).unwrap();
         let mut archive = vec![];
         nnef_framework()
             .write_to_tar(&typed, &mut archive)
@@ -200,9 +199,9 @@ fn tensors_between_integer_operators_stay_channels_last() {
                 let typed = tract_onnx::onnx()
                     .model_for_path(&path)
                     .and_then(|m| m.into_typed())
-                    .and_then(perch_runtime::engine::ops::declutter)
+                    .and_then(ops::declutter)
                     .unwrap();
-                let (typed, _) = perch_runtime::engine::ops::rewrite(typed, Cpu::detect()).unwrap();
+                let (typed, _) = ops::rewrite(typed, Cpu::detect()).unwrap();
                 let dir = tempfile::tempdir().unwrap();
                 let archive = dir.path().join("model.nnef.tar");
                 let file = std::fs::File::create(&archive).unwrap();
@@ -287,8 +286,7 @@ fn a_quantized_sum_on_the_kernel_gives_the_float_graphs_bytes() {
         ([u8t, u8t, u8t], true),
     ] {
         let model = quantized_sum(types, same);
-        let (rewritten, report) =
-            perch_runtime::engine::ops::rewrite(model.clone(), Cpu::detect()).unwrap();
+        let (rewritten, report) = ops::rewrite(model.clone(), Cpu::detect()).unwrap();
         let planned: Vec<_> = report.iter().filter_map(|k| k.kernel.as_deref()).collect();
         assert!(
             planned.len() == 1 && planned[0].starts_with("q8_add_"),
@@ -376,8 +374,7 @@ fn a_float_tensor_quantized_on_the_kernel_gives_the_engines_bytes() {
             model
         };
         let rewrite = |model: TypedModel| {
-            let (rewritten, report) =
-                perch_runtime::engine::ops::rewrite(model, Cpu::detect()).unwrap();
+            let (rewritten, report) = ops::rewrite(model, Cpu::detect()).unwrap();
             let planned: Vec<_> = report.iter().filter_map(|k| k.kernel.as_deref()).collect();
             assert!(
                 planned.len() == 1 && planned[0].starts_with("q8_quantize_"),

@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use perch_runtime::engine::internal::{nnef_framework, ops, ModelExt};
 use perch_runtime::engine::{
-    compare, nnef_framework, read_npy, Golden, Input, KernelNode, LoadOptions, Model, Tolerance,
+    compare, read_npy, Array, Golden, KernelNode, LoadOptions, Model, Tolerance,
 };
 use perch_runtime::kernels::Cpu;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
@@ -21,14 +22,14 @@ fn load(path: &Path, options: &LoadOptions) -> Model {
 }
 
 /// Runs a model on a reference model's golden input; the first output.
-fn run_golden(model: &Model, name: &str) -> perch_runtime::engine::Tensor {
+fn run_golden(model: &Model, name: &str) -> Array {
     let golden = Golden::load(models().join(name).join("golden")).unwrap();
     let out = model
         .session()
         .unwrap()
         .run(&golden.input_refs().unwrap())
         .unwrap();
-    out.tensor(0).unwrap().clone()
+    Array::from_view(out.view(0).unwrap())
 }
 
 /// The suffix of the Perch kernels the emulated board must run (`.ci/arm` sets
@@ -90,11 +91,11 @@ fn perch_kernels_agree_with_tracts_own_operators_within_1e_5() {
         let path = models().join(name).join("model.onnx");
         let perch = run_golden(&load(&path, &LoadOptions::new().perch_kernels(true)), name);
         let tract = run_golden(&load(&path, &LoadOptions::new().perch_kernels(false)), name);
-        let (_, relative) = compare(&perch, &tract).unwrap();
+        let (_, relative) = compare(perch.view(), tract.view()).unwrap();
         assert!(relative <= 1e-5, "{name}: {relative:e}");
         // ... and both with ONNX Runtime, as the golden tests require.
         let golden = Golden::load(models().join(name).join("golden")).unwrap();
-        let (_, relative) = compare(&perch, &golden.outputs[0]).unwrap();
+        let (_, relative) = compare(perch.view(), golden.outputs[0].view()).unwrap();
         assert!(
             relative <= Tolerance::default().relative,
             "{name}: {relative:e}"
@@ -160,11 +161,11 @@ fn covered_depthwise_convolutions_run_on_perch_kernels_and_the_others_say_why() 
     let outputs = model
         .session()
         .unwrap()
-        .run(&[Input::from_tensor(&input).unwrap()])
+        .run(&[input.input().unwrap()])
         .unwrap();
     for i in 0..outputs.len() {
         let want = read_npy(dir.join(format!("depthwise-variants.output_{i}.npy"))).unwrap();
-        let (_, relative) = compare(outputs.tensor(i).unwrap(), &want).unwrap();
+        let (_, relative) = compare(outputs.view(i).unwrap(), want.view()).unwrap();
         assert!(relative <= 1e-5, "output {i}: {relative:e}");
     }
 }
@@ -176,7 +177,7 @@ fn archive_with_perch_ops(source: &Path) -> Vec<u8> {
         .and_then(|m| m.into_typed())
         .and_then(|m| m.into_decluttered())
         .unwrap();
-    let (typed, _) = perch_runtime::engine::ops::rewrite(typed, Cpu::detect()).unwrap();
+    let (typed, _) = ops::rewrite(typed, Cpu::detect()).unwrap();
     let mut tar = vec![];
     nnef_framework().write_to_tar(&typed, &mut tar).unwrap();
     tar
@@ -287,9 +288,9 @@ fn a_channels_last_model_runs_on_the_channels_last_kernels_and_matches_onnx_runt
         let out = model
             .session()
             .unwrap()
-            .run(&[Input::from_tensor(&input).unwrap()])
+            .run(&[input.input().unwrap()])
             .unwrap();
-        let (_, relative) = compare(out.tensor(0).unwrap(), &want).unwrap();
+        let (_, relative) = compare(out.view(0).unwrap(), want.view()).unwrap();
         assert!(relative <= 1e-5, "{relative:e}");
     }
 }

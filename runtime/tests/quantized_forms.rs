@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 mod common;
 
 use common::{f32_values, output_step, proto, scalar, steps};
-use perch_runtime::engine::{read_npy, EngineError, Input, LoadOptions, Model};
+use perch_runtime::engine::internal::ModelExt;
+use perch_runtime::engine::{read_npy, EngineError, LoadOptions, Model};
 use prost::Message;
 use tract_onnx::pb;
 
@@ -42,8 +43,8 @@ fn golden_steps(folder: &str, model_file: &str, variant: &str, kernels: bool) ->
     let model = load(&path, kernels);
     let input = read_npy(dir.join("golden/input_0.npy")).unwrap();
     let want = read_npy(dir.join(format!("golden/output_0.{variant}.npy"))).unwrap();
-    let out = model.run(&[Input::from_tensor(&input).unwrap()]).unwrap();
-    let (worst, exact) = steps(out.tensor(0).unwrap(), &want, output_step(&path));
+    let out = model.run(&[input.input().unwrap()]).unwrap();
+    let (worst, exact) = steps(out.view(0).unwrap(), want.view(), output_step(&path));
     let integer = model
         .metadata()
         .kernels
@@ -156,13 +157,13 @@ mod contrib_operators {
         let input = read_npy(fixtures.join("qlinear-contrib.input_0.npy")).unwrap();
         for kernels in KERNELS {
             let model = load(&path, kernels);
-            let out = model.run(&[Input::from_tensor(&input).unwrap()]).unwrap();
+            let out = model.run(&[input.input().unwrap()]).unwrap();
             assert_eq!(out.len(), OUTPUTS.len());
             for (i, name) in OUTPUTS.iter().enumerate() {
                 let want =
                     read_npy(fixtures.join(format!("qlinear-contrib.output_{i}.npy"))).unwrap();
                 let step = if *name == "gemm_f" { gemm_f_step } else { 1.0 };
-                let (worst, exact) = steps(out.tensor(i).unwrap(), &want, step);
+                let (worst, exact) = steps(out.view(i).unwrap(), want.view(), step);
                 println!("{name}, kernels {kernels}: {worst} steps, {exact:.3} exact");
                 assert!(worst <= 1, "{name}, kernels {kernels}: {worst} steps");
                 assert!(
@@ -520,7 +521,7 @@ mod malformed_contrib_nodes {
                 Ok(model) => {
                     let input =
                         read_npy(models().join("fixtures/qlinear-contrib.input_0.npy")).unwrap();
-                    if let Some(input) = Input::from_tensor(&input) {
+                    if let Some(input) = input.input() {
                         let _ = model.run(&[input]);
                     }
                 }

@@ -19,7 +19,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use perch_runtime::bundle::{Bundle, Limits};
-use perch_runtime::engine::{Model, ModelFormat, Tensor};
+use perch_runtime::engine::internal::{ArrayExt, ModelExt, Tensor};
+use perch_runtime::engine::{Model, ModelFormat};
 use serde::Serialize;
 use tract_onnx::prelude::{Framework, InferenceModelExt, IntoTValue, TValue, TVec};
 use tract_onnx::tract_core::internal::{EvalContext, OpState};
@@ -315,7 +316,12 @@ fn unpack(path: &Path, model_name: &str) -> Result<Unpacked, ToolError> {
     Ok(Unpacked {
         _dir: dir,
         model,
-        golden_inputs: bundle.decode_golden()?.inputs,
+        golden_inputs: bundle
+            .decode_golden()?
+            .inputs
+            .into_iter()
+            .map(ArrayExt::into_tensor)
+            .collect(),
     })
 }
 
@@ -522,7 +528,7 @@ fn analyse(
                 .map(|typed| graph::onnx_compute(&proto, &typed));
 
             let started = Instant::now();
-            let inference = perch_runtime::engine::onnx_contrib::onnx_framework()
+            let inference = perch_runtime::engine::internal::onnx_contrib::onnx_framework()
                 .model_for_path(path)
                 .ok()?;
             let read_ms = ms(started.elapsed());

@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use perch_runtime::engine::{compare, LoadOptions, Model, ModelFormat, Tolerance};
+use perch_runtime::engine::internal::{compare_tensors, OutputsExt};
+use perch_runtime::engine::{LoadOptions, Model, ModelFormat, Tolerance};
 use serde::Serialize;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
 
@@ -212,7 +213,7 @@ pub fn check_archive(
     let mut outputs = vec![];
     for i in 0..onnx_out.len() {
         let name = onnx_out.info(i).map(|t| t.name.clone()).unwrap_or_default();
-        let (max_abs_error, relative_error) = compare(nnef_out.tensor(i)?, onnx_out.tensor(i)?)
+        let (max_abs_error, relative_error) = compare_tensors(nnef_out.tensor(i)?, onnx_out.tensor(i)?)
             .map_err(|why| {
                 ToolError::Model(format!(
                     "output {i} ({name:?}) of the NNEF archive cannot be compared with the ONNX model's: {why}"
@@ -261,18 +262,22 @@ pub fn default_output(source: &Path) -> PathBuf {
 fn write_archive(source: &Path) -> Result<(Vec<u8>, Vec<String>), ToolError> {
     let fail = |what: &str, e: String| ToolError::Model(format!("{what}: {e}"));
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let typed = perch_runtime::engine::onnx_contrib::onnx_framework()
+        let typed = perch_runtime::engine::internal::onnx_contrib::onnx_framework()
             .model_for_path(source)?
             .into_typed()?;
-        let typed = perch_runtime::engine::ops::declutter(typed)?;
+        let typed = perch_runtime::engine::internal::ops::declutter(typed)?;
         // Perch's operators go into the archive as the engine would plan them, so a
         // device loads them without rewriting (PERCH_KERNELS=off writes tract's own).
         let typed = if LoadOptions::new().kernels_on() {
-            perch_runtime::engine::ops::rewrite(typed, perch_runtime::kernels::Cpu::detect())?.0
+            perch_runtime::engine::internal::ops::rewrite(
+                typed,
+                perch_runtime::kernels::Cpu::detect(),
+            )?
+            .0
         } else {
             typed
         };
-        let nnef = perch_runtime::engine::nnef_framework();
+        let nnef = perch_runtime::engine::internal::nnef_framework();
         let registries = tract_nnef::ser::to_proto_model(&nnef, &typed)?
             .doc
             .extension

@@ -19,7 +19,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use perch_runtime::engine::{onnx_check, Dim, Golden, Model, Tensor};
+use perch_runtime::engine::internal::{onnx_check, ArrayExt, InputExt, Tensor};
+use perch_runtime::engine::{Dim, Golden, Model};
 use serde::Serialize;
 use tract_onnx::pb;
 use tract_onnx::prelude::{
@@ -151,7 +152,7 @@ pub fn typed_onnx(
     shapes: &[(String, Vec<usize>)],
 ) -> Result<TypedModel, String> {
     let dir = path.parent().and_then(Path::to_str);
-    let onnx = perch_runtime::engine::onnx_contrib::onnx_framework();
+    let onnx = perch_runtime::engine::internal::onnx_contrib::onnx_framework();
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut model = onnx.parse(proto, dir)?.model;
         for (name, shape) in shapes {
@@ -177,7 +178,7 @@ pub fn typed_onnx(
 
 /// Parses an NNEF archive (tar, gzipped or not, or a folder) into the engine's typed model.
 pub fn typed_nnef(path: &Path) -> Result<TypedModel, String> {
-    let nnef = perch_runtime::engine::nnef_framework();
+    let nnef = perch_runtime::engine::internal::nnef_framework();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| nnef.model_for_path(path))) {
         Ok(Ok(typed)) => Ok(typed),
         Ok(Err(e)) => Err(format!("{e:#}")),
@@ -305,7 +306,7 @@ pub fn onnx_compute(proto: &pb::ModelProto, typed: &TypedModel) -> Compute {
             Some((key, macs)) => compute.add(&key, macs),
             None => compute
                 .unknown
-                .push(perch_runtime::engine::onnx_check::node_name(node)),
+                .push(perch_runtime::engine::internal::onnx_check::node_name(node)),
         }
     }
     compute.symbolic_dims_as_one = symbolic;
@@ -669,9 +670,11 @@ pub fn sample_inputs(model: &Model, path: &Path) -> (Vec<Tensor>, SampleSource) 
         if dir.join("input_0.npy").exists() {
             match Golden::load(&dir) {
                 Ok(g) => {
-                    if inputs_fit(model, &g.inputs) {
+                    let inputs: Vec<Tensor> =
+                        g.inputs.into_iter().map(ArrayExt::into_tensor).collect();
+                    if inputs_fit(model, &inputs) {
                         return (
-                            g.inputs,
+                            inputs,
                             SampleSource {
                                 kind: "golden",
                                 description: dir.display().to_string(),

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use perch_runtime::bundle::{Bundle, Limits, Manifest};
+use perch_runtime::engine::internal::ModelExt;
 use perch_runtime::engine::{EngineError, KernelNode, Model, ModelFormat, TensorInfo};
 use perch_runtime::model_files;
 use serde::Serialize;
@@ -188,7 +189,7 @@ fn inspect_onnx(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<InspectR
         path: path.display().to_string(),
         format: "onnx",
         file_bytes: size_on_disk(path),
-        opset: perch_runtime::engine::onnx_check::default_opset(&proto),
+        opset: perch_runtime::engine::internal::onnx_check::default_opset(&proto),
         producer,
         inputs,
         outputs,

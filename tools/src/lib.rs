@@ -25,6 +25,7 @@ pub mod run;
 
 use std::path::PathBuf;
 
+use perch_runtime::engine::internal::InputExt;
 use perch_runtime::engine::EngineError;
 
 /// What can go wrong in a `perch` command.
@@ -143,7 +144,7 @@ impl ToolError {
 /// Borrows tensors (read from files) as engine inputs, in order; an element type the
 /// engine cannot take is an error naming `what` held it.
 pub fn input_refs<'t>(
-    tensors: &'t [perch_runtime::engine::Tensor],
+    tensors: &'t [perch_runtime::engine::internal::Tensor],
     what: &str,
 ) -> Result<Vec<perch_runtime::engine::Input<'t>>, ToolError> {
     tensors
@@ -162,7 +163,7 @@ pub fn input_refs<'t>(
 
 /// A tensor's elements as `f32`, converted from its element type; `None` when they
 /// cannot be (strings, say).
-pub fn f32_values(tensor: &perch_runtime::engine::Tensor) -> Option<Vec<f32>> {
+pub fn f32_values(tensor: &perch_runtime::engine::internal::Tensor) -> Option<Vec<f32>> {
     tensor.cast_to::<f32>().ok().and_then(|t| {
         t.try_as_plain_ram()
             .ok()?

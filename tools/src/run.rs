@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use perch_runtime::bundle::{read_verifying_key, Bundle, Limits};
+use perch_runtime::engine::internal::{compare_tensors, ArrayExt, InputExt, OutputsExt, Tensor};
 use perch_runtime::engine::{
-    read_npy, DType, Dim, Golden, Input, Metadata, Model, NonFinitePolicy, Tensor, Tolerance,
+    read_npy, DType, Dim, Golden, Input, Metadata, Model, NonFinitePolicy, Tolerance,
 };
 use perch_runtime::model_files;
 use serde::Serialize;
@@ -180,7 +181,8 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
         let sources = (0..golden.inputs.len())
             .map(|i| format!("{}/input_{i}.npy", golden_label(golden)))
             .collect();
-        (golden.inputs.clone(), sources)
+        let inputs = golden.inputs.iter().map(|a| a.tensor().clone()).collect();
+        (inputs, sources)
     } else {
         read_inputs(&request.inputs, model.metadata())?
     };
@@ -232,7 +234,7 @@ pub fn run(request: &RunRequest) -> Result<RunReport, ToolError> {
             let mut relative_error = vec![];
             for (i, want) in g.outputs.iter().enumerate() {
                 let got = outputs.tensor(i)?;
-                let rel = perch_runtime::engine::compare(got, want)
+                let rel = compare_tensors(got, want.tensor())
                     .map_err(|e| ToolError::Data(format!("golden output {i}: {e}")))?
                     .1;
                 relative_error.push(rel);
@@ -322,7 +324,7 @@ fn read_inputs(
             _ => items.push(Item {
                 name: None,
                 source: path.display().to_string(),
-                value: Value::Tensor(read_npy(path)?),
+                value: Value::Tensor(read_npy(path)?.into_tensor()),
             }),
         }
     }

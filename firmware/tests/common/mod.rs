@@ -137,14 +137,9 @@ impl Drop for Mqtt {
     }
 }
 
-/// The values of an f32 tensor (a golden file).
-pub fn floats(tensor: &perch_runtime::engine::Tensor) -> Vec<f32> {
-    tensor
-        .try_as_plain_ram()
-        .unwrap()
-        .as_slice::<f32>()
-        .unwrap()
-        .to_vec()
+/// The values of an f32 tensor (a golden file, an output).
+pub fn floats(tensor: perch_runtime::engine::TensorView<'_>) -> Vec<f32> {
+    tensor.as_f32().unwrap().to_vec()
 }
 
 /// The largest absolute difference over the largest absolute expected value.

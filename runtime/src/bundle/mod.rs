@@ -78,7 +78,7 @@
 //! every listed part is present with its length and SHA-256 and that nothing unlisted
 //! is. No part is parsed. [`Bundle::verify`] then checks the signature against trusted
 //! keys, which makes the whole bundle authentic, and only then decodes the golden
-//! `.npy` files, with the strict reader of [`crate::engine::npy`] (a header that gives
+//! `.npy` files, with the strict reader of [`crate::engine::internal::npy`] (a header that gives
 //! a key twice or a shape its data does not fill is refused). All sizes in headers and
 //! `.npy` files are checked against the bytes present, so even a bundle signed by a
 //! trusted key cannot make the reader allocate more than a small multiple of its own
@@ -102,7 +102,7 @@ use ed25519_dalek::{Signature, Signer};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::engine::{Golden, LoadOptions, Model, SelfTestReport, Tensor, Tolerance};
+use crate::engine::{Array, Golden, LoadOptions, Model, SelfTestReport, Tolerance};
 
 pub use error::BundleError;
 pub use keys::{
@@ -299,13 +299,13 @@ impl Bundle {
     ///
     /// [`Bundle::verify`] does this after the signature; called on a bundle that was not
     /// verified (a host tool running a bundle without keys), it reads unauthenticated
-    /// bytes, with the same strict `.npy` reader ([`crate::engine::npy`]).
+    /// bytes, with the same strict `.npy` reader ([`crate::engine::internal::npy`]).
     ///
     /// # Errors
     ///
     /// [`BundleError::BadGolden`] naming the file.
     pub fn decode_golden(&self) -> Result<Golden, BundleError> {
-        let decode = |paths: &[String]| -> Result<Vec<Tensor>, BundleError> {
+        let decode = |paths: &[String]| -> Result<Vec<Array>, BundleError> {
             paths
                 .iter()
                 .map(|path| {

@@ -7,11 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use tract_core::prelude::{DatumType, Tensor};
+use tract_core::prelude::Tensor;
 
 use super::error::{EngineError, Result};
 use super::session::Session;
-use super::tensor::{plain, Input};
+use super::tensor::{plain, Array, Input, TensorView};
 
 /// How close outputs must be to golden outputs.
 ///
@@ -37,9 +37,9 @@ pub struct Golden {
     /// The folder they were read from.
     pub dir: PathBuf,
     /// Inputs, in the model's order.
-    pub inputs: Vec<Tensor>,
+    pub inputs: Vec<Array>,
     /// Expected outputs, in the model's order.
-    pub outputs: Vec<Tensor>,
+    pub outputs: Vec<Array>,
 }
 
 impl Golden {
@@ -75,17 +75,17 @@ impl Golden {
         self.inputs
             .iter()
             .enumerate()
-            .map(|(i, t)| {
-                Input::from_tensor(t).ok_or_else(|| EngineError::Golden {
+            .map(|(i, a)| {
+                a.input().ok_or_else(|| EngineError::Golden {
                     path: self.dir.join(format!("input_{i}.npy")),
-                    reason: format!("element type {:?} cannot be a model input", t.datum_type()),
+                    reason: format!("element type {:?} cannot be a model input", a.dtype()),
                 })
             })
             .collect()
     }
 }
 
-fn read_numbered(dir: &Path, name: impl Fn(usize) -> String) -> Result<Vec<Tensor>> {
+fn read_numbered(dir: &Path, name: impl Fn(usize) -> String) -> Result<Vec<Array>> {
     let mut tensors = vec![];
     loop {
         let path = dir.join(name(tensors.len()));
@@ -96,9 +96,9 @@ fn read_numbered(dir: &Path, name: impl Fn(usize) -> String) -> Result<Vec<Tenso
     }
 }
 
-/// Reads a `.npy` file of f32, f64, i8, u8, i32 or i64 elements into a tensor
+/// Reads a `.npy` file of f32, f64, i8, u8, i32 or i64 elements into an array
 /// (see [`decode_npy`]).
-pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
+pub fn read_npy(path: impl AsRef<Path>) -> Result<Array> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|cause| EngineError::Io {
         path: path.into(),
@@ -112,9 +112,10 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
 
 /// Decodes a `.npy` file held in memory (f32, f64, i64, i32, i8 or u8, little-endian);
 /// the header is parsed strictly and the data must be exactly what it declares
-/// ([`super::npy`]).
-pub fn decode_npy(bytes: &[u8]) -> std::result::Result<Tensor, String> {
-    super::npy::decode(bytes)
+/// ([`npy`](super::internal::npy)).
+pub fn decode_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
+    let tensor = super::npy::decode(bytes)?;
+    Ok(Array::from_tensor(tensor).expect("the .npy reader's element types are TensorData's"))
 }
 
 /// How one output compared with its golden value.
@@ -135,8 +136,28 @@ pub struct SelfTestReport {
     pub outputs: Vec<OutputCheck>,
 }
 
-/// Compares two tensors of the same shape; `Err` says why they cannot be compared.
-pub fn compare(got: &Tensor, want: &Tensor) -> std::result::Result<(f32, f32), String> {
+/// Compares two tensors of the same shape, elements converted to `f32`: `Ok((max
+/// absolute error, relative error))` as [`Tolerance`] defines them, `Err` saying why
+/// they cannot be compared (shapes differ, `got` holds NaN).
+pub fn compare(
+    got: TensorView<'_>,
+    want: TensorView<'_>,
+) -> std::result::Result<(f32, f32), String> {
+    if got.shape() != want.shape() {
+        return Err(format!(
+            "shape {:?}, golden {:?}",
+            got.shape(),
+            want.shape()
+        ));
+    }
+    errors(&got.to_f32_vec(), &want.to_f32_vec())
+}
+
+/// [`compare`] for engine tensors of any element type that converts to `f32`.
+pub(crate) fn compare_tensors(
+    got: &Tensor,
+    want: &Tensor,
+) -> std::result::Result<(f32, f32), String> {
     if got.shape() != want.shape() {
         return Err(format!(
             "shape {:?}, golden {:?}",
@@ -146,10 +167,14 @@ pub fn compare(got: &Tensor, want: &Tensor) -> std::result::Result<(f32, f32), S
     }
     let got = got.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
     let want = want.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
-    let (got, want) = (
+    errors(
         plain::<f32>(&got).map_err(|e| format!("{e:#}"))?,
         plain::<f32>(&want).map_err(|e| format!("{e:#}"))?,
-    );
+    )
+}
+
+/// The maximum absolute and the relative error of `got` against `want`.
+fn errors(got: &[f32], want: &[f32]) -> std::result::Result<(f32, f32), String> {
     let mut max_abs = 0f32;
     let mut scale = 0f32;
     for (g, w) in got.iter().zip(want) {
@@ -191,10 +216,8 @@ impl Session {
                 name: name.clone(),
                 reason,
             };
-            if want.datum_type() == DatumType::String {
-                return Err(fail("golden output is not numeric".into()));
-            }
-            let (max_abs_error, relative_error) = compare(got, want).map_err(fail)?;
+            let (max_abs_error, relative_error) =
+                compare_tensors(got, want.tensor()).map_err(fail)?;
             if relative_error > tolerance.relative || relative_error.is_nan() {
                 return Err(fail(format!(
                     "relative error {relative_error:.3e} (max abs {max_abs_error:.3e}) exceeds {:.1e}",

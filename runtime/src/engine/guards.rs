@@ -152,7 +152,11 @@ pub fn check_indices(
                 .iter()
                 .position(|v| out_of_range(i64::from(*v)))
                 .map(|p| (p, i64::from(d[p]))),
-            TensorData::F32(_) => None,
+            TensorData::I16(d) => d
+                .iter()
+                .position(|v| out_of_range(i64::from(*v)))
+                .map(|p| (p, i64::from(d[p]))),
+            TensorData::F32(_) | TensorData::F64(_) | TensorData::Bool(_) => None,
         };
         if let Some((position, value)) = found {
             return Err(EngineError::IndexOutOfRange {

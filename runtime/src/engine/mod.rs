@@ -18,28 +18,33 @@
 //! let logits = outputs.f32(0)?;
 //! # Ok(()) }
 //! ```
+//!
+//! The values a caller holds are Perch's own types, so upgrading tract does not break
+//! the callers: [`Outputs::view`] lends an output as a [`TensorView`] (shape and typed
+//! slice), and golden values are [`Array`]s ([`read_npy`], [`Golden`]), compared with
+//! [`compare`]. What does name tract's types (its `Tensor` and `TypedModel`, the graph
+//! passes, the ONNX checks, the `.npy` parser) lives in [`internal`], which is
+//! unstable and exists for Perch's own tools.
 
 mod error;
 mod golden;
-pub mod guards;
+mod guards;
+pub mod internal;
 mod metadata;
 mod model;
-pub mod npy;
+mod npy;
 #[cfg(feature = "onnx")]
-pub mod onnx_check;
+mod onnx_check;
 #[cfg(feature = "onnx")]
-pub mod onnx_contrib;
-pub mod ops;
+mod onnx_contrib;
+mod ops;
 mod session;
 mod tensor;
 
 pub use error::{EngineError, Result};
 pub use golden::{compare, decode_npy, read_npy, Golden, OutputCheck, SelfTestReport, Tolerance};
 pub use metadata::{Metadata, ModelFormat, NonFinitePolicy};
-pub use model::{nnef_framework, LoadOptions, Model, PERCH_KERNELS_ENV};
+pub use model::{LoadOptions, Model, PERCH_KERNELS_ENV};
 pub use ops::KernelNode;
 pub use session::{Outputs, Session};
-pub use tensor::{DType, Dim, Input, TensorData, TensorInfo};
-
-/// The engine's tensor type, for callers that need more than slices.
-pub use tract_core::prelude::Tensor;
+pub use tensor::{Array, DType, Dim, Input, TensorData, TensorInfo, TensorView};

@@ -51,7 +51,7 @@ impl LoadOptions {
     }
 
     /// Whether Perch's kernels replace tract's operators where they cover a node (see
-    /// [`crate::engine::ops`]). Unset, they do unless `PERCH_KERNELS` is `off`, `0` or
+    /// [`crate::engine::internal::ops`]). Unset, they do unless `PERCH_KERNELS` is `off`, `0` or
     /// `false`. Off, the model runs on tract's operators only, for A/B measurement or
     /// as an escape hatch; operators an NNEF archive already holds stay.
     pub fn perch_kernels(mut self, on: bool) -> Self {
@@ -266,8 +266,9 @@ impl Model {
         &self.meta
     }
 
-    /// The optimized graph the engine runs.
-    pub fn optimized_model(&self) -> &TypedModel {
+    /// The optimized graph the engine runs; tools reach it through
+    /// [`internal::ModelExt`](super::internal::ModelExt).
+    pub(crate) fn optimized_model(&self) -> &TypedModel {
         self.plan.model()
     }
 

@@ -8,7 +8,7 @@ use tract_core::prelude::{
 
 use super::error::{chain, EngineError, Result};
 use super::metadata::{Metadata, NonFinitePolicy};
-use super::tensor::{plain, DType, Input, TensorData, TensorInfo};
+use super::tensor::{plain, DType, Input, TensorData, TensorInfo, TensorView};
 
 /// The mutable state for running one model on one thread.
 ///
@@ -179,10 +179,13 @@ fn fill(slot: &mut Option<Arc<Tensor>>, input: &Input<'_>) -> Result<TValue> {
 fn copy_into(tensor: &mut Tensor, data: &TensorData<'_>) -> Result<()> {
     let copied = match data {
         TensorData::F32(d) => copy(tensor, d),
+        TensorData::F64(d) => copy(tensor, d),
         TensorData::I8(d) => copy(tensor, d),
         TensorData::U8(d) => copy(tensor, d),
+        TensorData::I16(d) => copy(tensor, d),
         TensorData::I32(d) => copy(tensor, d),
         TensorData::I64(d) => copy(tensor, d),
+        TensorData::Bool(d) => copy(tensor, d),
     };
     copied.map_err(|e| EngineError::Run { reason: chain(&e) })
 }
@@ -199,10 +202,13 @@ fn new_tensor(input: &Input<'_>) -> Result<Tensor> {
     let shape = input.shape;
     let tensor = match input.data {
         TensorData::F32(d) => Tensor::from_shape(shape, d),
+        TensorData::F64(d) => Tensor::from_shape(shape, d),
         TensorData::I8(d) => Tensor::from_shape(shape, d),
         TensorData::U8(d) => Tensor::from_shape(shape, d),
+        TensorData::I16(d) => Tensor::from_shape(shape, d),
         TensorData::I32(d) => Tensor::from_shape(shape, d),
         TensorData::I64(d) => Tensor::from_shape(shape, d),
+        TensorData::Bool(d) => Tensor::from_shape(shape, d),
     };
     tensor.map_err(|e| EngineError::Run { reason: chain(&e) })
 }
@@ -232,8 +238,25 @@ impl Outputs {
         self.meta.outputs.get(index)
     }
 
-    /// Output `index` as an engine tensor (any dtype).
-    pub fn tensor(&self, index: usize) -> Result<&Tensor> {
+    /// Output `index`: its shape and typed elements.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NoSuchOutput`], or [`EngineError::OutputDType`] when its element
+    /// type is one [`TensorData`] does not hold (`f16`, strings).
+    pub fn view(&self, index: usize) -> Result<TensorView<'_>> {
+        let tensor = self.tensor(index)?;
+        TensorView::of_tensor(tensor).ok_or_else(|| EngineError::OutputDType {
+            index,
+            name: self.info(index).map(|i| i.name.clone()).unwrap_or_default(),
+            actual: DType::from_datum(tensor.datum_type()).to_string(),
+            requested: "one of TensorData's types".into(),
+        })
+    }
+
+    /// Output `index` as an engine tensor (any dtype); tools reach it through
+    /// [`internal::OutputsExt`](super::internal::OutputsExt).
+    pub(crate) fn tensor(&self, index: usize) -> Result<&Tensor> {
         self.values
             .get(index)
             .map(|v| &**v)

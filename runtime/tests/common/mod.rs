@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use perch_runtime::engine::Tensor;
+use perch_runtime::engine::{TensorData, TensorView};
 use prost::Message;
 use tract_onnx::pb;
 
@@ -52,16 +52,19 @@ pub fn output_step(path: &Path) -> f32 {
 
 /// Elementwise distance between two tensors in steps of `step` (for integer tensors, in
 /// integer units): (largest distance, fraction of elements at distance 0).
-pub fn steps(got: &Tensor, want: &Tensor, step: f32) -> (i64, f64) {
+pub fn steps(got: TensorView<'_>, want: TensorView<'_>, step: f32) -> (i64, f64) {
     assert_eq!(got.shape(), want.shape());
-    assert_eq!(got.datum_type(), want.datum_type());
-    let as_f64 = |t: &Tensor| -> Vec<f64> {
-        let t = t.cast_to::<f64>().unwrap();
-        t.try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f64>()
-            .unwrap()
-            .to_vec()
+    assert_eq!(got.dtype(), want.dtype());
+    let as_f64 = |t: TensorView<'_>| -> Vec<f64> {
+        match t.data() {
+            TensorData::F32(d) => d.iter().map(|&v| f64::from(v)).collect(),
+            TensorData::F64(d) => d.to_vec(),
+            TensorData::I8(d) => d.iter().map(|&v| f64::from(v)).collect(),
+            TensorData::U8(d) => d.iter().map(|&v| f64::from(v)).collect(),
+            TensorData::I32(d) => d.iter().map(|&v| f64::from(v)).collect(),
+            TensorData::I64(d) => d.iter().map(|&v| v as f64).collect(),
+            other => panic!("{} elements", other.dtype()),
+        }
     };
     let (got, want) = (as_f64(got), as_f64(want));
     let distances: Vec<i64> = got

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use perch_mqtt::topics::{self, DeviceTopic};
 use perch_mqtt::{ClientOptions, Endpoint, EventSink, NetEvent};
 use perch_runtime::bundle::{Bundle, Limits};
-use perch_runtime::engine::{Input, Tensor, TensorData};
+use perch_runtime::engine::{Array, TensorData};
 use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -95,7 +95,7 @@ impl Request {
         let specs = &bundle.manifest().signature.inputs;
         let mut inputs = Vec::new();
         for (i, tensor) in golden.inputs.iter().enumerate() {
-            let input = Input::from_tensor(tensor).ok_or_else(|| {
+            let input = tensor.input().ok_or_else(|| {
                 SimError::Bundle(format!(
                     "{}: golden input {i} has a type OIP JSON cannot carry",
                     path.display()
@@ -155,8 +155,8 @@ impl Request {
     }
 }
 
-fn floats(tensor: &Tensor) -> Option<Vec<f32>> {
-    match Input::from_tensor(tensor)?.data {
+fn floats(tensor: &Array) -> Option<Vec<f32>> {
+    match tensor.input()?.data {
         TensorData::F32(values) => Some(values.to_vec()),
         _ => None,
     }

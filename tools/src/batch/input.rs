@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use perch_runtime::engine::internal::ArrayExt;
 use perch_runtime::engine::read_npy;
 
 use crate::ToolError;
@@ -220,7 +221,7 @@ pub struct NpySource {
 impl NpySource {
     /// Reads the whole array (f32, f64 or integers, cast to f32).
     pub fn open(path: &Path, features: usize) -> Result<NpySource, ToolError> {
-        let tensor = read_npy(path)?;
+        let tensor = read_npy(path)?.into_tensor();
         let shape = tensor.shape().to_vec();
         let (rows, per_row) = match shape.split_first() {
             Some((rows, rest)) => (*rows, rest.iter().product::<usize>()),

@@ -1,6 +1,7 @@
 //! Scoring rows of features with one engine session: the model's batch dimension, and
 //! outputs turned into per-row predictions and values.
 
+use perch_runtime::engine::internal::{ModelExt, OutputsExt};
 use perch_runtime::engine::{DType, Dim, Input, Metadata, Model, Session};
 
 use crate::ToolError;

@@ -228,7 +228,7 @@ pub(crate) fn consumers(graph: &pb::GraphProto) -> HashMap<String, Vec<(usize, u
 
 /// A node's display name: its name, else its first output.
 pub(crate) fn display_name(node: &pb::NodeProto) -> String {
-    perch_runtime::engine::onnx_check::node_name(node)
+    perch_runtime::engine::internal::onnx_check::node_name(node)
 }
 
 #[cfg(test)]

@@ -64,6 +64,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use perch_runtime::engine::internal::ArrayExt;
 use perch_runtime::engine::{DType, Dim, Input, LoadOptions, Model, TensorInfo};
 use serde::Serialize;
 
@@ -489,7 +490,7 @@ fn golden_data(model: &Path, input: &TensorInfo) -> Result<Option<Dataset>, Tool
     let mut set = data::load(&x, input, "golden input")?;
     let labels = dir.join("labels_0.npy");
     if labels.is_file() {
-        let t = perch_runtime::engine::read_npy(&labels)?;
+        let t = perch_runtime::engine::read_npy(&labels)?.into_tensor();
         let y: Option<Vec<i64>> = t.cast_to::<i64>().ok().and_then(|t| {
             t.try_as_plain_ram()
                 .ok()

@@ -26,12 +26,8 @@ fn autoencoder() -> PathBuf {
     models().join("anomaly-ae/model.onnx")
 }
 
-fn f32s(t: &perch_runtime::engine::Tensor) -> Vec<f32> {
-    t.try_as_plain_ram()
-        .unwrap()
-        .as_slice::<f32>()
-        .unwrap()
-        .to_vec()
+fn f32s(t: &perch_runtime::engine::Array) -> Vec<f32> {
+    t.view().as_f32().unwrap().to_vec()
 }
 
 /// The rows of a model's golden input.

@@ -5,6 +5,7 @@ use crate::{json, keygen, models, perch};
 
 use std::path::{Path, PathBuf};
 
+use perch_runtime::engine::internal::ArrayExt;
 use perch_runtime::engine::read_npy;
 
 fn stderr(output: &std::process::Output) -> String {
@@ -444,7 +445,7 @@ mod run {
         let model = models().join("kws-dscnn/model.onnx");
         let npy = models().join("kws-dscnn/golden/input_0.npy");
         let tensor = read_npy(&npy).unwrap();
-        let array = tensor.to_plain_array_view::<f32>().unwrap();
+        let array = tensor.tensor().to_plain_array_view::<f32>().unwrap();
 
         let named = dir.path().join("named.npz");
         let mut npz = NpzWriter::new(std::fs::File::create(&named).unwrap());

@@ -1,6 +1,7 @@
 //! The `perch` binary as a user runs it.
 
 use crate::{json, models, perch};
+use perch_runtime::engine::internal::ArrayExt;
 
 mod run {
     use super::*;
@@ -39,6 +40,7 @@ mod run {
         assert!(report["golden"].is_null());
         let labels = perch_runtime::engine::read_npy(golden.join("labels_0.npy")).unwrap();
         let labels: Vec<u64> = labels
+            .tensor()
             .cast_to::<i64>()
             .unwrap()
             .try_as_plain_ram()

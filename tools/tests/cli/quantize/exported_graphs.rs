@@ -48,9 +48,10 @@ fn against_golden(path: &Path) -> (f32, bool) {
     let input = read_npy(fixtures.join("exported-opset11.input_0.npy")).unwrap();
     let want = read_npy(fixtures.join("exported-opset11.output_0.npy")).unwrap();
     let model = Model::load(path, &LoadOptions::new()).unwrap();
-    let outputs = model.run(&[Input::from_tensor(&input).unwrap()]).unwrap();
-    let (_, relative) = perch_runtime::engine::compare(outputs.tensor(0).unwrap(), &want).unwrap();
-    let want = want.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap();
+    let outputs = model.run(&[input.input().unwrap()]).unwrap();
+    let (_, relative) =
+        perch_runtime::engine::compare(outputs.view(0).unwrap(), want.view()).unwrap();
+    let want = want.view().as_f32().unwrap();
     (relative, argmax(outputs.f32(0).unwrap()) == argmax(want))
 }
 

@@ -28,16 +28,16 @@ fn weight_only_int8_makes_every_reference_model_smaller_and_keeps_its_outputs_cl
         let input = read_npy(golden.join("input_0.npy")).unwrap();
         let want = read_npy(golden.join("output_0.npy")).unwrap();
         let model = Model::load(&out, &LoadOptions::new()).unwrap();
-        let outputs = model.run(&[Input::from_tensor(&input).unwrap()]).unwrap();
-        let got = outputs.tensor(0).unwrap();
-        let (_, relative) = perch_runtime::engine::compare(got, &want).unwrap();
+        let outputs = model.run(&[input.input().unwrap()]).unwrap();
+        let got = outputs.view(0).unwrap();
+        let (_, relative) = perch_runtime::engine::compare(got, want.view()).unwrap();
         assert!(
             relative <= WEIGHT_ONLY_RELATIVE_ERROR,
             "{name}: relative error {relative}"
         );
         if name != "anomaly-ae" {
             let got = outputs.f32(0).unwrap();
-            let want = want.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap();
+            let want = want.view().as_f32().unwrap();
             let c = outputs.shape(0).unwrap()[1];
             for (g, w) in got.chunks(c).zip(want.chunks(c)) {
                 assert_eq!(argmax(g), argmax(w), "{name}: top-1 changed");
