@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use perch_runtime::engine::npy;
+use perch_runtime::engine::internal::npy;
 
 fuzz_target!(|data: &[u8]| {
     let header = npy::parse_header(data);

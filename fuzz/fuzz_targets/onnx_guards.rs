@@ -7,7 +7,7 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use perch_runtime::engine::{guards, onnx_check, onnx_contrib};
+use perch_runtime::engine::internal::{guards, onnx_check, onnx_contrib};
 use tract_onnx::prelude::Framework;
 
 /// The engine's ONNX framework, with Perch's contrib operators registered.
