@@ -143,14 +143,16 @@ pub fn compare(
     got: TensorView<'_>,
     want: TensorView<'_>,
 ) -> std::result::Result<(f32, f32), String> {
-    if got.shape() != want.shape() {
-        return Err(format!(
-            "shape {:?}, golden {:?}",
-            got.shape(),
-            want.shape()
-        ));
-    }
+    same_shape(got.shape(), want.shape())?;
     errors(&got.to_f32_vec(), &want.to_f32_vec())
+}
+
+fn same_shape(got: &[usize], want: &[usize]) -> std::result::Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("shape {got:?}, golden {want:?}"))
+    }
 }
 
 /// [`compare`] for engine tensors of any element type that converts to `f32`.
@@ -158,13 +160,7 @@ pub(crate) fn compare_tensors(
     got: &Tensor,
     want: &Tensor,
 ) -> std::result::Result<(f32, f32), String> {
-    if got.shape() != want.shape() {
-        return Err(format!(
-            "shape {:?}, golden {:?}",
-            got.shape(),
-            want.shape()
-        ));
-    }
+    same_shape(got.shape(), want.shape())?;
     let got = got.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
     let want = want.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
     errors(

@@ -8,7 +8,7 @@ use tract_core::prelude::{
 
 use super::error::{chain, EngineError, Result};
 use super::metadata::{Metadata, NonFinitePolicy};
-use super::tensor::{plain, DType, Input, TensorData, TensorInfo, TensorView};
+use super::tensor::{plain, to_tensor, DType, Input, TensorData, TensorInfo, TensorView};
 
 /// The mutable state for running one model on one thread.
 ///
@@ -199,18 +199,7 @@ fn copy<T: Datum + Copy>(tensor: &mut Tensor, data: &[T]) -> TractResult<()> {
 }
 
 fn new_tensor(input: &Input<'_>) -> Result<Tensor> {
-    let shape = input.shape;
-    let tensor = match input.data {
-        TensorData::F32(d) => Tensor::from_shape(shape, d),
-        TensorData::F64(d) => Tensor::from_shape(shape, d),
-        TensorData::I8(d) => Tensor::from_shape(shape, d),
-        TensorData::U8(d) => Tensor::from_shape(shape, d),
-        TensorData::I16(d) => Tensor::from_shape(shape, d),
-        TensorData::I32(d) => Tensor::from_shape(shape, d),
-        TensorData::I64(d) => Tensor::from_shape(shape, d),
-        TensorData::Bool(d) => Tensor::from_shape(shape, d),
-    };
-    tensor.map_err(|e| EngineError::Run { reason: chain(&e) })
+    to_tensor(input.shape, input.data).map_err(|e| EngineError::Run { reason: chain(&e) })
 }
 
 /// The outputs of one run, in the model's output order.

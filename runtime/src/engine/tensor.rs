@@ -375,19 +375,9 @@ pub struct Array {
 impl Array {
     /// A copy of `view`'s shape and elements.
     pub fn from_view(view: TensorView<'_>) -> Array {
-        let shape = view.shape;
-        let tensor = match view.data {
-            TensorData::F32(d) => Tensor::from_shape(shape, d),
-            TensorData::F64(d) => Tensor::from_shape(shape, d),
-            TensorData::I8(d) => Tensor::from_shape(shape, d),
-            TensorData::U8(d) => Tensor::from_shape(shape, d),
-            TensorData::I16(d) => Tensor::from_shape(shape, d),
-            TensorData::I32(d) => Tensor::from_shape(shape, d),
-            TensorData::I64(d) => Tensor::from_shape(shape, d),
-            TensorData::Bool(d) => Tensor::from_shape(shape, d),
-        };
         Array {
-            tensor: tensor.expect("a TensorView's shape holds its elements"),
+            tensor: to_tensor(view.shape, view.data)
+                .expect("a TensorView's shape holds its elements"),
         }
     }
 
@@ -437,6 +427,21 @@ impl Array {
     /// The engine tensor it holds, by value.
     pub(crate) fn into_tensor(self) -> Tensor {
         self.tensor
+    }
+}
+
+/// An engine tensor of `shape` holding a copy of `data`; fails when the shape does not
+/// hold the elements.
+pub(crate) fn to_tensor(shape: &[usize], data: TensorData<'_>) -> TractResult<Tensor> {
+    match data {
+        TensorData::F32(d) => Tensor::from_shape(shape, d),
+        TensorData::F64(d) => Tensor::from_shape(shape, d),
+        TensorData::I8(d) => Tensor::from_shape(shape, d),
+        TensorData::U8(d) => Tensor::from_shape(shape, d),
+        TensorData::I16(d) => Tensor::from_shape(shape, d),
+        TensorData::I32(d) => Tensor::from_shape(shape, d),
+        TensorData::I64(d) => Tensor::from_shape(shape, d),
+        TensorData::Bool(d) => Tensor::from_shape(shape, d),
     }
 }
 
