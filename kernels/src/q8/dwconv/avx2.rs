@@ -40,30 +40,31 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
     loop {
         // [0] channels 0-3 and 8-11, [1] channels 4-7 and 12-15 of the block.
         let mut acc = [[_mm256_setzero_si256(); 2]; P];
+        // Tap `t` of pixel `x + j`'s input, and tap `t`'s weights, for the block's channels.
         let input = |j: usize, t: usize| {
             let (ky, kx) = (t / KW, t % KW);
-            let at = ((y * S + ky) * job.wp + (x + j) * S + kx) * c + c0;
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(job.padded.add(at) as *const __m128i))
+            job.padded
+                .add(((y * S + ky) * job.wp + (x + j) * S + kx) * c + c0)
         };
-        let weight = |t: usize| {
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                job.weights.add(t * job.cp + c0) as *const __m128i
-            ))
-        };
+        let weight = |t: usize| job.weights.add(t * job.cp + c0);
         let taps = KH * KW;
         let mut t = 0;
         while t < taps {
-            let w0 = weight(t);
+            let w0 = widen(weight(t));
             let w1 = if t + 1 < taps {
-                weight(t + 1)
+                widen(weight(t + 1))
             } else {
                 _mm256_setzero_si256()
             };
             let (wl, wh) = (_mm256_unpacklo_epi16(w0, w1), _mm256_unpackhi_epi16(w0, w1));
             for j in 0..P {
-                let x0 = input(j, t);
+                let x0 = widen(input(j, t));
                 // A zero filter for the odd tap out: its input may be anything read.
-                let x1 = if t + 1 < taps { input(j, t + 1) } else { x0 };
+                let x1 = if t + 1 < taps {
+                    widen(input(j, t + 1))
+                } else {
+                    x0
+                };
                 let (xl, xh) = (_mm256_unpacklo_epi16(x0, x1), _mm256_unpackhi_epi16(x0, x1));
                 acc[j][0] = _mm256_add_epi32(acc[j][0], _mm256_madd_epi16(xl, wl));
                 acc[j][1] = _mm256_add_epi32(acc[j][1], _mm256_madd_epi16(xh, wh));
@@ -100,4 +101,16 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
         }
         c0 -= 16;
     }
+}
+
+/// Sixteen signed bytes at `p` widened to 16 bits. Not in a closure: a closure does not
+/// inherit `image`'s AVX2, so intrinsics in one stay calls wherever the closure is not
+/// inlined (dev builds: the 8-bit depthwise ran at 2.4–2.9 GFLOP/s on R4). The closures
+/// above only compute addresses.
+///
+/// # Safety
+/// `p` readable for 16 bytes; the CPU has AVX2.
+#[inline(always)]
+unsafe fn widen(p: *const i8) -> __m256i {
+    _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i))
 }
