@@ -197,10 +197,10 @@ unsafe fn portable(job: &Job, x: *const f32, y: *mut u8, n: usize) {
 }
 
 #[cfg(target_arch = "aarch64")]
-mod neon;
+pub(in crate::q8) mod neon;
 
 #[cfg(target_arch = "x86_64")]
-mod sse41;
+pub(in crate::q8) mod sse41;
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@
 use std::arch::aarch64::*;
 
 use super::Job;
+use crate::q8::quantize::neon::pack_bytes;
 
 /// One operand's sixteen bytes as four vectors of `(x − zx) · sx`.
 #[inline(always)]
@@ -54,10 +55,7 @@ pub(super) unsafe fn add(job: &Job, a: *const u8, b: *const u8, y: *mut u8, n: u
         let q: [int32x4_t; 4] = std::array::from_fn(|j| {
             vcvtnq_s32_f32(vmulq_n_f32(vaddq_f32(fa[j], fb[j]), job.inverse_scale))
         });
-        let lo = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(q[0]), q[1]), zy);
-        let hi = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(q[2]), q[3]), zy);
-        let bytes = vqmovun_high_s16(vqmovun_s16(lo), hi);
-        vst1q_u8(y.add(i), veorq_u8(bytes, y_flip));
+        vst1q_u8(y.add(i), pack_bytes(q, zy, y_flip));
         i += 16;
     }
     for j in i..n {

@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::Job;
+use crate::q8::quantize::sse41::pack_bytes;
 
 /// Four vectors of `(x − zx) · sx` from sixteen bytes at `p`.
 #[inline(always)]
@@ -58,10 +59,7 @@ pub(super) unsafe fn add(job: &Job, a: *const u8, b: *const u8, y: *mut u8, n: u
         let fb = dequantize(b.add(i), b_flip, zb, sb);
         let q: [__m128i; 4] =
             std::array::from_fn(|j| _mm_cvtps_epi32(_mm_mul_ps(_mm_add_ps(fa[j], fb[j]), inverse)));
-        let lo = _mm_adds_epi16(_mm_packs_epi32(q[0], q[1]), zy);
-        let hi = _mm_adds_epi16(_mm_packs_epi32(q[2], q[3]), zy);
-        let bytes = _mm_packus_epi16(lo, hi);
-        _mm_storeu_si128(y.add(i) as *mut __m128i, _mm_xor_si128(bytes, y_flip));
+        _mm_storeu_si128(y.add(i) as *mut __m128i, pack_bytes(q, zy, y_flip));
         i += 16;
     }
     for j in i..n {

@@ -25,13 +25,27 @@ pub(super) unsafe fn quantize(job: &Job, x: *const f32, y: *mut u8, n: usize) {
             let f = _mm_and_ps(f, _mm_cmpord_ps(f, f));
             _mm_cvtps_epi32(_mm_min_ps(_mm_max_ps(f, lo), hi))
         });
-        let low = _mm_adds_epi16(_mm_packs_epi32(q[0], q[1]), zero_point);
-        let high = _mm_adds_epi16(_mm_packs_epi32(q[2], q[3]), zero_point);
-        let bytes = _mm_packus_epi16(low, high);
-        _mm_storeu_si128(y.add(i) as *mut __m128i, _mm_xor_si128(bytes, flip));
+        _mm_storeu_si128(y.add(i) as *mut __m128i, pack_bytes(q, zero_point, flip));
         i += 16;
     }
     for j in i..n {
         *y.add(j) = job.one(*x.add(j));
     }
+}
+
+/// Sixteen rounded 32-bit values as output bytes: narrowed to 16 bits, the zero point
+/// added and saturated to bytes in the unsigned form (`PACKSSDW`, `PADDSW`, `PACKUSWB`),
+/// then flipped to the stored type. The addition kernel ends the same way.
+///
+/// # Safety
+/// The CPU has SSE2 (every x86-64 does).
+#[inline(always)]
+pub(in crate::q8) unsafe fn pack_bytes(
+    q: [__m128i; 4],
+    zero_point: __m128i,
+    flip: __m128i,
+) -> __m128i {
+    let lo = _mm_adds_epi16(_mm_packs_epi32(q[0], q[1]), zero_point);
+    let hi = _mm_adds_epi16(_mm_packs_epi32(q[2], q[3]), zero_point);
+    _mm_xor_si128(_mm_packus_epi16(lo, hi), flip)
 }

@@ -9,6 +9,7 @@ use tract_nnef::ser::{array, ints};
 
 use super::dwconv::PerchDwConv;
 use super::guard::PerchBarrier;
+use super::nnef_quant::quantize_invocation;
 use super::qadd::{PerchQAdd, QAddSpec};
 use super::qconv::{PerchQConv, QConvSpec};
 use super::qmatmul::{PerchQMatMul, QMatMulSpec};
@@ -153,17 +154,7 @@ fn dump_quantize(
     node: &TypedNode,
     op: &PerchQuantize,
 ) -> TractResult<Option<Arc<RValue>>> {
-    let input = ast.mapping[&node.inputs[0]].clone();
-    let q = &op.output;
-    Ok(Some(invocation(
-        "perch_quantize",
-        &[input],
-        &[
-            ("inverse_scale", numeric(q.inverse_scale)),
-            ("zero_point", numeric(q.zero_point)),
-            ("output_type", string(q.dtype.name())),
-        ],
-    )))
+    Ok(Some(quantize_invocation(ast, node, op.output)))
 }
 
 fn dump_barrier(

@@ -14,6 +14,9 @@ use tract_core::ops::quant::{
 };
 use tract_nnef::internal::*;
 
+use super::qdq::quantize_inverse;
+use crate::kernels::q8::quantize::Quantize;
+
 /// Adds the fragments to Perch's registry.
 pub(super) fn register(registry: &mut Registry) {
     registry.register_element_wise(
@@ -80,26 +83,23 @@ fn lut_params() -> Vec<tract_nnef::ast::Parameter> {
 }
 
 fn dump_quantize(ast: &mut IntoAst, node: &TypedNode) -> TractResult<Option<Arc<RValue>>> {
-    let op = node
-        .op_as::<ElementWiseOp>()
+    node.op_as::<ElementWiseOp>()
         .context("not an element-wise op")?;
-    let (scale, zero_point, dtype) = if let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() {
-        (q.scale, i64::from(q.zero_point), "u8")
-    } else if let Some(q) = op.0.downcast_ref::<QuantizeLinearI8>() {
-        (q.scale, i64::from(q.zero_point), "i8")
-    } else {
-        return Ok(None);
-    };
-    let input = ast.mapping[&node.inputs[0]].clone();
-    Ok(Some(invocation(
+    Ok(quantize_inverse(node).map(|q| quantize_invocation(ast, node, q)))
+}
+
+/// `perch_quantize` of a node's input: the engine's quantize, and Perch's
+/// `PerchQuantize`, which loads back as it.
+pub(super) fn quantize_invocation(ast: &IntoAst, node: &TypedNode, q: Quantize) -> Arc<RValue> {
+    invocation(
         "perch_quantize",
-        &[input],
+        &[ast.mapping[&node.inputs[0]].clone()],
         &[
-            ("inverse_scale", numeric(scale)),
-            ("zero_point", numeric(zero_point)),
-            ("output_type", string(dtype)),
+            ("inverse_scale", numeric(q.inverse_scale)),
+            ("zero_point", numeric(q.zero_point)),
+            ("output_type", string(q.dtype.name())),
         ],
-    )))
+    )
 }
 
 fn load_quantize(
