@@ -115,7 +115,9 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Array> {
 /// ([`npy`](super::internal::npy)).
 pub fn decode_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
     let tensor = super::npy::decode(bytes)?;
-    Ok(Array::from_tensor(tensor).expect("the .npy reader's element types are TensorData's"))
+    let dtype = tensor.datum_type();
+    Array::from_tensor(tensor)
+        .ok_or_else(|| format!("element type {dtype:?} is not one an array holds"))
 }
 
 /// How one output compared with its golden value.
