@@ -109,20 +109,35 @@ mod onnx_runtime_files {
         }
     }
 
-    /// R4's QDQ file, 53 quantized layers: ONNX Runtime's own two ways of running it
-    /// (node by node, the golden here, and fused with ORT_ENABLE_ALL:
-    /// `output_0.qdq.fused.npy`) are 3 output steps apart, from a rounding near-tie deep in
-    /// the network that later layers amplify. The engine meets the same near-tie (at
-    /// features.14 with the kernels on), so ONNX Runtime's own spread, 3 steps, is the
-    /// bound, kernels on or off.
+    /// R4's QDQ file, 53 quantized layers: ONNX Runtime's own ways of running it spread
+    /// over 4 output steps (its node-by-node run, the golden here, is 3 steps from its
+    /// fused x86 run, `output_0.qdq.fused.npy`, and 4 from its fused aarch64 run:
+    /// BENCHMARKS.md), from rounding near-ties deep in the network that later layers
+    /// amplify. The kernels, which requantize as ONNX Runtime's fused kernels do, sit 4
+    /// steps from the node-by-node golden, tract's path 3: ONNX Runtime's own spread is
+    /// the bound.
     #[test]
-    fn mobilenetv2_in_qdq_form_is_within_onnx_runtimes_own_spread_of_three_output_steps() {
+    fn mobilenetv2_in_qdq_form_is_within_onnx_runtimes_own_spread_of_four_output_steps() {
         for kernels in KERNELS {
             let (worst, _, integer) =
                 golden_steps("mobilenetv2-035", "model.qdq.onnx", "qdq", kernels);
-            assert!(worst <= 3, "kernels {kernels}: {worst} steps");
+            assert!(worst <= 4, "kernels {kernels}: {worst} steps");
             assert_eq!(integer > 0, kernels, "{integer} integer kernels");
         }
+    }
+
+    /// With the kernels, R4's QDQ file is 2 output steps from ONNX Runtime's fused x86
+    /// run (ORT_ENABLE_ALL: QLinearConv on MLAS), as close as ONNX Runtime's own aarch64
+    /// run is to it. The convolutions requantize as MLAS does, in f32 rounding half to
+    /// even (`kernels::requant`), which took this from 4 steps to 2; the residual
+    /// additions, which MLAS computes in platform-specific fixed point, account for the
+    /// rest.
+    #[test]
+    fn mobilenetv2_in_qdq_form_on_the_kernels_is_within_two_steps_of_onnx_runtimes_fused_run() {
+        let (worst, _, integer) =
+            golden_steps("mobilenetv2-035", "model.qdq.onnx", "qdq.fused", true);
+        assert!(worst <= 2, "{worst} steps");
+        assert!(integer > 0);
     }
 }
 

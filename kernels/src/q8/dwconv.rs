@@ -6,7 +6,7 @@
 //! documentation of `q8`); the microkernel then vectorizes along channels with no
 //! border cases, like the float channels-last kernel (`f32_dwconv::hwc`).
 
-use super::{padded, padded_requant, ChannelOutput, OutputQuant, QType, Unsupported};
+use super::{padded, padded_scales, ChannelOutput, OutputQuant, QType, Unsupported};
 use crate::f32_dwconv::DwGeometry;
 use crate::{Cpu, Isa};
 
@@ -35,11 +35,9 @@ pub(crate) struct Job {
     /// Filters tap-major, `kh × kw × cp` (`cp` = `c` rounded up to 16, zero-padded).
     pub weights: *const i8,
     pub cp: usize,
-    /// Per padded channel: bias, Q31 multiplier, and the negated right shift after the
-    /// 64-bit product (see `kernels::requant`).
+    /// Per padded channel: bias and requantization multiplier (`kernels::requant`).
     pub bias: *const i32,
-    pub multiplier: *const i32,
-    pub shift: *const i64,
+    pub scale: *const f32,
     pub zero_point: i32,
     pub lo: i32,
     pub hi: i32,
@@ -120,8 +118,7 @@ pub struct QDwConv {
     cp: usize,
     weights: Vec<i8>,
     bias: Vec<i32>,
-    multiplier: Vec<i32>,
-    shift: Vec<i64>,
+    scale: Vec<f32>,
     variant: &'static Variant,
 }
 
@@ -133,8 +130,7 @@ impl PartialEq for QDwConv {
             self.input_zero_point,
             self.output,
         ) == (o.geometry, o.input, o.input_zero_point, o.output)
-            && (&self.weights, &self.bias, &self.multiplier, &self.shift)
-                == (&o.weights, &o.bias, &o.multiplier, &o.shift)
+            && (&self.weights, &self.bias, &self.scale) == (&o.weights, &o.bias, &o.scale)
             && self.variant.name == o.variant.name
     }
 }
@@ -150,7 +146,11 @@ impl std::hash::Hash for QDwConv {
             self.output,
         )
             .hash(state);
-        (&self.weights, &self.bias, &self.multiplier).hash(state);
+        (&self.weights, &self.bias).hash(state);
+        self.scale
+            .iter()
+            .map(|s| s.to_bits())
+            .for_each(|b| b.hash(state));
         self.variant.name.hash(state);
     }
 }
@@ -264,7 +264,7 @@ impl QDwConv {
                 packed[t * cp + ch] = *w;
             }
         }
-        let (multiplier, shift) = padded_requant(channels, cp);
+        let scale = padded_scales(channels, cp);
         Ok(QDwConv {
             geometry: g,
             input,
@@ -273,8 +273,7 @@ impl QDwConv {
             cp,
             weights: packed,
             bias: padded(channels, cp, 0, |c| c.bias),
-            multiplier,
-            shift,
+            scale,
             variant,
         })
     }
@@ -363,8 +362,7 @@ impl QDwConv {
                 weights: self.weights.as_ptr(),
                 cp: self.cp,
                 bias: self.bias.as_ptr(),
-                multiplier: self.multiplier.as_ptr(),
-                shift: self.shift.as_ptr(),
+                scale: self.scale.as_ptr(),
                 zero_point: self.output.zero_point,
                 lo: self.output.lo,
                 hi: self.output.hi,
@@ -427,8 +425,7 @@ unsafe fn portable<const KH: usize, const KW: usize, const S: usize>(job: &Job) 
                 }
                 *job.out.add((y * job.wo + x) * c + ch) = super::reference_output(
                     acc,
-                    *job.multiplier.add(ch),
-                    *job.shift.add(ch),
+                    *job.scale.add(ch),
                     [job.zero_point, job.lo, job.hi],
                 );
             }

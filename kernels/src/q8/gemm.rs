@@ -5,7 +5,7 @@
 //! Variants ([`VARIANTS`]) differ in how they multiply; they share the planning, the
 //! per-channel constants and the packing of the weights in `k` blocks of 16 bytes.
 
-use super::{padded_requant, ChannelOutput, OutputQuant, QType, Unsupported};
+use super::{padded_scales, ChannelOutput, OutputQuant, QType, Unsupported};
 use crate::{Cpu, Isa};
 
 /// `k` is padded to a multiple of this in packed weights; activation rows are padded to
@@ -36,12 +36,10 @@ pub(crate) struct Job {
     /// `n` rows of `m` bytes, `y_stride` apart.
     pub y: *mut u8,
     pub y_stride: usize,
-    /// Per padded channel: bias (adjusted for the variant's reading of the activations),
-    /// Q31 multiplier, and the negated right shift after the 64-bit product (see
-    /// `kernels::requant`).
+    /// Per padded channel: bias (adjusted for the variant's reading of the activations)
+    /// and requantization multiplier (`kernels::requant`).
     pub bias: *const i32,
-    pub multiplier: *const i32,
-    pub shift: *const i64,
+    pub scale: *const f32,
     /// The output's zero point and clamp.
     pub zero_point: i32,
     pub lo: i32,
@@ -63,8 +61,8 @@ pub struct Variant {
     pub any_weight: bool,
     /// How it wants the weights packed.
     pub layout: WeightLayout,
-    /// The most inputs per output for which planning picks it (a kernel for short rows
-    /// gives way to a later one); `usize::MAX` for no limit.
+    /// The most inputs per output it takes (a kernel for short rows gives way to a
+    /// later one); `usize::MAX` for no limit.
     pub max_k: usize,
     /// It reads each activation row to `k` rounded up to a multiple of this: rows of
     /// such a length are used in place, others are first copied, padded.
@@ -83,14 +81,23 @@ pub enum WeightLayout {
     /// Blocks of 8 output channels, in each 4 consecutive `k` of each channel: `mp / 8`
     /// blocks of `kp / 4` groups of 32 bytes (`vpdpbusd`'s operand).
     Quads8,
-    /// Blocks of 8 output channels, in each one `k` of the 8 channels after another:
-    /// `mp / 8` blocks of `kp` groups of 8 bytes (one widening load per `k`).
-    Octets,
+    /// Blocks of 8 output channels, in each one `k` of the 8 channels after another,
+    /// each weight widened to 16 bits (two bytes, little-endian): `mp / 8` blocks of
+    /// `kp` groups of 16 bytes (one plain load per `k`).
+    Octets16,
 }
 
 impl WeightLayout {
+    /// Bytes per weight.
+    fn width(self) -> usize {
+        match self {
+            WeightLayout::Octets16 => 2,
+            WeightLayout::Rows | WeightLayout::Quads8 => 1,
+        }
+    }
+
     fn pack(self, weights: &[i8], m: usize, k: usize, mp: usize, kp: usize) -> Vec<i8> {
-        let mut packed = vec![0i8; mp * kp];
+        let mut packed = vec![0i8; mp * kp * self.width()];
         for (row, w) in weights.chunks_exact(k).enumerate().take(m) {
             for (i, v) in w.iter().enumerate() {
                 let at = match self {
@@ -98,9 +105,13 @@ impl WeightLayout {
                     WeightLayout::Quads8 => {
                         (row / 8) * 8 * kp + (i / 4) * 32 + (row % 8) * 4 + i % 4
                     }
-                    WeightLayout::Octets => (row / 8) * 8 * kp + i * 8 + row % 8,
+                    WeightLayout::Octets16 => 2 * ((row / 8) * 8 * kp + i * 8 + row % 8),
                 };
+                // The low byte, then (for 16 bits) the sign's.
                 packed[at] = *v;
+                if self.width() == 2 {
+                    packed[at + 1] = if *v < 0 { -1 } else { 0 };
+                }
             }
         }
         packed
@@ -131,7 +142,7 @@ pub static VARIANTS: &[Variant] = &[
         name: "q8_gemm_neon_lane",
         isa: Isa::Aarch64Neon,
         any_weight: true,
-        layout: WeightLayout::Octets,
+        layout: WeightLayout::Octets16,
         max_k: neon_lane::LANE_MAX_K,
         row_align: 8,
         unsigned_activations: false,
@@ -173,8 +184,7 @@ pub struct Gemm {
     output: OutputQuant,
     packed: Vec<i8>,
     bias: Vec<i32>,
-    multiplier: Vec<i32>,
-    shift: Vec<i64>,
+    scale: Vec<f32>,
     variant: &'static Variant,
 }
 
@@ -183,8 +193,7 @@ impl PartialEq for Gemm {
         (self.m, self.k, self.input, self.output) == (other.m, other.k, other.input, other.output)
             && self.packed == other.packed
             && self.bias == other.bias
-            && self.multiplier == other.multiplier
-            && self.shift == other.shift
+            && self.scale == other.scale
             && self.variant.name == other.variant.name
     }
 }
@@ -196,7 +205,10 @@ impl std::hash::Hash for Gemm {
         (self.m, self.k, self.input, self.output).hash(state);
         self.packed.hash(state);
         self.bias.hash(state);
-        self.multiplier.hash(state);
+        self.scale
+            .iter()
+            .map(|s| s.to_bits())
+            .for_each(|b| b.hash(state));
         self.variant.name.hash(state);
     }
 }
@@ -240,6 +252,12 @@ impl Gemm {
                 "{k} inputs per output (at most {MAX_K} fit an i32 accumulator)"
             )));
         }
+        if k > variant.max_k {
+            return Err(Unsupported(format!(
+                "{} takes at most {} inputs per output, not {k}",
+                variant.name, variant.max_k
+            )));
+        }
         if !variant.any_weight && weights.contains(&i8::MIN) {
             return Err(Unsupported(format!(
                 "{} takes no weight of -128",
@@ -272,7 +290,7 @@ impl Gemm {
             bias[row] = i32::try_from(c.bias as i64 + unsigned_offset(row))
                 .map_err(|_| Unsupported(format!("channel {row}: bias overflows i32")))?;
         }
-        let (multiplier, shift) = padded_requant(channels, mp);
+        let scale = padded_scales(channels, mp);
         Ok(Gemm {
             m,
             k,
@@ -283,8 +301,7 @@ impl Gemm {
             output,
             packed,
             bias,
-            multiplier,
-            shift,
+            scale,
             variant,
         })
     }
@@ -407,8 +424,7 @@ impl Gemm {
             y: y.as_mut_ptr(),
             y_stride: self.m,
             bias: self.bias.as_ptr(),
-            multiplier: self.multiplier.as_ptr(),
-            shift: self.shift.as_ptr(),
+            scale: self.scale.as_ptr(),
             zero_point: self.output.zero_point,
             lo: self.output.lo,
             hi: self.output.hi,
@@ -437,12 +453,8 @@ unsafe fn portable(job: &Job) {
                 };
                 acc = acc.wrapping_add(x as i32 * *w as i32);
             }
-            *job.y.add(n * job.y_stride + m) = super::reference_output(
-                acc,
-                *job.multiplier.add(m),
-                *job.shift.add(m),
-                [job.zero_point, job.lo, job.hi],
-            );
+            *job.y.add(n * job.y_stride + m) =
+                super::reference_output(acc, *job.scale.add(m), [job.zero_point, job.lo, job.hi]);
         }
     }
 }

@@ -33,7 +33,7 @@ pub mod quantize;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use super::requant::Requant;
+use super::requant::Scale;
 
 /// The 8-bit type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,13 +116,10 @@ fn padded<T: Copy>(
     v
 }
 
-/// Per-channel multipliers and right shifts (negated, as the kernels shift left by
-/// them), padded to `len` channels: multiplier 0 and a shift of one to the right.
-fn padded_requant(channels: &[ChannelOutput], len: usize) -> (Vec<i32>, Vec<i64>) {
-    (
-        padded(channels, len, 0, |c| c.requant.multiplier),
-        padded(channels, len, -1, |c| -(c.requant.shift() as i64)),
-    )
+/// Per-channel requantization multipliers (`requant::Scale`), padded to `len` channels
+/// with zero.
+fn padded_scales(channels: &[ChannelOutput], len: usize) -> Vec<f32> {
+    padded(channels, len, 0.0, |c| c.scale.value())
 }
 
 /// One implementation of an element-wise kernel (`run` takes the kernel's `Job`, its
@@ -147,7 +144,7 @@ pub struct ChannelOutput {
     /// Added to the accumulator first: the quantized bias and the zero-point correction.
     pub bias: i32,
     /// The multiplier `sx · sw / sy` (and any per-channel scale folded in).
-    pub requant: Requant,
+    pub scale: Scale,
 }
 
 /// The quantization of the output and the clamp of the fused activation, in the output
@@ -219,7 +216,7 @@ impl OutputQuant {
     /// The stored byte for an accumulator of a channel.
     pub fn store(&self, acc: i32, channel: &ChannelOutput) -> u8 {
         let v = channel
-            .requant
+            .scale
             .apply(acc.saturating_add(channel.bias))
             .saturating_add(self.zero_point)
             .clamp(self.lo, self.hi);
@@ -249,30 +246,23 @@ pub fn channel_outputs(
             let bias = *b as i64 + offset * *sum as i64;
             let bias = i32::try_from(bias)
                 .map_err(|_| Unsupported(format!("channel {m}: bias {bias} overflows i32")))?;
-            let requant = Requant::new(*mul).ok_or_else(|| {
+            let scale = Scale::new(*mul).ok_or_else(|| {
                 Unsupported(format!(
                     "channel {m}: requantization multiplier {mul} out of range"
                 ))
             })?;
-            Ok(ChannelOutput { bias, requant })
+            Ok(ChannelOutput { bias, scale })
         })
         .collect()
 }
 
 /// The portable references' output byte: `acc` requantized with a kernel table's
-/// multiplier and negated shift (see `requant`), the zero point added with saturation,
-/// clamped to `[lo, hi]`, and narrowed (the byte of a `u8` or of an `i8` alike).
-pub(crate) fn reference_output(
-    acc: i32,
-    multiplier: i32,
-    shift: i64,
-    [zero_point, lo, hi]: [i32; 3],
-) -> u8 {
-    let requant = crate::requant::Requant {
-        multiplier,
-        exponent: 31 + shift as i32,
-    };
-    requant.apply(acc).saturating_add(zero_point).clamp(lo, hi) as u8
+/// multiplier (see `requant`), the zero point added with saturation, clamped to
+/// `[lo, hi]`, and narrowed (the byte of a `u8` or of an `i8` alike).
+pub(crate) fn reference_output(acc: i32, scale: f32, [zero_point, lo, hi]: [i32; 3]) -> u8 {
+    // Tables hold finite scales only (`Scale`); a non-finite one would give zero.
+    let r = Scale::from_f32(scale).map_or(0, |s| s.apply(acc));
+    r.saturating_add(zero_point).clamp(lo, hi) as u8
 }
 
 /// Deterministic pseudo-random bytes (xorshift), for the kernels' tests.

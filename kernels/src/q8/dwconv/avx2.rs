@@ -75,8 +75,7 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
         let halves = [0, 8].map(|h| {
             Requant8::load(
                 job.bias.add(c0 + h),
-                job.multiplier.add(c0 + h),
-                job.shift.add(c0 + h),
+                job.scale.add(c0 + h),
                 params,
                 job.unsigned_output,
             )

@@ -81,19 +81,14 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
             }
             t += 2;
         }
-        let mut multiplier = [vdupq_n_s32(0); 4];
-        let mut shift = [[vdupq_n_s64(0); 2]; 4];
+        let mut scale = [vdupq_n_f32(0.0); 4];
         for q in 0..4 {
-            multiplier[q] = vld1q_s32(job.multiplier.add(c0 + 4 * q));
-            shift[q] = [
-                vld1q_s64(job.shift.add(c0 + 4 * q)),
-                vld1q_s64(job.shift.add(c0 + 4 * q + 2)),
-            ];
+            scale[q] = vld1q_f32(job.scale.add(c0 + 4 * q));
         }
         for j in 0..P {
             let mut r = [vdupq_n_s32(0); 4];
             for q in 0..4 {
-                r[q] = requantize(acc[j][q], multiplier[q], shift[q]);
+                r[q] = requantize(acc[j][q], scale[q]);
             }
             // As the GEMM's `output_bytes`, sixteen lanes at a time.
             let h0 = with_zero_point(r[0], r[1], zero_point16);

@@ -6,8 +6,7 @@
 //! 128 · 127 fit 16 bits, hence weights must not be −128: planning checks), and `SADALP`
 //! adds the pairs of lanes into four 32-bit partial sums: 16 multiply-accumulates in three
 //! instructions, where `FMLA` does four. The partial sums are added across at the end and
-//! requantized with `SMULL` into 64 bits and one rounding `SRSHL` (see
-//! `kernels::requant`).
+//! requantized in `f32` (see `kernels::requant`).
 
 use std::arch::aarch64::*;
 
@@ -68,17 +67,13 @@ unsafe fn tile<const P: usize>(job: &Job, n0: usize) {
             k += 16;
         }
         let bias = vld1q_s32(job.bias.add(m0));
-        let multiplier = vld1q_s32(job.multiplier.add(m0));
-        let shift = [
-            vld1q_s64(job.shift.add(m0)),
-            vld1q_s64(job.shift.add(m0 + 2)),
-        ];
+        let scale = vld1q_f32(job.scale.add(m0));
         let mut r = [vdupq_n_s32(0); P];
         for j in 0..P {
             // [c0, c1, c2, c3]: each channel's four partial sums added.
             let s01 = vpaddq_s32(acc[j][0], acc[j][1]);
             let s23 = vpaddq_s32(acc[j][2], acc[j][3]);
-            r[j] = requantize(vaddq_s32(vpaddq_s32(s01, s23), bias), multiplier, shift);
+            r[j] = requantize(vaddq_s32(vpaddq_s32(s01, s23), bias), scale);
         }
         // Two pixels' four channels at a time, in 16 and then 8 bits (`output_bytes`).
         let mut j = 0;
@@ -176,18 +171,9 @@ pub(crate) unsafe fn store_partial(out: *mut u8, lo: u64, hi: u64, n: usize) {
     }
 }
 
-/// `round(v · M)` per lane: 64-bit products, one rounding shift, saturated back to 32 bits
-/// (`kernels::requant::Requant::apply`).
+/// `round_half_even(f32(v) · M)` per lane, saturated to 32 bits: `SCVTF`, `FMUL`,
+/// `FCVTNS` (`kernels::requant::Scale::apply`).
 #[inline(always)]
-pub(crate) unsafe fn requantize(
-    v: int32x4_t,
-    multiplier: int32x4_t,
-    shift: [int64x2_t; 2],
-) -> int32x4_t {
-    let lo = vrshlq_s64(
-        vmull_s32(vget_low_s32(v), vget_low_s32(multiplier)),
-        shift[0],
-    );
-    let hi = vrshlq_s64(vmull_high_s32(v, multiplier), shift[1]);
-    vcombine_s32(vqmovn_s64(lo), vqmovn_s64(hi))
+pub(crate) unsafe fn requantize(v: int32x4_t, scale: float32x4_t) -> int32x4_t {
+    vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(v), scale))
 }

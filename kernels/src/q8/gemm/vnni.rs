@@ -7,9 +7,8 @@
 //! Weights are packed in blocks of 8 channels × 4 `k` (`WeightLayout::Quads8`), so each
 //! group of 4 activation bytes is broadcast and meets one 32-byte load per block. A tile
 //! is 4 pixels × 16 channels: 8 accumulators, 4 broadcasts and 2 loads per 8 `VPDPBUSD`.
-//! Requantization (`kernels::requant`): 64-bit products with `VPMULDQ` on even and odd
-//! lanes, one rounding shift done as a logical shift of a biased value (AVX2 has no
-//! arithmetic 64-bit shift), saturation to 32 bits, the zero point and the clamp.
+//! Requantization in `f32` (`kernels::requant`, `q8::x86::Requant8`), the zero point and
+//! the clamp.
 
 use std::arch::x86_64::*;
 
@@ -63,8 +62,7 @@ unsafe fn tile<const P: usize>(job: &Job, n0: usize) {
             let c0 = m0 + 8 * half;
             let consts = Requant8::load(
                 job.bias.add(c0),
-                job.multiplier.add(c0),
-                job.shift.add(c0),
+                job.scale.add(c0),
                 [job.lo, job.hi, job.zero_point],
                 job.unsigned_output,
             );

@@ -18,7 +18,7 @@ use crate::kernels::f32_dwconv::{DwGeometry, Layout};
 use crate::kernels::q8::add::Operand;
 use crate::kernels::q8::quantize::Quantize;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
-use crate::kernels::requant::Requant;
+use crate::kernels::requant::Scale;
 use crate::kernels::{Activation, Cpu};
 
 /// The registry's name in archives.
@@ -113,7 +113,7 @@ pub(crate) fn registry() -> Registry {
 /// The parameters of an operator on the 8-bit GEMM: the input and its constants, the
 /// operator's own, then the input and output quantization.
 fn gemm_parameters<const N: usize>(own: [Parameter; N]) -> Vec<Parameter> {
-    let constants = ["input", "weights", "bias", "multiplier", "exponent"];
+    let constants = ["input", "weights", "bias"];
     let quantization = [
         TypeName::String.named("input_type"),
         TypeName::Integer.named("input_zero_point"),
@@ -125,6 +125,7 @@ fn gemm_parameters<const N: usize>(own: [Parameter; N]) -> Vec<Parameter> {
     constants
         .map(|name| TypeName::Integer.tensor().named(name))
         .into_iter()
+        .chain([TypeName::Scalar.tensor().named("scale")])
         .chain(own)
         .chain(quantization)
         .collect()
@@ -259,28 +260,19 @@ fn dump_qconv(
     )))
 }
 
-/// Weights, biases, multipliers and exponents as variables of the archive.
+/// Weights, biases and requantization multipliers as variables of the archive.
 fn dump_constants(
     ast: &mut IntoAst,
     name: &str,
     weights: Tensor,
     channels: &[ChannelOutput],
-) -> TractResult<[Arc<RValue>; 4]> {
-    let per_channel = |f: &dyn Fn(&ChannelOutput) -> i32| -> Arc<Tensor> {
-        let v: Vec<i32> = channels.iter().map(f).collect();
-        Arc::new(tensor1(&v))
-    };
+) -> TractResult<[Arc<RValue>; 3]> {
+    let bias: Vec<i32> = channels.iter().map(|c| c.bias).collect();
+    let scale: Vec<f32> = channels.iter().map(|c| c.scale.value()).collect();
     Ok([
         ast.konst_variable(format!("{name}.weights"), &Arc::new(weights))?,
-        ast.konst_variable(format!("{name}.bias"), &per_channel(&|c| c.bias))?,
-        ast.konst_variable(
-            format!("{name}.multiplier"),
-            &per_channel(&|c| c.requant.multiplier),
-        )?,
-        ast.konst_variable(
-            format!("{name}.exponent"),
-            &per_channel(&|c| c.requant.exponent),
-        )?,
+        ast.konst_variable(format!("{name}.bias"), &Arc::new(tensor1(&bias)))?,
+        ast.konst_variable(format!("{name}.scale"), &Arc::new(tensor1(&scale)))?,
     ])
 }
 
@@ -291,11 +283,8 @@ fn load_constants(
     op: &str,
 ) -> TractResult<(Arc<Tensor>, Vec<ChannelOutput>)> {
     let weights: Arc<Tensor> = invocation.named_arg_as(builder, "weights")?;
-    let tensors: [Arc<Tensor>; 3] = [
-        invocation.named_arg_as(builder, "bias")?,
-        invocation.named_arg_as(builder, "multiplier")?,
-        invocation.named_arg_as(builder, "exponent")?,
-    ];
+    let bias: Arc<Tensor> = invocation.named_arg_as(builder, "bias")?;
+    let scale: Arc<Tensor> = invocation.named_arg_as(builder, "scale")?;
     ensure!(
         weights.datum_type() == i8::datum_type() && weights.rank() >= 2,
         "{op}: weights must be i8, got {:?} {:?}",
@@ -303,32 +292,27 @@ fn load_constants(
         weights.shape()
     );
     let outputs = weights.shape()[0];
-    for t in &tensors {
+    for (t, dt) in [(&bias, i32::datum_type()), (&scale, f32::datum_type())] {
         ensure!(
-            t.datum_type() == i32::datum_type() && t.shape() == [outputs],
-            "{op}: per-channel constants must be i32 [{outputs}], got {:?} {:?}",
+            t.datum_type() == dt && t.shape() == [outputs],
+            "{op}: per-channel constants must be {dt:?} [{outputs}], got {:?} {:?}",
             t.datum_type(),
             t.shape()
         );
     }
-    let [bias, multiplier, exponent] = tensors.each_ref().map(|t| {
-        t.try_as_plain_ram()
-            .and_then(|v| v.as_slice::<i32>().map(<[i32]>::to_vec))
-    });
-    let (bias, multiplier, exponent) = (bias?, multiplier?, exponent?);
+    let bias = bias
+        .try_as_plain_ram()
+        .and_then(|v| v.as_slice::<i32>().map(<[i32]>::to_vec))?;
+    let scale = scale
+        .try_as_plain_ram()
+        .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))?;
     let mut channels = vec![];
     for c in 0..outputs {
-        ensure!(
-            (-31..=30).contains(&exponent[c]),
-            "{op}: channel {c}: exponent {} out of range",
-            exponent[c]
-        );
+        let s = Scale::from_f32(scale[c])
+            .ok_or_else(|| format_err!("{op}: channel {c}: scale {} is not finite", scale[c]))?;
         channels.push(ChannelOutput {
             bias: bias[c],
-            requant: Requant {
-                multiplier: multiplier[c],
-                exponent: exponent[c],
-            },
+            scale: s,
         });
     }
     Ok((weights, channels))

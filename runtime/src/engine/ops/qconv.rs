@@ -34,7 +34,7 @@ use crate::kernels::q8::dwconv::QDwConv;
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::im2col;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
-use crate::kernels::requant::Requant;
+use crate::kernels::requant::Scale;
 use crate::kernels::transpose::transpose;
 use crate::kernels::Cpu;
 
@@ -548,11 +548,20 @@ pub(super) fn quantized_channels(
             ));
         }
         let correction = input.offset(zx) as i64 * sum;
-        let requant = Requant::new(scale / sy as f64)
-            .ok_or_else(|| format!("output channel {o}: requantization scale out of range"))?;
+        // ONNX Runtime's own f32 arithmetic where nothing is folded in, so that both
+        // round the same products the same way (`kernels::requant`).
+        let multiplier = if a == 1.0 {
+            Scale::of_quantization(sx, w_scales[o], sy)
+        } else {
+            Scale::new(scale / sy as f64)
+        }
+        .ok_or_else(|| format!("output channel {o}: requantization scale out of range"))?;
         let bias = i32::try_from(b.round() as i64 + correction)
             .map_err(|_| format!("output channel {o}: bias does not fit the accumulator"))?;
-        channels.push(ChannelOutput { bias, requant });
+        channels.push(ChannelOutput {
+            bias,
+            scale: multiplier,
+        });
     }
     Ok(channels)
 }
