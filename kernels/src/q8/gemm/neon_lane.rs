@@ -15,8 +15,8 @@
 
 use std::arch::aarch64::*;
 
+use super::job::Job;
 use super::neon::{output_bytes, requantize, store_partial, with_zero_point};
-use super::Job;
 use crate::q8::in_tiles;
 
 /// Up to this many inputs per output, planning prefers this kernel to [`super::neon`]
