@@ -34,7 +34,7 @@ def module_of(path):
 
 
 def without_tests(text):
-    m = re.search(r"\n#\[cfg\(test\)\]\s*\n\s*(pub(\([a-z]+\))?\s+)?mod \w+ \{", text)
+    m = re.search(r"\n#\[cfg\(test\)\]\s*\n\s*(pub(\([^)]*\))?\s+)?mod \w+ \{", text)
     return text[: m.start()] if m else text
 
 
@@ -65,7 +65,7 @@ for root, _, files in os.walk(src):
             found.append(m.group(1).split("::"))
         for m in re.finditer(r"\b((?:super::)+)((?:\w+::)*\w+)", text):
             found.append(list(me[: len(me) - m.group(1).count("super")]) + m.group(2).split("::"))
-        for child in re.findall(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod (\w+);", text, flags=re.M):
+        for child in re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod (\w+);", text, flags=re.M):
             if re.search(r"(?<![:\w])(?:self::)?" + child + r"::", text):
                 found.append(list(me) + [child])
 

@@ -119,18 +119,10 @@ fn duration_ns(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use perch_testkit::SplitMix64;
 
     const BASE: Duration = Duration::from_millis(100);
     const CAP: Duration = Duration::from_secs(30);
-
-    /// splitmix64, so the "random" inputs are the same on every run.
-    fn splitmix64(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 
     #[test]
     fn the_window_doubles_from_base_until_it_reaches_the_cap() {
@@ -168,7 +160,7 @@ mod tests {
 
     #[test]
     fn delays_never_leave_the_window_and_cover_it() {
-        let mut state = 7;
+        let mut rng = SplitMix64(7);
         let mut backoff = Backoff::new(BASE, CAP);
         for _ in 0..10 {
             backoff.next_delay(0);
@@ -177,7 +169,7 @@ mod tests {
         let (mut low, mut high) = (0, 0);
         for _ in 0..10_000 {
             let before = backoff.window();
-            let delay = backoff.next_delay(splitmix64(&mut state));
+            let delay = backoff.next_delay(rng.next_u64());
             assert!(delay <= before, "{delay:?} above the {before:?} window");
             low += usize::from(delay < CAP / 10);
             high += usize::from(delay > CAP * 9 / 10);

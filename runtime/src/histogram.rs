@@ -448,25 +448,8 @@ impl<'de> Visitor<'de> for CountsVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use perch_testkit::SplitMix64;
     use proptest::prelude::*;
-
-    /// splitmix64: a tiny deterministic PRNG, so the sample set is the same on every run.
-    struct SplitMix64(u64);
-
-    impl SplitMix64 {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        /// Uniform in [0, 1).
-        fn next_f64(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
 
     /// Log-uniform between `lo_ns` and `hi_ns`.
     fn log_uniform_ns(u: f64, lo_ns: u64, hi_ns: u64) -> u64 {

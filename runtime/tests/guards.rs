@@ -5,6 +5,7 @@
 
 use perch_runtime::engine::{EngineError, Input, LoadOptions, Model, TensorData};
 use perch_testkit::onnx::{Attr, Dim, OnnxModel, FLOAT, INT64};
+use perch_testkit::SplitMix64;
 
 /// A 5×3 table (row r holds r, r + 0.1, r + 0.2) gathered by an `int64` input of 4
 /// indices along axis 0, through an Unsqueeze and a Squeeze (which keep values), as
@@ -40,24 +41,15 @@ fn load(bytes: &[u8]) -> Result<Model, EngineError> {
     Model::from_onnx_bytes(bytes, &LoadOptions::new())
 }
 
-/// splitmix64, so the random indices are the same on every run.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Indices drawn to hit the edges: in range, just outside, far outside, extremes.
-fn random_index(state: &mut u64) -> i64 {
-    match next(state) % 6 {
-        0 => (next(state) % 5) as i64,
-        1 => -((next(state) % 5) as i64) - 1,
-        2 => 5 + (next(state) % 3) as i64,
-        3 => -6 - (next(state) % 3) as i64,
-        4 => [i64::MIN, i64::MAX, i64::MIN + 1, 1 << 40][(next(state) % 4) as usize],
-        _ => next(state) as i64,
+fn random_index(rng: &mut SplitMix64) -> i64 {
+    match rng.next_u64() % 6 {
+        0 => (rng.next_u64() % 5) as i64,
+        1 => -((rng.next_u64() % 5) as i64) - 1,
+        2 => 5 + (rng.next_u64() % 3) as i64,
+        3 => -6 - (rng.next_u64() % 3) as i64,
+        4 => [i64::MIN, i64::MAX, i64::MIN + 1, 1 << 40][(rng.next_u64() % 4) as usize],
+        _ => rng.next_u64() as i64,
     }
 }
 
@@ -105,10 +97,10 @@ fn random_indices_never_crash_a_build_that_aborts_on_panic() {
         }));
         let model = load(&gather_model()).unwrap();
         let mut session = model.session().unwrap();
-        let mut state = 15;
+        let mut rng = SplitMix64(15);
         let (mut refused, mut answered) = (0, 0);
         for _ in 0..20_000 {
-            let idx: Vec<i64> = (0..4).map(|_| random_index(&mut state)).collect();
+            let idx: Vec<i64> = (0..4).map(|_| random_index(&mut rng)).collect();
             match session.run(&[indices(&[4], &idx)]) {
                 Ok(out) => {
                     answered += 1;

@@ -13,7 +13,8 @@
 //! - [`raise_open_files`]: tests that need many descriptors raise their own limit;
 //! - [`workspace_binary`]: `perchd` and `perch` for the tests of another package;
 //! - [`wait_until`]: conditions as verdicts, the clock only as a bound;
-//! - [`onnx`]: small ONNX models written by hand for the scenario at hand.
+//! - [`onnx`]: small ONNX models written by hand for the scenario at hand;
+//! - [`SplitMix64`]: "random" test inputs that are the same on every run.
 //!
 //! ```no_run
 //! use perch_testkit::{Mosquitto, PATIENCE};
@@ -33,6 +34,7 @@ mod mosquitto;
 pub mod onnx;
 mod ports;
 mod process;
+mod rng;
 mod tools;
 mod wait;
 
@@ -41,5 +43,6 @@ pub use limits::raise_open_files;
 pub use mosquitto::{Mosquitto, REQUIRE_VAR};
 pub use ports::Port;
 pub use process::Process;
+pub use rng::SplitMix64;
 pub use tools::{tool_or_skip, REQUIRE_TOOLS_VAR};
 pub use wait::{wait_until, PATIENCE};

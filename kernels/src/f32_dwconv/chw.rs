@@ -2,7 +2,7 @@
 //! documentation of `f32_dwconv`). The template is instantiated per instruction set by
 //! `VARIANTS`.
 
-use super::{Call, DwGeometry, SLACK};
+use super::geometry::{Call, DwGeometry, SLACK};
 use crate::simd::F32Lanes;
 
 /// Everything a microkernel needs for one channel (`repr(C)`: the 32-bit ARM kernels are

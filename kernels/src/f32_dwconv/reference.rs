@@ -1,6 +1,6 @@
 //! The reference: the definition of a depthwise convolution, written for clarity.
 
-use super::{DwGeometry, Layout};
+use super::geometry::{DwGeometry, Layout};
 use crate::Activation;
 
 /// Convolves one image by the definition: for every output point, the sum over the

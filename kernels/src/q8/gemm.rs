@@ -7,6 +7,7 @@
 
 use super::{padded_scales, ChannelOutput, OutputQuant, QType, Unsupported};
 use crate::{Cpu, Isa};
+use job::Job;
 
 /// `k` is padded to a multiple of this in packed weights; activation rows are padded to
 /// a variant's `row_align` (at most this).
@@ -16,39 +17,6 @@ pub const M_BLOCK: usize = 16;
 
 /// The largest `k`: `k · 128 · 127` plus any bias must fit an `i32` accumulator.
 pub const MAX_K: usize = 1 << 16;
-
-/// What a microkernel computes: `n` rows of output from `n` rows of input.
-#[repr(C)]
-pub(crate) struct Job {
-    /// `n` rows of at least `k` bytes rounded up to the variant's `row_align` (the
-    /// padding is ignored, its weights being zero), `x_stride` apart.
-    pub x: *const u8,
-    pub x_stride: usize,
-    pub n: usize,
-    /// Weights as the variant packed them (`Variant::layout`).
-    pub w: *const i8,
-    pub kp: usize,
-    /// Inputs per output before padding (`k ≤ kp`).
-    pub k: usize,
-    /// Output channels (`m`) and the padded count (`mp`).
-    pub m: usize,
-    pub mp: usize,
-    /// `n` rows of `m` bytes, `y_stride` apart.
-    pub y: *mut u8,
-    pub y_stride: usize,
-    /// Per padded channel: bias (adjusted for the variant's reading of the activations)
-    /// and requantization multiplier (`kernels::requant`).
-    pub bias: *const i32,
-    pub scale: *const f32,
-    /// The output's zero point and clamp.
-    pub zero_point: i32,
-    pub lo: i32,
-    pub hi: i32,
-    /// Whether the input is `u8` (its top bit flipped before multiplying).
-    pub unsigned_input: bool,
-    /// Whether the output is `u8`.
-    pub unsigned_output: bool,
-}
 
 /// One implementation.
 pub struct Variant {
@@ -458,6 +426,8 @@ unsafe fn portable(job: &Job) {
         }
     }
 }
+
+mod job;
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;

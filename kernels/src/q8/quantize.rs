@@ -16,6 +16,7 @@
 
 use super::{ElementWise, QType, Unsupported};
 use crate::{Cpu, Isa};
+pub use job::Job;
 
 /// How a float becomes a stored 8-bit value: multiplied by `inverse_scale` (the
 /// reciprocal of ONNX's scale, which the engine's `QuantizeLinear` multiplies by),
@@ -73,25 +74,6 @@ pub(super) fn unsigned(dtype: QType, zero_point: i32) -> (u8, i32) {
     match dtype {
         QType::U8 => (0, zero_point),
         QType::I8 => (0x80, zero_point + 128),
-    }
-}
-
-/// What a microkernel computes, in the unsigned form (opaque outside the crate: a
-/// variant's `run` takes it).
-#[derive(Debug, Clone, Copy)]
-pub struct Job {
-    pub(crate) inverse_scale: f32,
-    /// The zero point in the unsigned form, `0 ..= 255`.
-    pub(crate) zero_point: i32,
-    pub(crate) flip: u8,
-}
-
-impl Job {
-    /// One output byte: the reference every variant matches.
-    #[inline(always)]
-    pub(crate) fn one(&self, x: f32) -> u8 {
-        let q = (x * self.inverse_scale).round_ties_even() as i32;
-        q.saturating_add(self.zero_point).clamp(0, 255) as u8 ^ self.flip
     }
 }
 
@@ -195,6 +177,8 @@ unsafe fn portable(job: &Job, x: *const f32, y: *mut u8, n: usize) {
         *y.add(i) = job.one(*x.add(i));
     }
 }
+
+mod job;
 
 #[cfg(target_arch = "aarch64")]
 pub(in crate::q8) mod neon;

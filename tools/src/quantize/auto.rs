@@ -1,13 +1,11 @@
 //! `--mode auto`: choose each layer's precision from measurements on this machine's engine.
 //! The algorithm is described in the module documentation of [`super`].
 
-use std::collections::BTreeMap;
-use std::fmt;
-
-use serde::Serialize;
-
+use super::bench::{Bench, Measured, Trial};
 use super::evaluate::{self, Agreement};
-use super::{Bench, Candidate, Measured, Mode, Precision, QuantizeRequest, Trial};
+use super::report::{fmt_loss, AutoLayer, AutoReport, Candidate, LayerTrial, PrecisionVerdict};
+use super::request::{Mode, QuantizeRequest};
+use super::rewrite::Precision;
 use crate::ToolError;
 
 /// An integer precision is tried per layer only if its whole model is at least this much
@@ -16,82 +14,6 @@ pub(crate) const WHOLE_MODEL_SPEEDUP: f64 = 0.95;
 /// A layer keeps an integer precision only if the model ran at least 2% faster with it
 /// than with int8 weights on that layer.
 pub(crate) const LAYER_SPEEDUP: f64 = 0.98;
-
-/// How one precision fared as a whole model, and whether it was tried per layer.
-#[derive(Debug, Clone, Serialize)]
-pub struct PrecisionVerdict {
-    /// The precision.
-    pub precision: Precision,
-    /// Whole-model latency / float latency, when measured.
-    pub latency_ratio: Option<f64>,
-    /// Whole-model loss in the budget's unit, when measured.
-    pub loss: Option<f64>,
-    /// Whether it was tried layer by layer.
-    pub tried_per_layer: bool,
-    /// Why (not).
-    pub reason: String,
-}
-
-/// One layer quantized alone at one precision.
-#[derive(Debug, Clone, Serialize)]
-pub struct LayerTrial {
-    /// The precision tried.
-    pub precision: Precision,
-    /// Loss against the float model in the budget's unit (None: the engine failed).
-    pub loss: Option<f64>,
-    /// Relative output error max|q - f| / max|f| (orders layers whose loss ties).
-    pub relative_error: Option<f64>,
-    /// Latency of the model with this layer at this precision / with int8 weights there
-    /// (integer precisions only).
-    pub latency_ratio: Option<f64>,
-}
-
-/// Auto mode's decision for one layer.
-#[derive(Debug, Clone, Serialize)]
-pub struct AutoLayer {
-    /// The node's name.
-    pub node: String,
-    /// Its operator.
-    pub op: String,
-    /// The precision chosen.
-    pub chosen: Precision,
-    /// What was measured.
-    pub trials: Vec<LayerTrial>,
-    /// The reason, in words.
-    pub reason: String,
-}
-
-/// What auto mode measured and chose.
-#[derive(Debug, Clone, Serialize)]
-pub struct AutoReport {
-    /// The budget, in words.
-    pub budget: String,
-    /// The unit of every `loss` figure.
-    pub loss_unit: String,
-    /// The budget as a number in that unit.
-    pub budget_value: f64,
-    /// Whole-model results per precision.
-    pub precisions: Vec<PrecisionVerdict>,
-    /// Per-layer decisions, in graph order.
-    pub layers: Vec<AutoLayer>,
-    /// Layers sent back to float because the combination exceeded the budget.
-    pub reverted: Vec<String>,
-    /// The loss of the chosen combination.
-    pub combined_loss: Option<f64>,
-    /// Caveats about the measurements.
-    pub notes: Vec<String>,
-}
-
-impl AutoReport {
-    /// Each layer's reason, by layer index.
-    pub(crate) fn reasons(&self) -> BTreeMap<usize, String> {
-        self.layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i, l.reason.clone()))
-            .collect()
-    }
-}
 
 /// The result of auto mode: the model to write and what was measured.
 pub(crate) struct Outcome {
@@ -137,16 +59,6 @@ impl Budget {
 
     fn within(&self, loss: Option<f64>) -> bool {
         loss.is_some_and(|l| l <= self.value + 1e-9)
-    }
-}
-
-/// A loss in words.
-fn fmt_loss(loss: Option<f64>, unit: &str) -> String {
-    match (loss, unit) {
-        (None, _) => "not measured".into(),
-        (Some(l), "relative_error") => format!("relative error {:.2}%", l * 100.0),
-        (Some(l), "top1_disagreement_points") => format!("top-1 disagreement {l:.2} pts"),
-        (Some(l), _) => format!("accuracy drop {l:+.2} pts"),
     }
 }
 
@@ -463,37 +375,4 @@ fn loss_of(budget: &Budget, bench: &Bench, measured: &Measured) -> Option<f64> {
         return None;
     }
     budget.loss(bench, measured.agreement.as_ref())
-}
-
-impl fmt::Display for AutoReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "auto: budget {}", self.budget)?;
-        for v in &self.precisions {
-            writeln!(f, "  {}: {}", v.precision, v.reason)?;
-        }
-        if !self.reverted.is_empty() {
-            writeln!(
-                f,
-                "  sent back to float to meet the budget: {}",
-                self.reverted.join(", ")
-            )?;
-        }
-        writeln!(
-            f,
-            "  chosen combination: {}",
-            fmt_loss(self.combined_loss, &self.loss_unit)
-        )?;
-        for n in &self.notes {
-            writeln!(f, "  note: {n}")?;
-        }
-        writeln!(f, "  per layer:")?;
-        for l in &self.layers {
-            writeln!(
-                f,
-                "    {:<28} {:<6} {}: {}",
-                l.node, l.op, l.chosen, l.reason
-            )?;
-        }
-        Ok(())
-    }
 }

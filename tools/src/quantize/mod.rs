@@ -51,6 +51,7 @@
 //! ```
 
 mod auto;
+mod bench;
 mod calibrate;
 mod data;
 mod evaluate;
@@ -58,97 +59,26 @@ mod graph;
 mod math;
 mod prepare;
 mod report;
+mod request;
 mod rewrite;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use perch_runtime::engine::internal::ArrayExt;
-use perch_runtime::engine::{DType, Dim, Input, LoadOptions, Model, TensorInfo};
-use serde::Serialize;
+use perch_runtime::engine::{DType, Dim, LoadOptions, Model, TensorInfo};
 
 pub use calibrate::Method;
 pub use evaluate::Agreement;
 pub use report::{Candidate, EvaluationData, FloatSummary, LayerReport, QuantizeReport};
+pub use request::{Mode, QuantizeRequest};
 pub use rewrite::Precision;
 
-use crate::onnx::{decode_model, encode_model, pb};
+use crate::onnx::{decode_model, pb};
 use crate::ToolError;
+use bench::Bench;
 use data::Dataset;
-use evaluate::Outputs;
-use rewrite::{Applied, Layer, RewriteOptions};
-
-/// Which quantization to produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Weight-only int8: per-channel int8 weights, float activations (float speed).
-    #[default]
-    Weights,
-    /// Static QDQ: calibrated uint8 activations and int8 weights.
-    Static,
-    /// Dynamic: activations quantized at run time, MatMulInteger / ConvInteger.
-    Dynamic,
-    /// Measure the candidates on the engine and choose per layer.
-    Auto,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Weights => "weights",
-            Mode::Static => "static",
-            Mode::Dynamic => "dynamic",
-            Mode::Auto => "auto",
-        })
-    }
-}
-
-/// What to quantize and how.
-#[derive(Debug, Clone)]
-pub struct QuantizeRequest {
-    /// The float ONNX model.
-    pub model: PathBuf,
-    /// Where to write the quantized model.
-    pub output: PathBuf,
-    /// The quantization to produce.
-    pub mode: Mode,
-    /// Calibration samples (.npy, .npz with `x`, or a folder of them); needed by static.
-    pub calibration: Option<PathBuf>,
-    /// Held-out evaluation samples (.npz with `x` and optional labels `y`, .npy, or a
-    /// folder); defaults to `golden/input_0.npy` beside the model.
-    pub eval: Option<PathBuf>,
-    /// How static calibration picks activation ranges.
-    pub method: Method,
-    /// The percentile for [`Method::Percentile`] (99.99 by default).
-    pub percentile: f64,
-    /// Per-output-channel weight scales (opsets 11 and 12 are converted to 13 for them;
-    /// per tensor below 11).
-    pub per_channel: bool,
-    /// Auto mode's budget: accuracy drop in points (or top-1 disagreement without labels).
-    pub max_accuracy_drop: f64,
-    /// Auto mode's budget for outputs that are not classification-shaped: relative error.
-    pub max_output_error: f64,
-}
-
-impl QuantizeRequest {
-    /// Defaults: weight-only, per-channel, minmax, a 1-point budget, 10% output error.
-    pub fn new(model: impl Into<PathBuf>, output: impl Into<PathBuf>) -> QuantizeRequest {
-        QuantizeRequest {
-            model: model.into(),
-            output: output.into(),
-            mode: Mode::Weights,
-            calibration: None,
-            eval: None,
-            method: Method::Minmax,
-            percentile: 99.99,
-            per_channel: true,
-            max_accuracy_drop: 1.0,
-            max_output_error: 0.1,
-        }
-    }
-}
+use rewrite::RewriteOptions;
 
 /// Quantizes `request.model` and writes the result to `request.output`.
 ///
@@ -585,107 +515,5 @@ fn quantization_format(graph: &pb::GraphProto) -> Option<String> {
         })
     } else {
         None
-    }
-}
-
-/// A quantized model built from a plan.
-#[derive(Debug, Clone)]
-pub(crate) struct Trial {
-    mode: Mode,
-    bytes: Vec<u8>,
-    applied: Vec<Applied>,
-}
-
-impl Trial {
-    fn quantized(&self) -> usize {
-        self.applied
-            .iter()
-            .filter(|a| a.precision != Precision::Float)
-            .count()
-    }
-}
-
-/// Everything needed to build and measure candidates.
-pub(crate) struct Bench<'a> {
-    source: &'a pb::ModelProto,
-    layers: &'a [Layer],
-    options: RewriteOptions,
-    float_model: &'a Model,
-    float_size: usize,
-    eval: Option<&'a Dataset>,
-    float_outputs: Option<&'a Outputs>,
-    float_accuracy: Option<f64>,
-    reference_input: (Vec<usize>, Vec<f32>),
-}
-
-/// A trial loaded by the engine and compared with the float model.
-pub(crate) struct Measured {
-    model: Result<Model, String>,
-    agreement: Option<Agreement>,
-}
-
-impl Bench<'_> {
-    fn build(&self, mode: Mode, plan: &[Precision]) -> Trial {
-        let (model, applied) = rewrite::rewrite(self.source, self.layers, plan, &self.options);
-        Trial {
-            mode,
-            bytes: encode_model(&model),
-            applied,
-        }
-    }
-
-    /// Loads a trial on the engine, runs it once on the reference input, and compares
-    /// it with the float model on the evaluation data.
-    fn check(&self, trial: &Trial) -> Result<Measured, ToolError> {
-        let model = Model::from_onnx_bytes(&trial.bytes, &LoadOptions::new())
-            .map_err(|e| e.to_string())
-            .and_then(|m| {
-                let (shape, values) = &self.reference_input;
-                m.run(&[Input::f32(shape, values)])
-                    .map_err(|e| e.to_string())?;
-                Ok(m)
-            });
-        let agreement = match (&model, self.eval, self.float_outputs) {
-            (Ok(m), Some(eval), Some(reference)) => {
-                let got = evaluate::run_all(m, eval)?;
-                Some(evaluate::agreement(reference, &got, eval.labels.as_deref()))
-            }
-            _ => None,
-        };
-        Ok(Measured { model, agreement })
-    }
-
-    /// The accuracy drop in points of an agreement, when accuracy is known.
-    fn drop_points(&self, agreement: Option<&Agreement>) -> Option<f64> {
-        Some((self.float_accuracy? - agreement?.accuracy?) * 100.0)
-    }
-
-    /// Builds the report entry of a trial: engine check, agreement, interleaved latency.
-    fn measure(&self, trial: &Trial) -> Result<Candidate, ToolError> {
-        let measured = self.check(trial)?;
-        self.candidate(trial, &measured)
-    }
-
-    fn candidate(&self, trial: &Trial, measured: &Measured) -> Result<Candidate, ToolError> {
-        let latency = match &measured.model {
-            Ok(m) => {
-                let (shape, values) = &self.reference_input;
-                Some(evaluate::latency_pair(self.float_model, m, shape, values)?)
-            }
-            Err(_) => None,
-        };
-        Ok(Candidate {
-            mode: trial.mode,
-            written: false,
-            engine_error: measured.model.as_ref().err().cloned(),
-            size_bytes: trial.bytes.len(),
-            size_ratio: self.float_size as f64 / trial.bytes.len().max(1) as f64,
-            layers_quantized: trial.quantized(),
-            agreement: measured.agreement.clone(),
-            accuracy_drop_points: self.drop_points(measured.agreement.as_ref()),
-            float_latency_p50_ms: latency.map(|l| l.0),
-            latency_p50_ms: latency.map(|l| l.1),
-            latency_ratio: latency.map(|(f, q)| q / f.max(1e-9)),
-        })
     }
 }

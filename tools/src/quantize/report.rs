@@ -1,11 +1,15 @@
 //! What `perch quantize` reports: the float model's figures, every candidate built and
 //! measured, each layer's fate, and the text form of all of it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
 
-use super::{auto, Agreement, Method, Mode, Precision};
+use super::calibrate::Method;
+use super::evaluate::Agreement;
+use super::request::Mode;
+use super::rewrite::Precision;
 
 /// Where the comparison data came from.
 #[derive(Debug, Clone, Serialize)]
@@ -110,7 +114,7 @@ pub struct QuantizeReport {
     /// The layers of the written model.
     pub layers: Vec<LayerReport>,
     /// Auto mode's measurements and choices.
-    pub auto: Option<auto::AutoReport>,
+    pub auto: Option<AutoReport>,
     /// Things the user should know (fallbacks, data caveats).
     pub notes: Vec<String>,
 }
@@ -273,5 +277,124 @@ impl fmt::Display for QuantizeReport {
             "\nlatencies are one machine's medians of interleaved runs (informational, noisy on a \
              shared machine)"
         )
+    }
+}
+
+/// How one precision fared as a whole model, and whether it was tried per layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrecisionVerdict {
+    /// The precision.
+    pub precision: Precision,
+    /// Whole-model latency / float latency, when measured.
+    pub latency_ratio: Option<f64>,
+    /// Whole-model loss in the budget's unit, when measured.
+    pub loss: Option<f64>,
+    /// Whether it was tried layer by layer.
+    pub tried_per_layer: bool,
+    /// Why (not).
+    pub reason: String,
+}
+
+/// One layer quantized alone at one precision.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerTrial {
+    /// The precision tried.
+    pub precision: Precision,
+    /// Loss against the float model in the budget's unit (None: the engine failed).
+    pub loss: Option<f64>,
+    /// Relative output error max|q - f| / max|f| (orders layers whose loss ties).
+    pub relative_error: Option<f64>,
+    /// Latency of the model with this layer at this precision / with int8 weights there
+    /// (integer precisions only).
+    pub latency_ratio: Option<f64>,
+}
+
+/// Auto mode's decision for one layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoLayer {
+    /// The node's name.
+    pub node: String,
+    /// Its operator.
+    pub op: String,
+    /// The precision chosen.
+    pub chosen: Precision,
+    /// What was measured.
+    pub trials: Vec<LayerTrial>,
+    /// The reason, in words.
+    pub reason: String,
+}
+
+/// What auto mode measured and chose.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoReport {
+    /// The budget, in words.
+    pub budget: String,
+    /// The unit of every `loss` figure.
+    pub loss_unit: String,
+    /// The budget as a number in that unit.
+    pub budget_value: f64,
+    /// Whole-model results per precision.
+    pub precisions: Vec<PrecisionVerdict>,
+    /// Per-layer decisions, in graph order.
+    pub layers: Vec<AutoLayer>,
+    /// Layers sent back to float because the combination exceeded the budget.
+    pub reverted: Vec<String>,
+    /// The loss of the chosen combination.
+    pub combined_loss: Option<f64>,
+    /// Caveats about the measurements.
+    pub notes: Vec<String>,
+}
+
+impl AutoReport {
+    /// Each layer's reason, by layer index.
+    pub(crate) fn reasons(&self) -> BTreeMap<usize, String> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i, l.reason.clone()))
+            .collect()
+    }
+}
+
+/// A loss in words.
+pub(super) fn fmt_loss(loss: Option<f64>, unit: &str) -> String {
+    match (loss, unit) {
+        (None, _) => "not measured".into(),
+        (Some(l), "relative_error") => format!("relative error {:.2}%", l * 100.0),
+        (Some(l), "top1_disagreement_points") => format!("top-1 disagreement {l:.2} pts"),
+        (Some(l), _) => format!("accuracy drop {l:+.2} pts"),
+    }
+}
+
+impl fmt::Display for AutoReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "auto: budget {}", self.budget)?;
+        for v in &self.precisions {
+            writeln!(f, "  {}: {}", v.precision, v.reason)?;
+        }
+        if !self.reverted.is_empty() {
+            writeln!(
+                f,
+                "  sent back to float to meet the budget: {}",
+                self.reverted.join(", ")
+            )?;
+        }
+        writeln!(
+            f,
+            "  chosen combination: {}",
+            fmt_loss(self.combined_loss, &self.loss_unit)
+        )?;
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        writeln!(f, "  per layer:")?;
+        for l in &self.layers {
+            writeln!(
+                f,
+                "    {:<28} {:<6} {}: {}",
+                l.node, l.op, l.chosen, l.reason
+            )?;
+        }
+        Ok(())
     }
 }

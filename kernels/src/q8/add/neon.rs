@@ -11,7 +11,7 @@
 
 use std::arch::aarch64::*;
 
-use super::Job;
+use super::job::Job;
 use crate::q8::quantize::neon::pack_bytes;
 
 /// One operand's sixteen bytes as four vectors of `(x − zx) · sx`.

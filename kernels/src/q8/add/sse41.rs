@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Job;
+use super::job::Job;
 use crate::q8::quantize::sse41::pack_bytes;
 
 /// Four vectors of `(x − zx) · sx` from sixteen bytes at `p`.

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Job;
+use super::job::Job;
 use crate::q8::in_tiles;
 use crate::q8::x86::Requant8;
 

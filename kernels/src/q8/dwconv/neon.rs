@@ -8,7 +8,7 @@
 
 use std::arch::aarch64::*;
 
-use super::Job;
+use super::job::Job;
 use crate::q8::gemm::neon::{requantize, store_partial, with_zero_point};
 use crate::q8::in_tiles;
 

@@ -10,7 +10,7 @@
 
 use std::arch::aarch64::*;
 
-use super::Job;
+use super::job::Job;
 use crate::q8::in_tiles;
 
 /// Pixels per tile.

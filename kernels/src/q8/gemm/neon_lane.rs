@@ -16,8 +16,8 @@
 
 use std::arch::aarch64::*;
 
+use super::job::Job;
 use super::neon::{output_bytes, requantize, store_partial, with_zero_point};
-use super::Job;
 use crate::q8::in_tiles;
 
 /// The most inputs per output this kernel takes (planning refuses longer rows; up to

@@ -6,7 +6,7 @@
 
 use std::arch::aarch64::*;
 
-use super::Job;
+use super::job::Job;
 
 /// # Safety
 /// `x` and `y` hold `n` elements.

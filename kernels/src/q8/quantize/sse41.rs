@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Job;
+use super::job::Job;
 
 /// # Safety
 /// `x` and `y` hold `n` elements; the CPU has SSE4.1.

@@ -6,8 +6,9 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_core::ops::nn::DataFormat;
 
+use super::common::padding;
 use super::fuse::epilogue_after;
-use super::{padding, Considered, KernelNode};
+use super::kernel_node::{Considered, KernelNode};
 use crate::kernels::f32_dwconv::{DwConv, DwGeometry, Layout};
 use crate::kernels::{Activation, Cpu};
 
@@ -110,7 +111,7 @@ impl EvalOp for PerchDwConv {
         let (x, w, b) = args_3!(inputs);
         let g = self.conv.geometry();
         let shape = x.shape();
-        let (images, image) = super::images(shape);
+        let (images, image) = super::common::images(shape);
         let expected = self.image_shape(g.input);
         ensure!(
             image == expected,

@@ -15,8 +15,9 @@ use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::math::Add;
 
+use super::common::{datum, ensure_integers, kernel_op};
+use super::kernel_node::{replacement, Considered, KernelNode};
 use super::qdq::{dequantized, single_quantize};
-use super::{datum, ensure_integers, kernel_op, replacement, Considered, KernelNode};
 use crate::kernels::f32_dwconv::Layout;
 use crate::kernels::q8::add::{Operand, QAdd};
 use crate::kernels::q8::quantize::Quantize;

@@ -24,11 +24,10 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_core::ops::nn::DataFormat;
 
+use super::common::{datum, ensure_integers, images, kernel_op, padding};
 use super::fuse::epilogue_after;
+use super::kernel_node::{replacement, Considered, KernelNode};
 use super::qdq::{dequantized, output_quantize, usable_input};
-use super::{
-    datum, ensure_integers, images, kernel_op, padding, replacement, Considered, KernelNode,
-};
 use crate::kernels::f32_dwconv::{DwGeometry, Layout};
 use crate::kernels::q8::dwconv::QDwConv;
 use crate::kernels::q8::gemm::Gemm;

@@ -18,10 +18,11 @@ use std::cell::RefCell;
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
+use super::common::{datum, ensure_integers, kernel_op};
 use super::fuse::epilogue_after;
+use super::kernel_node::{replacement, Considered, KernelNode};
 use super::qconv::{integer_weights, quantized_channels};
 use super::qdq::{dequantized, output_quantize, usable_input};
-use super::{datum, ensure_integers, kernel_op, replacement, Considered, KernelNode};
 use crate::kernels::q8::gemm::Gemm;
 use crate::kernels::q8::{ChannelOutput, OutputQuant, QType};
 use crate::kernels::transpose::transpose;

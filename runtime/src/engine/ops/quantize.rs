@@ -8,8 +8,9 @@
 
 use tract_core::internal::*;
 
+use super::common::{datum, kernel_op};
+use super::kernel_node::{replacement, Considered, KernelNode};
 use super::qdq::quantize_inverse;
-use super::{datum, kernel_op, replacement, Considered, KernelNode};
 use crate::kernels::q8::quantize::{QQuantize, Quantize};
 use crate::kernels::Cpu;
 
