@@ -86,7 +86,8 @@ pub use crate::Unsupported;
 /// Runs `tile::<G.., WIDE>(args.., i)` (written `tile[G..]`) for each whole tile of `WIDE` indices in
 /// `0..n`, then `tile::<G.., 1>(args.., i)` for each index left: a microkernel's
 /// driver over pixels, expanded inside the variant's `#[target_feature]` function so
-/// that the tiles inline into it.
+/// that the tiles inline into it. Only the aarch64 and x86-64 variants have tiles.
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 macro_rules! in_tiles {
     ($tile:ident[$($g:tt),*], $wide:expr, $n:expr, ($($arg:expr),*)) => {{
         let n = $n;
@@ -101,6 +102,7 @@ macro_rules! in_tiles {
         }
     }};
 }
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 pub(crate) use in_tiles;
 
 /// A per-channel value of every channel, then `fill` up to `len` channels (a kernel's
