@@ -608,6 +608,7 @@ def write_fixtures(report):
     save_model(lrn_fixture(), os.path.join(d, "onnx-extension-op.onnx"))
     write_depthwise_fixture(d)
     write_depthwise_nhwc_fixture(d)
+    write_qdq_depthwise_fixture(d)
     write_quantized_softmax_fixture(d)
     write_qlinear_contrib_fixture(d)
     write_exported_fixture(d)
@@ -917,6 +918,71 @@ def write_depthwise_fixture(d):
     save_npy(os.path.join(d, "depthwise-variants.input_0.npy"), xs)
     for i, y in enumerate(ys):
         save_npy(os.path.join(d, f"depthwise-variants.output_{i}.npy"), f32(y))
+
+
+QDQ_DEPTHWISE_STRIDES = [("s2x1", [2, 1]), ("s1x2", [1, 2]), ("s2x2", [2, 2])]
+
+
+def write_qdq_depthwise_fixture(d):
+    """Depthwise 3x3 convolutions in QDQ form (u8 activations, per-channel i8 weights,
+    i32 bias) with strides 2x1, 1x2 and 2x2 on one [1, 24, 12, 10] input, as MobileNetV3
+    text classifiers (PaddleOCR's) have the unequal ones, with ONNX Runtime's fused
+    outputs (ORT_ENABLE_ALL: QLinearConv)."""
+    rng = np.random.default_rng(21)
+    c, h, w = 24, 12, 10
+    sx, zx = 0.02, 128
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x.scale", "x.zp"], ["x.q"], name="x.quantize"),
+        helper.make_node("DequantizeLinear", ["x.q", "x.scale", "x.zp"], ["x.dq"], name="x.dequantize"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(sx, np.float32), "x.scale"),
+        numpy_helper.from_array(np.array(zx, np.uint8), "x.zp"),
+    ]
+    outputs = []
+    for name, strides in QDQ_DEPTHWISE_STRIDES:
+        wf = rng.normal(size=(c, 1, 3, 3)) * 0.3
+        sw = f32(np.abs(wf).reshape(c, -1).max(axis=1) / 127)
+        wq = np.clip(np.round(wf / sw[:, None, None, None]), -127, 127).astype(np.int8)
+        bq = np.round(rng.normal(size=(c,)) * 0.1 / (sx * sw)).astype(np.int32)
+        sy = 0.03 + 0.01 * len(outputs)
+        inits += [
+            numpy_helper.from_array(wq, f"{name}.w"),
+            numpy_helper.from_array(sw, f"{name}.w.scale"),
+            numpy_helper.from_array(np.zeros(c, np.int8), f"{name}.w.zp"),
+            numpy_helper.from_array(bq, f"{name}.b"),
+            numpy_helper.from_array(f32(sx * sw), f"{name}.b.scale"),
+            numpy_helper.from_array(np.zeros(c, np.int32), f"{name}.b.zp"),
+            numpy_helper.from_array(np.array(sy, np.float32), f"{name}.y.scale"),
+            numpy_helper.from_array(np.array(120, np.uint8), f"{name}.y.zp"),
+        ]
+        nodes += [
+            helper.make_node("DequantizeLinear", [f"{name}.w", f"{name}.w.scale", f"{name}.w.zp"],
+                             [f"{name}.w.dq"], name=f"{name}.w.dequantize", axis=0),
+            helper.make_node("DequantizeLinear", [f"{name}.b", f"{name}.b.scale", f"{name}.b.zp"],
+                             [f"{name}.b.dq"], name=f"{name}.b.dequantize", axis=0),
+            helper.make_node("Conv", ["x.dq", f"{name}.w.dq", f"{name}.b.dq"], [f"{name}.conv"], name=name,
+                             kernel_shape=[3, 3], strides=strides, pads=[1, 1, 1, 1], group=c),
+            helper.make_node("QuantizeLinear", [f"{name}.conv", f"{name}.y.scale", f"{name}.y.zp"],
+                             [f"{name}.q"], name=f"{name}.quantize"),
+            helper.make_node("DequantizeLinear", [f"{name}.q", f"{name}.y.scale", f"{name}.y.zp"],
+                             [name], name=f"{name}.dequantize"),
+        ]
+        outputs.append(name)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])
+    graph = helper.make_graph(nodes, "qdq_depthwise_strides", [x], [], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION,
+                              producer_name=PRODUCER, producer_version="1")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    by_name = {vi.name: vi for vi in inferred.graph.value_info}
+    model.graph.output.extend(by_name[name] for name in outputs)
+    check_model(model, "qdq-depthwise-strides")
+    save_model(model, os.path.join(d, "qdq-depthwise-strides.onnx"))
+    xs = f32(rng.normal(size=(1, c, h, w)))
+    ys = run(model, {"x": xs}, optimize=True)
+    save_npy(os.path.join(d, "qdq-depthwise-strides.input_0.npy"), xs)
+    for i, y in enumerate(ys):
+        save_npy(os.path.join(d, f"qdq-depthwise-strides.output_{i}.npy"), f32(y))
 
 
 def write_depthwise_nhwc_fixture(d):
@@ -1410,6 +1476,8 @@ def write_readme(entries, fx, tab):
         "  asymmetric padding, a ReLU fused) or leave to tract with a reason (dilation, 7x7, stride 3,\n"
         "  groups of 4 channels, a channel multiplier of 2), with ONNX Runtime's outputs\n"
         "  (`depthwise-variants.input_0.npy`, `.output_N.npy`).\n"
+        "- `fixtures/qdq-depthwise-strides.onnx`: depthwise 3x3 convolutions in QDQ form (u8, per-channel\n"
+        "  i8 weights) with strides 2x1, 1x2 and 2x2, and ONNX Runtime's fused outputs.\n"
         "- `fixtures/depthwise-nhwc.onnx`: two depthwise convolutions between transposes from and to\n"
         "  channels last (as TensorFlow conversions have them), which the engine runs channels last.\n"
         "- `fixtures/quantized-softmax.onnx`: QuantizeLinear, DequantizeLinear, Softmax, QuantizeLinear,\n"

@@ -23,7 +23,7 @@
 //! use perch_kernels::{f32_dwconv::{DwConv, DwGeometry, Layout}, Activation, Cpu};
 //!
 //! // A 3x3 depthwise convolution over 2 channels of 4x4, stride 1, "same" padding.
-//! let geo = DwGeometry::new(2, [4, 4], [3, 3], 1, [1, 1, 1, 1]).unwrap();
+//! let geo = DwGeometry::new(2, [4, 4], [3, 3], [1, 1], [1, 1, 1, 1]).unwrap();
 //! let conv = DwConv::plan(geo, Layout::Chw, Activation::Relu, Cpu::detect()).unwrap();
 //! let input = vec![1.0f32; 2 * 16];
 //! let weights = vec![0.5f32; 2 * 9];

@@ -141,6 +141,52 @@ mod onnx_runtime_files {
     }
 }
 
+mod unequal_strides {
+    use super::*;
+
+    /// Depthwise QDQ convolutions with strides 2x1, 1x2 and 2x2 (PaddleOCR's text
+    /// classifiers have the 2x1 ones) run on the 8-bit depthwise kernels, the vertical
+    /// stride taken as a row step, and give ONNX Runtime's fused answer to within one
+    /// step, as tract's path does.
+    #[test]
+    fn depthwise_convolutions_with_unequal_strides_run_on_the_kernels_with_onnx_runtimes_answer() {
+        let fixtures = models().join("fixtures");
+        let path = fixtures.join("qdq-depthwise-strides.onnx");
+        let file = proto(&path);
+        let graph = file.graph.as_ref().unwrap();
+        let input = read_npy(fixtures.join("qdq-depthwise-strides.input_0.npy")).unwrap();
+        let names = ["s2x1", "s1x2", "s2x2"];
+        for kernels in KERNELS {
+            let model = load(&path, kernels);
+            let planned: Vec<(String, String)> = model
+                .metadata()
+                .kernels
+                .iter()
+                .filter_map(|k| Some((k.node.clone(), k.kernel.clone()?)))
+                .collect();
+            for name in names {
+                let on_kernel = planned
+                    .iter()
+                    .any(|(node, kernel)| node == name && kernel.starts_with("q8_dwconv_3x3"));
+                assert_eq!(on_kernel, kernels, "{name}, kernels {kernels}: {planned:?}");
+            }
+            let out = model.run(&[input.input().unwrap()]).unwrap();
+            for (i, name) in names.iter().enumerate() {
+                let want = read_npy(fixtures.join(format!("qdq-depthwise-strides.output_{i}.npy")))
+                    .unwrap();
+                let step = scalar(graph, &format!("{name}.y.scale"));
+                let (worst, exact) = steps(out.view(i).unwrap(), want.view(), step);
+                println!("{name}, kernels {kernels}: {worst} steps, {exact:.3} exact");
+                assert!(worst <= 1, "{name}, kernels {kernels}: {worst} steps");
+                assert!(
+                    exact >= 0.99,
+                    "{name}, kernels {kernels}: only {exact:.3} exact"
+                );
+            }
+        }
+    }
+}
+
 mod contrib_operators {
     use super::*;
 

@@ -41,7 +41,8 @@ pub(crate) struct Job {
 
 /// Rows and columns of each stride-phase plane.
 fn plane_shape(g: &DwGeometry) -> [usize; 2] {
-    let s = g.stride;
+    // Planning took equal strides only.
+    let s = g.stride[0];
     [
         g.output[0] + g.kernel[0].div_ceil(s) - 1,
         g.output[1] + g.kernel[1].div_ceil(s) - 1,
@@ -56,7 +57,7 @@ fn plane_len(g: &DwGeometry) -> usize {
 
 /// Scratch elements: `s²` planes.
 pub(super) fn scratch_len(g: &DwGeometry) -> usize {
-    g.stride * g.stride * plane_len(g)
+    g.stride[0] * g.stride[1] * plane_len(g)
 }
 
 /// Runs `kernel` on every channel of every image (lengths checked by the caller).

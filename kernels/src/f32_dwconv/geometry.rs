@@ -45,8 +45,8 @@ pub struct DwGeometry {
     pub input: [usize; 2],
     /// Filter height and width.
     pub kernel: [usize; 2],
-    /// Stride, the same along both axes.
-    pub stride: usize,
+    /// Stride: vertical, horizontal.
+    pub stride: [usize; 2],
     /// Zero padding: top, left, bottom, right.
     pub padding: [usize; 4],
     /// Output height and width (computed).
@@ -59,7 +59,7 @@ impl DwGeometry {
         channels: usize,
         input: [usize; 2],
         kernel: [usize; 2],
-        stride: usize,
+        stride: [usize; 2],
         padding: [usize; 4],
     ) -> Result<DwGeometry, Unsupported> {
         let [t, l, b, r] = padding;
@@ -70,9 +70,9 @@ impl DwGeometry {
         let (Some(ph), Some(pw)) = (padded[0], padded[1]) else {
             return Err(Unsupported("padding overflows".into()));
         };
-        if channels == 0 || input.contains(&0) || kernel.contains(&0) || stride == 0 {
+        if channels == 0 || input.contains(&0) || kernel.contains(&0) || stride.contains(&0) {
             return Err(Unsupported(format!(
-                "empty geometry ({channels} channels, input {input:?}, filter {kernel:?}, stride {stride})"
+                "empty geometry ({channels} channels, input {input:?}, filter {kernel:?}, stride {stride:?})"
             )));
         }
         if ph < kernel[0] || pw < kernel[1] {
@@ -81,7 +81,10 @@ impl DwGeometry {
                 kernel[0], kernel[1]
             )));
         }
-        let output = [(ph - kernel[0]) / stride + 1, (pw - kernel[1]) / stride + 1];
+        let output = [
+            (ph - kernel[0]) / stride[0] + 1,
+            (pw - kernel[1]) / stride[1] + 1,
+        ];
         // Every buffer this geometry implies, padded scratch included, must be
         // addressable.
         let fits = [[ph, pw], input, output].iter().all(|hw| {
@@ -118,6 +121,14 @@ impl DwGeometry {
     /// Elements of the filters (`channels × kh × kw`).
     pub fn weights_len(&self) -> usize {
         self.channels * self.kernel[0] * self.kernel[1]
+    }
+
+    /// The padded input's rows and columns that the output reads, no more.
+    pub fn padded_shape(&self) -> [usize; 2] {
+        [
+            (self.output[0] - 1) * self.stride[0] + self.kernel[0],
+            (self.output[1] - 1) * self.stride[1] + self.kernel[1],
+        ]
     }
 
     /// Multiply-accumulates of one image.

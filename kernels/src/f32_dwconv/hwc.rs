@@ -36,10 +36,7 @@ pub(crate) struct Job {
 
 /// The padded copy's rows and columns: what the output reads, no more.
 fn padded_shape(g: &DwGeometry) -> [usize; 2] {
-    [
-        (g.output[0] - 1) * g.stride + g.kernel[0],
-        (g.output[1] - 1) * g.stride + g.kernel[1],
-    ]
+    g.padded_shape()
 }
 
 /// Channels rounded up to the widest vector, for the packed filters and biases.

@@ -319,10 +319,15 @@ impl DwConv {
         mut candidates: impl Iterator<Item = &'static Variant>,
     ) -> Result<DwConv, Unsupported> {
         let [kh, kw] = geometry.kernel;
-        let s = geometry.stride;
+        let [s, sw] = geometry.stride;
         if !matches!((kh, kw), (3, 3) | (5, 5)) {
             return Err(Unsupported(format!(
                 "{kh}x{kw} filter (the kernels cover 3x3 and 5x5)"
+            )));
+        }
+        if s != sw {
+            return Err(Unsupported(format!(
+                "strides {s}x{sw} (the float kernels take equal strides)"
             )));
         }
         if !matches!(s, 1 | 2) {

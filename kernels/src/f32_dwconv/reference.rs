@@ -33,8 +33,8 @@ pub fn reference(
                 let mut sum = bias.map_or(0.0, |b| b[c]);
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        let iy = (oy * g.stride + ky) as isize - top as isize;
-                        let ix = (ox * g.stride + kx) as isize - left as isize;
+                        let iy = (oy * g.stride[0] + ky) as isize - top as isize;
+                        let ix = (ox * g.stride[1] + kx) as isize - left as isize;
                         if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                             continue;
                         }

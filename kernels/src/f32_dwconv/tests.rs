@@ -103,7 +103,7 @@ fn geometry() -> impl Strategy<Value = (DwGeometry, Activation, bool)> {
         .prop_filter_map(
             "padded input smaller than the filter",
             |(c, h, w, k, s, pad, act, bias)| {
-                DwGeometry::new(c, [h, w], [k, k], s, pad)
+                DwGeometry::new(c, [h, w], [k, k], [s; 2], pad)
                     .ok()
                     .map(|g| (g, act, bias))
             },
@@ -121,7 +121,7 @@ proptest! {
     ) {
         for variant in runnable()
             .into_iter()
-            .filter(|v| v.kernel == g.kernel && v.stride == g.stride)
+            .filter(|v| [v.stride; 2] == g.stride && v.kernel == g.kernel)
         {
             let err = compare(variant, g, activation, with_bias, images, seed);
             prop_assert!(err <= 1e-5, "{} on {g:?} {activation:?}: relative error {err}", variant.name);
@@ -135,27 +135,27 @@ fn the_shapes_of_the_reference_models_match_the_reference() {
     // sizes, 7x7 maps), with the activations those models fuse.
     let cases = [
         (
-            DwGeometry::new(64, [25, 5], [3, 3], 1, [1, 1, 1, 1]),
+            DwGeometry::new(64, [25, 5], [3, 3], [1; 2], [1, 1, 1, 1]),
             Activation::Relu,
         ),
         (
-            DwGeometry::new(48, [48, 48], [3, 3], 2, [1, 1, 1, 1]),
+            DwGeometry::new(48, [48, 48], [3, 3], [2; 2], [1, 1, 1, 1]),
             Activation::Clamp(0.0, 6.0),
         ),
         (
-            DwGeometry::new(96, [13, 13], [3, 3], 2, [1, 1, 1, 1]),
+            DwGeometry::new(96, [13, 13], [3, 3], [2; 2], [1, 1, 1, 1]),
             Activation::Clamp(0.0, 6.0),
         ),
         (
-            DwGeometry::new(336, [3, 3], [3, 3], 1, [1, 1, 1, 1]),
+            DwGeometry::new(336, [3, 3], [3, 3], [1; 2], [1, 1, 1, 1]),
             Activation::Clamp(0.0, 6.0),
         ),
         (
-            DwGeometry::new(8, [17, 9], [5, 5], 2, [2, 2, 2, 2]),
+            DwGeometry::new(8, [17, 9], [5, 5], [2; 2], [2, 2, 2, 2]),
             Activation::None,
         ),
         (
-            DwGeometry::new(8, [16, 31], [5, 5], 1, [2, 1, 0, 3]),
+            DwGeometry::new(8, [16, 31], [5, 5], [1; 2], [2, 1, 0, 3]),
             Activation::Relu,
         ),
     ];
@@ -163,7 +163,7 @@ fn the_shapes_of_the_reference_models_match_the_reference() {
         let g = g.unwrap();
         for variant in runnable()
             .into_iter()
-            .filter(|v| v.kernel == g.kernel && v.stride == g.stride)
+            .filter(|v| [v.stride; 2] == g.stride && v.kernel == g.kernel)
         {
             let err = compare(variant, g, activation, true, 2, 7);
             assert!(
@@ -191,7 +191,7 @@ fn every_layout_filter_size_and_stride_has_a_portable_variant_and_plans_the_best
                 "{case}: no portable variant"
             );
             let best = matching().map(|v| v.isa).max().unwrap();
-            let g = DwGeometry::new(1, [8, 8], [k, k], s, [1; 4]).unwrap();
+            let g = DwGeometry::new(1, [8, 8], [k, k], [s; 2], [1; 4]).unwrap();
             let planned = DwConv::plan(g, layout, Activation::None, Cpu::detect()).unwrap();
             assert_eq!(
                 planned.variant().isa,
@@ -212,7 +212,7 @@ fn every_layout_filter_size_and_stride_has_a_portable_variant_and_plans_the_best
 #[test]
 fn a_nan_input_gives_nan_outputs_where_it_is_read_whatever_the_activation() {
     // One channel: both layouts have the same memory order.
-    let g = DwGeometry::new(1, [6, 6], [3, 3], 1, [1, 1, 1, 1]).unwrap();
+    let g = DwGeometry::new(1, [6, 6], [3, 3], [1; 2], [1, 1, 1, 1]).unwrap();
     for variant in runnable()
         .into_iter()
         .filter(|v| v.kernel == [3, 3] && v.stride == 1)
@@ -248,7 +248,7 @@ fn planning_says_why_a_convolution_is_not_covered() {
     let cpu = Cpu::detect();
     let plan = |k: usize, s: usize| {
         DwConv::plan(
-            DwGeometry::new(4, [16, 16], [k, k], s, [1; 4]).unwrap(),
+            DwGeometry::new(4, [16, 16], [k, k], [s; 2], [1; 4]).unwrap(),
             Layout::Chw,
             Activation::None,
             cpu,
@@ -258,15 +258,24 @@ fn planning_says_why_a_convolution_is_not_covered() {
     };
     assert_eq!(plan(7, 1), "7x7 filter (the kernels cover 3x3 and 5x5)");
     assert_eq!(plan(3, 3), "stride 3 (the kernels cover 1 and 2)");
-    let err = DwGeometry::new(4, [1, 1], [3, 3], 1, [0; 4]).unwrap_err().0;
+    let unequal = DwGeometry::new(4, [16, 16], [3, 3], [2, 1], [1; 4]).unwrap();
+    assert_eq!(
+        DwConv::plan(unequal, Layout::Hwc, Activation::None, cpu)
+            .unwrap_err()
+            .0,
+        "strides 2x1 (the float kernels take equal strides)"
+    );
+    let err = DwGeometry::new(4, [1, 1], [3, 3], [1; 2], [0; 4])
+        .unwrap_err()
+        .0;
     assert_eq!(err, "the padded input 1x1 is smaller than the filter 3x3");
-    assert!(DwGeometry::new(usize::MAX, [2, 2], [3, 3], 1, [1; 4]).is_err());
-    assert!(DwGeometry::new(1, [usize::MAX, 2], [3, 3], 1, [1; 4]).is_err());
+    assert!(DwGeometry::new(usize::MAX, [2, 2], [3, 3], [1; 2], [1; 4]).is_err());
+    assert!(DwGeometry::new(1, [usize::MAX, 2], [3, 3], [1; 2], [1; 4]).is_err());
 }
 
 #[test]
 fn slices_of_the_wrong_length_are_refused_before_anything_is_written() {
-    let g = DwGeometry::new(2, [4, 4], [3, 3], 1, [1; 4]).unwrap();
+    let g = DwGeometry::new(2, [4, 4], [3, 3], [1; 2], [1; 4]).unwrap();
     let conv = DwConv::plan(g, Layout::Chw, Activation::None, Cpu::detect()).unwrap();
     let mut out = vec![9.0; 32];
     let mut scratch = vec![0.0; conv.scratch_len()];

@@ -24,7 +24,7 @@ pub struct Variant {
     pub isa: Isa,
     /// Filter height and width.
     pub kernel: [usize; 2],
-    /// Stride.
+    /// Horizontal stride (any vertical one is taken: `Job::row_step`).
     pub stride: usize,
     /// Whether it takes weights of −128.
     pub any_weight: bool,
@@ -197,10 +197,10 @@ impl QDwConv {
                 "{kh}x{kw} filter (the kernels cover 3x3 and 5x5)"
             )));
         }
-        if !matches!(g.stride, 1 | 2) {
+        let [sh, sw] = g.stride;
+        if !matches!(sw, 1 | 2) || !matches!(sh, 1 | 2) {
             return Err(Unsupported(format!(
-                "stride {} (the kernels cover 1 and 2)",
-                g.stride
+                "strides {sh}x{sw} (the kernels cover 1 and 2 along each axis)"
             )));
         }
         let (tlo, thi) = input.range();
@@ -219,11 +219,10 @@ impl QDwConv {
             )));
         }
         let variant = candidates
-            .find(|v| v.kernel == g.kernel && v.stride == g.stride)
+            .find(|v| v.kernel == g.kernel && v.stride == sw)
             .ok_or_else(|| {
                 Unsupported(format!(
-                    "no {kh}x{kw} stride-{} kernel for this CPU",
-                    g.stride
+                    "no {kh}x{kw} kernel of horizontal stride {sw} for this CPU"
                 ))
             })?;
         let c = g.channels;
@@ -260,11 +259,7 @@ impl QDwConv {
     }
 
     fn padded_shape(&self) -> [usize; 2] {
-        let g = &self.geometry;
-        [
-            (g.output[0] - 1) * g.stride + g.kernel[0],
-            (g.output[1] - 1) * g.stride + g.kernel[1],
-        ]
+        self.geometry.padded_shape()
     }
 
     /// Scratch bytes [`QDwConv::run`] needs.
@@ -325,6 +320,7 @@ impl QDwConv {
             let job = Job {
                 padded: scratch.as_ptr() as *const i8,
                 wp,
+                row_step: g.stride[0],
                 c,
                 ho: g.output[0],
                 wo: g.output[1],
@@ -389,7 +385,7 @@ unsafe fn portable<const KH: usize, const KW: usize, const S: usize>(job: &Job) 
                     for kx in 0..KW {
                         let v = *job
                             .padded
-                            .add(((y * S + ky) * job.wp + x * S + kx) * c + ch);
+                            .add(((y * job.row_step + ky) * job.wp + x * S + kx) * c + ch);
                         let w = *job.weights.add((ky * KW + kx) * job.cp + ch);
                         acc = acc.wrapping_add(v as i32 * w as i32);
                     }

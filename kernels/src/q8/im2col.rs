@@ -16,10 +16,7 @@ pub fn scratch_len(g: &DwGeometry) -> usize {
 
 /// The padded image's height and width: what the output pixels' taps cover.
 fn padded_shape(g: &DwGeometry) -> [usize; 2] {
-    [
-        (g.output[0] - 1) * g.stride + g.kernel[0],
-        (g.output[1] - 1) * g.stride + g.kernel[1],
-    ]
+    g.padded_shape()
 }
 
 /// Fills `rows` (`Ho · Wo` rows of `kp` bytes, `kp >= kh · kw · C`) from the
@@ -69,7 +66,7 @@ pub fn im2col(g: &DwGeometry, pad: u8, x: &[u8], rows: &mut [u8], kp: usize, scr
             let Some(row) = pixel.next() else { return };
             let (taps, tail) = row.split_at_mut(kh * span);
             fill(tail, &zeros);
-            let mut at = (oy * g.stride * wp + ox * g.stride) * c;
+            let mut at = (oy * g.stride[0] * wp + ox * g.stride[1]) * c;
             for dst in taps.chunks_exact_mut(span) {
                 copy_short(dst, &padded[at..at + span]);
                 at += wp * c;
@@ -127,8 +124,8 @@ mod tests {
                 let row = &mut rows[(oy * g.output[1] + ox) * kp..][..kp];
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        let iy = (oy * g.stride + ky) as isize - g.padding[0] as isize;
-                        let ix = (ox * g.stride + kx) as isize - g.padding[1] as isize;
+                        let iy = (oy * g.stride[0] + ky) as isize - g.padding[0] as isize;
+                        let ix = (ox * g.stride[1] + kx) as isize - g.padding[1] as isize;
                         for ci in 0..c {
                             let inside = (0..g.input[0] as isize).contains(&iy)
                                 && (0..g.input[1] as isize).contains(&ix);
@@ -148,13 +145,13 @@ mod tests {
     #[test]
     fn rows_hold_every_tap_the_padding_and_trailing_zeros() {
         for (c, hw, k, stride, padding) in [
-            (3, [9, 11], [3, 3], 2, [1, 1, 1, 1]),
-            (1, [7, 7], [3, 3], 1, [1, 1, 1, 1]),
-            (2, [6, 5], [5, 5], 1, [2, 2, 2, 2]),
-            (5, [8, 8], [3, 3], 2, [0, 0, 1, 1]),
-            (16, [5, 6], [3, 3], 1, [1, 0, 1, 2]),
-            (3, [4, 4], [1, 7], 1, [0, 3, 0, 3]),
-            (2, [8, 8], [3, 3], 2, [0, 0, 0, 0]),
+            (3, [9, 11], [3, 3], [2, 2], [1, 1, 1, 1]),
+            (1, [7, 7], [3, 3], [1, 1], [1, 1, 1, 1]),
+            (2, [6, 5], [5, 5], [1, 1], [2, 2, 2, 2]),
+            (5, [8, 8], [3, 3], [2, 2], [0, 0, 1, 1]),
+            (16, [5, 6], [3, 3], [1, 1], [1, 0, 1, 2]),
+            (3, [4, 4], [1, 7], [1, 1], [0, 3, 0, 3]),
+            (2, [8, 8], [3, 3], [2, 2], [0, 0, 0, 0]),
         ] {
             let g = DwGeometry::new(c, hw, k, stride, padding).unwrap();
             let x = test_bytes(hw[0] * hw[1] * c, c as u64);
@@ -163,7 +160,7 @@ mod tests {
             let mut got = vec![0xEE; want.len()];
             let mut scratch = vec![0xEE; scratch_len(&g)];
             im2col(&g, 77, &x, &mut got, kp, &mut scratch);
-            assert_eq!(got, want, "{c} ch {hw:?} {k:?} s{stride} {padding:?}");
+            assert_eq!(got, want, "{c} ch {hw:?} {k:?} s{stride:?} {padding:?}");
         }
     }
 }

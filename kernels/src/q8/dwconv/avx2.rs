@@ -44,7 +44,7 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
         let input = |j: usize, t: usize| {
             let (ky, kx) = (t / KW, t % KW);
             job.padded
-                .add(((y * S + ky) * job.wp + (x + j) * S + kx) * c + c0)
+                .add(((y * job.row_step + ky) * job.wp + (x + j) * S + kx) * c + c0)
         };
         let weight = |t: usize| job.weights.add(t * job.cp + c0);
         let taps = KH * KW;

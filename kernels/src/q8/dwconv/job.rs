@@ -10,6 +10,9 @@ pub(crate) struct Job {
     /// The padded image, `hp × wp × c` signed bytes, then [`SLACK`](super::SLACK) more.
     pub padded: *const i8,
     pub wp: usize,
+    /// Padded rows from one output row to the next: the vertical stride (the variant's
+    /// own stride is the horizontal one).
+    pub row_step: usize,
     pub c: usize,
     pub ho: usize,
     pub wo: usize,

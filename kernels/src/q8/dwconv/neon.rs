@@ -52,7 +52,7 @@ unsafe fn pixels<const KH: usize, const KW: usize, const S: usize, const P: usiz
             let (ky, kx) = (t / KW, t % KW);
             vld1q_s8(
                 job.padded
-                    .add(((y * S + ky) * job.wp + (x + j) * S + kx) * c + c0),
+                    .add(((y * job.row_step + ky) * job.wp + (x + j) * S + kx) * c + c0),
             )
         };
         let weight = |t: usize| vld1q_s8(job.weights.add(t * job.cp + c0));

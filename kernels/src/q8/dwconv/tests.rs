@@ -100,7 +100,7 @@ fn geometry() -> impl Strategy<Value = DwGeometry> {
         1usize..12,
         1usize..12,
         prop_oneof![Just(3usize), Just(5)],
-        1usize..=2,
+        [1usize..=2, 1usize..=2],
         [0usize..3, 0usize..3, 0usize..3, 0usize..3],
     )
         .prop_filter_map(
@@ -117,7 +117,7 @@ proptest! {
         g in geometry(), images in 1usize..3, seed in any::<u64>(),
     ) {
         let cpu = Cpu::detect();
-        let same = |v: &&Variant| v.kernel == g.kernel && v.stride == g.stride;
+        let same = |v: &&Variant| v.kernel == g.kernel && v.stride == g.stride[1];
         let portable = VARIANTS.iter().filter(same).find(|v| v.isa == Isa::Portable).unwrap();
         for any_weight in [false, true] {
             let c = case(g, images, seed, any_weight);
@@ -131,7 +131,7 @@ proptest! {
     #[test]
     fn the_reference_is_within_one_step_of_the_real_numbers(g in geometry(), seed in any::<u64>()) {
         let c = case(g, 1, seed, true);
-        let same = |v: &&Variant| v.kernel == g.kernel && v.stride == g.stride;
+        let same = |v: &&Variant| v.kernel == g.kernel && v.stride == g.stride[1];
         let portable = VARIANTS.iter().filter(same).find(|v| v.isa == Isa::Portable).unwrap();
         let got = run(&c, portable);
         let [h, w] = g.input;
@@ -144,8 +144,8 @@ proptest! {
                     let mut acc = c.bias[ch] as f64;
                     for ky in 0..kh {
                         for kx in 0..kw {
-                            let iy = (oy * g.stride + ky) as isize - top as isize;
-                            let ix = (ox * g.stride + kx) as isize - left as isize;
+                            let iy = (oy * g.stride[0] + ky) as isize - top as isize;
+                            let ix = (ox * g.stride[1] + kx) as isize - left as isize;
                             if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                 continue;
                             }
@@ -170,13 +170,19 @@ fn values_far_outside_the_sixteen_bit_range_saturate_as_the_reference_does() {
     // NEON kernel narrows to 16 bits before adding the zero point and clamping.
     let cpu = Cpu::detect();
     for (seed, kernel) in (0..24u64).zip([3usize, 5].into_iter().cycle()) {
-        let g =
-            DwGeometry::new(37, [6, 7], [kernel, kernel], 1 + seed as usize % 2, [1; 4]).unwrap();
+        let g = DwGeometry::new(
+            37,
+            [6, 7],
+            [kernel, kernel],
+            [1 + seed as usize % 2, 1 + seed as usize / 2 % 2],
+            [1; 4],
+        )
+        .unwrap();
         let mut c = case(g, 1, seed, false);
         for (i, mult) in c.multipliers.iter_mut().enumerate() {
             *mult = [64.0, 0.5, 1e-3, 1e6][i % 4];
         }
-        let same = |v: &&Variant| v.kernel == g.kernel && v.stride == g.stride;
+        let same = |v: &&Variant| v.kernel == g.kernel && v.stride == g.stride[1];
         let portable = VARIANTS
             .iter()
             .filter(same)

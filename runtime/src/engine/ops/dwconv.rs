@@ -70,7 +70,7 @@ fn detail(g: &DwGeometry, layout: Layout, activation: Activation) -> String {
         g.output[1],
         g.kernel[0],
         g.kernel[1],
-        g.stride,
+        g.stride[0],
         activation.name()
     )
 }
@@ -261,7 +261,7 @@ pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractR
     };
     let pads = ps.computed_padding(&[h, w]);
     let padding = padding(ps, [h, w]);
-    let geometry = match DwGeometry::new(c, [h, w], kernel, strides[0], padding) {
+    let geometry = match DwGeometry::new(c, [h, w], kernel, [strides[0], strides[1]], padding) {
         Ok(g) => g,
         Err(e) => return refuse(&e.0),
     };

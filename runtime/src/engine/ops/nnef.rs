@@ -47,7 +47,7 @@ pub(crate) fn registry() -> Registry {
             TypeName::String.named("output_layout").default(""),
             TypeName::Integer.named("group"),
             TypeName::Integer.array().named("kernel"),
-            TypeName::Integer.named("stride"),
+            TypeName::Integer.array().named("stride"),
             TypeName::Integer.array().named("padding"),
         ]),
         &[("output", TypeName::Integer.tensor())],
@@ -189,7 +189,8 @@ fn dump_dwconv(
         &inputs,
         &[
             ("kernel", ints(&g.kernel)),
-            ("stride", numeric(g.stride)),
+            // The float kernels take equal strides only.
+            ("stride", numeric(g.stride[0])),
             ("padding", ints(&g.padding)),
             ("activation", string(activation)),
             ("layout", string(op.kernel().layout().name())),
@@ -225,7 +226,7 @@ fn load_dwconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
     };
     let (kernel, padding) = window(&kernel, &padding, OP)?;
     let [c, h, w] = image(builder, input, layout, OP)?;
-    let geometry = DwGeometry::new(c, [h, w], kernel, stride, padding)
+    let geometry = DwGeometry::new(c, [h, w], kernel, [stride; 2], padding)
         .map_err(|e| format_err!("perch_dwconv: {e}"))?;
     let op = PerchDwConv::plan(geometry, layout, activation, Cpu::detect())
         .map_err(|e| format_err!("perch_dwconv: {e}"))?;
@@ -249,7 +250,7 @@ fn dump_qconv(
     attributes.extend([
         ("group", numeric(s.group)),
         ("kernel", ints(&s.kernel)),
-        ("stride", numeric(s.stride)),
+        ("stride", ints(&s.stride)),
         ("padding", ints(&s.padding)),
     ]);
     attributes.extend(gemm_quantization(s.input, s.input_zero_point, &s.output));
@@ -506,7 +507,11 @@ fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Tr
     let output_layout = layout_arg(builder, invocation, "output_layout", OP)?.unwrap_or(layout);
     let group: usize = invocation.named_arg_as(builder, "group")?;
     let kernel: TVec<usize> = invocation.named_arg_as(builder, "kernel")?;
-    let stride: usize = invocation.named_arg_as(builder, "stride")?;
+    let stride: TVec<usize> = invocation.named_arg_as(builder, "stride")?;
+    let &[sh, sw] = stride.as_slice() else {
+        bail!("{OP}: stride {stride:?} must have 2 values");
+    };
+    let stride = [sh, sw];
     let padding: TVec<usize> = invocation.named_arg_as(builder, "padding")?;
     let (input_type, input_zero_point) = load_input(builder, invocation, OP)?;
     let output = load_output(builder, invocation, OP)?;

@@ -56,8 +56,8 @@ pub struct QConvSpec {
     pub input_hw: [usize; 2],
     /// Filter height and width.
     pub kernel: [usize; 2],
-    /// Stride (equal along both axes).
-    pub stride: usize,
+    /// Stride: vertical, horizontal.
+    pub stride: [usize; 2],
     /// Padding: top, left, bottom, right.
     pub padding: [usize; 4],
     /// The input's type and zero point.
@@ -128,7 +128,7 @@ impl PerchQConv {
                 .map_err(|e| e.0)?,
             )
         } else if s.group == 1 {
-            let pointwise = s.kernel == [1, 1] && s.stride == 1 && s.padding == [0; 4];
+            let pointwise = s.kernel == [1, 1] && s.stride == [1, 1] && s.padding == [0; 4];
             // Filters as rows of (ky, kx, ci): the order of channels-last im2col rows.
             let mut rows = vec![0i8; s.weights.len()];
             for co in 0..s.cout {
@@ -195,6 +195,11 @@ impl PerchQConv {
                 s.output_layout.name().to_uppercase()
             )
         };
+        // "stride 2", or "stride 2x1" where the axes differ.
+        let stride = match s.stride {
+            [sh, sw] if sh == sw => sh.to_string(),
+            [sh, sw] => format!("{sh}x{sw}"),
+        };
         format!(
             "{} {} {}x{}x{} -> {} ch, {}x{} stride {}, {} -> {}",
             self.kind(),
@@ -205,7 +210,7 @@ impl PerchQConv {
             s.cout,
             s.kernel[0],
             s.kernel[1],
-            s.stride,
+            stride,
             s.input.name(),
             s.output.dtype.name()
         )
@@ -428,12 +433,6 @@ pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractR
         return declined("dilation (the kernels have none)".into());
     }
     let strides = ps.strides();
-    if strides[0] != strides[1] {
-        return declined(format!(
-            "strides {}x{} (the kernels take equal strides)",
-            strides[0], strides[1]
-        ));
-    }
     let (Some(h), Some(w)) = (shape[h_axis], shape[h_axis + 1]) else {
         return declined("symbolic height or width".into());
     };
@@ -489,7 +488,7 @@ pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractR
         group,
         input_hw: [h, w],
         kernel,
-        stride: strides[0],
+        stride: [strides[0], strides[1]],
         padding,
         input,
         input_zero_point: zx,
