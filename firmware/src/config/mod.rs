@@ -12,6 +12,7 @@
 //! http_listen = "127.0.0.1:8080"     # or "off"
 //! max_payload_bytes = "1MiB"         # largest inference request, MQTT or HTTP
 //! inference_timeout = "10s"          # past it: 504, and the model counts as hung
+//! memory_budget = "64 MiB"           # all loaded models together; default: no bound
 //!
 //! [model]
 //! path = "/var/lib/perch/kws-1.1.0.perch"   # a model file (ONNX, NNEF) or a signed bundle
@@ -19,8 +20,6 @@
 //! # For plain model files only (a bundle carries its own):
 //! # golden = "golden/"  variant = "w8"  name = "kws"  version = "1.1.0"
 //! warmup_runs = 20
-//!
-//! memory_budget = "64 MiB"                  # (top level) all loaded models together
 //!
 //! [[models]]                                 # more models, served over HTTP by name
 //! name = "iris"                              # unique; the URL's {name}
