@@ -367,9 +367,12 @@ impl Repository {
             let models = self.read();
             let entry = models.iter().find(|e| e.answers_to(name));
             match (entry, path) {
-                (Some(Entry { served: Some(_), .. }), Some(_)) => {
-                    return Err(RepositoryError::Loaded(name.into()))
-                }
+                (
+                    Some(Entry {
+                        served: Some(_), ..
+                    }),
+                    Some(_),
+                ) => return Err(RepositoryError::Loaded(name.into())),
                 (
                     Some(Entry {
                         served: Some((service, _)),
@@ -386,9 +389,12 @@ impl Repository {
                     config.name = Some(name.into());
                     config
                 }
-                (Some(Entry {
-                    config: Some(c), ..
-                }), None) => c.clone(),
+                (
+                    Some(Entry {
+                        config: Some(c), ..
+                    }),
+                    None,
+                ) => c.clone(),
                 (Some(_), None) => return Err(RepositoryError::NoPath(name.into())),
                 (None, None) => return Err(RepositoryError::UnknownModel(name.into())),
             }
@@ -642,7 +648,10 @@ mod tests {
         assert_eq!(repository.primary().totals().ok, 1);
         let err = repository.get("mobilenet").unwrap_err();
         assert_eq!(err.http_status(), 404);
-        assert_eq!(err.to_string(), "no model named \"mobilenet\" is served here");
+        assert_eq!(
+            err.to_string(),
+            "no model named \"mobilenet\" is served here"
+        );
     }
 
     #[test]
@@ -655,7 +664,10 @@ mod tests {
         );
         let err = repository.get("kws-dscnn").unwrap_err();
         assert_eq!(err.http_status(), 404);
-        assert_eq!(err.to_string(), "model \"kws-dscnn\" is not ready: not loaded");
+        assert_eq!(
+            err.to_string(),
+            "model \"kws-dscnn\" is not ready: not loaded"
+        );
 
         repository.load("kws-dscnn", None).unwrap();
         assert_eq!(states(&repository)[1], ("kws-dscnn".into(), true));
@@ -674,7 +686,10 @@ mod tests {
         let err = repository.unload("digits-mlp").unwrap_err();
         assert!(matches!(err, RepositoryError::Primary(_)), "{err}");
         assert_eq!(repository.unload("nope").unwrap_err().http_status(), 404);
-        assert_eq!(repository.load("nope", None).unwrap_err().http_status(), 404);
+        assert_eq!(
+            repository.load("nope", None).unwrap_err().http_status(),
+            404
+        );
         let err = repository.configure(configured("kws-dscnn")).unwrap_err();
         assert_eq!(err.to_string(), "two models are named \"kws-dscnn\"");
     }
@@ -697,7 +712,10 @@ mod tests {
     fn a_load_over_the_budget_is_refused_with_the_figures_and_the_others_keep_serving() {
         let repository = primary(None, Vec::new());
         let in_use = repository.in_use();
-        assert!(in_use > file_size("digits-mlp"), "inputs and outputs count too");
+        assert!(
+            in_use > file_size("digits-mlp"),
+            "inputs and outputs count too"
+        );
         // Room for R1 and a little, not for R2's 105 KB file.
         let budget = in_use + 50_000;
         let repository = primary(Some(budget), Vec::new());
@@ -750,8 +768,11 @@ mod tests {
         std::fs::write(&bad, &tampered).unwrap();
         let other = bundle::SigningKey::from_bytes(&[8; 32]);
         let foreign = dir.path().join("foreign.perch");
-        std::fs::write(&foreign, crate::testing::pack_kws(&other, 1, "1.2.3").as_bytes())
-            .unwrap();
+        std::fs::write(
+            &foreign,
+            crate::testing::pack_kws(&other, 1, "1.2.3").as_bytes(),
+        )
+        .unwrap();
 
         for path in [&bad, &foreign] {
             let err = repository.load("kws", Some(path.clone())).unwrap_err();

@@ -570,7 +570,10 @@ max_bytes = 100000
         let digits = &config.models[0].config;
         assert_eq!(digits.path, Path::new("/etc/perch/digits/model.onnx"));
         assert_eq!(digits.trusted_keys, [PathBuf::from("/etc/perch/fleet.pub")]);
-        assert_eq!(config.models[1].config.warmup_runs, config.model.warmup_runs);
+        assert_eq!(
+            config.models[1].config.warmup_runs,
+            config.model.warmup_runs
+        );
     }
 
     #[test]
@@ -595,7 +598,10 @@ max_bytes = 100000
              [[models]]\nname = \"a\"\npath = \"c.onnx\"\n",
         )
         .unwrap_err();
-        assert_eq!((err.line, err.key.as_deref()), (Some(8), Some("models.name")));
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(8), Some("models.name"))
+        );
         assert!(
             err.message
                 .contains("\"a\" is also the name of the [[models]] entry on line 2"),
