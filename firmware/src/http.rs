@@ -1,5 +1,6 @@
 //! The Open Inference Protocol v2 over HTTP/1.1 (as KServe and Triton serve it), plus
-//! `GET /metrics` for Prometheus.
+//! `GET /metrics` for Prometheus, for every model of a [`Repository`] (a single
+//! [`InferenceService`] is a repository of one).
 //!
 //! | method | path | answer |
 //! |---|---|---|
@@ -11,12 +12,14 @@
 //! | POST | `/v2/models/{name}/infer` (also `/versions/{v}/infer`) | an inference ([`crate::service::oip`] JSON, with the binary tensor data extension of [`crate::service::oip_binary`] when the request has an `Inference-Header-Content-Length`; [`crate::service::binary`] postcard when the `Content-Type` is [`POSTCARD_CONTENT_TYPE`]) |
 //! | GET | `/v2/models/{name}/config` (also `/versions/{v}/config`) | Triton's model configuration ([`crate::service::model_config`]) |
 //! | GET | `/v2/models/stats`, `/v2/models/{name}/stats` (also `/versions/{v}/stats`) | Triton's statistics ([`crate::service::stats`]) |
-//! | POST | `/v2/repository/index` | `[{"name", "version", "state"}]` ([`crate::service::describe`]) |
+//! | POST | `/v2/repository/index` | `[{"name", "version", "state", "reason"}]` of every model, loaded (`READY`) or not (`UNAVAILABLE`, with the reason) ([`crate::service::describe`]) |
+//! | POST | `/v2/repository/models/{name}/load` | loads a configured model, or the signed bundle of `{"parameters": {"path": "..."}}`, within the memory budget ([`Repository::load`]); 200 `{}`, 404 unknown, 400 with the reason |
+//! | POST | `/v2/repository/models/{name}/unload` | takes the model out (new requests: 404 "not ready"), answers 200 `{}` once its requests in flight have finished; 400 for the primary model |
 //! | GET | `/v1/models`, `/v1/models/{name}` | KServe V1 model list and status |
 //! | POST | `/v1/models/{name}:predict` | KServe V1 `instances` → `predictions` ([`crate::service::kserve_v1`]); for a model with a feature schema, instances that are objects of named features are answered with labels |
-//! | POST | `/predict` | `{"features": {"name": value, ...}}` → `{"prediction", "probability", "model_version", "latency_ms"}` with the served model's feature schema ([`crate::service::features`]) |
-//! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}`, 503 while not ready |
-//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, `perch_report_backlog`, and the counter `perch_spool_dropped_reports_total`, each with `# HELP` and `# TYPE` |
+//! | POST | `/predict` (`?model=<name>`) | `{"features": {"name": value, ...}}` → `{"prediction", "probability", "model_version", "latency_ms"}` with the feature schema ([`crate::service::features`]) of the primary model, or of the one named |
+//! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}` of every loaded model; `ok`, `degraded` (another model not ready) or `not ready` (503, the primary model) |
+//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, each with a series per model (`model_name`), gauges `perch_model_ready{model_name}`, `perch_uptime_seconds`, `perch_models_memory_bytes`, `perch_memory_budget_bytes` (with a budget), `process_resident_memory_bytes`, `perch_report_backlog`, and the counter `perch_spool_dropped_reports_total`, each with `# HELP` and `# TYPE` |
 //!
 //! A binary infer response (some output asked for with `binary_data`, or
 //! `binary_data_output`) has `Content-Type: application/octet-stream` and its JSON
@@ -212,8 +215,10 @@ fn router_with(models: Repository, body_timeout: Duration) -> Router {
     }
     router
         .route("/v2/repository/index", post(repository_index))
-        .route("/v2/repository/models/{name}/load", post(load))
-        .route("/v2/repository/models/{name}/unload", post(unload))
+        .route(
+            "/v2/repository/models/{name}/{action}",
+            post(load_or_unload),
+        )
         .route("/v1/models", get(v1_models))
         .route("/v1/models/{target}", get(v1_model).post(v1_predict))
         .route("/predict", post(predict))
@@ -653,7 +658,9 @@ async fn all_stats(State(models): State<Repository>) -> Response {
 }
 
 async fn model_stats(State(models): State<Repository>, Path(path): Path<ModelPath>) -> Response {
-    described(&models, &path, |s| describe::statistics(&[s.clone()]))
+    described(&models, &path, |s| {
+        describe::statistics(std::slice::from_ref(s))
+    })
 }
 
 /// The body (`{"ready": bool}` or empty) is not needed to answer and is not read.
@@ -661,9 +668,23 @@ async fn repository_index(State(models): State<Repository>) -> Response {
     sent(describe::repository_index(&models.index()))
 }
 
-/// `POST /v2/repository/models/{name}/load`: loads a configured model, or the signed
-/// bundle at `{"parameters": {"path": "..."}}`, on the blocking pool.
-async fn load(State(shared): State<Shared>, Path(name): Path<String>, body: Body) -> Response {
+/// `POST /v2/repository/models/{name}/load` and `.../unload` (one handler: each route
+/// adds to the device binary).
+async fn load_or_unload(
+    State(shared): State<Shared>,
+    Path((name, action)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    match action.as_str() {
+        "load" => load(shared, name, body).await,
+        "unload" => unload(shared.models, name).await,
+        _ => no_route().await,
+    }
+}
+
+/// Loads a configured model, or the signed bundle at
+/// `{"parameters": {"path": "..."}}`, on the blocking pool.
+async fn load(shared: Shared, name: String, body: Body) -> Response {
     let limit = shared.models.primary().limits().max_payload_bytes;
     let read = tokio::time::timeout(shared.body_timeout, read_body(body, limit, None)).await;
     let bytes = match read {
@@ -703,9 +724,9 @@ fn load_path(body: &[u8]) -> Result<Option<std::path::PathBuf>, RepositoryError>
     }
 }
 
-/// `POST /v2/repository/models/{name}/unload`: answers once the requests running on
-/// the model have finished (or their deadline has passed).
-async fn unload(State(models): State<Repository>, Path(name): Path<String>) -> Response {
+/// Unloads a model, answering once the requests running on it have finished (or
+/// their deadline has passed).
+async fn unload(models: Repository, name: String) -> Response {
     let service = match models.unload(&name) {
         Ok(Some(service)) => service,
         Ok(None) => return json(StatusCode::OK, b"{}".to_vec()),

@@ -98,9 +98,9 @@ pub enum RepositoryError {
     Load {
         /// The model's name.
         name: String,
-        /// Why.
+        /// Why (boxed: it is large, and rare).
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
     },
     /// The file holds a model of another name.
     #[error("{} holds model {found:?}, not {name:?}", path.display())]
@@ -468,7 +468,7 @@ impl Repository {
         }
         let loaded = load::load(config).map_err(|source| RepositoryError::Load {
             name: name.into(),
-            source,
+            source: Box::new(source),
         })?;
         if loaded.id.name.as_str() != name {
             return Err(RepositoryError::NameMismatch {

@@ -509,6 +509,34 @@ mod tests {
     }
 
     #[test]
+    fn the_repository_loads_the_models_list_and_lists_the_ones_that_do_not_load() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let text = format!(
+            "[model]\npath = \"{m}/digits-mlp/model.onnx\"\nwarmup_runs = 1\n\
+             [[models]]\nname = \"kws-dscnn\"\npath = \"{m}/kws-dscnn/model.onnx\"\n\
+             [[models]]\nname = \"iris\"\npath = \"{m}/iris-mlp/model.onnx\"\nload = false\n\
+             [[models]]\nname = \"gone\"\npath = \"{m}/nothing/model.onnx\"\n",
+            m = models.display()
+        );
+        let config =
+            Config::from_toml(Path::new("p.toml"), &text, &crate::config::Args::default()).unwrap();
+        let loaded = load::load(&config.model).unwrap();
+        let primary = InferenceService::new(loaded.model, loaded.id, ServiceLimits::DEFAULT);
+        let repository = repository(primary, &config);
+        let index: Vec<_> = repository
+            .index()
+            .into_iter()
+            .map(|e| (e.name, e.reason.unwrap_or_default()))
+            .collect();
+        assert_eq!(index[0], ("digits-mlp".into(), String::new()));
+        assert_eq!(index[1], ("kws-dscnn".into(), String::new()));
+        assert_eq!(index[2], ("iris".into(), "not loaded".into()));
+        assert_eq!(index[3].0, "gone");
+        assert!(index[3].1.starts_with("load failed: cannot read"), "{index:?}");
+        assert_eq!(repository.loaded().len(), 2);
+    }
+
+    #[test]
     fn intact_update_state_opens_the_updater() {
         let dir = tempfile::tempdir().unwrap();
         let (model, ota) = setup(dir.path());
