@@ -7,7 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::args::Args;
-use super::origin::Source;
+use super::origin::{ConfigError, Setting, Source};
 use super::values::VersionSetting;
 
 /// The reference model `perchd` serves when none is configured (relative to the working
@@ -143,11 +143,11 @@ pub(super) fn resolve_models(
     entries: Vec<ModelsEntry>,
     primary: &ModelConfig,
     source: &Source<'_>,
-) -> Result<Vec<RepositoryModel>, super::ConfigError> {
+) -> Result<Vec<RepositoryModel>, ConfigError> {
     let mut models: Vec<(RepositoryModel, usize)> = Vec::with_capacity(entries.len());
     let primary_name = known_name(primary);
     for entry in entries {
-        let name = super::origin::Setting::from_file("models.name", entry.name);
+        let name = Setting::from_file("models.name", entry.name);
         let line = source.line(&name.origin);
         if let Some((_, earlier)) = models
             .iter()
