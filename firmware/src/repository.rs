@@ -695,6 +695,44 @@ mod tests {
     }
 
     #[test]
+    fn a_model_the_engine_refuses_is_a_load_error_and_one_failing_its_self_test_serves_not_ready() {
+        let repository = primary(None, Vec::new());
+        let mut broken = ModelConfig::new(models().join("fixtures/per-axis-dq-opset11.onnx"));
+        broken.name = Some("broken".into());
+        repository.configure(broken).unwrap();
+        let err = repository.load("broken", None).unwrap_err();
+        assert_eq!(err.http_status(), 400);
+        let text = Chain(&err).to_string();
+        assert!(
+            text.starts_with("cannot load model \"broken\": cannot load ")
+                && text.contains("DequantizeLinear"),
+            "{text}"
+        );
+        assert!(repository.index()[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("DequantizeLinear"));
+
+        let mut failing = configured("anomaly-ae");
+        failing.variant = Some("w8".into()); // golden outputs of another model
+        repository.configure(failing).unwrap();
+        let service = repository.load("anomaly-ae", None).unwrap();
+        assert!(!service.ready());
+        assert_eq!(
+            repository.index()[2].reason.as_deref(),
+            Some("the model is not ready")
+        );
+        let health = crate::service::describe::health(&repository.loaded());
+        let body: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+        assert_eq!(
+            (health.status, body["status"].as_str()),
+            (200, Some("degraded"))
+        );
+        assert_answers_golden(&repository, "digits-mlp");
+    }
+
+    #[test]
     fn a_request_in_flight_finishes_on_a_model_unloaded_under_it() {
         let repository = primary(None, Vec::new());
         repository.configure(configured("kws-dscnn")).unwrap();

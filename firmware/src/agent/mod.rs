@@ -532,7 +532,10 @@ mod tests {
         assert_eq!(index[1], ("kws-dscnn".into(), String::new()));
         assert_eq!(index[2], ("iris".into(), "not loaded".into()));
         assert_eq!(index[3].0, "gone");
-        assert!(index[3].1.starts_with("load failed: cannot read"), "{index:?}");
+        assert!(
+            index[3].1.starts_with("load failed: cannot read"),
+            "{index:?}"
+        );
         assert_eq!(repository.loaded().len(), 2);
     }
 
