@@ -351,10 +351,10 @@ fn an_unload_waits_for_the_request_in_flight_which_completes_and_new_ones_are_re
     assert_eq!(status, 200, "{}", &text[..text.len().min(300)]);
     let response: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(response["outputs"][0]["shape"], json!([512, 1024]));
-    // The unload answered after the inference ended: the request's answer, written
-    // after its run, arrived no later than shortly after the unload's.
+    // The unload answered after the inference ended: the request's answer (its run
+    // done, then some megabytes of JSON to write and read) arrived soon after.
     assert!(
-        answered_at <= unloaded_at + Duration::from_millis(200),
+        answered_at <= unloaded_at + Duration::from_secs(1),
         "the unload answered {:?} before the request did",
         answered_at - unloaded_at
     );
