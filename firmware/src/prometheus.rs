@@ -414,6 +414,57 @@ mod tests {
     }
 
     #[test]
+    fn several_models_share_each_family_with_one_series_per_model() {
+        let mut fast = Histogram::new();
+        fast.record(Duration::from_micros(200));
+        let slow = Histogram::new();
+        let models = [
+            ModelSeries {
+                name: "kws",
+                latency: &fast,
+                ok: 1,
+                errors: 0,
+                ready: Some(true),
+            },
+            ModelSeries {
+                name: "iris",
+                latency: &slow,
+                ok: 0,
+                errors: 2,
+                ready: Some(false),
+            },
+        ];
+        let extra = [(
+            "perch_model_ready",
+            "clashes with the per-model family",
+            1.0,
+        )];
+        let (samples, types) = parse(&render_models(&models, &extra));
+        assert_eq!(types["perch_model_ready"], "gauge");
+        let value = |name: &str, model: &str, status: Option<&str>| {
+            let found: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.name == name && s.label("model_name") == Some(model))
+                .filter(|s| status.is_none() || s.label("status") == status)
+                .map(|s| s.value)
+                .collect();
+            assert_eq!(found.len(), 1, "{name} {model} {status:?}");
+            found[0]
+        };
+        assert_eq!(value("prediction_latency_seconds_count", "kws", None), 1.0);
+        assert_eq!(value("prediction_latency_seconds_count", "iris", None), 0.0);
+        assert_eq!(value("prediction_total", "iris", Some("error")), 2.0);
+        assert_eq!(value("perch_model_ready", "kws", None), 1.0);
+        assert_eq!(value("perch_model_ready", "iris", None), 0.0);
+        assert!(
+            !samples
+                .iter()
+                .any(|s| s.name == "perch_model_ready" && s.labels.is_empty()),
+            "the unlabelled extra is left out"
+        );
+    }
+
+    #[test]
     fn buckets_are_cumulative_and_inf_equals_count() {
         let h = spread_histogram();
         let (samples, types) = parse(&render("m", &h, 7, 2, &[]));
