@@ -703,7 +703,13 @@ async fn load(shared: Shared, name: String, body: Body) -> Response {
     match tokio::task::spawn_blocking(move || models.load(&name, path)).await {
         Ok(Ok(_)) => json(StatusCode::OK, b"{}".to_vec()),
         Ok(Err(e)) => repository_error(&e),
-        Err(e) => error(&ServiceError::BadRequest(format!("the load failed: {e}"))),
+        Err(e) => {
+            let body = serde_json::json!({ "error": format!("the load failed: {e}") });
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                body.to_string().into_bytes(),
+            )
+        }
     }
 }
 
