@@ -11,6 +11,12 @@ response, then JSON, then one requested output), and the statistics counting the
 Also checks KServe V1 (`/v1/models/{name}:predict`) with plain HTTP, and that a
 binary body whose sizes disagree gets a 400 and leaves the server serving.
 
+With `--repository` instead of `--model`, checks a perchd running
+docs/examples/several-models.toml: the repository index, tritonclient's load_model and
+unload_model, and golden inferences on two models at once.
+
+    python tools/serving_check.py --url 127.0.0.1:8080 --repository models
+
 Exits non-zero with one line per failed check. Needs tritonclient[http] and numpy.
 """
 
@@ -52,8 +58,13 @@ def post(url, body, headers=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="host:port of perchd's HTTP API")
-    parser.add_argument("--model", required=True, type=pathlib.Path, help="the model's folder (with golden/)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=pathlib.Path, help="the model's folder (with golden/)")
+    which.add_argument("--repository", type=pathlib.Path,
+                       help="the models/ folder, for a perchd running docs/examples/several-models.toml")
     args = parser.parse_args()
+    if args.repository:
+        return check_repository(httpclient.InferenceServerClient(url=args.url), args.repository)
     name = args.model.name
     golden_in = np.load(args.model / "golden" / "input_0.npy").astype(np.float32)
     golden_out = np.load(args.model / "golden" / "output_0.npy").astype(np.float32)
@@ -143,6 +154,50 @@ def main():
         print(f"{len(FAILURES)} check(s) failed for {name}", file=sys.stderr)
         return 1
     print(f"{name}: every check passed")
+    return 0
+
+
+def golden_infer(client, name, folder, what):
+    """Infers the golden input of `folder` on the model `name` (binary, the defaults)."""
+    golden_in = np.load(folder / "golden" / "input_0.npy").astype(np.float32)
+    golden_out = np.load(folder / "golden" / "output_0.npy").astype(np.float32)
+    meta = client.get_model_metadata(name)
+    infer_input = httpclient.InferInput(meta["inputs"][0]["name"], list(golden_in.shape), "FP32")
+    infer_input.set_data_from_numpy(golden_in)
+    result = client.infer(name, [infer_input])
+    close(result.as_numpy(meta["outputs"][0]["name"]), golden_out, what)
+
+
+def check_repository(client, models):
+    def states():
+        return {e["name"]: e["state"] for e in client.get_model_repository_index()}
+
+    want = {"kws-dscnn": "READY", "iris-mlp": "READY", "mobilenet": "UNAVAILABLE"}
+    check(states() == want, f"repository index {client.get_model_repository_index()}")
+    check(not client.is_model_ready("mobilenet"), "mobilenet not ready before its load")
+    client.load_model("mobilenet")
+    check(states()["mobilenet"] == "READY" and client.is_model_ready("mobilenet"), "load_model(mobilenet)")
+    golden_infer(client, "kws-dscnn", models / "kws-dscnn", "kws-dscnn beside mobilenet")
+    golden_infer(client, "mobilenet", models / "mobilenetv2-035", "mobilenet beside kws-dscnn")
+    client.unload_model("mobilenet")
+    check(states()["mobilenet"] == "UNAVAILABLE", "unload_model(mobilenet)")
+    try:
+        golden_infer(client, "mobilenet", models / "mobilenetv2-035", "an unloaded model")
+        check(False, "an unloaded model is refused")
+    except InferenceServerException as e:
+        check("is not ready: unloaded" in str(e), f"an unloaded model is refused: {e}")
+    try:
+        client.unload_model("kws-dscnn")
+        check(False, "the primary model is not unloaded")
+    except InferenceServerException as e:
+        check("primary model" in str(e), f"the primary model is not unloaded: {e}")
+    golden_infer(client, "kws-dscnn", models / "kws-dscnn", "kws-dscnn still serving")
+    names = [s["name"] for s in client.get_inference_statistics()["model_stats"]]
+    check(names == ["kws-dscnn", "iris-mlp"], f"statistics of every loaded model: {names}")
+    if FAILURES:
+        print(f"{len(FAILURES)} check(s) failed for the repository", file=sys.stderr)
+        return 1
+    print("repository: every check passed")
     return 0
 
 

@@ -1,5 +1,6 @@
 //! The Open Inference Protocol v2 over HTTP/1.1 (as KServe and Triton serve it), plus
-//! `GET /metrics` for Prometheus.
+//! `GET /metrics` for Prometheus, for every model of a [`Repository`] (a single
+//! [`InferenceService`] is a repository of one).
 //!
 //! | method | path | answer |
 //! |---|---|---|
@@ -11,12 +12,14 @@
 //! | POST | `/v2/models/{name}/infer` (also `/versions/{v}/infer`) | an inference ([`crate::service::oip`] JSON, with the binary tensor data extension of [`crate::service::oip_binary`] when the request has an `Inference-Header-Content-Length`; [`crate::service::binary`] postcard when the `Content-Type` is [`POSTCARD_CONTENT_TYPE`]) |
 //! | GET | `/v2/models/{name}/config` (also `/versions/{v}/config`) | Triton's model configuration ([`crate::service::model_config`]) |
 //! | GET | `/v2/models/stats`, `/v2/models/{name}/stats` (also `/versions/{v}/stats`) | Triton's statistics ([`crate::service::stats`]) |
-//! | POST | `/v2/repository/index` | `[{"name", "version", "state"}]` ([`crate::service::describe`]) |
+//! | POST | `/v2/repository/index` | `[{"name", "version", "state", "reason"}]` of every model, loaded (`READY`) or not (`UNAVAILABLE`, with the reason) ([`crate::service::describe`]) |
+//! | POST | `/v2/repository/models/{name}/load` | loads a configured model, or the signed bundle of `{"parameters": {"path": "..."}}`, within the memory budget ([`Repository::load`]); 200 `{}`, 404 unknown, 400 with the reason |
+//! | POST | `/v2/repository/models/{name}/unload` | takes the model out (new requests: 404 "not ready"), answers 200 `{}` once its requests in flight have finished; 400 for the primary model |
 //! | GET | `/v1/models`, `/v1/models/{name}` | KServe V1 model list and status |
 //! | POST | `/v1/models/{name}:predict` | KServe V1 `instances` → `predictions` ([`crate::service::kserve_v1`]); for a model with a feature schema, instances that are objects of named features are answered with labels |
-//! | POST | `/predict` | `{"features": {"name": value, ...}}` → `{"prediction", "probability", "model_version", "latency_ms"}` with the served model's feature schema ([`crate::service::features`]) |
-//! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}`, 503 while not ready |
-//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, gauges `perch_model_ready`, `perch_uptime_seconds`, `process_resident_memory_bytes`, `perch_report_backlog`, and the counter `perch_spool_dropped_reports_total`, each with `# HELP` and `# TYPE` |
+//! | POST | `/predict` (`?model=<name>`) | `{"features": {"name": value, ...}}` → `{"prediction", "probability", "model_version", "latency_ms"}` with the feature schema ([`crate::service::features`]) of the primary model, or of the one named |
+//! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}` of every loaded model; `ok`, `degraded` (another model not ready) or `not ready` (503, the primary model) |
+//! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, each with a series per model (`model_name`), gauges `perch_model_ready{model_name}`, `perch_uptime_seconds`, `perch_models_memory_bytes`, `perch_memory_budget_bytes` (with a budget), `process_resident_memory_bytes`, `perch_report_backlog`, and the counter `perch_spool_dropped_reports_total`, each with `# HELP` and `# TYPE` |
 //!
 //! A binary infer response (some output asked for with `binary_data`, or
 //! `binary_data_output`) has `Content-Type: application/octet-stream` and its JSON
@@ -70,6 +73,7 @@ use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::sync::{watch, Semaphore};
 
+use crate::repository::{Repository, RepositoryError};
 use crate::service::oip_serve::OipReply;
 use crate::service::{
     binary, describe, oip, oip_binary, Codec, InferenceService, Reply, ServiceError,
@@ -112,20 +116,20 @@ impl Default for HttpLimits {
 /// pause; this returns an error only if the listener itself fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    service: InferenceService,
+    models: impl Into<Repository>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, service, HttpLimits::default(), shutdown).await
+    serve_with(listener, models, HttpLimits::default(), shutdown).await
 }
 
 /// [`serve`] with explicit limits.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    service: InferenceService,
+    models: impl Into<Repository>,
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router_with(service, limits.body_timeout);
+    let app = router_with(models.into(), limits.body_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (closing, closed) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
@@ -177,14 +181,14 @@ pub async fn serve_with(
 
 /// The routes of [`serve`], for embedding in another server (bodies must arrive within
 /// [`HttpLimits::default`]'s body timeout).
-pub fn router(service: InferenceService) -> Router {
-    router_with(service, HttpLimits::default().body_timeout)
+pub fn router(models: impl Into<Repository>) -> Router {
+    router_with(models.into(), HttpLimits::default().body_timeout)
 }
 
-fn router_with(service: InferenceService, body_timeout: Duration) -> Router {
+fn router_with(models: Repository, body_timeout: Duration) -> Router {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shared = Shared {
-        service,
+        models,
         gate: Gate(Arc::new(Semaphore::new(cores))),
         body_timeout,
     };
@@ -211,6 +215,10 @@ fn router_with(service: InferenceService, body_timeout: Duration) -> Router {
     }
     router
         .route("/v2/repository/index", post(repository_index))
+        .route(
+            "/v2/repository/models/{name}/{action}",
+            post(load_or_unload),
+        )
         .route("/v1/models", get(v1_models))
         .route("/v1/models/{target}", get(v1_model).post(v1_predict))
         .route("/predict", post(predict))
@@ -220,11 +228,11 @@ fn router_with(service: InferenceService, body_timeout: Duration) -> Router {
         .with_state(shared)
 }
 
-/// The router's state: the service, the gate that bounds concurrent inferences, and
+/// The router's state: the models, the gate that bounds concurrent inferences, and
 /// how long a request body may take to arrive.
 #[derive(Clone)]
 struct Shared {
-    service: InferenceService,
+    models: Repository,
     gate: Gate,
     body_timeout: Duration,
 }
@@ -235,9 +243,9 @@ struct Shared {
 #[derive(Clone)]
 struct Gate(Arc<Semaphore>);
 
-impl FromRef<Shared> for InferenceService {
-    fn from_ref(shared: &Shared) -> InferenceService {
-        shared.service.clone()
+impl FromRef<Shared> for Repository {
+    fn from_ref(shared: &Shared) -> Repository {
+        shared.models.clone()
     }
 }
 
@@ -266,19 +274,21 @@ struct ModelPath {
     version: Option<String>,
 }
 
-/// Checks the model name and version of a path against the served model.
-fn find(service: &InferenceService, name: &str, version: Option<&str>) -> Result<(), ServiceError> {
+/// The model a path names, at the version it names (if it names one).
+fn find(
+    models: &Repository,
+    name: &str,
+    version: Option<&str>,
+) -> Result<InferenceService, ServiceError> {
+    let service = models.get(name)?;
     let id = service.model_id();
-    if name != id.name.as_str() {
-        return Err(ServiceError::UnknownModel(name.to_string()));
-    }
     match version {
         Some(v) if v != id.version.to_string() => Err(ServiceError::UnknownVersion {
             name: name.to_string(),
             version: v.to_string(),
             served: id.version.to_string(),
         }),
-        _ => Ok(()),
+        _ => Ok(service),
     }
 }
 
@@ -287,7 +297,21 @@ async fn live() -> Response {
 }
 
 fn readiness(service: &InferenceService) -> Response {
-    if service.ready() && service.hung() == 0 {
+    readiness_of(service.ready() && service.hung() == 0)
+}
+
+/// The server is ready while the primary model is and no model has an inference hung
+/// past its deadline.
+async fn server_ready(State(models): State<Repository>) -> Response {
+    let primary = models.primary();
+    if models.loaded().iter().any(|s| s.hung() > 0) {
+        return readiness_of(false);
+    }
+    readiness(&primary)
+}
+
+fn readiness_of(ready: bool) -> Response {
+    if ready {
         json(StatusCode::OK, br#"{"ready":true}"#.to_vec())
     } else {
         json(
@@ -297,20 +321,13 @@ fn readiness(service: &InferenceService) -> Response {
     }
 }
 
-async fn server_ready(State(service): State<InferenceService>) -> Response {
-    readiness(&service)
-}
-
 async fn server_metadata() -> Response {
     json(StatusCode::OK, oip::encode_server_metadata())
 }
 
-async fn model_metadata(
-    State(service): State<InferenceService>,
-    Path(path): Path<ModelPath>,
-) -> Response {
-    match find(&service, &path.name, path.version.as_deref()) {
-        Ok(()) => {
+async fn model_metadata(State(models): State<Repository>, Path(path): Path<ModelPath>) -> Response {
+    match find(&models, &path.name, path.version.as_deref()) {
+        Ok(service) => {
             let served = service.served();
             json(
                 StatusCode::OK,
@@ -321,12 +338,9 @@ async fn model_metadata(
     }
 }
 
-async fn model_ready(
-    State(service): State<InferenceService>,
-    Path(path): Path<ModelPath>,
-) -> Response {
-    match find(&service, &path.name, path.version.as_deref()) {
-        Ok(()) => readiness(&service),
+async fn model_ready(State(models): State<Repository>, Path(path): Path<ModelPath>) -> Response {
+    match find(&models, &path.name, path.version.as_deref()) {
+        Ok(service) => readiness(&service),
         Err(e) => error(&e),
     }
 }
@@ -344,9 +358,14 @@ async fn v1_predict(state: State<Shared>, Path(path): Path<String>, request: Req
     infer_for(state, Some(name), None, Protocol::V1, request).await
 }
 
-/// `POST /predict`: named features for the served model.
+/// `POST /predict`: named features for the primary model, or for the one named by
+/// `?model=<name>`.
 async fn predict(state: State<Shared>, request: Request) -> Response {
-    infer_for(state, None, None, Protocol::Predict, request).await
+    let query = request.uri().query().unwrap_or("").to_string();
+    let name = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("model="));
+    infer_for(state, name, None, Protocol::Predict, request).await
 }
 
 /// Which protocol an inference request speaks.
@@ -369,10 +388,17 @@ async fn infer_for(
     request: Request,
 ) -> Response {
     let Shared {
-        service,
+        models,
         gate,
         body_timeout,
     } = shared;
+    // A request for a model the repository does not serve counts as an error of the
+    // primary model, the one a device's dashboards follow.
+    let (service, missing) = match name.map(|name| find(&models, name, version)) {
+        Some(Ok(service)) => (service, None),
+        Some(Err(e)) => (models.primary(), Some(e)),
+        None => (models.primary(), None),
+    };
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let codec = match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
@@ -388,7 +414,7 @@ async fn infer_for(
             Codec::Binary => postcard(status(e.http_status()), binary::encode_error(&e)),
         }
     };
-    if let Some(Err(e)) = name.map(|name| find(&service, name, version)) {
+    if let Some(e) = missing {
         return refuse(e);
     }
     let declared = headers
@@ -542,20 +568,21 @@ fn postcard(status: StatusCode, body: Vec<u8>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(service): State<InferenceService>) -> Response {
-    let totals = service.totals();
-    let (backlog, dropped) = service.report_queue();
+async fn metrics(State(models): State<Repository>) -> Response {
+    let loaded = models.loaded();
+    let primary = models.primary();
+    let (backlog, dropped) = primary.report_queue();
     let rss_bytes = crate::process::rss_kib().map_or(f64::NAN, |kib| f64::from(kib) * 1024.0);
-    let extra = [
-        (
-            "perch_model_ready",
-            "Whether the served model is ready (1) or not (0).",
-            f64::from(u8::from(service.ready())),
-        ),
+    let mut extra = vec![
         (
             "perch_uptime_seconds",
             "Seconds since the agent started.",
-            service.uptime().as_secs_f64(),
+            primary.uptime().as_secs_f64(),
+        ),
+        (
+            "perch_models_memory_bytes",
+            "Estimated memory of the loaded models (file sizes plus one inference's inputs and outputs).",
+            models.in_use() as f64,
         ),
         (
             "process_resident_memory_bytes",
@@ -573,13 +600,28 @@ async fn metrics(State(service): State<InferenceService>) -> Response {
             dropped as f64,
         ),
     ];
-    let text = crate::prometheus::render(
-        service.model_id().name.as_str(),
-        &totals.latency,
-        totals.ok,
-        totals.errors,
-        &extra,
-    );
+    if let Some(budget) = models.budget() {
+        extra.push((
+            "perch_memory_budget_bytes",
+            "The memory budget of the loaded models.",
+            budget as f64,
+        ));
+    }
+    let ids: Vec<_> = loaded.iter().map(InferenceService::model_id).collect();
+    let totals: Vec<_> = loaded.iter().map(InferenceService::totals).collect();
+    let series: Vec<_> = loaded
+        .iter()
+        .zip(&ids)
+        .zip(&totals)
+        .map(|((service, id), totals)| crate::prometheus::ModelSeries {
+            name: id.name.as_str(),
+            latency: &totals.latency,
+            ok: totals.ok,
+            errors: totals.errors,
+            ready: Some(service.ready()),
+        })
+        .collect();
+    let text = crate::prometheus::render_models(&series, &extra);
     (
         StatusCode::OK,
         [(
@@ -591,68 +633,143 @@ async fn metrics(State(service): State<InferenceService>) -> Response {
         .into_response()
 }
 
-/// Answers `document` of the served model once the path's name and version check out.
+/// Answers `document` of the model a path names.
 fn described(
-    service: &InferenceService,
-    name: Option<&str>,
-    version: Option<&str>,
+    models: &Repository,
+    path: &ModelPath,
     document: fn(&InferenceService) -> Reply,
 ) -> Response {
-    if let Some(name) = name {
-        if let Err(e) = find(service, name, version) {
-            return error(&e);
-        }
+    match find(models, &path.name, path.version.as_deref()) {
+        Ok(service) => sent(document(&service)),
+        Err(e) => error(&e),
     }
-    let reply = document(service);
+}
+
+fn sent(reply: Reply) -> Response {
     json(status(reply.status), reply.body)
 }
 
-async fn config(State(service): State<InferenceService>, Path(path): Path<ModelPath>) -> Response {
-    described(
-        &service,
-        Some(&path.name),
-        path.version.as_deref(),
-        describe::config,
-    )
+async fn config(State(models): State<Repository>, Path(path): Path<ModelPath>) -> Response {
+    described(&models, &path, describe::config)
 }
 
-async fn all_stats(State(service): State<InferenceService>) -> Response {
-    described(&service, None, None, describe::statistics)
+async fn all_stats(State(models): State<Repository>) -> Response {
+    sent(describe::statistics(&models.loaded()))
 }
 
-async fn model_stats(
-    State(service): State<InferenceService>,
-    Path(path): Path<ModelPath>,
-) -> Response {
-    described(
-        &service,
-        Some(&path.name),
-        path.version.as_deref(),
-        describe::statistics,
-    )
+async fn model_stats(State(models): State<Repository>, Path(path): Path<ModelPath>) -> Response {
+    described(&models, &path, |s| {
+        describe::statistics(std::slice::from_ref(s))
+    })
 }
 
 /// The body (`{"ready": bool}` or empty) is not needed to answer and is not read.
-async fn repository_index(State(service): State<InferenceService>) -> Response {
-    described(&service, None, None, describe::repository_index)
+async fn repository_index(State(models): State<Repository>) -> Response {
+    sent(describe::repository_index(&models.index()))
 }
 
-async fn v1_models(State(service): State<InferenceService>) -> Response {
-    described(&service, None, None, describe::v1_models)
+/// `POST /v2/repository/models/{name}/load` and `.../unload` (one handler: each route
+/// adds to the device binary).
+async fn load_or_unload(
+    State(shared): State<Shared>,
+    Path((name, action)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    match action.as_str() {
+        "load" => load(shared, name, body).await,
+        "unload" => unload(shared.models, name).await,
+        _ => no_route().await,
+    }
 }
 
-async fn v1_model(State(service): State<InferenceService>, Path(name): Path<String>) -> Response {
-    described(&service, Some(&name), None, describe::v1_model)
+/// Loads a configured model, or the signed bundle at
+/// `{"parameters": {"path": "..."}}`, on the blocking pool.
+async fn load(shared: Shared, name: String, body: Body) -> Response {
+    let limit = shared.models.primary().limits().max_payload_bytes;
+    let read = tokio::time::timeout(shared.body_timeout, read_body(body, limit, None)).await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return error(&e),
+        Err(_) => {
+            let limit = shared.body_timeout;
+            return error(&ServiceError::BodyTimeout { limit });
+        }
+    };
+    let path = match load_path(&bytes) {
+        Ok(path) => path,
+        Err(e) => return repository_error(&e),
+    };
+    let models = shared.models;
+    match tokio::task::spawn_blocking(move || models.load(&name, path)).await {
+        Ok(Ok(_)) => json(StatusCode::OK, b"{}".to_vec()),
+        Ok(Err(e)) => repository_error(&e),
+        Err(e) => {
+            let body = serde_json::json!({ "error": format!("the load failed: {e}") });
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                body.to_string().into_bytes(),
+            )
+        }
+    }
 }
 
-async fn health(State(service): State<InferenceService>) -> Response {
-    described(&service, None, None, describe::health)
+/// The `path` of a load request's `{"parameters": {"path": "..."}}`; an empty body
+/// or one without it loads the configured model.
+fn load_path(body: &[u8]) -> Result<Option<std::path::PathBuf>, RepositoryError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| RepositoryError::BadRequest(format!("not JSON ({e})")))?;
+    match value.pointer("/parameters/path") {
+        None => Ok(None),
+        Some(serde_json::Value::String(path)) => Ok(Some(path.into())),
+        Some(_) => Err(RepositoryError::BadRequest(
+            "parameters.path must be a string".into(),
+        )),
+    }
+}
+
+/// Unloads a model, answering once the requests running on it have finished (or
+/// their deadline has passed).
+async fn unload(models: Repository, name: String) -> Response {
+    let service = match models.unload(&name) {
+        Ok(Some(service)) => service,
+        Ok(None) => return json(StatusCode::OK, b"{}".to_vec()),
+        Err(e) => return repository_error(&e),
+    };
+    let until = tokio::time::Instant::now() + service.limits().deadline;
+    while service.handles() > 1 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    json(StatusCode::OK, b"{}".to_vec())
+}
+
+fn repository_error(e: &RepositoryError) -> Response {
+    let reason = perch_runtime::error::Chain(e).to_string();
+    let body = serde_json::to_vec(&serde_json::json!({ "error": reason })).unwrap_or_default();
+    json(status(e.http_status()), body)
+}
+
+async fn v1_models(State(models): State<Repository>) -> Response {
+    sent(describe::v1_models(&models.loaded()))
+}
+
+async fn v1_model(State(models): State<Repository>, Path(name): Path<String>) -> Response {
+    match find(&models, &name, None) {
+        Ok(service) => sent(describe::v1_model(&service)),
+        Err(e) => error(&e),
+    }
+}
+
+async fn health(State(models): State<Repository>) -> Response {
+    sent(describe::health(&models.loaded()))
 }
 
 async fn no_route() -> Response {
     json(
         StatusCode::NOT_FOUND,
-        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /v2/models/{name}/config, /v2/models/{name}/stats, /v1/models/{name}:predict, /predict, /health, /metrics"}"#
+        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /v2/models/{name}/config, /v2/models/{name}/stats, /v2/repository/index, /v2/repository/models/{name}/load|unload, /v1/models/{name}:predict, /predict, /health, /metrics"}"#
             .to_vec(),
     )
 }

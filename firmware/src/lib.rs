@@ -30,6 +30,7 @@ pub mod mqtt;
 pub mod ota;
 pub mod process;
 pub mod prometheus;
+pub mod repository;
 pub mod sensor;
 pub mod service;
 pub mod slots;

@@ -20,9 +20,10 @@
 //! perch_uptime_seconds 3600
 //! ```
 //!
-//! Extra families follow, each a single value without labels: gauges, or counters
-//! for names ending in `_total` (the agent's: `perch_model_ready`,
-//! `perch_uptime_seconds`, `process_resident_memory_bytes`, `perch_report_backlog`,
+//! With several models ([`render_models`]) each family holds a series per model, and
+//! `perch_model_ready{model_name}` follows. Extra families follow, each a single value
+//! without labels: gauges, or counters for names ending in `_total` (the agent's:
+//! `perch_uptime_seconds`, `perch_models_memory_bytes`, `perch_memory_budget_bytes`, `process_resident_memory_bytes`, `perch_report_backlog`,
 //! `perch_spool_dropped_reports_total`). `deploy/prometheus/perch-rules.yml` and
 //! `deploy/grafana/perch.json` use these names; `firmware/tests/monitoring.rs` checks that
 //! every name they use is exported.
@@ -92,47 +93,101 @@ pub fn render(
     error_total: u64,
     extra: &[(&str, &str, f64)],
 ) -> String {
-    let label = escape_label_value(model_name);
-    let counts = latency_cumulative.counts();
-    // 71 bucket lines of about 80 bytes plus a name per line: reserve once.
-    let mut out = String::with_capacity(BUCKETS * (90 + label.len()) + 512);
+    let model = ModelSeries {
+        name: model_name,
+        latency: latency_cumulative,
+        ok: ok_total,
+        errors: error_total,
+        ready: None,
+    };
+    render_models(&[model], extra)
+}
 
+/// One model's series in [`render_models`].
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSeries<'a> {
+    /// The `model_name` label.
+    pub name: &'a str,
+    /// Every latency since the model was loaded.
+    pub latency: &'a Histogram,
+    /// `prediction_total{status="ok"}`.
+    pub ok: u64,
+    /// `prediction_total{status="error"}`.
+    pub errors: u64,
+    /// `perch_model_ready{model_name}` (1 or 0); `None` leaves the family out.
+    pub ready: Option<bool>,
+}
+
+/// [`render`] for several models: each family holds one series per model (one
+/// `# HELP` and `# TYPE` per family, as the format requires), then
+/// `perch_model_ready{model_name}` for the models that give `ready`, then `extra`.
+pub fn render_models(models: &[ModelSeries<'_>], extra: &[(&str, &str, f64)]) -> String {
+    let mut out = String::with_capacity(models.len() * BUCKETS * 100 + 512);
     out.push_str("# HELP prediction_latency_seconds Engine time per inference, in seconds.\n");
     out.push_str("# TYPE prediction_latency_seconds histogram\n");
-    let mut cumulative: u64 = 0;
-    for (count, &bound_ns) in counts.iter().zip(&BOUNDARIES_NS) {
-        cumulative += u64::from(*count);
+    for model in models {
+        let label = escape_label_value(model.name);
+        let mut cumulative: u64 = 0;
+        for (count, &bound_ns) in model.latency.counts().iter().zip(&BOUNDARIES_NS) {
+            cumulative += u64::from(*count);
+            let _ = writeln!(
+                out,
+                "prediction_latency_seconds_bucket{{model_name=\"{label}\",le=\"{}\"}} {cumulative}",
+                decimal_seconds(bound_ns),
+            );
+        }
+        let total = model.latency.count();
         let _ = writeln!(
             out,
-            "prediction_latency_seconds_bucket{{model_name=\"{label}\",le=\"{}\"}} {cumulative}",
-            decimal_seconds(bound_ns),
+            "prediction_latency_seconds_bucket{{model_name=\"{label}\",le=\"+Inf\"}} {total}"
+        );
+        let _ = writeln!(
+            out,
+            "prediction_latency_seconds_sum{{model_name=\"{label}\"}} {}",
+            float(estimated_sum_seconds(model.latency)),
+        );
+        let _ = writeln!(
+            out,
+            "prediction_latency_seconds_count{{model_name=\"{label}\"}} {total}"
         );
     }
-    let total = latency_cumulative.count();
-    let _ = writeln!(
-        out,
-        "prediction_latency_seconds_bucket{{model_name=\"{label}\",le=\"+Inf\"}} {total}"
-    );
-    let _ = writeln!(
-        out,
-        "prediction_latency_seconds_sum{{model_name=\"{label}\"}} {}",
-        float(estimated_sum_seconds(latency_cumulative)),
-    );
-    let _ = writeln!(
-        out,
-        "prediction_latency_seconds_count{{model_name=\"{label}\"}} {total}"
-    );
 
     out.push_str("# HELP prediction_total Inference requests answered, by outcome.\n");
     out.push_str("# TYPE prediction_total counter\n");
-    for (status, value) in [("ok", ok_total), ("error", error_total)] {
-        let _ = writeln!(
-            out,
-            "prediction_total{{model_name=\"{label}\",status=\"{status}\"}} {value}"
-        );
+    for model in models {
+        let label = escape_label_value(model.name);
+        for (status, value) in [("ok", model.ok), ("error", model.errors)] {
+            let _ = writeln!(
+                out,
+                "prediction_total{{model_name=\"{label}\",status=\"{status}\"}} {value}"
+            );
+        }
+    }
+    if models.iter().any(|m| m.ready.is_some()) {
+        out.push_str("# HELP perch_model_ready Whether the model is ready (1) or not (0).\n");
+        out.push_str("# TYPE perch_model_ready gauge\n");
+        for model in models {
+            if let Some(ready) = model.ready {
+                let label = escape_label_value(model.name);
+                let _ = writeln!(
+                    out,
+                    "perch_model_ready{{model_name=\"{label}\"}} {}",
+                    u8::from(ready)
+                );
+            }
+        }
     }
 
-    let reserved = ["prediction_latency_seconds", "prediction_total"];
+    let ready_family = models.iter().any(|m| m.ready.is_some());
+    let reserved = [
+        "prediction_latency_seconds",
+        "prediction_total",
+        if ready_family {
+            "perch_model_ready"
+        } else {
+            "prediction_total"
+        },
+    ];
     for (i, &(name, help, value)) in extra.iter().enumerate() {
         let repeated = extra[..i].iter().any(|&(earlier, _, _)| earlier == name);
         let clashes = reserved.iter().any(|r| name.starts_with(r));
@@ -356,6 +411,57 @@ mod tests {
         }
         h.record(Duration::from_secs(42));
         h
+    }
+
+    #[test]
+    fn several_models_share_each_family_with_one_series_per_model() {
+        let mut fast = Histogram::new();
+        fast.record(Duration::from_micros(200));
+        let slow = Histogram::new();
+        let models = [
+            ModelSeries {
+                name: "kws",
+                latency: &fast,
+                ok: 1,
+                errors: 0,
+                ready: Some(true),
+            },
+            ModelSeries {
+                name: "iris",
+                latency: &slow,
+                ok: 0,
+                errors: 2,
+                ready: Some(false),
+            },
+        ];
+        let extra = [(
+            "perch_model_ready",
+            "clashes with the per-model family",
+            1.0,
+        )];
+        let (samples, types) = parse(&render_models(&models, &extra));
+        assert_eq!(types["perch_model_ready"], "gauge");
+        let value = |name: &str, model: &str, status: Option<&str>| {
+            let found: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.name == name && s.label("model_name") == Some(model))
+                .filter(|s| status.is_none() || s.label("status") == status)
+                .map(|s| s.value)
+                .collect();
+            assert_eq!(found.len(), 1, "{name} {model} {status:?}");
+            found[0]
+        };
+        assert_eq!(value("prediction_latency_seconds_count", "kws", None), 1.0);
+        assert_eq!(value("prediction_latency_seconds_count", "iris", None), 0.0);
+        assert_eq!(value("prediction_total", "iris", Some("error")), 2.0);
+        assert_eq!(value("perch_model_ready", "kws", None), 1.0);
+        assert_eq!(value("perch_model_ready", "iris", None), 0.0);
+        assert!(
+            !samples
+                .iter()
+                .any(|s| s.name == "perch_model_ready" && s.labels.is_empty()),
+            "the unlabelled extra is left out"
+        );
     }
 
     #[test]

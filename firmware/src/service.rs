@@ -212,6 +212,11 @@ impl Served {
         self.model.metadata()
     }
 
+    /// The loaded model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
     /// The model's feature schema, bound to it (`None`: it takes tensors only).
     pub fn features(&self) -> Option<&Features> {
         self.features.as_ref()
@@ -279,6 +284,12 @@ impl InferenceService {
     /// The served model's name and version.
     pub fn model_id(&self) -> ModelId {
         self.served().id.clone()
+    }
+
+    /// How many handles on this service exist, this one included: more than one
+    /// after the repository let go of it means requests are still running on it.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     /// How long ago the service was created.

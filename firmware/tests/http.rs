@@ -320,12 +320,18 @@ fn health_readiness_and_metadata_describe_the_served_model() {
         (status, &response["error"]),
         (503, &json!("the model is not ready"))
     );
-    assert_eq!(server.metric("perch_model_ready"), 0.0);
+    assert_eq!(
+        server.metric("perch_model_ready{model_name=\"digits-mlp\"}"),
+        0.0
+    );
     assert_eq!(server.errors(), 1.0);
 
     server.service.set_ready(true);
     assert_eq!(server.post("/v2/models/digits-mlp/infer", &body).0, 200);
-    assert_eq!(server.metric("perch_model_ready"), 1.0);
+    assert_eq!(
+        server.metric("perch_model_ready{model_name=\"digits-mlp\"}"),
+        1.0
+    );
 }
 
 #[test]

@@ -50,6 +50,7 @@ use crate::device::DeviceId;
 use crate::load::{self, LoadError, Loaded};
 use crate::mqtt::{self, Outbox, Topics};
 use crate::ota::{self, Effect, Updater};
+use crate::repository::Repository;
 use crate::service::{InferenceService, ServiceLimits};
 use crate::spool::Spool;
 use event_loop::Agent;
@@ -157,6 +158,10 @@ pub async fn run(
     )
     .with_features(loaded.features);
     service.set_ready(ready);
+    let models = {
+        let (service, config) = (service.clone(), config.clone());
+        blocking(move || repository(service, &config)).await?
+    };
 
     let spool_config = config.spool.clone();
     let (spool, seq) = blocking(move || {
@@ -206,7 +211,7 @@ pub async fn run(
             let bound = listener.local_addr().unwrap_or(addr);
             log::info!("HTTP (Open Inference Protocol v2, /metrics) on http://{bound}");
             let mut stop = stop_rx.clone();
-            let serve = crate::http::serve(listener, service.clone(), async move {
+            let serve = crate::http::serve(listener, models, async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
             Some((bound, tokio::spawn(serve)))
@@ -323,6 +328,37 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The repository: the primary model, then each `[[models]]` entry, loaded unless it
+/// says `load = false`. One that does not load is logged and listed unavailable with
+/// the reason; the others serve. Blocks.
+fn repository(primary: InferenceService, config: &Config) -> Repository {
+    // The configured file stands for the primary's size even when an update slot
+    // serves (the slots hold versions of the same model).
+    let file_bytes = std::fs::metadata(&config.model.path).map_or(0, |m| m.len());
+    let models = Repository::new(
+        primary,
+        file_bytes,
+        config.memory_budget,
+        config.model.trusted_keys.clone(),
+    );
+    for model in &config.models {
+        let name = model.config.name.clone().unwrap_or_default();
+        if let Err(e) = models.configure(model.config.clone()) {
+            log::error!("model {name} is not served: {e}");
+            continue;
+        }
+        if !model.load {
+            continue;
+        }
+        match models.load(&name, None) {
+            Ok(service) if service.ready() => log::info!("model {name}: serving over HTTP"),
+            Ok(_) => {}
+            Err(e) => log::error!("model {name} is not served: {}", Chain(&e)),
+        }
+    }
+    models
 }
 
 /// What [`boot`] found: the updater (none when updates are off or their state is
@@ -470,6 +506,37 @@ mod tests {
             // The damaged file is left for the operator to look at.
             assert_eq!(std::fs::read(&path).unwrap(), bytes);
         }
+    }
+
+    #[test]
+    fn the_repository_loads_the_models_list_and_lists_the_ones_that_do_not_load() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let text = format!(
+            "[model]\npath = \"{m}/digits-mlp/model.onnx\"\nwarmup_runs = 1\n\
+             [[models]]\nname = \"kws-dscnn\"\npath = \"{m}/kws-dscnn/model.onnx\"\n\
+             [[models]]\nname = \"iris\"\npath = \"{m}/iris-mlp/model.onnx\"\nload = false\n\
+             [[models]]\nname = \"gone\"\npath = \"{m}/nothing/model.onnx\"\n",
+            m = models.display()
+        );
+        let config =
+            Config::from_toml(Path::new("p.toml"), &text, &crate::config::Args::default()).unwrap();
+        let loaded = load::load(&config.model).unwrap();
+        let primary = InferenceService::new(loaded.model, loaded.id, ServiceLimits::DEFAULT);
+        let repository = repository(primary, &config);
+        let index: Vec<_> = repository
+            .index()
+            .into_iter()
+            .map(|e| (e.name, e.reason.unwrap_or_default()))
+            .collect();
+        assert_eq!(index[0], ("digits-mlp".into(), String::new()));
+        assert_eq!(index[1], ("kws-dscnn".into(), String::new()));
+        assert_eq!(index[2], ("iris".into(), "not loaded".into()));
+        assert_eq!(index[3].0, "gone");
+        assert!(
+            index[3].1.starts_with("load failed: cannot read"),
+            "{index:?}"
+        );
+        assert_eq!(repository.loaded().len(), 2);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! http_listen = "127.0.0.1:8080"     # or "off"
 //! max_payload_bytes = "1MiB"         # largest inference request, MQTT or HTTP
 //! inference_timeout = "10s"          # past it: 504, and the model counts as hung
+//! memory_budget = "64 MiB"           # all loaded models together; default: no bound
 //!
 //! [model]
 //! path = "/var/lib/perch/kws-1.1.0.perch"   # a model file (ONNX, NNEF) or a signed bundle
@@ -19,6 +20,12 @@
 //! # For plain model files only (a bundle carries its own):
 //! # golden = "golden/"  variant = "w8"  name = "kws"  version = "1.1.0"
 //! warmup_runs = 20
+//!
+//! [[models]]                                 # more models, served over HTTP by name
+//! name = "iris"                              # unique; the URL's {name}
+//! path = "/var/lib/perch/iris.perch"         # verified with model.trusted_keys
+//! load = false                               # default true; false: load on request
+//! # golden, variant, version, warmup_runs as in [model]
 //!
 //! [broker]
 //! url = "mqtts://broker.example.com:8883"   # mqtt://, mqtts:// or "embedded"
@@ -60,6 +67,9 @@
 //! stall_timeout = "10m"                      # no good copy of a chunk by then: the rollout fails
 //! ```
 //!
+//! Without a `[model]` section (and `--model`), the first `[[models]]` entry is the
+//! primary model: the one MQTT, the sensor and over-the-air updates use.
+//!
 //! Relative paths in the file are relative to the file's folder; relative paths given
 //! as flags or in the environment are relative to the working directory. Errors in the
 //! file name the file, the line and the key (`perchd.toml:7: broker.url: ...`); unknown
@@ -90,7 +100,7 @@ pub use crate::device::DeviceId;
 use crate::sensor::SensorConfig;
 pub use args::Args;
 pub use broker::{Broker, BrokerConfig, TlsFiles, DEFAULT_EMBEDDED_PORT};
-pub use model::{ModelConfig, DEFAULT_MODEL};
+pub use model::{ModelConfig, RepositoryModel, DEFAULT_MODEL};
 pub use origin::ConfigError;
 use origin::{Setting, Source};
 pub use ota::{
@@ -132,8 +142,14 @@ pub struct Config {
     pub device_id: DeviceId,
     /// The broker to connect to.
     pub broker: Broker,
-    /// The model to serve and how to check it.
+    /// The primary model: the one MQTT requests, the sensor, over-the-air updates and
+    /// `/predict` without a model name go to.
     pub model: ModelConfig,
+    /// The other models of the repository (`[[models]]`), served over HTTP by name.
+    pub models: Vec<RepositoryModel>,
+    /// The memory the loaded models may take together, in bytes (`None`: no bound);
+    /// see [`crate::repository`] for how a model's memory is estimated.
+    pub memory_budget: Option<u64>,
     /// Time between metrics reports.
     pub report_interval: Duration,
     /// The model's service-level objectives, checked per report interval (each one set
@@ -165,6 +181,8 @@ impl Config {
                 port: DEFAULT_EMBEDDED_PORT,
             },
             model: ModelConfig::new(model),
+            models: Vec::new(),
+            memory_budget: None,
             report_interval: DEFAULT_REPORT_INTERVAL,
             slo: Slo::default(),
             http_listen: DEFAULT_HTTP_LISTEN.parse().ok(),
@@ -220,7 +238,33 @@ impl Config {
             .or(parsed.device_id.map(Spanned::into_inner))
             .unwrap_or_else(DeviceId::from_hostname);
         let slo = resolve_slo(parsed.slo.unwrap_or_default(), &source)?;
-        let model = model::resolve(args, parsed.model.unwrap_or_default(), &source);
+        let entries = parsed.models.unwrap_or_default();
+        // Without `[model]` or `--model`, the first `[[models]]` entry is the primary.
+        let first_is_primary =
+            parsed.model.is_none() && args.model.is_none() && !entries.is_empty();
+        let mut model = model::resolve(args, parsed.model.unwrap_or_default(), &source);
+        let models = if first_is_primary {
+            let unnamed = ModelConfig {
+                path: PathBuf::new(),
+                name: None,
+                ..model.clone()
+            };
+            let mut all = model::resolve_models(entries, &unnamed, &source)?;
+            model = all.remove(0).config;
+            all
+        } else {
+            model::resolve_models(entries, &model, &source)?
+        };
+        let memory_budget = match parsed.memory_budget {
+            Some(budget) => {
+                let budget = Setting::from_file("memory_budget", budget);
+                if budget.value.0 == 0 {
+                    return Err(source.invalid(&budget, "must be more than zero"));
+                }
+                Some(budget.value.0)
+            }
+            None => None,
+        };
         let broker = broker::resolve(args, parsed.broker.unwrap_or_default(), &source)?;
         let report_interval = Setting::pick_or(
             ("--report-interval", args.report_interval),
@@ -276,6 +320,8 @@ impl Config {
             device_id,
             broker,
             model,
+            models,
+            memory_budget,
             report_interval: report_interval.value.0,
             slo,
             http_listen,
@@ -297,7 +343,9 @@ struct FileConfig {
     http_listen: Option<Spanned<Listen>>,
     max_payload_bytes: Option<Spanned<ByteSize>>,
     inference_timeout: Option<Spanned<HumanDuration>>,
+    memory_budget: Option<Spanned<ByteSize>>,
     model: Option<model::ModelFile>,
+    models: Option<Vec<model::ModelsEntry>>,
     broker: Option<broker::BrokerFile>,
     slo: Option<SloFile>,
     spool: Option<spool::SpoolFile>,
@@ -500,6 +548,76 @@ max_bytes = 100000
             from_file("[model]\ntrusted_keys = [\"k\"]\n[ota]\ngroup = \"a/b\"\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("ota.group"), "{err}");
         assert_eq!(err.line, Some(4), "{err}");
+    }
+
+    #[test]
+    fn a_models_list_adds_named_models_beside_the_primary_with_its_keys() {
+        let config = from_file(
+            "memory_budget = \"64 MiB\"\n[model]\npath = \"kws.perch\"\n\
+             trusted_keys = [\"fleet.pub\"]\n[ota]\nenabled = false\n\
+             [[models]]\nname = \"digits\"\npath = \"digits/model.onnx\"\n\
+             [[models]]\nname = \"iris\"\npath = \"iris.perch\"\nload = false\n",
+        )
+        .unwrap();
+        assert_eq!(config.memory_budget, Some(64 << 20));
+        assert_eq!(config.model.path, Path::new("/etc/perch/kws.perch"));
+        let names: Vec<_> = config
+            .models
+            .iter()
+            .map(|m| (m.config.name.as_deref().unwrap(), m.load))
+            .collect();
+        assert_eq!(names, [("digits", true), ("iris", false)]);
+        let digits = &config.models[0].config;
+        assert_eq!(digits.path, Path::new("/etc/perch/digits/model.onnx"));
+        assert_eq!(digits.trusted_keys, [PathBuf::from("/etc/perch/fleet.pub")]);
+        assert_eq!(
+            config.models[1].config.warmup_runs,
+            config.model.warmup_runs
+        );
+    }
+
+    #[test]
+    fn without_a_model_section_the_first_of_the_models_list_is_the_primary() {
+        let config = from_file(
+            "[[models]]\nname = \"digits\"\npath = \"d/model.onnx\"\nwarmup_runs = 2\n\
+             [[models]]\nname = \"kws-dscnn\"\npath = \"k/model.onnx\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.model.name.as_deref(), Some("digits"));
+        assert_eq!(config.model.warmup_runs, 2);
+        assert_eq!(config.models.len(), 1);
+        assert_eq!(config.models[0].config.name.as_deref(), Some("kws-dscnn"));
+        assert_eq!(from_file("").unwrap().models, []);
+    }
+
+    #[test]
+    fn a_model_name_given_twice_is_an_error_naming_both_entries() {
+        let err = from_file(
+            "[[models]]\nname = \"a\"\npath = \"a.onnx\"\n\
+             [[models]]\nname = \"b\"\npath = \"b.onnx\"\n\
+             [[models]]\nname = \"a\"\npath = \"c.onnx\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(8), Some("models.name"))
+        );
+        assert!(
+            err.message
+                .contains("\"a\" is also the name of the [[models]] entry on line 2"),
+            "{err}"
+        );
+        // The primary model's name counts too (here its folder's name).
+        let err = from_file(
+            "[model]\npath = \"models/kws/model.onnx\"\n\
+             [[models]]\nname = \"kws\"\npath = \"other.onnx\"\n",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("primary model"), "{err}");
+        let err = from_file("memory_budget = \"0 MiB\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("memory_budget"), "{err}");
+        let err = from_file("[[models]]\nname = \"a\"\n").unwrap_err();
+        assert!(err.message.contains("path"), "{err}");
     }
 
     #[test]

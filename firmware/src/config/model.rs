@@ -7,7 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::args::Args;
-use super::origin::Source;
+use super::origin::{ConfigError, Setting, Source};
 use super::values::VersionSetting;
 
 /// The reference model `perchd` serves when none is configured (relative to the working
@@ -98,4 +98,89 @@ pub(super) fn resolve(args: &Args, file: ModelFile, source: &Source<'_>) -> Mode
             .or(file.warmup_runs.map(Spanned::into_inner))
             .unwrap_or(DEFAULT_WARMUP_RUNS),
     }
+}
+
+/// A model of the repository besides the primary one (a `[[models]]` entry). The
+/// primary model's trusted keys verify its bundles too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepositoryModel {
+    /// Where it comes from and how it is checked; `name` is always set.
+    pub config: ModelConfig,
+    /// Whether it is loaded at start; one that is not is listed `UNAVAILABLE` until a
+    /// `POST /v2/repository/models/{name}/load`.
+    pub load: bool,
+}
+
+/// One `[[models]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ModelsEntry {
+    name: Spanned<String>,
+    path: Spanned<PathBuf>,
+    golden: Option<Spanned<PathBuf>>,
+    variant: Option<Spanned<String>>,
+    version: Option<Spanned<VersionSetting>>,
+    warmup_runs: Option<Spanned<u32>>,
+    load: Option<Spanned<bool>>,
+}
+
+/// The name a model is served under when it can be told without loading it: the
+/// configured name, or the folder of a plain model file (a bundle names itself).
+fn known_name(config: &ModelConfig) -> Option<String> {
+    if config.name.is_some() {
+        return config.name.clone();
+    }
+    let is_bundle = config.path.extension().is_some_and(|e| e == "perch");
+    let folder = config.path.parent().and_then(std::path::Path::file_name);
+    folder
+        .filter(|_| !is_bundle)
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
+/// The `[[models]]` entries, each with the primary model's trusted keys. Names must
+/// differ from each other and from the primary model's.
+pub(super) fn resolve_models(
+    entries: Vec<ModelsEntry>,
+    primary: &ModelConfig,
+    source: &Source<'_>,
+) -> Result<Vec<RepositoryModel>, ConfigError> {
+    let mut models: Vec<(RepositoryModel, usize)> = Vec::with_capacity(entries.len());
+    let primary_name = known_name(primary);
+    for entry in entries {
+        let name = Setting::from_file("models.name", entry.name);
+        let line = source.line(&name.origin);
+        if let Some((_, earlier)) = models
+            .iter()
+            .find(|(m, _)| m.config.name.as_deref() == Some(name.value.as_str()))
+        {
+            let message = format!(
+                "{:?} is also the name of the [[models]] entry on line {earlier}",
+                name.value
+            );
+            return Err(source.error(&name.origin, message));
+        }
+        if primary_name.as_deref() == Some(name.value.as_str()) {
+            let message = format!(
+                "{:?} is also the name of the primary model ([model], {})",
+                name.value,
+                primary.path.display()
+            );
+            return Err(source.error(&name.origin, message));
+        }
+        let in_file = |p: Option<Spanned<PathBuf>>| p.map(|p| source.path(p.into_inner()));
+        let config = ModelConfig {
+            path: source.path(entry.path.into_inner()),
+            trusted_keys: primary.trusted_keys.clone(),
+            golden: in_file(entry.golden),
+            variant: entry.variant.map(Spanned::into_inner),
+            name: Some(name.value),
+            version: entry.version.map(|v| v.into_inner().0),
+            warmup_runs: entry
+                .warmup_runs
+                .map_or(primary.warmup_runs, Spanned::into_inner),
+        };
+        let load = entry.load.is_none_or(Spanned::into_inner);
+        models.push((RepositoryModel { config, load }, line.unwrap_or(0)));
+    }
+    Ok(models.into_iter().map(|(m, _)| m).collect())
 }

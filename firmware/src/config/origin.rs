@@ -207,6 +207,14 @@ impl<'a> Source<'a> {
     ) -> ConfigError {
         self.error(&setting.origin, message)
     }
+
+    /// The line of a setting that came from the file.
+    pub(super) fn line(&self, origin: &Origin) -> Option<usize> {
+        match (origin, self.file) {
+            (Origin::File { span, .. }, Some((_, text))) => Some(line_of(text, span.start)),
+            _ => None,
+        }
+    }
 }
 
 /// The 1-based line of byte `offset` in `text`.

@@ -32,34 +32,58 @@ pub fn config(service: &InferenceService) -> Reply {
 }
 
 /// `GET /v2/models/{name}/stats` and `/v2/models/stats`:
-/// [`stats::encode_statistics`] of the served model.
-pub fn statistics(service: &InferenceService) -> Reply {
-    let id = service.model_id();
+/// [`stats::encode_statistics`] of each of `services`.
+pub fn statistics(services: &[InferenceService]) -> Reply {
+    let ids: Vec<_> = services.iter().map(InferenceService::model_id).collect();
+    let stats: Vec<_> = services
+        .iter()
+        .zip(&ids)
+        .map(|(s, id)| (id, s.statistics()))
+        .collect();
     Reply {
         status: 200,
-        body: stats::encode_statistics(&[(&id, service.statistics())]),
+        body: stats::encode_statistics(&stats),
     }
+}
+
+/// One model of the repository index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Its name.
+    pub name: String,
+    /// Its version, when known (a model not loaded may not say).
+    pub version: Option<String>,
+    /// Why it is not served (`None`: it is, and is ready).
+    pub reason: Option<String>,
 }
 
 /// `POST /v2/repository/index`: `[{"name", "version", "state"}]`, `state` `READY`, or
-/// `UNAVAILABLE` with a `reason` while the model is not ready.
-pub fn repository_index(service: &InferenceService) -> Reply {
-    let id = service.model_id();
-    let mut entry = json!({
-        "name": id.name.as_str(),
-        "version": id.version.to_string(),
-        "state": "READY",
-    });
-    if !service.ready() {
-        entry["state"] = json!("UNAVAILABLE");
-        entry["reason"] = json!("the model is not ready");
-    }
-    reply(200, &json!([entry]))
+/// `UNAVAILABLE` with a `reason` for a model not loaded or not ready.
+pub fn repository_index(entries: &[IndexEntry]) -> Reply {
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut entry = json!({"name": e.name, "state": "READY"});
+            if let Some(version) = &e.version {
+                entry["version"] = json!(version);
+            }
+            if let Some(reason) = &e.reason {
+                entry["state"] = json!("UNAVAILABLE");
+                entry["reason"] = json!(reason);
+            }
+            entry
+        })
+        .collect();
+    reply(200, &Value::Array(list))
 }
 
-/// `GET /v1/models`: `{"models": ["<name>"]}`.
-pub fn v1_models(service: &InferenceService) -> Reply {
-    reply(200, &json!({"models": [service.model_id().name.as_str()]}))
+/// `GET /v1/models`: `{"models": ["<name>", ...]}` of the loaded models.
+pub fn v1_models(services: &[InferenceService]) -> Reply {
+    let names: Vec<_> = services
+        .iter()
+        .map(|s| s.model_id().name.to_string())
+        .collect();
+    reply(200, &json!({ "models": names }))
 }
 
 /// `GET /v1/models/{name}`: `{"name", "ready"}`, 503 while not ready.
@@ -68,18 +92,24 @@ pub fn v1_model(service: &InferenceService) -> Reply {
     reply(ready_status(service), &body)
 }
 
-/// `GET /health`: `{"status": "ok"|"not ready", "models": [{"name", "version",
-/// "ready"}]}`, 503 while not ready.
-pub fn health(service: &InferenceService) -> Reply {
-    let id = service.model_id();
-    let ready = service.ready();
-    let body = json!({
-        "status": if ready { "ok" } else { "not ready" },
-        "models": [{
-            "name": id.name.as_str(),
-            "version": id.version.to_string(),
-            "ready": ready,
-        }],
-    });
-    reply(ready_status(service), &body)
+/// `GET /health`: `{"status", "models": [{"name", "version", "ready"}]}` of the loaded
+/// models, the primary (`services[0]`) first. `status` is `ok` when every model is
+/// ready, `degraded` (still 200) when the primary is and another is not, and
+/// `not ready` (503) when the primary is not.
+pub fn health(services: &[InferenceService]) -> Reply {
+    let models: Vec<Value> = services
+        .iter()
+        .map(|s| {
+            let id = s.model_id();
+            json!({"name": id.name.as_str(), "version": id.version.to_string(), "ready": s.ready()})
+        })
+        .collect();
+    let primary_ready = services.first().is_some_and(InferenceService::ready);
+    let status = match (primary_ready, services.iter().all(InferenceService::ready)) {
+        (true, true) => "ok",
+        (true, false) => "degraded",
+        (false, _) => "not ready",
+    };
+    let code = if primary_ready { 200 } else { 503 };
+    reply(code, &json!({"status": status, "models": models}))
 }

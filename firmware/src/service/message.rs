@@ -204,6 +204,15 @@ pub enum ServiceError {
     /// The model is loaded but not (or no longer) marked ready.
     #[error("the model is not ready")]
     NotReady,
+    /// The repository knows the model but does not serve it now (not loaded yet,
+    /// unloaded, or its load failed).
+    #[error("model {name:?} is not ready: {reason}")]
+    Unavailable {
+        /// The model's name.
+        name: String,
+        /// Why it is not served.
+        reason: String,
+    },
     /// The engine failed on a valid request.
     #[error(transparent)]
     Engine(EngineError),
@@ -218,13 +227,15 @@ pub enum ServiceError {
 
 impl ServiceError {
     /// The HTTP status for this error: 400 malformed or bad request, 404 unknown model
-    /// or version (400 `/predict` of a model without a feature schema), 408 a body that did not arrive in time, 413 over a request limit,
+    /// or version, or a model of the repository that is not loaded (400 `/predict` of a model without a feature schema), 408 a body that did not arrive in time, 413 over a request limit,
     /// 503 not ready, 504 past the inference deadline, 500 engine failure (NaN or
     /// infinite outputs included) or a reply too large for the transport.
     pub fn http_status(&self) -> u16 {
         match self {
             ServiceError::Malformed(_) | ServiceError::BadRequest(_) => 400,
-            ServiceError::UnknownModel(_) | ServiceError::UnknownVersion { .. } => 404,
+            ServiceError::UnknownModel(_)
+            | ServiceError::UnknownVersion { .. }
+            | ServiceError::Unavailable { .. } => 404,
             ServiceError::BodyTimeout { .. } => 408,
             ServiceError::PayloadTooLarge { .. }
             | ServiceError::TooManyElements { .. }

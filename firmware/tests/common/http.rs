@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use perch_firmware::http::{serve_with, HttpLimits};
+use perch_firmware::repository::Repository;
 use perch_firmware::service::InferenceService;
 
 /// A server running on its own tokio runtime until dropped, and a client for it.
@@ -18,8 +19,10 @@ pub struct HttpServer {
     pub base: String,
     /// A client that hands error statuses back as answers, with a 60 s timeout.
     pub agent: ureq::Agent,
-    /// The service it serves.
+    /// The service it serves (the primary model's, when it serves a repository).
     pub service: InferenceService,
+    /// Every model it serves.
+    pub repository: Repository,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     runtime: tokio::runtime::Runtime,
@@ -37,6 +40,16 @@ impl HttpServer {
         service: InferenceService,
         limits: HttpLimits,
     ) -> HttpServer {
+        HttpServer::serve_models(worker_threads, Repository::from(service), limits)
+    }
+
+    /// Serves every model of `models` on a runtime of `worker_threads` threads.
+    pub fn serve_models(
+        worker_threads: usize,
+        models: Repository,
+        limits: HttpLimits,
+    ) -> HttpServer {
+        let (service, repository) = (models.primary(), models.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(worker_threads)
             .enable_all()
@@ -47,7 +60,7 @@ impl HttpServer {
             .unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(serve_with(listener, service.clone(), limits, async move {
+        let task = runtime.spawn(serve_with(listener, models, limits, async move {
             let _ = stopped.await;
         }));
         let agent = ureq::Agent::config_builder()
@@ -59,6 +72,7 @@ impl HttpServer {
             base,
             agent,
             service,
+            repository,
             stop: Some(stop),
             task: Some(task),
             runtime,
