@@ -16,9 +16,9 @@ use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{self, DeviceState, DeviceStatus, Phase, RolloutDocument};
 use perch_runtime::slo::Slo;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::freshness::Freshness;
+use super::refusal::{Claimed, Refusals};
 use super::soak::{Soak, Verdict};
 
 /// The persisted state's format version.
@@ -162,12 +162,8 @@ pub struct Machine {
     soak_mark_ms: Option<u64>,
     /// The last progress decile reported.
     reported_decile: Option<u8>,
-    /// SHA-256 of the last refused unverifiable document, so a retained one delivered
-    /// again on every reconnection is reported once.
-    last_refused: Option<[u8; 32]>,
-    /// Distinct unverifiable documents reported since the start: their `update`, so
-    /// a later refusal for the same rollout id is newer than the earlier one.
-    refusals: u32,
+    /// Refused documents reported under the rollout id they name.
+    refusals: Refusals,
     /// Whether the current document was renewed in time (not persisted: a restart
     /// starts a new period).
     freshness: Freshness,
@@ -190,8 +186,7 @@ impl Machine {
             awaiting: None,
             soak_mark_ms: None,
             reported_decile: None,
-            last_refused: None,
-            refusals: 0,
+            refusals: Refusals::default(),
             freshness: Freshness::default(),
         }
     }
@@ -221,7 +216,8 @@ impl Machine {
     ///
     /// Refused, changing nothing: a payload that does not verify against the trusted
     /// keys, a document for another group, and a revision lower than the highest acted
-    /// on (a replay; reported with the reason on the current rollout). The same revision
+    /// on (a replay; reported with the reason under the current rollout when it is the
+    /// current rollout's, as `failed` under its own rollout id otherwise). The same revision
     /// again (a retained re-delivery) is a no-op and renews nothing; a higher one renews
     /// the document's freshness and thaws a frozen device ([`Freshness`]).
     pub fn on_document(&mut self, payload: &[u8], now_ms: u64) -> Vec<Action> {
@@ -242,10 +238,16 @@ impl Machine {
                 "replayed rollout document (revision {}, already acted on {})",
                 doc.revision, self.state.highest_revision
             );
+            let current = self.state.document.as_ref().map(|d| &d.rollout_id);
+            if current != Some(&doc.rollout_id) {
+                // Another rollout's (an operator whose clock is behind the previous
+                // rollout's revisions, or an old one replayed): reported under its id.
+                return self.refuse(payload, Some(Claimed::of(&doc)), reason);
+            }
             let mut actions = vec![Action::Refused {
                 reason: reason.clone(),
             }];
-            if let (Some(_), Some(state)) = (&self.state.document, self.state.state) {
+            if let Some(state) = self.state.state {
                 self.state.update = self.state.update.saturating_add(1);
                 actions.push(Action::Report(self.status(state, Some(reason))));
                 actions.push(Action::Persist);
@@ -279,7 +281,7 @@ impl Machine {
                 }
                 _ => {}
             }
-            self.state.update = 0;
+            self.state.update = self.refusals.update_floor();
             self.state.have = 0;
             self.state.reason = None;
             self.state.state = None;
@@ -694,62 +696,24 @@ impl Machine {
 
     /// Refuses a document that does not verify. Nothing in it is acted on, but when it
     /// names a rollout (e.g. an operator signing with a key the devices do not trust),
-    /// the refusal is reported as `failed` for that rollout id, once per distinct
-    /// document, so whoever published it learns why nothing happens. The echoed ids
-    /// are unverified and change no state.
+    /// the refusal is reported as `failed` for that rollout id ([`Refusals`]).
     fn refuse_unverified(&mut self, payload: &[u8], reason: String) -> Vec<Action> {
+        let claimed = Claimed::unverified(payload);
+        self.refuse(payload, claimed, reason)
+    }
+
+    /// Refuses `payload`, reporting it under `claimed`'s rollout id once per distinct
+    /// document.
+    fn refuse(&mut self, payload: &[u8], claimed: Option<Claimed>, reason: String) -> Vec<Action> {
         let mut actions = vec![Action::Refused {
             reason: reason.clone(),
         }];
-        let digest: [u8; 32] = Sha256::digest(payload).into();
-        if self.last_refused == Some(digest) {
-            return actions;
+        if let Some(claimed) = claimed.filter(|_| self.refusals.is_new(payload)) {
+            let report =
+                self.refusals
+                    .report(&self.config.device, &self.state.serving, claimed, reason);
+            actions.push(Action::Report(report));
         }
-        self.last_refused = Some(digest);
-        let claimed = serde_json::from_slice::<rollout::SignedDocument>(payload)
-            .ok()
-            .and_then(|signed| serde_json::from_str::<serde_json::Value>(&signed.document).ok());
-        let Some(claimed) = claimed else {
-            return actions;
-        };
-        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
-        let Some(rollout_id) = claimed
-            .get("rollout_id")
-            .and_then(text)
-            .filter(|id| rollout::check_id("rollout_id", id).is_ok())
-        else {
-            return actions;
-        };
-        let bundle = claimed.get("bundle");
-        self.refusals = self.refusals.saturating_add(1);
-        actions.push(Action::Report(DeviceStatus {
-            format: rollout::FORMAT,
-            device: self.config.device.clone(),
-            bucket: perch_runtime::canary::bucket(
-                self.config.device.as_bytes(),
-                rollout_id.as_bytes(),
-            ),
-            rollout_id,
-            revision: claimed
-                .get("revision")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0),
-            version: bundle
-                .and_then(|b| b.get("version"))
-                .and_then(text)
-                .filter(|v| v.len() <= 64)
-                .unwrap_or_default(),
-            sequence: bundle
-                .and_then(|b| b.get("sequence"))
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0),
-            state: DeviceState::Failed,
-            progress_pct: None,
-            reason: Some(reason),
-            serving: self.state.serving.clone(),
-            update: self.refusals,
-            frozen: false,
-        }));
         actions
     }
 
@@ -1191,6 +1155,53 @@ mod tests {
         assert_eq!(report.reason.as_deref(), Some(reason));
         assert_eq!(machine.state().highest_revision, 20);
         assert_eq!(machine.state().document, before.document);
+    }
+
+    /// Issue 15: a new rollout signed by an operator whose clock is behind the previous
+    /// rollout's revisions was refused as a replay and reported under the previous
+    /// rollout's id, where its operator never looked.
+    #[test]
+    fn a_replayed_document_of_another_rollout_is_reported_failed_under_its_own_rollout_id() {
+        let doc = document(20, Phase::Running, 5_000);
+        let mut machine = machine(&device(&doc, true));
+        machine.on_document(&doc.sign(&key()), 0);
+        let before = machine.state().clone();
+
+        let mut behind = document(19, Phase::Running, 10_000);
+        behind.rollout_id = "kws-1.4.0-b".into();
+        behind.bundle = BundleRef::describe("kws", "1.4.0", 8, &bundle_bytes(), MIN_CHUNK_SIZE);
+        let signed = behind.sign(&key());
+        let actions = machine.on_document(&signed, 0);
+        let reason = "replayed rollout document (revision 19, already acted on 20)";
+        assert_eq!(
+            actions[0],
+            Action::Refused {
+                reason: reason.into()
+            }
+        );
+        let sent = reports(&actions);
+        assert_eq!(sent.len(), 1, "{actions:?}");
+        assert_eq!(sent[0].rollout_id, "kws-1.4.0-b");
+        assert_eq!(sent[0].state, DeviceState::Failed);
+        assert_eq!(sent[0].reason.as_deref(), Some(reason));
+        assert_eq!(
+            (sent[0].revision, sent[0].version.as_str(), sent[0].sequence),
+            (19, "1.4.0", 8)
+        );
+        assert_eq!(sent[0].bucket, behind.bucket(&sent[0].device));
+        let refusal_update = sent[0].update;
+        assert_eq!(machine.state(), &before, "the current rollout is untouched");
+        // Delivered again (retained, on reconnection): logged, not reported again.
+        assert!(reports(&machine.on_document(&signed, 0)).is_empty());
+
+        // Re-signed above the previous rollout's revision, it is taken, and its first
+        // report is newer than the refusal its operator already holds.
+        behind.revision = 21;
+        let actions = machine.on_document(&behind.sign(&key()), 0);
+        let first = reports(&actions)[0];
+        assert_eq!(first.rollout_id, "kws-1.4.0-b");
+        assert_eq!(first.state, DeviceState::Downloading);
+        assert!(first.update > refusal_update, "{first:?}");
     }
 
     #[test]

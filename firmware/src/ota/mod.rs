@@ -51,6 +51,7 @@ mod error;
 pub mod freshness;
 pub mod install;
 pub mod machine;
+mod refusal;
 pub mod soak;
 mod updater;
 
