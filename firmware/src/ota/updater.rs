@@ -215,6 +215,11 @@ impl Updater {
     ///
     /// The slot state cannot be written.
     pub fn boot(&mut self) -> Result<Boot, OtaError> {
+        if self.marker(SERVE_CONFIGURED_FILE) {
+            // A roll-back to the configured model stopped before it ended the
+            // probation (or was made by an agent that did not end it).
+            self.slots.leave()?;
+        }
         let boots = self.slots.record_boot()?;
         let now = self.now_ms();
         let mut actions = self.machine.on_boot(boots);
@@ -450,7 +455,10 @@ impl Updater {
             .clone()
             .ok_or_else(|| "no rollout document".to_string())?;
         if let Some((_, content, path)) = self.slots.active() {
-            if content.sha256 == doc.bundle.sha256 && self.slots.state().probation {
+            if content.sha256 == doc.bundle.sha256
+                && self.slots.state().probation
+                && !self.marker(SERVE_CONFIGURED_FILE)
+            {
                 // Activated before a restart cut the run short of recording it.
                 let loaded = self
                     .settings
@@ -529,7 +537,10 @@ impl Updater {
     /// (loaded when `load`), or the configured model (`Ok(None)`).
     fn return_to_previous(&mut self, load: bool) -> Result<Option<Loaded>, OtaError> {
         if self.marker(PREVIOUS_CONFIGURED_FILE) || self.slots.inactive().is_none() {
+            // The marker first: stopped in between, the next start serves the
+            // configured model and `boot` ends the probation.
             self.set_marker(SERVE_CONFIGURED_FILE, true)?;
+            self.slots.leave()?;
             return Ok(None);
         }
         let loaded = if load {
@@ -948,6 +959,61 @@ mod tests {
         let effects = updater.handle_at(breach(&latencies(100, 80.0)), 1_000);
         assert!(effects.iter().any(|e| matches!(e, Effect::ServeConfigured)));
         assert!(!effects.iter().any(|e| matches!(e, Effect::Serve(_))));
+    }
+
+    /// Issue 15: a roll-back to the configured model left the slot on probation, and a
+    /// later rollout of the same bundle re-activated it without the sequence check.
+    #[test]
+    fn a_roll_back_to_the_configured_model_ends_probation_and_the_same_bundle_is_refused_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = kws(2, "1.3.0");
+        let doc = document(&bundle);
+        let mut updater = open(dir.path());
+        updater.boot().unwrap();
+        updater.set_serving("kws 1.2.0");
+        roll_out(&mut updater, &doc, &bundle, 0, usize::MAX);
+        assert!(updater.slots().state().probation);
+        let effects = updater.handle_at(breach(&latencies(100, 80.0)), 1_000);
+        assert!(effects.iter().any(|e| matches!(e, Effect::ServeConfigured)));
+        assert!(
+            !updater.slots().state().probation,
+            "the slot no longer serves: no probation"
+        );
+        // Restarts are not counted as starts on probation either.
+        drop(updater);
+        let mut updater = open(dir.path());
+        assert!(updater.boot().unwrap().serve.is_none());
+        assert_eq!(updater.slots().state().boots_on_probation, 0);
+
+        // The same bundle under another rollout id is not re-activated: like any
+        // bundle, it needs a sequence above every one activated before.
+        let again = release("kws-1.3.0-again", "1.3.0", 2, &bundle, 200);
+        let effects = roll_out(&mut updater, &again, &bundle, 2_000, usize::MAX);
+        assert!(served(&effects).is_empty(), "{effects:?}");
+        let last = reports(&effects).pop().unwrap();
+        assert_eq!(last.state, DeviceState::Failed);
+        let reason = last.reason.unwrap_or_default();
+        assert!(reason.contains("older sequence"), "{reason}");
+        drop(updater);
+        assert!(open(dir.path()).boot().unwrap().serve.is_none());
+    }
+
+    #[test]
+    fn a_roll_back_to_the_configured_model_stopped_before_it_ended_probation_ends_it_at_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = kws(2, "1.3.0");
+        let mut updater = open(dir.path());
+        updater.boot().unwrap();
+        roll_out(&mut updater, &document(&bundle), &bundle, 0, usize::MAX);
+        drop(updater);
+        // Stopped right after writing the marker (or a state left by an older agent).
+        std::fs::write(dir.path().join(SERVE_CONFIGURED_FILE), b"1\n").unwrap();
+        let mut updater = open(dir.path());
+        let boot = updater.boot().unwrap();
+        assert!(boot.serve.is_none());
+        assert_eq!(reports(&boot.effects)[0].state, DeviceState::RolledBack);
+        assert!(!updater.slots().state().probation);
+        assert_eq!(updater.slots().state().boots_on_probation, 0);
     }
 
     /// `n` requests of `ms` milliseconds each.
