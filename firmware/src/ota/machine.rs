@@ -258,7 +258,9 @@ impl Machine {
             return Vec::new();
         }
         self.state.highest_revision = doc.revision;
-        let thawed = self.freshness.renew(now_ms);
+        // Past its wall-clock expiry, a new revision renews nothing (see on_tick).
+        let expired = self.freshness.is_expired(now_ms, |s| doc.expired_at(s));
+        let thawed = !expired && self.freshness.renew(now_ms);
         if let Some(awaiting) = self.awaiting.as_mut().filter(|_| thawed) {
             // The freeze stopped the requests and the stall clock: start both over.
             awaiting.since_ms = now_ms;
@@ -345,7 +347,16 @@ impl Machine {
                 actions.push(Action::Persist);
             }
         }
+        actions.extend(self.check_expiry(now_ms).unwrap_or_default());
         actions
+    }
+
+    /// The device's clock is synchronized (NTP, say) and reads `unix_ms` at `now_ms`:
+    /// from now on documents past their `expires_unix_s` freeze the device as stale
+    /// ones do ([`Freshness`]).
+    pub fn on_wall_clock(&mut self, unix_ms: u64, now_ms: u64) -> Vec<Action> {
+        self.freshness.set_wall_clock(unix_ms, now_ms);
+        self.check_expiry(now_ms).unwrap_or_default()
     }
 
     /// The executor found chunks `0..have` good on disk (after [`Action::PrepareDownload`]).
@@ -440,13 +451,15 @@ impl Machine {
     }
 
     /// Time passed: a running or paused rollout's document not renewed within its
-    /// `fresh_s` freezes the device's part in it, reported once ([`Freshness`]); a
+    /// `fresh_s`, or past its expiry by the device's synchronized clock, freezes the
+    /// device's part in it, reported once ([`Freshness`]); a
     /// chunk whose reply did not come within the timeout (or the backoff after a bad
     /// copy) is requested again; a download that got no good copy of the chunk it needs
     /// for [`MachineConfig::stall_timeout_ms`] fails. Frozen, nothing is requested and
     /// the stall clock stops.
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
-        if let Some(actions) = self.check_freshness(now_ms) {
+        let stale = self.check_freshness(now_ms);
+        if let Some(actions) = stale.or_else(|| self.check_expiry(now_ms)) {
             return actions;
         }
         if self.freshness.is_frozen() {
@@ -636,6 +649,32 @@ impl Machine {
         ])
     }
 
+    /// Freezes the device when its document expired by the synchronized wall clock:
+    /// `Some` with the report.
+    fn check_expiry(&mut self, now_ms: u64) -> Option<Vec<Action>> {
+        let doc = self.state.document.as_ref()?;
+        let state = self.state.state?;
+        if self.freshness.is_frozen() || !self.freshness.is_expired(now_ms, |s| doc.expired_at(s)) {
+            return None;
+        }
+        let reason = format!(
+            "the rollout document expired at {} (Unix seconds; this device's synchronized \
+             clock reads {}): frozen, nothing is downloaded or confirmed until a fresh one \
+             comes",
+            doc.expires_unix_s,
+            self.freshness.unix_s(now_ms).unwrap_or_default()
+        );
+        self.freshness.freeze();
+        self.state.update = self.state.update.saturating_add(1);
+        Some(vec![
+            Action::Refused {
+                reason: reason.clone(),
+            },
+            Action::Report(self.status(state, Some(reason))),
+            Action::Persist,
+        ])
+    }
+
     fn roll_back(&mut self, reason: String, actions: &mut Vec<Action>) {
         actions.push(Action::RollBack {
             reason: reason.clone(),
@@ -768,6 +807,7 @@ mod tests {
             soak_s: 60,
             soak_min_requests: 100,
             fresh_s: 0,
+            expires_unix_s: 0,
             bundle: BundleRef::describe("kws", "1.3.0", 7, &bundle_bytes(), MIN_CHUNK_SIZE),
         }
     }
@@ -1319,6 +1359,66 @@ mod tests {
         assert_eq!(requests(&machine.on_tick(STALL_MS * 3 + 2)), [1]);
         let actions = machine.on_chunk(&chunk(&doc, 1), STALL_MS * 3 + 3);
         assert_eq!(requests(&actions), [2]);
+    }
+
+    /// Issue 15: documents never expired by the wall clock, so a broker could hand a
+    /// restarted device (whose monotonic period starts over) an old running document
+    /// as if it were new.
+    #[test]
+    fn a_document_past_its_expiry_by_a_synchronized_clock_freezes_even_after_a_restart() {
+        const T0: u64 = 1_790_000_000;
+        let mut doc = document(10, Phase::Running, 10_000);
+        doc.fresh_s = 600;
+        doc.expires_unix_s = T0 + 600;
+        let mut machine = machine("dev-w");
+        machine.on_document(&doc.sign(&key()), 0);
+        machine.on_resumed(0, 0);
+        assert!(machine.on_wall_clock(T0 * 1000, 0).is_empty());
+        assert!(reports(&machine.on_tick(599_000)).is_empty());
+
+        // The agent restarts 10 minutes later: the monotonic period starts over, so
+        // without a synchronized clock nothing freezes yet.
+        let state = machine.state().clone();
+        let restored = || {
+            let config = machine.config.clone();
+            Machine::restore(config, vec![key().verifying_key()], state.clone())
+        };
+        let mut unsynchronized = restored();
+        assert!(reports(&unsynchronized.on_tick(1_000)).is_empty());
+        // With one, the document is past its expiry: frozen at once, and said so.
+        let mut machine = restored();
+        assert_eq!(machine.resume(), [Action::PrepareDownload]);
+        machine.on_resumed(0, 0);
+        let actions = machine.on_wall_clock((T0 + 700) * 1000, 0);
+        let report = reports(&actions)[0];
+        assert!(report.frozen, "{report:?}");
+        assert_eq!(report.state, DeviceState::Downloading);
+        let reason = report.reason.as_deref().unwrap();
+        assert!(reason.contains("expired at 1790000600"), "{reason}");
+        assert!(reason.contains("reads 1790000700"), "{reason}");
+        assert!(
+            machine.on_tick(1_000).is_empty(),
+            "said once, nothing requested"
+        );
+        assert!(machine.on_chunk(&chunk(&doc, 0), 2_000).is_empty());
+
+        // A higher revision that expired too (withheld, delivered late) thaws nothing.
+        doc.revision = 11;
+        doc.expires_unix_s = T0 + 650;
+        let actions = machine.on_document(&doc.sign(&key()), 3_000);
+        assert!(reports(&actions).is_empty(), "{actions:?}");
+        assert!(machine.on_tick(4_000).is_empty());
+        // A fresh one does: reported, and the chunk is asked for again.
+        doc.revision = 12;
+        doc.expires_unix_s = T0 + 1_300;
+        let actions = machine.on_document(&doc.sign(&key()), 5_000);
+        assert!(!reports(&actions)[0].frozen, "{actions:?}");
+        assert_eq!(requests(&machine.on_tick(5_000)), [0]);
+        // The wall clock, carried forward by the monotonic one, expires it in turn.
+        let actions = machine.on_tick(600_000);
+        let report = reports(&actions)[0];
+        assert!(report.frozen, "{actions:?}");
+        assert!(report.reason.as_deref().unwrap().contains("expired"));
     }
 
     #[test]

@@ -74,6 +74,13 @@ pub enum Event<'a> {
     Chunk(&'a [u8]),
     /// Time passed (call about once a second).
     Tick,
+    /// The device's wall clock, known synchronized ([`crate::clock`]), reads
+    /// `unix_ms`: documents past their expiry freeze the device from now on. Send it
+    /// with the ticks while the clock stays synchronized.
+    WallClock {
+        /// Milliseconds since the Unix epoch.
+        unix_ms: u64,
+    },
     /// A metrics report interval ended.
     Interval {
         /// Requests answered.
@@ -313,6 +320,7 @@ impl Updater {
             Event::Document(payload) => self.machine.on_document(payload, now_ms),
             Event::Chunk(frame) => self.machine.on_chunk(frame, now_ms),
             Event::Tick => self.machine.on_tick(now_ms),
+            Event::WallClock { unix_ms } => self.machine.on_wall_clock(unix_ms, now_ms),
             Event::Interval {
                 ok,
                 errors,
@@ -666,6 +674,7 @@ mod tests {
             soak_s: 60,
             soak_min_requests: 100,
             fresh_s: 0,
+            expires_unix_s: 0,
             bundle: BundleRef::describe("kws", version, sequence, bundle, MIN_CHUNK_SIZE * 16),
         }
     }
