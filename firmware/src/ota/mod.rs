@@ -47,6 +47,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(test)]
+mod crash_points;
 pub mod download;
 mod error;
 pub mod freshness;

@@ -144,6 +144,10 @@ pub struct Updater {
     epoch: Instant,
     /// The configured bundle's sequence (0 for a plain model file).
     configured_sequence: u64,
+    /// Crash-point tests: the actions that wrote to disk so far, and after how many
+    /// the agent "stops" (nothing more is carried out).
+    #[cfg(test)]
+    pub(super) crash: super::crash_points::CrashPoint,
 }
 
 impl Updater {
@@ -211,6 +215,8 @@ impl Updater {
             download: None,
             epoch: Instant::now(),
             configured_sequence: 0,
+            #[cfg(test)]
+            crash: Default::default(),
         })
     }
 
@@ -340,7 +346,17 @@ impl Updater {
     fn run(&mut self, actions: Vec<Action>, now_ms: u64, effects: &mut Vec<Effect>) {
         let mut queue = VecDeque::from(actions);
         while let Some(action) = queue.pop_front() {
+            #[cfg(test)]
+            if self.crash.stopped() {
+                return;
+            }
+            #[cfg(test)]
+            let writes = super::crash_points::writes_to_disk(&action);
             let next = self.execute(action, now_ms, effects);
+            #[cfg(test)]
+            if writes {
+                self.crash.wrote();
+            }
             for (i, action) in next.into_iter().enumerate() {
                 queue.insert(i, action);
             }
