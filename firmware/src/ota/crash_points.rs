@@ -17,43 +17,7 @@ use perch_runtime::rollout::{
     MIN_CHUNK_SIZE,
 };
 
-use super::{Action, Effect, Event, OtaConfig, Updater};
-
-/// How many disk-writing actions the updater carried out, and after how many it
-/// stops (a crash).
-#[derive(Debug, Default)]
-pub(super) struct CrashPoint {
-    /// Disk-writing actions carried out.
-    writes: usize,
-    /// Stop after this many (`None`: never).
-    stop_after: Option<usize>,
-}
-
-impl CrashPoint {
-    /// Counts one disk-writing action carried out.
-    pub(super) fn wrote(&mut self) {
-        self.writes += 1;
-    }
-
-    /// Whether the agent has stopped: no action is carried out any more.
-    pub(super) fn stopped(&self) -> bool {
-        self.stop_after.is_some_and(|n| self.writes >= n)
-    }
-}
-
-/// Whether carrying out `action` writes to the updater's folder.
-pub(super) fn writes_to_disk(action: &Action) -> bool {
-    matches!(
-        action,
-        Action::Persist
-            | Action::PrepareDownload
-            | Action::WriteChunk { .. }
-            | Action::Install
-            | Action::Confirm
-            | Action::RollBack { .. }
-            | Action::DiscardDownload
-    )
-}
+use super::updater::{Effect, Event, OtaConfig, Updater};
 
 const CONFIGURED: &str = "kws 1.2.0";
 

@@ -147,7 +147,7 @@ pub struct Updater {
     /// Crash-point tests: the actions that wrote to disk so far, and after how many
     /// the agent "stops" (nothing more is carried out).
     #[cfg(test)]
-    pub(super) crash: super::crash_points::CrashPoint,
+    pub(super) crash: CrashPoint,
 }
 
 impl Updater {
@@ -351,7 +351,7 @@ impl Updater {
                 return;
             }
             #[cfg(test)]
-            let writes = super::crash_points::writes_to_disk(&action);
+            let writes = writes_to_disk(&action);
             let next = self.execute(action, now_ms, effects);
             #[cfg(test)]
             if writes {
@@ -634,6 +634,46 @@ impl Updater {
         };
         result.map_err(|source| OtaError::Io { path, source })
     }
+}
+
+/// How many disk-writing actions the updater carried out, and after how many it
+/// stops (a crash).
+/// For `ota::crash_points`.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct CrashPoint {
+    /// Disk-writing actions carried out.
+    pub(super) writes: usize,
+    /// Stop after this many (`None`: never).
+    pub(super) stop_after: Option<usize>,
+}
+
+#[cfg(test)]
+impl CrashPoint {
+    /// Counts one disk-writing action carried out.
+    pub(super) fn wrote(&mut self) {
+        self.writes += 1;
+    }
+
+    /// Whether the agent has stopped: no action is carried out any more.
+    pub(super) fn stopped(&self) -> bool {
+        self.stop_after.is_some_and(|n| self.writes >= n)
+    }
+}
+
+/// Whether carrying out `action` writes to the updater's folder.
+#[cfg(test)]
+fn writes_to_disk(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Persist
+            | Action::PrepareDownload
+            | Action::WriteChunk { .. }
+            | Action::Install
+            | Action::Confirm
+            | Action::RollBack { .. }
+            | Action::DiscardDownload
+    )
 }
 
 #[cfg(test)]
