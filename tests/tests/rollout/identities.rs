@@ -1,7 +1,7 @@
 //! The broker identities of `deploy/mosquitto/` (per-client certificates, the common
-//! name as user name, `perch.acl`) on a real mosquitto: a device cannot report as
-//! another device, nor publish a rollout document; its own reports and the operator's
-//! documents arrive.
+//! name as user name, `perch.acl`) on a real mosquitto: a device cannot report or
+//! request chunks as another device, nor publish a command or a rollout document; its
+//! own reports and the operator's documents arrive.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
@@ -168,7 +168,9 @@ fn rolled_back(device: &str) -> Vec<u8> {
     .to_json()
 }
 
-/// Issue 15: anyone who could publish on the broker could report as any device.
+/// Issue 15: anyone who could publish on the broker could report as any device. Here
+/// a device's report and chunk request under another id and its command to the
+/// operator are dropped by the broker.
 #[test]
 fn a_device_certificate_cannot_report_under_another_device_id_and_its_own_reports_arrive() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,17 +182,28 @@ fn a_device_certificate_cannot_report_under_another_device_id_and_its_own_report
         return;
     };
     let port = broker.port();
-    // The operator reads every device's reports, as `perch rollout` subscribes.
+    // The operator may read everything under perch/.
     let operator = Peer::connect(d, port, "perch-operator");
-    operator.subscribe(&DeviceTopic::Rollout.filter());
+    operator.subscribe("perch/#");
     let a = Peer::connect(d, port, "dev-a");
-    // dev-a reports dev-b rolled back, then reports its own state. mosquitto handles a
-    // client's publishes in order and forwards them in order: the first report the
-    // operator hears is the first the ACL let through.
+    // dev-a reports dev-b rolled back, asks for a chunk as dev-b and sends the
+    // operator a command, then reports its own state. mosquitto handles a client's
+    // publishes in order and forwards them in order: the first message the operator
+    // hears is the first the ACL let through.
     a.publish(
         &DeviceTopic::Rollout.of("dev-b"),
         false,
         rolled_back("dev-b"),
+    );
+    a.publish(
+        &DeviceTopic::ChunkRequest.of("dev-b"),
+        false,
+        br#"{"rollout_id":"r-1","index":0}"#.to_vec(),
+    );
+    a.publish(
+        &topics::rollout_command("kitchen"),
+        false,
+        br#"{"command":"abort"}"#.to_vec(),
     );
     a.publish(
         &DeviceTopic::Rollout.of("dev-a"),
