@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod device;
 pub mod http;

@@ -338,6 +338,19 @@ impl Slots {
         self.save(next)
     }
 
+    /// Leaves the active slot for a model outside the slots (the configured one): the
+    /// slot no longer serves, so its probation ends (no start counts as a crash on it,
+    /// and it is not "the bundle activated but not yet recorded" to a later rollout of
+    /// the same bundle). The highest activated sequence stays, so the abandoned release
+    /// cannot be staged again. A no-op when not on probation.
+    ///
+    /// # Errors
+    ///
+    /// [`SlotError::Io`] if the state cannot be written.
+    pub fn leave(&mut self) -> Result<(), SlotError> {
+        self.confirm()
+    }
+
     /// Returns to the other slot (the previous model) and makes it the serving one, not
     /// on probation: it served before. The highest activated sequence stays, so the
     /// abandoned release cannot be staged again; a fix needs a new sequence. Returns the

@@ -295,12 +295,23 @@ pub struct RolloutDocument {
     /// roll-backs still happen) and reports it, until one comes. `0`: never stale.
     #[serde(default)]
     pub fresh_s: u64,
+    /// When a running or paused rollout's document expires, seconds since the Unix
+    /// epoch (UTC) by the operator's clock: its issue time plus `fresh_s`. A device
+    /// whose own clock is synchronized freezes past it as if the document were not
+    /// renewed in time, even after a restart (which restarts `fresh_s`'s monotonic
+    /// period). `0` (and absent): no expiry. Completed and aborted documents carry none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expires_unix_s: u64,
     /// The bundle.
     pub bundle: BundleRef,
 }
 
 fn default_soak_min_requests() -> u64 {
     DEFAULT_SOAK_MIN_REQUESTS
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl RolloutDocument {
@@ -312,6 +323,15 @@ impl RolloutDocument {
     /// The device's bucket for this rollout.
     pub fn bucket(&self, device: &str) -> u16 {
         canary::bucket(device.as_bytes(), self.rollout_id.as_bytes())
+    }
+
+    /// Whether the document has expired at `unix_s` (seconds since the Unix epoch):
+    /// it carries an expiry ([`expires_unix_s`](Self::expires_unix_s)), `unix_s` is
+    /// at or past it, and the rollout is running or paused.
+    pub fn expired_at(&self, unix_s: u64) -> bool {
+        matches!(self.phase, Phase::Running | Phase::Paused)
+            && self.expires_unix_s != 0
+            && unix_s >= self.expires_unix_s
     }
 
     /// Whether `device` is in the cohort at this document's share.
@@ -654,6 +674,7 @@ mod tests {
             soak_s: 60,
             soak_min_requests: 100,
             fresh_s: 600,
+            expires_unix_s: 0,
             bundle: BundleRef::describe("kws", "1.3.0", 7, bundle, MIN_CHUNK_SIZE),
         }
     }
@@ -667,6 +688,32 @@ mod tests {
         assert_eq!(RolloutDocument::verify(&payload, &trusted).unwrap(), doc);
         let err = RolloutDocument::verify(&payload, &[key(2).verifying_key()]).unwrap_err();
         assert_eq!(err.kind(), "unknown_key", "{err}");
+    }
+
+    #[test]
+    fn an_expiry_is_optional_on_the_wire_and_binds_only_running_and_paused_documents() {
+        let mut doc = document(&[1u8; 100]);
+        // Without one, the field is not written, so documents signed before expiries
+        // existed and after read the same.
+        let json = serde_json::to_string(&doc).unwrap();
+        assert!(!json.contains("expires_unix_s"), "{json}");
+        assert!(!doc.expired_at(u64::MAX));
+        doc.expires_unix_s = 1_790_000_600;
+        let json = serde_json::to_string(&doc).unwrap();
+        assert!(json.contains("\"expires_unix_s\":1790000600"), "{json}");
+        let payload = doc.sign(&key(1));
+        assert_eq!(
+            RolloutDocument::verify(&payload, &[key(1).verifying_key()]).unwrap(),
+            doc
+        );
+        assert!(!doc.expired_at(1_790_000_599));
+        assert!(doc.expired_at(1_790_000_600));
+        doc.phase = Phase::Paused;
+        assert!(doc.expired_at(1_790_000_600));
+        for phase in [Phase::Completed, Phase::Aborted] {
+            doc.phase = phase;
+            assert!(!doc.expired_at(u64::MAX), "{phase:?}");
+        }
     }
 
     #[test]

@@ -243,6 +243,7 @@ fn writes_the_fuzz_seed_corpus() {
         soak_s: 60,
         soak_min_requests: 100,
         fresh_s: 600,
+        expires_unix_s: 0,
         bundle: BundleRef::describe("iris", "1.0.0", 3, bundle.as_bytes(), MIN_CHUNK_SIZE),
     };
     write("rollout", "signed-document.json", &document.sign(&key));

@@ -197,6 +197,9 @@ impl Inbox {
             }
             if last_tick.elapsed() >= OTA_TICK {
                 last_tick = Instant::now();
+                if let Some(unix_ms) = crate::clock::synchronized_unix_ms() {
+                    out.extend(updater.handle(ota::Event::WallClock { unix_ms }));
+                }
                 out.extend(updater.handle(ota::Event::Tick));
             }
             for effect in out {

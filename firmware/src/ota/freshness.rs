@@ -16,6 +16,12 @@
 //! restarts), so a device restarted while frozen waits `fresh_s` again before freezing.
 //! A retained copy of the same revision, delivered again on every reconnection, renews
 //! nothing.
+//!
+//! A document may also carry an expiry by the operator's wall clock
+//! (`expires_unix_s`). A device whose own clock is synchronized (the agent says so,
+//! [`Freshness::set_wall_clock`]) freezes past it too: unlike the monotonic period,
+//! it survives restarts, so a broker cannot hand a restarted device an old document
+//! as if it were new. Without a synchronized clock, only the monotonic period counts.
 
 /// When the current document was last renewed, and whether the device froze since.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +31,8 @@ pub struct Freshness {
     renewed_ms: Option<u64>,
     /// Whether the document went stale and nothing renewed it since.
     frozen: bool,
+    /// The wall clock when last known synchronized: Unix ms at monotonic ms.
+    wall: Option<(u64, u64)>,
 }
 
 impl Freshness {
@@ -37,6 +45,31 @@ impl Freshness {
     /// Whether the device is frozen.
     pub fn is_frozen(&self) -> bool {
         self.frozen
+    }
+
+    /// The device's clock, synchronized, read `unix_ms` at `now_ms`; between such
+    /// readings, wall time is carried forward by the monotonic clock.
+    pub fn set_wall_clock(&mut self, unix_ms: u64, now_ms: u64) {
+        self.wall = Some((unix_ms, now_ms));
+    }
+
+    /// The wall time at `now_ms`, seconds since the Unix epoch, if the clock was ever
+    /// known synchronized since the start.
+    pub fn unix_s(&self, now_ms: u64) -> Option<u64> {
+        let (unix_ms, at_ms) = self.wall?;
+        Some(unix_ms.saturating_add(now_ms.saturating_sub(at_ms)) / 1000)
+    }
+
+    /// Whether `expired` (a document's expiry check against [`Freshness::unix_s`])
+    /// holds at `now_ms`; `false` without a synchronized clock.
+    pub fn is_expired(&self, now_ms: u64, expired: impl Fn(u64) -> bool) -> bool {
+        self.unix_s(now_ms).is_some_and(expired)
+    }
+
+    /// Freezes for an expired document. Returns whether it was not frozen yet (the
+    /// device says so once).
+    pub fn freeze(&mut self) -> bool {
+        !std::mem::replace(&mut self.frozen, true)
     }
 
     /// Checks at `now_ms` a document that must be renewed within `fresh_s` seconds
@@ -80,6 +113,20 @@ mod tests {
         assert_eq!(f.check(60, false, 10_000_000), None);
         assert_eq!(f.check(0, true, 10_000_000), None);
         assert!(!f.is_frozen());
+    }
+
+    #[test]
+    fn wall_time_is_known_only_once_set_and_is_carried_forward_by_the_monotonic_clock() {
+        let mut f = Freshness::default();
+        assert_eq!(f.unix_s(5_000), None);
+        assert!(!f.is_expired(5_000, |_| true), "no synchronized clock");
+        f.set_wall_clock(1_790_000_000_000, 5_000);
+        assert_eq!(f.unix_s(5_000), Some(1_790_000_000));
+        assert_eq!(f.unix_s(65_999), Some(1_790_000_060));
+        assert!(f.is_expired(65_999, |s| s >= 1_790_000_060));
+        assert!(f.freeze());
+        assert!(!f.freeze(), "said once");
+        assert!(f.renew(70_000));
     }
 
     #[test]

@@ -16,9 +16,9 @@ use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{self, DeviceState, DeviceStatus, Phase, RolloutDocument};
 use perch_runtime::slo::Slo;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::freshness::Freshness;
+use super::refusal::{Claimed, Refusals};
 use super::soak::{Soak, Verdict};
 
 /// The persisted state's format version.
@@ -162,12 +162,8 @@ pub struct Machine {
     soak_mark_ms: Option<u64>,
     /// The last progress decile reported.
     reported_decile: Option<u8>,
-    /// SHA-256 of the last refused unverifiable document, so a retained one delivered
-    /// again on every reconnection is reported once.
-    last_refused: Option<[u8; 32]>,
-    /// Distinct unverifiable documents reported since the start: their `update`, so
-    /// a later refusal for the same rollout id is newer than the earlier one.
-    refusals: u32,
+    /// Refused documents reported under the rollout id they name.
+    refusals: Refusals,
     /// Whether the current document was renewed in time (not persisted: a restart
     /// starts a new period).
     freshness: Freshness,
@@ -190,8 +186,7 @@ impl Machine {
             awaiting: None,
             soak_mark_ms: None,
             reported_decile: None,
-            last_refused: None,
-            refusals: 0,
+            refusals: Refusals::default(),
             freshness: Freshness::default(),
         }
     }
@@ -221,7 +216,8 @@ impl Machine {
     ///
     /// Refused, changing nothing: a payload that does not verify against the trusted
     /// keys, a document for another group, and a revision lower than the highest acted
-    /// on (a replay; reported with the reason on the current rollout). The same revision
+    /// on (a replay; reported with the reason under the current rollout when it is the
+    /// current rollout's, as `failed` under its own rollout id otherwise). The same revision
     /// again (a retained re-delivery) is a no-op and renews nothing; a higher one renews
     /// the document's freshness and thaws a frozen device ([`Freshness`]).
     pub fn on_document(&mut self, payload: &[u8], now_ms: u64) -> Vec<Action> {
@@ -242,10 +238,16 @@ impl Machine {
                 "replayed rollout document (revision {}, already acted on {})",
                 doc.revision, self.state.highest_revision
             );
+            let current = self.state.document.as_ref().map(|d| &d.rollout_id);
+            if current != Some(&doc.rollout_id) {
+                // Another rollout's (an operator whose clock is behind the previous
+                // rollout's revisions, or an old one replayed): reported under its id.
+                return self.refuse(payload, Some(Claimed::of(&doc)), reason);
+            }
             let mut actions = vec![Action::Refused {
                 reason: reason.clone(),
             }];
-            if let (Some(_), Some(state)) = (&self.state.document, self.state.state) {
+            if let Some(state) = self.state.state {
                 self.state.update = self.state.update.saturating_add(1);
                 actions.push(Action::Report(self.status(state, Some(reason))));
                 actions.push(Action::Persist);
@@ -256,7 +258,9 @@ impl Machine {
             return Vec::new();
         }
         self.state.highest_revision = doc.revision;
-        let thawed = self.freshness.renew(now_ms);
+        // Past its wall-clock expiry, a new revision renews nothing (see on_tick).
+        let expired = self.freshness.is_expired(now_ms, |s| doc.expired_at(s));
+        let thawed = !expired && self.freshness.renew(now_ms);
         if let Some(awaiting) = self.awaiting.as_mut().filter(|_| thawed) {
             // The freeze stopped the requests and the stall clock: start both over.
             awaiting.since_ms = now_ms;
@@ -279,7 +283,7 @@ impl Machine {
                 }
                 _ => {}
             }
-            self.state.update = 0;
+            self.state.update = self.refusals.update_floor();
             self.state.have = 0;
             self.state.reason = None;
             self.state.state = None;
@@ -343,7 +347,16 @@ impl Machine {
                 actions.push(Action::Persist);
             }
         }
+        actions.extend(self.check_expiry(now_ms).unwrap_or_default());
         actions
+    }
+
+    /// The device's clock is synchronized (NTP, say) and reads `unix_ms` at `now_ms`:
+    /// from now on documents past their `expires_unix_s` freeze the device as stale
+    /// ones do ([`Freshness`]).
+    pub fn on_wall_clock(&mut self, unix_ms: u64, now_ms: u64) -> Vec<Action> {
+        self.freshness.set_wall_clock(unix_ms, now_ms);
+        self.check_expiry(now_ms).unwrap_or_default()
     }
 
     /// The executor found chunks `0..have` good on disk (after [`Action::PrepareDownload`]).
@@ -438,13 +451,15 @@ impl Machine {
     }
 
     /// Time passed: a running or paused rollout's document not renewed within its
-    /// `fresh_s` freezes the device's part in it, reported once ([`Freshness`]); a
+    /// `fresh_s`, or past its expiry by the device's synchronized clock, freezes the
+    /// device's part in it, reported once ([`Freshness`]); a
     /// chunk whose reply did not come within the timeout (or the backoff after a bad
     /// copy) is requested again; a download that got no good copy of the chunk it needs
     /// for [`MachineConfig::stall_timeout_ms`] fails. Frozen, nothing is requested and
     /// the stall clock stops.
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
-        if let Some(actions) = self.check_freshness(now_ms) {
+        let stale = self.check_freshness(now_ms);
+        if let Some(actions) = stale.or_else(|| self.check_expiry(now_ms)) {
             return actions;
         }
         if self.freshness.is_frozen() {
@@ -634,6 +649,32 @@ impl Machine {
         ])
     }
 
+    /// Freezes the device when its document expired by the synchronized wall clock:
+    /// `Some` with the report.
+    fn check_expiry(&mut self, now_ms: u64) -> Option<Vec<Action>> {
+        let doc = self.state.document.as_ref()?;
+        let state = self.state.state?;
+        if self.freshness.is_frozen() || !self.freshness.is_expired(now_ms, |s| doc.expired_at(s)) {
+            return None;
+        }
+        let reason = format!(
+            "the rollout document expired at {} (Unix seconds; this device's synchronized \
+             clock reads {}): frozen, nothing is downloaded or confirmed until a fresh one \
+             comes",
+            doc.expires_unix_s,
+            self.freshness.unix_s(now_ms).unwrap_or_default()
+        );
+        self.freshness.freeze();
+        self.state.update = self.state.update.saturating_add(1);
+        Some(vec![
+            Action::Refused {
+                reason: reason.clone(),
+            },
+            Action::Report(self.status(state, Some(reason))),
+            Action::Persist,
+        ])
+    }
+
     fn roll_back(&mut self, reason: String, actions: &mut Vec<Action>) {
         actions.push(Action::RollBack {
             reason: reason.clone(),
@@ -694,62 +735,24 @@ impl Machine {
 
     /// Refuses a document that does not verify. Nothing in it is acted on, but when it
     /// names a rollout (e.g. an operator signing with a key the devices do not trust),
-    /// the refusal is reported as `failed` for that rollout id, once per distinct
-    /// document, so whoever published it learns why nothing happens. The echoed ids
-    /// are unverified and change no state.
+    /// the refusal is reported as `failed` for that rollout id ([`Refusals`]).
     fn refuse_unverified(&mut self, payload: &[u8], reason: String) -> Vec<Action> {
+        let claimed = Claimed::unverified(payload);
+        self.refuse(payload, claimed, reason)
+    }
+
+    /// Refuses `payload`, reporting it under `claimed`'s rollout id once per distinct
+    /// document.
+    fn refuse(&mut self, payload: &[u8], claimed: Option<Claimed>, reason: String) -> Vec<Action> {
         let mut actions = vec![Action::Refused {
             reason: reason.clone(),
         }];
-        let digest: [u8; 32] = Sha256::digest(payload).into();
-        if self.last_refused == Some(digest) {
-            return actions;
+        if let Some(claimed) = claimed.filter(|_| self.refusals.is_new(payload)) {
+            let report =
+                self.refusals
+                    .report(&self.config.device, &self.state.serving, claimed, reason);
+            actions.push(Action::Report(report));
         }
-        self.last_refused = Some(digest);
-        let claimed = serde_json::from_slice::<rollout::SignedDocument>(payload)
-            .ok()
-            .and_then(|signed| serde_json::from_str::<serde_json::Value>(&signed.document).ok());
-        let Some(claimed) = claimed else {
-            return actions;
-        };
-        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
-        let Some(rollout_id) = claimed
-            .get("rollout_id")
-            .and_then(text)
-            .filter(|id| rollout::check_id("rollout_id", id).is_ok())
-        else {
-            return actions;
-        };
-        let bundle = claimed.get("bundle");
-        self.refusals = self.refusals.saturating_add(1);
-        actions.push(Action::Report(DeviceStatus {
-            format: rollout::FORMAT,
-            device: self.config.device.clone(),
-            bucket: perch_runtime::canary::bucket(
-                self.config.device.as_bytes(),
-                rollout_id.as_bytes(),
-            ),
-            rollout_id,
-            revision: claimed
-                .get("revision")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0),
-            version: bundle
-                .and_then(|b| b.get("version"))
-                .and_then(text)
-                .filter(|v| v.len() <= 64)
-                .unwrap_or_default(),
-            sequence: bundle
-                .and_then(|b| b.get("sequence"))
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0),
-            state: DeviceState::Failed,
-            progress_pct: None,
-            reason: Some(reason),
-            serving: self.state.serving.clone(),
-            update: self.refusals,
-            frozen: false,
-        }));
         actions
     }
 
@@ -804,6 +807,7 @@ mod tests {
             soak_s: 60,
             soak_min_requests: 100,
             fresh_s: 0,
+            expires_unix_s: 0,
             bundle: BundleRef::describe("kws", "1.3.0", 7, &bundle_bytes(), MIN_CHUNK_SIZE),
         }
     }
@@ -1193,6 +1197,53 @@ mod tests {
         assert_eq!(machine.state().document, before.document);
     }
 
+    /// Issue 15: a new rollout signed by an operator whose clock is behind the previous
+    /// rollout's revisions was refused as a replay and reported under the previous
+    /// rollout's id, where its operator never looked.
+    #[test]
+    fn a_replayed_document_of_another_rollout_is_reported_failed_under_its_own_rollout_id() {
+        let doc = document(20, Phase::Running, 5_000);
+        let mut machine = machine(&device(&doc, true));
+        machine.on_document(&doc.sign(&key()), 0);
+        let before = machine.state().clone();
+
+        let mut behind = document(19, Phase::Running, 10_000);
+        behind.rollout_id = "kws-1.4.0-b".into();
+        behind.bundle = BundleRef::describe("kws", "1.4.0", 8, &bundle_bytes(), MIN_CHUNK_SIZE);
+        let signed = behind.sign(&key());
+        let actions = machine.on_document(&signed, 0);
+        let reason = "replayed rollout document (revision 19, already acted on 20)";
+        assert_eq!(
+            actions[0],
+            Action::Refused {
+                reason: reason.into()
+            }
+        );
+        let sent = reports(&actions);
+        assert_eq!(sent.len(), 1, "{actions:?}");
+        assert_eq!(sent[0].rollout_id, "kws-1.4.0-b");
+        assert_eq!(sent[0].state, DeviceState::Failed);
+        assert_eq!(sent[0].reason.as_deref(), Some(reason));
+        assert_eq!(
+            (sent[0].revision, sent[0].version.as_str(), sent[0].sequence),
+            (19, "1.4.0", 8)
+        );
+        assert_eq!(sent[0].bucket, behind.bucket(&sent[0].device));
+        let refusal_update = sent[0].update;
+        assert_eq!(machine.state(), &before, "the current rollout is untouched");
+        // Delivered again (retained, on reconnection): logged, not reported again.
+        assert!(reports(&machine.on_document(&signed, 0)).is_empty());
+
+        // Re-signed above the previous rollout's revision, it is taken, and its first
+        // report is newer than the refusal its operator already holds.
+        behind.revision = 21;
+        let actions = machine.on_document(&behind.sign(&key()), 0);
+        let first = reports(&actions)[0];
+        assert_eq!(first.rollout_id, "kws-1.4.0-b");
+        assert_eq!(first.state, DeviceState::Downloading);
+        assert!(first.update > refusal_update, "{first:?}");
+    }
+
     #[test]
     fn a_document_signed_by_an_untrusted_key_is_refused() {
         let doc = document(10, Phase::Running, 10_000);
@@ -1308,6 +1359,66 @@ mod tests {
         assert_eq!(requests(&machine.on_tick(STALL_MS * 3 + 2)), [1]);
         let actions = machine.on_chunk(&chunk(&doc, 1), STALL_MS * 3 + 3);
         assert_eq!(requests(&actions), [2]);
+    }
+
+    /// Issue 15: documents never expired by the wall clock, so a broker could hand a
+    /// restarted device (whose monotonic period starts over) an old running document
+    /// as if it were new.
+    #[test]
+    fn a_document_past_its_expiry_by_a_synchronized_clock_freezes_even_after_a_restart() {
+        const T0: u64 = 1_790_000_000;
+        let mut doc = document(10, Phase::Running, 10_000);
+        doc.fresh_s = 600;
+        doc.expires_unix_s = T0 + 600;
+        let mut machine = machine("dev-w");
+        machine.on_document(&doc.sign(&key()), 0);
+        machine.on_resumed(0, 0);
+        assert!(machine.on_wall_clock(T0 * 1000, 0).is_empty());
+        assert!(reports(&machine.on_tick(599_000)).is_empty());
+
+        // The agent restarts 10 minutes later: the monotonic period starts over, so
+        // without a synchronized clock nothing freezes yet.
+        let state = machine.state().clone();
+        let restored = || {
+            let config = machine.config.clone();
+            Machine::restore(config, vec![key().verifying_key()], state.clone())
+        };
+        let mut unsynchronized = restored();
+        assert!(reports(&unsynchronized.on_tick(1_000)).is_empty());
+        // With one, the document is past its expiry: frozen at once, and said so.
+        let mut machine = restored();
+        assert_eq!(machine.resume(), [Action::PrepareDownload]);
+        machine.on_resumed(0, 0);
+        let actions = machine.on_wall_clock((T0 + 700) * 1000, 0);
+        let report = reports(&actions)[0];
+        assert!(report.frozen, "{report:?}");
+        assert_eq!(report.state, DeviceState::Downloading);
+        let reason = report.reason.as_deref().unwrap();
+        assert!(reason.contains("expired at 1790000600"), "{reason}");
+        assert!(reason.contains("reads 1790000700"), "{reason}");
+        assert!(
+            machine.on_tick(1_000).is_empty(),
+            "said once, nothing requested"
+        );
+        assert!(machine.on_chunk(&chunk(&doc, 0), 2_000).is_empty());
+
+        // A higher revision that expired too (withheld, delivered late) thaws nothing.
+        doc.revision = 11;
+        doc.expires_unix_s = T0 + 650;
+        let actions = machine.on_document(&doc.sign(&key()), 3_000);
+        assert!(reports(&actions).is_empty(), "{actions:?}");
+        assert!(machine.on_tick(4_000).is_empty());
+        // A fresh one does: reported, and the chunk is asked for again.
+        doc.revision = 12;
+        doc.expires_unix_s = T0 + 1_300;
+        let actions = machine.on_document(&doc.sign(&key()), 5_000);
+        assert!(!reports(&actions)[0].frozen, "{actions:?}");
+        assert_eq!(requests(&machine.on_tick(5_000)), [0]);
+        // The wall clock, carried forward by the monotonic one, expires it in turn.
+        let actions = machine.on_tick(600_000);
+        let report = reports(&actions)[0];
+        assert!(report.frozen, "{actions:?}");
+        assert!(report.reason.as_deref().unwrap().contains("expired"));
     }
 
     #[test]

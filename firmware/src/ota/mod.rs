@@ -9,7 +9,8 @@
 //! 2. tells it which model serves ([`Updater::set_serving`]), subscribes to
 //!    [`Updater::subscriptions`] and feeds it, from a blocking thread, every message on
 //!    them ([`Event::Document`], [`Event::Chunk`]), a [`Event::Tick`] about every
-//!    second, and an [`Event::Interval`] with each metrics report interval;
+//!    second (with an [`Event::WallClock`] while the clock is synchronized), and an
+//!    [`Event::Interval`] with each metrics report interval;
 //! 3. carries out the [`Effect`]s each call returns, in order: publish chunk requests
 //!    (QoS 0), send reports through the spool (QoS 1), swap the served model.
 //!
@@ -46,11 +47,14 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(test)]
+mod crash_points;
 pub mod download;
 mod error;
 pub mod freshness;
 pub mod install;
 pub mod machine;
+mod refusal;
 pub mod soak;
 mod updater;
 

@@ -74,6 +74,13 @@ pub enum Event<'a> {
     Chunk(&'a [u8]),
     /// Time passed (call about once a second).
     Tick,
+    /// The device's wall clock, known synchronized ([`crate::clock`]), reads
+    /// `unix_ms`: documents past their expiry freeze the device from now on. Send it
+    /// with the ticks while the clock stays synchronized.
+    WallClock {
+        /// Milliseconds since the Unix epoch.
+        unix_ms: u64,
+    },
     /// A metrics report interval ended.
     Interval {
         /// Requests answered.
@@ -137,6 +144,10 @@ pub struct Updater {
     epoch: Instant,
     /// The configured bundle's sequence (0 for a plain model file).
     configured_sequence: u64,
+    /// Crash-point tests: the actions that wrote to disk so far, and after how many
+    /// the agent "stops" (nothing more is carried out).
+    #[cfg(test)]
+    pub(super) crash: CrashPoint,
 }
 
 impl Updater {
@@ -204,6 +215,8 @@ impl Updater {
             download: None,
             epoch: Instant::now(),
             configured_sequence: 0,
+            #[cfg(test)]
+            crash: Default::default(),
         })
     }
 
@@ -215,6 +228,11 @@ impl Updater {
     ///
     /// The slot state cannot be written.
     pub fn boot(&mut self) -> Result<Boot, OtaError> {
+        if self.marker(SERVE_CONFIGURED_FILE) {
+            // A roll-back to the configured model stopped before it ended the
+            // probation (or was made by an agent that did not end it).
+            self.slots.leave()?;
+        }
         let boots = self.slots.record_boot()?;
         let now = self.now_ms();
         let mut actions = self.machine.on_boot(boots);
@@ -308,6 +326,7 @@ impl Updater {
             Event::Document(payload) => self.machine.on_document(payload, now_ms),
             Event::Chunk(frame) => self.machine.on_chunk(frame, now_ms),
             Event::Tick => self.machine.on_tick(now_ms),
+            Event::WallClock { unix_ms } => self.machine.on_wall_clock(unix_ms, now_ms),
             Event::Interval {
                 ok,
                 errors,
@@ -327,7 +346,17 @@ impl Updater {
     fn run(&mut self, actions: Vec<Action>, now_ms: u64, effects: &mut Vec<Effect>) {
         let mut queue = VecDeque::from(actions);
         while let Some(action) = queue.pop_front() {
+            #[cfg(test)]
+            if self.crash.stopped() {
+                return;
+            }
+            #[cfg(test)]
+            let writes = writes_to_disk(&action);
             let next = self.execute(action, now_ms, effects);
+            #[cfg(test)]
+            if writes {
+                self.crash.wrote();
+            }
             for (i, action) in next.into_iter().enumerate() {
                 queue.insert(i, action);
             }
@@ -450,7 +479,10 @@ impl Updater {
             .clone()
             .ok_or_else(|| "no rollout document".to_string())?;
         if let Some((_, content, path)) = self.slots.active() {
-            if content.sha256 == doc.bundle.sha256 && self.slots.state().probation {
+            if content.sha256 == doc.bundle.sha256
+                && self.slots.state().probation
+                && !self.marker(SERVE_CONFIGURED_FILE)
+            {
                 // Activated before a restart cut the run short of recording it.
                 let loaded = self
                     .settings
@@ -529,7 +561,10 @@ impl Updater {
     /// (loaded when `load`), or the configured model (`Ok(None)`).
     fn return_to_previous(&mut self, load: bool) -> Result<Option<Loaded>, OtaError> {
         if self.marker(PREVIOUS_CONFIGURED_FILE) || self.slots.inactive().is_none() {
+            // The marker first: stopped in between, the next start serves the
+            // configured model and `boot` ends the probation.
             self.set_marker(SERVE_CONFIGURED_FILE, true)?;
+            self.slots.leave()?;
             return Ok(None);
         }
         let loaded = if load {
@@ -601,6 +636,46 @@ impl Updater {
     }
 }
 
+/// How many disk-writing actions the updater carried out, and after how many it
+/// stops (a crash).
+/// For `ota::crash_points`.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct CrashPoint {
+    /// Disk-writing actions carried out.
+    pub(super) writes: usize,
+    /// Stop after this many (`None`: never).
+    pub(super) stop_after: Option<usize>,
+}
+
+#[cfg(test)]
+impl CrashPoint {
+    /// Counts one disk-writing action carried out.
+    pub(super) fn wrote(&mut self) {
+        self.writes += 1;
+    }
+
+    /// Whether the agent has stopped: no action is carried out any more.
+    pub(super) fn stopped(&self) -> bool {
+        self.stop_after.is_some_and(|n| self.writes >= n)
+    }
+}
+
+/// Whether carrying out `action` writes to the updater's folder.
+#[cfg(test)]
+fn writes_to_disk(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Persist
+            | Action::PrepareDownload
+            | Action::WriteChunk { .. }
+            | Action::Install
+            | Action::Confirm
+            | Action::RollBack { .. }
+            | Action::DiscardDownload
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use perch_runtime::bundle::SigningKey;
@@ -655,6 +730,7 @@ mod tests {
             soak_s: 60,
             soak_min_requests: 100,
             fresh_s: 0,
+            expires_unix_s: 0,
             bundle: BundleRef::describe("kws", version, sequence, bundle, MIN_CHUNK_SIZE * 16),
         }
     }
@@ -948,6 +1024,61 @@ mod tests {
         let effects = updater.handle_at(breach(&latencies(100, 80.0)), 1_000);
         assert!(effects.iter().any(|e| matches!(e, Effect::ServeConfigured)));
         assert!(!effects.iter().any(|e| matches!(e, Effect::Serve(_))));
+    }
+
+    /// Issue 15: a roll-back to the configured model left the slot on probation, and a
+    /// later rollout of the same bundle re-activated it without the sequence check.
+    #[test]
+    fn a_roll_back_to_the_configured_model_ends_probation_and_the_same_bundle_is_refused_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = kws(2, "1.3.0");
+        let doc = document(&bundle);
+        let mut updater = open(dir.path());
+        updater.boot().unwrap();
+        updater.set_serving("kws 1.2.0");
+        roll_out(&mut updater, &doc, &bundle, 0, usize::MAX);
+        assert!(updater.slots().state().probation);
+        let effects = updater.handle_at(breach(&latencies(100, 80.0)), 1_000);
+        assert!(effects.iter().any(|e| matches!(e, Effect::ServeConfigured)));
+        assert!(
+            !updater.slots().state().probation,
+            "the slot no longer serves: no probation"
+        );
+        // Restarts are not counted as starts on probation either.
+        drop(updater);
+        let mut updater = open(dir.path());
+        assert!(updater.boot().unwrap().serve.is_none());
+        assert_eq!(updater.slots().state().boots_on_probation, 0);
+
+        // The same bundle under another rollout id is not re-activated: like any
+        // bundle, it needs a sequence above every one activated before.
+        let again = release("kws-1.3.0-again", "1.3.0", 2, &bundle, 200);
+        let effects = roll_out(&mut updater, &again, &bundle, 2_000, usize::MAX);
+        assert!(served(&effects).is_empty(), "{effects:?}");
+        let last = reports(&effects).pop().unwrap();
+        assert_eq!(last.state, DeviceState::Failed);
+        let reason = last.reason.unwrap_or_default();
+        assert!(reason.contains("older sequence"), "{reason}");
+        drop(updater);
+        assert!(open(dir.path()).boot().unwrap().serve.is_none());
+    }
+
+    #[test]
+    fn a_roll_back_to_the_configured_model_stopped_before_it_ended_probation_ends_it_at_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = kws(2, "1.3.0");
+        let mut updater = open(dir.path());
+        updater.boot().unwrap();
+        roll_out(&mut updater, &document(&bundle), &bundle, 0, usize::MAX);
+        drop(updater);
+        // Stopped right after writing the marker (or a state left by an older agent).
+        std::fs::write(dir.path().join(SERVE_CONFIGURED_FILE), b"1\n").unwrap();
+        let mut updater = open(dir.path());
+        let boot = updater.boot().unwrap();
+        assert!(boot.serve.is_none());
+        assert_eq!(reports(&boot.effects)[0].state, DeviceState::RolledBack);
+        assert!(!updater.slots().state().probation);
+        assert_eq!(updater.slots().state().boots_on_probation, 0);
     }
 
     /// `n` requests of `ms` milliseconds each.

@@ -15,6 +15,8 @@
 //! - A made-up device reporting `rolled_back` over the broker does not abort a rollout.
 //! - Devices that stop hearing fresh documents (the operator killed) freeze and say so,
 //!   and thaw when the operator comes back.
+//! - With `deploy/mosquitto/`'s identities and ACL, a device certificate cannot
+//!   report under another device's id nor publish a rollout document.
 //!
 //! Needs `perch` and `perchd` built beside this test (`cargo test --workspace` builds
 //! them) and, for the mosquitto test, mosquitto installed (`PERCH_REQUIRE_MOSQUITTO=1`
@@ -23,6 +25,7 @@
 mod cohorts_and_stages;
 mod freshness;
 mod gates;
+mod identities;
 mod mosquitto;
 
 use std::collections::BTreeSet;

@@ -159,6 +159,7 @@ fn document(
         soak_s: 1,
         soak_min_requests: 5,
         fresh_s: 0,
+        expires_unix_s: 0,
         bundle,
     }
 }

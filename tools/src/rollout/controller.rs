@@ -293,6 +293,13 @@ impl Controller {
             soak_s: s.plan.device_soak_s,
             soak_min_requests: s.plan.device_soak_requests,
             fresh_s: s.plan.fresh_s,
+            expires_unix_s: if matches!(s.phase, Phase::Running | Phase::Paused)
+                && s.plan.fresh_s > 0
+            {
+                (s.issued_unix_ms / 1000).saturating_add(s.plan.fresh_s)
+            } else {
+                0
+            },
             bundle: s.plan.bundle.clone(),
         }
     }

@@ -161,11 +161,19 @@ fn a_live_rollout_renews_its_document_every_quarter_of_its_freshness_without_log
         (renewed[0].phase, renewed[0].percent_bp),
         (first.phase, first.percent_bp)
     );
+    // Each revision expires, by the wall clock, `fresh_s` after it was issued.
+    assert_eq!(first.expires_unix_s, WALL / 1000 + 60);
+    assert_eq!(renewed[0].expires_unix_s, (WALL + 15_000) / 1000 + 60);
     let decisions = c.state().log.len();
     // Paused rollouts are renewed too; finished ones are not.
     c.pause(None, at(16_000));
     assert_eq!(published(&c.tick(at(31_000))).len(), 1);
-    c.abort(None, at(32_000));
+    let effects = c.abort(None, at(32_000));
+    assert_eq!(
+        published(&effects)[0].expires_unix_s,
+        0,
+        "an abort never expires"
+    );
     assert!(c.tick(at(1_000_000)).is_empty());
     assert_eq!(
         c.state().log.len(),
