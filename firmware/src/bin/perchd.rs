@@ -43,6 +43,9 @@ fn main() -> ExitCode {
         .filter_level(log::LevelFilter::Info)
         .filter_module("rumqttd", log::LevelFilter::Off)
         .filter_module("tracing::span", log::LevelFilter::Off)
+        // tract warns on every start on an FP16 core (Pi 5) that this build has no FP16
+        // kernels, which Perch leaves out on purpose (runtime/Cargo.toml, `no_fp16`).
+        .filter_module("tract_linalg::arm64", log::LevelFilter::Error)
         .parse_env(env_logger::Env::default())
         .init();
     match real_main() {
