@@ -315,8 +315,10 @@ fn int8_models_become_archives_a_third_of_the_float_ones_that_run_on_integer_ker
         assert_eq!(int8["needs_onnx_ops"], false);
         assert_eq!(int8["outputs"][0]["max_abs_error"], 0.0, "{int8}");
         // On integer kernels, and against ONNX Runtime's int8 result
-        // (golden/output_0.qdq.npy): exactly, through `perch run`, except R4, 3 output
-        // steps of 0.0079 away where a near-tie rounds the other way (BENCHMARKS.md).
+        // (golden/output_0.qdq.npy): exactly, through `perch run`, except R4, which is
+        // checked against ONNX Runtime's fused run (golden/output_0.qdq.fused.npy, the
+        // arithmetic the kernels share): within 2 output steps of 0.0079, as ONNX
+        // Runtime's own aarch64 run is (BENCHMARKS.md).
         let renamed = sub.join("model.qdq.nnef.tgz");
         std::fs::rename(&archive, &renamed).unwrap();
         let model = Model::load(&renamed, &LoadOptions::new()).unwrap();
@@ -329,10 +331,11 @@ fn int8_models_become_archives_a_third_of_the_float_ones_that_run_on_integer_ker
         assert!(integer >= 3, "{name}: {:?}", model.metadata().kernels);
         if name == "mobilenetv2-035" {
             let golden =
-                Golden::load_variant(models().join(name).join("golden"), Some("qdq")).unwrap();
+                Golden::load_variant(models().join(name).join("golden"), Some("qdq.fused"))
+                    .unwrap();
             let got = model.run(&golden.input_refs().unwrap()).unwrap();
             let (max_abs, _) = compare(got.view(0).unwrap(), golden.outputs[0].view()).unwrap();
-            assert!(max_abs <= 0.0238, "{name}: {max_abs}");
+            assert!(max_abs <= 0.0159, "{name}: {max_abs}");
             continue;
         }
         let out = perch()
