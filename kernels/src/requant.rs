@@ -12,11 +12,11 @@
 //! On aarch64 that is `SCVTF`, `FMUL`, `FCVTNS`: three instructions per four lanes where
 //! the Q31 fixed-point form with one exact rounding (`SMULL`, `SMULL2`, two `SRSHL`, two
 //! narrowings) took six, and the gemmlowp/TFLite `SQRDMULH` form, though as short, rounds
-//! twice. Rounding ties up instead of to even flipped outputs against ONNX Runtime at
-//! exact ties (a product of integers by a power-of-two fraction of a step hits them
-//! often) and those flips compounded over MobileNetV2's layers to 3 steps; the `f32`
-//! form is ONNX Runtime's own arithmetic, so the two agree wherever the scale is the same
-//! `f32` ([`Scale::of_quantization`]).
+//! twice. The Q31 form rounded ties up where ONNX rounds them to even, and R4's QDQ file
+//! came out 4 output steps from ONNX Runtime's fused run; in `f32` it is 2, the rest
+//! coming from the residual additions, which MLAS computes in its own fixed point. The
+//! convolutions and matrix products are ONNX Runtime's own arithmetic: the two agree
+//! wherever the scale is the same `f32` ([`Scale::of_quantization`]).
 //!
 //! `f32(acc)` is exact up to `2^24`; beyond it ONNX Runtime rounds the same way. On x86
 //! `CVTPS2DQ` turns an overflow into `i32::MIN` whatever its sign, so the x86 kernels clamp
