@@ -639,14 +639,7 @@ impl Machine {
             doc.fresh_s
         );
         let state = self.state.state?;
-        self.state.update = self.state.update.saturating_add(1);
-        Some(vec![
-            Action::Refused {
-                reason: reason.clone(),
-            },
-            Action::Report(self.status(state, Some(reason))),
-            Action::Persist,
-        ])
+        Some(self.frozen(state, reason))
     }
 
     /// Freezes the device when its document expired by the synchronized wall clock:
@@ -665,14 +658,20 @@ impl Machine {
             self.freshness.unix_s(now_ms).unwrap_or_default()
         );
         self.freshness.freeze();
+        Some(self.frozen(state, reason))
+    }
+
+    /// What freezing says: the refusal, a report of `state` with the reason under a new
+    /// update number, and the state persisted.
+    fn frozen(&mut self, state: DeviceState, reason: String) -> Vec<Action> {
         self.state.update = self.state.update.saturating_add(1);
-        Some(vec![
+        vec![
             Action::Refused {
                 reason: reason.clone(),
             },
             Action::Report(self.status(state, Some(reason))),
             Action::Persist,
-        ])
+        ]
     }
 
     fn roll_back(&mut self, reason: String, actions: &mut Vec<Action>) {
