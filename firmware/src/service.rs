@@ -1184,26 +1184,10 @@ mod tests {
         assert_eq!(worker.join().unwrap().unwrap(), 1);
     }
 
-    /// A model that takes far longer than a few milliseconds: 64 products of a
-    /// 512×1024 input with a 1024×1024 matrix (34 billion multiply-adds, a second or
-    /// more on any machine).
+    /// A model that takes far longer than a few milliseconds
+    /// (`perch_testkit::onnx::slow_matmul_chain`).
     fn slow_model() -> Model {
-        use perch_testkit::onnx::{Dim, OnnxModel, FLOAT};
-        let w: Vec<f32> = (0..1024 * 1024)
-            .map(|i| ((i % 7) as f32 - 3.0) * 1e-3)
-            .collect();
-        let mut onnx = OnnxModel::new(13)
-            .input("x", FLOAT, &[Dim::Value(512), Dim::Value(1024)])
-            .initializer_f32("w", &[1024, 1024], &w);
-        let mut last = "x".to_string();
-        for i in 0..64 {
-            let next = format!("h{i}");
-            onnx = onnx.node("MatMul", &[&last, "w"], &[&next], &[]);
-            last = next;
-        }
-        let bytes = onnx
-            .output(&last, FLOAT, &[Dim::Value(512), Dim::Value(1024)])
-            .to_bytes();
+        let bytes = perch_testkit::onnx::slow_matmul_chain();
         Model::from_onnx_bytes(&bytes, &LoadOptions::new()).unwrap()
     }
 

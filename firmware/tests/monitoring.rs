@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::models;
-use perch_testkit::{tool_or_skip, wait_until, Process, PATIENCE};
+use perch_testkit::{promtool_check_metrics, tool_or_skip, wait_until, Process, PATIENCE};
 use serde_json::Value;
 
 fn repository() -> PathBuf {
@@ -157,16 +157,7 @@ fn every_series_the_rules_and_dashboard_use_is_exported_and_spool_drops_are_coun
     }
 
     let test = "every_series_the_rules_and_dashboard_use_is_exported_and_spool_drops_are_counted";
-    if let Some(promtool) = tool_or_skip("promtool", "prometheus", test) {
-        let scrape = dir.path().join("metrics.txt");
-        std::fs::write(&scrape, &metrics).unwrap();
-        let output = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::fs::File::open(&scrape).unwrap())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-    }
+    promtool_check_metrics(test, metrics.as_bytes());
 }
 
 #[test]

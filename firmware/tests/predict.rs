@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::http::HttpServer as Server;
-use common::{floats, models};
+use common::{floats, models, reference_bundle};
 use perch_firmware::config::Config;
 use perch_firmware::http::HttpLimits;
 use perch_firmware::load::{self, LoadError};
@@ -256,22 +256,9 @@ fn a_bundle_s_schema_with_a_categorical_feature_fills_the_one_hot_columns() {
         features,
         labels: (0..10).map(|d| format!("digit {d}")).collect(),
     };
-    let r1 = models().join("digits-mlp");
-    let model = Model::load(r1.join("model.onnx"), &LoadOptions::new()).unwrap();
-    let read = |name: &str| std::fs::read(r1.join("golden").join(name)).unwrap();
     let contents = bundle::BundleContents {
-        name: "digits".into(),
-        version: "2.1.0".parse().unwrap(),
-        sequence: 1,
-        created_unix: 0,
-        model_format: bundle::ModelKind::Onnx,
-        model: std::fs::read(r1.join("model.onnx")).unwrap(),
-        signature: bundle::TensorSignature::from_metadata(model.metadata()),
-        golden_inputs: vec![read("input_0.npy")],
-        golden_outputs: vec![read("output_0.npy")],
-        tolerance: 1e-4,
-        slo: bundle::Slo::default(),
         schema: Some(schema),
+        ..reference_bundle("digits-mlp", "digits", "2.1.0")
     };
     let path = dir.path().join("digits.perch");
     std::fs::write(&path, bundle::pack(&contents, &key).unwrap().as_bytes()).unwrap();
@@ -292,7 +279,7 @@ fn a_bundle_s_schema_with_a_categorical_feature_fills_the_one_hot_columns() {
 
     let mut row: Vec<f32> = pixels.iter().map(|p| ((p - 0.5) / 0.25) as f32).collect();
     row.extend([0.0, 0.0, 1.0, 0.0]);
-    let (class, probability) = best(&engine_row(&r1.join("model.onnx"), &row));
+    let (class, probability) = best(&engine_row(&models().join("digits-mlp/model.onnx"), &row));
     assert_eq!(answer["prediction"], json!(format!("digit {class}")));
     assert_eq!(answer["probability"].as_f64().unwrap() as f32, probability);
     assert_eq!(answer["model_version"], "2.1.0");

@@ -6,11 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::http::HttpServer as Server;
-use common::{floats, models, relative_error};
+use common::{floats, models, reference_bundle, relative_error};
 use perch_firmware::config::ModelConfig;
 use perch_firmware::http::HttpLimits;
 use perch_firmware::repository::Repository;
@@ -18,7 +17,7 @@ use perch_firmware::service::{InferenceService, ServiceLimits};
 use perch_runtime::bundle;
 use perch_runtime::engine::{Golden, LoadOptions, Model};
 use perch_runtime::wire::{ModelId, Version};
-use perch_testkit::tool_or_skip;
+use perch_testkit::promtool_check_metrics;
 use serde_json::{json, Value};
 
 /// The requests these tests make.
@@ -187,17 +186,7 @@ fn two_models_answer_under_their_names_and_every_listing_names_both() {
     assert!(server.metric("perch_models_memory_bytes") > 27_138.0 + 105_824.0);
 
     let test = "two_models_answer_under_their_names_and_every_listing_names_both";
-    if let Some(promtool) = tool_or_skip("promtool", "prometheus", test) {
-        let dir = tempfile::tempdir().unwrap();
-        let scrape = dir.path().join("metrics.txt");
-        std::fs::write(&scrape, server.get("/metrics").1).unwrap();
-        let output = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::fs::File::open(&scrape).unwrap())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-    }
+    promtool_check_metrics(test, server.get("/metrics").1.as_bytes());
 }
 
 #[test]
@@ -269,24 +258,9 @@ fn a_model_loads_unloads_and_loads_again_and_bad_names_get_their_reasons() {
     server.assert_golden("digits-mlp", "pixels");
 }
 
-/// 64 products of a 512×1024 input with a 1024×1024 matrix: a second or more.
+/// A model that runs for a second or more (`perch_testkit::onnx::slow_matmul_chain`).
 fn slow_service() -> InferenceService {
-    use perch_testkit::onnx::{Dim, OnnxModel, FLOAT};
-    let w: Vec<f32> = (0..1024 * 1024)
-        .map(|i| ((i % 7) as f32 - 3.0) * 1e-3)
-        .collect();
-    let mut onnx = OnnxModel::new(13)
-        .input("x", FLOAT, &[Dim::Value(512), Dim::Value(1024)])
-        .initializer_f32("w", &[1024, 1024], &w);
-    let mut last = "x".to_string();
-    for i in 0..64 {
-        let next = format!("h{i}");
-        onnx = onnx.node("MatMul", &[&last, "w"], &[&next], &[]);
-        last = next;
-    }
-    let bytes = onnx
-        .output(&last, FLOAT, &[Dim::Value(512), Dim::Value(1024)])
-        .to_bytes();
+    let bytes = perch_testkit::onnx::slow_matmul_chain();
     let model = Model::from_onnx_bytes(&bytes, &LoadOptions::new()).unwrap();
     let id = ModelId::new("slow", Version::new(1, 0, 0)).unwrap();
     InferenceService::new(model, id, ServiceLimits::DEFAULT)
@@ -393,23 +367,7 @@ fn a_load_over_the_budget_is_refused_with_the_figures_and_the_other_model_keeps_
 
 /// R2 packed as a bundle named `kws`, signed with `key`.
 fn kws_bundle(key: &bundle::SigningKey) -> Vec<u8> {
-    let dir = models().join("kws-dscnn");
-    let model = Model::load(dir.join("model.onnx"), &LoadOptions::new()).unwrap();
-    let read = |name: &str| std::fs::read(dir.join("golden").join(name)).unwrap();
-    let contents = bundle::BundleContents {
-        name: "kws".into(),
-        version: "1.2.3".parse().unwrap(),
-        sequence: 1,
-        created_unix: 0,
-        model_format: bundle::ModelKind::Onnx,
-        model: std::fs::read(dir.join("model.onnx")).unwrap(),
-        signature: bundle::TensorSignature::from_metadata(model.metadata()),
-        golden_inputs: vec![read("input_0.npy")],
-        golden_outputs: vec![read("output_0.npy")],
-        tolerance: 1e-4,
-        slo: bundle::Slo::default(),
-        schema: None,
-    };
+    let contents = reference_bundle("kws-dscnn", "kws", "1.2.3");
     bundle::pack(&contents, key).unwrap().as_bytes().to_vec()
 }
 

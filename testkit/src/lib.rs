@@ -44,5 +44,5 @@ pub use mosquitto::{Mosquitto, REQUIRE_VAR};
 pub use ports::Port;
 pub use process::Process;
 pub use rng::SplitMix64;
-pub use tools::{tool_or_skip, REQUIRE_TOOLS_VAR};
+pub use tools::{promtool_check_metrics, tool_or_skip, REQUIRE_TOOLS_VAR};
 pub use wait::{wait_until, PATIENCE};

@@ -198,6 +198,26 @@ fn value_info(name: &str, elem_type: i32, dims: &[Dim<'_>]) -> Vec<u8> {
     info
 }
 
+/// A model that takes far longer than a few milliseconds on any machine: 64 products of
+/// a 512×1024 input with a 1024×1024 matrix (34 billion multiply-adds), for tests of
+/// deadlines and of requests in flight.
+pub fn slow_matmul_chain() -> Vec<u8> {
+    let w: Vec<f32> = (0..1024 * 1024)
+        .map(|i| ((i % 7) as f32 - 3.0) * 1e-3)
+        .collect();
+    let mut onnx = OnnxModel::new(13)
+        .input("x", FLOAT, &[Dim::Value(512), Dim::Value(1024)])
+        .initializer_f32("w", &[1024, 1024], &w);
+    let mut last = "x".to_string();
+    for i in 0..64 {
+        let next = format!("h{i}");
+        onnx = onnx.node("MatMul", &[&last, "w"], &[&next], &[]);
+        last = next;
+    }
+    onnx.output(&last, FLOAT, &[Dim::Value(512), Dim::Value(1024)])
+        .to_bytes()
+}
+
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);

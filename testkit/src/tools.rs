@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 /// The variable that makes a missing tool fail the tests that need it.
 pub const REQUIRE_TOOLS_VAR: &str = "PERCH_REQUIRE_TOOLS";
@@ -34,4 +35,37 @@ pub fn tool_or_skip(name: &str, package: &str, test: &str) -> Option<PathBuf> {
         );
     }
     found
+}
+
+/// Runs `promtool check metrics` on a Prometheus text exposition and asserts that it
+/// passes with no lint finding (its output in the message otherwise); skipped as
+/// [`tool_or_skip`] says when promtool is missing.
+///
+/// # Panics
+///
+/// promtool finds a problem, or is missing and [`REQUIRE_TOOLS_VAR`] is set.
+pub fn promtool_check_metrics(test: &str, exposition: &[u8]) {
+    let Some(promtool) = tool_or_skip("promtool", "prometheus", test) else {
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(exposition)
+        .expect("promtool reads the exposition");
+    let output = child.wait_with_output().expect("promtool ends");
+    assert!(
+        output.status.success(),
+        "{test}: promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

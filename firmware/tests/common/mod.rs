@@ -23,6 +23,34 @@ pub fn models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
 
+/// What a signed bundle of reference model `folder` holds: its ONNX file and first
+/// golden pair, named `name` at `version`, sequence 1, default SLOs, no feature schema.
+pub fn reference_bundle(
+    folder: &str,
+    name: &str,
+    version: &str,
+) -> perch_runtime::bundle::BundleContents {
+    use perch_runtime::bundle;
+    use perch_runtime::engine::{LoadOptions, Model};
+    let dir = models().join(folder);
+    let model = Model::load(dir.join("model.onnx"), &LoadOptions::new()).unwrap();
+    let read = |file: &str| std::fs::read(dir.join("golden").join(file)).unwrap();
+    bundle::BundleContents {
+        name: name.into(),
+        version: version.parse().unwrap(),
+        sequence: 1,
+        created_unix: 0,
+        model_format: bundle::ModelKind::Onnx,
+        model: std::fs::read(dir.join("model.onnx")).unwrap(),
+        signature: bundle::TensorSignature::from_metadata(model.metadata()),
+        golden_inputs: vec![read("input_0.npy")],
+        golden_outputs: vec![read("output_0.npy")],
+        tolerance: 1e-4,
+        slo: bundle::Slo::default(),
+        schema: None,
+    }
+}
+
 /// The report records waiting in a spool folder (its `.rec` files).
 pub fn spooled_records(spool: &Path) -> usize {
     std::fs::read_dir(spool).map_or(0, |entries| {

@@ -11,7 +11,7 @@ use std::process::Command;
 use perch_runtime::histogram::Histogram;
 use perch_runtime::rollout::{BundleRef, DeviceState, DeviceStatus, FORMAT};
 use perch_runtime::wire::{MetricsReport, ModelId, Version, FORMAT_VERSION};
-use perch_testkit::tool_or_skip;
+use perch_testkit::{promtool_check_metrics, tool_or_skip};
 use perch_tools::rollout::operator::Store;
 use perch_tools::rollout::{parse_gates, parse_stages, Clock, Controller, Plan, Unexercised};
 
@@ -319,19 +319,7 @@ fn the_metrics_file_passes_promtool_and_holds_every_rollout_series_the_rules_and
     }
 
     let test = "the_metrics_file_passes_promtool_and_holds_every_rollout_series_the_rules_and_dashboard_use";
-    if let Some(promtool) = tool_or_skip("promtool", "prometheus", test) {
-        let output = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::fs::File::open(&metrics).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    promtool_check_metrics(test, &std::fs::read(&metrics).unwrap());
 }
 
 /// The `perch_rollout_*` names in `text`.
