@@ -48,6 +48,33 @@ pub(crate) mod testing {
 
     use perch_runtime::bundle;
     use perch_runtime::engine::{LoadOptions, Model};
+    use perch_runtime::rollout::{self, BundleRef, Phase, RolloutDocument, MIN_CHUNK_SIZE};
+
+    /// An unsigned rollout document releasing `bundle` (kws `version`, `sequence`) to the
+    /// whole group `kitchen` at `revision`: running, a 60 s soak of at least 100
+    /// requests, no freshness bound or expiry, chunks of 16 × the smallest size.
+    pub(crate) fn kws_release(
+        rollout_id: &str,
+        version: &str,
+        sequence: u64,
+        bundle: &[u8],
+        revision: u64,
+    ) -> RolloutDocument {
+        RolloutDocument {
+            format: rollout::FORMAT,
+            group: "kitchen".into(),
+            rollout_id: rollout_id.into(),
+            revision,
+            issued: "2026-11-26T12:00:00Z".into(),
+            phase: Phase::Running,
+            percent_bp: 10_000,
+            soak_s: 60,
+            soak_min_requests: 100,
+            fresh_s: 0,
+            expires_unix_s: 0,
+            bundle: BundleRef::describe("kws", version, sequence, bundle, MIN_CHUNK_SIZE * 16),
+        }
+    }
 
     /// R2 (kws-dscnn) packed into a bundle named `kws` with `sequence` and `version`, a
     /// p99 SLO of 25 ms, signed with `key`.

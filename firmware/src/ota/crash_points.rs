@@ -12,10 +12,7 @@ use std::time::Duration;
 
 use perch_runtime::bundle::SigningKey;
 use perch_runtime::histogram::Histogram;
-use perch_runtime::rollout::{
-    self, encode_chunk, BundleRef, ChunkRequest, DeviceState, Phase, RolloutDocument,
-    MIN_CHUNK_SIZE,
-};
+use perch_runtime::rollout::{encode_chunk, ChunkRequest, DeviceState};
 
 use super::updater::{Effect, Event, OtaConfig, Updater};
 
@@ -47,20 +44,7 @@ type End = (Option<DeviceState>, Option<u64>, bool, bool);
 /// where it ended, how many disk writes the first run made and whether it stopped.
 fn run(bundle: &[u8], latency_ms: f64, crash: Option<usize>) -> (End, usize, bool) {
     let dir = tempfile::tempdir().unwrap();
-    let doc = RolloutDocument {
-        format: rollout::FORMAT,
-        group: "kitchen".into(),
-        rollout_id: "kws-1.3.0".into(),
-        revision: 100,
-        issued: "2026-11-26T12:00:00Z".into(),
-        phase: Phase::Running,
-        percent_bp: 10_000,
-        soak_s: 60,
-        soak_min_requests: 100,
-        fresh_s: 0,
-        expires_unix_s: 0,
-        bundle: BundleRef::describe("kws", "1.3.0", 2, bundle, MIN_CHUNK_SIZE * 16),
-    };
+    let doc = crate::testing::kws_release("kws-1.3.0", "1.3.0", 2, bundle, 100);
     let signed = doc.sign(&key());
     let mut latency = Histogram::new();
     for _ in 0..100 {

@@ -679,12 +679,11 @@ fn writes_to_disk(action: &Action) -> bool {
 #[cfg(test)]
 mod tests {
     use perch_runtime::bundle::SigningKey;
-    use perch_runtime::rollout::{
-        encode_chunk, BundleRef, DeviceState, DeviceStatus, Phase, RolloutDocument, MIN_CHUNK_SIZE,
-    };
+    use perch_runtime::rollout::{encode_chunk, DeviceState, DeviceStatus, Phase, RolloutDocument};
 
     use super::super::download;
     use super::*;
+    use crate::testing::kws_release as release;
 
     const DEVICE: &str = "pi-1";
 
@@ -710,29 +709,6 @@ mod tests {
 
     fn document(bundle: &[u8]) -> RolloutDocument {
         release("kws-1.3.0", "1.3.0", 2, bundle, 100)
-    }
-
-    fn release(
-        rollout_id: &str,
-        version: &str,
-        sequence: u64,
-        bundle: &[u8],
-        revision: u64,
-    ) -> RolloutDocument {
-        RolloutDocument {
-            format: rollout::FORMAT,
-            group: "kitchen".into(),
-            rollout_id: rollout_id.into(),
-            revision,
-            issued: "2026-11-26T12:00:00Z".into(),
-            phase: Phase::Running,
-            percent_bp: 10_000,
-            soak_s: 60,
-            soak_min_requests: 100,
-            fresh_s: 0,
-            expires_unix_s: 0,
-            bundle: BundleRef::describe("kws", version, sequence, bundle, MIN_CHUNK_SIZE * 16),
-        }
     }
 
     fn reports(effects: &[Effect]) -> Vec<DeviceStatus> {
