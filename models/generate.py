@@ -905,19 +905,25 @@ def write_depthwise_fixture(d):
             nodes.append(helper.make_node("Relu", [conv_out], [name], name=f"{name}.relu"))
         outputs.append(name)
     graph = helper.make_graph(nodes, "depthwise_variants", [x], [], initializer=inits)
+    xs = f32(rng.normal(size=(1, 8, 13, 11)))
+    write_branches_fixture(d, "depthwise-variants", graph, outputs, xs)
+
+
+def write_branches_fixture(d, name, graph, outputs, xs, optimize=False):
+    """Saves `graph` (one input `x`, the branch outputs named in `outputs`, their shapes
+    as ONNX infers them) as fixtures/<name>.onnx with `xs` and ONNX Runtime's outputs
+    for it (`optimize`: ORT_ENABLE_ALL, else node by node)."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION,
                               producer_name=PRODUCER, producer_version="1")
-    # Output shapes as ONNX infers them.
     inferred = onnx.shape_inference.infer_shapes(model)
     by_name = {vi.name: vi for vi in inferred.graph.value_info}
-    model.graph.output.extend(by_name[name] for name in outputs)
-    check_model(model, "depthwise-variants")
-    save_model(model, os.path.join(d, "depthwise-variants.onnx"))
-    xs = f32(rng.normal(size=(1, 8, 13, 11)))
-    ys = run(model, {"x": xs})
-    save_npy(os.path.join(d, "depthwise-variants.input_0.npy"), xs)
+    model.graph.output.extend(by_name[out] for out in outputs)
+    check_model(model, name)
+    save_model(model, os.path.join(d, f"{name}.onnx"))
+    ys = run(model, {"x": xs}, optimize=optimize)
+    save_npy(os.path.join(d, f"{name}.input_0.npy"), xs)
     for i, y in enumerate(ys):
-        save_npy(os.path.join(d, f"depthwise-variants.output_{i}.npy"), f32(y))
+        save_npy(os.path.join(d, f"{name}.output_{i}.npy"), f32(y))
 
 
 QDQ_DEPTHWISE_STRIDES = [("s2x1", [2, 1]), ("s1x2", [1, 2]), ("s2x2", [2, 2])]
@@ -971,18 +977,8 @@ def write_qdq_depthwise_fixture(d):
         outputs.append(name)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])
     graph = helper.make_graph(nodes, "qdq_depthwise_strides", [x], [], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION,
-                              producer_name=PRODUCER, producer_version="1")
-    inferred = onnx.shape_inference.infer_shapes(model)
-    by_name = {vi.name: vi for vi in inferred.graph.value_info}
-    model.graph.output.extend(by_name[name] for name in outputs)
-    check_model(model, "qdq-depthwise-strides")
-    save_model(model, os.path.join(d, "qdq-depthwise-strides.onnx"))
     xs = f32(rng.normal(size=(1, c, h, w)))
-    ys = run(model, {"x": xs}, optimize=True)
-    save_npy(os.path.join(d, "qdq-depthwise-strides.input_0.npy"), xs)
-    for i, y in enumerate(ys):
-        save_npy(os.path.join(d, f"qdq-depthwise-strides.output_{i}.npy"), f32(y))
+    write_branches_fixture(d, "qdq-depthwise-strides", graph, outputs, xs, optimize=True)
 
 
 def write_depthwise_nhwc_fixture(d):
