@@ -34,11 +34,6 @@ pub(crate) struct Job {
     pub hi: f32,
 }
 
-/// The padded copy's rows and columns: what the output reads, no more.
-fn padded_shape(g: &DwGeometry) -> [usize; 2] {
-    g.padded_shape()
-}
-
 /// Channels rounded up to the widest vector, for the packed filters and biases.
 fn padded_channels(g: &DwGeometry) -> usize {
     g.channels.div_ceil(SLACK) * SLACK
@@ -46,7 +41,7 @@ fn padded_channels(g: &DwGeometry) -> usize {
 
 /// Scratch elements: the padded image and slack, then the packed filters and biases.
 pub(super) fn scratch_len(g: &DwGeometry) -> usize {
-    let [hp, wp] = padded_shape(g);
+    let [hp, wp] = g.padded_shape();
     let cp = padded_channels(g);
     hp * wp * g.channels + SLACK + g.kernel[0] * g.kernel[1] * cp + cp
 }
@@ -55,7 +50,7 @@ pub(super) fn scratch_len(g: &DwGeometry) -> usize {
 pub(super) fn run(kernel: unsafe fn(&Job), g: &DwGeometry, call: Call) {
     let c = g.channels;
     let [h, w] = g.input;
-    let [hp, wp] = padded_shape(g);
+    let [hp, wp] = g.padded_shape();
     let cp = padded_channels(g);
     let taps = g.kernel[0] * g.kernel[1];
     let (padded, rest) = call.scratch.split_at_mut(hp * wp * c + SLACK);

@@ -258,13 +258,9 @@ impl QDwConv {
         self.variant
     }
 
-    fn padded_shape(&self) -> [usize; 2] {
-        self.geometry.padded_shape()
-    }
-
     /// Scratch bytes [`QDwConv::run`] needs.
     pub fn scratch_len(&self) -> usize {
-        let [hp, wp] = self.padded_shape();
+        let [hp, wp] = self.geometry.padded_shape();
         hp * wp * self.geometry.channels + SLACK
     }
 
@@ -293,7 +289,7 @@ impl QDwConv {
         }
         let c = g.channels;
         let [h, w] = g.input;
-        let [hp, wp] = self.padded_shape();
+        let [hp, wp] = self.geometry.padded_shape();
         let [top, left, ..] = g.padding;
         let scratch = &mut scratch[..self.scratch_len()];
         let rows = h.min(hp.saturating_sub(top));

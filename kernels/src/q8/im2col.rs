@@ -10,13 +10,8 @@ use crate::f32_dwconv::DwGeometry;
 
 /// Scratch bytes [`im2col`] needs: the padded image.
 pub fn scratch_len(g: &DwGeometry) -> usize {
-    let [hp, wp] = padded_shape(g);
+    let [hp, wp] = g.padded_shape();
     hp * wp * g.channels
-}
-
-/// The padded image's height and width: what the output pixels' taps cover.
-fn padded_shape(g: &DwGeometry) -> [usize; 2] {
-    g.padded_shape()
 }
 
 /// Fills `rows` (`Ho · Wo` rows of `kp` bytes, `kp >= kh · kw · C`) from the
@@ -40,7 +35,7 @@ pub fn im2col(g: &DwGeometry, pad: u8, x: &[u8], rows: &mut [u8], kp: usize, scr
     let [kh, kw] = g.kernel;
     let [top, left, ..] = g.padding;
     let [ho, wo] = g.output;
-    let [hp, wp] = padded_shape(g);
+    let [hp, wp] = g.padded_shape();
     let span = kw * c;
     assert!(
         kp >= kh * span,
