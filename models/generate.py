@@ -609,6 +609,7 @@ def write_fixtures(report):
     write_depthwise_fixture(d)
     write_depthwise_nhwc_fixture(d)
     write_qdq_depthwise_fixture(d)
+    write_qdq_hardswish_fixture(d)
     write_quantized_softmax_fixture(d)
     write_qlinear_contrib_fixture(d)
     write_exported_fixture(d)
@@ -1010,6 +1011,63 @@ def write_depthwise_nhwc_fixture(d):
     (ys,) = run(model, {"x": xs})
     save_npy(os.path.join(d, "depthwise-nhwc.input_0.npy"), xs)
     save_npy(os.path.join(d, "depthwise-nhwc.output_0.npy"), f32(ys))
+
+
+def write_qdq_hardswish_fixture(d):
+    """Element-wise regions in QDQ form as ONNX Runtime's quantize_static writes them for
+    MobileNetV3 (PaddleOCR's text classifier, opset 13), on one [1, 8, 6, 6] input quantized
+    to u8, with ONNX Runtime's node-by-node outputs:
+      hardswish  x * q(x + 3) / 6, every intermediate quantized (the 3 a u8 constant):
+                 x feeds two branches, so it is no chain; the engine makes it one table
+      sigmoid    q(sigmoid(x)), also read by gated
+      gated      x * q(sigmoid(x)): a function of x alone, another table
+      excite     x * q(mean(x)) per channel (squeeze-excite): not element-wise
+    x's dequantized tensor feeds every branch."""
+    rng = np.random.default_rng(17)
+    c, h, w = 8, 6, 6
+    def scalar(value, dtype, name):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+    inits = [
+        scalar(0.05, np.float32, "x.scale"), scalar(128, np.uint8, "x.zp"),
+        scalar(255, np.uint8, "three.q"), scalar(3.0 / 255, np.float32, "three.scale"),
+        scalar(0, np.uint8, "three.zp"),
+        scalar(0.04, np.float32, "add.scale"), scalar(0, np.uint8, "add.zp"),
+        scalar(0.1, np.float32, "mul.scale"), scalar(60, np.uint8, "mul.zp"),
+        scalar(6.0, np.float32, "six"),
+        scalar(0.02, np.float32, "hardswish.scale"), scalar(30, np.uint8, "hardswish.zp"),
+        scalar(1.0 / 255, np.float32, "sigmoid.scale"), scalar(0, np.uint8, "sigmoid.zp"),
+        scalar(0.03, np.float32, "gated.scale"), scalar(100, np.uint8, "gated.zp"),
+        scalar(0.01, np.float32, "mean.scale"), scalar(128, np.uint8, "mean.zp"),
+        scalar(0.02, np.float32, "excite.scale"), scalar(128, np.uint8, "excite.zp"),
+    ]
+    def qdq(x, q, name):
+        return [
+            helper.make_node("QuantizeLinear", [x, f"{q}.scale", f"{q}.zp"], [f"{name}.q"], name=f"{name}.quantize"),
+            helper.make_node("DequantizeLinear", [f"{name}.q", f"{q}.scale", f"{q}.zp"], [f"{name}.dq"],
+                             name=f"{name}.dequantize"),
+        ]
+    nodes = qdq("x", "x", "x") + [
+        helper.make_node("DequantizeLinear", ["three.q", "three.scale", "three.zp"], ["three"], name="three"),
+        helper.make_node("Add", ["x.dq", "three"], ["add"], name="add"),
+        *qdq("add", "add", "add"),
+        helper.make_node("Mul", ["x.dq", "add.dq"], ["mul"], name="mul"),
+        *qdq("mul", "mul", "mul"),
+        helper.make_node("Div", ["mul.dq", "six"], ["div"], name="div"),
+        *qdq("div", "hardswish", "hardswish"),
+        helper.make_node("Sigmoid", ["x.dq"], ["sig"], name="sigmoid"),
+        *qdq("sig", "sigmoid", "sigmoid"),
+        helper.make_node("Mul", ["x.dq", "sigmoid.dq"], ["gate"], name="gate"),
+        *qdq("gate", "gated", "gated"),
+        helper.make_node("GlobalAveragePool", ["x.dq"], ["mean"], name="mean"),
+        *qdq("mean", "mean", "mean"),
+        helper.make_node("Mul", ["x.dq", "mean.dq"], ["exc"], name="excite"),
+        *qdq("exc", "excite", "excite"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])
+    graph = helper.make_graph(nodes, "qdq_hardswish", [x], [], initializer=inits)
+    xs = f32(rng.normal(size=(1, c, h, w)) * 2.5)
+    outputs = ["hardswish.dq", "sigmoid.dq", "gated.dq", "excite.dq"]
+    write_branches_fixture(d, "qdq-hardswish", graph, outputs, xs)
 
 
 def write_quantized_softmax_fixture(d):

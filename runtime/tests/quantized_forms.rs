@@ -187,6 +187,116 @@ mod unequal_strides {
     }
 }
 
+mod element_wise_regions {
+    use super::*;
+    use perch_runtime::engine::internal::{nnef_framework, ops};
+    use perch_runtime::kernels::Cpu;
+    use tract_onnx::prelude::{Framework, InferenceModelExt};
+
+    const FIXTURE: &str = "qdq-hardswish";
+    /// The fixture's outputs, in order, and the scale of each one's quantization.
+    const OUTPUTS: [(&str, &str); 4] = [
+        ("hardswish", "hardswish.scale"),
+        ("sigmoid", "sigmoid.scale"),
+        ("gated", "gated.scale"),
+        ("excite", "excite.scale"),
+    ];
+
+    fn regions(model: &Model) -> Vec<(String, Vec<String>)> {
+        model
+            .metadata()
+            .kernels
+            .iter()
+            .filter(|k| k.is_planned() && k.pattern == "element-wise region")
+            .map(|k| (k.node.clone(), k.fused.clone()))
+            .collect()
+    }
+
+    /// MobileNetV3's hard-swish as ONNX Runtime quantizes it (`x · q(x + 3) / 6`, `x`
+    /// feeding two branches) becomes one 256-entry table, as do a sigmoid and a product
+    /// of `x` with it, and each gives the bytes of the unfused graph, element for
+    /// element, and ONNX Runtime's answer; a squeeze-excite product with a per-channel
+    /// mean is not a function of one byte and stays as it was.
+    #[test]
+    fn a_quantized_hard_swish_becomes_one_table_with_the_unfused_graphs_bytes() {
+        let fixtures = models().join("fixtures");
+        let path = fixtures.join(format!("{FIXTURE}.onnx"));
+        let file = proto(&path);
+        let graph = file.graph.as_ref().unwrap();
+        let input = read_npy(fixtures.join(format!("{FIXTURE}.input_0.npy"))).unwrap();
+        let on = load(&path, true);
+        let off = load(&path, false);
+        let mut found = regions(&on);
+        found.sort();
+        let sinks: Vec<&str> = found.iter().map(|(sink, _)| sink.as_str()).collect();
+        assert_eq!(
+            sinks,
+            ["gated.quantize", "hardswish.quantize", "sigmoid.quantize"],
+            "{found:?}"
+        );
+        let (_, fused) = &found[1];
+        for part in ["add", "add.quantize", "mul", "mul.quantize", "x.dequantize"] {
+            assert!(fused.iter().any(|n| n == part), "{part} not in {fused:?}");
+        }
+        assert!(regions(&off).is_empty());
+        let (a, b) = (
+            on.run(&[input.input().unwrap()]).unwrap(),
+            off.run(&[input.input().unwrap()]).unwrap(),
+        );
+        for (i, (name, scale)) in OUTPUTS.iter().enumerate() {
+            let want = read_npy(fixtures.join(format!("{FIXTURE}.output_{i}.npy"))).unwrap();
+            let step = scalar(graph, scale);
+            assert_eq!(
+                steps(a.view(i).unwrap(), b.view(i).unwrap(), step),
+                (0, 1.0),
+                "{name}: the table differs from the unfused graph"
+            );
+            // The table runs tract's float operators, which land one step from ONNX
+            // Runtime's on about 3 % of the hard-swish's elements (rounding ties after
+            // the division by 6), as the unfused graph does (asserted above).
+            let (worst, exact) = steps(a.view(i).unwrap(), want.view(), step);
+            println!("{name}: {worst} steps from ONNX Runtime, {exact:.3} exact");
+            if *name == "excite" {
+                // No table here: tract's per-channel mean lands one of its steps from
+                // ONNX Runtime's on some channels, and the product scales that by x.
+                assert!(worst <= 3 && exact >= 0.9, "{name}: {worst} steps, {exact:.3}");
+                continue;
+            }
+            assert!(worst <= 1, "{name}: {worst} steps");
+            assert!(exact >= 0.95, "{name}: only {exact:.3} exact");
+        }
+    }
+
+    /// The table goes into an NNEF archive (`perch_lut`) and loads back with the same
+    /// answers.
+    #[test]
+    fn a_region_table_goes_into_an_nnef_archive_with_its_answers() {
+        let fixtures = models().join("fixtures");
+        let path = fixtures.join(format!("{FIXTURE}.onnx"));
+        let typed = tract_onnx::onnx()
+            .model_for_path(&path)
+            .and_then(|m| m.into_typed())
+            .and_then(ops::declutter)
+            .unwrap();
+        let (typed, report) = ops::rewrite(typed, Cpu::detect()).unwrap();
+        assert!(report.iter().any(|k| k.pattern == "element-wise region"));
+        let mut archive = vec![];
+        nnef_framework().write_to_tar(&typed, &mut archive).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let nnef = dir.path().join("model.nnef.tar");
+        std::fs::write(&nnef, &archive).unwrap();
+        let input = read_npy(fixtures.join(format!("{FIXTURE}.input_0.npy"))).unwrap();
+        let (a, b) = (load(&path, true), load(&nnef, true));
+        let (a, b) = (
+            a.run(&[input.input().unwrap()]).unwrap(),
+            b.run(&[input.input().unwrap()]).unwrap(),
+        );
+        for i in 0..OUTPUTS.len() {
+            assert_eq!(steps(a.view(i).unwrap(), b.view(i).unwrap(), 1.0), (0, 1.0));
+        }
+    }
+}
+
 mod contrib_operators {
     use super::*;
 

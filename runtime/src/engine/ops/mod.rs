@@ -24,6 +24,7 @@ mod fuse;
 mod guard;
 mod kernel_node;
 mod layout;
+mod lut;
 mod nnef;
 mod nnef_quant;
 mod qadd;
@@ -31,6 +32,8 @@ mod qconv;
 mod qdq;
 mod qmatmul;
 mod quantize;
+
+use std::collections::HashSet;
 
 use tract_core::internal::*;
 
@@ -108,6 +111,36 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
         if let Some(fresh) = report_existing(node) {
             entry.detail = fresh.detail;
         }
+    }
+    // Element-wise float regions between 8-bit tensors, as lookup tables: after the
+    // layers took their output quantize nodes. A table changes what the regions after
+    // it can take, so the model is compacted and walked again after each one.
+    let mut model = model.into_compact()?;
+    // Each table takes a sink's region into one node, so there are fewer tables than
+    // nodes; the bound only guards the loop.
+    let most = model.nodes().len();
+    'tables: for _ in 0..most {
+        for id in model.eval_order()? {
+            if let Some((Some(patch), mut decision)) = lut::consider(&model, model.node(id))? {
+                patch.apply(&mut model)?;
+                model = model.into_compact()?;
+                // A table this one took in, and that nothing else reads, is reported as
+                // part of it.
+                let live: HashSet<&str> = model.nodes().iter().map(|n| &*n.name).collect();
+                let (taken, kept) = report.into_iter().partition(|k: &KernelNode| {
+                    decision.fused.contains(&k.node) && !live.contains(&*k.node)
+                });
+                report = kept;
+                for k in taken {
+                    decision.fused.extend(k.fused);
+                }
+                decision.fused.sort();
+                decision.fused.dedup();
+                report.push(decision);
+                continue 'tables;
+            }
+        }
+        break;
     }
     // The quantize nodes left: the graph's float inputs, and float operators' results
     // going back to integer ones. Last, so that the layers' own output quantize nodes
