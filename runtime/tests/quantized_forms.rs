@@ -259,7 +259,10 @@ mod element_wise_regions {
             if *name == "excite" {
                 // No table here: tract's per-channel mean lands one of its steps from
                 // ONNX Runtime's on some channels, and the product scales that by x.
-                assert!(worst <= 3 && exact >= 0.9, "{name}: {worst} steps, {exact:.3}");
+                assert!(
+                    worst <= 3 && exact >= 0.9,
+                    "{name}: {worst} steps, {exact:.3}"
+                );
                 continue;
             }
             assert!(worst <= 1, "{name}: {worst} steps");

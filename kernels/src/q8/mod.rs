@@ -29,6 +29,7 @@ pub mod add;
 pub mod dwconv;
 pub mod gemm;
 pub mod im2col;
+pub mod lut;
 pub mod quantize;
 #[cfg(target_arch = "x86_64")]
 mod x86;

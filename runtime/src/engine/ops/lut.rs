@@ -29,14 +29,52 @@ use tract_core::ops::cast::Cast;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::identity::Identity;
 use tract_core::ops::quant::{lookup_table, DequantizeLinearF32, LookupTable};
+use tract_core::tract_linalg::lut::Lut;
 
 use super::kernel_node::{Considered, KernelNode};
 use super::qdq::quantize_inverse;
+use crate::kernels::q8::lut::QLut;
+use crate::kernels::Cpu;
 
 const PATTERN: &str = "element-wise region";
 
-/// The kernel reported for a region: tract's table lookup.
-const KERNEL: &str = "tract lut_u8";
+/// tract's lookup table with its lookups on Perch's kernel ([`crate::kernels::q8::lut`]).
+#[derive(Debug, Clone)]
+struct PerchTable(QLut);
+
+impl Lut for PerchTable {
+    fn table(&self) -> &[u8] {
+        self.0.table()
+    }
+
+    fn run(&self, buf: &mut [u8]) {
+        self.0.run_in_place(buf)
+    }
+}
+
+/// tract's lookup-table operator for `table` (256 entries), on the kernel planned for
+/// `cpu`, and the kernel's name.
+pub(super) fn table_op(table: &[u8], cpu: Cpu) -> TractResult<(ElementWiseOp, &'static str)> {
+    let lut = QLut::plan(table, cpu).map_err(|e| format_err!("lookup table: {}", e.0))?;
+    let name = lut.variant().name;
+    Ok((lookup_table(Box::new(PerchTable(lut))), name))
+}
+
+/// Puts every table in `model` (tract's own folds among them) on Perch's kernel.
+pub(super) fn replan_tables(model: &mut TypedModel, cpu: Cpu) -> TractResult<()> {
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(lut) = node
+            .op_as::<ElementWiseOp>()
+            .and_then(|op| op.0.downcast_ref::<LookupTable>())
+        else {
+            continue;
+        };
+        let (op, _) = table_op(lut.table.table(), cpu)?;
+        model.node_mut(id).op = Box::new(op);
+    }
+    Ok(())
+}
 
 /// A region found by [`region`]: its 8-bit input and its nodes in evaluation order
 /// (the sink last).
@@ -47,7 +85,7 @@ struct Region {
 
 /// Whether `node` ends an element-wise region of one 8-bit tensor; if it does, the patch
 /// that puts a lookup table in its place.
-pub(super) fn consider(model: &TypedModel, node: &TypedNode) -> TractResult<Considered> {
+pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractResult<Considered> {
     if quantize_inverse(node).is_none() && !is_table(node) {
         return Ok(None);
     }
@@ -56,7 +94,7 @@ pub(super) fn consider(model: &TypedModel, node: &TypedNode) -> TractResult<Cons
     };
     let dt = model.outlet_fact(region.source)?.datum_type;
     let table = table(model, &region, dt)?;
-    let op = lookup_table(tract_linalg::routines::lut_u8(&table)?);
+    let (op, kernel) = table_op(&table, cpu)?;
     let mut patch = TypedModelPatch::new(format!("perch lut {}", node.name));
     let tap = patch.tap_model(model, region.source)?;
     let out = patch.wire_node(&node.name, op, &[tap])?[0];
@@ -71,7 +109,7 @@ pub(super) fn consider(model: &TypedModel, node: &TypedNode) -> TractResult<Cons
     fused.dedup();
     let name = if dt == i8::datum_type() { "i8" } else { "u8" };
     let detail = format!("{name} -> {name}, one 256-entry table");
-    let report = KernelNode::planned(&node.name, PATTERN, detail, KERNEL, fused);
+    let report = KernelNode::planned(&node.name, PATTERN, detail, kernel, fused);
     Ok(Some((Some(patch), report)))
 }
 

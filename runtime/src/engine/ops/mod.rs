@@ -121,7 +121,7 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
     let most = model.nodes().len();
     'tables: for _ in 0..most {
         for id in model.eval_order()? {
-            if let Some((Some(patch), mut decision)) = lut::consider(&model, model.node(id))? {
+            if let Some((Some(patch), mut decision)) = lut::consider(&model, model.node(id), cpu)? {
                 patch.apply(&mut model)?;
                 model = model.into_compact()?;
                 // A table this one took in, and that nothing else reads, is reported as
@@ -142,6 +142,7 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
         }
         break;
     }
+    lut::replan_tables(&mut model, cpu)?;
     // The quantize nodes left: the graph's float inputs, and float operators' results
     // going back to integer ones. Last, so that the layers' own output quantize nodes
     // went into their operators first; the fresh order holds only live nodes.

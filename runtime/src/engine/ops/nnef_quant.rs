@@ -9,8 +9,8 @@
 
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::quant::{
-    lookup_table, quantize_linear_i8, quantize_linear_u8, DequantizeLinearF32, LookupTable,
-    QuantizeLinearI8, QuantizeLinearU8,
+    quantize_linear_i8, quantize_linear_u8, DequantizeLinearF32, LookupTable, QuantizeLinearI8,
+    QuantizeLinearU8,
 };
 use tract_nnef::internal::*;
 
@@ -153,7 +153,7 @@ fn load_lut(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> Trac
         table.shape()
     );
     let table = table.try_as_plain_ram()?.as_slice::<u8>()?;
-    let op = lookup_table(tract_core::tract_linalg::routines::lut_u8(table)?);
+    let (op, _) = super::lut::table_op(table, crate::kernels::Cpu::detect())?;
     builder.wire(op, &[input])
 }
 
