@@ -21,6 +21,7 @@
 //!   `X-Perch-Entity-Id` header: the experiment lookup, the entity id, the route, the
 //!   variant's counters, the reply's `parameters` tag and headers.
 
+#[allow(dead_code)] // the table of `common::report` is for engine-relative stages
 mod common;
 #[path = "../tests/common/http.rs"]
 mod http_server;
