@@ -86,7 +86,9 @@ fn main() {
     };
 
     // A real reply of the model, for the in-process stage.
-    let reply = service.handle_request(&json, perch_firmware::service::Codec::Json).body;
+    let reply = service
+        .handle_request(&json, perch_firmware::service::Codec::Json)
+        .body;
     let mut headers = axum::http::HeaderMap::new();
     headers.insert("x-perch-entity-id", "customer-42".parse().unwrap());
     let plain = Experiments::default();
@@ -97,7 +99,9 @@ fn main() {
             &router,
             index,
             Duration::from_micros(300),
-            Protocol::Oip { header_length: None },
+            Protocol::Oip {
+                header_length: None,
+            },
             bytes::Bytes::from_static(b""),
             (200, reply.clone(), None),
             |_| None,
@@ -140,10 +144,15 @@ fn main() {
             differences.push(experiment.as_secs_f64() - model.as_secs_f64());
         }
     }
-    let mut stages: Vec<(&str, Vec<Duration>)> =
-        stages.into_iter().map(|(name, _, times)| (name, times)).collect();
+    let mut stages: Vec<(&str, Vec<Duration>)> = stages
+        .into_iter()
+        .map(|(name, _, times)| (name, times))
+        .collect();
     stages.push(("HTTP JSON, model name (alternating)", by_model));
-    stages.push(("HTTP JSON, experiment name, routed (alternating)", by_experiment));
+    stages.push((
+        "HTTP JSON, experiment name, routed (alternating)",
+        by_experiment,
+    ));
     server.shutdown().unwrap();
     let quantile = |times: &mut Vec<Duration>, p: f64| {
         times.sort_unstable();
@@ -151,11 +160,18 @@ fn main() {
         times[rank - 1]
     };
     let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
-    println!("kws-dscnn (R2), {} rounds x {samples} samples per stage, nearest-rank quantiles\n", common::ROUNDS);
+    println!(
+        "kws-dscnn (R2), {} rounds x {samples} samples per stage, nearest-rank quantiles\n",
+        common::ROUNDS
+    );
     println!("| stage | p50 | p90 | p99 |");
     println!("|---|---:|---:|---:|");
     for (name, times) in stages.iter_mut() {
-        let (p50, p90, p99) = (quantile(times, 0.5), quantile(times, 0.9), quantile(times, 0.99));
+        let (p50, p90, p99) = (
+            quantile(times, 0.5),
+            quantile(times, 0.9),
+            quantile(times, 0.99),
+        );
         println!("| {name} | {} | {} | {} |", us(p50), us(p90), us(p99));
     }
     let plain = quantile(&mut stages[2].1, 0.5);

@@ -64,7 +64,12 @@ shadows = [{{ name = "qdq", model = "digits-qdq" }}]
         .env_remove("PERCH_CONFIG")
         .arg("--config")
         .arg(&file)
-        .args(["--device-id", "experimenter", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "--device-id",
+            "experimenter",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--embedded-port", &broker.get().to_string()])
         .arg("--spool-dir")
         .arg(dir.join("spool"));
@@ -93,7 +98,10 @@ fn experiment_status_shows_each_variants_figures_and_its_test_against_the_defaul
             .header("X-Perch-Entity-Id", format!("customer-{i}"))
             .send(body.to_string().as_bytes())
             .unwrap();
-        let variant = response.headers()["x-perch-variant"].to_str().unwrap().to_string();
+        let variant = response.headers()["x-perch-variant"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let entry = sent.entry(variant).or_default();
         if response.status().as_u16() == 200 {
             entry.0 += 1;
@@ -103,10 +111,21 @@ fn experiment_status_shows_each_variants_figures_and_its_test_against_the_defaul
     }
 
     let output = perch()
-        .args(["experiment", "status", "--device", &base, "digits-ab", "--json"])
+        .args([
+            "experiment",
+            "status",
+            "--device",
+            &base,
+            "digits-ab",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let status = json(&output.stdout);
     for variant in status["variants"].as_array().unwrap() {
         let name = variant["name"].as_str().unwrap();
@@ -128,7 +147,10 @@ fn experiment_status_shows_each_variants_figures_and_its_test_against_the_defaul
         .unwrap();
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("experiment digits-ab on http://"), "{text}");
-    assert!(text.contains("control *") && text.contains("p-value") && text.contains("qdq"), "{text}");
+    assert!(
+        text.contains("control *") && text.contains("p-value") && text.contains("qdq"),
+        "{text}"
+    );
 
     let output = perch()
         .args(["experiment", "status", "--device", &base, "nope"])
@@ -136,5 +158,8 @@ fn experiment_status_shows_each_variants_figures_and_its_test_against_the_defaul
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let err = String::from_utf8(output.stderr).unwrap();
-    assert!(err.contains("answered 404: no experiment named \"nope\""), "{err}");
+    assert!(
+        err.contains("answered 404: no experiment named \"nope\""),
+        "{err}"
+    );
 }
