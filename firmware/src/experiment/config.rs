@@ -412,7 +412,7 @@ mod tests {
              the repository"
         );
         let known = |m: &str| m.starts_with("model-");
-        assert_eq!(validate_all(&[s.clone()], known), Ok(()));
+        assert_eq!(validate_all(std::slice::from_ref(&s), known), Ok(()));
         assert_eq!(
             validate_all(&[s.clone(), s.clone()], known),
             Err(ExperimentError::DuplicateName("iris-ab".into()))

@@ -296,10 +296,12 @@ pub fn compare(theirs: &Answer, ours: &Answer, agreement: Agreement) -> Comparis
                             scale = scale.max(t.abs());
                         }
                     }
-                    Comparison::Difference(match (diff, scale) {
-                        (d, _) if d == 0.0 => 0.0,
-                        (_, s) if s == 0.0 => f64::INFINITY,
-                        (d, s) => d / s,
+                    Comparison::Difference(if diff == 0.0 {
+                        0.0
+                    } else if scale == 0.0 {
+                        f64::INFINITY
+                    } else {
+                        diff / scale
                     })
                 }
             }

@@ -43,6 +43,10 @@ impl VariantStats {
     }
 }
 
+/// `(ok, errors, dropped, latency, agreement)` of a shadow, as [`ShadowStats::snapshot`]
+/// returns them.
+pub type Snapshot = (u64, u64, u64, Histogram, Tally);
+
 /// One shadow's counters.
 #[derive(Debug, Default)]
 pub struct ShadowStats {
@@ -116,7 +120,7 @@ impl ShadowStats {
     }
 
     /// `(ok, errors, dropped, latency, agreement)`.
-    pub fn snapshot(&self) -> (u64, u64, u64, Histogram, Tally) {
+    pub fn snapshot(&self) -> Snapshot {
         let tally = *self
             .agreement
             .lock()
@@ -277,7 +281,9 @@ pub fn render(experiments: &[Series<'_>]) -> String {
             write_sample(&mut out, name, &labels, n as f64);
         }
     }
-    let counters: [(&str, &str, fn(&(u64, u64, u64, Histogram, Tally)) -> f64); 3] = [
+    /// A counter family of the shadows: name, help, value.
+    type Counter = (&'static str, &'static str, fn(&Snapshot) -> f64);
+    let counters: [Counter; 3] = [
         (
             "perch_experiment_shadow_dropped_total",
             "Request copies dropped because the shadow queue was full.",

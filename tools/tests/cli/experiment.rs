@@ -134,7 +134,7 @@ fn experiment_status_shows_each_variants_figures_and_its_test_against_the_defaul
         assert_eq!(variant["errors"].as_u64(), Some(errors), "{variant}");
         if name == "control" {
             assert!(variant["error_rate_test"].is_null());
-        } else if ok + errors > 0 && sent.get("control").is_some() {
+        } else if ok + errors > 0 && sent.contains_key("control") {
             let p = variant["error_rate_test"]["p_value"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&p), "{variant}");
         }
