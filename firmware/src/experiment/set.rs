@@ -274,3 +274,78 @@ fn build(
         .map(|s| Experiment::new(s).map(Arc::new))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use perch_runtime::canary::Percent;
+
+    use super::*;
+    use crate::experiment::config::{Agreement, EntitySource};
+
+    fn spec(name: &str, shares: [u16; 2]) -> ExperimentSpec {
+        ExperimentSpec {
+            name: name.into(),
+            variants: ["a", "b"]
+                .iter()
+                .zip(shares)
+                .map(|(v, bp)| VariantSpec {
+                    name: (*v).into(),
+                    model: format!("model-{v}"),
+                    share: Percent::from_basis_points(bp).unwrap(),
+                })
+                .collect(),
+            default: "a".into(),
+            shadows: Vec::new(),
+            entity: EntitySource::default(),
+            agreement: Agreement::Argmax,
+            primary: false,
+        }
+    }
+
+    fn known(model: &str) -> bool {
+        model.starts_with("model-")
+    }
+
+    #[test]
+    fn a_refused_replacement_leaves_the_running_experiments_and_their_figures() {
+        let experiments = Experiments::new(vec![spec("e", [5000, 5000])], known, 4).unwrap();
+        let running = experiments.get("e").unwrap();
+        running
+            .variant_stats(0)
+            .unwrap()
+            .record(true, Duration::from_millis(1));
+        let refused = [
+            vec![spec("e", [5000, 4000])],
+            vec![{
+                let mut s = spec("e", [5000, 5000]);
+                s.variants[1].model = "gone".into();
+                s
+            }],
+            vec![spec("e", [5000, 5000]), spec("e", [5000, 5000])],
+        ];
+        for specs in refused {
+            assert!(experiments.replace(specs, known).is_err());
+            let now = experiments.get("e").unwrap();
+            assert!(
+                Arc::ptr_eq(&now, &running),
+                "the running experiment keeps going"
+            );
+        }
+        assert_eq!(running.variant_stats(0).unwrap().snapshot().0, 1);
+
+        // An unchanged experiment keeps its figures; a changed one starts afresh.
+        experiments
+            .replace(vec![spec("e", [5000, 5000]), spec("f", [0, 10_000])], known)
+            .unwrap();
+        assert!(Arc::ptr_eq(&experiments.get("e").unwrap(), &running));
+        experiments
+            .replace(vec![spec("e", [6000, 4000])], known)
+            .unwrap();
+        let changed = experiments.get("e").unwrap();
+        assert_eq!(changed.variant_stats(0).unwrap().snapshot().0, 0);
+        assert!(experiments.get("f").is_none());
+        assert_eq!(changed.spec().variants[0].share.basis_points(), 6000);
+    }
+}
