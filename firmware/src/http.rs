@@ -350,8 +350,18 @@ async fn server_metadata() -> Response {
     json(StatusCode::OK, oip::encode_server_metadata())
 }
 
-async fn model_metadata(State(models): State<Repository>, Path(path): Path<ModelPath>) -> Response {
-    match find(&models, &path.name, path.version.as_deref()) {
+/// The model a path names; an experiment's name stands for its default variant's model.
+fn find_routed(shared: &Shared, path: &ModelPath) -> Result<InferenceService, ServiceError> {
+    match shared.experiments.get(&path.name) {
+        Some(e) if path.version.is_none() => shared
+            .models
+            .get(&e.variant(e.spec().default_index()).model),
+        _ => find(&shared.models, &path.name, path.version.as_deref()),
+    }
+}
+
+async fn model_metadata(State(shared): State<Shared>, Path(path): Path<ModelPath>) -> Response {
+    match find_routed(&shared, &path) {
         Ok(service) => {
             let served = service.served();
             json(
@@ -363,8 +373,8 @@ async fn model_metadata(State(models): State<Repository>, Path(path): Path<Model
     }
 }
 
-async fn model_ready(State(models): State<Repository>, Path(path): Path<ModelPath>) -> Response {
-    match find(&models, &path.name, path.version.as_deref()) {
+async fn model_ready(State(shared): State<Shared>, Path(path): Path<ModelPath>) -> Response {
+    match find_routed(&shared, &path) {
         Ok(service) => readiness(&service),
         Err(e) => error(&e),
     }

@@ -238,6 +238,13 @@ fn each_entity_is_served_by_the_variant_its_bucket_picks_and_the_reply_says_whic
     assert_eq!(status["entity_id"], "header:x-perch-entity-id");
     let (code, text) = server.get("/v2/experiments/nope");
     assert_eq!(code, 404, "{text}");
+    // Metadata and readiness of an experiment's name are its default variant's.
+    let (code, text) = server.get("/v2/models/digits-ab");
+    assert_eq!(code, 200, "{text}");
+    let metadata: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(metadata["name"], "digits-a");
+    assert_eq!(metadata["inputs"][0]["name"], "pixels");
+    assert_eq!(server.get("/v2/models/digits-ab/ready").0, 200);
 
     let (code, text) = server.get("/metrics");
     assert_eq!(code, 200);
