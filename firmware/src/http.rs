@@ -18,6 +18,7 @@
 //! | GET | `/v1/models`, `/v1/models/{name}` | KServe V1 model list and status |
 //! | POST | `/v1/models/{name}:predict` | KServe V1 `instances` → `predictions` ([`crate::service::kserve_v1`]); for a model with a feature schema, instances that are objects of named features are answered with labels |
 //! | POST | `/predict` (`?model=<name>`) | `{"features": {"name": value, ...}}` → `{"prediction", "probability", "model_version", "latency_ms"}` with the feature schema ([`crate::service::features`]) of the primary model, or of the one named |
+//! | GET | `/v2/experiments`, `/v2/experiments/{name}` | the experiments' settings and figures ([`crate::experiment`]); inference routes take an experiment's name as a model's, answering with `X-Perch-Variant` |
 //! | GET | `/health` | `{"status", "models": [{"name", "version", "ready"}]}` of every loaded model; `ok`, `degraded` (another model not ready) or `not ready` (503, the primary model) |
 //! | GET | `/metrics` | Prometheus text format 0.0.4 ([`crate::prometheus`]): `prediction_latency_seconds` (histogram of engine time), `prediction_total{status="ok"\|"error"}`, each with a series per model (`model_name`), gauges `perch_model_ready{model_name}`, `perch_uptime_seconds`, `perch_models_memory_bytes`, `perch_memory_budget_bytes` (with a budget), `process_resident_memory_bytes`, `perch_report_backlog`, and the counter `perch_spool_dropped_reports_total`, each with `# HELP` and `# TYPE` |
 //!
@@ -55,12 +56,11 @@
 //! # }
 //! ```
 
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, HttpBody};
+use axum::body::Body;
 use axum::extract::{FromRef, Path, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
@@ -73,6 +73,8 @@ use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::sync::{watch, Semaphore};
 
+use crate::body::read_body;
+use crate::experiment::{self, shadow, Experiments};
 use crate::repository::{Repository, RepositoryError};
 use crate::service::oip_serve::OipReply;
 use crate::service::{
@@ -129,7 +131,21 @@ pub async fn serve_with(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router_with(models.into(), limits.body_timeout);
+    let experiments = Experiments::default();
+    serve_experiments(listener, models, experiments, limits, shutdown).await
+}
+
+/// [`serve_with`] with A/B experiments over the models ([`crate::experiment`]):
+/// inference requests addressed to an experiment's name go to one of its variants,
+/// and `GET /v2/experiments/{name}` reports on it.
+pub async fn serve_experiments(
+    listener: tokio::net::TcpListener,
+    models: impl Into<Repository>,
+    experiments: Experiments,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router_with(models.into(), experiments, limits.body_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (closing, closed) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
@@ -182,15 +198,21 @@ pub async fn serve_with(
 /// The routes of [`serve`], for embedding in another server (bodies must arrive within
 /// [`HttpLimits::default`]'s body timeout).
 pub fn router(models: impl Into<Repository>) -> Router {
-    router_with(models.into(), HttpLimits::default().body_timeout)
+    let experiments = Experiments::default();
+    router_with(
+        models.into(),
+        experiments,
+        HttpLimits::default().body_timeout,
+    )
 }
 
-fn router_with(models: Repository, body_timeout: Duration) -> Router {
+fn router_with(models: Repository, experiments: Experiments, body_timeout: Duration) -> Router {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shared = Shared {
         models,
         gate: Gate(Arc::new(Semaphore::new(cores))),
         body_timeout,
+        experiments,
     };
     let mut router = Router::new()
         .route("/v2", get(server_metadata))
@@ -222,6 +244,8 @@ fn router_with(models: Repository, body_timeout: Duration) -> Router {
         .route("/v1/models", get(v1_models))
         .route("/v1/models/{target}", get(v1_model).post(v1_predict))
         .route("/predict", post(predict))
+        .route("/v2/experiments", get(experiment_status))
+        .route("/v2/experiments/{name}", get(experiment_status))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -235,6 +259,7 @@ struct Shared {
     models: Repository,
     gate: Gate,
     body_timeout: Duration,
+    experiments: Experiments,
 }
 
 /// One permit per inference allowed to run at once (one per core): more would only
@@ -249,11 +274,11 @@ impl FromRef<Shared> for Repository {
     }
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response {
+fn json(status: StatusCode, body: impl Into<Body>) -> Response {
     (
         status,
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
+        body.into(),
     )
         .into_response()
 }
@@ -325,8 +350,18 @@ async fn server_metadata() -> Response {
     json(StatusCode::OK, oip::encode_server_metadata())
 }
 
-async fn model_metadata(State(models): State<Repository>, Path(path): Path<ModelPath>) -> Response {
-    match find(&models, &path.name, path.version.as_deref()) {
+/// The model a path names; an experiment's name stands for its default variant's model.
+fn find_routed(shared: &Shared, path: &ModelPath) -> Result<InferenceService, ServiceError> {
+    match shared.experiments.get(&path.name) {
+        Some(e) if path.version.is_none() => shared
+            .models
+            .get(&e.variant(e.spec().default_index()).model),
+        _ => find(&shared.models, &path.name, path.version.as_deref()),
+    }
+}
+
+async fn model_metadata(State(shared): State<Shared>, Path(path): Path<ModelPath>) -> Response {
+    match find_routed(&shared, &path) {
         Ok(service) => {
             let served = service.served();
             json(
@@ -338,8 +373,8 @@ async fn model_metadata(State(models): State<Repository>, Path(path): Path<Model
     }
 }
 
-async fn model_ready(State(models): State<Repository>, Path(path): Path<ModelPath>) -> Response {
-    match find(&models, &path.name, path.version.as_deref()) {
+async fn model_ready(State(shared): State<Shared>, Path(path): Path<ModelPath>) -> Response {
+    match find_routed(&shared, &path) {
         Ok(service) => readiness(&service),
         Err(e) => error(&e),
     }
@@ -391,10 +426,22 @@ async fn infer_for(
         models,
         gate,
         body_timeout,
+        experiments,
     } = shared;
+    // An experiment's name picks a variant once the body is read (the entity id may be
+    // in it); until then the default variant's limits hold.
+    let chosen = match name {
+        Some(name) => experiments.get(name).filter(|_| version.is_none()),
+        None if matches!(protocol, Protocol::Predict) => experiments.primary(),
+        None => None,
+    };
+    let default = chosen
+        .as_ref()
+        .map(|e| e.variant(e.spec().default_index()).model.clone());
+    let name = default.as_deref().or(name);
     // A request for a model the repository does not serve counts as an error of the
     // primary model, the one a device's dashboards follow.
-    let (service, missing) = match name.map(|name| find(&models, name, version)) {
+    let (mut service, missing) = match name.map(|name| find(&models, name, version)) {
         Some(Ok(service)) => (service, None),
         Some(Err(e)) => (models.primary(), Some(e)),
         None => (models.primary(), None),
@@ -407,7 +454,7 @@ async fn infer_for(
         }
         _ => Codec::Json,
     };
-    let refuse = |e: ServiceError| {
+    let refuse = |service: &InferenceService, e: ServiceError| {
         service.count_error();
         match codec {
             Codec::Json => error(&e),
@@ -415,29 +462,46 @@ async fn infer_for(
         }
     };
     if let Some(e) = missing {
-        return refuse(e);
+        return refuse(&service, e);
     }
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     let limit = service.limits().max_payload_bytes;
     let body = match tokio::time::timeout(body_timeout, read_body(body, limit, declared)).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(e)) => return refuse(e),
+        Ok(Ok(body)) => bytes::Bytes::from(body),
+        Ok(Err(e)) => return refuse(&service, e),
         Err(_) => {
-            return refuse(ServiceError::BodyTimeout {
-                limit: body_timeout,
-            })
+            let limit = body_timeout;
+            return refuse(&service, ServiceError::BodyTimeout { limit });
         }
     };
     let header_length = headers
         .get(oip_binary::HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("(not text)").to_string());
+    let routed = match &chosen {
+        Some(e) => {
+            let index = experiment::reply::choose(e, headers, &body, header_length.as_deref());
+            match models.get(&e.variant(index).model) {
+                Ok(variant) => service = variant,
+                Err(err) => {
+                    if let Some(stats) = e.variant_stats(index) {
+                        stats.record(false, Duration::ZERO);
+                    }
+                    return refuse(&service, err);
+                }
+            }
+            Some((e, index))
+        }
+        None => None,
+    };
+    let copy = body.clone();
     // The semaphore is never closed, so this waits for a permit and never fails. The
     // permit is given back when the answer comes, or at the deadline.
     let waiting = std::time::Instant::now();
     let permit = gate.0.acquire_owned().await.ok();
     service.record_queue(waiting.elapsed());
+    let running = std::time::Instant::now();
     // Every path runs on the blocking pool within the service's deadline.
     let reply = match (protocol, codec) {
         (Protocol::V1 | Protocol::Predict, _) => {
@@ -487,58 +551,44 @@ async fn infer_for(
         },
     };
     drop(permit);
-    match (codec, reply.header_length) {
-        (Codec::Json, None) => json(status(reply.status), reply.body),
-        (Codec::Json, Some(length)) => binary_tensors(status(reply.status), reply.body, length),
-        (Codec::Binary, _) => postcard(status(reply.status), reply.body),
-    }
-}
-
-/// How much of an oversize body is read and thrown away before answering 413.
-///
-/// Many clients (ureq, Python's requests) send the whole body before they read the
-/// answer; a server that answers and closes early leaves them with a broken pipe
-/// instead of the reason. Reading on costs time but no memory.
-const DRAIN_BYTES: usize = 16 << 20;
-
-/// Reads a body of at most `limit` bytes. A larger one is
-/// [`ServiceError::PayloadTooLarge`], after reading up to [`DRAIN_BYTES`] more of it
-/// (none if its declared length is already beyond that).
-async fn read_body(
-    mut body: Body,
-    limit: usize,
-    declared: Option<usize>,
-) -> Result<Vec<u8>, ServiceError> {
-    let drain_limit = limit.saturating_add(DRAIN_BYTES);
-    if let Some(size) = declared.filter(|n| *n > drain_limit) {
-        return Err(ServiceError::PayloadTooLarge { size, limit });
-    }
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
-    let mut size = 0usize;
-    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let frame = frame
-            .map_err(|e| ServiceError::Malformed(format!("cannot read the request body: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        size = size.saturating_add(data.len());
-        if size <= limit {
-            bytes.extend_from_slice(&data);
-        } else if size > drain_limit {
-            break;
+    let code = status(reply.status);
+    let (body, header_length) = match routed {
+        Some((e, index)) => {
+            let header_length = headers.get(oip_binary::HEADER_LENGTH);
+            let header_length = header_length.and_then(|v| Some(v.to_str().ok()?.to_string()));
+            let protocol = match (protocol, codec) {
+                (Protocol::V1, _) => shadow::Protocol::V1,
+                (Protocol::Predict, _) => shadow::Protocol::Predict,
+                (Protocol::V2, Codec::Binary) => shadow::Protocol::Postcard,
+                (Protocol::V2, Codec::Json) => shadow::Protocol::Oip { header_length },
+            };
+            let routed = experiment::reply::finish(
+                &experiments,
+                e,
+                index,
+                running.elapsed(),
+                protocol,
+                copy,
+                (reply.status, reply.body, reply.header_length),
+                |model| models.get(model).ok(),
+            );
+            (routed.body, routed.header_length)
         }
+        None => (Body::from(reply.body), reply.header_length),
+    };
+    let mut response = match (codec, header_length) {
+        (Codec::Json, None) => json(code, body),
+        (Codec::Json, Some(length)) => binary_tensors(code, body, length),
+        (Codec::Binary, _) => postcard(code, body),
+    };
+    if let Some((e, index)) = routed {
+        experiment::reply::label(response.headers_mut(), e, index);
     }
-    if size > limit {
-        return Err(ServiceError::PayloadTooLarge {
-            size: declared.unwrap_or(size).max(size),
-            limit,
-        });
-    }
-    Ok(bytes)
+    response
 }
 
 /// A response in the binary tensor data extension: JSON header, then the tensors.
-fn binary_tensors(status: StatusCode, body: Vec<u8>, header_length: usize) -> Response {
+fn binary_tensors(status: StatusCode, body: impl Into<Body>, header_length: usize) -> Response {
     (
         status,
         [
@@ -551,77 +601,25 @@ fn binary_tensors(status: StatusCode, body: Vec<u8>, header_length: usize) -> Re
                 HeaderValue::from(header_length),
             ),
         ],
-        body,
+        body.into(),
     )
         .into_response()
 }
 
-fn postcard(status: StatusCode, body: Vec<u8>) -> Response {
+fn postcard(status: StatusCode, body: impl Into<Body>) -> Response {
     (
         status,
         [(
             CONTENT_TYPE,
             HeaderValue::from_static(POSTCARD_CONTENT_TYPE),
         )],
-        body,
+        body.into(),
     )
         .into_response()
 }
 
-async fn metrics(State(models): State<Repository>) -> Response {
-    let loaded = models.loaded();
-    let primary = models.primary();
-    let (backlog, dropped) = primary.report_queue();
-    let rss_bytes = crate::process::rss_kib().map_or(f64::NAN, |kib| f64::from(kib) * 1024.0);
-    let mut extra = vec![
-        (
-            "perch_uptime_seconds",
-            "Seconds since the agent started.",
-            primary.uptime().as_secs_f64(),
-        ),
-        (
-            "perch_models_memory_bytes",
-            "Estimated memory of the loaded models (file sizes plus one inference's inputs and outputs).",
-            models.in_use() as f64,
-        ),
-        (
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes.",
-            rss_bytes,
-        ),
-        (
-            "perch_report_backlog",
-            "Metrics reports waiting for the MQTT broker (spooled and in memory).",
-            backlog as f64,
-        ),
-        (
-            "perch_spool_dropped_reports_total",
-            "Metrics reports dropped from the full spool since its folder was created.",
-            dropped as f64,
-        ),
-    ];
-    if let Some(budget) = models.budget() {
-        extra.push((
-            "perch_memory_budget_bytes",
-            "The memory budget of the loaded models.",
-            budget as f64,
-        ));
-    }
-    let ids: Vec<_> = loaded.iter().map(InferenceService::model_id).collect();
-    let totals: Vec<_> = loaded.iter().map(InferenceService::totals).collect();
-    let series: Vec<_> = loaded
-        .iter()
-        .zip(&ids)
-        .zip(&totals)
-        .map(|((service, id), totals)| crate::prometheus::ModelSeries {
-            name: id.name.as_str(),
-            latency: &totals.latency,
-            ok: totals.ok,
-            errors: totals.errors,
-            ready: Some(service.ready()),
-        })
-        .collect();
-    let text = crate::prometheus::render_models(&series, &extra);
+async fn metrics(State(shared): State<Shared>) -> Response {
+    let text = crate::exposition::render(&shared.models, &shared.experiments);
     (
         StatusCode::OK,
         [(
@@ -766,10 +764,22 @@ async fn health(State(models): State<Repository>) -> Response {
     sent(describe::health(&models.loaded()))
 }
 
+/// `GET /v2/experiments/{name}`: the experiment's settings and figures
+/// ([`experiment::Experiment::status`]); `GET /v2/experiments`: all of them.
+async fn experiment_status(State(shared): State<Shared>, name: Option<Path<String>>) -> Response {
+    match shared
+        .experiments
+        .status(name.as_ref().map(|p| p.0.as_str()))
+    {
+        Ok(document) => json(StatusCode::OK, document),
+        Err(document) => json(StatusCode::NOT_FOUND, document),
+    }
+}
+
 async fn no_route() -> Response {
     json(
         StatusCode::NOT_FOUND,
-        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /v2/models/{name}/config, /v2/models/{name}/stats, /v2/repository/index, /v2/repository/models/{name}/load|unload, /v1/models/{name}:predict, /predict, /health, /metrics"}"#
+        br#"{"error":"no such endpoint; see /v2, /v2/models/{name}, /v2/models/{name}/infer, /v2/models/{name}/config, /v2/models/{name}/stats, /v2/repository/index, /v2/repository/models/{name}/load|unload, /v1/models/{name}:predict, /predict, /v2/experiments/{name}, /health, /metrics"}"#
             .to_vec(),
     )
 }

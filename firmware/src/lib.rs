@@ -21,10 +21,13 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod body;
 pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod device;
+pub mod experiment;
+pub mod exposition;
 pub mod http;
 pub mod load;
 pub mod mqtt;

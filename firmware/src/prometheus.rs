@@ -207,6 +207,51 @@ pub fn render_models(models: &[ModelSeries<'_>], extra: &[(&str, &str, f64)]) ->
     out
 }
 
+/// Writes `# HELP` and `# TYPE` of a family (`kind`: `counter`, `gauge`, `histogram`),
+/// for families with labels that other modules render (the experiments').
+pub fn write_family(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one series of a histogram family on the core histogram's bounds, as
+/// [`render_models`] writes `prediction_latency_seconds`: `labels` are
+/// `(key, value)` pairs, the values escaped here.
+pub fn write_histogram(
+    out: &mut String,
+    family: &str,
+    labels: &[(&str, &str)],
+    histogram: &Histogram,
+) {
+    let labels = label_pairs(labels);
+    let mut cumulative: u64 = 0;
+    for (count, &bound_ns) in histogram.counts().iter().zip(&BOUNDARIES_NS) {
+        cumulative += u64::from(*count);
+        let _ = writeln!(
+            out,
+            "{family}_bucket{{{labels},le=\"{}\"}} {cumulative}",
+            decimal_seconds(bound_ns)
+        );
+    }
+    let total = histogram.count();
+    let _ = writeln!(out, "{family}_bucket{{{labels},le=\"+Inf\"}} {total}");
+    let sum = float(estimated_sum_seconds(histogram));
+    let _ = writeln!(out, "{family}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{family}_count{{{labels}}} {total}");
+}
+
+/// Writes one sample `name{labels} value`, the label values escaped here.
+pub fn write_sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    let _ = writeln!(out, "{name}{{{}}} {}", label_pairs(labels), float(value));
+}
+
+fn label_pairs(labels: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape_label_value(v)))
+        .collect();
+    pairs.join(",")
+}
+
 /// Escapes a label value: backslash, double quote and line feed are the only characters
 /// the format requires escaping.
 fn escape_label_value(value: &str) -> String {

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod bench;
 pub mod bundle;
 pub mod convert;
+pub mod experiment;
 pub use perch_runtime::fsio;
 pub mod graph;
 pub mod inspect;

@@ -29,6 +29,7 @@ enum Command {
     Bench(cmd::bench::Args),
     Batch(cmd::batch::Args),
     Rollout(cmd::rollout::Args),
+    Experiment(cmd::experiment::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::execute(args),
         Command::Batch(args) => cmd::batch::execute(args),
         Command::Rollout(args) => cmd::rollout::execute(args),
+        Command::Experiment(args) => cmd::experiment::execute(args),
     };
     match result {
         Ok(code) => code,

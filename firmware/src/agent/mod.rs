@@ -47,6 +47,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::broker;
 use crate::config::{Broker, BrokerConfig, Config, ModelConfig, OtaSettings};
 use crate::device::DeviceId;
+use crate::experiment::Experiments;
 use crate::load::{self, LoadError, Loaded};
 use crate::mqtt::{self, Outbox, Topics};
 use crate::ota::{self, Effect, Updater};
@@ -99,6 +100,10 @@ pub enum AgentError {
     /// Over-the-air updates could not start (their folder, state or keys).
     #[error("over-the-air updates")]
     Ota(#[from] ota::OtaError),
+    /// A configured experiment was refused (a variant naming no model of the
+    /// repository, a name taken by a model).
+    #[error("experiments")]
+    Experiment(#[from] crate::experiment::ExperimentError),
     /// A task of the agent failed unexpectedly.
     #[error("internal error: {0}")]
     Internal(String),
@@ -162,6 +167,20 @@ pub async fn run(
         let (service, config) = (service.clone(), config.clone());
         blocking(move || repository(service, &config)).await?
     };
+    let experiments = {
+        let names: Vec<String> = models.index().into_iter().map(|e| e.name).collect();
+        let known = |name: &str| names.iter().any(|n| n == name);
+        let specs = config.experiments.clone();
+        Experiments::new(specs, known, crate::experiment::shadow::DEFAULT_QUEUE)?
+    };
+    for e in experiments.list() {
+        log::info!(
+            "experiment {}: {} variants, {} shadows",
+            e.spec().name,
+            e.spec().variants.len(),
+            e.spec().shadows.len()
+        );
+    }
 
     let spool_config = config.spool.clone();
     let (spool, seq) = blocking(move || {
@@ -211,9 +230,11 @@ pub async fn run(
             let bound = listener.local_addr().unwrap_or(addr);
             log::info!("HTTP (Open Inference Protocol v2, /metrics) on http://{bound}");
             let mut stop = stop_rx.clone();
-            let serve = crate::http::serve(listener, models, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
+            let limits = crate::http::HttpLimits::default();
+            let serve =
+                crate::http::serve_experiments(listener, models, experiments, limits, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
             Some((bound, tokio::spawn(serve)))
         }
         None => None,

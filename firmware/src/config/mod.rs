@@ -81,6 +81,7 @@
 
 mod args;
 pub mod broker;
+mod experiment;
 pub mod model;
 mod origin;
 pub mod ota;
@@ -168,6 +169,9 @@ pub struct Config {
     pub sensor: Option<SensorConfig>,
     /// Over-the-air updates; `None` when off.
     pub ota: Option<OtaSettings>,
+    /// A/B experiments over the repository's models (`[[experiments]]`), each valid on
+    /// its own; the agent checks their models against the repository.
+    pub experiments: Vec<crate::experiment::ExperimentSpec>,
 }
 
 impl Config {
@@ -195,6 +199,7 @@ impl Config {
             inference_timeout: DEFAULT_INFERENCE_TIMEOUT,
             sensor: None,
             ota: None,
+            experiments: Vec::new(),
         }
     }
 
@@ -316,7 +321,9 @@ impl Config {
                 ),
             ));
         }
+        let experiments = experiment::resolve(parsed.experiments.unwrap_or_default(), &source)?;
         Ok(Config {
+            experiments,
             device_id,
             broker,
             model,
@@ -351,6 +358,7 @@ struct FileConfig {
     spool: Option<spool::SpoolFile>,
     sensor: Option<sensor::SensorFile>,
     ota: Option<ota::OtaFile>,
+    experiments: Option<Vec<experiment::ExperimentEntry>>,
 }
 
 /// The `[slo]` section as written.
@@ -618,6 +626,84 @@ max_bytes = 100000
         assert_eq!(err.key.as_deref(), Some("memory_budget"), "{err}");
         let err = from_file("[[models]]\nname = \"a\"\n").unwrap_err();
         assert!(err.message.contains("path"), "{err}");
+    }
+
+    #[test]
+    fn experiments_are_read_with_their_variants_and_shadows() {
+        let config = from_file(
+            r#"
+[[experiments]]
+name = "iris-ab"
+entity_id = "parameter:entity_id"
+agreement = "max_relative_difference"
+default = "b"
+variants = [
+    { name = "a", model = "iris", share = 90 },
+    { name = "b", model = "iris-small", share_bp = 1000 },
+]
+shadows = [{ model = "iris-int8" }]
+"#,
+        )
+        .unwrap();
+        let [e] = &config.experiments[..] else {
+            panic!("{:?}", config.experiments)
+        };
+        assert_eq!((e.name.as_str(), e.default.as_str()), ("iris-ab", "b"));
+        let shares: Vec<_> = e.variants.iter().map(|v| v.share.basis_points()).collect();
+        assert_eq!(shares, [9000, 1000]);
+        assert_eq!(
+            (e.shadows[0].name.as_str(), e.shadows[0].model.as_str()),
+            ("iris-int8", "iris-int8")
+        );
+        assert_eq!(
+            e.entity,
+            crate::experiment::EntitySource::Parameter("entity_id".into())
+        );
+        assert_eq!(
+            e.agreement,
+            crate::experiment::Agreement::MaxRelativeDifference
+        );
+        assert!(!e.primary);
+    }
+
+    #[test]
+    fn an_experiment_whose_shares_do_not_sum_to_100_percent_is_refused_on_its_name_line() {
+        let err = from_file(
+            "device_id = \"gw\"\n[[experiments]]\nname = \"x\"\nvariants = [\n\
+             { name = \"a\", model = \"m\", share = 60 },\n\
+             { name = \"b\", model = \"n\", share = 30 }]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("experiments.name"))
+        );
+        assert!(err.message.contains("sum to 90 %, not 100 %"), "{err}");
+        let err = from_file(
+            "[[experiments]]\nname = \"x\"\nvariants = [{ name = \"a\", model = \"m\", share = 101 }, \
+             { name = \"b\", model = \"n\", share = 0 }]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("experiments.variants.share"),
+            "{err}"
+        );
+        let err = from_file(
+            "[[experiments]]\nname = \"x\"\nentity_id = \"cookie:id\"\n\
+             variants = [{ name = \"a\", model = \"m\", share = 50 }, { name = \"b\", model = \"n\", share = 50 }]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("experiments.entity_id"))
+        );
+        let err = from_file(
+            "[[experiments]]\nname = \"x\"\n\
+             variants = [{ name = \"a\", model = \"m\" }, { name = \"b\", model = \"n\", share = 50 }]\n",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("share"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use perch_firmware::http::{serve_with, HttpLimits};
+use perch_firmware::experiment::Experiments;
+use perch_firmware::http::{serve_experiments, HttpLimits};
 use perch_firmware::repository::Repository;
 use perch_firmware::service::InferenceService;
 
@@ -49,6 +50,17 @@ impl HttpServer {
         models: Repository,
         limits: HttpLimits,
     ) -> HttpServer {
+        HttpServer::serve_experiments(worker_threads, models, Experiments::default(), limits)
+    }
+
+    /// Serves every model of `models` and `experiments` over them on a runtime of
+    /// `worker_threads` threads.
+    pub fn serve_experiments(
+        worker_threads: usize,
+        models: Repository,
+        experiments: Experiments,
+        limits: HttpLimits,
+    ) -> HttpServer {
         let (service, repository) = (models.primary(), models.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(worker_threads)
@@ -60,9 +72,15 @@ impl HttpServer {
             .unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(serve_with(listener, models, limits, async move {
-            let _ = stopped.await;
-        }));
+        let task = runtime.spawn(serve_experiments(
+            listener,
+            models,
+            experiments,
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -102,7 +120,7 @@ impl HttpServer {
     }
 
     /// Stops the server, lets the requests in flight finish, and returns what
-    /// `serve_with` returned.
+    /// `serve_experiments` returned.
     pub fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod bundle;
 mod convert;
+mod experiment;
 mod inspect;
 mod quantize;
 mod quickstart;
