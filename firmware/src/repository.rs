@@ -493,6 +493,56 @@ impl Repository {
         Ok((service, bytes))
     }
 
+    /// Makes `config` what the next load of the model `name` loads (an over-the-air
+    /// update's slot, or the configured file after a roll-back), without loading it.
+    ///
+    /// # Errors
+    ///
+    /// [`RepositoryError::UnknownModel`].
+    pub fn set_config(&self, name: &str, config: ModelConfig) -> Result<(), RepositoryError> {
+        let mut models = self.write();
+        let entry = models
+            .iter_mut()
+            .find(|e| e.answers_to(name))
+            .ok_or_else(|| RepositoryError::UnknownModel(name.into()))?;
+        entry.config = Some(config);
+        Ok(())
+    }
+
+    /// Serves `loaded`, loaded from `config`, as the model `name` from now on: a new
+    /// version from an over-the-air update, or the version a roll-back returns to. A
+    /// loaded model's service swaps it in (requests in flight finish on the old
+    /// version; its estimated memory follows, outside the budget: the update is loaded
+    /// already); a model not loaded stays unloaded. Either way `config` is what its
+    /// next load loads. Returns whether it serves.
+    ///
+    /// # Errors
+    ///
+    /// [`RepositoryError::UnknownModel`].
+    pub fn update(
+        &self,
+        name: &str,
+        loaded: load::Loaded,
+        config: ModelConfig,
+    ) -> Result<bool, RepositoryError> {
+        let file_bytes = std::fs::metadata(&loaded.path).map_or(0, |m| m.len());
+        let bytes = estimate(&loaded.model, file_bytes);
+        let mut models = self.write();
+        let entry = models
+            .iter_mut()
+            .find(|e| e.answers_to(name))
+            .ok_or_else(|| RepositoryError::UnknownModel(name.into()))?;
+        entry.config = Some(config);
+        let Some((service, estimated)) = entry.served.as_mut() else {
+            return Ok(false);
+        };
+        let ready = loaded.boot.ready();
+        service.replace(loaded.model, loaded.id, loaded.features);
+        service.set_ready(ready);
+        *estimated = bytes;
+        Ok(true)
+    }
+
     /// Takes the model `name` out of the repository: new requests for it are answered
     /// 404 "not ready" at once, requests in flight finish on the returned service
     /// (whose memory goes when the last of them returns: see

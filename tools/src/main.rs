@@ -29,6 +29,7 @@ enum Command {
     Bench(cmd::bench::Args),
     Batch(cmd::batch::Args),
     Rollout(cmd::rollout::Args),
+    Device(cmd::device::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::execute(args),
         Command::Batch(args) => cmd::batch::execute(args),
         Command::Rollout(args) => cmd::rollout::execute(args),
+        Command::Device(args) => cmd::device::execute(args),
     };
     match result {
         Ok(code) => code,

@@ -26,6 +26,7 @@
 //! path = "/var/lib/perch/iris.perch"         # verified with model.trusted_keys
 //! load = false                               # default true; false: load on request
 //! # golden, variant, version, warmup_runs as in [model]
+//! slo = { p99_ms = 5.0 }                     # its update soak's SLOs; default [slo]
 //!
 //! [broker]
 //! url = "mqtts://broker.example.com:8883"   # mqtt://, mqtts:// or "embedded"
@@ -353,7 +354,7 @@ struct FileConfig {
     ota: Option<ota::OtaFile>,
 }
 
-/// The `[slo]` section as written.
+/// The `[slo]` section (and a `[[models]]` entry's `slo`) as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SloFile {
@@ -361,7 +362,7 @@ struct SloFile {
     max_error_rate: Option<Spanned<f64>>,
 }
 
-/// The `[slo]` section (it has no flags).
+/// The `[slo]` section (it has no flags), or a `[[models]]` entry's `slo`.
 fn resolve_slo(file: SloFile, source: &Source<'_>) -> Result<Slo, ConfigError> {
     let max_error_rate = file
         .max_error_rate

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod bench;
 pub mod convert;
+pub mod device;
 pub mod inspect;
 pub mod keygen;
 pub mod pack;

@@ -19,6 +19,7 @@ fn at(ms: u64) -> Clock {
 fn plan(gates: &str, min_devices: usize) -> Plan {
     Plan {
         group: "kitchen".into(),
+        model: None,
         rollout_id: Plan::rollout_id("kws", "1.3.0", 8, [1, 2, 3]),
         bundle: BundleRef::describe("kws", "1.3.0", 8, &[7u8; 5000], 1024),
         stages: parse_stages("10,50,100").unwrap(),
@@ -73,6 +74,7 @@ fn status(rollout_id: &str, device: &str, state: DeviceState, update: u32) -> De
         progress_pct: None,
         reason: (state == DeviceState::RolledBack).then(|| "p99 over SLO".into()),
         serving: "kws 1.2.0".into(),
+        model: None,
         update,
         frozen: false,
     }
