@@ -166,6 +166,9 @@ struct Entry {
     served: Option<(InferenceService, u64)>,
     /// Why it is not served, while not.
     reason: String,
+    /// The growth of the agent's resident memory over its last load by the
+    /// repository, bytes.
+    rss_delta: Option<u64>,
 }
 
 impl Entry {
@@ -201,6 +204,7 @@ impl Repository {
             config: None,
             served: Some((primary, bytes)),
             reason: String::new(),
+            rss_delta: None,
         };
         Repository {
             inner: Arc::new(Inner {
@@ -229,6 +233,7 @@ impl Repository {
             config: Some(config),
             served: None,
             reason: "not loaded".into(),
+            rss_delta: None,
         });
         Ok(())
     }
@@ -251,6 +256,7 @@ impl Repository {
             config: None,
             served: Some((service, bytes)),
             reason: String::new(),
+            rss_delta: None,
         });
         Ok(())
     }
@@ -322,12 +328,14 @@ impl Repository {
         models
             .iter()
             .map(|e| match &e.served {
-                Some((service, _)) => {
+                Some((service, bytes)) => {
                     let id = service.model_id();
                     IndexEntry {
                         name: id.name.to_string(),
                         version: Some(id.version.to_string()),
                         reason: (!service.ready()).then(|| "the model is not ready".into()),
+                        estimated_bytes: Some(*bytes),
+                        rss_delta_bytes: e.rss_delta,
                     }
                 }
                 None => IndexEntry {
@@ -338,6 +346,8 @@ impl Repository {
                         .and_then(|c| c.version)
                         .map(|v| v.to_string()),
                     reason: Some(e.reason.clone()),
+                    estimated_bytes: None,
+                    rss_delta_bytes: None,
                 },
             })
             .collect()
@@ -399,7 +409,14 @@ impl Repository {
                 (None, None) => return Err(RepositoryError::UnknownModel(name.into())),
             }
         };
+        let rss_before = crate::process::rss_kib();
         let result = self.load_config(name, &config);
+        // Loads are one at a time, but requests on the other models run meanwhile: a
+        // measure, not an exact account of this model's memory.
+        let rss_delta = match (rss_before, crate::process::rss_kib()) {
+            (Some(before), Some(after)) => Some(u64::from(after.saturating_sub(before)) * 1024),
+            _ => None,
+        };
         let mut models = self.write();
         let at = match models.iter().position(|e| e.answers_to(name)) {
             Some(at) => at,
@@ -409,6 +426,7 @@ impl Repository {
                     config: None,
                     served: None,
                     reason: String::new(),
+                    rss_delta: None,
                 });
                 models.len() - 1
             }
@@ -433,6 +451,13 @@ impl Repository {
             Ok((service, bytes)) => {
                 entry.served = Some((service.clone(), bytes));
                 entry.reason.clear();
+                entry.rss_delta = rss_delta;
+                if let Some(delta) = rss_delta {
+                    log::info!(
+                        "model {name}: estimated {bytes} bytes; resident memory grew by {delta} \
+                         bytes while it loaded"
+                    );
+                }
                 Ok(service)
             }
             Err(e) => {
@@ -540,6 +565,7 @@ impl Repository {
         service.replace(loaded.model, loaded.id, loaded.features);
         service.set_ready(ready);
         *estimated = bytes;
+        entry.rss_delta = None;
         Ok(true)
     }
 
@@ -780,6 +806,26 @@ mod tests {
             (200, Some("degraded"))
         );
         assert_answers_golden(&repository, "digits-mlp");
+    }
+
+    #[test]
+    fn the_index_gives_a_loaded_models_estimate_and_how_much_resident_memory_its_load_took() {
+        let repository = primary(None, Vec::new());
+        for model in ["kws-dscnn", "mobilenetv2-035"] {
+            repository.configure(configured(model)).unwrap();
+            let service = repository.load(model, None).unwrap();
+            let entry = repository.index().into_iter().find(|e| e.name == model).unwrap();
+            let estimate = estimate(service.served().model(), file_size(model));
+            assert_eq!(entry.estimated_bytes, Some(estimate));
+            let measured = entry.rss_delta_bytes.expect("Linux reports VmRSS");
+            // The figures for the docs: the estimate is a lower bound.
+            eprintln!("{model}: estimated {estimate} bytes, resident memory +{measured} bytes");
+        }
+        let primary = &repository.index()[0];
+        assert!(primary.estimated_bytes.is_some() && primary.rss_delta_bytes.is_none());
+        repository.unload("kws-dscnn").unwrap();
+        let entry = &repository.index()[1];
+        assert_eq!((entry.estimated_bytes, entry.rss_delta_bytes), (None, None));
     }
 
     #[test]
