@@ -814,7 +814,11 @@ mod tests {
         for model in ["kws-dscnn", "mobilenetv2-035"] {
             repository.configure(configured(model)).unwrap();
             let service = repository.load(model, None).unwrap();
-            let entry = repository.index().into_iter().find(|e| e.name == model).unwrap();
+            let entry = repository
+                .index()
+                .into_iter()
+                .find(|e| e.name == model)
+                .unwrap();
             let estimate = estimate(service.served().model(), file_size(model));
             assert_eq!(entry.estimated_bytes, Some(estimate));
             let measured = entry.rss_delta_bytes.expect("Linux reports VmRSS");

@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use perch_runtime::bundle::{Bundle, Limits};
 use perch_runtime::error::Chain;
+use perch_runtime::model_files;
 use perch_runtime::rollout;
 use perch_runtime::slo::Slo;
 
@@ -83,6 +85,17 @@ pub(super) fn slot_config(configured: &ModelConfig, slot: PathBuf) -> ModelConfi
     }
 }
 
+/// The release sequence of a configured bundle; `None` for a plain model file, or a
+/// bundle that does not verify (its load says why).
+fn bundle_sequence(config: &ModelConfig) -> Option<u64> {
+    if !model_files::is_bundle_file(&config.path) {
+        return None;
+    }
+    let keys = load::read_trusted_keys(&config.trusted_keys).ok()?;
+    let bundle = Bundle::read_file(&config.path, &Limits::default()).ok()?;
+    Some(bundle.verify(&keys).ok()?.manifest().sequence)
+}
+
 /// The repository: the primary model, then each `[[models]]` entry, loaded unless it
 /// says `load = false`, from its active update slot when it has one. One that does not
 /// load is logged and listed unavailable with the reason; the others serve. With
@@ -113,10 +126,14 @@ pub(super) fn repository(
         if let Some(settings) = &config.ota {
             let slo = model.slo.or(&config.slo);
             match open_updater(settings, &model.config, slo, &config.device_id, Some(&name)) {
-                Ok((updater, boot)) => {
+                Ok((mut updater, boot)) => {
                     if let Some(slot) = boot.serve {
                         from_slot = true;
                         let _ = models.set_config(&name, slot_config(&model.config, slot));
+                    } else if let Some(sequence) = bundle_sequence(&model.config) {
+                        // The configured bundle counts as installed: no rollout may go
+                        // below it (as for the primary model).
+                        updater.set_configured_sequence(sequence);
                     }
                     updaters.push(ModelUpdater {
                         name: name.clone(),

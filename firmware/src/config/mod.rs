@@ -389,6 +389,32 @@ mod tests {
     }
 
     #[test]
+    fn a_models_entry_has_its_own_slo_and_an_empty_one_without() {
+        let text = "[model]\npath = \"a.onnx\"\n[slo]\np99_ms = 10.0\n\
+                    [[models]]\nname = \"b\"\npath = \"b.onnx\"\n\
+                    slo = { p99_ms = 2.5, max_error_rate = 0.5 }\n\
+                    [[models]]\nname = \"c\"\npath = \"c.onnx\"\n";
+        let config = from_file(text).unwrap();
+        assert_eq!(
+            (
+                config.models[0].slo.p99_ms,
+                config.models[0].slo.max_error_rate
+            ),
+            (Some(2.5), Some(0.5))
+        );
+        assert_eq!(
+            config.models[1].slo,
+            Slo::default(),
+            "[slo] applies where it is used"
+        );
+        let err = from_file(&text.replace("0.5 }", "1.5 }")).unwrap_err();
+        assert!(
+            err.to_string().contains("1.5 is not a fraction in [0, 1]"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn no_file_and_no_flags_give_the_embedded_defaults() {
         let config = Config::resolve(&Args::default(), None).unwrap();
         assert_eq!(config.broker, Broker::Embedded { port: 1883 });

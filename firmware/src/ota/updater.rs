@@ -790,6 +790,42 @@ mod tests {
     }
 
     #[test]
+    fn configured_slos_win_over_the_bundles_in_the_warm_up_check_and_the_soak() {
+        let bundle = kws(2, "1.3.0");
+        let doc = document(&bundle);
+        let install = |slo: Slo| {
+            let dir = tempfile::tempdir().unwrap();
+            let config = OtaConfig {
+                slo,
+                ..config(dir.path())
+            };
+            let mut updater = Updater::open(config, DEVICE, vec![key().verifying_key()]).unwrap();
+            updater.boot().unwrap();
+            updater.set_serving("kws 1.2.0");
+            let effects = roll_out(&mut updater, &doc, &bundle, 0, usize::MAX);
+            (updater.state().clone(), reports(&effects))
+        };
+        // Looser than the bundle's 25 ms, and an error-rate bound the bundle lacks.
+        let loose = Slo {
+            p99_ms: Some(1_000.0),
+            max_error_rate: Some(0.5),
+            ..Slo::default()
+        };
+        let (state, _) = install(loose);
+        assert_eq!(state.state, Some(DeviceState::Active));
+        assert_eq!(state.slo, loose, "the soak judges the configured SLOs");
+        // A p99 no model meets: the warm-up check refuses the bundle.
+        let strict = Slo {
+            p99_ms: Some(1e-6),
+            ..Slo::default()
+        };
+        let (state, reports) = install(strict);
+        assert_eq!(state.state, Some(DeviceState::Failed));
+        let reason = reports.last().unwrap().reason.clone().unwrap_or_default();
+        assert!(reason.contains("warm-up p99"), "{reason}");
+    }
+
+    #[test]
     fn an_install_past_its_deadline_fails_cleanly_and_an_abort_is_processed_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let bundle = kws(2, "1.3.0");
