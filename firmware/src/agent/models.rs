@@ -100,8 +100,8 @@ fn bundle_sequence(config: &ModelConfig) -> Option<u64> {
 /// says `load = false`, from its active update slot when it has one. One that does not
 /// load is logged and listed unavailable with the reason; the others serve. With
 /// updates on, each `[[models]]` entry gets its updater, returned; a model whose
-/// update state is damaged is served from its configuration, without updates, and
-/// says why in the log. Blocks.
+/// update state is damaged (or whose name is not a topic level) is served from its
+/// configuration, without updates, and says why in the log. Blocks.
 pub(super) fn repository(
     primary: InferenceService,
     config: &Config,
@@ -142,8 +142,8 @@ pub(super) fn repository(
                     });
                 }
                 Err(e) => log::error!(
-                    "model {name}: over-the-air updates are off: its update state in {} is \
-                     damaged ({}); serving its configured file",
+                    "model {name}: over-the-air updates are off (its name, keys or update \
+                     state in {}: {}); serving its configured file",
                     updater_dir(&settings.dir, Some(&name)).display(),
                     Chain(&e)
                 ),
