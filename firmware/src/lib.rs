@@ -75,6 +75,7 @@ pub(crate) mod testing {
             soak_min_requests: 100,
             fresh_s: 0,
             expires_unix_s: 0,
+            model: None,
             bundle: BundleRef::describe("kws", version, sequence, bundle, MIN_CHUNK_SIZE * 16),
         }
     }

@@ -125,6 +125,8 @@ pub struct Loaded {
     pub source: String,
     /// The bundle's release sequence (`None` for a plain model file).
     pub sequence: Option<u64>,
+    /// The file it was loaded from (a model file, a bundle, an update slot).
+    pub path: PathBuf,
     /// The feature schema for `/predict`, bound to the model: the bundle's, or
     /// [`SCHEMA_FILE`] beside a plain model file (`None` when there is none).
     pub features: Option<Features>,
@@ -232,6 +234,7 @@ pub fn load(config: &ModelConfig) -> Result<Loaded, LoadError> {
         slo: Slo::default(),
         source: format!("model file {}", path.display()),
         sequence: None,
+        path: path.clone(),
         features,
     })
 }
@@ -319,6 +322,7 @@ fn load_verified_bundle(
             verified.key_id()
         ),
         sequence: Some(manifest.sequence),
+        path: path.to_path_buf(),
         features,
     })
 }

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use perch_mqtt::topics::DeviceTopics;
 use perch_mqtt::ClientOptions;
 use perch_runtime::histogram::{Histogram, BUCKETS};
-use perch_runtime::wire::{Health, MetricsReport, ModelState};
+use perch_runtime::wire::{Health, MetricsReport, ModelId, ModelState};
 use rumqttc::{LastWill, QoS};
 use serde_json::{json, Value};
 
@@ -305,6 +305,20 @@ pub struct IncomingDropped {
     pub ota_chunks: u64,
 }
 
+/// One interval of a model of the repository other than the primary, for the JSON
+/// twin (its postcard reports travel on their own, under its model id).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelFigures<'a> {
+    /// The model.
+    pub id: &'a ModelId,
+    /// Requests it answered.
+    pub ok: u64,
+    /// Requests it failed.
+    pub errors: u64,
+    /// The latency of its successful requests.
+    pub latency: &'a Histogram,
+}
+
 /// What the JSON twin says besides the report.
 #[derive(Debug, Clone)]
 pub struct TwinContext<'a> {
@@ -323,6 +337,8 @@ pub struct TwinContext<'a> {
     pub violations: &'a [String],
     /// Why over-the-air updates are off although configured (damaged update state).
     pub ota_off: Option<&'a str>,
+    /// The interval of each other model of the repository that is loaded.
+    pub models: &'a [ModelFigures<'a>],
 }
 
 /// The JSON twin of one interval: `first` is the interval's first report (which holds
@@ -376,6 +392,18 @@ pub fn metrics_twin(
         },
         "slo": { "ok": context.violations.is_empty(), "violations": context.violations },
         "ota_off": context.ota_off,
+        "models": context.models.iter().map(|m| json!({
+            "model": m.id.name.as_str(),
+            "version": m.id.version.to_string(),
+            "ok": m.ok,
+            "errors": m.errors,
+            "latency_ms": {
+                "count": m.latency.count(),
+                "p50": quantile_ms(m.latency, 0.50),
+                "p95": quantile_ms(m.latency, 0.95),
+                "p99": quantile_ms(m.latency, 0.99),
+            },
+        })).collect::<Vec<Value>>(),
     })
     .to_string()
     .into_bytes()
@@ -789,6 +817,7 @@ mod tests {
             progress_pct: None,
             reason: None,
             serving: "m 1.0.0".into(),
+            model: None,
             update: 1,
             frozen: false,
         };

@@ -166,6 +166,9 @@ struct Entry {
     served: Option<(InferenceService, u64)>,
     /// Why it is not served, while not.
     reason: String,
+    /// The growth of the agent's resident memory over its last load by the
+    /// repository, bytes.
+    rss_delta: Option<u64>,
 }
 
 impl Entry {
@@ -201,6 +204,7 @@ impl Repository {
             config: None,
             served: Some((primary, bytes)),
             reason: String::new(),
+            rss_delta: None,
         };
         Repository {
             inner: Arc::new(Inner {
@@ -229,6 +233,7 @@ impl Repository {
             config: Some(config),
             served: None,
             reason: "not loaded".into(),
+            rss_delta: None,
         });
         Ok(())
     }
@@ -251,6 +256,7 @@ impl Repository {
             config: None,
             served: Some((service, bytes)),
             reason: String::new(),
+            rss_delta: None,
         });
         Ok(())
     }
@@ -322,12 +328,14 @@ impl Repository {
         models
             .iter()
             .map(|e| match &e.served {
-                Some((service, _)) => {
+                Some((service, bytes)) => {
                     let id = service.model_id();
                     IndexEntry {
                         name: id.name.to_string(),
                         version: Some(id.version.to_string()),
                         reason: (!service.ready()).then(|| "the model is not ready".into()),
+                        estimated_bytes: Some(*bytes),
+                        rss_delta_bytes: e.rss_delta,
                     }
                 }
                 None => IndexEntry {
@@ -338,6 +346,8 @@ impl Repository {
                         .and_then(|c| c.version)
                         .map(|v| v.to_string()),
                     reason: Some(e.reason.clone()),
+                    estimated_bytes: None,
+                    rss_delta_bytes: None,
                 },
             })
             .collect()
@@ -399,7 +409,14 @@ impl Repository {
                 (None, None) => return Err(RepositoryError::UnknownModel(name.into())),
             }
         };
+        let rss_before = crate::process::rss_kib();
         let result = self.load_config(name, &config);
+        // Loads are one at a time, but requests on the other models run meanwhile: a
+        // measure, not an exact account of this model's memory.
+        let rss_delta = match (rss_before, crate::process::rss_kib()) {
+            (Some(before), Some(after)) => Some(u64::from(after.saturating_sub(before)) * 1024),
+            _ => None,
+        };
         let mut models = self.write();
         let at = match models.iter().position(|e| e.answers_to(name)) {
             Some(at) => at,
@@ -409,6 +426,7 @@ impl Repository {
                     config: None,
                     served: None,
                     reason: String::new(),
+                    rss_delta: None,
                 });
                 models.len() - 1
             }
@@ -433,6 +451,13 @@ impl Repository {
             Ok((service, bytes)) => {
                 entry.served = Some((service.clone(), bytes));
                 entry.reason.clear();
+                entry.rss_delta = rss_delta;
+                if let Some(delta) = rss_delta {
+                    log::info!(
+                        "model {name}: estimated {bytes} bytes; resident memory grew by {delta} \
+                         bytes while it loaded"
+                    );
+                }
                 Ok(service)
             }
             Err(e) => {
@@ -491,6 +516,57 @@ impl Repository {
             ),
         }
         Ok((service, bytes))
+    }
+
+    /// Makes `config` what the next load of the model `name` loads (an over-the-air
+    /// update's slot, or the configured file after a roll-back), without loading it.
+    ///
+    /// # Errors
+    ///
+    /// [`RepositoryError::UnknownModel`].
+    pub fn set_config(&self, name: &str, config: ModelConfig) -> Result<(), RepositoryError> {
+        let mut models = self.write();
+        let entry = models
+            .iter_mut()
+            .find(|e| e.answers_to(name))
+            .ok_or_else(|| RepositoryError::UnknownModel(name.into()))?;
+        entry.config = Some(config);
+        Ok(())
+    }
+
+    /// Serves `loaded`, loaded from `config`, as the model `name` from now on: a new
+    /// version from an over-the-air update, or the version a roll-back returns to. A
+    /// loaded model's service swaps it in (requests in flight finish on the old
+    /// version; its estimated memory follows, outside the budget: the update is loaded
+    /// already); a model not loaded stays unloaded. Either way `config` is what its
+    /// next load loads. Returns whether it serves.
+    ///
+    /// # Errors
+    ///
+    /// [`RepositoryError::UnknownModel`].
+    pub fn update(
+        &self,
+        name: &str,
+        loaded: load::Loaded,
+        config: ModelConfig,
+    ) -> Result<bool, RepositoryError> {
+        let file_bytes = std::fs::metadata(&loaded.path).map_or(0, |m| m.len());
+        let bytes = estimate(&loaded.model, file_bytes);
+        let mut models = self.write();
+        let entry = models
+            .iter_mut()
+            .find(|e| e.answers_to(name))
+            .ok_or_else(|| RepositoryError::UnknownModel(name.into()))?;
+        entry.config = Some(config);
+        let Some((service, estimated)) = entry.served.as_mut() else {
+            return Ok(false);
+        };
+        let ready = loaded.boot.ready();
+        service.replace(loaded.model, loaded.id, loaded.features);
+        service.set_ready(ready);
+        *estimated = bytes;
+        entry.rss_delta = None;
+        Ok(true)
     }
 
     /// Takes the model `name` out of the repository: new requests for it are answered
@@ -730,6 +806,30 @@ mod tests {
             (200, Some("degraded"))
         );
         assert_answers_golden(&repository, "digits-mlp");
+    }
+
+    #[test]
+    fn the_index_gives_a_loaded_models_estimate_and_how_much_resident_memory_its_load_took() {
+        let repository = primary(None, Vec::new());
+        for model in ["kws-dscnn", "mobilenetv2-035"] {
+            repository.configure(configured(model)).unwrap();
+            let service = repository.load(model, None).unwrap();
+            let entry = repository
+                .index()
+                .into_iter()
+                .find(|e| e.name == model)
+                .unwrap();
+            let estimate = estimate(service.served().model(), file_size(model));
+            assert_eq!(entry.estimated_bytes, Some(estimate));
+            let measured = entry.rss_delta_bytes.expect("Linux reports VmRSS");
+            // The figures for the docs: the estimate is a lower bound.
+            eprintln!("{model}: estimated {estimate} bytes, resident memory +{measured} bytes");
+        }
+        let primary = &repository.index()[0];
+        assert!(primary.estimated_bytes.is_some() && primary.rss_delta_bytes.is_none());
+        repository.unload("kws-dscnn").unwrap();
+        let entry = &repository.index()[1];
+        assert_eq!((entry.estimated_bytes, entry.rss_delta_bytes), (None, None));
     }
 
     #[test]

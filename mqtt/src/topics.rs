@@ -12,8 +12,12 @@
 //! | `perch/{device}/rollout` | device → operator | 1 (spooled) | no |
 //! | `perch/{device}/ota/req` | device → operator | 0 | no |
 //! | `perch/{device}/ota/chunk` | operator → device | 0 | no |
+//! | `perch/{device}/repository/req` | operator → device (signed) | 1 | no |
+//! | `perch/{device}/repository/res` | device → operator | 0 | no |
 //! | `perch/fleet/{group}/rollout` | operator → group | 1 | yes |
 //! | `perch/fleet/{group}/rollout/command` | `perch rollout` commands → operator | 1 | no |
+//! | `perch/fleet/{group}/model/{model}/rollout` | operator → group (one model) | 1 | yes |
+//! | `perch/fleet/{group}/model/{model}/rollout/command` | commands → its operator | 1 | no |
 //!
 //! Device ids and groups are one topic level: letters, digits, `.`, `_` and `-`
 //! (checked where they are configured). The fleet topics live under `perch/fleet/`,
@@ -61,6 +65,10 @@ pub enum DeviceTopic {
     ChunkRequest,
     /// `ota/chunk`: bundle chunks.
     Chunk,
+    /// `repository/req`: signed load and unload commands, and index requests.
+    RepositoryRequest,
+    /// `repository/res`: their replies.
+    RepositoryReply,
 }
 
 impl DeviceTopic {
@@ -80,6 +88,8 @@ impl DeviceTopic {
             DeviceTopic::Rollout => "rollout",
             DeviceTopic::ChunkRequest => "ota/req",
             DeviceTopic::Chunk => "ota/chunk",
+            DeviceTopic::RepositoryRequest => "repository/req",
+            DeviceTopic::RepositoryReply => "repository/res",
         }
     }
 
@@ -134,6 +144,10 @@ pub struct DeviceTopics {
     pub ota_req: String,
     /// Bundle chunks the operator sends the device.
     pub ota_chunk: String,
+    /// Repository commands (load, unload, index) to the device.
+    pub repository_req: String,
+    /// Replies to repository commands.
+    pub repository_res: String,
 }
 
 impl DeviceTopics {
@@ -154,6 +168,8 @@ impl DeviceTopics {
             rollout: of(DeviceTopic::Rollout),
             ota_req: of(DeviceTopic::ChunkRequest),
             ota_chunk: of(DeviceTopic::Chunk),
+            repository_req: of(DeviceTopic::RepositoryRequest),
+            repository_res: of(DeviceTopic::RepositoryReply),
         }
     }
 }
@@ -167,6 +183,23 @@ pub fn rollout_document(group: &str) -> String {
 /// `perch/fleet/{group}/rollout/command`.
 pub fn rollout_command(group: &str) -> String {
     format!("{ROOT}/fleet/{group}/rollout/command")
+}
+
+/// The rollout document of one model of `group`'s devices: the primary model's
+/// ([`rollout_document`]) for `None`, `perch/fleet/{group}/model/{model}/rollout` for a
+/// named one, so rollouts of different models of a group run side by side, each with
+/// its own retained document.
+pub fn rollout_document_of(group: &str, model: Option<&str>) -> String {
+    match model {
+        None => rollout_document(group),
+        Some(model) => format!("{ROOT}/fleet/{group}/model/{model}/rollout"),
+    }
+}
+
+/// The commands to the operator of one model's rollout ([`rollout_document_of`]'s
+/// topic followed by `/command`).
+pub fn rollout_command_of(group: &str, model: Option<&str>) -> String {
+    format!("{}/command", rollout_document_of(group, model))
 }
 
 #[cfg(test)]
@@ -190,6 +223,8 @@ mod tests {
             &t.rollout,
             &t.ota_req,
             &t.ota_chunk,
+            &t.repository_req,
+            &t.repository_res,
         ];
         assert_eq!(
             all,
@@ -207,7 +242,25 @@ mod tests {
                 "perch/gw/rollout",
                 "perch/gw/ota/req",
                 "perch/gw/ota/chunk",
+                "perch/gw/repository/req",
+                "perch/gw/repository/res",
             ]
+        );
+        assert_eq!(
+            rollout_document_of("kitchen", None),
+            "perch/fleet/kitchen/rollout"
+        );
+        assert_eq!(
+            rollout_document_of("kitchen", Some("iris")),
+            "perch/fleet/kitchen/model/iris/rollout"
+        );
+        assert_eq!(
+            rollout_command_of("kitchen", Some("iris")),
+            "perch/fleet/kitchen/model/iris/rollout/command"
+        );
+        assert_eq!(
+            rollout_command_of("kitchen", None),
+            rollout_command("kitchen")
         );
         assert_eq!(rollout_document("kitchen"), "perch/fleet/kitchen/rollout");
         assert_eq!(

@@ -51,6 +51,8 @@ pub mod fsio;
 pub mod model_files;
 
 #[cfg(feature = "std")]
+pub mod repository_command;
+#[cfg(feature = "std")]
 pub mod rollout;
 
 /// Helpers for the unit tests of several modules.

@@ -302,6 +302,16 @@ pub struct RolloutDocument {
     /// period). `0` (and absent): no expiry. Completed and aborted documents carry none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub expires_unix_s: u64,
+    /// The model of the device's repository the rollout updates, by name (a `[[models]]`
+    /// entry; the bundle must carry the same name); `None` (and absent on the wire): the
+    /// primary model. Absent, the document's JSON is what it was before models could be
+    /// named, so its signature and older agents read it unchanged. A named rollout
+    /// travels on its own topic (`perch/fleet/{group}/model/{model}/rollout`), which
+    /// agents that predate it do not follow; one published on the primary's topic is
+    /// refused by them as malformed (an unknown field) and by newer agents as another
+    /// model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// The bundle.
     pub bundle: BundleRef,
 }
@@ -356,6 +366,15 @@ impl RolloutDocument {
         check_id("rollout_id", &self.rollout_id).map_err(invalid)?;
         if self.soak_min_requests == 0 {
             return Err(invalid("soak_min_requests is 0; at least 1".into()));
+        }
+        if let Some(model) = &self.model {
+            check_id("model", model).map_err(invalid)?;
+            if self.bundle.name != *model {
+                return Err(invalid(format!(
+                    "the rollout updates model {model:?} but its bundle is named {:?}",
+                    self.bundle.name
+                )));
+            }
         }
         if self.percent_bp > canary::BUCKETS {
             return Err(invalid(format!(
@@ -596,6 +615,10 @@ pub struct DeviceStatus {
     pub reason: Option<String>,
     /// The model the device serves after this change (`name version`).
     pub serving: String,
+    /// The rollout's model ([`RolloutDocument::model`]); absent for the primary model,
+    /// so reports of primary rollouts read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Counts this device's reports for this rollout, from 1.
     pub update: u32,
     /// The device heard no fresh document within the document's `fresh_s` and froze
@@ -675,6 +698,7 @@ mod tests {
             soak_min_requests: 100,
             fresh_s: 600,
             expires_unix_s: 0,
+            model: None,
             bundle: BundleRef::describe("kws", "1.3.0", 7, bundle, MIN_CHUNK_SIZE),
         }
     }
@@ -714,6 +738,35 @@ mod tests {
             doc.phase = phase;
             assert!(!doc.expired_at(u64::MAX), "{phase:?}");
         }
+    }
+
+    #[test]
+    fn a_model_is_optional_on_the_wire_and_must_be_the_bundles_name() {
+        let trusted = [key(1).verifying_key()];
+        let mut doc = document(&[1u8; 100]);
+        // Without one, the JSON (and so the signed bytes) are what they were before.
+        let json = serde_json::to_string(&doc).unwrap();
+        assert!(!json.contains("\"model\""), "{json}");
+        doc.model = Some("kws".into());
+        let json = serde_json::to_string(&doc).unwrap();
+        assert!(json.contains("\"model\":\"kws\",\"bundle\""), "{json}");
+        assert_eq!(
+            RolloutDocument::verify(&doc.sign(&key(1)), &trusted).unwrap(),
+            doc
+        );
+        doc.model = Some("iris".into());
+        let err = RolloutDocument::verify(&doc.sign(&key(1)), &trusted).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid rollout document: the rollout updates model \"iris\" but its bundle is \
+             named \"kws\""
+        );
+        doc.model = Some("k/s".into());
+        let err = RolloutDocument::verify(&doc.sign(&key(1)), &trusted).unwrap_err();
+        assert!(
+            err.to_string().contains("model \"k/s\" may hold only"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -840,6 +893,7 @@ mod tests {
             progress_pct: Some(40),
             reason: None,
             serving: "kws 1.2.0".into(),
+            model: None,
             update: 2,
             frozen: false,
         };

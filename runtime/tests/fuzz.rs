@@ -244,6 +244,7 @@ fn writes_the_fuzz_seed_corpus() {
         soak_min_requests: 100,
         fresh_s: 600,
         expires_unix_s: 0,
+        model: None,
         bundle: BundleRef::describe("iris", "1.0.0", 3, bundle.as_bytes(), MIN_CHUNK_SIZE),
     };
     write("rollout", "signed-document.json", &document.sign(&key));
@@ -264,6 +265,7 @@ fn writes_the_fuzz_seed_corpus() {
         progress_pct: Some(100),
         reason: Some("p99 12.5 ms over the SLO's 5 ms".into()),
         serving: "iris 0.9.0".into(),
+        model: None,
         update: 4,
         frozen: true,
     };

@@ -30,6 +30,7 @@ enum Command {
     Batch(cmd::batch::Args),
     Rollout(cmd::rollout::Args),
     Experiment(cmd::experiment::Args),
+    Device(cmd::device::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Command::Batch(args) => cmd::batch::execute(args),
         Command::Rollout(args) => cmd::rollout::execute(args),
         Command::Experiment(args) => cmd::experiment::execute(args),
+        Command::Device(args) => cmd::device::execute(args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! The agent's event loop: one task owns the [`Agent`] and reacts to the network, the
 //! updater's effects and the report timer.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,21 +11,25 @@ use perch_mqtt::NetEvent;
 use perch_runtime::error::Chain;
 use perch_runtime::histogram::Histogram;
 use perch_runtime::slo::{Slo, Window};
-use perch_runtime::wire::{self, Health, MetricsReport, ModelState};
+use perch_runtime::wire::{self, Health, MetricsReport, ModelId, ModelState};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::ota_link::{IntervalCounts, OtaLink};
+use super::commands::Commands;
+use super::ota_link::{IntervalCounts, ModelEffect, OtaLink};
 use super::sequence::SeqState;
 use crate::config::ModelConfig;
 use crate::device::DeviceId;
 use crate::load::Loaded;
 use crate::mqtt::{self, Outbox, Topics, TwinContext};
 use crate::ota::Effect;
-use crate::service::InferenceService;
+use crate::repository::Repository;
+use crate::service::{InferenceService, Interval};
 
 /// Inference requests queued or running at once; more are answered "busy" at once.
 const MAX_QUEUED_REQUESTS: usize = 64;
+/// Repository commands queued or running at once; more are answered "busy" at once.
+const MAX_QUEUED_COMMANDS: usize = 8;
 /// How long a clean shutdown waits for the broker to take the goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -33,6 +38,12 @@ pub(super) struct Agent {
     pub(super) device: DeviceId,
     pub(super) topics: Topics,
     pub(super) service: InferenceService,
+    /// Every model served, the primary first.
+    pub(super) models: Repository,
+    /// Repository commands over MQTT.
+    pub(super) commands: Arc<Commands>,
+    /// Repository commands queued or running.
+    pub(super) commands_queued: Arc<AtomicUsize>,
     pub(super) client: AsyncClient,
     /// The connection's inbound guard (oversize messages dropped); keeps its relay up.
     pub(super) guard: perch_mqtt::Guard,
@@ -54,12 +65,15 @@ pub(super) struct Agent {
     /// One per inference allowed to run at once.
     pub(super) permits: Arc<Semaphore>,
     pub(super) broker_name: String,
-    /// Over-the-air updates, when on.
-    pub(super) ota: Option<OtaLink>,
-    /// Where the updater's effects (and models loaded for it) come back.
-    pub(super) effects_tx: mpsc::UnboundedSender<Effect>,
+    /// Over-the-air updates, when on: the primary model's updater first, then one per
+    /// model of the repository.
+    pub(super) ota: Vec<OtaLink>,
+    /// Where the updaters' effects (and models loaded for them) come back.
+    pub(super) effects_tx: mpsc::UnboundedSender<ModelEffect>,
     /// The configured model, served again after a roll-back with no previous slot.
     pub(super) model_config: ModelConfig,
+    /// The same for each `[[models]]` entry, by name.
+    pub(super) configured: HashMap<String, ModelConfig>,
     /// SLOs of the configuration, which win over a bundle's.
     pub(super) slo_override: Slo,
 }
@@ -69,7 +83,7 @@ impl Agent {
     pub(super) async fn run(
         mut self,
         mut net: mpsc::Receiver<NetEvent>,
-        mut effects: mpsc::UnboundedReceiver<Effect>,
+        mut effects: mpsc::UnboundedReceiver<ModelEffect>,
         mut stop: watch::Receiver<bool>,
         report_interval: Duration,
         poller: tokio::task::JoinHandle<()>,
@@ -113,10 +127,16 @@ impl Agent {
                 self.outbox.on_connected();
                 // Requests and rollout documents at QoS 1; bundle chunks at QoS 0 (as
                 // the operator sends them: a lost chunk is asked for again).
-                let requests = [&self.topics.infer_req, &self.topics.infer_req_bin]
-                    .into_iter()
-                    .map(|t| (t.as_str(), QoS::AtLeastOnce));
-                let ota = self.ota.iter().flat_map(|o| o.subscriptions());
+                let requests = [
+                    &self.topics.infer_req,
+                    &self.topics.infer_req_bin,
+                    &self.topics.repository_req,
+                ]
+                .into_iter()
+                .map(|t| (t.as_str(), QoS::AtLeastOnce));
+                let mut ota: Vec<_> = self.ota.iter().flat_map(OtaLink::subscriptions).collect();
+                ota.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                ota.dedup_by(|a, b| a.0 == b.0); // every model's chunks on one topic
                 for (topic, qos) in requests.chain(ota) {
                     if let Err(e) = self.client.try_subscribe(topic, qos) {
                         log::error!("cannot subscribe to {topic}: {e}");
@@ -151,10 +171,20 @@ impl Agent {
                     log::error!("cannot spool reports: {e}");
                 }
             }
-            NetEvent::Message(publish) => match &self.ota {
-                Some(ota) if ota.wants(&publish.topic) => ota.deliver(publish),
-                _ => self.on_request(publish),
-            },
+            NetEvent::Message(publish) => {
+                let mut updates = self
+                    .ota
+                    .iter()
+                    .filter(|o| o.wants(&publish.topic))
+                    .peekable();
+                if updates.peek().is_some() {
+                    updates.for_each(|o| o.deliver(&publish));
+                } else if publish.topic == self.topics.repository_req {
+                    self.on_command(publish);
+                } else {
+                    self.on_request(publish);
+                }
+            }
             NetEvent::Sent(pkid) => self.outbox.on_sent(pkid),
             NetEvent::Subscribed => {}
             NetEvent::PubAck(pkid) => {
@@ -205,8 +235,46 @@ impl Agent {
         });
     }
 
-    /// Carries out what the updater asks.
-    fn on_effect(&mut self, effect: Effect) {
+    /// Answers a repository command on a blocking thread (a load blocks); the reply is
+    /// published by the thread that ran it.
+    fn on_command(&mut self, publish: Publish) {
+        let queued = self.commands_queued.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_QUEUED_COMMANDS {
+            self.commands_queued.fetch_sub(1, Ordering::Relaxed);
+            let id = perch_runtime::repository_command::Request::id_of(&publish.payload);
+            let reply = serde_json::json!({
+                "id": id,
+                "status": 503,
+                "error": format!("the device is busy: {queued} repository commands are waiting; retry later"),
+            });
+            self.publish(
+                &self.topics.repository_res,
+                false,
+                reply.to_string().into_bytes(),
+            );
+            return;
+        }
+        let (commands, models, client, queued) = (
+            self.commands.clone(),
+            self.models.clone(),
+            self.client.clone(),
+            self.commands_queued.clone(),
+        );
+        let topic = self.topics.repository_res.clone();
+        tokio::task::spawn_blocking(move || {
+            let reply = commands.answer(&models, &publish.payload);
+            if let Err(e) = client.try_publish(topic, QoS::AtMostOnce, false, reply.payload) {
+                log::warn!("cannot publish a repository reply: {e}");
+            }
+            queued.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Carries out what an updater asks.
+    fn on_effect(&mut self, ModelEffect { model, effect }: ModelEffect) {
+        if let Some(name) = model {
+            return self.on_model_effect(name, effect);
+        }
         match effect {
             Effect::Publish { topic, payload } => self.publish(&topic, false, payload),
             Effect::Report { payload, .. } => {
@@ -221,7 +289,8 @@ impl Agent {
                 tokio::task::spawn_blocking(move || {
                     match crate::load::load(&config) {
                     Ok(loaded) => {
-                        let _ = tx.send(Effect::Serve(Box::new(loaded)));
+                        let effect = Effect::Serve(Box::new(loaded));
+                        let _ = tx.send(ModelEffect { model: None, effect });
                     }
                     Err(e) => log::error!(
                         "cannot load the configured model again: {}; the current model keeps serving",
@@ -231,6 +300,53 @@ impl Agent {
                 });
             }
             Effect::Log { level, message } => log::log!(level, "{message}"),
+        }
+    }
+
+    /// Carries out what the updater of the repository's model `name` asks: reports and
+    /// chunk requests as the primary's; a new version (or the previous one, or the
+    /// configured file after a roll-back) goes into the repository.
+    fn on_model_effect(&mut self, name: String, effect: Effect) {
+        let Some(configured) = self.configured.get(&name).cloned() else {
+            return;
+        };
+        match effect {
+            Effect::Serve(loaded) => {
+                let config = if loaded.path == configured.path {
+                    configured
+                } else {
+                    super::models::slot_config(&configured, loaded.path.clone())
+                };
+                let (id, source) = (loaded.id.clone(), loaded.source.clone());
+                match self.models.update(&name, *loaded, config) {
+                    Ok(true) => log::info!("model {name}: now serving {id} from {source}"),
+                    Ok(false) => log::info!(
+                        "model {name} is not loaded: its next load loads {id} from {source}"
+                    ),
+                    Err(e) => log::error!("model {name}: {e}"),
+                }
+            }
+            Effect::ServeConfigured => {
+                let tx = self.effects_tx.clone();
+                tokio::task::spawn_blocking(move || match crate::load::load(&configured) {
+                    Ok(loaded) => {
+                        let effect = Effect::Serve(Box::new(loaded));
+                        let _ = tx.send(ModelEffect {
+                            model: Some(name),
+                            effect,
+                        });
+                    }
+                    Err(e) => log::error!(
+                        "model {name}: cannot load its configured file again: {}; the \
+                         current version keeps serving",
+                        Chain(&e)
+                    ),
+                });
+            }
+            other => self.on_effect(ModelEffect {
+                model: None,
+                effect: other,
+            }),
         }
     }
 
@@ -276,45 +392,34 @@ impl Agent {
     fn report(&mut self) {
         let interval = self.service.take_interval();
         let uptime_s = u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX);
-        let interval_ms = u32::try_from(interval.elapsed.as_millis()).unwrap_or(u32::MAX);
-        let mut pending = interval.latency.clone();
-        let mut reports = Vec::new();
-        loop {
-            let first = reports.is_empty();
-            let report = MetricsReport {
-                format: wire::FORMAT_VERSION,
-                seq: self.seq.next(),
-                uptime_s,
-                interval_ms: if first { interval_ms } else { 0 },
-                model: self.service.model_id().clone(),
-                ok: if first { saturate(interval.ok) } else { 0 },
-                errors: if first { saturate(interval.errors) } else { 0 },
-                latency: pending.take_report_chunk(),
-            };
-            reports.push(report);
-            if pending.is_empty() {
-                break;
-            }
+        let reports = self.queue_reports(self.service.model_id(), &interval, uptime_s);
+        // The other models of the repository: one report each (their own model id),
+        // for the operator of their rollouts and for their soaks.
+        let others: Vec<(ModelId, Interval)> = self
+            .models
+            .loaded()
+            .iter()
+            .skip(1)
+            .map(|s| (s.model_id(), s.take_interval()))
+            .collect();
+        for (id, other) in &others {
+            self.queue_reports(id.clone(), other, uptime_s);
         }
-        for report in &reports {
-            let mut buf = [0u8; MetricsReport::MAX_ENCODED_LEN];
-            match report.encode(&mut buf) {
-                Ok(bytes) => {
-                    if let Err(e) = self.outbox.push(bytes.to_vec()) {
-                        log::error!("report {} lost: cannot spool it: {e}", report.seq);
-                    }
-                }
-                Err(e) => log::error!("report {} lost: cannot encode it: {e}", report.seq),
-            }
-        }
-
         self.count_report_queue();
-        if let Some(ota) = &self.ota {
-            ota.interval(IntervalCounts {
-                ok: interval.ok,
-                errors: interval.errors,
-                latency: interval.latency.clone(),
-            });
+        for ota in &self.ota {
+            let of = match &ota.model {
+                None => Some(&interval),
+                Some(name) => others
+                    .iter()
+                    .find(|(id, _)| id.name.as_str() == name)
+                    .map(|(_, i)| i),
+            };
+            // A model not loaded served nothing: its soak's time still passes.
+            ota.interval(of.map_or_else(IntervalCounts::default, |i| IntervalCounts {
+                ok: i.ok,
+                errors: i.errors,
+                latency: i.latency.clone(),
+            }));
         }
         let violations = self.slo_violations(&interval.latency, interval.ok, interval.errors);
         self.health.uptime_s = uptime_s;
@@ -344,16 +449,67 @@ impl Agent {
                     dropped: self.outbox.dropped(),
                     incoming_dropped: mqtt::IncomingDropped {
                         oversize: self.guard.dropped(),
-                        ota_chunks: self.ota.as_ref().map_or(0, OtaLink::dropped),
+                        ota_chunks: self.ota.iter().map(OtaLink::dropped).sum(),
                     },
                     violations: &violations,
                     ota_off: self.ota_off.as_deref(),
+                    models: &others
+                        .iter()
+                        .map(|(id, i)| mqtt::ModelFigures {
+                            id,
+                            ok: i.ok,
+                            errors: i.errors,
+                            latency: &i.latency,
+                        })
+                        .collect::<Vec<_>>(),
                 },
             );
             self.publish(&self.topics.metrics_json, false, twin);
             self.publish_health();
         }
         self.pump();
+    }
+
+    /// Queues the reports of `interval` of model `id` (more than one when its histogram
+    /// is too busy for one), numbered in sequence.
+    fn queue_reports(
+        &mut self,
+        id: ModelId,
+        interval: &Interval,
+        uptime_s: u32,
+    ) -> Vec<MetricsReport> {
+        let interval_ms = u32::try_from(interval.elapsed.as_millis()).unwrap_or(u32::MAX);
+        let mut pending = interval.latency.clone();
+        let mut reports = Vec::new();
+        loop {
+            let first = reports.is_empty();
+            let report = MetricsReport {
+                format: wire::FORMAT_VERSION,
+                seq: self.seq.next(),
+                uptime_s,
+                interval_ms: if first { interval_ms } else { 0 },
+                model: id.clone(),
+                ok: if first { saturate(interval.ok) } else { 0 },
+                errors: if first { saturate(interval.errors) } else { 0 },
+                latency: pending.take_report_chunk(),
+            };
+            reports.push(report);
+            if pending.is_empty() {
+                break;
+            }
+        }
+        for report in &reports {
+            let mut buf = [0u8; MetricsReport::MAX_ENCODED_LEN];
+            match report.encode(&mut buf) {
+                Ok(bytes) => {
+                    if let Err(e) = self.outbox.push(bytes.to_vec()) {
+                        log::error!("report {} lost: cannot spool it: {e}", report.seq);
+                    }
+                }
+                Err(e) => log::error!("report {} lost: cannot encode it: {e}", report.seq),
+            }
+        }
+        reports
     }
 
     /// The SLOs in force that the interval missed, as sentences.

@@ -27,7 +27,9 @@
 //! # }
 //! ```
 
+mod commands;
 mod event_loop;
+mod models;
 mod ota_link;
 mod sequence;
 
@@ -41,6 +43,7 @@ use std::time::Instant;
 
 use perch_mqtt::Backoff;
 use perch_runtime::error::Chain;
+use perch_runtime::slo::Slo;
 use perch_runtime::wire::ModelId;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -51,7 +54,6 @@ use crate::experiment::Experiments;
 use crate::load::{self, LoadError, Loaded};
 use crate::mqtt::{self, Outbox, Topics};
 use crate::ota::{self, Effect, Updater};
-use crate::repository::Repository;
 use crate::service::{InferenceService, ServiceLimits};
 use crate::spool::Spool;
 use event_loop::Agent;
@@ -124,12 +126,13 @@ pub async fn run(
     let started = Instant::now();
     let notifier = crate::systemd::Notifier::from_env();
     let (updater, boot_effects, loaded, ota_off) = {
-        let (model_config, ota, device) = (
+        let (model_config, ota, device, slo) = (
             config.model.clone(),
             config.ota.clone(),
             config.device_id.clone(),
+            config.slo,
         );
-        blocking(move || boot(&model_config, ota.as_ref(), &device)).await??
+        blocking(move || boot(&model_config, ota.as_ref(), slo, &device)).await??
     };
     let ready = loaded.boot.ready();
     match &loaded.boot.failure {
@@ -163,9 +166,9 @@ pub async fn run(
     )
     .with_features(loaded.features);
     service.set_ready(ready);
-    let models = {
+    let (models, model_updaters) = {
         let (service, config) = (service.clone(), config.clone());
-        blocking(move || repository(service, &config)).await?
+        blocking(move || models::repository(service, &config)).await?
     };
     let experiments = {
         let names: Vec<String> = models.index().into_iter().map(|e| e.name).collect();
@@ -231,10 +234,15 @@ pub async fn run(
             log::info!("HTTP (Open Inference Protocol v2, /metrics) on http://{bound}");
             let mut stop = stop_rx.clone();
             let limits = crate::http::HttpLimits::default();
-            let serve =
-                crate::http::serve_experiments(listener, models, experiments, limits, async move {
+            let serve = crate::http::serve_experiments(
+                listener,
+                models.clone(),
+                experiments,
+                limits,
+                async move {
                     let _ = stop.wait_for(|s| *s).await;
-                });
+                },
+            );
             Some((bound, tokio::spawn(serve)))
         }
         None => None,
@@ -297,16 +305,41 @@ pub async fn run(
     let mut health = loaded.boot.health.clone();
     health.boot_count = seq.boot_count;
     let (effects_tx, effects_rx) = mpsc::unbounded_channel();
-    let ota = match updater {
-        Some(updater) => Some(
-            OtaLink::start(updater, boot_effects, effects_tx.clone()).map_err(|e| {
-                AgentError::Internal(format!("cannot start the update thread: {e}"))
-            })?,
-        ),
-        None => None,
+    let thread_error = |e| AgentError::Internal(format!("cannot start an update thread: {e}"));
+    let mut ota = Vec::new();
+    if let Some(updater) = updater {
+        ota.push(
+            OtaLink::start(updater, None, boot_effects, effects_tx.clone())
+                .map_err(thread_error)?,
+        );
+    }
+    for model in model_updaters {
+        let link = OtaLink::start(
+            model.updater,
+            Some(model.name),
+            model.effects,
+            effects_tx.clone(),
+        );
+        ota.push(link.map_err(thread_error)?);
+    }
+    let configured = config
+        .models
+        .iter()
+        .filter_map(|m| Some((m.config.name.clone()?, m.config.clone())))
+        .collect();
+    let trusted = {
+        let keys = config.model.trusted_keys.clone();
+        blocking(move || load::read_trusted_keys(&keys)).await??
     };
+    let commands = Arc::new(commands::Commands::open(
+        config.device_id.as_str(),
+        trusted,
+        &config.spool.dir,
+    ));
     let agent = Agent {
         topics: Topics::new(&config.device_id),
+        models,
+        commands,
         device: config.device_id.clone(),
         service,
         client,
@@ -323,6 +356,7 @@ pub async fn run(
         ever_connected: false,
         disconnected_at: None,
         queued: Arc::new(AtomicUsize::new(0)),
+        commands_queued: Arc::new(AtomicUsize::new(0)),
         permits: Arc::new(Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
@@ -333,6 +367,7 @@ pub async fn run(
         ota,
         effects_tx,
         model_config: config.model.clone(),
+        configured,
         slo_override: config.slo,
     };
     agent
@@ -351,37 +386,6 @@ pub async fn run(
     Ok(())
 }
 
-/// The repository: the primary model, then each `[[models]]` entry, loaded unless it
-/// says `load = false`. One that does not load is logged and listed unavailable with
-/// the reason; the others serve. Blocks.
-fn repository(primary: InferenceService, config: &Config) -> Repository {
-    // The configured file stands for the primary's size even when an update slot
-    // serves (the slots hold versions of the same model).
-    let file_bytes = std::fs::metadata(&config.model.path).map_or(0, |m| m.len());
-    let models = Repository::new(
-        primary,
-        file_bytes,
-        config.memory_budget,
-        config.model.trusted_keys.clone(),
-    );
-    for model in &config.models {
-        let name = model.config.name.clone().unwrap_or_default();
-        if let Err(e) = models.configure(model.config.clone()) {
-            log::error!("model {name} is not served: {e}");
-            continue;
-        }
-        if !model.load {
-            continue;
-        }
-        match models.load(&name, None) {
-            Ok(service) if service.ready() => log::info!("model {name}: serving over HTTP"),
-            Ok(_) => {}
-            Err(e) => log::error!("model {name} is not served: {}", Chain(&e)),
-        }
-    }
-    models
-}
-
 /// What [`boot`] found: the updater (none when updates are off or their state is
 /// damaged), its first effects, the model to serve, and why updates are off despite
 /// the configuration, if they are.
@@ -393,28 +397,19 @@ type Booted = (Option<Updater>, Vec<Effect>, Loaded, Option<String>);
 fn boot(
     model: &ModelConfig,
     ota: Option<&OtaSettings>,
+    slo: Slo,
     device: &DeviceId,
 ) -> Result<Booted, AgentError> {
     let Some(settings) = ota else {
         return Ok((None, Vec::new(), load::load(model)?, None));
     };
-    let keys = load::read_trusted_keys(&model.trusted_keys)?;
-    let config = ota::OtaConfig {
-        dir: settings.dir.clone(),
-        group: settings.group.clone(),
-        chunk_timeout: settings.chunk_timeout,
-        stall_timeout: settings.stall_timeout,
-        max_probation_boots: settings.max_probation_boots,
-        warmup_runs: model.warmup_runs,
-        install_timeout: ota::DEFAULT_INSTALL_TIMEOUT,
-    };
+    // The keys must read: they verify the configured bundle too.
+    load::read_trusted_keys(&model.trusted_keys)?;
     // Damaged update state (a corrupt `ota.json` or `slots.json`, a slot that cannot
     // be read, a full disk) must not keep the device from serving: the configured
     // model serves with updates off, and the reason is reported until an operator
     // repairs or removes the state and restarts the agent.
-    let opened = Updater::open(config, device.as_str(), keys)
-        .and_then(|mut updater| updater.boot().map(|boot| (updater, boot)));
-    let (mut updater, boot) = match opened {
+    let (mut updater, boot) = match models::open_updater(settings, model, slo, device, None) {
         Ok(opened) => opened,
         Err(e) => {
             let reason = format!(
@@ -515,8 +510,9 @@ mod tests {
             let path = ota.dir.join(file);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, bytes).unwrap();
-            let (updater, effects, loaded, off) = boot(&model, Some(&ota), &device())
-                .unwrap_or_else(|e| panic!("{file}: {}", Chain(&e)));
+            let (updater, effects, loaded, off) =
+                boot(&model, Some(&ota), Slo::default(), &device())
+                    .unwrap_or_else(|e| panic!("{file}: {}", Chain(&e)));
             assert!(updater.is_none() && effects.is_empty(), "{file}");
             assert!(loaded.boot.ready(), "{file}: the configured model serves");
             let off = off.unwrap_or_default();
@@ -543,7 +539,7 @@ mod tests {
             Config::from_toml(Path::new("p.toml"), &text, &crate::config::Args::default()).unwrap();
         let loaded = load::load(&config.model).unwrap();
         let primary = InferenceService::new(loaded.model, loaded.id, ServiceLimits::DEFAULT);
-        let repository = repository(primary, &config);
+        let (repository, _) = models::repository(primary, &config);
         let index: Vec<_> = repository
             .index()
             .into_iter()
@@ -564,7 +560,8 @@ mod tests {
     fn intact_update_state_opens_the_updater() {
         let dir = tempfile::tempdir().unwrap();
         let (model, ota) = setup(dir.path());
-        let (updater, _, loaded, off) = boot(&model, Some(&ota), &device()).unwrap();
+        let (updater, _, loaded, off) =
+            boot(&model, Some(&ota), Slo::default(), &device()).unwrap();
         assert!(updater.is_some() && loaded.boot.ready() && off.is_none());
     }
 }

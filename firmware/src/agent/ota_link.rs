@@ -28,7 +28,7 @@ pub(super) const CHUNK_QUEUE: usize = 8;
 pub(super) const INTERVAL_QUEUE: usize = 64;
 
 /// A report interval, for the updater's soak.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(super) struct IntervalCounts {
     /// Requests answered.
     pub(super) ok: u64,
@@ -36,6 +36,15 @@ pub(super) struct IntervalCounts {
     pub(super) errors: u64,
     /// The latency of the interval's successful requests.
     pub(super) latency: Histogram,
+}
+
+/// An effect of the updater of one model: `model` is `None` for the primary model's.
+#[derive(Debug)]
+pub(super) struct ModelEffect {
+    /// The model the updater keeps up to date (`None`: the primary).
+    pub(super) model: Option<String>,
+    /// What to do.
+    pub(super) effect: Effect,
 }
 
 /// What the queue carries: chunks, and wake-ups for the side slots.
@@ -58,7 +67,10 @@ struct Slots {
 /// model, which blocks), fed by the agent and answering with [`Effect`]s.
 #[derive(Debug)]
 pub(super) struct OtaLink {
-    /// The group's rollout document topic (QoS 1, retained by the operator).
+    /// The model its updater keeps up to date (`None`: the primary).
+    pub(super) model: Option<String>,
+    /// The group's rollout document topic for the model (QoS 1, retained by the
+    /// operator).
     pub(super) document_topic: String,
     /// The device's bundle chunk topic (QoS 0: a lost chunk is asked for again).
     pub(super) chunk_topic: String,
@@ -74,21 +86,28 @@ struct Inbox {
 }
 
 impl OtaLink {
-    /// Starts the updater's thread; `boot_effects` (from [`Updater::boot`]) go out
-    /// first, then every effect of the updater, on `effects`.
+    /// Starts the updater of `model` (`None`: the primary) on a thread of its own;
+    /// `boot_effects` (from [`Updater::boot`]) go out first, then every effect of the
+    /// updater, on `effects`, tagged with the model.
     pub(super) fn start(
         mut updater: Updater,
+        model: Option<String>,
         boot_effects: Vec<Effect>,
-        effects: mpsc::UnboundedSender<Effect>,
+        effects: mpsc::UnboundedSender<ModelEffect>,
     ) -> std::io::Result<OtaLink> {
         let [document_topic, chunk_topic] = updater.subscriptions();
+        let tagged = |effect| ModelEffect {
+            model: model.clone(),
+            effect,
+        };
         for effect in boot_effects {
-            let _ = effects.send(effect);
+            let _ = effects.send(tagged(effect));
         }
-        let (link, inbox) = OtaLink::channels(document_topic, chunk_topic);
+        let (mut link, inbox) = OtaLink::channels(document_topic, chunk_topic);
+        link.model.clone_from(&model);
         std::thread::Builder::new()
             .name("perch-ota".into())
-            .spawn(move || inbox.serve(&mut updater, &effects))?;
+            .spawn(move || inbox.serve(&mut updater, model, &effects))?;
         Ok(link)
     }
 
@@ -97,6 +116,7 @@ impl OtaLink {
         let (tx, rx) = std::sync::mpsc::sync_channel(CHUNK_QUEUE);
         let slots = Arc::new(Slots::default());
         let link = OtaLink {
+            model: None,
             document_topic,
             chunk_topic,
             tx,
@@ -125,8 +145,9 @@ impl OtaLink {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Hands a message on one of its topics to the updater.
-    pub(super) fn deliver(&self, publish: Publish) {
+    /// Hands a message on one of its topics to the updater (the chunk topic is every
+    /// model's: each updater drops the chunks of rollouts other than its own).
+    pub(super) fn deliver(&self, publish: &Publish) {
         let payload = publish.payload.to_vec();
         if publish.topic == self.document_topic {
             *lock(&self.slots.document) = Some(payload);
@@ -174,7 +195,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Inbox {
     /// The updater's thread: chunks from the queue, then whatever waits in the slots,
     /// and a tick every [`OTA_TICK`], until the agent drops its link.
-    fn serve(self, updater: &mut Updater, effects: &mpsc::UnboundedSender<Effect>) {
+    fn serve(
+        self,
+        updater: &mut Updater,
+        model: Option<String>,
+        effects: &mpsc::UnboundedSender<ModelEffect>,
+    ) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut last_tick = Instant::now();
         loop {
@@ -203,7 +229,8 @@ impl Inbox {
                 out.extend(updater.handle(ota::Event::Tick));
             }
             for effect in out {
-                if effects.send(effect).is_err() {
+                let model = model.clone();
+                if effects.send(ModelEffect { model, effect }).is_err() {
                     return;
                 }
             }
@@ -223,7 +250,7 @@ mod tests {
     fn a_flood_of_chunks_waits_in_a_bounded_queue_and_the_rest_are_dropped_and_counted() {
         let (link, inbox) = OtaLink::channels("doc".into(), "chunk".into());
         for i in 0..10_000u32 {
-            link.deliver(publish("chunk", &i.to_be_bytes()));
+            link.deliver(&publish("chunk", &i.to_be_bytes()));
         }
         assert_eq!(link.dropped(), 10_000 - CHUNK_QUEUE as u64);
         let queued: Vec<_> = inbox.rx.try_iter().collect();
@@ -234,7 +261,7 @@ mod tests {
     fn only_the_newest_waiting_document_is_kept_and_intervals_are_bounded() {
         let (link, inbox) = OtaLink::channels("doc".into(), "chunk".into());
         for i in 0..1_000u32 {
-            link.deliver(publish("doc", &i.to_be_bytes()));
+            link.deliver(&publish("doc", &i.to_be_bytes()));
             link.interval(IntervalCounts {
                 ok: u64::from(i),
                 errors: 0,

@@ -26,6 +26,7 @@
 //! path = "/var/lib/perch/iris.perch"         # verified with model.trusted_keys
 //! load = false                               # default true; false: load on request
 //! # golden, variant, version, warmup_runs as in [model]
+//! slo = { p99_ms = 5.0 }                     # its update soak's SLOs; default [slo]
 //!
 //! [broker]
 //! url = "mqtts://broker.example.com:8883"   # mqtt://, mqtts:// or "embedded"
@@ -361,7 +362,7 @@ struct FileConfig {
     experiments: Option<Vec<experiment::ExperimentEntry>>,
 }
 
-/// The `[slo]` section as written.
+/// The `[slo]` section (and a `[[models]]` entry's `slo`) as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SloFile {
@@ -369,7 +370,7 @@ struct SloFile {
     max_error_rate: Option<Spanned<f64>>,
 }
 
-/// The `[slo]` section (it has no flags).
+/// The `[slo]` section (it has no flags), or a `[[models]]` entry's `slo`.
 fn resolve_slo(file: SloFile, source: &Source<'_>) -> Result<Slo, ConfigError> {
     let max_error_rate = file
         .max_error_rate
@@ -393,6 +394,32 @@ mod tests {
 
     fn from_file(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(Path::new("/etc/perch/perchd.toml"), text, &Args::default())
+    }
+
+    #[test]
+    fn a_models_entry_has_its_own_slo_and_an_empty_one_without() {
+        let text = "[model]\npath = \"a.onnx\"\n[slo]\np99_ms = 10.0\n\
+                    [[models]]\nname = \"b\"\npath = \"b.onnx\"\n\
+                    slo = { p99_ms = 2.5, max_error_rate = 0.5 }\n\
+                    [[models]]\nname = \"c\"\npath = \"c.onnx\"\n";
+        let config = from_file(text).unwrap();
+        assert_eq!(
+            (
+                config.models[0].slo.p99_ms,
+                config.models[0].slo.max_error_rate
+            ),
+            (Some(2.5), Some(0.5))
+        );
+        assert_eq!(
+            config.models[1].slo,
+            Slo::default(),
+            "[slo] applies where it is used"
+        );
+        let err = from_file(&text.replace("0.5 }", "1.5 }")).unwrap_err();
+        assert!(
+            err.to_string().contains("1.5 is not a fraction in [0, 1]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use toml::Spanned;
 use super::args::Args;
 use super::origin::{ConfigError, Setting, Source};
 use super::values::VersionSetting;
+use super::{resolve_slo, Slo, SloFile};
 
 /// The reference model `perchd` serves when none is configured (relative to the working
 /// directory, so the README's command works from the repository root).
@@ -109,6 +110,10 @@ pub struct RepositoryModel {
     /// Whether it is loaded at start; one that is not is listed `UNAVAILABLE` until a
     /// `POST /v2/repository/models/{name}/load`.
     pub load: bool,
+    /// Its own SLOs (`slo = { p99_ms = ..., max_error_rate = ... }`), field by field
+    /// over the configuration's `[slo]` and then its bundle's: what its over-the-air
+    /// soak judges. Empty: `[slo]`'s.
+    pub slo: Slo,
 }
 
 /// One `[[models]]` entry as written.
@@ -122,6 +127,7 @@ pub(super) struct ModelsEntry {
     version: Option<Spanned<VersionSetting>>,
     warmup_runs: Option<Spanned<u32>>,
     load: Option<Spanned<bool>>,
+    slo: Option<SloFile>,
 }
 
 /// The name a model is served under when it can be told without loading it: the
@@ -180,7 +186,8 @@ pub(super) fn resolve_models(
                 .map_or(primary.warmup_runs, Spanned::into_inner),
         };
         let load = entry.load.is_none_or(Spanned::into_inner);
-        models.push((RepositoryModel { config, load }, line.unwrap_or(0)));
+        let slo = resolve_slo(entry.slo.unwrap_or_default(), source)?;
+        models.push((RepositoryModel { config, load, slo }, line.unwrap_or(0)));
     }
     Ok(models.into_iter().map(|(m, _)| m).collect())
 }

@@ -31,6 +31,8 @@ fn open(dir: &Path) -> Updater {
         max_probation_boots: 3,
         warmup_runs: 1,
         install_timeout: Duration::from_secs(600),
+        model: None,
+        slo: Default::default(),
     };
     Updater::open(config, "pi-1", vec![key().verifying_key()]).unwrap()
 }

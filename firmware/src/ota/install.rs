@@ -39,6 +39,9 @@ pub struct LoadSettings {
     /// How long loading, self-testing and warming up a downloaded bundle may take
     /// before the install fails ([`LoadSettings::load_within`]).
     pub install_timeout: Duration,
+    /// The configured SLOs, which win field by field over the bundle's
+    /// ([`Slo::or`]) in the warm-up check and the soak.
+    pub slo: Slo,
 }
 
 impl LoadSettings {
@@ -155,7 +158,7 @@ pub fn install(
     if let Some(failure) = &loaded.boot.failure {
         return Err(format!("the bundle failed its self-test: {failure}"));
     }
-    let slo = loaded.slo;
+    let slo = settings.slo.or(&loaded.slo);
     let warmup = Window {
         p99_ms: loaded
             .boot
@@ -238,6 +241,7 @@ mod tests {
             keys: vec![key().verifying_key()],
             warmup_runs: 3,
             install_timeout: std::time::Duration::from_secs(600),
+            slo: Slo::default(),
         };
         (slots, settings)
     }

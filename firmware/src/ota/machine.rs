@@ -56,6 +56,9 @@ pub struct MachineConfig {
     pub stall_timeout_ms: u64,
     /// Starts on probation above which the agent is crash-looping and rolls back.
     pub max_probation_boots: u32,
+    /// The model of the repository this machine updates (`None`: the primary);
+    /// documents for another model are refused.
+    pub model: Option<String>,
 }
 
 /// What the machine keeps across restarts (written by the executor as JSON).
@@ -230,6 +233,17 @@ impl Machine {
                 reason: format!(
                     "the rollout document is for group {}, this device is in group {}",
                     doc.group, self.config.group
+                ),
+            }];
+        }
+        if doc.model != self.config.model {
+            let name = |m: &Option<String>| m.clone().unwrap_or_else(|| "primary".into());
+            return vec![Action::Refused {
+                reason: format!(
+                    "the rollout document updates the {} model, this rollout is the {} \
+                     model's",
+                    name(&doc.model),
+                    name(&self.config.model)
                 ),
             }];
         }
@@ -747,9 +761,10 @@ impl Machine {
             reason: reason.clone(),
         }];
         if let Some(claimed) = claimed.filter(|_| self.refusals.is_new(payload)) {
-            let report =
+            let mut report =
                 self.refusals
                     .report(&self.config.device, &self.state.serving, claimed, reason);
+            report.model.clone_from(&self.config.model);
             actions.push(Action::Report(report));
         }
         actions
@@ -770,6 +785,7 @@ impl Machine {
             progress_pct: (state == DeviceState::Downloading).then(|| self.progress_pct(count)),
             reason,
             serving: self.state.serving.clone(),
+            model: self.config.model.clone(),
             update: self.state.update,
             frozen: self.freshness.is_frozen(),
         }
@@ -807,6 +823,7 @@ mod tests {
             soak_min_requests: 100,
             fresh_s: 0,
             expires_unix_s: 0,
+            model: None,
             bundle: BundleRef::describe("kws", "1.3.0", 7, &bundle_bytes(), MIN_CHUNK_SIZE),
         }
     }
@@ -826,6 +843,7 @@ mod tests {
             chunk_timeout_ms: TIMEOUT_MS,
             stall_timeout_ms: STALL_MS,
             max_probation_boots: 3,
+            model: None,
         };
         let mut machine = Machine::new(config, vec![key().verifying_key()]);
         machine.set_serving("kws 1.2.0");
@@ -1523,6 +1541,55 @@ mod tests {
         assert_eq!(requests(&machine.on_resumed(0, 20)), [0]);
         // Chunks of the old rollout are ignored.
         assert!(machine.on_chunk(&chunk(&doc, 1), 30).is_empty());
+    }
+
+    #[test]
+    fn a_machine_of_one_model_takes_only_that_models_documents_and_reports_under_its_name() {
+        let primary_doc = document(1, Phase::Running, 10_000);
+        let mut model_doc = document(2, Phase::Running, 10_000);
+        model_doc.model = Some("kws".into());
+        let inside = device(&primary_doc, true);
+
+        // The primary model's machine refuses the model's document, and the reverse:
+        // a document signed for one cannot be replayed on the other's topic.
+        let mut primary = machine(&inside);
+        let actions = primary.on_document(&model_doc.sign(&key()), 0);
+        assert!(
+            matches!(&actions[..], [Action::Refused { reason }]
+                if reason.contains("updates the kws model, this rollout is the primary model's")),
+            "{actions:?}"
+        );
+        assert_eq!(
+            primary.state(),
+            &State {
+                serving: "kws 1.2.0".into(),
+                ..State::default()
+            }
+        );
+
+        let mut config = primary.config.clone();
+        config.model = Some("kws".into());
+        let mut of_model = Machine::new(config, vec![key().verifying_key()]);
+        let actions = of_model.on_document(&primary_doc.sign(&key()), 0);
+        assert!(
+            matches!(&actions[..], [Action::Refused { reason }]
+                if reason.contains("updates the primary model, this rollout is the kws model's")),
+            "{actions:?}"
+        );
+        let mut all = download(&mut of_model, &model_doc);
+        all.extend(of_model.on_installed(Ok(slo()), 1_000));
+        let states: Vec<_> = reports(&all)
+            .iter()
+            .map(|r| (r.state, r.model.clone()))
+            .collect();
+        assert_eq!(
+            states.last(),
+            Some(&(DeviceState::Active, Some("kws".into())))
+        );
+        assert!(
+            states.iter().all(|(_, m)| m.as_deref() == Some("kws")),
+            "{states:?}"
+        );
     }
 
     #[test]

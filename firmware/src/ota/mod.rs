@@ -36,6 +36,8 @@
 //!     max_probation_boots: 3,
 //!     warmup_runs: 20,
 //!     install_timeout: Duration::from_secs(300),
+//!     model: None,
+//!     slo: Default::default(),
 //! };
 //! let mut updater = Updater::open(config, "pi-1", keys)?;
 //! let boot = updater.boot()?;

@@ -103,6 +103,7 @@ impl Refusals {
             progress_pct: None,
             reason: Some(reason),
             serving: serving.to_string(),
+            model: None,
             update: self.count,
             frozen: false,
         }

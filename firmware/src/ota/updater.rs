@@ -44,7 +44,7 @@ pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_INSTALL_ATTEMPTS: u32 = 2;
 
 /// Settings of the updater.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OtaConfig {
     /// Its folder (created if missing): state, slots, partial download.
     pub dir: PathBuf,
@@ -63,6 +63,13 @@ pub struct OtaConfig {
     /// How long loading, self-testing and warming up a downloaded bundle may take;
     /// past it the install fails and the old model keeps serving.
     pub install_timeout: Duration,
+    /// The model of the device's repository the updater keeps up to date, by name
+    /// (`None`: the primary model). It follows that model's rollout document
+    /// ([`topics::rollout_document_of`]) and refuses documents for any other.
+    pub model: Option<String>,
+    /// The configured SLOs, which win field by field over an activated bundle's in its
+    /// warm-up check and its soak.
+    pub slo: Slo,
 }
 
 /// An input to [`Updater::handle`].
@@ -200,11 +207,13 @@ impl Updater {
             chunk_timeout_ms: u64::try_from(config.chunk_timeout.as_millis()).unwrap_or(u64::MAX),
             stall_timeout_ms: u64::try_from(config.stall_timeout.as_millis()).unwrap_or(u64::MAX),
             max_probation_boots: config.max_probation_boots,
+            model: config.model.clone(),
         };
         let settings = LoadSettings {
             keys: trusted.clone(),
             warmup_runs: config.warmup_runs,
             install_timeout: config.install_timeout,
+            slo: config.slo,
         };
         Ok(Updater {
             machine: Machine::restore(machine_config, trusted, state),
@@ -283,11 +292,11 @@ impl Updater {
         self.machine.set_serving(serving);
     }
 
-    /// The topics to subscribe to: the group's rollout document (QoS 1) and the
-    /// device's chunks (QoS 0).
+    /// The topics to subscribe to: the rollout document of the group's model (QoS 1)
+    /// and the device's chunks (QoS 0).
     pub fn subscriptions(&self) -> [String; 2] {
         [
-            topics::rollout_document(&self.config.group),
+            topics::rollout_document_of(&self.config.group, self.config.model.as_deref()),
             DeviceTopic::Chunk.of(&self.device),
         ]
     }
@@ -488,7 +497,7 @@ impl Updater {
                     .settings
                     .load(path)
                     .map_err(|e| format!("the activated bundle does not load: {}", Chain(&e)))?;
-                let slo = loaded.slo;
+                let slo = self.settings.slo.or(&loaded.slo);
                 effects.push(Effect::Serve(Box::new(loaded)));
                 return Ok(slo);
             }
@@ -700,6 +709,8 @@ mod tests {
             max_probation_boots: 2,
             warmup_runs: 3,
             install_timeout: Duration::from_secs(600),
+            model: None,
+            slo: Default::default(),
         }
     }
 
@@ -776,6 +787,42 @@ mod tests {
             effects = updater.handle_at(Event::Chunk(&frame), 1_000);
             sent += 1;
         }
+    }
+
+    #[test]
+    fn configured_slos_win_over_the_bundles_in_the_warm_up_check_and_the_soak() {
+        let bundle = kws(2, "1.3.0");
+        let doc = document(&bundle);
+        let install = |slo: Slo| {
+            let dir = tempfile::tempdir().unwrap();
+            let config = OtaConfig {
+                slo,
+                ..config(dir.path())
+            };
+            let mut updater = Updater::open(config, DEVICE, vec![key().verifying_key()]).unwrap();
+            updater.boot().unwrap();
+            updater.set_serving("kws 1.2.0");
+            let effects = roll_out(&mut updater, &doc, &bundle, 0, usize::MAX);
+            (updater.state().clone(), reports(&effects))
+        };
+        // Looser than the bundle's 25 ms, and an error-rate bound the bundle lacks.
+        let loose = Slo {
+            p99_ms: Some(1_000.0),
+            max_error_rate: Some(0.5),
+            ..Slo::default()
+        };
+        let (state, _) = install(loose);
+        assert_eq!(state.state, Some(DeviceState::Active));
+        assert_eq!(state.slo, loose, "the soak judges the configured SLOs");
+        // A p99 no model meets: the warm-up check refuses the bundle.
+        let strict = Slo {
+            p99_ms: Some(1e-6),
+            ..Slo::default()
+        };
+        let (state, reports) = install(strict);
+        assert_eq!(state.state, Some(DeviceState::Failed));
+        let reason = reports.last().unwrap().reason.clone().unwrap_or_default();
+        assert!(reason.contains("warm-up p99"), "{reason}");
     }
 
     #[test]

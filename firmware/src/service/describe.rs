@@ -55,6 +55,12 @@ pub struct IndexEntry {
     pub version: Option<String>,
     /// Why it is not served (`None`: it is, and is ready).
     pub reason: Option<String>,
+    /// A loaded model's estimated memory in bytes (what the memory budget counts).
+    pub estimated_bytes: Option<u64>,
+    /// How much the agent's resident memory grew while the model loaded, self-tested
+    /// and warmed up, in bytes, when the repository loaded it (not for the primary
+    /// model, nor a version an update swapped in).
+    pub rss_delta_bytes: Option<u64>,
 }
 
 /// `POST /v2/repository/index`: `[{"name", "version", "state"}]`, `state` `READY`, or
@@ -70,6 +76,12 @@ pub fn repository_index(entries: &[IndexEntry]) -> Reply {
             if let Some(reason) = &e.reason {
                 entry["state"] = json!("UNAVAILABLE");
                 entry["reason"] = json!(reason);
+            }
+            if let Some(bytes) = e.estimated_bytes {
+                entry["estimated_bytes"] = json!(bytes);
+            }
+            if let Some(bytes) = e.rss_delta_bytes {
+                entry["rss_delta_bytes"] = json!(bytes);
             }
             entry
         })

@@ -162,6 +162,7 @@ fn rolled_back(device: &str) -> Vec<u8> {
         progress_pct: None,
         reason: Some("slo breach".into()),
         serving: "digits 1.0.0".into(),
+        model: None,
         update: 1,
         frozen: false,
     }

@@ -242,6 +242,7 @@ impl Forger {
                         progress_pct: None,
                         reason: Some("forged".into()),
                         serving: "digits 1.0.0".into(),
+                        model: None,
                         update: 1,
                         frozen: false,
                     };

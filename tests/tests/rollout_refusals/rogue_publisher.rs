@@ -160,6 +160,7 @@ fn document(
         soak_min_requests: 5,
         fresh_s: 0,
         expires_unix_s: 0,
+        model: None,
         bundle,
     }
 }

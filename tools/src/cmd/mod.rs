@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod bench;
 pub mod convert;
+pub mod device;
 pub mod experiment;
 pub mod inspect;
 pub mod keygen;

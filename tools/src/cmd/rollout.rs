@@ -107,6 +107,12 @@ struct Common {
     /// The device group (the devices' `group` setting).
     #[arg(long, value_name = "GROUP")]
     group: String,
+    /// The model of the devices' repositories to update, by name (a `[[models]]` entry
+    /// of perchd's configuration; the bundle must carry that name). Its rollout runs on
+    /// its own topic (perch/fleet/GROUP/model/MODEL/rollout) and state files
+    /// (GROUP+MODEL.*), beside the primary model's. Default: the primary model.
+    #[arg(long, value_name = "MODEL")]
+    model: Option<String>,
     #[command(flatten)]
     broker: BrokerArgs,
     /// Where rollout states are kept: GROUP.json (the state) and GROUP.perch (the
@@ -128,7 +134,7 @@ struct Common {
 
 impl Common {
     fn store(&self) -> Result<Store, PlanError> {
-        let mut store = Store::new(&self.state_dir, &self.group)?;
+        let mut store = Store::of_model(&self.state_dir, &self.group, self.model.as_deref())?;
         store.metrics_file.clone_from(&self.metrics_file);
         Ok(store)
     }
@@ -223,6 +229,9 @@ struct StatusArgs {
     /// The device group.
     #[arg(long, value_name = "GROUP")]
     group: String,
+    /// The model whose rollout it is (as given to `perch rollout start --model`).
+    #[arg(long, value_name = "MODEL")]
+    model: Option<String>,
     /// Where rollout states are kept.
     #[arg(long, value_name = "DIR", default_value = "rollouts")]
     state_dir: PathBuf,
@@ -241,6 +250,9 @@ struct ReportArgs {
     /// The device group.
     #[arg(long, value_name = "GROUP")]
     group: String,
+    /// The model whose rollout it is (as given to `perch rollout start --model`).
+    #[arg(long, value_name = "MODEL")]
+    model: Option<String>,
     /// Where rollout states are kept.
     #[arg(long, value_name = "DIR", default_value = "rollouts")]
     state_dir: PathBuf,
@@ -257,6 +269,9 @@ struct CommandArgs {
     /// The device group.
     #[arg(long, value_name = "GROUP")]
     group: String,
+    /// The model whose rollout it is (as given to `perch rollout start --model`).
+    #[arg(long, value_name = "MODEL")]
+    model: Option<String>,
     #[command(flatten)]
     broker: BrokerArgs,
     /// The fleet's secret key, which signs the rollout documents and the command (the
@@ -279,13 +294,13 @@ pub fn execute(args: Args) -> anyhow::Result<ExitCode> {
         Sub::Start(a) => start(a),
         Sub::Run(a) => run(a),
         Sub::Status(a) => {
-            let store = Store::new(&a.state_dir, &a.group)?;
+            let store = Store::of_model(&a.state_dir, &a.group, a.model.as_deref())?;
             let controller = Controller::from_state(store.load_existing()?)?;
             super::print(&controller.status(), a.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Sub::Report(a) => {
-            let store = Store::new(&a.state_dir, &a.group)?;
+            let store = Store::of_model(&a.state_dir, &a.group, a.model.as_deref())?;
             let state = store.load_existing()?;
             let points = store.journal(&state.plan.rollout_id)?;
             let html = perch_tools::rollout::render_report(&state, &points);
@@ -369,6 +384,7 @@ fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
     let version = manifest.version.to_string();
     let plan = Plan {
         group: a.common.group.clone(),
+        model: a.common.model.clone(),
         rollout_id: match &a.rollout_id {
             Some(id) => id.clone(),
             None => Plan::rollout_id(&manifest.name, &version, manifest.sequence, random),
@@ -559,6 +575,7 @@ fn command(a: CommandArgs, command: Command) -> anyhow::Result<ExitCode> {
     let outcome = operator::send_command(
         &a.broker.endpoint()?,
         &a.group,
+        a.model.as_deref(),
         &key,
         command,
         a.reason,

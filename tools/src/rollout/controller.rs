@@ -300,6 +300,7 @@ impl Controller {
             } else {
                 0
             },
+            model: s.plan.model.clone(),
             bundle: s.plan.bundle.clone(),
         }
     }

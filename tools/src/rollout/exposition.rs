@@ -162,6 +162,7 @@ mod tests {
     fn status(model: &str) -> StatusReport {
         let plan = Plan {
             group: "kitchen".into(),
+            model: None,
             rollout_id: Plan::rollout_id("kws", "1.3.0", 8, [1, 2, 3]),
             bundle: BundleRef::describe(model, "1.3.0", 8, &[7u8; 100], 1024),
             stages: parse_stages("10,50,100").unwrap(),

@@ -42,6 +42,7 @@
 //! let bundle = BundleRef::describe("kws", "1.3.0", 8, &[7u8; 5000], 1024);
 //! let plan = Plan {
 //!     group: "kitchen".into(),
+//!     model: None,
 //!     rollout_id: Plan::rollout_id("kws", "1.3.0", 8, [0xab, 0xcd, 0xef]),
 //!     bundle,
 //!     stages: parse_stages("10,50,100")?,
@@ -63,6 +64,7 @@
 
 mod cohort;
 mod controller;
+mod device_command;
 mod error;
 mod exposition;
 mod journal;
@@ -77,6 +79,7 @@ pub use controller::{
     Clock, Command, Controller, Decision, DeviceView, Effect, RolloutState, MAX_SAMPLES_PER_DEVICE,
     STATE_FORMAT,
 };
+pub use device_command::send_repository_command;
 pub use exposition::render as render_metrics;
 pub use journal::JournalPoint;
 pub use plan::{

@@ -228,7 +228,7 @@ impl CommandMessage {
 
 /// A client of `broker` named `client_id`, and the events of its connection, pumped
 /// by a task of the current runtime (reconnecting with backoff).
-fn connect(
+pub(super) fn connect(
     broker: &Endpoint,
     client_id: String,
 ) -> Result<(AsyncClient, mpsc::Receiver<NetEvent>), OperatorError> {
@@ -243,7 +243,7 @@ fn connect(
 }
 
 /// Runs `work` to completion on a runtime of its own on this thread.
-fn block_on<T>(
+pub(super) fn block_on<T>(
     work: impl std::future::Future<Output = Result<T, OperatorError>>,
 ) -> Result<T, OperatorError> {
     tokio::runtime::Builder::new_current_thread()
@@ -254,7 +254,7 @@ fn block_on<T>(
 }
 
 /// The next event within `wait`: `Ok(None)` when none came.
-async fn next_event(
+pub(super) async fn next_event(
     events: &mut mpsc::Receiver<NetEvent>,
     wait: Duration,
 ) -> Result<Option<NetEvent>, OperatorError> {
@@ -330,7 +330,7 @@ async fn publish_document(
     key: &SigningKey,
     doc: &RolloutDocument,
 ) -> Result<(), OperatorError> {
-    let topic = topics::rollout_document(&doc.group);
+    let topic = topics::rollout_document_of(&doc.group, doc.model.as_deref());
     client
         .publish(topic, QoS::AtLeastOnce, true, doc.sign(key))
         .await?;
@@ -351,8 +351,13 @@ async fn operate(
 ) -> Result<Phase, OperatorError> {
     let Serving { bundle, key, store } = serving;
     let group = controller.state().plan.group.clone();
+    let model = controller.state().plan.model.clone();
     let rollout_id = controller.state().plan.rollout_id.clone();
-    let (client, mut events) = connect(broker, format!("perch-rollout-{group}"))?;
+    let client_id = match &model {
+        None => format!("perch-rollout-{group}"),
+        Some(model) => format!("perch-rollout-{group}-model-{model}"),
+    };
+    let (client, mut events) = connect(broker, client_id)?;
     let base = controller.state().clock_ms;
     let started = Instant::now();
     let now = || Clock::new(base + started.elapsed().as_millis() as u64, unix_ms());
@@ -361,7 +366,7 @@ async fn operate(
     let mut dirty = false;
     let mut last_save = Instant::now();
     let mut last_tick = Instant::now();
-    let command_topic = topics::rollout_command(&group);
+    let command_topic = topics::rollout_command_of(&group, model.as_deref());
     let mut settle_by: Option<Instant> = None;
     loop {
         let wait = TICK.saturating_sub(last_tick.elapsed());
@@ -538,6 +543,7 @@ fn peek_document(payload: &[u8]) -> Option<RolloutDocument> {
 pub fn send_command(
     broker: &Endpoint,
     group: &str,
+    model: Option<&str>,
     key: &SigningKey,
     command: Command,
     reason: Option<String>,
@@ -553,6 +559,7 @@ pub fn send_command(
         let ask = Ask {
             broker,
             group,
+            model,
             key,
             command,
             reason,
@@ -568,6 +575,8 @@ pub fn send_command(
 struct Ask<'a> {
     broker: &'a Endpoint,
     group: &'a str,
+    /// The model whose rollout is commanded (`None`: the primary's).
+    model: Option<&'a str>,
     key: &'a SigningKey,
     command: Command,
     reason: Option<String>,
@@ -580,7 +589,7 @@ async fn command_outcome(
     events: &mut mpsc::Receiver<NetEvent>,
     ask: Ask<'_>,
 ) -> Result<CommandOutcome, OperatorError> {
-    let topic = topics::rollout_document(ask.group);
+    let topic = topics::rollout_document_of(ask.group, ask.model);
     let deadline = Instant::now() + ask.timeout;
     let mut before: Option<RolloutDocument> = None;
     let mut sent = false;
@@ -622,7 +631,7 @@ async fn command_outcome(
                             revision: doc.revision,
                         }
                         .sign(ask.key);
-                        let to = topics::rollout_command(ask.group);
+                        let to = topics::rollout_command_of(ask.group, ask.model);
                         client.publish(to, QoS::AtLeastOnce, false, body).await?;
                         sent = true;
                         before = Some(doc);

@@ -27,6 +27,10 @@ pub struct PlanError(pub String);
 pub struct Plan {
     /// The device group (a topic segment).
     pub group: String,
+    /// The model of the devices' repositories the rollout updates (`--model`; the
+    /// bundle must carry its name); `None`: the primary model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// The rollout's id: cohorts hash it ([`Plan::rollout_id`]).
     pub rollout_id: String,
     /// The bundle, with its per-chunk hashes.
@@ -156,6 +160,16 @@ impl Plan {
     pub fn validate(&self) -> Result<(), PlanError> {
         perch_runtime::rollout::check_id("group", &self.group).map_err(PlanError)?;
         perch_runtime::rollout::check_id("rollout id", &self.rollout_id).map_err(PlanError)?;
+        if let Some(model) = &self.model {
+            perch_runtime::rollout::check_id("--model", model).map_err(PlanError)?;
+            if *model != self.bundle.name {
+                return Err(PlanError(format!(
+                    "--model {model}: the bundle holds model {:?}; a rollout of a model \
+                     installs a bundle of that name",
+                    self.bundle.name
+                )));
+            }
+        }
         check_stages(&self.stages)?;
         if self.soak_ms == 0 {
             return Err(PlanError("--soak must be longer than 0".into()));

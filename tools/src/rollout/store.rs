@@ -11,7 +11,8 @@ use perch_runtime::rollout as wire;
 
 /// Where a group's rollout is kept: `{dir}/{group}.json` (the state),
 /// `{dir}/{group}.perch` (the bundle it serves) and `{dir}/{group}.journal` (what the
-/// operator saw over time, one [`JournalPoint`] per line, for `perch rollout report`);
+/// operator saw over time, one [`JournalPoint`] per line, for `perch rollout report`),
+/// or `{group}+{model}.*` for the rollouts of one model of the group's devices;
 /// and, when asked for, a Prometheus text file of the rollout for node_exporter's
 /// textfile collector.
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct Store {
     pub dir: PathBuf,
     /// The group.
     pub group: String,
+    /// The model whose rollouts it keeps (`None`: the primary model's).
+    pub model: Option<String>,
     /// Where [`record`](Store::record) writes the rollout's metrics, if anywhere.
     pub metrics_file: Option<PathBuf>,
 }
@@ -31,27 +34,52 @@ impl Store {
     ///
     /// The group is not a valid topic segment (it names files too).
     pub fn new(dir: impl Into<PathBuf>, group: &str) -> Result<Store, PlanError> {
+        Store::of_model(dir, group, None)
+    }
+
+    /// The store of the rollouts of `model` (`None`: the primary model) in `group`.
+    ///
+    /// # Errors
+    ///
+    /// The group or the model is not a valid topic segment (they name files too).
+    pub fn of_model(
+        dir: impl Into<PathBuf>,
+        group: &str,
+        model: Option<&str>,
+    ) -> Result<Store, PlanError> {
         wire::check_id("group", group).map_err(PlanError)?;
+        if let Some(model) = model {
+            wire::check_id("--model", model).map_err(PlanError)?;
+        }
         Ok(Store {
             dir: dir.into(),
             group: group.to_string(),
+            model: model.map(str::to_string),
             metrics_file: None,
         })
     }
 
+    /// What the files are named: the group, or `{group}+{model}` (`+` is in no id).
+    fn stem(&self) -> String {
+        match &self.model {
+            None => self.group.clone(),
+            Some(model) => format!("{}+{model}", self.group),
+        }
+    }
+
     /// The state file.
     pub fn state_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.json", self.group))
+        self.dir.join(format!("{}.json", self.stem()))
     }
 
     /// The journal.
     pub fn journal_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.journal", self.group))
+        self.dir.join(format!("{}.journal", self.stem()))
     }
 
     /// The bundle copy.
     pub fn bundle_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.perch", self.group))
+        self.dir.join(format!("{}.perch", self.stem()))
     }
 
     /// The saved state, `None` when there is no state file.

@@ -135,6 +135,7 @@ fn write_state(state_dir: &Path, bundle: &Path) -> (String, String) {
     let bytes = std::fs::read(bundle).unwrap();
     let plan = Plan {
         group: "kitchen".into(),
+        model: None,
         rollout_id: Plan::rollout_id("kws", "1.3.0", 8, [9, 9, 9]),
         bundle: perch_runtime::rollout::BundleRef::describe("kws", "1.3.0", 8, &bytes, 4096),
         stages: parse_stages("10,50,100").unwrap(),
@@ -174,6 +175,7 @@ fn write_state(state_dir: &Path, bundle: &Path) -> (String, String) {
             progress_pct: None,
             reason: None,
             serving: format!("kws {version}"),
+            model: None,
             update: 1,
             frozen: false,
         };

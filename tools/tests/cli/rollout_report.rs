@@ -47,6 +47,7 @@ fn report(seq: u32, version: Version, ok: u32, errors: u32, latency_us: u64) -> 
 fn aborted_rollout(store: &Store) -> Controller {
     let plan = Plan {
         group: "kitchen".into(),
+        model: None,
         rollout_id: Plan::rollout_id("kws", "1.3.0", 8, [1, 2, 3]),
         bundle: BundleRef::describe("kws", "1.3.0", 8, &[7u8; 5000], 1024),
         stages: parse_stages("10,50,100").unwrap(),
@@ -88,6 +89,7 @@ fn aborted_rollout(store: &Store) -> Controller {
                 progress_pct: None,
                 reason: None,
                 serving: if canary { "kws 1.3.0" } else { "kws 1.2.0" }.into(),
+                model: None,
                 update: seq,
                 frozen: false,
             };

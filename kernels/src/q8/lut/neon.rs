@@ -10,12 +10,14 @@ use std::arch::aarch64::*;
 /// `x` and `y` hold `n` bytes; `y` may be `x` (each step loads before it stores).
 pub(super) unsafe fn lookup(table: &[u8; 256], x: *const u8, y: *mut u8, n: usize) {
     let t = table.as_ptr();
-    let group = |g: usize| uint8x16x4_t(
-        vld1q_u8(t.add(64 * g)),
-        vld1q_u8(t.add(64 * g + 16)),
-        vld1q_u8(t.add(64 * g + 32)),
-        vld1q_u8(t.add(64 * g + 48)),
-    );
+    let group = |g: usize| {
+        uint8x16x4_t(
+            vld1q_u8(t.add(64 * g)),
+            vld1q_u8(t.add(64 * g + 16)),
+            vld1q_u8(t.add(64 * g + 32)),
+            vld1q_u8(t.add(64 * g + 48)),
+        )
+    };
     let (t0, t1, t2, t3) = (group(0), group(1), group(2), group(3));
     let step = vdupq_n_u8(64);
     let mut i = 0;

@@ -19,6 +19,7 @@ fn at(ms: u64) -> Clock {
 fn plan(gates: &str, min_devices: usize) -> Plan {
     Plan {
         group: "kitchen".into(),
+        model: None,
         rollout_id: Plan::rollout_id("kws", "1.3.0", 8, [1, 2, 3]),
         bundle: BundleRef::describe("kws", "1.3.0", 8, &[7u8; 5000], 1024),
         stages: parse_stages("10,50,100").unwrap(),
@@ -73,6 +74,7 @@ fn status(rollout_id: &str, device: &str, state: DeviceState, update: u32) -> De
         progress_pct: None,
         reason: (state == DeviceState::RolledBack).then(|| "p99 over SLO".into()),
         serving: "kws 1.2.0".into(),
+        model: None,
         update,
         frozen: false,
     }
@@ -718,3 +720,32 @@ mod signed_commands {
 /// Evidence and trust: minimum request counts, replayed reports, unexercised canaries,
 /// document freshness and the fleet list.
 mod evidence;
+
+#[test]
+fn a_rollout_of_one_model_publishes_documents_naming_it_and_keeps_files_of_its_own() {
+    let mut p = plan("", 1);
+    p.model = Some("iris".into());
+    let err = Controller::start(p.clone(), at(0)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("--model iris: the bundle holds model \"kws\""),
+        "{err}"
+    );
+    p.bundle = BundleRef::describe("iris", "1.3.0", 8, &[7u8; 5000], 1024);
+    let (controller, _) = Controller::start(p, at(0)).unwrap();
+    assert_eq!(controller.document().model.as_deref(), Some("iris"));
+    let primary = Controller::start(plan("", 1), at(0)).unwrap().0;
+    let json = serde_json::to_string(&primary.document()).unwrap();
+    assert!(
+        !json.contains("\"model\""),
+        "a primary rollout's document as before: {json}"
+    );
+
+    let dir = std::path::Path::new("/var/lib/perch/rollouts");
+    let store = super::store::Store::of_model(dir, "kitchen", Some("iris")).unwrap();
+    assert_eq!(store.state_path(), dir.join("kitchen+iris.json"));
+    assert_eq!(store.bundle_path(), dir.join("kitchen+iris.perch"));
+    let store = super::store::Store::new(dir, "kitchen").unwrap();
+    assert_eq!(store.state_path(), dir.join("kitchen.json"));
+    assert!(super::store::Store::of_model(dir, "kitchen", Some("../x")).is_err());
+}
