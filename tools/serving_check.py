@@ -89,7 +89,10 @@ def main():
     check(dims == want_dims, f"config dims {dims} (max_batch_size {batch})")
 
     index = client.get_model_repository_index()
-    check(index == [{"name": name, "version": version, "state": "READY"}], f"repository index {index}")
+    # Triton's keys, and Perch's memory figures beside them (estimated_bytes for a loaded model).
+    listed = [{k: e[k] for k in ("name", "version", "state") if k in e} for e in index]
+    check(listed == [{"name": name, "version": version, "state": "READY"}], f"repository index {index}")
+    check(all(e.get("estimated_bytes", 0) > 0 for e in index), f"repository index memory {index}")
 
     # The client's defaults: binary input, no outputs named, so binary_data_output.
     infer_input = httpclient.InferInput(input_meta["name"], list(golden_in.shape), "FP32")

@@ -376,8 +376,21 @@ fn the_repository_index_and_statistics_agree_with_the_requests_and_with_metrics(
         .body_mut()
         .read_to_string()
         .unwrap();
+    let mut index = serde_json::from_str::<Value>(&index).unwrap();
+    // A loaded model's entry also gives its memory estimate (and, loaded through the
+    // repository, the resident memory its load took).
+    let estimate = index[0]
+        .as_object_mut()
+        .and_then(|m| m.remove("estimated_bytes"));
+    assert!(
+        estimate
+            .as_ref()
+            .and_then(Value::as_u64)
+            .is_some_and(|b| b > 0),
+        "{estimate:?}"
+    );
     assert_eq!(
-        serde_json::from_str::<Value>(&index).unwrap(),
+        index,
         json!([{"name": "digits-mlp", "version": "1.0.0", "state": "READY"}])
     );
     let (body, length, _) = triton_body(json!({"binary_data_output": true}), None);
