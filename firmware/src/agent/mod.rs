@@ -44,7 +44,6 @@ use std::time::Instant;
 use perch_mqtt::Backoff;
 use perch_runtime::error::Chain;
 use perch_runtime::slo::Slo;
-use perch_runtime::wire::ModelId;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::broker;
@@ -436,17 +435,12 @@ fn boot(
         },
         None => load::load(model)?,
     };
-    updater.set_serving(&serving_name(&loaded.id));
+    updater.set_serving(&models::serving_name(&loaded.id));
     if let (false, Some(sequence)) = (from_slot, loaded.sequence) {
         // The configured bundle counts as installed: no rollout may go below it.
         updater.set_configured_sequence(sequence);
     }
     Ok((Some(updater), boot.effects, loaded, None))
-}
-
-/// A model as rollout reports name it: `name version`.
-fn serving_name(id: &ModelId) -> String {
-    format!("{} {}", id.name, id.version)
 }
 
 /// Runs blocking work (model loading, disk I/O, waiting for the broker) off the async

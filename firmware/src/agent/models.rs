@@ -12,7 +12,6 @@ use perch_runtime::model_files;
 use perch_runtime::rollout;
 use perch_runtime::slo::Slo;
 
-use super::serving_name;
 use crate::config::{Config, ModelConfig, OtaSettings};
 use crate::device::DeviceId;
 use crate::load;
@@ -176,4 +175,9 @@ pub(super) fn repository(
         }
     }
     (models, updaters)
+}
+
+/// A model as rollout reports name it: `name version`.
+pub(super) fn serving_name(id: &perch_runtime::wire::ModelId) -> String {
+    format!("{} {}", id.name, id.version)
 }

@@ -87,6 +87,7 @@ pub mod model;
 mod origin;
 pub mod ota;
 pub mod sensor;
+mod slo;
 pub mod spool;
 mod values;
 
@@ -109,6 +110,7 @@ pub use ota::{
     OtaSettings, DEFAULT_CHUNK_TIMEOUT, DEFAULT_GROUP, DEFAULT_MAX_PROBATION_BOOTS,
     DEFAULT_STALL_TIMEOUT,
 };
+use slo::{resolve_slo, SloFile};
 pub use spool::{
     default_spool_dir, SpoolConfig, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_RECORDS,
 };
@@ -360,31 +362,6 @@ struct FileConfig {
     sensor: Option<sensor::SensorFile>,
     ota: Option<ota::OtaFile>,
     experiments: Option<Vec<experiment::ExperimentEntry>>,
-}
-
-/// The `[slo]` section (and a `[[models]]` entry's `slo`) as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SloFile {
-    p99_ms: Option<Spanned<f64>>,
-    max_error_rate: Option<Spanned<f64>>,
-}
-
-/// The `[slo]` section (it has no flags), or a `[[models]]` entry's `slo`.
-fn resolve_slo(file: SloFile, source: &Source<'_>) -> Result<Slo, ConfigError> {
-    let max_error_rate = file
-        .max_error_rate
-        .map(|r| Setting::from_file("slo.max_error_rate", r));
-    if let Some(rate) = &max_error_rate {
-        if !(0.0..=1.0).contains(&rate.value) {
-            return Err(source.invalid(rate, format!("{} is not a fraction in [0, 1]", rate.value)));
-        }
-    }
-    Ok(Slo {
-        p99_ms: file.p99_ms.map(Spanned::into_inner),
-        max_error_rate: max_error_rate.map(|r| r.value),
-        min_throughput: None,
-    })
 }
 
 #[cfg(test)]

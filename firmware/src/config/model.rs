@@ -8,8 +8,9 @@ use toml::Spanned;
 
 use super::args::Args;
 use super::origin::{ConfigError, Setting, Source};
+use super::slo::{resolve_slo, SloFile};
 use super::values::VersionSetting;
-use super::{resolve_slo, Slo, SloFile};
+use perch_runtime::slo::Slo;
 
 /// The reference model `perchd` serves when none is configured (relative to the working
 /// directory, so the README's command works from the repository root).
