@@ -62,12 +62,8 @@ pub(super) fn table_op(table: &[u8], cpu: Cpu) -> TractResult<(ElementWiseOp, &'
 
 /// Puts every table in `model` (tract's own folds among them) on Perch's kernel.
 pub(super) fn replan_tables(model: &mut TypedModel, cpu: Cpu) -> TractResult<()> {
-    for id in 0..model.nodes().len() {
-        let node = model.node(id);
-        let Some(lut) = node
-            .op_as::<ElementWiseOp>()
-            .and_then(|op| op.0.downcast_ref::<LookupTable>())
-        else {
+    for id in model.eval_order()? {
+        let Some(lut) = table_of(model.node(id)) else {
             continue;
         };
         let (op, _) = table_op(lut.table.table(), cpu)?;
@@ -86,7 +82,7 @@ struct Region {
 /// Whether `node` ends an element-wise region of one 8-bit tensor; if it does, the patch
 /// that puts a lookup table in its place.
 pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractResult<Considered> {
-    if quantize_inverse(node).is_none() && !is_table(node) {
+    if quantize_inverse(node).is_none() && table_of(node).is_none() {
         return Ok(None);
     }
     let Some(region) = region(model, node)? else {
@@ -113,9 +109,11 @@ pub(super) fn consider(model: &TypedModel, node: &TypedNode, cpu: Cpu) -> TractR
     Ok(Some((Some(patch), report)))
 }
 
-fn is_table(node: &TypedNode) -> bool {
-    node.op_as::<ElementWiseOp>()
-        .is_some_and(|op| op.0.downcast_ref::<LookupTable>().is_some())
+/// The table `node` looks its bytes up in, if it is one of tract's lookup tables.
+fn table_of(node: &TypedNode) -> Option<&LookupTable> {
+    node.op_as::<ElementWiseOp>()?
+        .0
+        .downcast_ref::<LookupTable>()
 }
 
 /// Whether the walk may pass through `node`: one output computed element by element

@@ -113,34 +113,27 @@ pub fn rewrite(mut model: TypedModel, cpu: Cpu) -> TractResult<(TypedModel, Vec<
         }
     }
     // Element-wise float regions between 8-bit tensors, as lookup tables: after the
-    // layers took their output quantize nodes. A table changes what the regions after
-    // it can take, so the model is compacted and walked again after each one.
-    let mut model = model.into_compact()?;
-    // Each table takes a sink's region into one node, so there are fewer tables than
-    // nodes; the bound only guards the loop.
-    let most = model.nodes().len();
-    'tables: for _ in 0..most {
-        for id in model.eval_order()? {
-            if let Some((Some(patch), mut decision)) = lut::consider(&model, model.node(id), cpu)? {
-                patch.apply(&mut model)?;
-                model = model.into_compact()?;
-                // A table this one took in, and that nothing else reads, is reported as
-                // part of it.
-                let live: HashSet<&str> = model.nodes().iter().map(|n| &*n.name).collect();
-                let (taken, kept) = report.into_iter().partition(|k: &KernelNode| {
-                    decision.fused.contains(&k.node) && !live.contains(&*k.node)
-                });
-                report = kept;
-                for k in taken {
-                    decision.fused.extend(k.fused);
-                }
-                decision.fused.sort();
-                decision.fused.dedup();
-                report.push(decision);
-                continue 'tables;
-            }
+    // layers took their output quantize nodes. A table only takes its sink's output
+    // over, so the nodes later in the order stay live and see the tables before them.
+    for id in model.eval_order()? {
+        let Some((Some(patch), mut decision)) = lut::consider(&model, model.node(id), cpu)? else {
+            continue;
+        };
+        patch.apply(&mut model)?;
+        // A table this one took in, and that nothing else reads, is reported as part
+        // of it.
+        let order = model.eval_order()?;
+        let live: HashSet<&str> = order.iter().map(|n| &*model.node(*n).name).collect();
+        let (taken, kept) = report.into_iter().partition(|k: &KernelNode| {
+            decision.fused.contains(&k.node) && !live.contains(&*k.node)
+        });
+        report = kept;
+        for k in taken {
+            decision.fused.extend(k.fused);
         }
-        break;
+        decision.fused.sort();
+        decision.fused.dedup();
+        report.push(decision);
     }
     lut::replan_tables(&mut model, cpu)?;
     // The quantize nodes left: the graph's float inputs, and float operators' results
