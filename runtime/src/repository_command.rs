@@ -31,10 +31,10 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::key_id;
+use crate::bundle::{sign_text, verify_text, TextSignatureError};
 
 /// The largest command payload read, in bytes.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -91,15 +91,18 @@ pub struct RepositoryCommand {
     pub id: Option<String>,
 }
 
-/// The signed envelope of a [`RepositoryCommand`] on the wire.
+/// The signed envelope of an operator's command on the wire, `{"key_id", "signature",
+/// "command"}`: a [`RepositoryCommand`] here, and a rollout command (pause, resume,
+/// abort, promote) on `perch/fleet/{group}/rollout/command` (`perch rollout`), signed
+/// with the same fleet key ([`sign_text`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedCommand {
-    /// The signer's key id ([`key_id`]).
+    /// The signer's key id ([`key_id`](crate::bundle::key_id)).
     pub key_id: String,
     /// The ed25519 signature over the exact bytes of `command`, 128 hex digits.
     pub signature: String,
-    /// The [`RepositoryCommand`] as JSON text.
+    /// The command as JSON text.
     pub command: String,
 }
 
@@ -167,9 +170,10 @@ impl RepositoryCommand {
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
         // A struct of strings and numbers always serializes.
         let command = serde_json::to_string(self).unwrap_or_default();
+        let (key_id, signature) = sign_text(key, &command);
         let signed = SignedCommand {
-            key_id: key_id(&key.verifying_key()),
-            signature: hex::encode(key.sign(command.as_bytes()).to_bytes()),
+            key_id,
+            signature,
             command,
         };
         serde_json::to_vec(&signed).unwrap_or_default()
@@ -234,17 +238,12 @@ impl Request {
         }
         let signed: SignedCommand =
             serde_json::from_value(value).map_err(|e| CommandError::Malformed(e.to_string()))?;
-        let key = trusted
-            .iter()
-            .find(|k| key_id(k) == signed.key_id)
-            .ok_or_else(|| CommandError::UnknownKey(signed.key_id.clone()))?;
-        let bad = || CommandError::BadSignature(signed.key_id.clone());
-        let bytes: [u8; 64] = hex::decode(&signed.signature)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(bad)?;
-        key.verify_strict(signed.command.as_bytes(), &Signature::from_bytes(&bytes))
-            .map_err(|_| bad())?;
+        verify_text(trusted, &signed.key_id, &signed.signature, &signed.command).map_err(|e| {
+            match e {
+                TextSignatureError::UnknownKey => CommandError::UnknownKey(signed.key_id.clone()),
+                _ => CommandError::BadSignature(signed.key_id.clone()),
+            }
+        })?;
         let command: RepositoryCommand = serde_json::from_str(&signed.command)
             .map_err(|e| CommandError::Malformed(format!("the signed command: {e}")))?;
         command.validate()?;

@@ -42,11 +42,11 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::bundle::key_id;
+use crate::bundle::{sign_text, verify_text, TextSignatureError};
 use crate::canary::{self, Percent};
 
 /// The rollout document's format version.
@@ -389,11 +389,11 @@ impl RolloutDocument {
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
         // Serializing a struct of strings and numbers cannot fail.
         let document = serde_json::to_string(self).unwrap_or_default();
-        let signature = key.sign(document.as_bytes());
+        let (key_id, signature) = sign_text(key, &document);
         let signed = SignedDocument {
             format: FORMAT,
-            key_id: key_id(&key.verifying_key()),
-            signature: hex::encode(signature.to_bytes()),
+            key_id,
+            signature,
             document,
         };
         serde_json::to_vec_pretty(&signed).unwrap_or_default()
@@ -419,21 +419,13 @@ impl RolloutDocument {
                 what: "signed rollout document",
                 reason: e.to_string(),
             })?;
-        let key = trusted
-            .iter()
-            .find(|k| key_id(k) == signed.key_id)
-            .ok_or_else(|| RolloutError::UnknownKey {
-                key_id: signed.key_id.clone(),
-            })?;
-        let bad = || RolloutError::BadSignature {
-            key_id: signed.key_id.clone(),
-        };
-        let bytes: [u8; 64] = hex::decode(&signed.signature)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(bad)?;
-        key.verify_strict(signed.document.as_bytes(), &Signature::from_bytes(&bytes))
-            .map_err(|_| bad())?;
+        verify_text(trusted, &signed.key_id, &signed.signature, &signed.document).map_err(|e| {
+            let key_id = signed.key_id.clone();
+            match e {
+                TextSignatureError::UnknownKey => RolloutError::UnknownKey { key_id },
+                _ => RolloutError::BadSignature { key_id },
+            }
+        })?;
         let document: RolloutDocument =
             serde_json::from_str(&signed.document).map_err(|e| RolloutError::Malformed {
                 what: "rollout document",
@@ -450,7 +442,7 @@ impl RolloutDocument {
 pub struct SignedDocument {
     /// [`FORMAT`].
     pub format: u32,
-    /// The signer's key id ([`key_id`]).
+    /// The signer's key id ([`key_id`](crate::bundle::key_id)).
     pub key_id: String,
     /// The ed25519 signature over the exact bytes of `document`, 128 hex digits.
     pub signature: String,

@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use super::error::BundleError;
@@ -25,6 +25,54 @@ const MAX_KEY_FILE: u64 = 4096;
 /// lower-case hex digits. Manifests name their signer by it.
 pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
+}
+
+/// `text` signed with `key` as the signed envelopes on the broker carry it (rollout
+/// documents, rollout and repository commands): the signer's [`key_id`] and the ed25519
+/// signature over the text's bytes, as 128 hex digits.
+pub fn sign_text(key: &SigningKey, text: &str) -> (String, String) {
+    let signature = key.sign(text.as_bytes());
+    (
+        key_id(&key.verifying_key()),
+        hex::encode(signature.to_bytes()),
+    )
+}
+
+/// Why an envelope's signature was refused by [`verify_text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextSignatureError {
+    /// No trusted key has the envelope's key id.
+    UnknownKey,
+    /// The signature is not 64 bytes of hex.
+    NotHex,
+    /// The signature does not verify (strictly) with the key.
+    DoesNotVerify,
+}
+
+/// Checks an envelope's `signature` (128 hex digits) over `text` with the key of
+/// `trusted` whose id is `key_id`, strictly (ed25519's `verify_strict`): the check of
+/// every [`sign_text`] envelope.
+///
+/// # Errors
+///
+/// The key is not trusted, or the signature is not hex of the right length or does not
+/// verify.
+pub fn verify_text(
+    trusted: &[VerifyingKey],
+    key_id_: &str,
+    signature: &str,
+    text: &str,
+) -> Result<(), TextSignatureError> {
+    let key = trusted
+        .iter()
+        .find(|k| key_id(k) == key_id_)
+        .ok_or(TextSignatureError::UnknownKey)?;
+    let bytes: [u8; 64] = hex::decode(signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(TextSignatureError::NotHex)?;
+    key.verify_strict(text.as_bytes(), &Signature::from_bytes(&bytes))
+        .map_err(|_| TextSignatureError::DoesNotVerify)
 }
 
 /// The text of a secret key file for `key`: a header comment, the key id, the hex seed.

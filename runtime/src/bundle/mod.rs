@@ -107,7 +107,7 @@ use crate::engine::{Array, Golden, LoadOptions, Model, SelfTestReport, Tolerance
 pub use error::BundleError;
 pub use keys::{
     key_id, parse_signing_key, parse_verifying_key, read_signing_key, read_verifying_key,
-    signing_key_file, verifying_key_file,
+    sign_text, signing_key_file, verify_text, verifying_key_file, TextSignatureError,
 };
 pub use limits::Limits;
 pub use manifest::{

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::SigningKey;
 use perch_mqtt::topics::{self, DeviceTopic};
 use perch_mqtt::{pump, Backoff, BrokerUrl, ClientOptions, Endpoint, NetEvent, TlsFiles};
+use perch_runtime::bundle::TextSignatureError;
+use perch_runtime::repository_command::SignedCommand;
 use perch_runtime::rollout::{
     self as wire, ChunkRequest, DeviceStatus, Phase, RolloutDocument, SignedDocument,
 };
@@ -133,33 +135,18 @@ pub struct CommandMessage {
     pub revision: u64,
 }
 
-/// The signed envelope of a [`CommandMessage`] on
-/// `perch/fleet/{group}/rollout/command`: `{"key_id", "signature", "command"}`, the
-/// signature (ed25519, 128 hex digits) over the exact bytes of `command`, the message
-/// as JSON text. Signed with the fleet key that signs the rollout's documents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignedCommand {
-    /// The signer's key id.
-    pub key_id: String,
-    /// The signature over `command`.
-    pub signature: String,
-    /// The [`CommandMessage`] as JSON text.
-    pub command: String,
-}
-
 /// The largest command payload read, bytes.
 pub const MAX_COMMAND_BYTES: usize = 4096;
 
 impl CommandMessage {
     /// The message signed with `key`, as published.
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
-        use ed25519_dalek::Signer;
         // A struct of strings and numbers always serializes.
         let command = serde_json::to_string(self).unwrap_or_default();
+        let (key_id, signature) = perch_runtime::bundle::sign_text(key, &command);
         let signed = SignedCommand {
-            key_id: perch_runtime::bundle::key_id(&key.verifying_key()),
-            signature: hex::encode(key.sign(command.as_bytes()).to_bytes()),
+            key_id,
+            signature,
             command,
         };
         serde_json::to_vec(&signed).unwrap_or_default()
@@ -188,23 +175,26 @@ impl CommandMessage {
         }
         let signed: SignedCommand = serde_json::from_slice(payload)
             .map_err(|e| format!("an unsigned or malformed command: {e}"))?;
-        let expected = perch_runtime::bundle::key_id(trusted);
-        if signed.key_id != expected {
-            return Err(format!(
-                "a command signed by key {} (this rollout's key is {expected})",
-                signed.key_id
-            ));
-        }
-        let signature: [u8; 64] = hex::decode(&signed.signature)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| "a command whose signature is not 64 bytes of hex".to_string())?;
-        trusted
-            .verify_strict(
-                signed.command.as_bytes(),
-                &ed25519_dalek::Signature::from_bytes(&signature),
-            )
-            .map_err(|_| "a command whose signature does not verify".to_string())?;
+        let trusted = std::slice::from_ref(trusted);
+        perch_runtime::bundle::verify_text(
+            trusted,
+            &signed.key_id,
+            &signed.signature,
+            &signed.command,
+        )
+        .map_err(|e| match e {
+            TextSignatureError::UnknownKey => format!(
+                "a command signed by key {} (this rollout's key is {})",
+                signed.key_id,
+                perch_runtime::bundle::key_id(&trusted[0])
+            ),
+            TextSignatureError::NotHex => {
+                "a command whose signature is not 64 bytes of hex".to_string()
+            }
+            TextSignatureError::DoesNotVerify => {
+                "a command whose signature does not verify".to_string()
+            }
+        })?;
         let message: CommandMessage = serde_json::from_str(&signed.command)
             .map_err(|e| format!("a signed but malformed command: {e}"))?;
         if message.rollout_id != rollout_id {
