@@ -441,26 +441,9 @@ fn shadows_score_copies_after_the_reply_and_their_agreement_and_errors_are_count
 }
 
 /// A model with the digits input that runs for seconds: the row tiled to 512×1024,
-/// then 64 products with a 1024×1024 matrix (34 billion multiply-adds, as
-/// `perch_testkit::onnx::slow_matmul_chain`).
+/// then 64 products with a 1024×1024 matrix (34 billion multiply-adds).
 fn slow_digits() -> Vec<u8> {
-    use perch_testkit::onnx::{Dim, OnnxModel, FLOAT};
-    let w: Vec<f32> = (0..1024 * 1024)
-        .map(|i| ((i % 7) as f32 - 3.0) * 1e-3)
-        .collect();
-    let mut onnx = OnnxModel::new(13)
-        .input("pixels", FLOAT, &[Dim::Value(1), Dim::Value(64)])
-        .initializer_i64("repeats", &[2], &[512, 16])
-        .initializer_f32("w", &[1024, 1024], &w)
-        .node("Tile", &["pixels", "repeats"], &["t"], &[]);
-    let mut last = "t".to_string();
-    for i in 0..64 {
-        let next = format!("h{i}");
-        onnx = onnx.node("MatMul", &[&last, "w"], &[&next], &[]);
-        last = next;
-    }
-    onnx.output(&last, FLOAT, &[Dim::Value(512), Dim::Value(1024)])
-        .to_bytes()
+    perch_testkit::onnx::slow_matmul_chain_after_row("pixels", 64)
 }
 
 #[test]

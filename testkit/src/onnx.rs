@@ -202,13 +202,32 @@ fn value_info(name: &str, elem_type: i32, dims: &[Dim<'_>]) -> Vec<u8> {
 /// a 512×1024 input with a 1024×1024 matrix (34 billion multiply-adds), for tests of
 /// deadlines and of requests in flight.
 pub fn slow_matmul_chain() -> Vec<u8> {
+    let onnx = OnnxModel::new(13).input("x", FLOAT, &[Dim::Value(512), Dim::Value(1024)]);
+    matmul_chain(onnx, "x")
+}
+
+/// The same chain behind a `[1, width]` input named `input` (a model's own signature,
+/// for a slow stand-in of that model), the row tiled to 512×1024 first; `width` divides
+/// 1024.
+pub fn slow_matmul_chain_after_row(input: &str, width: usize) -> Vec<u8> {
+    assert!(
+        width > 0 && 1024 % width == 0,
+        "{width} does not divide 1024"
+    );
+    let onnx = OnnxModel::new(13)
+        .input(input, FLOAT, &[Dim::Value(1), Dim::Value(width as i64)])
+        .initializer_i64("repeats", &[2], &[512, (1024 / width) as i64])
+        .node("Tile", &[input, "repeats"], &["t"], &[]);
+    matmul_chain(onnx, "t")
+}
+
+/// `onnx` with 64 products of its 512×1024 tensor `first` with one 1024×1024 matrix.
+fn matmul_chain(onnx: OnnxModel, first: &str) -> Vec<u8> {
     let w: Vec<f32> = (0..1024 * 1024)
         .map(|i| ((i % 7) as f32 - 3.0) * 1e-3)
         .collect();
-    let mut onnx = OnnxModel::new(13)
-        .input("x", FLOAT, &[Dim::Value(512), Dim::Value(1024)])
-        .initializer_f32("w", &[1024, 1024], &w);
-    let mut last = "x".to_string();
+    let mut onnx = onnx.initializer_f32("w", &[1024, 1024], &w);
+    let mut last = first.to_string();
     for i in 0..64 {
         let next = format!("h{i}");
         onnx = onnx.node("MatMul", &[&last, "w"], &[&next], &[]);
