@@ -180,6 +180,14 @@ impl Entry {
     }
 }
 
+/// The entry of the model `name`, to change.
+fn named<'m>(models: &'m mut [Entry], name: &str) -> Result<&'m mut Entry, RepositoryError> {
+    models
+        .iter_mut()
+        .find(|e| e.answers_to(name))
+        .ok_or_else(|| RepositoryError::UnknownModel(name.into()))
+}
+
 impl From<InferenceService> for Repository {
     /// A repository of one model, without a budget.
     fn from(service: InferenceService) -> Repository {
@@ -526,11 +534,7 @@ impl Repository {
     /// [`RepositoryError::UnknownModel`].
     pub fn set_config(&self, name: &str, config: ModelConfig) -> Result<(), RepositoryError> {
         let mut models = self.write();
-        let entry = models
-            .iter_mut()
-            .find(|e| e.answers_to(name))
-            .ok_or_else(|| RepositoryError::UnknownModel(name.into()))?;
-        entry.config = Some(config);
+        named(&mut models, name)?.config = Some(config);
         Ok(())
     }
 
@@ -553,10 +557,7 @@ impl Repository {
         let file_bytes = std::fs::metadata(&loaded.path).map_or(0, |m| m.len());
         let bytes = estimate(&loaded.model, file_bytes);
         let mut models = self.write();
-        let entry = models
-            .iter_mut()
-            .find(|e| e.answers_to(name))
-            .ok_or_else(|| RepositoryError::UnknownModel(name.into()))?;
+        let entry = named(&mut models, name)?;
         entry.config = Some(config);
         let Some((service, estimated)) = entry.served.as_mut() else {
             return Ok(false);
